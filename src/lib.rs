@@ -1,0 +1,9 @@
+//! codellama-lsp: a language server that runs Code Llama in-process.
+//!
+//! Data flows one way: editor -> [`documents`] -> [`prompt`] -> [`engine`] -> [`postprocess`] -> editor.
+//! `prompt`, `engine` and `postprocess` know nothing about LSP; only `server` speaks LSP.
+//! See ARCHITECTURE.md for the code map.
+
+pub mod engine;
+pub mod postprocess;
+pub mod prompt;
