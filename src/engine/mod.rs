@@ -1,6 +1,247 @@
 //! The in-process model engine: loads llama-architecture models (GGUF or a Hugging Face directory),
 //! tokenizes exactly as the model was trained, and generates tokens on one dedicated model thread that
 //! owns the weights and the KV cache. Callers submit requests over a channel and receive tokens as they
-//! are produced; every request carries a cancellation handle checked between tokens and prefill chunks.
+//! are produced; every request carries a cancellation handle checked between tokens, prefill chunks and
+//! layers. A prompt that shares a prefix with the previous one reuses the cached keys and values.
 
+pub mod error;
+pub mod gguf;
+pub mod kernels;
+mod load;
+pub mod model;
+pub mod resolve;
+pub mod sampler;
 pub mod tokenizer;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub use error::{EngineError, Result};
+pub use load::{load_model, LoadOptions, LoadedModel};
+pub use model::ModelConfig;
+pub use sampler::SamplingParams;
+pub use tokenizer::Tokenizer;
+
+/// What callers may know about the loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `general.name`, or the file name.
+    pub name: String,
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    /// Positions the KV cache holds (the configured window, at most the trained context).
+    pub context_window: usize,
+    pub file_size: u64,
+    pub load_ms: u64,
+    pub threads: usize,
+    pub device: String,
+    /// Problems found while loading that did not stop it (e.g. a missing rope base).
+    pub warnings: Vec<String>,
+}
+
+/// A shared flag; setting it stops the request it was given to within one token.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Decides, from the text generated so far, whether the answer is complete. `Some(n)` stops generation
+/// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here.
+pub trait StopPolicy: Send {
+    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize>;
+}
+
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop at the model's end-of-generation tokens (EOS, EOT...). Off only for raw benchmarking.
+    pub stop_at_eog: bool,
+    /// Extra token ids that end the generation (excluded from the output).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the generation; the text is cut before the first one.
+    pub stop_strings: Vec<String>,
+    pub policy: Option<Box<dyn StopPolicy>>,
+    pub cancel: CancelToken,
+    /// A newer request with the same key cancels this one (e.g. one key per document).
+    pub supersede_key: Option<String>,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop_at_eog: true,
+            stop_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            policy: None,
+            cancel: CancelToken::new(),
+            supersede_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfGeneration,
+    StopString,
+    Policy,
+    MaxTokens,
+    ContextFull,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Time spent waiting for the model thread.
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache.
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Generated ids, stop token excluded.
+    pub generated_ids: Vec<u32>,
+    /// Their text, cut at a stop string or where the stop policy said.
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub stop_token: Option<u32>,
+    pub timings: Timings,
+}
+
+pub enum Event {
+    Token { id: u32, text: String },
+    Finished(Result<Outcome>),
+}
+
+/// A submitted request: its events as they come, and its cancellation handle.
+pub struct Generation {
+    pub events: UnboundedReceiver<Event>,
+    pub cancel: CancelToken,
+}
+
+impl Generation {
+    /// Waits (blocking the calling thread) for the outcome; not for use on an async runtime.
+    pub fn wait(mut self) -> Result<Outcome> {
+        while let Some(ev) = self.events.blocking_recv() {
+            if let Event::Finished(r) = ev {
+                return r;
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+
+    /// Waits asynchronously for the outcome.
+    pub async fn finish(mut self) -> Result<Outcome> {
+        while let Some(ev) = self.events.recv().await {
+            if let Event::Finished(r) = ev {
+                return r;
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+/// Handle to the model thread. Dropping it stops the thread after the current request.
+pub struct Engine {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
+    tokenizer: Arc<Tokenizer>,
+    info: Arc<ModelInfo>,
+    latest: Mutex<HashMap<String, CancelToken>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the model thread and loads the model in it; returns once the model is ready.
+    /// `progress` receives the loaded fraction (0..=1).
+    pub fn start(opts: LoadOptions, progress: Box<dyn FnMut(f32) + Send>) -> Result<Self> {
+        let (jobs, tokenizer, info, thread) = worker::spawn(opts, progress)?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            tokenizer,
+            info,
+            latest: Mutex::new(HashMap::new()),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn info(&self) -> &Arc<ModelInfo> {
+        &self.info
+    }
+
+    /// Queues a request; tokens arrive on the returned generation's channel.
+    pub fn submit(&self, req: GenerateRequest) -> Generation {
+        let (tx, rx) = unbounded_channel();
+        let cancel = req.cancel.clone();
+        if let Some(key) = &req.supersede_key {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = latest.insert(key.clone(), cancel.clone()) {
+                old.cancel();
+            }
+        }
+        let job = worker::Job {
+            req,
+            events: tx.clone(),
+            queued: std::time::Instant::now(),
+        };
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|jobs| jobs.send(job).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            let _ = tx.send(Event::Finished(Err(EngineError::Stopped)));
+        }
+        Generation { events: rx, cancel }
+    }
+
+    /// Submits and waits (blocking).
+    pub fn generate(&self, req: GenerateRequest) -> Result<Outcome> {
+        self.submit(req).wait()
+    }
+
+    /// Stops the model thread and waits for it.
+    pub fn shutdown(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}

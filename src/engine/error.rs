@@ -1,0 +1,77 @@
+//! Errors at the engine's edge. Each message names the file or value involved and, where there is one,
+//! the fix, because these reach users through the CLI and `window/showMessage`.
+
+use std::path::PathBuf;
+
+use super::tokenizer::TokenizerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("model not found: {spec}\n  tried: {tried}\n  fix: {hint}")]
+    ModelNotFound {
+        spec: String,
+        tried: String,
+        hint: String,
+    },
+
+    #[error("could not read model file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path} is not a GGUF file (magic bytes {magic:?}, expected \"GGUF\")")]
+    NotGguf { path: PathBuf, magic: String },
+
+    #[error("{path} is corrupt or truncated: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error("{path}: architecture {arch:?} is not supported (this engine runs llama-architecture models such as Code Llama)")]
+    UnsupportedArchitecture { path: PathBuf, arch: String },
+
+    #[error("{path}: missing metadata key {key}")]
+    MissingMetadata { path: PathBuf, key: String },
+
+    #[error("{path}: tensor {name}: {detail}")]
+    BadTensor {
+        path: PathBuf,
+        name: String,
+        detail: String,
+    },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] TokenizerError),
+
+    #[error("the prompt is empty: at least one token is needed")]
+    EmptyPrompt,
+
+    #[error("the prompt has {prompt_tokens} tokens but the context window holds {context} (lower max_tokens or the context window, or shorten the input)")]
+    PromptTooLong {
+        prompt_tokens: usize,
+        context: usize,
+    },
+
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    BadToken { id: u32, vocab: usize },
+
+    #[error("download failed for {spec}: {detail}\n  fix: check the network or pass a local .gguf path with --model")]
+    Download { spec: String, detail: String },
+
+    #[error("inference failed: {0}")]
+    Compute(String),
+
+    #[error("the request was cancelled")]
+    Cancelled,
+
+    #[error("the model thread has stopped")]
+    Stopped,
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Compute(e.to_string())
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

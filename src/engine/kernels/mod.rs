@@ -1,0 +1,323 @@
+//! CPU matrix kernels over weights kept in their file format (GGUF quantized blocks, f16/bf16/f32).
+//!
+//! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
+//! `rows` rows of `cols` elements. Weights are used in place from the memory map. Types with a kernel of
+//! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AVX2/FMA/F16C code on x86 so one
+//! binary serves every machine; every other GGML type goes through the block dot products of candle's
+//! `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
+//! installs its own pool sized by the `threads` setting). Callers never see which path ran.
+
+mod float;
+mod q4_1;
+mod q8;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use super::gguf::MappedBytes;
+
+pub use q8::{Q8Block, Q8Row};
+
+/// Where a weight matrix's bytes live.
+#[derive(Clone)]
+pub enum WeightBytes {
+    Mapped(MappedBytes),
+    Owned(std::sync::Arc<Vec<u8>>),
+}
+
+impl WeightBytes {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            WeightBytes::Mapped(m) => m.bytes(),
+            WeightBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A weight matrix in its storage format.
+#[derive(Clone)]
+pub struct QMatrix {
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    data: WeightBytes,
+}
+
+impl QMatrix {
+    /// Wraps `data` as `rows × cols` elements of `dtype`; checks sizes and alignment.
+    pub fn new(dtype: GgmlDType, rows: usize, cols: usize, data: WeightBytes) -> Result<Self, String> {
+        if cols % dtype.block_size() != 0 {
+            return Err(format!(
+                "row length {cols} is not a multiple of the {dtype:?} block size {}",
+                dtype.block_size()
+            ));
+        }
+        let want = rows * cols / dtype.block_size() * dtype.type_size();
+        let have = data.bytes().len();
+        if want != have {
+            return Err(format!("expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"));
+        }
+        if (data.bytes().as_ptr() as usize) % block_align(dtype) != 0 {
+            return Err(format!("{dtype:?} data is not aligned to {} bytes", block_align(dtype)));
+        }
+        if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+            return Err(format!("{dtype:?} is an activation format, not a weight format"));
+        }
+        Ok(Self { dtype, rows, cols, data })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        let n = self.row_bytes();
+        &self.bytes()[r * n..(r + 1) * n]
+    }
+
+    /// `out[i * rows + j] = dot(x[i], W[j])` for `i < m`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "matmul input size");
+        assert_eq!(out.len(), m * self.rows, "matmul output size");
+        match self.dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let dot = float::row_dot(self.dtype);
+                self.for_each_dot(m, out, |row, i| dot(row, &x[i * self.cols..(i + 1) * self.cols]))
+            }
+            GgmlDType::Q4_1 => {
+                let xq = Q8Row::quantize_rows(x, m, self.cols);
+                let dot = q4_1::rows_dot();
+                self.for_each_row_group(m, out, q4_1::ROWS, |row, first, dst| {
+                    let acts: Vec<&[q8::Q8Block]> = (first..first + dst.len()).map(|i| xq.row(i)).collect();
+                    dot(row, &acts, dst)
+                })
+            }
+            GgmlDType::Q8_0 => self.generic::<BlockQ8_0>(x, m, out),
+            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
+            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
+            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),
+            GgmlDType::Q2K => self.generic::<BlockQ2K>(x, m, out),
+            GgmlDType::Q3K => self.generic::<BlockQ3K>(x, m, out),
+            GgmlDType::Q4K => self.generic::<BlockQ4K>(x, m, out),
+            GgmlDType::Q5K => self.generic::<BlockQ5K>(x, m, out),
+            GgmlDType::Q6K => self.generic::<BlockQ6K>(x, m, out),
+            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(x, m, out),
+            GgmlDType::Q8K => self.generic::<BlockQ8K>(x, m, out),
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values); used for embedding lookups.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols);
+        let row = self.row(r);
+        match self.dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => float::to_f32(self.dtype, row, out),
+            GgmlDType::Q4_0 => to_float::<BlockQ4_0>(row, out),
+            GgmlDType::Q4_1 => to_float::<candle_core::quantized::k_quants::BlockQ4_1>(row, out),
+            GgmlDType::Q5_0 => to_float::<BlockQ5_0>(row, out),
+            GgmlDType::Q5_1 => to_float::<BlockQ5_1>(row, out),
+            GgmlDType::Q8_0 => to_float::<BlockQ8_0>(row, out),
+            GgmlDType::Q8_1 => to_float::<BlockQ8_1>(row, out),
+            GgmlDType::Q2K => to_float::<BlockQ2K>(row, out),
+            GgmlDType::Q3K => to_float::<BlockQ3K>(row, out),
+            GgmlDType::Q4K => to_float::<BlockQ4K>(row, out),
+            GgmlDType::Q5K => to_float::<BlockQ5K>(row, out),
+            GgmlDType::Q6K => to_float::<BlockQ6K>(row, out),
+            GgmlDType::Q8K => to_float::<BlockQ8K>(row, out),
+        }
+    }
+
+    /// Block dot products from candle's `GgmlType` implementation of the weight type.
+    fn generic<T: GgmlType>(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let vbs = T::VecDotType::BLCK_SIZE;
+        let per_row = self.cols / vbs;
+        let mut xq = vec![T::VecDotType::zeros(); m * per_row];
+        for i in 0..m {
+            T::VecDotType::from_float(
+                &x[i * self.cols..(i + 1) * self.cols],
+                &mut xq[i * per_row..(i + 1) * per_row],
+            );
+        }
+        let cols = self.cols;
+        self.for_each_dot(m, out, |row, i| {
+            T::vec_dot(cols, blocks::<T>(row), &xq[i * per_row..(i + 1) * per_row])
+        })
+    }
+
+    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight rows.
+    fn for_each_dot<F>(&self, m: usize, out: &mut [f32], dot: F)
+    where
+        F: Fn(&[u8], usize) -> f32 + Sync,
+    {
+        self.for_each_row_group(m, out, 1, |w, i, dst| dst[0] = dot(w, i))
+    }
+
+    /// Runs `dots(weight_row, first_activation_row, results)` for groups of up to `group` activation rows,
+    /// split over weight rows on the rayon pool.
+    fn for_each_row_group<F>(&self, m: usize, out: &mut [f32], group: usize, dots: F)
+    where
+        F: Fn(&[u8], usize, &mut [f32]) + Sync,
+    {
+        let rows = self.rows;
+        let threads = rayon::current_num_threads().max(1);
+        let chunk = rows.div_ceil(threads * 4).max(16);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let work = |c: usize| {
+            let end = ((c + 1) * chunk).min(rows);
+            let mut buf = vec![0f32; group];
+            for j in c * chunk..end {
+                let w = self.row(j);
+                for first in (0..m).step_by(group) {
+                    let n = group.min(m - first);
+                    dots(w, first, &mut buf[..n]);
+                    for (r, v) in buf[..n].iter().enumerate() {
+                        // SAFETY: each (i, j) is written by exactly one task; j ranges are disjoint.
+                        unsafe { *out_ptr.get().add((first + r) * rows + j) = *v };
+                    }
+                }
+            }
+        };
+        let n_chunks = rows.div_ceil(chunk);
+        if n_chunks == 1 || threads == 1 {
+            (0..n_chunks).for_each(work);
+        } else {
+            (0..n_chunks).into_par_iter().for_each(work);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for disjoint writes from rayon tasks that finish before the borrow ends.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+fn block_align(dtype: GgmlDType) -> usize {
+    match dtype {
+        GgmlDType::F32 | GgmlDType::Q8K => 4,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 2,
+        GgmlDType::F16 | GgmlDType::BF16 => 2,
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => 2,
+        GgmlDType::Q8_0 | GgmlDType::Q8_1 => 2,
+    }
+}
+
+/// Views raw bytes as blocks of `T`. `QMatrix::new` checked size and alignment.
+fn blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    debug_assert_eq!(bytes.len() % size, 0);
+    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
+    // SAFETY: the GGML block types are plain `repr(C)` data valid for any bit pattern, the length is a
+    // whole number of blocks and the pointer is aligned (checked when the matrix was built).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
+}
+
+fn to_float<T: GgmlType>(row: &[u8], out: &mut [f32]) {
+    T::to_float(blocks::<T>(row), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantizes `w` (rows × cols, f32) into `dtype` blocks with candle's reference quantizers.
+    fn quantize(dtype: GgmlDType, w: &[f32]) -> Vec<u8> {
+        fn q<T: GgmlType>(w: &[f32]) -> Vec<u8> {
+            let mut blocks = vec![T::zeros(); w.len() / T::BLCK_SIZE];
+            T::from_float(w, &mut blocks);
+            let size = std::mem::size_of::<T>() * blocks.len();
+            // SAFETY: plain-data blocks viewed as bytes.
+            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, size) }.to_vec()
+        }
+        match dtype {
+            GgmlDType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            GgmlDType::F16 => w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+            GgmlDType::BF16 => w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            GgmlDType::Q4_1 => q::<candle_core::quantized::k_quants::BlockQ4_1>(w),
+            GgmlDType::Q4_0 => q::<BlockQ4_0>(w),
+            GgmlDType::Q8_0 => q::<BlockQ8_0>(w),
+            GgmlDType::Q5_1 => q::<BlockQ5_1>(w),
+            GgmlDType::Q4K => q::<BlockQ4K>(w),
+            GgmlDType::Q6K => q::<BlockQ6K>(w),
+            other => panic!("no test quantizer for {other:?}"),
+        }
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel agrees with dequantize-then-f64-dot within the activation quantization error.
+    #[test]
+    fn matmul_matches_dequantized_reference() {
+        let (rows, cols, m) = (37, 512, 3);
+        for dtype in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_1,
+            GgmlDType::Q4_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let w = data(rows * cols, 7);
+            let x = data(m * cols, 11);
+            let bytes = quantize(dtype, &w);
+            let mat = QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+            let mut out = vec![0f32; m * rows];
+            mat.matmul(&x, m, &mut out);
+            let mut row = vec![0f32; cols];
+            for j in 0..rows {
+                mat.dequantize_row(j, &mut row);
+                for i in 0..m {
+                    let want: f64 = row
+                        .iter()
+                        .zip(&x[i * cols..(i + 1) * cols])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let got = out[i * rows + j] as f64;
+                    let tol = match dtype {
+                        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => 1e-3,
+                        _ => 0.08,
+                    };
+                    assert!(
+                        (got - want).abs() <= tol * (1.0 + want.abs()),
+                        "{dtype:?} row {j} input {i}: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes() {
+        let err = QMatrix::new(GgmlDType::Q4_1, 2, 32, WeightBytes::Owned(vec![0u8; 39].into()))
+            .err()
+            .unwrap();
+        assert!(err.contains("expected 40 bytes"), "{err}");
+        assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::Owned(vec![].into())).is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! Loading a model: resolve the specification, open the files, read the hyper-parameters, build the
+//! tokenizer and the weights. Used by the model thread and by tools that want a model without a thread.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::Device;
+
+use super::error::{EngineError, Result};
+use super::gguf::GgufFile;
+use super::model::{Llama, ModelConfig, SafetensorsSource};
+use super::resolve::{resolve, ModelSource};
+use super::tokenizer::Tokenizer;
+use super::ModelInfo;
+
+/// Default number of positions the KV cache holds when no window is configured.
+pub const DEFAULT_CONTEXT_WINDOW: usize = 4096;
+
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `None`: the default small model. Otherwise a path or Hub reference (see `resolve`).
+    pub model: Option<String>,
+    /// KV cache size in tokens (default 4096, never more than the trained context).
+    pub context_window: Option<usize>,
+    /// CPU threads for the model (default: physical cores).
+    pub threads: Option<usize>,
+    /// `"cpu"` (default), `"cuda"`, `"cuda:N"` or `"metal"`, when built with that feature.
+    pub device: Option<String>,
+}
+
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Arc<Tokenizer>,
+    pub info: ModelInfo,
+}
+
+pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel> {
+    let start = Instant::now();
+    let source = resolve(opts.model.as_deref())?;
+    let device = pick_device(opts.device.as_deref())?;
+    let mut warnings = Vec::new();
+    let (model, tokenizer, name, file_size) = match &source {
+        ModelSource::Gguf(path) => {
+            let f = GgufFile::open(path)?;
+            let cfg = ModelConfig::from_gguf(&f, &mut warnings)?;
+            let tokenizer = Tokenizer::from_gguf(&f.content)?;
+            let model = Llama::from_gguf(&f, cfg, &device, progress)?;
+            let name = f.get_str("general.name").map(str::to_string);
+            (model, tokenizer, name, f.file_size())
+        }
+        ModelSource::HfDir(dir) => load_hf_dir(dir, &device, progress)?,
+    };
+    let path = source.path().to_path_buf();
+    let name = name.unwrap_or_else(|| file_stem(&path));
+    let context_window = opts
+        .context_window
+        .unwrap_or(DEFAULT_CONTEXT_WINDOW)
+        .clamp(16, model.cfg.context_length.max(16));
+    let info = ModelInfo {
+        name,
+        path,
+        config: model.cfg.clone(),
+        context_window,
+        file_size,
+        load_ms: start.elapsed().as_millis() as u64,
+        threads: opts.threads.unwrap_or_else(default_threads),
+        device: format!("{device:?}"),
+        warnings,
+    };
+    for w in &info.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(LoadedModel {
+        model,
+        tokenizer: Arc::new(tokenizer),
+        info,
+    })
+}
+
+fn load_hf_dir(
+    dir: &Path,
+    device: &Device,
+    progress: &mut dyn FnMut(f32),
+) -> Result<(Llama, Tokenizer, Option<String>, u64)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|source| EngineError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Corrupt {
+        path: config_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let cfg = ModelConfig::from_hf_json(&config_path, &json)?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| EngineError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(EngineError::ModelNotFound {
+            spec: dir.display().to_string(),
+            tried: format!("{}/*.safetensors (none found)", dir.display()),
+            hint: "download the model's .safetensors files (PyTorch .bin checkpoints are not supported)".into(),
+        });
+    }
+    let size = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let src = SafetensorsSource::open(dir, &files)?;
+    let model = Llama::from_safetensors(&src, cfg, device, progress)?;
+    Ok((model, tokenizer, None, size))
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .or_else(|| path.file_name())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Physical cores, which on these machines is what helps; hyper-threads only contend for the same units.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
+fn pick_device(name: Option<&str>) -> Result<Device> {
+    let name = name.unwrap_or("cpu").trim();
+    let unavailable = |what: &str| {
+        EngineError::Compute(format!(
+            "device {what:?} requested, but this build has no {what} support (rebuild with --features {what}) or no such device"
+        ))
+    };
+    match name {
+        "" | "cpu" => Ok(Device::Cpu),
+        "metal" => Device::new_metal(0).map_err(|_| unavailable("metal")),
+        other => {
+            if let Some(rest) = other.strip_prefix("cuda") {
+                let idx = rest.trim_start_matches(':').parse::<usize>().unwrap_or(0);
+                Device::new_cuda(idx).map_err(|_| unavailable("cuda"))
+            } else {
+                Err(EngineError::Compute(format!(
+                    "unknown device {other:?} (use cpu, cuda, cuda:N or metal)"
+                )))
+            }
+        }
+    }
+}

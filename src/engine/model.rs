@@ -1,0 +1,730 @@
+//! The llama forward pass (Llama 2, Code Llama, SmolLM2 and every other llama-architecture model) on
+//! candle tensors, with a KV cache whose layout this file owns.
+//!
+//! The cache is preallocated for the whole context window, one `[kv_heads, capacity, head_dim]` tensor
+//! per layer for keys and one for values; new positions are written in place and `truncate` just moves
+//! the length back, so a prompt that shares its first N tokens with the previous one computes only the
+//! rest, and nothing is reallocated per token. Linear layers run our own CPU kernels on the weights in
+//! their file format (see `kernels`) or candle's `QMatMul` on a GPU device. Rotary embeddings use the
+//! interleaved layout for GGUF files (their Q/K rows were permuted by the converter) and the half-split
+//! layout for Hugging Face checkpoints.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+
+use super::error::{EngineError, Result};
+use super::gguf::{GgufFile, MappedBytes, TensorData};
+use super::kernels::{QMatrix, WeightBytes};
+
+/// Hyper-parameters, all read from the model's metadata.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelConfig {
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    pub vocab_size: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    /// The context length the model was trained for (no hidden cap).
+    pub context_length: usize,
+    /// Interleaved (GGUF) or half-split (Hugging Face) rotary layout.
+    pub rope_interleaved: bool,
+}
+
+impl ModelConfig {
+    /// Reads the `llama.*` keys. Pushes a warning when a Code Llama file lacks `rope.freq_base`.
+    pub fn from_gguf(f: &GgufFile, warnings: &mut Vec<String>) -> Result<Self> {
+        let arch = f.architecture().unwrap_or("").to_string();
+        if arch != "llama" {
+            return Err(EngineError::UnsupportedArchitecture {
+                path: f.path.clone(),
+                arch,
+            });
+        }
+        let key = |k: &str| format!("llama.{k}");
+        let n_embd = f.require_usize(&key("embedding_length"))?;
+        let n_head = f.require_usize(&key("attention.head_count"))?;
+        let n_head_kv = f.get_usize(&key("attention.head_count_kv")).unwrap_or(n_head);
+        let head_dim = n_embd / n_head.max(1);
+        let embd = f.tensor("token_embd.weight")?;
+        let vocab_size = f
+            .get_usize(&key("vocab_size"))
+            .or_else(|| f.array_len("tokenizer.ggml.tokens"))
+            .unwrap_or(embd.dims[0]);
+        let rope_theta = match f.get_f32(&key("rope.freq_base")) {
+            Some(t) => t,
+            None if vocab_size == 32016 => {
+                warnings.push(format!(
+                    "{}: no llama.rope.freq_base key; this looks like Code Llama (32016 tokens), using 1e6 rather than the Llama default 1e4",
+                    f.path.display()
+                ));
+                1_000_000.0
+            }
+            None => {
+                warnings.push(format!(
+                    "{}: no llama.rope.freq_base key; using the Llama default 10000",
+                    f.path.display()
+                ));
+                10_000.0
+            }
+        };
+        let rope_dim = f.get_usize(&key("rope.dimension_count")).unwrap_or(head_dim);
+        let cfg = Self {
+            n_layer: f.require_usize(&key("block_count"))?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: f.require_usize(&key("feed_forward_length"))?,
+            vocab_size,
+            rope_theta,
+            rms_eps: f
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
+            context_length: f.get_usize(&key("context_length")).unwrap_or(4096),
+            rope_interleaved: true,
+        };
+        cfg.validate(&f.path, rope_dim)?;
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM` checkpoint.
+    pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<Self> {
+        let num = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let need = |k: &str| {
+            num(k).ok_or_else(|| EngineError::MissingMetadata {
+                path: path.to_path_buf(),
+                key: k.to_string(),
+            })
+        };
+        let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        if model_type != "llama" {
+            return Err(EngineError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                arch: model_type.to_string(),
+            });
+        }
+        let n_embd = need("hidden_size")?;
+        let n_head = need("num_attention_heads")?;
+        let head_dim = num("head_dim").unwrap_or(n_embd / n_head.max(1));
+        let cfg = Self {
+            n_layer: need("num_hidden_layers")?,
+            n_embd,
+            n_head,
+            n_head_kv: num("num_key_value_heads").unwrap_or(n_head),
+            head_dim,
+            n_ff: need("intermediate_size")?,
+            vocab_size: need("vocab_size")?,
+            rope_theta: json
+                .get("rope_theta")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(10_000.0) as f32,
+            rms_eps: json
+                .get("rms_norm_eps")
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-5) as f32,
+            context_length: num("max_position_embeddings").unwrap_or(4096),
+            rope_interleaved: false,
+        };
+        cfg.validate(path, head_dim)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path, rope_dim: usize) -> Result<()> {
+        let bad = |detail: String| EngineError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if self.n_layer == 0 || self.n_head == 0 || self.n_head_kv == 0 || self.head_dim == 0 {
+            return Err(bad(format!("degenerate shape {self:?}")));
+        }
+        if self.n_head % self.n_head_kv != 0 {
+            return Err(bad(format!(
+                "{} attention heads are not a multiple of {} KV heads",
+                self.n_head, self.n_head_kv
+            )));
+        }
+        if rope_dim != self.head_dim || self.head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "rotary dimension {rope_dim} differs from head dimension {} (partial rotary embeddings are not supported)",
+                self.head_dim
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A linear layer `y = x · Wᵀ`.
+#[derive(Clone)]
+pub enum Linear {
+    /// Our CPU kernels on the weights in their stored format.
+    Cpu(Arc<QMatrix>),
+    /// candle's quantized matmul on a GPU device.
+    Device(Arc<QMatMul>),
+}
+
+impl Linear {
+    fn from_tensor(t: &TensorData, device: &Device, path: &Path) -> Result<Self> {
+        let [rows, cols] = t.dims[..] else {
+            return Err(EngineError::BadTensor {
+                path: path.to_path_buf(),
+                name: t.name.clone(),
+                detail: format!("expected a matrix, found shape {:?}", t.dims),
+            });
+        };
+        if device.is_cpu() {
+            let m = QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone()))
+                .map_err(|detail| EngineError::BadTensor {
+                    path: path.to_path_buf(),
+                    name: t.name.clone(),
+                    detail,
+                })?;
+            Ok(Linear::Cpu(Arc::new(m)))
+        } else {
+            let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.dims.clone(), device)?;
+            Ok(Linear::Device(Arc::new(QMatMul::from_qtensor(q)?)))
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Linear::Cpu(m) => m.rows,
+            Linear::Device(q) => match &**q {
+                QMatMul::QTensor(t) => t.shape().dims()[0],
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
+            },
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Linear::Cpu(m) => x.contiguous()?.apply_op1_no_bwd(&MatMulOp(m.clone()))?,
+            Linear::Device(q) => x.apply(&**q)?,
+        })
+    }
+}
+
+struct MatMulOp(Arc<QMatrix>);
+
+impl CustomOp1 for MatMulOp {
+    fn name(&self) -> &'static str {
+        "codellama-qmatmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("qmatmul expects f32 activations");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("qmatmul expects contiguous activations");
+        };
+        let x = &data[start..end];
+        let k = self.0.cols;
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("qmatmul: input {dims:?} does not end in {k}");
+        }
+        let m = x.len() / k;
+        let mut out = vec![0f32; m * self.0.rows];
+        self.0.matmul(x, m, &mut out);
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("non-empty dims") = self.0.rows;
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// Token embeddings: rows dequantized on demand from the stored matrix.
+enum Embedding {
+    Cpu(Arc<QMatrix>),
+    Device(Tensor),
+}
+
+impl Embedding {
+    fn forward(&self, tokens: &[u32], n_embd: usize) -> Result<Tensor> {
+        match self {
+            Embedding::Cpu(m) => {
+                let mut out = vec![0f32; tokens.len() * n_embd];
+                for (row, &t) in out.chunks_exact_mut(n_embd).zip(tokens) {
+                    m.dequantize_row(t as usize, row);
+                }
+                Ok(Tensor::from_vec(out, (tokens.len(), n_embd), &Device::Cpu)?)
+            }
+            Embedding::Device(table) => {
+                let ids = Tensor::new(tokens, table.device())?;
+                Ok(table.index_select(&ids, 0)?)
+            }
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// Which logits `forward` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only for the last position: `[vocab]`.
+    Last,
+    /// For every position of the chunk: `[seq, vocab]`.
+    All,
+}
+
+pub struct Llama {
+    pub cfg: ModelConfig,
+    device: Device,
+    embed: Embedding,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    output: Linear,
+}
+
+/// Tensor names of one checkpoint format.
+struct Names {
+    embed: &'static str,
+    output: &'static str,
+    norm: &'static str,
+    block: fn(usize, &str) -> String,
+}
+
+const GGUF_NAMES: Names = Names {
+    embed: "token_embd.weight",
+    output: "output.weight",
+    norm: "output_norm.weight",
+    block: |i, part| {
+        let p = match part {
+            "attn_norm" => "attn_norm",
+            "q" => "attn_q",
+            "k" => "attn_k",
+            "v" => "attn_v",
+            "o" => "attn_output",
+            "ffn_norm" => "ffn_norm",
+            "gate" => "ffn_gate",
+            "up" => "ffn_up",
+            _ => "ffn_down",
+        };
+        format!("blk.{i}.{p}.weight")
+    },
+};
+
+const HF_NAMES: Names = Names {
+    embed: "model.embed_tokens.weight",
+    output: "lm_head.weight",
+    norm: "model.norm.weight",
+    block: |i, part| {
+        let p = match part {
+            "attn_norm" => "input_layernorm",
+            "q" => "self_attn.q_proj",
+            "k" => "self_attn.k_proj",
+            "v" => "self_attn.v_proj",
+            "o" => "self_attn.o_proj",
+            "ffn_norm" => "post_attention_layernorm",
+            "gate" => "mlp.gate_proj",
+            "up" => "mlp.up_proj",
+            _ => "mlp.down_proj",
+        };
+        format!("model.layers.{i}.{p}.weight")
+    },
+};
+
+/// Anything that can hand out named tensors (a GGUF file, a set of safetensors files).
+pub trait TensorSource {
+    fn path(&self) -> &Path;
+    fn tensor(&self, name: &str) -> Result<TensorData>;
+    fn has(&self, name: &str) -> bool;
+}
+
+impl TensorSource for GgufFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn tensor(&self, name: &str) -> Result<TensorData> {
+        GgufFile::tensor(self, name)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.has_tensor(name)
+    }
+}
+
+impl Llama {
+    pub fn from_gguf(f: &GgufFile, cfg: ModelConfig, device: &Device, progress: &mut dyn FnMut(f32)) -> Result<Self> {
+        Self::load(f, &GGUF_NAMES, cfg, device, progress)
+    }
+
+    pub fn from_safetensors(
+        src: &dyn TensorSource,
+        cfg: ModelConfig,
+        device: &Device,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self> {
+        Self::load(src, &HF_NAMES, cfg, device, progress)
+    }
+
+    fn load(
+        src: &dyn TensorSource,
+        names: &Names,
+        cfg: ModelConfig,
+        device: &Device,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self> {
+        let path = src.path().to_path_buf();
+        let embd = src.tensor(names.embed)?;
+        check_dims(&path, &embd, &[cfg.vocab_size, cfg.n_embd])?;
+        let embed = if device.is_cpu() {
+            let Linear::Cpu(m) = Linear::from_tensor(&embd, device, &path)? else {
+                unreachable!("cpu device gives cpu weights")
+            };
+            Embedding::Cpu(m)
+        } else {
+            let q = qtensor_from_ggml(embd.dtype, embd.data.bytes(), embd.dims.clone(), device)?;
+            Embedding::Device(q.dequantize(device)?)
+        };
+        // No output matrix means the embedding is tied to the output projection.
+        let output_t = if src.has(names.output) { src.tensor(names.output)? } else { embd };
+        check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
+        let output = Linear::from_tensor(&output_t, device, &path)?;
+        let norm = vector(src, names.norm, cfg.n_embd, device)?;
+        let (qd, kvd) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let name = |p: &str| (names.block)(i, p);
+            let linear = |p: &str, shape: [usize; 2]| -> Result<Linear> {
+                let t = src.tensor(&name(p))?;
+                check_dims(&path, &t, &shape)?;
+                Linear::from_tensor(&t, device, &path)
+            };
+            blocks.push(Block {
+                attn_norm: vector(src, &name("attn_norm"), cfg.n_embd, device)?,
+                wq: linear("q", [qd, cfg.n_embd])?,
+                wk: linear("k", [kvd, cfg.n_embd])?,
+                wv: linear("v", [kvd, cfg.n_embd])?,
+                wo: linear("o", [cfg.n_embd, qd])?,
+                ffn_norm: vector(src, &name("ffn_norm"), cfg.n_embd, device)?,
+                w_gate: linear("gate", [cfg.n_ff, cfg.n_embd])?,
+                w_up: linear("up", [cfg.n_ff, cfg.n_embd])?,
+                w_down: linear("down", [cfg.n_embd, cfg.n_ff])?,
+            });
+            progress((i + 1) as f32 / cfg.n_layer as f32);
+        }
+        Ok(Self {
+            cfg,
+            device: device.clone(),
+            embed,
+            blocks,
+            norm,
+            output,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A cache for `capacity` positions (at most the trained context length).
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(&self.cfg, capacity, &self.device)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache, and
+    /// returns the logits (`[vocab]` for `Logits::Last`, `[seq, vocab]` for `Logits::All`).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+        self.forward_cancellable(tokens, cache, logits, &|| false)
+    }
+
+    /// `forward`, checking `cancelled` between layers; a cancelled call leaves the cache as it was.
+    pub fn forward_cancellable(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        logits: Logits,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (seq, pos) = (tokens.len(), cache.len);
+        if seq == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if pos + seq > cache.capacity {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: pos + seq,
+                context: cache.capacity,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(EngineError::BadToken {
+                id,
+                vocab: cfg.vocab_size,
+            });
+        }
+        let (cos, sin) = (cache.cos.narrow(0, pos, seq)?, cache.sin.narrow(0, pos, seq)?);
+        let mask = causal_mask(seq, pos, &self.device)?;
+        let mut x = self.embed.forward(tokens, cfg.n_embd)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            if cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
+            let attn = self.attention(block, &h, layer, cache, &cos, &sin, mask.as_ref())?;
+            x = (x + block.wo.forward(&attn)?)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+            let ff = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            x = (x + ff)?;
+        }
+        cache.len = pos + seq;
+        let x = match logits {
+            Logits::Last => x.narrow(0, seq - 1, 1)?,
+            Logits::All => x,
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.rms_eps)?;
+        let out = self.output.forward(&x)?;
+        Ok(match logits {
+            Logits::Last => out.squeeze(0)?,
+            Logits::All => out,
+        })
+    }
+
+    /// Grouped-query attention for one layer; query heads `g·group .. (g+1)·group` share KV head `g`,
+    /// which the reshape to `[kv_heads, group·seq, head_dim]` expresses without copying keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        block: &Block,
+        h: &Tensor,
+        layer: usize,
+        cache: &mut KvCache,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (seq, pos) = (h.dim(0)?, cache.len);
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
+        let group = nh / nkv;
+        let q = block.wq.forward(h)?.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = block.wk.forward(h)?.reshape((1, seq, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = block.wv.forward(h)?.reshape((seq, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let (q, k) = if cfg.rope_interleaved {
+            (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+        } else {
+            (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+        };
+        cache.k[layer].slice_set(&k.squeeze(0)?, 1, pos)?;
+        cache.v[layer].slice_set(&v, 1, pos)?;
+        let total = pos + seq;
+        let keys = cache.k[layer].narrow(1, 0, total)?;
+        let values = cache.v[layer].narrow(1, 0, total)?;
+        let q = q.reshape((nkv, group * seq, hd))?;
+        let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => scores
+                .reshape((nkv, group, seq, total))?
+                .broadcast_add(m)?
+                .reshape((nkv, group * seq, total))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&values)?;
+        Ok(y.reshape((nh, seq, hd))?.transpose(0, 1)?.reshape((seq, nh * hd))?)
+    }
+}
+
+/// `[seq, pos + seq]` with `-inf` where key position `j` is after query position `pos + i`.
+fn causal_mask(seq: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let total = pos + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (seq, total), device)?))
+}
+
+fn check_dims(path: &Path, t: &TensorData, want: &[usize]) -> Result<()> {
+    if t.dims != want {
+        return Err(EngineError::BadTensor {
+            path: path.to_path_buf(),
+            name: t.name.clone(),
+            detail: format!("shape {:?} does not match the metadata, expected {want:?}", t.dims),
+        });
+    }
+    Ok(())
+}
+
+/// A 1-D f32 tensor (norm weights) of length `n`.
+fn vector(src: &dyn TensorSource, name: &str, n: usize, device: &Device) -> Result<Tensor> {
+    let t = src.tensor(name)?;
+    let elems: usize = t.dims.iter().product();
+    if elems != n {
+        return Err(EngineError::BadTensor {
+            path: src.path().to_path_buf(),
+            name: name.to_string(),
+            detail: format!("expected {n} values, found shape {:?}", t.dims),
+        });
+    }
+    let m = QMatrix::new(t.dtype, 1, n, WeightBytes::Owned(Arc::new(t.data.bytes().to_vec()))).map_err(
+        |detail| EngineError::BadTensor {
+            path: src.path().to_path_buf(),
+            name: name.to_string(),
+            detail,
+        },
+    )?;
+    let mut v = vec![0f32; n];
+    m.dequantize_row(0, &mut v);
+    Ok(Tensor::from_vec(v, n, device)?)
+}
+
+/// Keys and values of every layer for positions `0..len`, preallocated for `capacity` positions, plus
+/// the rotary tables for the same positions.
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    cos: Tensor,
+    sin: Tensor,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    fn new(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<Self> {
+        let capacity = capacity.clamp(1, cfg.context_length.max(1));
+        let shape = (cfg.n_head_kv, capacity, cfg.head_dim);
+        let mut k = Vec::with_capacity(cfg.n_layer);
+        let mut v = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            // Zeroed memory is mapped lazily, so only positions actually used become resident.
+            k.push(Tensor::zeros(shape, DType::F32, device)?);
+            v.push(Tensor::zeros(shape, DType::F32, device)?);
+        }
+        let (cos, sin) = rope_tables(cfg, capacity, device)?;
+        Ok(Self {
+            k,
+            v,
+            cos,
+            sin,
+            len: 0,
+            capacity,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+fn rope_tables(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = cfg.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let positions = Tensor::arange(0u32, capacity as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((capacity, 1))?;
+    let freqs = positions.broadcast_mul(&inv_freq)?;
+    Ok((freqs.cos()?.contiguous()?, freqs.sin()?.contiguous()?))
+}
+
+/// The index of the largest logit (greedy decoding).
+pub fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+}
+
+/// Safetensors weights of a Hugging Face checkpoint, memory-mapped.
+pub struct SafetensorsSource {
+    path: std::path::PathBuf,
+    tensors: std::collections::HashMap<String, TensorData>,
+}
+
+impl SafetensorsSource {
+    pub fn open(dir: &Path, files: &[std::path::PathBuf]) -> Result<Self> {
+        let mut tensors = std::collections::HashMap::new();
+        for file in files {
+            let corrupt = |detail: String| EngineError::Corrupt {
+                path: file.clone(),
+                detail,
+            };
+            let f = std::fs::File::open(file).map_err(|source| EngineError::Io {
+                path: file.clone(),
+                source,
+            })?;
+            // SAFETY: read-only map of a file we do not modify.
+            let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
+                path: file.clone(),
+                source,
+            })?);
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+                .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let dtype = match info.dtype {
+                    safetensors::Dtype::F32 => GgmlDType::F32,
+                    safetensors::Dtype::F16 => GgmlDType::F16,
+                    safetensors::Dtype::BF16 => GgmlDType::BF16,
+                    other => return Err(corrupt(format!("tensor {name}: unsupported dtype {other:?}"))),
+                };
+                let (start, end) = info.data_offsets;
+                if base + end > map.len() {
+                    return Err(corrupt(format!("tensor {name} extends past the end of the file")));
+                }
+                tensors.insert(
+                    name.clone(),
+                    TensorData {
+                        name: name.clone(),
+                        dtype,
+                        dims: info.shape.clone(),
+                        data: MappedBytes::new(map.clone(), base + start, end - start),
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            path: dir.to_path_buf(),
+            tensors,
+        })
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn tensor(&self, name: &str) -> Result<TensorData> {
+        self.tensors.get(name).cloned().ok_or_else(|| EngineError::BadTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            detail: "missing from the checkpoint".into(),
+        })
+    }
+    fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}

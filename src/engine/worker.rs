@@ -1,0 +1,289 @@
+//! The model thread: owns the weights, the KV cache and the list of tokens the cache holds; serves one
+//! request at a time from its queue. A request shares the longest common token prefix with what the cache
+//! holds and computes only the rest. A panic inside a request is caught, the cache is reset, and the
+//! thread goes on serving.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::error::{EngineError, Result};
+use super::load::{default_threads, load_model, LoadOptions};
+use super::model::{KvCache, Llama, Logits};
+use super::sampler::Sampler;
+use super::tokenizer::{IncrementalDecoder, Tokenizer};
+use super::{Event, GenerateRequest, ModelInfo, Outcome, StopReason, Timings};
+
+/// Prompt tokens computed per forward call; cancellation is also checked between layers.
+const PREFILL_CHUNK: usize = 256;
+
+pub struct Job {
+    pub req: GenerateRequest,
+    pub events: UnboundedSender<Event>,
+    pub queued: Instant,
+}
+
+type Spawned = (
+    Sender<Job>,
+    Arc<Tokenizer>,
+    Arc<ModelInfo>,
+    std::thread::JoinHandle<()>,
+);
+
+pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Result<Spawned> {
+    let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("codellama-model".into())
+        .spawn(move || {
+            let threads = opts.threads.unwrap_or_else(default_threads).max(1);
+            let pool = match rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("codellama-compute-{i}"))
+                .build()
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(EngineError::Compute(e.to_string())));
+                    return;
+                }
+            };
+            let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| load_model(&opts, &mut *progress)))
+                .unwrap_or_else(|_| Err(EngineError::Compute("the model loader panicked".into())));
+            let loaded = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let cache = match loaded.model.new_cache(loaded.info.context_window) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let info = Arc::new(loaded.info);
+            let _ = ready_tx.send(Ok((loaded.tokenizer.clone(), info)));
+            let mut worker = Worker {
+                eog: loaded.tokenizer.end_of_generation_ids().into_iter().collect(),
+                model: loaded.model,
+                tokenizer: loaded.tokenizer,
+                cache,
+                cached: Vec::new(),
+            };
+            pool.install(|| worker.serve(job_rx));
+        })
+        .map_err(|e| EngineError::Compute(format!("cannot start the model thread: {e}")))?;
+    match ready_rx.recv() {
+        Ok(Ok((tokenizer, info))) => Ok((job_tx, tokenizer, info, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(EngineError::Stopped),
+    }
+}
+
+struct Worker {
+    model: Llama,
+    tokenizer: Arc<Tokenizer>,
+    cache: KvCache,
+    /// The tokens whose keys and values are in `cache` (always `cache.len()` of them).
+    cached: Vec<u32>,
+    eog: HashSet<u32>,
+}
+
+impl Worker {
+    fn serve(&mut self, jobs: Receiver<Job>) {
+        while let Ok(job) = jobs.recv() {
+            let Job { mut req, events, queued } = job;
+            let queue_ms = queued.elapsed().as_secs_f64() * 1e3;
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(&mut req, &events)));
+            let result = match result {
+                Ok(r) => r,
+                Err(panic) => {
+                    self.reset();
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    tracing::error!("model thread recovered from a panic: {msg}");
+                    Err(EngineError::Compute(format!("internal error: {msg}")))
+                }
+            };
+            let result = result.map(|mut o| {
+                o.timings.queue_ms = queue_ms;
+                o
+            });
+            let _ = events.send(Event::Finished(result));
+        }
+    }
+
+    fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.cached.clear();
+    }
+
+    fn validate(&self, prompt: &[u32], max_tokens: usize) -> Result<()> {
+        let _ = max_tokens;
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let vocab = self.model.cfg.vocab_size;
+        if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadToken { id, vocab });
+        }
+        if prompt.len() >= self.cache.capacity() {
+            return Err(EngineError::PromptTooLong {
+                prompt_tokens: prompt.len(),
+                context: self.cache.capacity(),
+            });
+        }
+        Ok(())
+    }
+
+    fn generate(&mut self, req: &mut GenerateRequest, events: &UnboundedSender<Event>) -> Result<Outcome> {
+        let mut timings = Timings {
+            prompt_tokens: req.prompt.len(),
+            ..Timings::default()
+        };
+        if req.cancel.is_cancelled() {
+            return Ok(cancelled(timings));
+        }
+        self.validate(&req.prompt, req.max_tokens)?;
+
+        let t_prefill = Instant::now();
+        let reuse = common_prefix(&self.cached, &req.prompt).min(req.prompt.len() - 1);
+        self.cache.truncate(reuse);
+        self.cached.truncate(reuse);
+        timings.reused_tokens = reuse;
+        let mut logits = None;
+        for chunk in req.prompt[reuse..].chunks(PREFILL_CHUNK) {
+            if req.cancel.is_cancelled() {
+                timings.prefill_ms = ms(t_prefill);
+                return Ok(cancelled(timings));
+            }
+            let cancel = req.cancel.clone();
+            match self.model.forward_cancellable(chunk, &mut self.cache, Logits::Last, &|| cancel.is_cancelled()) {
+                Ok(l) => logits = Some(l),
+                Err(EngineError::Cancelled) => {
+                    timings.prefill_ms = ms(t_prefill);
+                    return Ok(cancelled(timings));
+                }
+                Err(e) => return Err(e),
+            }
+            self.cached.extend_from_slice(chunk);
+        }
+        timings.prefill_ms = ms(t_prefill);
+        let mut logits = logits.ok_or(EngineError::EmptyPrompt)?;
+
+        let t_decode = Instant::now();
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut decoder = IncrementalDecoder::new();
+        let mut out = Outcome {
+            generated_ids: Vec::new(),
+            text: String::new(),
+            stop_reason: StopReason::MaxTokens,
+            stop_token: None,
+            timings: Timings::default(),
+        };
+        while out.generated_ids.len() < req.max_tokens {
+            if req.cancel.is_cancelled() {
+                out.stop_reason = StopReason::Cancelled;
+                break;
+            }
+            let tok = sampler.sample(&logits.to_vec1::<f32>()?);
+            if req.stop_ids.contains(&tok) || (req.stop_at_eog && self.eog.contains(&tok)) {
+                out.stop_reason = StopReason::EndOfGeneration;
+                out.stop_token = Some(tok);
+                break;
+            }
+            out.generated_ids.push(tok);
+            let delta = decoder.push(&self.tokenizer, tok);
+            out.text.push_str(&delta);
+            if let Some(cut) = stop_string_cut(&out.text, &req.stop_strings, delta.len()) {
+                out.text.truncate(cut);
+                out.stop_reason = StopReason::StopString;
+                break;
+            }
+            if let Some(policy) = req.policy.as_mut() {
+                if let Some(cut) = policy.check(&out.text, t_decode.elapsed()) {
+                    out.text.truncate(cut.min(out.text.len()));
+                    out.stop_reason = StopReason::Policy;
+                    break;
+                }
+            }
+            let _ = events.send(Event::Token { id: tok, text: delta });
+            if out.generated_ids.len() >= req.max_tokens {
+                break;
+            }
+            if self.cache.len() >= self.cache.capacity() {
+                out.stop_reason = StopReason::ContextFull;
+                break;
+            }
+            logits = self.model.forward(&[tok], &mut self.cache, Logits::Last)?;
+            self.cached.push(tok);
+        }
+        timings.decode_ms = ms(t_decode);
+        timings.generated_tokens = out.generated_ids.len();
+        out.timings = timings;
+        Ok(out)
+    }
+}
+
+fn cancelled(timings: Timings) -> Outcome {
+    Outcome {
+        generated_ids: Vec::new(),
+        text: String::new(),
+        stop_reason: StopReason::Cancelled,
+        stop_token: None,
+        timings,
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier).
+fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let from = text.len().saturating_sub(new_bytes + s.len());
+            let from = (0..=from).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text[from..].find(s.as_str()).map(|i| from + i)
+        })
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_at_the_earliest() {
+        let stops = vec!["\n\n".to_string(), "```".to_string()];
+        assert_eq!(stop_string_cut("abc\n\ndef", &stops, 5), Some(3));
+        assert_eq!(stop_string_cut("abc", &stops, 3), None);
+        assert_eq!(stop_string_cut("é```", &stops, 3), Some(2));
+    }
+
+    #[test]
+    fn prefix_length() {
+        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
+        assert_eq!(common_prefix(&[], &[1]), 0);
+    }
+}

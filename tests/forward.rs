@@ -1,0 +1,103 @@
+//! The forward pass against references: greedy continuations of the tiny Code Llama fixtures (a float64
+//! numpy reference, also matched by llama.cpp) token for token, and cache reuse giving the cold result.
+
+mod common;
+
+use candle_core::Device;
+use codellama_lsp::engine::gguf::GgufFile;
+use codellama_lsp::engine::model::{Llama, Logits, ModelConfig};
+use codellama_lsp::engine::sampler::argmax;
+
+fn load(name: &str) -> Llama {
+    let f = GgufFile::open(&common::codellama_fixture(name)).expect("open fixture");
+    let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).expect("config");
+    Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).expect("load")
+}
+
+fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache(512).unwrap();
+    let mut logits = model.forward(prompt, &mut cache, Logits::Last).unwrap();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = argmax(&logits.to_vec1::<f32>().unwrap());
+        out.push(t);
+        logits = model.forward(&[t], &mut cache, Logits::Last).unwrap();
+    }
+    out
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn tiny_codellama_greedy_matches_golden() {
+    let golden = common::read_json(&common::codellama_fixture("tiny-codellama-greedy-golden.json"));
+    let cases = golden.as_array().unwrap();
+    assert!(cases.len() >= 6, "expected 3 models x 2 prompts");
+    for case in cases {
+        let model = load(case["model"].as_str().unwrap());
+        let want = ids(&case["greedy_ids"]);
+        let got = greedy(&model, &ids(&case["prompt_ids"]), want.len());
+        assert_eq!(got, want, "{} / {}", case["model"], case["prompt_name"]);
+    }
+}
+
+#[test]
+fn first_step_logits_match_reference_values() {
+    let golden = common::read_json(&common::codellama_fixture("tiny-codellama-greedy-golden.json"));
+    for case in golden.as_array().unwrap() {
+        let model = load(case["model"].as_str().unwrap());
+        let mut cache = model.new_cache(64).unwrap();
+        let logits = model
+            .forward(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let tol = if case["model"].as_str().unwrap().contains("q8_0") { 0.15 } else { 0.02 };
+        for pair in case["first_step_top5_logits"].as_array().unwrap() {
+            let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
+            assert!((logits[id] - want).abs() < tol, "{}: logit[{id}] = {} want {want}", case["model"], logits[id]);
+        }
+    }
+}
+
+/// A prompt that shares a prefix with what the cache holds computes only the rest, and gives the same
+/// logits as a cold run (f32/f16 weights: exact up to float rounding).
+#[test]
+fn truncating_the_cache_reproduces_a_cold_run() {
+    for name in ["tiny-codellama-mha.gguf", "tiny-codellama-gqa.gguf"] {
+        let model = load(name);
+        let a: Vec<u32> = vec![1, 822, 3349, 29918, 5464, 29918, 294, 18869, 29898, 29879];
+        let mut b = a[..6].to_vec();
+        b.extend([1678, 736, 1121]);
+        let cold = {
+            let mut cache = model.new_cache(64).unwrap();
+            model.forward(&b, &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap()
+        };
+        let mut cache = model.new_cache(64).unwrap();
+        model.forward(&a, &mut cache, Logits::Last).unwrap();
+        cache.truncate(6);
+        let warm = model.forward(&b[6..], &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(cache.len(), b.len());
+        let max_diff = cold.iter().zip(&warm).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
+    }
+}
+
+/// Chunked prefill, one-token decode and `Logits::All` agree with each other.
+#[test]
+fn all_logits_agree_with_stepwise_decoding() {
+    let model = load("tiny-codellama-gqa.gguf");
+    let prompt = [1u32, 15043, 3186, 29892, 920, 526];
+    let mut cache = model.new_cache(64).unwrap();
+    let all = model.forward(&prompt, &mut cache, Logits::All).unwrap();
+    assert_eq!(all.dims(), &[prompt.len(), 32016]);
+    let mut cache = model.new_cache(64).unwrap();
+    for (i, t) in prompt.iter().enumerate() {
+        let step = model.forward(&[*t], &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap();
+        let row = all.get(i).unwrap().to_vec1::<f32>().unwrap();
+        let d = step.iter().zip(&row).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-3, "position {i}: {d}");
+    }
+}
