@@ -20,6 +20,25 @@ pub enum TokenizerError {
     Invalid(String),
 }
 
+/// Which FIM marker family the vocabulary carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FimFamily {
+    CodeLlama,
+    StarCoder,
+    DeepSeek,
+    /// `<|fim_prefix|>`-style markers (Qwen2.5-Coder, CodeGemma).
+    PipeFim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FimIds {
+    pub family: FimFamily,
+    pub prefix: u32,
+    pub suffix: u32,
+    pub middle: u32,
+    pub eot: Option<u32>,
+}
+
 /// A loaded tokenizer. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Tokenizer {
     _private: (),
@@ -95,6 +114,20 @@ impl Tokenizer {
 
     /// Ids that end a generation: EOS, EOT (`▁<EOT>` for Code Llama), `<|im_end|>`, `<|endoftext|>`...
     pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        todo!()
+    }
+
+    pub fn fim_ids(&self) -> Option<FimIds> {
+        todo!()
+    }
+
+    /// Id of a control token written as text (e.g. `<|im_start|>`).
+    pub fn special_id(&self, _text: &str) -> Option<u32> {
+        todo!()
+    }
+
+    /// Ids that user text must never produce (control tokens, FIM markers).
+    pub fn is_protected(&self, _id: u32) -> bool {
         todo!()
     }
 
