@@ -8,7 +8,7 @@ use candle_core::quantized::gguf_file::Value;
 use super::merge::{ByteBpeModel, SpmModel};
 use super::pretokenize::PreTokenizer;
 use super::special::{self, SpecialKeys};
-use super::vocab::{TokenType, Vocab};
+use super::vocab::{parse_byte_piece, TokenType, Vocab};
 use super::{Engine, Settings, Tokenizer, TokenizerError, TokenizerKind};
 
 const MODEL: &str = "tokenizer.ggml.model";
@@ -39,7 +39,7 @@ pub(super) fn load(metadata: &HashMap<String, Value>) -> Result<Tokenizer, Token
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let types = token_types(&meta, pieces.len())?;
+    let types = token_types(&meta, kind, &pieces)?;
     let mut vocab = Vocab::new(kind, pieces, types)?;
     let specials = special::resolve(&mut vocab, special_keys(&meta, kind)?);
 
@@ -49,7 +49,7 @@ pub(super) fn load(metadata: &HashMap<String, Value>) -> Result<Tokenizer, Token
     let settings = settings(&meta, kind, default_add_bos)?;
     let engine = match pre {
         None => Engine::Spm(SpmModel::new(&vocab, scores(&meta, vocab.len())?)),
-        Some(pre) => Engine::ByteBpe(ByteBpeModel::new(&vocab, meta.strings(MERGES)?, pre)?),
+        Some(pre) => Engine::ByteBpe(ByteBpeModel::new(&vocab, meta.strings(MERGES)?, pre)),
     };
     Ok(Tokenizer {
         vocab,
@@ -69,14 +69,24 @@ fn pre_tokenizer(meta: &Meta) -> Result<PreTokenizer, TokenizerError> {
     }
 }
 
-fn token_types(meta: &Meta, count: usize) -> Result<Vec<TokenType>, TokenizerError> {
+/// Types from `tokenizer.ggml.token_type`; files without it get normal pieces and (SentencePiece)
+/// byte pieces `<0xXX>`, which llama.cpp finds by name.
+fn token_types(
+    meta: &Meta,
+    kind: TokenizerKind,
+    pieces: &[String],
+) -> Result<Vec<TokenType>, TokenizerError> {
     let Some(values) = meta.array(TOKEN_TYPE)? else {
-        return Ok(vec![TokenType::Normal; count]);
+        let by_name = |piece: &String| match (kind, parse_byte_piece(piece)) {
+            (TokenizerKind::SentencePiece, Some(_)) => TokenType::Byte,
+            _ => TokenType::Normal,
+        };
+        return Ok(pieces.iter().map(by_name).collect());
     };
-    check_len(TOKEN_TYPE, count, values.len())?;
+    check_len(TOKEN_TYPE, pieces.len(), values.len())?;
     values
         .iter()
-        .take(count)
+        .take(pieces.len())
         .map(|v| {
             int(v)
                 .map(TokenType::from_gguf)

@@ -9,7 +9,6 @@ use std::collections::{BinaryHeap, HashMap};
 
 use super::pretokenize::PreTokenizer;
 use super::vocab::{byte_level_byte, byte_level_encode, Vocab, SPACE_MARK};
-use super::TokenizerError;
 
 /// A run of the text being merged and the token it spells (`None`: a character with no token).
 #[derive(Debug, Clone, Copy)]
@@ -216,13 +215,16 @@ impl ByteBpeModel {
         vocab: &Vocab,
         merges: impl IntoIterator<Item = &'a str>,
         pre: PreTokenizer,
-    ) -> Result<Self, TokenizerError> {
+    ) -> Self {
         let mut ranks = HashMap::new();
         let mut joined = String::new();
+        let mut malformed = 0usize;
         for (rank, merge) in (0u32..).zip(merges) {
-            let (left, right) = split_merge(merge).ok_or_else(|| {
-                TokenizerError::Invalid(format!("merge {rank} ({merge:?}) is not \"left right\""))
-            })?;
+            // llama.cpp keeps going past a malformed entry (it can never match); so do we.
+            let Some((left, right)) = split_merge(merge) else {
+                malformed += 1;
+                continue;
+            };
             joined.clear();
             joined.push_str(left);
             joined.push_str(right);
@@ -234,11 +236,16 @@ impl ByteBpeModel {
             };
             ranks.entry((l, r)).or_insert((rank, merged));
         }
-        Ok(Self {
+        if malformed > 0 {
+            tracing::warn!(
+                "ignored {malformed} tokenizer.ggml.merges entries that are not \"left right\""
+            );
+        }
+        Self {
             pre,
             ranks,
             user_defined: vocab.user_defined(),
-        })
+        }
     }
 
     pub(super) fn encode(&self, vocab: &Vocab, text: &str) -> Vec<u32> {
