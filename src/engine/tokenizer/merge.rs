@@ -132,9 +132,14 @@ fn merge<P: Ord>(
         .collect()
 }
 
-/// A SentencePiece score ordered so that higher scores sort first.
-#[derive(PartialEq)]
+/// A SentencePiece score ordered so that higher scores sort first (total order, NaN included).
 struct Score(f32);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
 
 impl Eq for Score {}
 
@@ -165,6 +170,8 @@ impl SpmModel {
     }
 
     /// Spaces become "▁"; with `dummy_prefix` one "▁" is prepended (SentencePiece's implicit space).
+    /// User-defined tokens are matched whole first; the dummy "▁" goes only before the first text
+    /// fragment, as in SentencePiece (llama.cpp re-adds it after each such token; Code Llama has none).
     pub(super) fn encode(&self, vocab: &Vocab, text: &str, dummy_prefix: bool) -> Vec<u32> {
         let mut out = Vec::new();
         for (index, fragment) in split_user_defined(text, &self.user_defined)
