@@ -50,7 +50,9 @@ impl ModelConfig {
         let key = |k: &str| format!("llama.{k}");
         let n_embd = f.require_usize(&key("embedding_length"))?;
         let n_head = f.require_usize(&key("attention.head_count"))?;
-        let n_head_kv = f.get_usize(&key("attention.head_count_kv")).unwrap_or(n_head);
+        let n_head_kv = f
+            .get_usize(&key("attention.head_count_kv"))
+            .unwrap_or(n_head);
         let head_dim = n_embd / n_head.max(1);
         let embd = f.tensor("token_embd.weight")?;
         let vocab_size = f
@@ -74,7 +76,9 @@ impl ModelConfig {
                 10_000.0
             }
         };
-        let rope_dim = f.get_usize(&key("rope.dimension_count")).unwrap_or(head_dim);
+        let rope_dim = f
+            .get_usize(&key("rope.dimension_count"))
+            .unwrap_or(head_dim);
         let cfg = Self {
             n_layer: f.require_usize(&key("block_count"))?,
             n_embd,
@@ -103,7 +107,10 @@ impl ModelConfig {
                 key: k.to_string(),
             })
         };
-        let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let model_type = json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         if model_type != "llama" {
             return Err(EngineError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -217,7 +224,11 @@ impl CustomOp1 for MatMulOp {
         "codellama-qmatmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("qmatmul expects f32 activations");
         };
@@ -361,7 +372,12 @@ impl TensorSource for GgufFile {
 }
 
 impl Llama {
-    pub fn from_gguf(f: &GgufFile, cfg: ModelConfig, device: &Device, progress: &mut dyn FnMut(f32)) -> Result<Self> {
+    pub fn from_gguf(
+        f: &GgufFile,
+        cfg: ModelConfig,
+        device: &Device,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self> {
         Self::load(f, &GGUF_NAMES, cfg, device, progress)
     }
 
@@ -394,7 +410,11 @@ impl Llama {
             Embedding::Device(q.dequantize(device)?)
         };
         // No output matrix means the embedding is tied to the output projection.
-        let output_t = if src.has(names.output) { src.tensor(names.output)? } else { embd };
+        let output_t = if src.has(names.output) {
+            src.tensor(names.output)?
+        } else {
+            embd
+        };
         check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
         let output = Linear::from_tensor(&output_t, device, &path)?;
         let norm = vector(src, names.norm, cfg.n_embd, device)?;
@@ -470,7 +490,10 @@ impl Llama {
                 vocab: cfg.vocab_size,
             });
         }
-        let (cos, sin) = (cache.cos.narrow(0, pos, seq)?, cache.sin.narrow(0, pos, seq)?);
+        let (cos, sin) = (
+            cache.cos.narrow(0, pos, seq)?,
+            cache.sin.narrow(0, pos, seq)?,
+        );
         let mask = causal_mask(seq, pos, &self.device)?;
         let mut x = self.embed.forward(tokens, cfg.n_embd)?;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -515,13 +538,34 @@ impl Llama {
         let (seq, pos) = (h.dim(0)?, cache.len);
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let group = nh / nkv;
-        let q = block.wq.forward(h)?.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = block.wk.forward(h)?.reshape((1, seq, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = block.wv.forward(h)?.reshape((seq, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let q = block
+            .wq
+            .forward(h)?
+            .reshape((1, seq, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = block
+            .wk
+            .forward(h)?
+            .reshape((1, seq, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = block
+            .wv
+            .forward(h)?
+            .reshape((seq, nkv, hd))?
+            .transpose(0, 1)?
+            .contiguous()?;
         let (q, k) = if cfg.rope_interleaved {
-            (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
         } else {
-            (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
         };
         cache.k[layer].slice_set(&k.squeeze(0)?, 1, pos)?;
         cache.v[layer].slice_set(&v, 1, pos)?;
@@ -539,7 +583,9 @@ impl Llama {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&values)?;
-        Ok(y.reshape((nh, seq, hd))?.transpose(0, 1)?.reshape((seq, nh * hd))?)
+        Ok(y.reshape((nh, seq, hd))?
+            .transpose(0, 1)?
+            .reshape((seq, nh * hd))?)
     }
 }
 
@@ -560,7 +606,10 @@ fn check_dims(path: &Path, t: &TensorData, want: &[usize]) -> Result<()> {
         return Err(EngineError::BadTensor {
             path: path.to_path_buf(),
             name: t.name.clone(),
-            detail: format!("shape {:?} does not match the metadata, expected {want:?}", t.dims),
+            detail: format!(
+                "shape {:?} does not match the metadata, expected {want:?}",
+                t.dims
+            ),
         });
     }
     Ok(())
@@ -577,13 +626,17 @@ fn vector(src: &dyn TensorSource, name: &str, n: usize, device: &Device) -> Resu
             detail: format!("expected {n} values, found shape {:?}", t.dims),
         });
     }
-    let m = QMatrix::new(t.dtype, 1, n, WeightBytes::Owned(Arc::new(t.data.bytes().to_vec()))).map_err(
-        |detail| EngineError::BadTensor {
-            path: src.path().to_path_buf(),
-            name: name.to_string(),
-            detail,
-        },
-    )?;
+    let m = QMatrix::new(
+        t.dtype,
+        1,
+        n,
+        WeightBytes::Owned(Arc::new(t.data.bytes().to_vec())),
+    )
+    .map_err(|detail| EngineError::BadTensor {
+        path: src.path().to_path_buf(),
+        name: name.to_string(),
+        detail,
+    })?;
     let mut v = vec![0f32; n];
     m.dequantize_row(0, &mut v);
     Ok(Tensor::from_vec(v, n, device)?)
@@ -677,10 +730,13 @@ impl SafetensorsSource {
                 source,
             })?;
             // SAFETY: read-only map of a file we do not modify.
-            let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
-                path: file.clone(),
-                source,
-            })?);
+            let map =
+                Arc::new(
+                    unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
+                        path: file.clone(),
+                        source,
+                    })?,
+                );
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
                 .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
             let base = 8 + header_len;
@@ -689,11 +745,17 @@ impl SafetensorsSource {
                     safetensors::Dtype::F32 => GgmlDType::F32,
                     safetensors::Dtype::F16 => GgmlDType::F16,
                     safetensors::Dtype::BF16 => GgmlDType::BF16,
-                    other => return Err(corrupt(format!("tensor {name}: unsupported dtype {other:?}"))),
+                    other => {
+                        return Err(corrupt(format!(
+                            "tensor {name}: unsupported dtype {other:?}"
+                        )))
+                    }
                 };
                 let (start, end) = info.data_offsets;
                 if base + end > map.len() {
-                    return Err(corrupt(format!("tensor {name} extends past the end of the file")));
+                    return Err(corrupt(format!(
+                        "tensor {name} extends past the end of the file"
+                    )));
                 }
                 tensors.insert(
                     name.clone(),
@@ -718,11 +780,14 @@ impl TensorSource for SafetensorsSource {
         &self.path
     }
     fn tensor(&self, name: &str) -> Result<TensorData> {
-        self.tensors.get(name).cloned().ok_or_else(|| EngineError::BadTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            detail: "missing from the checkpoint".into(),
-        })
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::BadTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+                detail: "missing from the checkpoint".into(),
+            })
     }
     fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

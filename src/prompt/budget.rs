@@ -23,7 +23,10 @@ const MAX_CHARS_PER_TOKEN: usize = 24;
 
 /// The kept tail of `prefix`: `(byte offset where it starts, lines dropped)`. `count` gives a text's tokens.
 pub fn fit_prefix(prefix: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> (usize, usize) {
-    let window_start = floor_char_boundary(prefix, prefix.len().saturating_sub(budget * MAX_CHARS_PER_TOKEN));
+    let window_start = floor_char_boundary(
+        prefix,
+        prefix.len().saturating_sub(budget * MAX_CHARS_PER_TOKEN),
+    );
     if window_start == 0 && count(prefix) <= budget {
         return (0, 0);
     }
@@ -91,13 +94,20 @@ pub fn fit_suffix(suffix: &str, budget: usize, count: &dyn Fn(&str) -> usize) ->
     }
     // Not even the first line fits: keep the start of it that does.
     let first_end = starts.get(1).copied().unwrap_or(suffix.len());
-    (head_within(&suffix[..first_end], budget, count), starts.len().saturating_sub(1))
+    (
+        head_within(&suffix[..first_end], budget, count),
+        starts.len().saturating_sub(1),
+    )
 }
 
 /// Splits `budget` tokens between prefix and suffix at `ratio`:1, handing what one side does not need
 /// to the other. Returns `(prefix_budget, suffix_budget)`.
 pub fn split(budget: usize, ratio: f32, prefix_need: usize, suffix_need: usize) -> (usize, usize) {
-    let ratio = if ratio.is_finite() && ratio > 0.0 { ratio } else { 3.0 };
+    let ratio = if ratio.is_finite() && ratio > 0.0 {
+        ratio
+    } else {
+        3.0
+    };
     let prefix_share = ((budget as f32) * ratio / (ratio + 1.0)).round() as usize;
     let suffix_share = budget - prefix_share.min(budget);
     if prefix_need + suffix_need <= budget {
@@ -114,7 +124,11 @@ pub fn split(budget: usize, ratio: f32, prefix_need: usize, suffix_need: usize) 
 
 fn line_starts(text: &str) -> Vec<usize> {
     std::iter::once(0)
-        .chain(text.match_indices('\n').map(|(i, _)| i + 1).filter(|&i| i < text.len()))
+        .chain(
+            text.match_indices('\n')
+                .map(|(i, _)| i + 1)
+                .filter(|&i| i < text.len()),
+        )
         .collect()
 }
 

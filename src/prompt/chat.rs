@@ -63,7 +63,11 @@ pub fn detect(tok: &Tokenizer) -> Result<ChatFormat, PromptError> {
 }
 
 /// Prompt ids for `messages`, ending where the assistant's answer starts.
-pub fn build(tok: &Tokenizer, format: ChatFormat, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
+pub fn build(
+    tok: &Tokenizer,
+    format: ChatFormat,
+    messages: &[Message],
+) -> Result<Vec<u32>, PromptError> {
     match format {
         ChatFormat::Llama2 => llama2(tok, messages),
         ChatFormat::ChatMl => chatml(tok, messages),
@@ -84,7 +88,11 @@ pub fn stop_ids(tok: &Tokenizer, format: ChatFormat) -> Vec<u32> {
 fn llama2(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
     let (bos, eos) = match (tok.bos_id(), tok.eos_id()) {
         (Some(b), Some(e)) => (b, e),
-        _ => return Err(PromptError::Chat("the Llama 2 chat format needs BOS and EOS tokens".into())),
+        _ => {
+            return Err(PromptError::Chat(
+                "the Llama 2 chat format needs BOS and EOS tokens".into(),
+            ))
+        }
     };
     let mut turns: Vec<Message> = messages.to_vec();
     if let Some(first) = turns.first() {
@@ -94,7 +102,11 @@ fn llama2(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError
                 Some(user) if user.role == Role::User => {
                     user.content = format!("<<SYS>>\n{system}\n<</SYS>>\n\n{}", user.content);
                 }
-                _ => return Err(PromptError::Chat("a system message must be followed by a user message".into())),
+                _ => {
+                    return Err(PromptError::Chat(
+                        "a system message must be followed by a user message".into(),
+                    ))
+                }
             }
         }
     }
@@ -103,19 +115,29 @@ fn llama2(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError
     while i < turns.len() {
         let user = &turns[i];
         if user.role != Role::User {
-            return Err(PromptError::Chat("Llama 2 turns must alternate user, assistant, user...".into()));
+            return Err(PromptError::Chat(
+                "Llama 2 turns must alternate user, assistant, user...".into(),
+            ));
         }
         match turns.get(i + 1) {
             Some(answer) if answer.role == Role::Assistant => {
                 ids.push(bos);
                 ids.extend(tok.encode(
-                    &format!("[INST] {} [/INST] {} ", user.content.trim(), answer.content.trim()),
+                    &format!(
+                        "[INST] {} [/INST] {} ",
+                        user.content.trim(),
+                        answer.content.trim()
+                    ),
                     true,
                 ));
                 ids.push(eos);
                 i += 2;
             }
-            Some(_) => return Err(PromptError::Chat("Llama 2 turns must alternate user, assistant, user...".into())),
+            Some(_) => {
+                return Err(PromptError::Chat(
+                    "Llama 2 turns must alternate user, assistant, user...".into(),
+                ))
+            }
             None => {
                 ids.push(bos);
                 ids.extend(tok.encode(&format!("[INST] {} [/INST]", user.content.trim()), true));
@@ -124,7 +146,9 @@ fn llama2(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError
         }
     }
     if turns.last().map(|m| m.role) != Some(Role::User) {
-        return Err(PromptError::Chat("the last message must be the user's".into()));
+        return Err(PromptError::Chat(
+            "the last message must be the user's".into(),
+        ));
     }
     Ok(ids)
 }
@@ -132,7 +156,11 @@ fn llama2(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError
 fn chatml(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
     let (start, end) = match (tok.special_id("<|im_start|>"), tok.special_id("<|im_end|>")) {
         (Some(s), Some(e)) => (s, e),
-        _ => return Err(PromptError::Chat("ChatML needs the <|im_start|> and <|im_end|> tokens".into())),
+        _ => {
+            return Err(PromptError::Chat(
+                "ChatML needs the <|im_start|> and <|im_end|> tokens".into(),
+            ))
+        }
     };
     let mut ids = Vec::new();
     if tok.add_bos() {

@@ -72,7 +72,9 @@ impl FimTemplate {
             FimTemplate::CodeLlama => ["▁<PRE>", "▁<SUF>", "▁<MID>"],
             FimTemplate::StarCoder => ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
             FimTemplate::DeepSeek => ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
-            FimTemplate::Qwen | FimTemplate::CodeGemma => ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+            FimTemplate::Qwen | FimTemplate::CodeGemma => {
+                ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+            }
             FimTemplate::Continuation => return None,
         })
     }
@@ -83,7 +85,13 @@ impl FimTemplate {
             FimTemplate::CodeLlama => &["▁<EOT>"],
             FimTemplate::StarCoder => &["<|endoftext|>", "<file_sep>", "<filename>", "<repo_name>"],
             FimTemplate::DeepSeek => &["<｜end▁of▁sentence｜>", "<|EOT|>"],
-            FimTemplate::Qwen => &["<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>"],
+            FimTemplate::Qwen => &[
+                "<|endoftext|>",
+                "<|fim_pad|>",
+                "<|file_sep|>",
+                "<|repo_name|>",
+                "<|im_end|>",
+            ],
             FimTemplate::CodeGemma => &["<|file_separator|>", "<eos>", "<end_of_turn>"],
             FimTemplate::Continuation => &[],
         }
@@ -106,14 +114,14 @@ pub fn detect(tok: &Tokenizer) -> FimTemplate {
         Some(FimFamily::CodeLlama) => FimTemplate::CodeLlama,
         Some(FimFamily::StarCoder) => FimTemplate::StarCoder,
         Some(FimFamily::DeepSeek) => FimTemplate::DeepSeek,
-        Some(FimFamily::PipeFim) => {
+        Some(FimFamily::Qwen) => {
             if piece_id(tok, "<|file_separator|>").is_some() {
                 FimTemplate::CodeGemma
             } else {
                 FimTemplate::Qwen
             }
         }
-        None => FimTemplate::Continuation,
+        Some(FimFamily::Other) | None => FimTemplate::Continuation,
     }
 }
 
@@ -146,7 +154,11 @@ pub fn markers(tok: &Tokenizer, template: FimTemplate) -> Result<Option<Markers>
             })
         })
         .collect::<Result<_, _>>()?;
-    let mut stop_ids: Vec<u32> = template.stop_pieces().iter().filter_map(|p| piece_id(tok, p)).collect();
+    let mut stop_ids: Vec<u32> = template
+        .stop_pieces()
+        .iter()
+        .filter_map(|p| piece_id(tok, p))
+        .collect();
     // A marker in the output means the model left the middle.
     stop_ids.extend(&ids);
     stop_ids.sort_unstable();

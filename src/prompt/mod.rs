@@ -109,7 +109,10 @@ impl PromptBuilder {
     pub fn order(&self) -> FimOrder {
         if self.order == FimOrder::Spm && !self.template.supports_spm() {
             if !self.warned_order.swap(true, Ordering::Relaxed) && self.markers.is_some() {
-                tracing::info!("fim_order spm: {} models are trained on PSM only, using psm", self.template.name());
+                tracing::info!(
+                    "fim_order spm: {} models are trained on PSM only, using psm",
+                    self.template.name()
+                );
             }
             return FimOrder::Psm;
         }
@@ -121,7 +124,12 @@ impl PromptBuilder {
     }
 
     /// Builds the FIM prompt for `input`, leaving `max_tokens` of the `context_window` for the answer.
-    pub fn fim(&self, input: &FimInput, max_tokens: usize, context_window: usize) -> Result<BuiltPrompt, PromptError> {
+    pub fn fim(
+        &self,
+        input: &FimInput,
+        max_tokens: usize,
+        context_window: usize,
+    ) -> Result<BuiltPrompt, PromptError> {
         let fixed = 4 + SLACK_TOKENS; // BOS and three markers
         let budget = context_window
             .checked_sub(max_tokens + fixed)
@@ -131,7 +139,11 @@ impl PromptBuilder {
                 max_tokens,
             })?;
         let order = self.order();
-        let suffix = if self.markers.is_some() { input.suffix } else { "" };
+        let suffix = if self.markers.is_some() {
+            input.suffix
+        } else {
+            ""
+        };
         let count = |t: &str| self.count(t);
         // Needs are measured only up to what could possibly fit, so huge files stay cheap.
         let prefix_need = count(tail(input.prefix, budget * 24)).min(budget + 1);
@@ -153,8 +165,16 @@ impl PromptBuilder {
                 return Ok(BuiltPrompt {
                     ids,
                     template: self.template.name().to_string(),
-                    order: if self.markers.is_some() { order } else { FimOrder::Psm },
-                    stop_ids: self.markers.as_ref().map(|m| m.stop_ids.clone()).unwrap_or_default(),
+                    order: if self.markers.is_some() {
+                        order
+                    } else {
+                        FimOrder::Psm
+                    },
+                    stop_ids: self
+                        .markers
+                        .as_ref()
+                        .map(|m| m.stop_ids.clone())
+                        .unwrap_or_default(),
                     truncated: Truncation {
                         prefix_lines: pdrop,
                         suffix_lines: if self.markers.is_some() { sdrop } else { 0 },

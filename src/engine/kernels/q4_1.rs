@@ -80,7 +80,12 @@ mod x86 {
     /// `R` activation rows against one weight row; `R` is a constant so the accumulators stay in registers.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fixed<const R: usize>(wp: *const u8, nb: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+    unsafe fn fixed<const R: usize>(
+        wp: *const u8,
+        nb: usize,
+        acts: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
         let low = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
@@ -138,14 +143,19 @@ mod tests {
                 c
             })
             .collect();
-        let x: Vec<f32> = (0..3 * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        let x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         let q = Q8Row::quantize_rows(&x, 3, cols);
         let acts = [q.row(0), q.row(1), q.row(2)];
         let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
         rows_dot()(&w, &acts, &mut a);
         rows_dot_scalar(&w, &acts, &mut b);
         for r in 0..3 {
-            assert!((a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()), "{a:?} vs {b:?}");
+            assert!(
+                (a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()),
+                "{a:?} vs {b:?}"
+            );
         }
     }
 }
