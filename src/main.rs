@@ -1,1 +1,51 @@
-fn main() {}
+//! The `codellama-lsp` binary: argument parsing only; every command is a function of the library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use codellama_lsp::cli;
+
+#[derive(Parser)]
+#[command(
+    name = "codellama-lsp",
+    version,
+    about = "Code Llama inside your editor: a language server with in-process inference",
+    long_about = "Code Llama inside your editor: a language server with in-process inference.\n\n\
+                  With no command (or `serve`) it speaks LSP on stdin/stdout for VS Code, Neovim and any \
+                  other LSP client. The other commands run the same pipeline from the shell."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Complete the code at PATH:LINE:COLUMN (1-based) and print the suggestion.
+    Complete(cli::CompleteArgs),
+    /// Print the token ids of TEXT (no BOS), like llama.cpp's llama-tokenize.
+    Tokenize(cli::TokenizeArgs),
+    /// Measure prefill and decode speed of the in-process engine.
+    Bench(cli::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Some(Command::Complete(a)) => cli::complete(a),
+        Some(Command::Tokenize(a)) => cli::tokenize(a),
+        Some(Command::Bench(a)) => cli::bench(a),
+        None => {
+            eprintln!("the language server is not wired yet; see --help");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

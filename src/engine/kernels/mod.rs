@@ -7,9 +7,11 @@
 //! `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
+pub mod attention;
 mod float;
 mod q4_1;
 mod q8;
+mod q8_0;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -120,7 +122,14 @@ impl QMatrix {
                     dot(row, &acts, dst)
                 })
             }
-            GgmlDType::Q8_0 => self.generic::<BlockQ8_0>(x, m, out),
+            GgmlDType::Q8_0 => {
+                let xq = Q8Row::quantize_rows(x, m, self.cols);
+                let dot = q8_0::rows_dot();
+                self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
+                    let acts: Vec<&[q8::Q8Block]> = (first..first + dst.len()).map(|i| xq.row(i)).collect();
+                    dot(row, &acts, dst)
+                })
+            }
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),

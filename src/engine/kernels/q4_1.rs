@@ -54,6 +54,9 @@ pub fn rows_dot_scalar(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::hsum as x86_hsum;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -116,7 +119,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn hsum(v: __m256) -> f32 {
+    pub(in crate::engine::kernels) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
