@@ -5,5 +5,6 @@
 //! See ARCHITECTURE.md for the code map.
 
 pub mod engine;
+pub mod language;
 pub mod postprocess;
 pub mod prompt;
