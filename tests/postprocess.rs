@@ -18,7 +18,8 @@
 //! ```
 //!
 //! A section's text is every line up to the next `--- ` or `### ` line, joined with `\n` (so an empty last
-//! line means the text ends with a line break); trailing blank lines of `expected` are ignored.
+//! line means the text ends with a line break); trailing blank lines of `expected` are ignored. A `¶` at the
+//! very end of a section marks where its text ends, to show a trailing line break or trailing spaces.
 //!
 //! Checks: every case gives its expected suggestion; every case gives something else with its rule
 //! disabled; the streaming stopper never changes the final suggestion; nothing panics on sliced and mutated
@@ -170,7 +171,14 @@ fn parse_file(path: &Path, text: &str) -> Vec<Case> {
             {
                 i += 1;
             }
-            sections.push((header, lines[start..i].join("\n")));
+            let mut body = lines[start..i].join("\n");
+            if header.starts_with("expected") {
+                body.truncate(body.trim_end_matches('\n').len());
+            }
+            if let Some(b) = body.strip_suffix('¶') {
+                body = b.to_string();
+            }
+            sections.push((header, body));
         }
         let section = |want: &str| {
             sections
@@ -188,8 +196,7 @@ fn parse_file(path: &Path, text: &str) -> Vec<Case> {
         let expected = if sections.iter().any(|(h, _)| h == "expected: none") {
             None
         } else {
-            let e = section("expected");
-            Some(e.trim_end_matches('\n').to_string())
+            Some(section("expected"))
         };
         cases.push(Case {
             file: file.clone(),

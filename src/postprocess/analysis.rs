@@ -25,15 +25,20 @@ pub(crate) struct Analysis {
     pub before: String,
     /// Text of the cursor's line after the cursor.
     pub rest_of_line: String,
-    /// Whether the rest of the line has non-whitespace text.
+    /// Whether the rest of the line has text (other than an auto-closed brace, see `auto_closed`).
     pub mid_line: bool,
+    /// Whether the rest of the line is a `}` the editor closed (with only closers, `;` and `,` after it), as
+    /// in `{║}`: the cursor counts as at the end of the line, and a block goes above the brace.
+    pub auto_closed: bool,
     /// Whether suggestions are a single line (from the mode and the cursor position).
     pub single_line: bool,
     /// Column of the cursor (indentation width of `before` when it is blank).
     pub cursor_col: usize,
-    /// Indentation of the cursor's line when it has text before the cursor, else of the last non-blank
-    /// line above (0 when none).
+    /// Indentation width of the cursor's line when it has text before the cursor, else of the last
+    /// non-blank line above (0 when none).
     pub reference_indent: usize,
+    /// The same indentation as written (spaces and tabs).
+    pub reference_ws: String,
     pub next_line: Option<NextLine>,
     pub crlf: bool,
     /// Brackets, strings and comments open at the cursor, outermost first.
@@ -57,21 +62,27 @@ impl Analysis {
             None => (suffix, ""),
         };
         let rest_of_line = rest_of_line.strip_suffix('\r').unwrap_or(rest_of_line);
-        let mid_line = !is_blank(rest_of_line);
+        let rest = rest_of_line.trim();
+        let auto_closed = rest.starts_with('}')
+            && rest
+                .chars()
+                .all(|c| matches!(c, ')' | ']' | '}' | ';' | ','));
+        let mid_line = !rest.is_empty() && !auto_closed;
         let single_line = match config.mode {
             Mode::Auto => mid_line,
             Mode::SingleLine => true,
             Mode::Block => false,
         };
-        let reference_indent = if is_blank(before) {
+        let reference_line = if is_blank(before) {
             prefix[..prefix_line_start]
                 .split('\n')
                 .rev()
                 .find(|l| !is_blank(l))
-                .map_or(0, indent_width)
+                .unwrap_or("")
         } else {
-            indent_width(before)
+            before
         };
+        let reference_indent = indent_width(reference_line);
         let next_line = after_line
             .split('\n')
             .find(|l| !is_blank(l))
@@ -107,9 +118,11 @@ impl Analysis {
             before: before.to_string(),
             rest_of_line: rest_of_line.to_string(),
             mid_line,
+            auto_closed,
             single_line,
             cursor_col,
             reference_indent,
+            reference_ws: leading_ws(reference_line).to_string(),
             next_line,
             crlf,
             open,
@@ -238,6 +251,13 @@ mod tests {
         assert!(a.crlf && a.mid_line && a.single_line);
         assert_eq!(a.rest_of_line, ");");
         assert_eq!(a.reference_indent, 4);
+        let a = analyze(Language::Go, "func f() {\n\tif x {", "});\n");
+        assert!(a.auto_closed && !a.mid_line && !a.single_line);
+        assert_eq!((a.reference_indent, a.reference_ws.as_str()), (4, "\t"));
+        for rest in [")", "]", "}x", "\"", "} else {"] {
+            let a = analyze(Language::Rust, "f(", rest);
+            assert!(!a.auto_closed && a.mid_line, "{rest}");
+        }
     }
 
     #[test]

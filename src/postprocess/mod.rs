@@ -21,6 +21,7 @@
 
 mod analysis;
 mod brackets;
+mod closing_line;
 mod lexer;
 mod line_endings;
 mod max_lines;
@@ -44,8 +45,8 @@ use analysis::Analysis;
 /// The document around the cursor.
 #[derive(Clone, Copy, Debug)]
 pub struct Context<'a> {
-    /// Document text before the cursor (the whole document up to the cursor, or a tail of it that starts at a
-    /// line boundary).
+    /// Document text before the cursor. Pass the whole document up to the cursor when possible: bracket
+    /// balancing only knows the brackets opened in it (a tail that starts at a line boundary also works).
     pub prefix: &'a str,
     /// Document text after the cursor.
     pub suffix: &'a str,
@@ -66,7 +67,8 @@ impl<'a> Context<'a> {
 /// Whether a suggestion is one line or a block.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Mode {
-    /// Single line when there is text right of the cursor on its line, a block otherwise.
+    /// Single line when there is text right of the cursor on its line, a block otherwise. A `}` the editor
+    /// auto-closed (`{║}`, `{║});`) does not count as text.
     #[default]
     Auto,
     /// Always one line. At the end of a line the suggestion may start on the next line (`\n` + one line).
@@ -89,6 +91,9 @@ pub enum Rule {
     NextLine,
     /// Text at the end of the suggestion that re-types the rest of the cursor's line is dropped.
     RestOfLine,
+    /// When the rest of the line is a brace the editor closed (`{║}`), a block suggestion ends with a line
+    /// break and the indentation of the brace's line, so the brace lands below the block.
+    ClosingLine,
     /// A closing bracket or quote that nothing left open can take (because the suggestion did not open it
     /// and the suffix already closes what is open before the cursor) ends the suggestion before it.
     Brackets,
@@ -104,7 +109,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they apply.
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 10] = [
         Rule::SingleLine,
         Rule::Scope,
         Rule::MaxLines,
@@ -113,6 +118,7 @@ impl Rule {
         Rule::Repetition,
         Rule::RestOfLine,
         Rule::Trim,
+        Rule::ClosingLine,
         Rule::LineEndings,
     ];
 
@@ -124,6 +130,7 @@ impl Rule {
             Rule::MaxLines => "max_lines",
             Rule::NextLine => "next_line",
             Rule::RestOfLine => "rest_of_line",
+            Rule::ClosingLine => "closing_line",
             Rule::Brackets => "brackets",
             Rule::Repetition => "repetition",
             Rule::Trim => "trim",
@@ -141,7 +148,7 @@ impl fmt::Display for Rule {
 /// A configuration value that names no rule or mode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    #[error("unknown post-processing rule `{0}`; known rules: single_line, scope, max_lines, next_line, rest_of_line, brackets, repetition, trim, line_endings")]
+    #[error("unknown post-processing rule `{0}`; known rules: single_line, scope, max_lines, next_line, brackets, repetition, rest_of_line, trim, closing_line, line_endings")]
     UnknownRule(String),
     #[error("unknown completion mode `{0}`; expected auto, single_line or block")]
     UnknownMode(String),
@@ -236,6 +243,9 @@ fn finalize_analyzed(an: &Analysis, config: &Config, raw: &str) -> Option<String
     }
     if config.enabled(Rule::Trim) {
         out = trim::apply(an, &out);
+    }
+    if config.enabled(Rule::ClosingLine) {
+        out = closing_line::apply(an, &out);
     }
     if out.trim().is_empty() {
         return None;

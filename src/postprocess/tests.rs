@@ -292,3 +292,24 @@ fn stopper_starts_over_when_the_text_is_not_an_extension() {
         }
     );
 }
+
+#[test]
+fn auto_closed_brace_is_the_end_of_the_line() {
+    // `{║});` from an auto-closing editor: a block, its closer dropped, the brace below it.
+    let prefix = "describe(\"sum\", () => {";
+    let raw = "\n  it(\"adds\", () => expect(sum(1, 2)).toBe(3));\n});\n";
+    assert_eq!(
+        run(prefix, "});\n", Language::JavaScript, raw).as_deref(),
+        Some("\n  it(\"adds\", () => expect(sum(1, 2)).toBe(3));\n")
+    );
+    // A one-line body stays on the brace's line.
+    assert_eq!(
+        run("fn f() -> i32 {", "}\n", Language::Rust, " 1 ").as_deref(),
+        Some(" 1")
+    );
+    // Other closers are still text after the cursor: one line.
+    assert_eq!(
+        run("foo(", ")\n", Language::Rust, "a,\n    b").as_deref(),
+        Some("a,")
+    );
+}
