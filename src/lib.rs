@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod completion;
 pub mod engine;
+pub mod language;
 pub mod postprocess;
 pub mod prompt;
