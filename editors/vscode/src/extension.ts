@@ -76,6 +76,9 @@ export class CodeLlama implements vscode.Disposable {
       middleware: {
         provideInlineCompletionItems: (document, position, context, token, next) =>
           this.inlineEnabled() ? next(document, position, context, token) : undefined,
+        // The server's `textDocument/completion` item is a fallback for editors without inline completion. VS Code
+        // shows ghost text, so the same suggestion in the suggest widget would be a duplicate (and would take Tab).
+        provideCompletionItem: () => undefined,
         executeCommand: (name, args, next) => this.executeServerCommand(name, args, next),
       },
     };
