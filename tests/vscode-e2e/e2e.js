@@ -46,9 +46,12 @@ function makeProfile(tmp) {
   const dirs = { user: path.join(tmp, 'user'), ext: path.join(tmp, 'ext'), ws: path.join(tmp, 'ws') };
   fs.mkdirSync(dirs.ws, { recursive: true });
   fs.writeFileSync(path.join(dirs.ws, 'sample.py'), ORIGINAL);
-  writeJson(path.join(dirs.user, 'User', 'settings.json'), {
+  // serverPath and model are machine-scoped: code-server's extension host is "remote" and ignores them in User settings.
+  writeJson(path.join(dirs.user, 'Machine', 'settings.json'), {
     'codellama.serverPath': BIN,
     'codellama.model': MODEL,
+  });
+  writeJson(path.join(dirs.user, 'User', 'settings.json'), {
     'codellama.maxTokens': 24,
     'codellama.temperature': 0,
     'editor.inlineSuggest.enabled': true,
@@ -58,6 +61,8 @@ function makeProfile(tmp) {
     'editor.suggestOnTriggerCharacters': false,
     'workbench.startupEditor': 'none',
     'workbench.tips.enabled': false,
+    'workbench.secondarySideBar.defaultVisibility': 'hidden',
+    'chat.disableAIFeatures': true,
     'security.workspace.trust.enabled': false,
     'telemetry.telemetryLevel': 'off',
     'extensions.autoCheckUpdates': false,
@@ -83,9 +88,32 @@ function startCodeServer(dirs, port, tmp) {
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
     child.on('exit', (code) => reject(new Error(`code-server exited (${code}):\n${log}`)));
-    setTimeout(() => reject(new Error(`code-server did not listen within 60 s:\n${log}`)), 60000);
+    setTimeout(() => reject(new Error(`code-server did not listen within 60 s:\n${log}`)), 60000).unref();
   });
   return { child, listening, log: () => log };
+}
+
+/** On failure: the extension's output channel and the extension host log, from the profile's logs folder. */
+function printLogs(dir) {
+  const walk = (d) => fs.readdirSync(d, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? walk(path.join(d, e.name)) : [path.join(d, e.name)]));
+  if (!fs.existsSync(dir)) return;
+  for (const file of walk(dir).filter((f) => /Code Llama|exthost\.log|remoteexthost\.log/.test(f))) {
+    console.error(`----- ${file}\n${fs.readFileSync(file, 'utf8').slice(-6000)}`);
+  }
+}
+
+/** Ends code-server and everything it started (it runs in its own process group). */
+async function stop(child) {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const signal = (sig) => { try { process.kill(-child.pid, sig); } catch { /* gone */ } };
+  signal('SIGTERM');
+  const timer = setTimeout(() => signal('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(timer);
+  child.stdout.destroy();
+  child.stderr.destroy();
 }
 
 const nbsp = (s) => s.replace(/\u00a0/g, ' ');
@@ -157,10 +185,11 @@ test('ghost text from codellama-lsp in VS Code; Tab accepts exactly it', { timeo
     assert.ok(saved.length > ORIGINAL.length + TYPED.length, 'Tab inserted the suggestion, not just the typed text');
   } catch (err) {
     console.error(server.log().slice(-4000));
+    printLogs(path.join(dirs.user, 'logs'));
     throw err;
   } finally {
     await browser?.close().catch(() => {});
-    try { process.kill(-server.child.pid, 'SIGTERM'); } catch { /* already gone */ }
+    await stop(server.child);
     fs.rmSync(tmp, { recursive: true, force: true, maxRetries: 3 });
   }
 });
