@@ -1,9 +1,11 @@
 """pytest + pynvim harness for editors/nvim: a fresh `nvim --embed --headless --clean` per test, the plugin on the
 runtimepath, and the REAL server ($CODELLAMA_LSP_BIN, default <repo>/target/release/codellama-lsp) with the small
 model (<repo>/models/SmolLM2-135M-Instruct.Q4_1.gguf, from scripts/fetch-model)."""
+import json
 import os
 import pathlib
 import shutil
+import subprocess
 import time
 
 import pynvim
@@ -26,6 +28,35 @@ requires_server = pytest.mark.skipif(
 
 #: Server settings for the tests: the small model, short and deterministic answers, few threads (shared CPUs).
 SETTINGS = {"model": MODEL, "max_tokens": 24, "temperature": 0, "threads": 2}
+
+
+def _probe_server():
+    """Sends `initialize` to `BIN serve` once: a binary that is not (yet) the language server fails every server test
+    at once, with this reason, instead of each one timing out."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"processId": None, "rootUri": None, "capabilities": {}}}).encode()
+    try:
+        proc = subprocess.run([BIN, "serve"], input=b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+                              capture_output=True, timeout=20)
+        out = proc.stdout
+    except subprocess.TimeoutExpired as e:  # a server keeps running after initialize: read what it said
+        out = e.stdout or b""
+    if b'"inlineCompletionProvider"' not in out:
+        return f"{BIN} serve did not answer initialize with inlineCompletionProvider (stdout: {out[:300]!r})"
+    return None
+
+
+_probe_result = []
+
+
+@pytest.fixture(autouse=True)
+def _server_is_an_lsp(request):
+    needs_server = any(m is requires_server.mark for m in request.node.iter_markers("skipif"))
+    if needs_server and not _missing:
+        if not _probe_result:
+            _probe_result.append(_probe_server())
+        if _probe_result[0]:
+            pytest.fail(_probe_result[0])
 
 
 def wait_for(check, what, timeout=60.0, interval=0.05):

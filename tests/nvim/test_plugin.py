@@ -184,3 +184,19 @@ def test_missing_binary_is_reported_with_install_instructions(editor):
 def test_setup_validates_options(editor):
     with pytest.raises(Exception, match="cmd"):
         editor.setup(cmd="codellama-lsp serve")
+
+
+@requires_server
+def test_explain_code_action_shows_its_result(editor):
+    """A code action that carries codellama.explain is run by the plugin, so its Markdown is shown, not dropped."""
+    editor.edit("sample.py", "def add(a, b):\n    return a + b\n")
+    editor.setup()
+    editor.wait_ready()
+    editor.lua(
+        'local c = require("codellama").get_client(0)'
+        " c:exec_cmd({ title = 'Explain', command = 'codellama.explain', arguments = { {"
+        "   uri = vim.uri_from_bufnr(0), range = { start = { line = 0, character = 0 }, ['end'] = { line = 1, character = 16 } } } } },"
+        " { bufnr = vim.api.nvim_get_current_buf() })"
+    )
+    wait_for(lambda: editor.lua('local w = require("codellama").explain_win; return w and vim.api.nvim_win_is_valid(w)'),
+             "the explanation float", timeout=120)

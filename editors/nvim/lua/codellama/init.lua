@@ -14,6 +14,7 @@ M.config = nil
 M.status = nil
 
 local notified_missing = false
+local client_commands -- handlers for the server's commands, defined with explain/generate below
 
 local function notify(msg, level)
   vim.notify('Code Llama: ' .. msg, level or vim.log.levels.INFO, { title = 'Code Llama' })
@@ -84,6 +85,7 @@ function M.start(bufnr)
     root_dir = root_dir(bufnr),
     init_options = cfg.settings,
     settings = { codellama = cfg.settings },
+    commands = client_commands,
     handlers = {
       ['codellama/status'] = function(_, params, ctx)
         on_status(params, ctx.client_id)
@@ -235,16 +237,10 @@ local function not_ready_reason()
   return (state == 'ready' or state == 'generating') and 'the model returned nothing' or ('the server is ' .. state)
 end
 
---- Explains lines line1..line2 (or the visual selection) in a floating window.
-function M.explain(line1, line2)
-  local bufnr = vim.api.nvim_get_current_buf()
-  local client = attached_client(bufnr)
-  if not client then
-    return
-  end
-  local arg = { uri = vim.uri_from_bufnr(bufnr), range = command_range(bufnr, client, line1, line2) }
+--- Runs codellama.explain and shows the Markdown it returns in a floating window.
+local function run_explain(client, bufnr, args)
   vim.api.nvim_echo({ { 'Code Llama: explaining…' } }, false, {})
-  execute(client, bufnr, 'codellama.explain', { arg }, function(result)
+  execute(client, bufnr, 'codellama.explain', args, function(result)
     local markdown = result and result.markdown
     if type(markdown) ~= 'string' or vim.trim(markdown) == '' then
       notify('no explanation (' .. not_ready_reason() .. ')', vim.log.levels.WARN)
@@ -261,6 +257,38 @@ function M.explain(line1, line2)
   end)
 end
 
+--- Runs codellama.generate; the server applies the edit itself (workspace/applyEdit).
+local function run_generate(client, bufnr, args)
+  vim.api.nvim_echo({ { 'Code Llama: generating…' } }, false, {})
+  execute(client, bufnr, 'codellama.generate', args, function(result)
+    vim.api.nvim_echo({ { '' } }, false, {})
+    if not (result and result.applied) then
+      local why = result and result.code and result.code ~= '' and 'the edit was not applied' or not_ready_reason()
+      notify('nothing generated (' .. why .. ')', vim.log.levels.WARN)
+    end
+  end)
+end
+
+--- Client-side handlers for the server's commands, so that code actions carrying them (e.g. "Explain this code")
+--- show their result instead of dropping it.
+client_commands = {
+  ['codellama.explain'] = function(command, ctx)
+    run_explain(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
+  end,
+  ['codellama.generate'] = function(command, ctx)
+    run_generate(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
+  end,
+}
+
+--- Explains lines line1..line2 (or the visual selection) in a floating window.
+function M.explain(line1, line2)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = attached_client(bufnr)
+  if client then
+    run_explain(client, bufnr, { { uri = vim.uri_from_bufnr(bufnr), range = command_range(bufnr, client, line1, line2) } })
+  end
+end
+
 --- Generates code from an instruction: at the cursor, or replacing lines line1..line2 when a range is given.
 function M.generate(instruction, line1, line2)
   local bufnr = vim.api.nvim_get_current_buf()
@@ -274,14 +302,7 @@ function M.generate(instruction, line1, line2)
   else
     arg.position = vim.lsp.util.make_position_params(0, client.offset_encoding).position
   end
-  vim.api.nvim_echo({ { 'Code Llama: generating…' } }, false, {})
-  execute(client, bufnr, 'codellama.generate', { arg }, function(result)
-    vim.api.nvim_echo({ { '' } }, false, {})
-    if not (result and result.applied) then
-      local why = result and result.code and result.code ~= '' and 'the edit was not applied' or not_ready_reason()
-      notify('nothing generated (' .. why .. ')', vim.log.levels.WARN)
-    end
-  end)
+  run_generate(client, bufnr, { arg })
 end
 
 --- Stops a running explanation or generation.
