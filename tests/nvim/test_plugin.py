@@ -200,3 +200,21 @@ def test_explain_code_action_shows_its_result(editor):
     )
     wait_for(lambda: editor.lua('local w = require("codellama").explain_win; return w and vim.api.nvim_win_is_valid(w)'),
              "the explanation float", timeout=120)
+
+
+@requires_server
+def test_update_settings_sends_did_change_configuration(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    sent = editor.lua(
+        "local c = require('codellama').get_client(0)"
+        " local sent, notify = {}, c.notify"
+        " c.notify = function(self, method, params) table.insert(sent, { method, params }); return notify(self, method, params) end"
+        " require('codellama').update_settings({ max_tokens = 8, languages = { 'python' } })"
+        " c.notify = notify"
+        " return sent"
+    )
+    assert sent == [["workspace/didChangeConfiguration", {"settings": {"codellama": {**SETTINGS, "max_tokens": 8, "languages": ["python"]}}}]]
+    # The server keeps answering after the change.
+    type_and_wait_for_ghost(editor)

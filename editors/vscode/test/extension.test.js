@@ -72,7 +72,7 @@ test('the real server: capabilities, ready status, inline completion, settings, 
   t.after(() => ext.stop().finally(() => ext.dispose()));
   await ext.start();
   const client = ext.client;
-  assert.ok(client?.isRunning(), 'client running');
+  assert.ok(client?.isRunning(), `${BIN} serve did not start as a language server: ${ext.status.item.tooltip?.value}`);
 
   await t.test('settings go snake_case in initializationOptions', () => {
     assert.deepEqual(client.clientOptions.initializationOptions, {

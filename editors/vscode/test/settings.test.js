@@ -1,6 +1,5 @@
 // Settings mapping and server discovery: pure functions, no server needed.
 'use strict';
-require('./vscode-mock');
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const fs = require('node:fs');

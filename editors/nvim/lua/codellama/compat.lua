@@ -29,6 +29,15 @@ function M.byte_col(line, encoding, character)
   return ok and col or #line
 end
 
+--- Length of `line` in LSP characters of `encoding`.
+function M.char_len(line, encoding)
+  if has_011 then
+    return vim.str_utfindex(line, encoding)
+  end
+  local utf32, utf16 = vim.str_utfindex(line)
+  return encoding == 'utf-8' and #line or encoding == 'utf-16' and utf16 or utf32
+end
+
 --- vim.validate for one value, without the deprecation of the table form on 0.11+.
 function M.validate(name, value, types, optional)
   if has_011 then

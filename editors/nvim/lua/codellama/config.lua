@@ -46,13 +46,13 @@ M.defaults = {
 local islist = vim.islist or vim.tbl_islist
 
 --- Deep merge where a list given by the user replaces the default list instead of merging index by index.
-local function merge(default, given)
+function M.merge(default, given)
   if type(default) ~= 'table' or type(given) ~= 'table' or islist(given) then
     return vim.deepcopy(given)
   end
   local out = vim.deepcopy(default)
   for k, v in pairs(given) do
-    out[k] = default[k] == nil and vim.deepcopy(v) or merge(default[k], v)
+    out[k] = default[k] == nil and vim.deepcopy(v) or M.merge(default[k], v)
   end
   return out
 end
@@ -62,7 +62,7 @@ end
 function M.resolve(opts)
   local compat = require('codellama.compat')
   compat.validate('opts', opts, 'table', true)
-  local cfg = merge(M.defaults, opts or {})
+  local cfg = M.merge(M.defaults, opts or {})
   compat.validate('cmd', cfg.cmd, 'table')
   compat.validate('filetypes', cfg.filetypes, 'table', true)
   compat.validate('settings', cfg.settings, 'table')

@@ -103,7 +103,7 @@ end
 --- Sends new server settings (merged into the current ones) with workspace/didChangeConfiguration.
 function M.update_settings(settings)
   local cfg = assert(M.config, 'call require("codellama").setup() first')
-  cfg.settings = vim.tbl_deep_extend('force', cfg.settings, settings or {})
+  cfg.settings = require('codellama.config').merge(cfg.settings, settings or {})
   local client = M.get_client()
   if client then
     client.settings = { codellama = cfg.settings }
@@ -192,14 +192,6 @@ function M.toggle(enable)
   notify('inline suggestions ' .. (enable and 'on' or 'off'))
 end
 
-local function char_len(line, encoding)
-  if vim.fn.has('nvim-0.11') == 1 then
-    return vim.str_utfindex(line, encoding)
-  end
-  local utf32, utf16 = vim.str_utfindex(line)
-  return encoding == 'utf-8' and #line or encoding == 'utf-16' and utf16 or utf32
-end
-
 --- LSP range of a command's range: the characters of a charwise visual selection, else whole lines.
 local function command_range(bufnr, client, line1, line2)
   local enc = client.offset_encoding
@@ -210,7 +202,7 @@ local function command_range(bufnr, client, line1, line2)
   local last = vim.api.nvim_buf_get_lines(bufnr, line2 - 1, line2, false)[1] or ''
   return {
     start = { line = line1 - 1, character = 0 },
-    ['end'] = { line = line2 - 1, character = char_len(last, enc) },
+    ['end'] = { line = line2 - 1, character = compat.char_len(last, enc) },
   }
 end
 
