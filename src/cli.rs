@@ -79,7 +79,8 @@ pub struct CompleteArgs {
 
 pub fn complete(args: CompleteArgs) -> Result<()> {
     let (path, line, column) = parse_location(&args.location)?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let cursor = cursor_offset(&text, line, column)?;
     let (engine, load_ms) = args.model.start()?;
     let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
@@ -140,7 +141,10 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
     for _ in 1..line {
         match text[start..].find('\n') {
             Some(i) => start += i + 1,
-            None => bail!("line {line} is past the end of the file ({} lines)", text.lines().count().max(1)),
+            None => bail!(
+                "line {line} is past the end of the file ({} lines)",
+                text.lines().count().max(1)
+            ),
         }
     }
     let line_text = text[start..].split('\n').next().unwrap_or("");
@@ -149,7 +153,11 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
     if column > chars + 1 {
         bail!("column {column} is past the end of line {line} ({chars} characters)");
     }
-    Ok(start + line_text.char_indices().nth(column - 1).map_or(line_text.len(), |(i, _)| i))
+    Ok(start
+        + line_text
+            .char_indices()
+            .nth(column - 1)
+            .map_or(line_text.len(), |(i, _)| i))
 }
 
 #[derive(Args, Debug)]
@@ -282,10 +290,18 @@ fn print_bench(r: &serde_json::Value) {
         r["peak_rss_mb"].as_f64().unwrap_or(0.0)
     );
     for p in r["prefill"].as_array().into_iter().flatten() {
-        println!("prefill {:>5} tokens: {:>8.1} tok/s", p["tokens"], p["tok_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "prefill {:>5} tokens: {:>8.1} tok/s",
+            p["tokens"],
+            p["tok_per_s"].as_f64().unwrap_or(0.0)
+        );
     }
     for d in r["decode"].as_array().into_iter().flatten() {
-        println!("decode at depth {:>5}: {:>8.1} tok/s", d["depth"], d["tok_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "decode at depth {:>5}: {:>8.1} tok/s",
+            d["depth"],
+            d["tok_per_s"].as_f64().unwrap_or(0.0)
+        );
     }
 }
 
@@ -312,8 +328,14 @@ mod tests {
 
     #[test]
     fn locations() {
-        assert_eq!(parse_location("a/b.py:3:5").unwrap(), (PathBuf::from("a/b.py"), 3, 5));
-        assert_eq!(parse_location("C:/x.py:1:1").unwrap().0, PathBuf::from("C:/x.py"));
+        assert_eq!(
+            parse_location("a/b.py:3:5").unwrap(),
+            (PathBuf::from("a/b.py"), 3, 5)
+        );
+        assert_eq!(
+            parse_location("C:/x.py:1:1").unwrap().0,
+            PathBuf::from("C:/x.py")
+        );
         assert!(parse_location("x.py:0:1").is_err());
         assert!(parse_location("x.py:3").is_err());
     }

@@ -279,7 +279,8 @@ impl candle_core::CustomOp2 for RmsNormOp {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
             candle_core::bail!("rms_norm expects f32");
         };
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("rms_norm expects contiguous inputs");
         };
         let (x, w) = (&x[xs..xe], &w[ws..we]);

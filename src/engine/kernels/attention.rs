@@ -22,7 +22,15 @@ pub struct AttnShape {
 }
 
 /// Writes `seq` new keys and values (`[n_kv_head][seq][head_dim]`, f32) at positions `pos..`.
-pub fn store(k_cache: &mut [f16], v_cache: &mut [f16], k: &[f32], v: &[f32], s: AttnShape, pos: usize, seq: usize) {
+pub fn store(
+    k_cache: &mut [f16],
+    v_cache: &mut [f16],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+) {
     let hd = s.head_dim;
     for h in 0..s.n_kv_head {
         for i in 0..seq {
@@ -38,7 +46,15 @@ pub fn store(k_cache: &mut [f16], v_cache: &mut [f16], k: &[f32], v: &[f32], s: 
 
 /// `out[i][h*hd..]` = attention of query `q[h][i]` (at position `pos + i`) over positions `0..=pos+i`.
 /// `q` is `[n_head][seq][head_dim]`, `out` is `[seq][n_head * head_dim]`.
-pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: usize, seq: usize, out: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let group = s.n_head / s.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -63,9 +79,13 @@ pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: us
     let mut tmp = vec![0f32; rows * hd];
     let work = (pos + seq) * rows;
     if work > 4096 && rayon::current_num_threads() > 1 {
-        tmp.par_chunks_mut(hd).enumerate().for_each(|(r, dst)| row(r, dst));
+        tmp.par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(r, dst)| row(r, dst));
     } else {
-        tmp.chunks_mut(hd).enumerate().for_each(|(r, dst)| row(r, dst));
+        tmp.chunks_mut(hd)
+            .enumerate()
+            .for_each(|(r, dst)| row(r, dst));
     }
     // [n_head][seq][hd] -> [seq][n_head*hd]
     for h in 0..s.n_head {
@@ -78,7 +98,15 @@ pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: us
 }
 
 /// One query row against `n = keys.len() / hd` cached positions.
-fn attend_row(query: &[f32], keys: &[f16], values: &[f16], hd: usize, scale: f32, low_precision: bool, out: &mut [f32]) {
+fn attend_row(
+    query: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    hd: usize,
+    scale: f32,
+    low_precision: bool,
+    out: &mut [f32],
+) {
     let q16: Vec<f16>;
     let qf: Vec<f32>;
     let q_used: &[f32] = if low_precision {
@@ -117,7 +145,11 @@ fn round16(x: f32) -> f32 {
 
 fn scale_acc(acc: &mut [f32], ms: f32, low_precision: bool) {
     for a in acc.iter_mut() {
-        *a = if low_precision { round16(*a * ms) } else { *a * ms };
+        *a = if low_precision {
+            round16(*a * ms)
+        } else {
+            *a * ms
+        };
     }
 }
 
@@ -147,13 +179,19 @@ mod tests {
         };
         let (pos, seq) = (3, 5);
         let val = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 40.0;
-        let k: Vec<f32> = (0..s.n_kv_head * (pos + seq) * s.head_dim).map(val).collect();
+        let k: Vec<f32> = (0..s.n_kv_head * (pos + seq) * s.head_dim)
+            .map(val)
+            .collect();
         let v: Vec<f32> = (0..k.len()).map(|i| val(i + 5)).collect();
-        let q: Vec<f32> = (0..s.n_head * seq * s.head_dim).map(|i| val(i + 11)).collect();
+        let q: Vec<f32> = (0..s.n_head * seq * s.head_dim)
+            .map(|i| val(i + 11))
+            .collect();
         let mut kc = vec![f16::ZERO; s.n_kv_head * s.capacity * s.head_dim];
         let mut vc = kc.clone();
         // Store everything as one batch at position 0 (keys for pos.. come from the same formula).
-        let per = |src: &[f32], h: usize, p: usize| src[(h * (pos + seq) + p) * s.head_dim..][..s.head_dim].to_vec();
+        let per = |src: &[f32], h: usize, p: usize| {
+            src[(h * (pos + seq) + p) * s.head_dim..][..s.head_dim].to_vec()
+        };
         for h in 0..s.n_kv_head {
             for p in 0..pos + seq {
                 let (kk, vv) = (per(&k, h, p), per(&v, h, p));
@@ -172,7 +210,11 @@ mod tests {
                 let scores: Vec<f64> = (0..n)
                     .map(|p| {
                         let kk = &kc[(kvh * s.capacity + p) * s.head_dim..][..s.head_dim];
-                        kk.iter().zip(qi).map(|(a, b)| a.to_f64() * *b as f64).sum::<f64>() / (8f64).sqrt()
+                        kk.iter()
+                            .zip(qi)
+                            .map(|(a, b)| a.to_f64() * *b as f64)
+                            .sum::<f64>()
+                            / (8f64).sqrt()
                     })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::MIN, f64::max);

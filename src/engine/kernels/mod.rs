@@ -126,7 +126,8 @@ impl QMatrix {
                 let xq = Q8Row::quantize_rows(x, m, self.cols);
                 let dot = q8_0::rows_dot();
                 self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
-                    let acts: Vec<&[q8::Q8Block]> = (first..first + dst.len()).map(|i| xq.row(i)).collect();
+                    let acts: Vec<&[q8::Q8Block]> =
+                        (first..first + dst.len()).map(|i| xq.row(i)).collect();
                     dot(row, &acts, dst)
                 })
             }

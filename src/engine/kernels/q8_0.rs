@@ -32,7 +32,9 @@ pub fn rows_dot_scalar(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
         let mut total = 0f32;
         for (blk, act) in w.chunks_exact(BLOCK_BYTES).zip(a.iter()) {
             let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let isum: i32 = (0..QK).map(|j| (blk[2 + j] as i8) as i32 * act.qs[j] as i32).sum();
+            let isum: i32 = (0..QK)
+                .map(|j| (blk[2 + j] as i8) as i32 * act.qs[j] as i32)
+                .sum();
             total += d * act.d * isum as f32;
         }
         *o = total;
@@ -49,7 +51,12 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn rows_dot_avx2(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
         let n = acts.len().min(ROWS).min(out.len());
-        let nb = acts[..n].iter().map(|a| a.len()).min().unwrap_or(0).min(w.len() / BLOCK_BYTES);
+        let nb = acts[..n]
+            .iter()
+            .map(|a| a.len())
+            .min()
+            .unwrap_or(0)
+            .min(w.len() / BLOCK_BYTES);
         match n {
             4 => fixed::<4>(w.as_ptr(), nb, acts, out),
             3 => fixed::<3>(w.as_ptr(), nb, acts, out),
@@ -61,13 +68,20 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fixed<const R: usize>(wp: *const u8, nb: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+    unsafe fn fixed<const R: usize>(
+        wp: *const u8,
+        nb: usize,
+        acts: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         let a: [*const Q8Block; R] = std::array::from_fn(|r| acts[r].as_ptr());
         for b in 0..nb {
             let blk = wp.add(b * BLOCK_BYTES);
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const u16).read_unaligned() as i32)));
+            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                (blk as *const u16).read_unaligned() as i32,
+            )));
             let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
             // |w| as unsigned bytes, and the activations carry w's sign, so maddubs computes Σ w·a.
             let aw = _mm256_sign_epi8(qw, qw);
@@ -76,7 +90,8 @@ mod x86 {
                 let qa = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
                 let sa = _mm256_sign_epi8(qa, qw);
                 let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
-                acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(prod), acc[r]);
+                acc[r] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(prod), acc[r]);
             }
         }
         for r in 0..R {
@@ -95,19 +110,26 @@ mod tests {
         let cols = 128;
         let w: Vec<u8> = (0..cols / QK)
             .flat_map(|b| {
-                let mut blk = f16::from_f32(0.02 + b as f32 * 0.001).to_le_bytes().to_vec();
+                let mut blk = f16::from_f32(0.02 + b as f32 * 0.001)
+                    .to_le_bytes()
+                    .to_vec();
                 blk.extend((0..QK).map(|j| ((j * 37 + b * 11) % 255) as u8));
                 blk
             })
             .collect();
-        let x: Vec<f32> = (0..2 * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         let q = Q8Row::quantize_rows(&x, 2, cols);
         let acts = [q.row(0), q.row(1)];
         let (mut a, mut b) = ([0f32; 2], [0f32; 2]);
         rows_dot()(&w, &acts, &mut a);
         rows_dot_scalar(&w, &acts, &mut b);
         for r in 0..2 {
-            assert!((a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()), "{a:?} vs {b:?}");
+            assert!(
+                (a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()),
+                "{a:?} vs {b:?}"
+            );
         }
     }
 }
