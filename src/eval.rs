@@ -32,7 +32,8 @@ pub struct Problem {
 
 /// Reads a `.jsonl` or `.jsonl.gz` file of problems.
 pub fn load(path: &Path) -> Result<Vec<Problem>> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::GzDecoder::new(file))
     } else {
@@ -44,7 +45,10 @@ pub fn load(path: &Path) -> Result<Vec<Problem>> {
         if line.trim().is_empty() {
             continue;
         }
-        out.push(serde_json::from_str(&line).with_context(|| format!("{}:{}: bad problem", path.display(), i + 1))?);
+        out.push(
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: bad problem", path.display(), i + 1))?,
+        );
     }
     Ok(out)
 }
@@ -116,12 +120,18 @@ pub fn run(
         let mut req = CompletionRequest::new(p.prompt.clone(), p.suffix.clone(), opts.max_tokens);
         req.language_id = Some("python".into());
         req.postprocess = postprocess::Config {
-            mode: if opts.single_line { Mode::SingleLine } else { Mode::Auto },
+            mode: if opts.single_line {
+                Mode::SingleLine
+            } else {
+                Mode::Auto
+            },
             ..postprocess::Config::default()
         };
         let c = completion::complete(engine, builder, &req)?;
         let exact = c.completion.trim() == p.canonical_solution.trim();
-        let passed = python.as_deref().map(|py| execute(py, p, &c.completion, opts.timeout));
+        let passed = python
+            .as_deref()
+            .map(|py| execute(py, p, &c.completion, opts.timeout));
         let r = CaseResult {
             task_id: p.task_id.clone(),
             completion: c.completion,
@@ -146,14 +156,17 @@ pub fn run(
 }
 
 fn find_python() -> Option<String> {
-    ["python3", "python"].into_iter().map(String::from).find(|py| {
-        Command::new(py)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
+    ["python3", "python"]
+        .into_iter()
+        .map(String::from)
+        .find(|py| {
+            Command::new(py)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
 }
 
 /// Runs the problem's tests against `completion` in a fresh interpreter.
@@ -162,7 +175,10 @@ fn execute(python: &str, p: &Problem, completion: &str, timeout: Duration) -> bo
     if !middle.is_empty() && !middle.ends_with('\n') && p.suffix.starts_with(|c: char| c != '\n') {
         middle.push('\n');
     }
-    let program = format!("{}{}{}\n{}\ncheck({})\n", p.prompt, middle, p.suffix, p.test, p.entry_point);
+    let program = format!(
+        "{}{}{}\n{}\ncheck({})\n",
+        p.prompt, middle, p.suffix, p.test, p.entry_point
+    );
     let Ok(mut child) = Command::new(python)
         .arg("-")
         .stdin(Stdio::piped())
@@ -208,9 +224,24 @@ mod tests {
     fn execution_scores_right_and_wrong_answers() {
         let py = find_python().expect("python3 is needed to score by execution");
         let p = problem();
-        assert!(execute(&py, &p, "    return a + b", Duration::from_secs(10)));
-        assert!(!execute(&py, &p, "    return a - b", Duration::from_secs(10)));
-        assert!(!execute(&py, &p, "    while True: pass", Duration::from_millis(500)));
+        assert!(execute(
+            &py,
+            &p,
+            "    return a + b",
+            Duration::from_secs(10)
+        ));
+        assert!(!execute(
+            &py,
+            &p,
+            "    return a - b",
+            Duration::from_secs(10)
+        ));
+        assert!(!execute(
+            &py,
+            &p,
+            "    while True: pass",
+            Duration::from_millis(500)
+        ));
     }
 
     #[test]
