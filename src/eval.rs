@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::completion::{self, CompletionRequest};
-use crate::engine::Engine;
+use crate::engine::Backend;
 use crate::postprocess::{self, Mode};
 use crate::prompt::PromptBuilder;
 
@@ -107,7 +107,7 @@ pub struct Options {
 
 /// Runs every problem, calling `progress` after each.
 pub fn run(
-    engine: &Engine,
+    engine: &dyn Backend,
     builder: &PromptBuilder,
     problems: &[Problem],
     opts: &Options,
