@@ -8,10 +8,12 @@
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
 pub mod attention;
+pub mod cpu;
 mod float;
 mod q4_1;
 mod q8;
 mod q8_0;
+pub mod tiled;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -22,7 +24,7 @@ use rayon::prelude::*;
 
 use super::gguf::MappedBytes;
 
-pub use q8::{Q8Block, Q8Row};
+pub use q8::Q8Act;
 
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
@@ -113,22 +115,8 @@ impl QMatrix {
                     dot(row, &x[i * self.cols..(i + 1) * self.cols])
                 })
             }
-            GgmlDType::Q4_1 => {
-                let xq = Q8Row::quantize_rows(x, m, self.cols);
-                let dot = q4_1::rows_dot();
-                self.for_each_row_group(m, out, q4_1::ROWS, |row, first, dst| {
-                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
-                    dot(row, &acts[..dst.len()], dst)
-                })
-            }
-            GgmlDType::Q8_0 => {
-                let xq = Q8Row::quantize_rows(x, m, self.cols);
-                let dot = q8_0::rows_dot();
-                self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
-                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
-                    dot(row, &acts[..dst.len()], dst)
-                })
-            }
+            GgmlDType::Q4_1 => self.tiled(x, m, out, q4_1::kernel()),
+            GgmlDType::Q8_0 => self.tiled(x, m, out, q8_0::kernel()),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),
@@ -162,6 +150,24 @@ impl QMatrix {
             GgmlDType::Q5K => to_float::<BlockQ5K>(row, out),
             GgmlDType::Q6K => to_float::<BlockQ6K>(row, out),
             GgmlDType::Q8K => to_float::<BlockQ8K>(row, out),
+        }
+    }
+
+    /// Our tiled kernels: activations quantized once, weight rows split over the rayon pool.
+    fn tiled(&self, x: &[f32], m: usize, out: &mut [f32], kernel: tiled::RangeKernel) {
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let product = tiled::Product {
+            w: self.bytes(),
+            row_bytes: self.row_bytes(),
+            n: self.rows,
+            x: &xq,
+            out: tiled::OutPtr(out.as_mut_ptr()),
+        };
+        let chunks = row_chunks(self.rows);
+        if chunks.len() == 1 {
+            kernel(&product, chunks[0].clone());
+        } else {
+            chunks.into_par_iter().for_each(|r| kernel(&product, r));
         }
     }
 
@@ -223,6 +229,19 @@ impl QMatrix {
             (0..n_chunks).into_par_iter().for_each(work);
         }
     }
+}
+
+/// Weight-row ranges for the worker threads: about four per thread, multiples of 4 rows, at least 16.
+fn row_chunks(rows: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = rayon::current_num_threads().max(1);
+    if threads == 1 {
+        return vec![0..rows];
+    }
+    let chunk = rows.div_ceil(threads * 4).next_multiple_of(4).max(16);
+    (0..rows)
+        .step_by(chunk)
+        .map(|s| s..(s + chunk).min(rows))
+        .collect()
 }
 
 /// The most activation rows a kernel takes at once.
@@ -347,6 +366,45 @@ mod tests {
                         (got - want).abs() <= tol * (1.0 + want.abs()),
                         "{dtype:?} row {j} input {i}: got {got}, want {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The SIMD tiles agree with the scalar tile for every tile shape and an odd number of blocks.
+    #[test]
+    fn tiled_implementations_agree() {
+        for (dtype, impls) in [
+            (GgmlDType::Q4_1, q4_1::all()),
+            (GgmlDType::Q8_0, q8_0::all()),
+        ] {
+            for (rows, cols, m) in [(7, 96, 5), (13, 64, 1), (4, 32, 9), (33, 576, 3)] {
+                let w = quantize(dtype, &data(rows * cols, 3));
+                let x = data(m * cols, 5);
+                let xq = Q8Act::quantize(&x, m, cols);
+                let results: Vec<(&str, Vec<f32>)> = impls
+                    .iter()
+                    .map(|(name, k)| {
+                        let mut out = vec![f32::NAN; m * rows];
+                        let p = tiled::Product {
+                            w: &w,
+                            row_bytes: w.len() / rows,
+                            n: rows,
+                            x: &xq,
+                            out: tiled::OutPtr(out.as_mut_ptr()),
+                        };
+                        k(&p, 0..rows);
+                        (*name, out)
+                    })
+                    .collect();
+                let (_, reference) = results.last().unwrap();
+                for (name, out) in &results {
+                    for (a, b) in out.iter().zip(reference) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{dtype:?} {name} {rows}x{cols} m={m}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }
