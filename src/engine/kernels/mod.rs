@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod cpu;
 mod float;
+pub mod packed;
 mod q4_1;
 mod q8;
 mod q8_0;
@@ -40,6 +41,12 @@ impl WeightBytes {
             WeightBytes::Owned(v) => v,
         }
     }
+
+    fn release(&self) {
+        if let WeightBytes::Mapped(m) = self {
+            m.release();
+        }
+    }
 }
 
 /// A weight matrix in its storage format.
@@ -49,6 +56,8 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     data: WeightBytes,
+    /// A copy repacked for the CPU's fastest kernel, when it has one for this type.
+    packed: Option<std::sync::Arc<packed::Packed>>,
 }
 
 impl QMatrix {
@@ -88,7 +97,29 @@ impl QMatrix {
             rows,
             cols,
             data,
+            packed: None,
         })
+    }
+
+    /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's pages go
+    /// (they are read again only for embedding lookups). Returns whether it repacked.
+    pub fn pack(&mut self) -> bool {
+        if !cpu::has_avx512_vnni() {
+            return false;
+        }
+        let kind = match self.dtype {
+            GgmlDType::Q4_1 => packed::PackedKind::Q4_1,
+            GgmlDType::Q8_0 => packed::PackedKind::Q8_0,
+            _ => return false,
+        };
+        self.packed = Some(std::sync::Arc::new(packed::Packed::new(
+            kind,
+            self.rows,
+            self.cols,
+            self.bytes(),
+        )));
+        self.data.release();
+        true
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -115,6 +146,7 @@ impl QMatrix {
                     dot(row, &x[i * self.cols..(i + 1) * self.cols])
                 })
             }
+            _ if self.packed.is_some() => self.run_packed(x, m, out),
             GgmlDType::Q4_1 => self.tiled(x, m, out, q4_1::kernel()),
             GgmlDType::Q8_0 => self.tiled(x, m, out, q8_0::kernel()),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
@@ -150,6 +182,29 @@ impl QMatrix {
             GgmlDType::Q5K => to_float::<BlockQ5K>(row, out),
             GgmlDType::Q6K => to_float::<BlockQ6K>(row, out),
             GgmlDType::Q8K => to_float::<BlockQ8K>(row, out),
+        }
+    }
+
+    /// The repacked kernels: groups of 16 weight rows split over the rayon pool.
+    fn run_packed(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let p = self.packed.as_ref().expect("packed weights");
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let out_ptr = tiled::OutPtr(out.as_mut_ptr());
+        let groups = p.groups();
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = groups.div_ceil(threads * 4).max(2);
+        let run = |start: usize| {
+            let range = start..(start + per_task).min(groups);
+            // SAFETY: `pack` checked the CPU; tasks cover disjoint groups of output columns.
+            unsafe { p.run(&xq, range, { out_ptr }.0) }
+        };
+        if threads == 1 || groups <= per_task {
+            run(0);
+            if groups > per_task {
+                (per_task..groups).step_by(per_task).for_each(run);
+            }
+        } else {
+            (0..groups).into_par_iter().step_by(per_task).for_each(run);
         }
     }
 
@@ -405,6 +460,46 @@ mod tests {
                             "{dtype:?} {name} {rows}x{cols} m={m}: {a} vs {b}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Repacked weights hold the same values and give the same products as the file's layout.
+    #[test]
+    fn packed_layout_matches_the_file_layout() {
+        if !cpu::has_avx512_vnni() {
+            return; // no repacking on this CPU: nothing to compare
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
+                let bytes = quantize(dtype, &data(rows * cols, 9));
+                let plain =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.clone().into()))
+                        .unwrap();
+                let mut packed =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+                assert!(packed.pack());
+                let mut row = vec![0f32; cols];
+                for r in 0..rows {
+                    plain.dequantize_row(r, &mut row);
+                    for (c, v) in row.iter().enumerate() {
+                        let p = packed::unpack_value(packed.packed.as_ref().unwrap(), r, c);
+                        assert!(
+                            (p - v).abs() <= 1e-6 * (1.0 + v.abs()),
+                            "{dtype:?} ({r},{c}): {p} vs {v}"
+                        );
+                    }
+                }
+                let x = data(m * cols, 21);
+                let (mut a, mut b) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
+                plain.matmul(&x, m, &mut a);
+                packed.matmul(&x, m, &mut b);
+                for (u, v) in a.iter().zip(&b) {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
+                        "{dtype:?} {rows}x{cols} m={m}: {u} vs {v}"
+                    );
                 }
             }
         }
