@@ -23,14 +23,30 @@ pub fn doc_text(answer: &str, function_name: &str) -> String {
         Some(text) => text,
         None => prose_outside_fences(answer),
     };
+    let stripped: Vec<String> = raw
+        .lines()
+        .map(strip_markers)
+        .filter(|l| !repeats_signature(l, function_name))
+        .collect();
+    // As Python's `inspect.cleandoc`: the first line loses its indentation, the others their common one.
+    let common = stripped
+        .iter()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
     let mut lines: Vec<String> = Vec::new();
-    for line in raw.lines().map(strip_markers) {
-        if repeats_signature(&line, function_name)
-            || (line.is_empty() && lines.last().is_none_or(|l| l.is_empty()))
-        {
+    for (i, line) in stripped.iter().enumerate() {
+        let line = if i == 0 {
+            line.trim()
+        } else {
+            line.get(common..).unwrap_or("").trim_end()
+        };
+        if line.is_empty() && lines.last().is_none_or(|l| l.is_empty()) {
             continue;
         }
-        lines.push(line);
+        lines.push(line.to_string());
     }
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
@@ -93,21 +109,22 @@ fn prose_outside_fences(answer: &str) -> String {
     out.join("\n")
 }
 
-/// A line without its comment or docstring markers.
+/// A line without its comment or docstring markers (and the one space after a marker); the indentation
+/// after the marker, or of an unmarked line, is kept.
 fn strip_markers(line: &str) -> String {
-    let mut t = line.trim();
+    let mut t = line.trim_end();
     for closing in ["*/", "\"\"\"", "'''", "]]"] {
         t = t.strip_suffix(closing).unwrap_or(t).trim_end();
     }
+    let body = t.trim_start();
     for opening in [
         "/**", "/*", "///", "//!", "//", "---", "--[[", "--", "\"\"\"", "'''", "#", "*",
     ] {
-        if let Some(rest) = t.strip_prefix(opening) {
-            t = rest;
-            break;
+        if let Some(rest) = body.strip_prefix(opening) {
+            return rest.strip_prefix(' ').unwrap_or(rest).to_string();
         }
     }
-    t.trim().to_string()
+    t.to_string()
 }
 
 fn repeats_signature(line: &str, name: &str) -> bool {
@@ -175,27 +192,25 @@ pub fn render_doc(
             out.push_str(&format!("{indent}{close}\n"));
         }
         DocComment::Docstring { quote } => {
-            let width = text_width(body_indent, 0);
+            let width = text_width(body_indent, quote.len());
             let lines: Vec<String> = wrap_lines(doc, width)
                 .into_iter()
                 .map(|l| l.replace(quote, "\\\"\\\"\\\""))
                 .collect();
-            if lines.len() == 1
-                && body_indent.len() + lines[0].len() + 2 * quote.len() <= WRAP_COLUMNS
-            {
+            let one_line = lines.len() == 1
+                && super::indent::columns(body_indent) + lines[0].len() + 2 * quote.len()
+                    <= WRAP_COLUMNS;
+            if one_line {
                 out.push_str(&format!("{body_indent}{quote}{}{quote}\n", lines[0]));
             } else {
-                // PEP 257: the summary on the first line, a blank line, the rest, the closing quotes alone.
-                let mut rest = lines.iter();
-                if let Some(summary) = rest.next() {
-                    out.push_str(&format!("{body_indent}{quote}{summary}\n"));
-                }
-                let mut rest: Vec<&String> = rest.collect();
-                if rest.first().is_some_and(|l| !l.is_empty()) {
-                    rest.insert(0, &EMPTY);
-                }
-                for l in rest {
-                    push_line(&mut out, body_indent, "", l);
+                // PEP 257: the text starts after the opening quotes; the closing quotes stand alone.
+                for (i, l) in lines.iter().enumerate() {
+                    let l = if i == 0 {
+                        format!("{quote}{l}")
+                    } else {
+                        l.clone()
+                    };
+                    push_line(&mut out, body_indent, "", &l);
                 }
                 out.push_str(&format!("{body_indent}{quote}\n"));
             }
@@ -204,16 +219,16 @@ pub fn render_doc(
     Some(out)
 }
 
-static EMPTY: String = String::new();
-
-/// Each line of `doc` wrapped to `width` on its own (the model's line structure is kept).
+/// Each line of `doc` wrapped to `width` on its own (the model's line structure and indentation are
+/// kept; a wrapped line's continuation gets the same indentation).
 fn wrap_lines(doc: &str, width: usize) -> Vec<String> {
     doc.lines()
         .flat_map(|l| {
             if l.trim().is_empty() {
                 vec![String::new()]
             } else {
-                wrap_words(l, "", width)
+                let indent = super::source::indentation(l);
+                wrap_words(l.trim_start(), indent, width)
             }
         })
         .collect()

@@ -34,8 +34,8 @@ pub fn enclosing_function(source: &Source, offset: usize) -> Option<Function> {
     let line = lines.line_of(offset.min(source.text.len()));
     let lang = source.language;
     let lowest = line.saturating_sub(MAX_SCAN_LINES);
-    for header in (lowest..=line).rev() {
-        let Some(name) = header_name(lines.text(header), lang) else {
+    for candidate in (lowest..=line).rev() {
+        let Some((header, name)) = header_at(&lines, candidate, lang) else {
             continue;
         };
         let span = match lang {
@@ -59,6 +59,26 @@ pub fn enclosing_function(source: &Source, offset: usize) -> Option<Function> {
         });
     }
     None
+}
+
+/// The header starting at `line`, or for C-like languages also a header whose return type stands alone
+/// on the line above (`static int` / `min(int a, int b)`), as (first header line, name).
+fn header_at(lines: &Lines, line: usize, lang: Language) -> Option<(usize, String)> {
+    let text = lines.text(line);
+    if let Some(name) = header_name(text, lang) {
+        return Some((line, name));
+    }
+    if !matches!(lang, Language::C | Language::Cpp | Language::Java) || line == 0 {
+        return None;
+    }
+    let above = lines.text(line - 1).trim();
+    let type_only = !above.is_empty()
+        && above
+            .chars()
+            .all(|c| is_ident_char(c) || " *&:<>,".contains(c))
+        && !NOT_FUNCTIONS.contains(&above);
+    let name = header_name(&format!("{above} {}", text.trim_start()), lang);
+    name.filter(|_| type_only).map(|n| (line - 1, n))
 }
 
 fn is_ident_char(c: char) -> bool {

@@ -144,8 +144,8 @@ mod tests {
         assert_eq!(l.text(3), "d");
         assert_eq!(l.line_of(0), 0);
         assert_eq!(l.line_of(3), 1);
-        assert_eq!(l.line_of(9), 3);
-        assert_eq!(l.next_start(3), 9);
+        assert_eq!(l.line_of(8), 3);
+        assert_eq!(l.next_start(3), 8);
         let l = Lines::new("x\n");
         assert_eq!((l.count(), l.visible_count()), (2, 1));
         assert_eq!(l.text(1), "");
