@@ -520,3 +520,82 @@ mod tests {
         assert!(cursor_offset(text, 9, 1).is_err());
     }
 }
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// single-line, multi-line, random-span, random-span-light, or a path to a .jsonl(.gz) file.
+    #[arg(long, default_value = "single-line")]
+    pub dataset: String,
+    /// Evaluate only the first N problems (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Score by exact match only (do not run the tests with Python).
+    #[arg(long)]
+    pub no_exec: bool,
+    #[arg(long, default_value = "auto")]
+    pub fim_template: String,
+    #[arg(long, default_value = "spm")]
+    pub fim_order: String,
+    /// Print the summary as JSON (and every case with --verbose).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    use crate::eval;
+    let path = eval::dataset_path(&args.dataset)?;
+    let mut problems = eval::load(&path)?;
+    if args.limit > 0 {
+        problems.truncate(args.limit);
+    }
+    let (engine, _) = args.model.start()?;
+    let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
+    let opts = eval::Options {
+        max_tokens: args.max_tokens,
+        single_line: args.dataset == "single-line",
+        execute: !args.no_exec,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let total = problems.len();
+    let (summary, results) = eval::run(&engine, &builder, &problems, &opts, &mut |i, r| {
+        if !args.json {
+            eprintln!(
+                "[{}/{total}] {} exact={} passed={:?} {:.0} ms",
+                i + 1,
+                r.task_id,
+                r.exact,
+                r.passed,
+                r.ms
+            );
+        }
+    })?;
+    if args.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["model"] = json!(engine.info().name);
+        v["dataset"] = json!(path);
+        if args.verbose {
+            v["results"] = serde_json::to_value(&results)?;
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!(
+            "{} on {} ({} problems, template {}): exact match {:.1}%, pass@1 {}, {:.0} ms per problem",
+            engine.info().name,
+            path.display(),
+            summary.cases,
+            summary.template,
+            summary.exact_match * 100.0,
+            summary
+                .pass_at_1
+                .map_or("not run".to_string(), |p| format!("{:.1}%", p * 100.0)),
+            summary.mean_ms
+        );
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::engine::{
-    CancelToken, Engine, GenerateRequest, Generation, Outcome, SamplingParams, StopPolicy,
+    Backend, CancelToken, GenerateRequest, Generation, Outcome, SamplingParams, StopPolicy,
     StopReason, Timings,
 };
 use crate::language::Language;
@@ -111,7 +111,7 @@ impl StopPolicy for StreamPolicy {
 
 /// Builds the prompt and queues the generation (never blocks on the model).
 pub fn submit(
-    engine: &Engine,
+    engine: &dyn Backend,
     builder: &PromptBuilder,
     req: &CompletionRequest,
 ) -> Result<Pending, CompletionError> {
@@ -197,7 +197,7 @@ fn finish(
 
 /// Convenience: submit and wait.
 pub fn complete(
-    engine: &Engine,
+    engine: &dyn Backend,
     builder: &PromptBuilder,
     req: &CompletionRequest,
 ) -> Result<Completion, CompletionError> {

@@ -8,6 +8,7 @@ pub mod actions;
 pub mod cli;
 pub mod completion;
 pub mod engine;
+pub mod eval;
 pub mod language;
 pub mod postprocess;
 pub mod prompt;

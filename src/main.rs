@@ -33,6 +33,8 @@ enum Command {
     Tokenize(cli::TokenizeArgs),
     /// Measure prefill and decode speed of the in-process engine.
     Bench(cli::BenchArgs),
+    /// Score completions on HumanEval infilling (exact match, and pass@1 when Python is available).
+    Eval(cli::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Some(Command::Generate(a)) => cli::generate(a),
         Some(Command::Tokenize(a)) => cli::tokenize(a),
         Some(Command::Bench(a)) => cli::bench(a),
+        Some(Command::Eval(a)) => cli::eval(a),
         None => {
             eprintln!("the language server is not wired yet; see --help");
             Ok(())

@@ -117,18 +117,16 @@ impl QMatrix {
                 let xq = Q8Row::quantize_rows(x, m, self.cols);
                 let dot = q4_1::rows_dot();
                 self.for_each_row_group(m, out, q4_1::ROWS, |row, first, dst| {
-                    let acts: Vec<&[q8::Q8Block]> =
-                        (first..first + dst.len()).map(|i| xq.row(i)).collect();
-                    dot(row, &acts, dst)
+                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
+                    dot(row, &acts[..dst.len()], dst)
                 })
             }
             GgmlDType::Q8_0 => {
                 let xq = Q8Row::quantize_rows(x, m, self.cols);
                 let dot = q8_0::rows_dot();
                 self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
-                    let acts: Vec<&[q8::Q8Block]> =
-                        (first..first + dst.len()).map(|i| xq.row(i)).collect();
-                    dot(row, &acts, dst)
+                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
+                    dot(row, &acts[..dst.len()], dst)
                 })
             }
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
@@ -198,13 +196,14 @@ impl QMatrix {
     where
         F: Fn(&[u8], usize, &mut [f32]) + Sync,
     {
+        assert!(group <= MAX_GROUP);
         let rows = self.rows;
         let threads = rayon::current_num_threads().max(1);
         let chunk = rows.div_ceil(threads * 4).max(16);
         let out_ptr = SyncPtr(out.as_mut_ptr());
         let work = |c: usize| {
             let end = ((c + 1) * chunk).min(rows);
-            let mut buf = vec![0f32; group];
+            let mut buf = [0f32; MAX_GROUP];
             for j in c * chunk..end {
                 let w = self.row(j);
                 for first in (0..m).step_by(group) {
@@ -225,6 +224,9 @@ impl QMatrix {
         }
     }
 }
+
+/// The most activation rows a kernel takes at once.
+const MAX_GROUP: usize = 4;
 
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);
