@@ -792,6 +792,13 @@ fn offers_at_positions() {
     let offer = &actions::offers(&source, 0..0)[1];
     assert!(offer.needs_instruction);
     assert_eq!(offer.title, "Generate code from instruction");
+    assert_eq!(
+        offer.task.clone().with_instruction("add one"),
+        Task::Generate {
+            instruction: "add one".into(),
+            target: Target::Cursor(0)
+        }
+    );
     // Offers survive a round trip through JSON (a code action's `data`).
     let json = serde_json::to_value(offer).unwrap();
     assert_eq!(

@@ -4,7 +4,7 @@
 //!
 //! One action end to end: [`Task`] → [`task::Plan`] (checked against the document: ranges, the comment,
 //! the enclosing function, where the result goes) → chat prompt within the token budget ([`prompt`]) →
-//! [`Engine::submit`] → the answer reduced ([`answer`] for code, [`comment`] for explanations, [`doc`] for
+//! [`Backend::submit`] → the answer reduced ([`answer`] for code, [`comment`] for explanations, [`doc`] for
 //! doc comments) and re-indented ([`indent`]) → [`ActionOutput`] with the edit and Markdown.
 //! Listing what is possible at a position ([`offers`]) needs no model and is instant.
 //!
@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{
-    CancelToken, Engine, EngineError, Event, GenerateRequest, Generation, Outcome, SamplingParams,
+    Backend, CancelToken, EngineError, Event, GenerateRequest, Generation, Outcome, SamplingParams,
     StopPolicy, StopReason, Timings,
 };
 use crate::prompt::chat::ChatFormat;
@@ -253,7 +253,7 @@ pub struct PendingAction {
 /// the model). Fails at once for a model that cannot follow instructions, a bad range, a line that is
 /// not a comment, a position outside any function, or a prompt that cannot fit.
 pub fn submit(
-    engine: &Engine,
+    engine: &dyn Backend,
     source: &Source,
     req: ActionRequest,
 ) -> Result<PendingAction, ActionError> {
@@ -287,7 +287,7 @@ pub fn submit(
 
 /// Convenience: submit and wait on this thread.
 pub fn run(
-    engine: &Engine,
+    engine: &dyn Backend,
     source: &Source,
     req: ActionRequest,
 ) -> Result<ActionOutput, ActionError> {

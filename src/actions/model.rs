@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::engine::{Engine, Tokenizer};
+use crate::engine::{Backend, Tokenizer};
 use crate::prompt::chat::{self, ChatFormat};
 use crate::prompt::PromptError;
 
@@ -25,7 +25,7 @@ pub enum ChatModel {
 /// which says what to set.
 pub fn choose_chat_model(
     chat_model: Option<&str>,
-    completion: &Engine,
+    completion: &dyn Backend,
 ) -> Result<ChatModel, ActionError> {
     match chat_model.map(str::trim).filter(|s| !s.is_empty()) {
         Some(spec) if !same_file(Path::new(spec), &completion.info().path) => {
@@ -43,7 +43,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// The chat format of the engine's model, or why it cannot follow instructions.
-pub fn chat_format(engine: &Engine) -> Result<ChatFormat, ActionError> {
+pub fn chat_format(engine: &dyn Backend) -> Result<ChatFormat, ActionError> {
     let info = engine.info();
     let file = info
         .path
@@ -69,9 +69,18 @@ pub fn instruct_format(names: &[&str], tokenizer: &Tokenizer) -> Result<ChatForm
             model: model.to_string(),
         });
     }
-    chat::detect(tokenizer).map_err(|e| match e {
-        PromptError::Chat(message) => ActionError::ChatFormat(message),
-        other => ActionError::ChatFormat(other.to_string()),
+    chat::detect(tokenizer).map_err(|e| {
+        let message = match e {
+            PromptError::Chat(message) => message,
+            other => other.to_string(),
+        };
+        if message.contains("chat_model") {
+            ActionError::ChatFormat(message)
+        } else {
+            ActionError::ChatFormat(format!(
+                "{message} (explain/generate need a model in a known chat format: set chat_model)"
+            ))
+        }
     })
 }
 

@@ -58,6 +58,17 @@ pub enum Task {
 }
 
 impl Task {
+    /// This task with the user's instruction (for an offered "Generate code from instruction").
+    pub fn with_instruction(self, instruction: impl Into<String>) -> Task {
+        match self {
+            Task::Generate { target, .. } => Task::Generate {
+                instruction: instruction.into(),
+                target,
+            },
+            other => other,
+        }
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Task::Explain { .. } => ActionKind::Explain,
