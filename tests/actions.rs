@@ -519,6 +519,16 @@ fn enclosing_functions() {
         ),
         ("a.py", "def f():\n    pass\n\nx = 1$0\n", None),
         (
+            "a.py",
+            "def f(sep=\"#\", end=':'):  # (comment\n    return$0 sep\n",
+            Some(("f", 0, 0, 1)),
+        ),
+        (
+            "a.sh",
+            "greet() {\n  echo $# \"}\"\n  echo hi$0\n}\n",
+            Some(("greet", 0, 0, 3)),
+        ),
+        (
             "a.rs",
             "#[inline]\n#[must_use]\npub fn add(a: u32, b: u32) -> u32\nwhere\n    u32: Copy,\n{\n    let s = \"}\";\n    a +$0 b\n}\n",
             Some(("add", 0, 2, 8)),

@@ -261,10 +261,21 @@ fn python_span(lines: &Lines, header: usize) -> Option<(usize, usize)> {
     let mut depth = 0i32;
     let mut sig_end = None;
     'sig: for l in header..(header + MAX_SIGNATURE_LINES).min(lines.count()) {
-        let text = lines.text(l);
-        let code = text.split('#').next().unwrap_or(text);
+        let code = python_code(lines.text(l));
+        let mut quote: Option<char> = None;
+        let mut escaped = false;
         for (i, c) in code.char_indices() {
+            if let Some(q) = quote {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    _ if c == q => quote = None,
+                    _ => {}
+                }
+                continue;
+            }
             match c {
+                '"' | '\'' => quote = Some(c),
                 '(' | '[' | '{' => depth += 1,
                 ')' | ']' | '}' => depth -= 1,
                 ':' if depth == 0 => {
@@ -293,6 +304,24 @@ fn python_span(lines: &Lines, header: usize) -> Option<(usize, usize)> {
     (last > sig_end).then_some((sig_end, last))
 }
 
+/// A Python line without its comment (a `#` outside string literals).
+fn python_code(line: &str) -> &str {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' => return &line[..i],
+            None => {}
+        }
+    }
+    line
+}
+
 /// Lua: the function ends at the first `end` line at the header's indentation.
 fn lua_span(lines: &Lines, header: usize) -> Option<(usize, usize)> {
     let indent = indentation(lines.text(header));
@@ -313,9 +342,17 @@ fn brace_span(source: &Source, lines: &Lines, header: usize) -> Option<(usize, u
     let mut braces = 0i32;
     let mut body_open = None;
     while i < text.len() {
-        if let Some(skip) = literal_len(&text[i..], lang) {
-            i += skip;
-            continue;
+        // Shell: `#` starts a comment only at the start of a word (`$#` is not one).
+        let mid_word = lang.line_comment_needs_word_start()
+            && text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|p| !p.is_whitespace());
+        if !mid_word {
+            if let Some(skip) = literal_len(&text[i..], lang) {
+                i += skip;
+                continue;
+            }
         }
         let c = text[i..].chars().next()?;
         match c {

@@ -205,15 +205,10 @@ pub fn offers(source: &Source, selection: Range<usize>) -> Vec<Offer> {
     if comment_at(source, line).is_some() {
         out.push(offer(Task::GenerateFromComment { line }, false));
     }
-    let target = if selection.is_empty() {
-        Target::Cursor(selection.start)
-    } else {
-        Target::Replace(selection.clone())
-    };
     out.push(offer(
         Task::Generate {
             instruction: String::new(),
-            target,
+            target: Target::for_selection(selection.clone()),
         },
         true,
     ));

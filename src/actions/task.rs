@@ -92,6 +92,18 @@ pub enum Target {
     BelowLine(usize),
 }
 
+impl Target {
+    /// Where code generated for an editor selection goes: replacing it, or at the cursor when it is
+    /// empty (byte offsets).
+    pub fn for_selection(selection: Range<usize>) -> Target {
+        if selection.is_empty() {
+            Target::Cursor(selection.start)
+        } else {
+            Target::Replace(selection)
+        }
+    }
+}
+
 /// Lines of surrounding code each kind of action shows the model at most (before, after).
 fn window_lines(kind: ActionKind) -> (usize, usize) {
     match kind {
