@@ -96,11 +96,6 @@ impl<'a> Lines<'a> {
     pub fn line_of(&self, offset: usize) -> usize {
         self.starts.partition_point(|&s| s <= offset) - 1
     }
-
-    /// Lines `range` joined with `\n` (line breaks normalised, none at the end).
-    pub fn join(&self, range: Range<usize>) -> String {
-        range.map(|l| self.text(l)).collect::<Vec<_>>().join("\n")
-    }
 }
 
 /// The whitespace a line starts with.
