@@ -142,8 +142,9 @@ fn all_logits_agree_with_stepwise_decoding() {
     }
 }
 
-/// The fused CPU forward pass and the tensor forward pass compute the same logits (same kernels, same
-/// order of operations), for prefill chunks and single-token steps.
+/// The fused CPU forward pass and the tensor forward pass compute the same logits (the same kernels in
+/// the same order), for prefill chunks and single-token steps, even on a quantized model where any
+/// rounding difference would be amplified by the 8-bit activations.
 #[test]
 fn fused_cpu_path_equals_tensor_path() {
     let small = common::small_model();
@@ -185,7 +186,7 @@ fn fused_cpu_path_equals_tensor_path() {
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max);
             assert!(
-                diff < 1e-3,
+                diff < 1e-5,
                 "{}: max logit difference {diff}",
                 path.display()
             );

@@ -210,6 +210,39 @@ mod simd {
         _mm_cvtss_f32(s)
     }
 
+    /// `k · q` summed in the order of llama.cpp's 512-bit f16 dot product: four 16-lane accumulators over
+    /// chunks of 64, folded pairwise, then a tree reduction; the remainder added in f64. Bit-identical
+    /// results keep greedy outputs comparable with llama.cpp (an 8-bit activation quantization
+    /// downstream turns any last-bit difference into a different integer now and then).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_like_ggml(kp: *const f16, q: &[__m256], hd: usize) -> f32 {
+        let chunks = hd / 64;
+        let mut acc = [_mm256_setzero_ps(); 8]; // accumulator j, half h at 2j + h
+        for c in 0..chunks {
+            for (a, slot) in acc.iter_mut().enumerate() {
+                let l = c * 8 + a; // 8-lane group within the row
+                *slot = _mm256_fmadd_ps(load16(kp.add(l * 8)), q[l], *slot);
+            }
+        }
+        // x0 = acc0 + acc2, x1 = acc1 + acc3, x0 += x1 (16 lanes as two halves)
+        let x0 = [_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[1], acc[5])];
+        let x1 = [_mm256_add_ps(acc[2], acc[6]), _mm256_add_ps(acc[3], acc[7])];
+        let x = [_mm256_add_ps(x0[0], x1[0]), _mm256_add_ps(x0[1], x1[1])];
+        let t3 = _mm256_add_ps(x[1], x[0]);
+        let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+        let t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, 0b01_00_11_10));
+        let mut total = (_mm_cvtss_f32(t8) + _mm_cvtss_f32(_mm_shuffle_ps(t8, t8, 1))) as f64;
+        let mut qv = [0f32; 8];
+        for (l, ql) in q.iter().enumerate().skip(chunks * 8) {
+            _mm256_storeu_ps(qv.as_mut_ptr(), *ql);
+            for (e, qe) in qv.iter().enumerate() {
+                total += ((*kp.add(l * 8 + e)).to_f32() * qe) as f64;
+            }
+        }
+        total as f32
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_row(
         query: &[f32],
@@ -233,11 +266,15 @@ mod simd {
         let mut sum = 0f32;
         for p in 0..n {
             let kp = keys.as_ptr().add(p * hd);
-            let mut dot = _mm256_setzero_ps();
-            for (l, qv) in q.iter().enumerate().take(lanes) {
-                dot = _mm256_fmadd_ps(load16(kp.add(l * 8)), *qv, dot);
-            }
-            let score = hsum(dot) * scale;
+            let score = if low_precision {
+                dot_like_ggml(kp, &q[..lanes], hd)
+            } else {
+                let mut dot = _mm256_setzero_ps();
+                for (l, qv) in q.iter().enumerate().take(lanes) {
+                    dot = _mm256_fmadd_ps(load16(kp.add(l * 8)), *qv, dot);
+                }
+                hsum(dot)
+            } * scale;
             let (mut ms, mut vs) = (1.0f32, 1.0f32);
             if score > m {
                 let old = m;
@@ -257,7 +294,7 @@ mod simd {
                 let y = _mm256_fmadd_ps(load16(vp.add(l * 8)), vsv, *a);
                 *a = if low_precision { round16(y) } else { y };
             }
-            sum = sum * ms + vs;
+            sum = sum.mul_add(ms, vs);
         }
         let inv = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
         for (l, a) in acc.iter().enumerate().take(lanes) {

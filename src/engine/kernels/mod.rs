@@ -7,6 +7,7 @@
 //! `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
+pub mod activation;
 pub mod attention;
 pub mod cpu;
 mod float;

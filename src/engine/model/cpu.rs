@@ -8,8 +8,9 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use half::slice::HalfBitsSliceExt;
 
-use super::{rms_norm_rows, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig};
+use super::{rms_norm_rows, rope, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig};
 use crate::engine::error::{EngineError, Result};
+use crate::engine::kernels::activation;
 use crate::engine::kernels::attention::{self, AttnShape, Layout};
 use crate::engine::kernels::{Exec, QMatrix};
 use crate::engine::pool::Pool;
@@ -124,8 +125,26 @@ impl CpuModel {
             b.wq.matmul_on(exec, &h, seq, &mut q);
             b.wk.matmul_on(exec, &h, seq, &mut k);
             b.wv.matmul_on(exec, &h, seq, &mut v);
-            rope(&mut q, nh, hd, cos, sin, cfg.rope_interleaved);
-            rope(&mut k, nkv, hd, cos, sin, cfg.rope_interleaved);
+            rope(
+                &mut q,
+                Layout::TokenMajor,
+                nh,
+                seq,
+                hd,
+                cos,
+                sin,
+                cfg.rope_interleaved,
+            );
+            rope(
+                &mut k,
+                Layout::TokenMajor,
+                nkv,
+                seq,
+                hd,
+                cos,
+                sin,
+                cfg.rope_interleaved,
+            );
             let LayerKv::Cpu { k: kc, v: vc } = &mut cache.layers[layer] else {
                 return Err(EngineError::Compute(
                     "CPU forward pass over a GPU cache".into(),
@@ -149,7 +168,7 @@ impl CpuModel {
             rms_norm_rows(&x, &b.ffn_norm, cfg.rms_eps, &mut h);
             b.gate.matmul_on(exec, &h, seq, &mut gate);
             b.up.matmul_on(exec, &h, seq, &mut up);
-            silu_mul(&mut gate, &up);
+            activation::swiglu_rows(&mut gate, &up, cfg.n_ff);
             b.down.matmul_on(exec, &gate, seq, &mut tmp);
             add(&mut x, &tmp);
         }
@@ -167,40 +186,8 @@ impl CpuModel {
     }
 }
 
-/// Rotates every head of every token (`[seq][heads][head_dim]`) by its position's angles. Interleaved
-/// pairs `(2i, 2i+1)` for GGUF files, halves `(i, i + d/2)` for Hugging Face checkpoints; the same
-/// formulas as candle's `rope_i` and `rope`.
-fn rope(x: &mut [f32], heads: usize, hd: usize, cos: &[f32], sin: &[f32], interleaved: bool) {
-    let half = hd / 2;
-    for (i, token) in x.chunks_exact_mut(heads * hd).enumerate() {
-        let (c, s) = (
-            &cos[i * half..(i + 1) * half],
-            &sin[i * half..(i + 1) * half],
-        );
-        for head in token.chunks_exact_mut(hd) {
-            for j in 0..half {
-                let (a, b) = if interleaved {
-                    (2 * j, 2 * j + 1)
-                } else {
-                    (j, j + half)
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c[j] - x1 * s[j];
-                head[b] = x0 * s[j] + x1 * c[j];
-            }
-        }
-    }
-}
-
 fn add(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
-    }
-}
-
-/// `g = silu(g) · u`, with candle's formula for silu (`x / (1 + e^-x)`).
-fn silu_mul(g: &mut [f32], u: &[f32]) {
-    for (a, b) in g.iter_mut().zip(u) {
-        *a = *a / ((-*a).exp() + 1.0) * b;
     }
 }

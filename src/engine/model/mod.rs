@@ -304,6 +304,91 @@ impl candle_core::CustomOp2 for RmsNormOp {
     }
 }
 
+/// `silu(gate) · up`: on the CPU with llama.cpp's arithmetic (see `kernels::activation`), elsewhere
+/// with candle's ops.
+fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.device().is_cpu() {
+        Ok(gate
+            .contiguous()?
+            .apply_op2_no_bwd(&up.contiguous()?, &SwigluOp)?)
+    } else {
+        Ok((candle_nn::ops::silu(gate)? * up)?)
+    }
+}
+
+struct SwigluOp;
+
+impl candle_core::CustomOp2 for SwigluOp {
+    fn name(&self) -> &'static str {
+        "codellama-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
+            candle_core::bail!("swiglu expects f32");
+        };
+        let (Some((gs, ge)), Some((us, ue))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("swiglu expects contiguous inputs");
+        };
+        if ge - gs != ue - us {
+            candle_core::bail!("swiglu: mismatched sizes");
+        }
+        let mut out = g[gs..ge].to_vec();
+        let row = *l1.shape().dims().last().unwrap_or(&out.len());
+        crate::engine::kernels::activation::swiglu_rows(&mut out, &u[us..ue], row);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Rotates every head of every token of `x` (in `layout`) by its position's angles (`cos`/`sin` rows
+/// for positions `pos..pos + seq`). Interleaved pairs `(2i, 2i+1)` for GGUF files, halves `(i, i + d/2)`
+/// for Hugging Face checkpoints. Each output is one fused multiply-add over one rounded product, which
+/// is how llama.cpp's compiled CPU code evaluates `x0·cos − x1·sin` and `x0·sin + x1·cos`; matching it
+/// keeps greedy outputs comparable with llama.cpp.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rope(
+    x: &mut [f32],
+    layout: KvLayout,
+    heads: usize,
+    seq: usize,
+    hd: usize,
+    cos: &[f32],
+    sin: &[f32],
+    interleaved: bool,
+) {
+    let half = hd / 2;
+    for h in 0..heads {
+        for i in 0..seq {
+            let at = match layout {
+                KvLayout::HeadMajor => (h * seq + i) * hd,
+                KvLayout::TokenMajor => (i * heads + h) * hd,
+            };
+            let head = &mut x[at..at + hd];
+            let (c, s) = (
+                &cos[i * half..(i + 1) * half],
+                &sin[i * half..(i + 1) * half],
+            );
+            for j in 0..half {
+                let (a, b) = if interleaved {
+                    (2 * j, 2 * j + 1)
+                } else {
+                    (j, j + half)
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0.mul_add(c[j], -(x1 * s[j]));
+                head[b] = x0.mul_add(s[j], x1 * c[j]);
+            }
+        }
+    }
+}
+
 /// `out = x / sqrt(mean(x²) + eps) · w` for every row of `x` (rows of `w.len()` values), with the sum of
 /// squares accumulated in f64 as llama.cpp does.
 pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -612,8 +697,8 @@ impl Llama {
             let attn = self.attention(block, &h, layer, cache, &cos, &sin, mask.as_ref())?;
             x = (x + block.wo.forward(&attn)?)?;
             let h = rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
-            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
-            let ff = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            let act = swiglu(&block.w_gate.forward(&h)?, &block.w_up.forward(&h)?)?;
+            let ff = block.w_down.forward(&act)?;
             x = (x + ff)?;
         }
         cache.len = pos + seq;
@@ -664,6 +749,57 @@ impl Llama {
             .reshape((seq, nkv, hd))?
             .transpose(0, 1)?
             .contiguous()?;
+        let shape = AttnShape {
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hd,
+            capacity: cache.capacity,
+        };
+        let total = pos + seq;
+        if let LayerKv::Cpu { k: kc, v: vc } = &mut cache.layers[layer] {
+            let half = hd / 2;
+            let (cos_t, sin_t) = (
+                &cache.cos_table[pos * half..(pos + seq) * half],
+                &cache.sin_table[pos * half..(pos + seq) * half],
+            );
+            let (mut qv, mut kv, vv) = (flat(&q)?, flat(&k)?, flat(&v)?);
+            let inter = cfg.rope_interleaved;
+            rope(
+                &mut qv,
+                KvLayout::HeadMajor,
+                nh,
+                seq,
+                hd,
+                cos_t,
+                sin_t,
+                inter,
+            );
+            rope(
+                &mut kv,
+                KvLayout::HeadMajor,
+                nkv,
+                seq,
+                hd,
+                cos_t,
+                sin_t,
+                inter,
+            );
+            let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
+            attention::store(kc, vc, &kv, &vv, KvLayout::HeadMajor, shape, pos, seq);
+            let mut out = vec![0f32; seq * nh * hd];
+            attention::attend(
+                Exec::Rayon,
+                &qv,
+                KvLayout::HeadMajor,
+                kc,
+                vc,
+                shape,
+                pos,
+                seq,
+                &mut out,
+            );
+            return Ok(Tensor::from_vec(out, (seq, nh * hd), &self.device)?);
+        }
         let (q, k) = if cfg.rope_interleaved {
             (
                 candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
@@ -675,33 +811,10 @@ impl Llama {
                 candle_nn::rotary_emb::rope(&k, cos, sin)?,
             )
         };
-        let shape = AttnShape {
-            n_head: nh,
-            n_kv_head: nkv,
-            head_dim: hd,
-            capacity: cache.capacity,
-        };
-        let total = pos + seq;
-        let (kc, vc) = match &mut cache.layers[layer] {
-            LayerKv::Cpu { k: kc, v: vc } => {
-                let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
-                let (qv, kv, vv) = (flat(&q)?, flat(&k)?, flat(&v)?);
-                attention::store(kc, vc, &kv, &vv, KvLayout::HeadMajor, shape, pos, seq);
-                let mut out = vec![0f32; seq * nh * hd];
-                attention::attend(
-                    Exec::Rayon,
-                    &qv,
-                    KvLayout::HeadMajor,
-                    kc,
-                    vc,
-                    shape,
-                    pos,
-                    seq,
-                    &mut out,
-                );
-                return Ok(Tensor::from_vec(out, (seq, nh * hd), &self.device)?);
-            }
-            LayerKv::Device { k: kc, v: vc } => (kc, vc),
+        let LayerKv::Device { k: kc, v: vc } = &mut cache.layers[layer] else {
+            return Err(EngineError::Compute(
+                "a CPU cache with device tensors".into(),
+            ));
         };
         kc.slice_set(&k.squeeze(0)?.to_dtype(kc.dtype())?, 1, pos)?;
         vc.slice_set(&v.to_dtype(vc.dtype())?, 1, pos)?;
