@@ -4,6 +4,8 @@
 //! `prompt`, `engine` and `postprocess` know nothing about LSP; only `server` speaks LSP.
 //! See ARCHITECTURE.md for the code map.
 
+pub mod config;
+pub mod documents;
 pub mod engine;
 pub mod postprocess;
 pub mod prompt;
