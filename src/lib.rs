@@ -9,3 +9,4 @@ pub mod documents;
 pub mod engine;
 pub mod postprocess;
 pub mod prompt;
+pub mod server;
