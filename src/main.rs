@@ -1,8 +1,10 @@
-//! The `codellama-lsp` command: a thin shell over the library.
+//! The `codellama-lsp` binary: argument parsing only; every command is a function of the library.
 
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+
+use codellama_lsp::cli;
 use codellama_lsp::config::{Config, ConfigArgs};
 use codellama_lsp::server;
 
@@ -10,73 +12,76 @@ use codellama_lsp::server;
 #[command(
     name = "codellama-lsp",
     version,
-    about = "A language server that runs Code Llama in-process"
+    about = "Code Llama inside your editor: a language server with in-process inference",
+    long_about = "Code Llama inside your editor: a language server with in-process inference.\n\n\
+                  With no command (or `serve`) it speaks LSP on stdin/stdout for VS Code, Neovim and any \
+                  other LSP client. The other commands run the same pipeline from the shell."
 )]
-struct Cli {
+struct Args {
     #[command(subcommand)]
-    command: Option<Cmd>,
+    command: Option<Command>,
+    /// Server settings when no command is given (see `serve --help`).
     #[command(flatten)]
     config: ConfigArgs,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
-    /// Speak LSP on stdin/stdout (what happens without a subcommand too).
+enum Command {
+    /// Speak LSP on stdin/stdout (the default). Every setting is also a flag here; environment variables
+    /// CODELLAMA_LSP_<KEY> set them too, and the editor's settings override both.
     Serve(ConfigArgs),
-    /// Print the configuration reference.
+    /// Print the server's settings: key, type, default, environment variable, description.
     Config {
-        /// As a Markdown table (the README's).
+        /// As the Markdown table of the README (docs/configuration.md).
         #[arg(long)]
         markdown: bool,
     },
-    /// Benchmarks. With --lsp: keystroke latency over LSP against this binary.
-    Bench(BenchArgs),
+    /// Complete the code at PATH:LINE:COLUMN (1-based) and print the suggestion.
+    Complete(cli::CompleteArgs),
+    /// Print the token ids of TEXT (no BOS), like llama.cpp's llama-tokenize.
+    Tokenize(cli::TokenizeArgs),
+    /// Measure prefill and decode speed of the in-process engine, or with --lsp the keystroke latency over LSP.
+    Bench(BenchCommand),
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    /// Type into a source file over LSP, one inline completion per character.
+#[derive(ClapArgs)]
+struct BenchCommand {
+    /// Measure keystroke latency over LSP instead: type into a source file one character at a time against
+    /// this binary, one inline completion per character (uses --model, --threads, --context-window, --json).
     #[arg(long)]
     lsp: bool,
-    /// The model (path or Hub reference); default: the small offline model.
-    #[arg(long)]
-    model: Option<String>,
-    /// CPU threads for the model.
-    #[arg(long)]
-    threads: Option<usize>,
-    /// The file to type into (default examples/typing/inventory.py).
-    #[arg(long)]
-    file: Option<std::path::PathBuf>,
-    /// Most characters to type.
-    #[arg(long, default_value_t = 200)]
-    chars: usize,
-    /// More server settings as KEY=VALUE (e.g. fim_order=psm), repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
-    /// Print the figures as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    lsp_args: server::bench::LspBenchArgs,
+    #[command(flatten)]
+    engine: cli::BenchArgs,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        None => serve(&cli.config, &ConfigArgs::default()),
-        Some(Cmd::Serve(args)) => serve(&cli.config, &args),
-        Some(Cmd::Config { markdown }) => {
-            if markdown {
-                print!("{}", Config::markdown_table());
-            } else {
-                for f in Config::fields() {
-                    println!("{} ({}, default {}): {}", f.key, f.ty, f.default, f.doc);
-                }
-            }
+    let args = Args::parse();
+    let result = match args.command {
+        None => serve(&args.config, &ConfigArgs::default()),
+        Some(Command::Serve(flags)) => serve(&args.config, &flags),
+        Some(Command::Config { markdown }) => {
+            print_config(markdown);
             Ok(ExitCode::SUCCESS)
         }
-        Some(Cmd::Bench(args)) => bench(args),
+        Some(Command::Complete(a)) => cli::complete(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Tokenize(a)) => cli::tokenize(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Bench(b)) if b.lsp => {
+            let m = &b.engine.model;
+            let settings = server::bench::LspBenchSettings {
+                model: m.model.clone(),
+                threads: m.threads,
+                context_window: m.context_window,
+                device: m.device.clone(),
+                json: b.engine.json,
+            };
+            server::bench::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Bench(b)) => cli::bench(b.engine).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("codellama-lsp: {e:#}");
+        eprintln!("error: {e:#}");
         ExitCode::FAILURE
     })
 }
@@ -92,33 +97,12 @@ fn serve(top: &ConfigArgs, sub: &ConfigArgs) -> anyhow::Result<ExitCode> {
     server::serve(config)
 }
 
-fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if !args.lsp {
-        anyhow::bail!("only the LSP keystroke benchmark is built in so far: pass --lsp");
+fn print_config(markdown: bool) {
+    if markdown {
+        print!("{}", Config::markdown_table());
+        return;
     }
-    let exe = std::env::current_exe()?;
-    let mut opts = server::bench::LspBenchOptions::new(
-        exe,
-        args.file.unwrap_or_else(server::bench::default_file),
-    );
-    opts.chars = args.chars;
-    if let Some(m) = args.model {
-        opts.settings.insert("model".into(), m.into());
+    for f in Config::fields() {
+        println!("{} ({}, default {}): {}", f.key, f.ty, f.default, f.doc);
     }
-    if let Some(t) = args.threads {
-        opts.settings.insert("threads".into(), t.into());
-    }
-    for kv in args.set {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
-        opts.settings.insert(k.trim().into(), v.trim().into());
-    }
-    let report = server::bench::run_lsp_bench(&opts)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.render());
-    }
-    Ok(ExitCode::SUCCESS)
 }

@@ -27,12 +27,18 @@ fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn tiny_codellama_greedy_matches_golden() {
-    let golden = common::read_json(&common::codellama_fixture("tiny-codellama-greedy-golden.json"));
+    let golden = common::read_json(&common::codellama_fixture(
+        "tiny-codellama-greedy-golden.json",
+    ));
     let cases = golden.as_array().unwrap();
     assert!(cases.len() >= 6, "expected 3 models x 2 prompts");
     for case in cases {
@@ -45,7 +51,9 @@ fn tiny_codellama_greedy_matches_golden() {
 
 #[test]
 fn first_step_logits_match_reference_values() {
-    let golden = common::read_json(&common::codellama_fixture("tiny-codellama-greedy-golden.json"));
+    let golden = common::read_json(&common::codellama_fixture(
+        "tiny-codellama-greedy-golden.json",
+    ));
     for case in golden.as_array().unwrap() {
         let model = load(case["model"].as_str().unwrap());
         let mut cache = model.new_cache(64).unwrap();
@@ -54,10 +62,22 @@ fn first_step_logits_match_reference_values() {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let tol = if case["model"].as_str().unwrap().contains("q8_0") { 0.15 } else { 0.02 };
+        let tol = if case["model"].as_str().unwrap().contains("q8_0") {
+            0.15
+        } else {
+            0.02
+        };
         for pair in case["first_step_top5_logits"].as_array().unwrap() {
-            let (id, want) = (pair[0].as_u64().unwrap() as usize, pair[1].as_f64().unwrap() as f32);
-            assert!((logits[id] - want).abs() < tol, "{}: logit[{id}] = {} want {want}", case["model"], logits[id]);
+            let (id, want) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
+            assert!(
+                (logits[id] - want).abs() < tol,
+                "{}: logit[{id}] = {} want {want}",
+                case["model"],
+                logits[id]
+            );
         }
     }
 }
@@ -73,14 +93,26 @@ fn truncating_the_cache_reproduces_a_cold_run() {
         b.extend([1678, 736, 1121]);
         let cold = {
             let mut cache = model.new_cache(64).unwrap();
-            model.forward(&b, &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap()
+            model
+                .forward(&b, &mut cache, Logits::Last)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let mut cache = model.new_cache(64).unwrap();
         model.forward(&a, &mut cache, Logits::Last).unwrap();
         cache.truncate(6);
-        let warm = model.forward(&b[6..], &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap();
+        let warm = model
+            .forward(&b[6..], &mut cache, Logits::Last)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(cache.len(), b.len());
-        let max_diff = cold.iter().zip(&warm).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let max_diff = cold
+            .iter()
+            .zip(&warm)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
     }
 }
@@ -95,9 +127,17 @@ fn all_logits_agree_with_stepwise_decoding() {
     assert_eq!(all.dims(), &[prompt.len(), 32016]);
     let mut cache = model.new_cache(64).unwrap();
     for (i, t) in prompt.iter().enumerate() {
-        let step = model.forward(&[*t], &mut cache, Logits::Last).unwrap().to_vec1::<f32>().unwrap();
+        let step = model
+            .forward(&[*t], &mut cache, Logits::Last)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let row = all.get(i).unwrap().to_vec1::<f32>().unwrap();
-        let d = step.iter().zip(&row).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let d = step
+            .iter()
+            .zip(&row)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(d < 1e-3, "position {i}: {d}");
     }
 }

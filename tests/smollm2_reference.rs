@@ -10,14 +10,21 @@ use codellama_lsp::engine::model::{Llama, Logits, ModelConfig};
 use codellama_lsp::engine::sampler::argmax;
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {
     let f = GgufFile::open(&common::small_model()).unwrap();
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
-    assert_eq!((cfg.n_layer, cfg.n_head, cfg.n_head_kv, cfg.context_length), (30, 9, 3, 8192));
+    assert_eq!(
+        (cfg.n_layer, cfg.n_head, cfg.n_head_kv, cfg.context_length),
+        (30, 9, 3, 8192)
+    );
     let model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
     let reference = common::read_json(&common::reference("smollm2-llamacpp.json"));
     let cases = reference["greedy"].as_array().unwrap();
@@ -37,7 +44,12 @@ fn greedy_continuations_match_llama_cpp() {
             None => matched += 1,
             Some(i) => report.push(format!(
                 "{:?}: first difference at step {i}: ours {} llama.cpp {}",
-                case["prompt"].as_str().unwrap().chars().take(30).collect::<String>(),
+                case["prompt"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .take(30)
+                    .collect::<String>(),
                 got[i],
                 want[i]
             )),

@@ -169,9 +169,11 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Result<TensorData> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| {
-            self.bad_tensor(name, "missing from the file")
-        })?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| self.bad_tensor(name, "missing from the file"))?;
         let elems = info.shape.elem_count();
         let size = tensor_size(info.ggml_dtype, elems)
             .ok_or_else(|| self.bad_tensor(name, "bad element count"))?;

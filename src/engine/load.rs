@@ -88,10 +88,11 @@ fn load_hf_dir(
         path: config_path.clone(),
         source,
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::Corrupt {
-        path: config_path.clone(),
-        detail: e.to_string(),
-    })?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| EngineError::Corrupt {
+            path: config_path.clone(),
+            detail: e.to_string(),
+        })?;
     let cfg = ModelConfig::from_hf_json(&config_path, &json)?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -17,7 +17,9 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D
 
 use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, MappedBytes, TensorData};
+use super::kernels::attention::{self, AttnShape};
 use super::kernels::{QMatrix, WeightBytes};
+use half::slice::HalfBitsSliceExt;
 
 /// Hyper-parameters, all read from the model's metadata.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,7 +52,9 @@ impl ModelConfig {
         let key = |k: &str| format!("llama.{k}");
         let n_embd = f.require_usize(&key("embedding_length"))?;
         let n_head = f.require_usize(&key("attention.head_count"))?;
-        let n_head_kv = f.get_usize(&key("attention.head_count_kv")).unwrap_or(n_head);
+        let n_head_kv = f
+            .get_usize(&key("attention.head_count_kv"))
+            .unwrap_or(n_head);
         let head_dim = n_embd / n_head.max(1);
         let embd = f.tensor("token_embd.weight")?;
         let vocab_size = f
@@ -74,7 +78,9 @@ impl ModelConfig {
                 10_000.0
             }
         };
-        let rope_dim = f.get_usize(&key("rope.dimension_count")).unwrap_or(head_dim);
+        let rope_dim = f
+            .get_usize(&key("rope.dimension_count"))
+            .unwrap_or(head_dim);
         let cfg = Self {
             n_layer: f.require_usize(&key("block_count"))?,
             n_embd,
@@ -103,7 +109,10 @@ impl ModelConfig {
                 key: k.to_string(),
             })
         };
-        let model_type = json.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let model_type = json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         if model_type != "llama" {
             return Err(EngineError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
@@ -217,7 +226,11 @@ impl CustomOp1 for MatMulOp {
         "codellama-qmatmul"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let CpuStorage::F32(data) = storage else {
             candle_core::bail!("qmatmul expects f32 activations");
         };
@@ -236,6 +249,54 @@ impl CustomOp1 for MatMulOp {
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("non-empty dims") = self.0.rows;
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+/// RMS normalisation times the weight. On the CPU the sum of squares is accumulated in f64 and the
+/// row is multiplied by `1/sqrt(mean + eps)`, as llama.cpp does; elsewhere candle's fused op runs.
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op2_no_bwd(w, &RmsNormOp(eps))?)
+    } else {
+        Ok(candle_nn::ops::rms_norm(x, w, eps)?)
+    }
+}
+
+struct RmsNormOp(f32);
+
+impl candle_core::CustomOp2 for RmsNormOp {
+    fn name(&self) -> &'static str {
+        "codellama-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("rms_norm expects f32");
+        };
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("rms_norm expects contiguous inputs");
+        };
+        let (x, w) = (&x[xs..xe], &w[ws..we]);
+        let n = w.len();
+        if n == 0 || x.len() % n != 0 {
+            candle_core::bail!("rms_norm: {} values do not split into rows of {n}", x.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        for (row, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            let sum: f64 = row.iter().map(|v| (v * v) as f64).sum();
+            let mean = (sum / n as f64) as f32;
+            let scale = 1.0 / (mean + self.0).sqrt();
+            for ((d, v), g) in dst.iter_mut().zip(row).zip(w) {
+                *d = v * scale * g;
+            }
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -361,7 +422,12 @@ impl TensorSource for GgufFile {
 }
 
 impl Llama {
-    pub fn from_gguf(f: &GgufFile, cfg: ModelConfig, device: &Device, progress: &mut dyn FnMut(f32)) -> Result<Self> {
+    pub fn from_gguf(
+        f: &GgufFile,
+        cfg: ModelConfig,
+        device: &Device,
+        progress: &mut dyn FnMut(f32),
+    ) -> Result<Self> {
         Self::load(f, &GGUF_NAMES, cfg, device, progress)
     }
 
@@ -394,7 +460,11 @@ impl Llama {
             Embedding::Device(q.dequantize(device)?)
         };
         // No output matrix means the embedding is tied to the output projection.
-        let output_t = if src.has(names.output) { src.tensor(names.output)? } else { embd };
+        let output_t = if src.has(names.output) {
+            src.tensor(names.output)?
+        } else {
+            embd
+        };
         check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
         let output = Linear::from_tensor(&output_t, device, &path)?;
         let norm = vector(src, names.norm, cfg.n_embd, device)?;
@@ -470,17 +540,20 @@ impl Llama {
                 vocab: cfg.vocab_size,
             });
         }
-        let (cos, sin) = (cache.cos.narrow(0, pos, seq)?, cache.sin.narrow(0, pos, seq)?);
+        let (cos, sin) = (
+            cache.cos.narrow(0, pos, seq)?,
+            cache.sin.narrow(0, pos, seq)?,
+        );
         let mask = causal_mask(seq, pos, &self.device)?;
         let mut x = self.embed.forward(tokens, cfg.n_embd)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             if cancelled() {
                 return Err(EngineError::Cancelled);
             }
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
+            let h = rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
             let attn = self.attention(block, &h, layer, cache, &cos, &sin, mask.as_ref())?;
             x = (x + block.wo.forward(&attn)?)?;
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
+            let h = rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
             let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
             let ff = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
             x = (x + ff)?;
@@ -490,7 +563,7 @@ impl Llama {
             Logits::Last => x.narrow(0, seq - 1, 1)?,
             Logits::All => x,
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, cfg.rms_eps)?;
+        let x = rms_norm(&x, &self.norm, cfg.rms_eps)?;
         let out = self.output.forward(&x)?;
         Ok(match logits {
             Logits::Last => out.squeeze(0)?,
@@ -515,19 +588,57 @@ impl Llama {
         let (seq, pos) = (h.dim(0)?, cache.len);
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let group = nh / nkv;
-        let q = block.wq.forward(h)?.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = block.wk.forward(h)?.reshape((1, seq, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = block.wv.forward(h)?.reshape((seq, nkv, hd))?.transpose(0, 1)?.contiguous()?;
+        let q = block
+            .wq
+            .forward(h)?
+            .reshape((1, seq, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = block
+            .wk
+            .forward(h)?
+            .reshape((1, seq, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = block
+            .wv
+            .forward(h)?
+            .reshape((seq, nkv, hd))?
+            .transpose(0, 1)?
+            .contiguous()?;
         let (q, k) = if cfg.rope_interleaved {
-            (candle_nn::rotary_emb::rope_i(&q, cos, sin)?, candle_nn::rotary_emb::rope_i(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope_i(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope_i(&k, cos, sin)?,
+            )
         } else {
-            (candle_nn::rotary_emb::rope(&q, cos, sin)?, candle_nn::rotary_emb::rope(&k, cos, sin)?)
+            (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            )
         };
-        cache.k[layer].slice_set(&k.squeeze(0)?, 1, pos)?;
-        cache.v[layer].slice_set(&v, 1, pos)?;
+        let shape = AttnShape {
+            n_head: nh,
+            n_kv_head: nkv,
+            head_dim: hd,
+            capacity: cache.capacity,
+        };
         let total = pos + seq;
-        let keys = cache.k[layer].narrow(1, 0, total)?;
-        let values = cache.v[layer].narrow(1, 0, total)?;
+        let (kc, vc) = match &mut cache.layers[layer] {
+            LayerKv::Cpu { k: kc, v: vc } => {
+                let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
+                let (qv, kv, vv) = (flat(&q)?, flat(&k)?, flat(&v)?);
+                attention::store(kc, vc, &kv, &vv, shape, pos, seq);
+                let mut out = vec![0f32; seq * nh * hd];
+                attention::attend(&qv, kc, vc, shape, pos, seq, &mut out);
+                return Ok(Tensor::from_vec(out, (seq, nh * hd), &self.device)?);
+            }
+            LayerKv::Device { k: kc, v: vc } => (kc, vc),
+        };
+        kc.slice_set(&k.squeeze(0)?.to_dtype(kc.dtype())?, 1, pos)?;
+        vc.slice_set(&v.to_dtype(vc.dtype())?, 1, pos)?;
+        let keys = kc.narrow(1, 0, total)?.to_dtype(DType::F32)?;
+        let values = vc.narrow(1, 0, total)?.to_dtype(DType::F32)?;
         let q = q.reshape((nkv, group * seq, hd))?;
         let scores = (q.matmul(&keys.t()?)? * (1.0 / (hd as f64).sqrt()))?;
         let scores = match mask {
@@ -539,7 +650,9 @@ impl Llama {
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&values)?;
-        Ok(y.reshape((nh, seq, hd))?.transpose(0, 1)?.reshape((seq, nh * hd))?)
+        Ok(y.reshape((nh, seq, hd))?
+            .transpose(0, 1)?
+            .reshape((seq, nh * hd))?)
     }
 }
 
@@ -560,7 +673,10 @@ fn check_dims(path: &Path, t: &TensorData, want: &[usize]) -> Result<()> {
         return Err(EngineError::BadTensor {
             path: path.to_path_buf(),
             name: t.name.clone(),
-            detail: format!("shape {:?} does not match the metadata, expected {want:?}", t.dims),
+            detail: format!(
+                "shape {:?} does not match the metadata, expected {want:?}",
+                t.dims
+            ),
         });
     }
     Ok(())
@@ -577,13 +693,17 @@ fn vector(src: &dyn TensorSource, name: &str, n: usize, device: &Device) -> Resu
             detail: format!("expected {n} values, found shape {:?}", t.dims),
         });
     }
-    let m = QMatrix::new(t.dtype, 1, n, WeightBytes::Owned(Arc::new(t.data.bytes().to_vec()))).map_err(
-        |detail| EngineError::BadTensor {
-            path: src.path().to_path_buf(),
-            name: name.to_string(),
-            detail,
-        },
-    )?;
+    let m = QMatrix::new(
+        t.dtype,
+        1,
+        n,
+        WeightBytes::Owned(Arc::new(t.data.bytes().to_vec())),
+    )
+    .map_err(|detail| EngineError::BadTensor {
+        path: src.path().to_path_buf(),
+        name: name.to_string(),
+        detail,
+    })?;
     let mut v = vec![0f32; n];
     m.dequantize_row(0, &mut v);
     Ok(Tensor::from_vec(v, n, device)?)
@@ -592,8 +712,7 @@ fn vector(src: &dyn TensorSource, name: &str, n: usize, device: &Device) -> Resu
 /// Keys and values of every layer for positions `0..len`, preallocated for `capacity` positions, plus
 /// the rotary tables for the same positions.
 pub struct KvCache {
-    k: Vec<Tensor>,
-    v: Vec<Tensor>,
+    layers: Vec<LayerKv>,
     cos: Tensor,
     sin: Tensor,
     len: usize,
@@ -604,17 +723,25 @@ impl KvCache {
     fn new(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<Self> {
         let capacity = capacity.clamp(1, cfg.context_length.max(1));
         let shape = (cfg.n_head_kv, capacity, cfg.head_dim);
-        let mut k = Vec::with_capacity(cfg.n_layer);
-        let mut v = Vec::with_capacity(cfg.n_layer);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {
-            // Zeroed memory is mapped lazily, so only positions actually used become resident.
-            k.push(Tensor::zeros(shape, DType::F32, device)?);
-            v.push(Tensor::zeros(shape, DType::F32, device)?);
+            layers.push(if device.is_cpu() {
+                // Zeroed memory is mapped lazily, so only positions actually used become resident.
+                let n = cfg.n_head_kv * capacity * cfg.head_dim;
+                LayerKv::Cpu {
+                    k: vec![0u16; n],
+                    v: vec![0u16; n],
+                }
+            } else {
+                LayerKv::Device {
+                    k: Tensor::zeros(shape, DType::F16, device)?,
+                    v: Tensor::zeros(shape, DType::F16, device)?,
+                }
+            });
         }
         let (cos, sin) = rope_tables(cfg, capacity, device)?;
         Ok(Self {
-            k,
-            v,
+            layers,
             cos,
             sin,
             len: 0,
@@ -640,17 +767,35 @@ impl KvCache {
     }
 }
 
+/// One layer's keys and values, `[kv_heads][capacity][head_dim]`, stored as f16 (bits on the CPU).
+enum LayerKv {
+    Cpu { k: Vec<u16>, v: Vec<u16> },
+    Device { k: Tensor, v: Tensor },
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Rotary tables `[capacity, head_dim / 2]`, computed as llama.cpp does (the angle of pair `i` at position
+/// `p` is `p · base^(-2i/d)`, obtained by repeated multiplication in f32) so greedy outputs agree with it.
 fn rope_tables(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<(Tensor, Tensor)> {
     let half = cfg.head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f32 / cfg.head_dim as f32))
-        .collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-    let positions = Tensor::arange(0u32, capacity as u32, device)?
-        .to_dtype(DType::F32)?
-        .reshape((capacity, 1))?;
-    let freqs = positions.broadcast_mul(&inv_freq)?;
-    Ok((freqs.cos()?.contiguous()?, freqs.sin()?.contiguous()?))
+    let step = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
+    let mut cos = Vec::with_capacity(capacity * half);
+    let mut sin = Vec::with_capacity(capacity * half);
+    for p in 0..capacity {
+        let mut theta = p as f32;
+        for _ in 0..half {
+            cos.push(theta.cos());
+            sin.push(theta.sin());
+            theta *= step;
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (capacity, half), device)?,
+        Tensor::from_vec(sin, (capacity, half), device)?,
+    ))
 }
 
 /// The index of the largest logit (greedy decoding).
@@ -677,10 +822,13 @@ impl SafetensorsSource {
                 source,
             })?;
             // SAFETY: read-only map of a file we do not modify.
-            let map = Arc::new(unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
-                path: file.clone(),
-                source,
-            })?);
+            let map =
+                Arc::new(
+                    unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
+                        path: file.clone(),
+                        source,
+                    })?,
+                );
             let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
                 .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
             let base = 8 + header_len;
@@ -689,11 +837,17 @@ impl SafetensorsSource {
                     safetensors::Dtype::F32 => GgmlDType::F32,
                     safetensors::Dtype::F16 => GgmlDType::F16,
                     safetensors::Dtype::BF16 => GgmlDType::BF16,
-                    other => return Err(corrupt(format!("tensor {name}: unsupported dtype {other:?}"))),
+                    other => {
+                        return Err(corrupt(format!(
+                            "tensor {name}: unsupported dtype {other:?}"
+                        )))
+                    }
                 };
                 let (start, end) = info.data_offsets;
                 if base + end > map.len() {
-                    return Err(corrupt(format!("tensor {name} extends past the end of the file")));
+                    return Err(corrupt(format!(
+                        "tensor {name} extends past the end of the file"
+                    )));
                 }
                 tensors.insert(
                     name.clone(),
@@ -718,11 +872,14 @@ impl TensorSource for SafetensorsSource {
         &self.path
     }
     fn tensor(&self, name: &str) -> Result<TensorData> {
-        self.tensors.get(name).cloned().ok_or_else(|| EngineError::BadTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            detail: "missing from the checkpoint".into(),
-        })
+        self.tensors
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::BadTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+                detail: "missing from the checkpoint".into(),
+            })
     }
     fn has(&self, name: &str) -> bool {
         self.tensors.contains_key(name)

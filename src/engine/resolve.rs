@@ -125,10 +125,12 @@ fn from_hub(spec: &str, repo: &str, file: Option<&str>) -> Result<ModelSource> {
         .map_err(|e| download_error(e.to_string()))?;
     let remote = api.model(repo.to_string());
     match file {
-        Some(file) => remote
-            .get(file)
-            .map(ModelSource::Gguf)
-            .map_err(|e| download_error(format!("{repo}/{file} not in the Hugging Face cache ({}) and fetching it failed: {e}", cache.path().display()))),
+        Some(file) => remote.get(file).map(ModelSource::Gguf).map_err(|e| {
+            download_error(format!(
+                "{repo}/{file} not in the Hugging Face cache ({}) and fetching it failed: {e}",
+                cache.path().display()
+            ))
+        }),
         None => {
             let info = remote
                 .info()
@@ -147,11 +149,16 @@ fn from_hub(spec: &str, repo: &str, file: Option<&str>) -> Result<ModelSource> {
                     || n.as_str() == "tokenizer_config.json"
                     || n.ends_with(".safetensors")
             }) {
-                let p = remote.get(name).map_err(|e| download_error(e.to_string()))?;
+                let p = remote
+                    .get(name)
+                    .map_err(|e| download_error(e.to_string()))?;
                 dir = p.parent().map(Path::to_path_buf);
             }
-            dir.map(ModelSource::HfDir)
-                .ok_or_else(|| download_error(format!("{repo} has neither a .gguf file nor config.json + safetensors")))
+            dir.map(ModelSource::HfDir).ok_or_else(|| {
+                download_error(format!(
+                    "{repo} has neither a .gguf file nor config.json + safetensors"
+                ))
+            })
         }
     }
 }
@@ -211,7 +218,8 @@ fn default_model() -> Result<ModelSource> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        hint: "run scripts/fetch-model in the codellama-lsp checkout, or pass --model PATH.gguf".into(),
+        hint: "run scripts/fetch-model in the codellama-lsp checkout, or pass --model PATH.gguf"
+            .into(),
     })
 }
 
@@ -239,7 +247,9 @@ mod tests {
 
     #[test]
     fn missing_path_says_what_was_tried() {
-        let err = resolve(Some("/no/such/model.gguf")).unwrap_err().to_string();
+        let err = resolve(Some("/no/such/model.gguf"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/no/such/model.gguf"), "{err}");
         assert!(err.contains("fix:"), "{err}");
     }

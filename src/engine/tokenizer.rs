@@ -1,9 +1,46 @@
 //! Tokenizers built from a GGUF file's metadata or from a Hugging Face `tokenizer.json`.
-//! (Contract stub: the implementation lands with the tokenizer work.)
+//!
+//! Two families are supported: SentencePiece BPE (`tokenizer.ggml.model = "llama"`: Llama 2, Code Llama)
+//! and byte-level BPE (`"gpt2"`: SmolLM2, StarCoder, DeepSeek-Coder, Qwen2, Llama 3). For GGUF files the
+//! merge loop is our own (`merge.rs`) and reproduces llama.cpp / SentencePiece: merge the adjacent pair with
+//! the best score (SentencePiece) or rank (byte-level), leftmost on ties; unspellable characters fall back
+//! to `<0xXX>` byte tokens. For `tokenizer.json` the `tokenizers` crate does the merging (`hf.rs`). Both
+//! sources share one token table (`vocab.rs`) and one resolution of special ids (`special.rs`).
+//!
+//! # User text stays text
+//! `encode` never returns a *protected* id (see [`Tokenizer::is_protected`]): control tokens (`<s>`,
+//! `</s>`, `<|im_end|>`...), the BOS/EOS/EOT and FIM-marker ids, and for Code Llama the whole infill block
+//! 32000..=32015 (`▁<SU`, `▁<PRE`, ... `▁<PRE>`, ... `▁<EOT><EOT>`). Literal `</s>` in a source file encodes
+//! as the text `</s>`. Code Llama's vocabulary would assemble plain text `" <PRE>"` into the marker 32007
+//! through ordinary merges, and Meta's reference tokenizer does exactly that; we forbid every merge whose
+//! result is protected, so such text is spelled with ordinary pieces (`▁<`, `PRE`, `>`). **This is the one
+//! place where we deliberately differ from the reference tokenizer**: a file that contains marker text
+//! cannot inject a FIM marker into the prompt. Prompt builders insert markers as ids ([`Tokenizer::fim_ids`],
+//! [`Tokenizer::special_id`]), never by tokenizing marker text.
+//!
+//! # The dummy prefix
+//! SentencePiece prepends one space ("▁") to the text it encodes. `encode(text, true)` does so (Code
+//! Llama's `encode(prefix)`), `encode(text, false)` does not (the reference's `encode_infilling(suffix)`),
+//! and the empty string always encodes to `[]`. Byte-level BPE has no dummy prefix; the flag is ignored.
+//! `decode` never strips a leading space: callers that want SentencePiece's "strip the dummy space" do it
+//! themselves where the reference does.
 
-use std::path::Path;
+mod gguf;
+mod hf;
+mod merge;
+mod pretokenize;
+mod special;
+mod vocab;
+
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
+
+pub use special::{FimFamily, FimIds};
+
+use merge::{ByteBpeModel, SpmModel};
+use special::Specials;
+use vocab::Vocab;
 
 /// The two tokenizer families of llama-architecture models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,109 +51,262 @@ pub enum TokenizerKind {
     ByteLevel,
 }
 
+/// Why a tokenizer could not be built. Every message names the key, value or path to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    #[error("{0}")]
+    #[error(
+        "missing key {key} in GGUF metadata: the file carries no usable tokenizer \
+         (re-convert it with llama.cpp's convert_hf_to_gguf.py, or load a tokenizer.json)"
+    )]
+    MissingKey { key: String },
+    #[error("GGUF key {key} has the wrong type: expected {expected}")]
+    WrongType { key: String, expected: &'static str },
+    #[error("GGUF key {key} has {found} entries but tokenizer.ggml.tokens has {expected}")]
+    LengthMismatch {
+        key: String,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "unsupported tokenizer model \"{0}\" in tokenizer.ggml.model (supported: llama, gpt2)"
+    )]
+    UnsupportedModel(String),
+    #[error("unknown pre-tokenizer \"{name}\" in tokenizer.ggml.pre (known: {known})")]
+    UnknownPreTokenizer { name: String, known: String },
+    #[error("cannot read tokenizer.json at {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid tokenizer: {0}")]
     Invalid(String),
+}
+
+/// Where the merging happens.
+enum Engine {
+    /// GGUF `llama`: our SentencePiece merge loop over scores.
+    Spm(SpmModel),
+    /// GGUF `gpt2`: our byte-level merge loop over ranked merges, after the named pre-tokenizer.
+    ByteBpe(ByteBpeModel),
+    /// `tokenizer.json`: the `tokenizers` crate, with protected merges removed.
+    Hf(Box<hf::HfModel>),
+}
+
+/// Flags read from the tokenizer's configuration.
+struct Settings {
+    add_bos: bool,
+    add_space_prefix: bool,
+    chat_template: Option<String>,
 }
 
 /// A loaded tokenizer. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Tokenizer {
-    _private: (),
+    vocab: Vocab,
+    specials: Specials,
+    engine: Engine,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos_id())
+            .field("eos", &self.eos_id())
+            .field("fim", &self.fim_ids())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tokenizer {
     /// Builds the tokenizer from GGUF metadata (`tokenizer.ggml.*`).
-    pub fn from_gguf(_content: &gguf_file::Content) -> Result<Self, TokenizerError> {
-        todo!()
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<Self, TokenizerError> {
+        gguf::load(&content.metadata)
     }
 
     /// Loads a Hugging Face `tokenizer.json` (plus `tokenizer_config.json` beside it when present).
-    pub fn from_file(_path: &Path) -> Result<Self, TokenizerError> {
-        todo!()
+    pub fn from_file(path: &Path) -> Result<Self, TokenizerError> {
+        hf::load(path)
     }
 
     pub fn kind(&self) -> TokenizerKind {
-        todo!()
+        self.vocab.kind()
     }
 
     pub fn vocab_size(&self) -> usize {
-        todo!()
+        self.vocab.len()
     }
 
     /// Encodes user text as text: never yields control or FIM-marker ids. For SentencePiece,
     /// `dummy_prefix` adds the implicit leading space; ignored for byte-level BPE.
-    pub fn encode(&self, _text: &str, _dummy_prefix: bool) -> Vec<u32> {
-        todo!()
+    pub fn encode(&self, text: &str, dummy_prefix: bool) -> Vec<u32> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let dummy_prefix = dummy_prefix && self.kind() == TokenizerKind::SentencePiece;
+        let ids = match &self.engine {
+            Engine::Spm(model) => model.encode(&self.vocab, text, dummy_prefix),
+            Engine::ByteBpe(model) => model.encode(&self.vocab, text),
+            Engine::Hf(model) => model.encode(&self.vocab, text, dummy_prefix),
+        };
+        debug_assert!(
+            !ids.iter().any(|&id| self.is_protected(id)),
+            "encode produced a protected id for {text:?}: {ids:?}"
+        );
+        ids
     }
 
     /// What `llama-tokenize --no-bos` prints: `encode(text, self.add_space_prefix())`.
-    pub fn encode_plain(&self, _text: &str) -> Vec<u32> {
-        todo!()
+    pub fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.encode(text, self.add_space_prefix())
     }
 
     /// The raw bytes a token stands for (control tokens: empty).
-    pub fn token_bytes(&self, _id: u32) -> &[u8] {
-        todo!()
+    pub fn token_bytes(&self, id: u32) -> &[u8] {
+        self.vocab.bytes(id)
     }
 
     /// Concatenated bytes of `ids`, lossily decoded; no leading space is stripped.
-    pub fn decode(&self, _ids: &[u32]) -> String {
-        todo!()
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id))
+            .copied()
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
     }
 
-    pub fn token_id(&self, _piece: &str) -> Option<u32> {
-        todo!()
+    /// The id of a vocabulary piece, spelled exactly as stored (`"▁<PRE>"`, `"Ġthe"`, `"<s>"`).
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        self.vocab.id(piece)
     }
 
-    pub fn token_piece(&self, _id: u32) -> Option<&str> {
-        todo!()
+    pub fn token_piece(&self, id: u32) -> Option<&str> {
+        self.vocab.piece(id)
     }
 
     pub fn bos_id(&self) -> Option<u32> {
-        todo!()
+        self.specials.bos
     }
 
     pub fn eos_id(&self) -> Option<u32> {
-        todo!()
+        self.specials.eos
     }
 
+    /// End of turn / end of infill (`▁<EOT>` for Code Llama), when the vocabulary has one.
+    pub fn eot_id(&self) -> Option<u32> {
+        self.specials.eot
+    }
+
+    /// Whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, default true for SentencePiece).
     pub fn add_bos(&self) -> bool {
-        todo!()
+        self.settings.add_bos
     }
 
+    /// Whether plain encoding adds SentencePiece's dummy space (`tokenizer.ggml.add_space_prefix`).
     pub fn add_space_prefix(&self) -> bool {
-        todo!()
+        self.settings.add_space_prefix
     }
 
-    pub fn is_control(&self, _id: u32) -> bool {
-        todo!()
+    /// Control tokens (GGUF type CONTROL, special added tokens) and the FIM markers, which are treated as
+    /// control tokens like llama.cpp does. Their bytes are empty.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.vocab.is_control(id)
+    }
+
+    /// Ids that `encode` never returns: control tokens, BOS/EOS/EOT, FIM markers and (Code Llama) the
+    /// partial marker pieces 32000..=32015. See the module documentation.
+    pub fn is_protected(&self, id: u32) -> bool {
+        self.vocab.is_protected(id)
     }
 
     /// Ids that end a generation: EOS, EOT (`▁<EOT>` for Code Llama), `<|im_end|>`, `<|endoftext|>`...
     pub fn end_of_generation_ids(&self) -> Vec<u32> {
-        todo!()
+        self.specials.end_of_generation.clone()
+    }
+
+    /// The fill-in-the-middle markers and their family, when the vocabulary can infill.
+    pub fn fim_ids(&self) -> Option<FimIds> {
+        self.specials.fim
+    }
+
+    /// The id of control-token text such as `<|im_start|>` or `<s>`, for templates that insert them as ids.
+    /// Plain text pieces are not special: `special_id("hello")` is `None`.
+    pub fn special_id(&self, text: &str) -> Option<u32> {
+        let id = self.vocab.id(text)?;
+        let special =
+            self.is_control(id) || self.is_protected(id) || self.vocab.is_user_defined(id);
+        special.then_some(id)
     }
 
     /// The chat template from `tokenizer.chat_template` / `tokenizer_config.json`, if any.
     pub fn chat_template(&self) -> Option<&str> {
-        todo!()
+        self.settings.chat_template.as_deref()
     }
 }
 
 /// Turns a stream of token ids into text deltas, holding back incomplete UTF-8 sequences.
+///
+/// Feeding every id of `ids` and then calling [`IncrementalDecoder::finish`] yields exactly
+/// `tokenizer.decode(ids)`, invalid bytes included (each maximal invalid run becomes one U+FFFD).
 pub struct IncrementalDecoder {
     pending: Vec<u8>,
 }
 
 impl IncrementalDecoder {
     pub fn new() -> Self {
-        Self { pending: Vec::new() }
+        Self {
+            pending: Vec::new(),
+        }
     }
 
-    pub fn push(&mut self, _tokenizer: &Tokenizer, _id: u32) -> String {
-        let _ = &self.pending;
-        todo!()
+    /// Adds one token and returns the text it completed (possibly empty).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> String {
+        self.pending.extend_from_slice(tokenizer.token_bytes(id));
+        self.drain(false)
+    }
+
+    /// Flushes what is still held back; an unfinished UTF-8 sequence becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        self.drain(true)
+    }
+
+    fn drain(&mut self, at_end: bool) -> String {
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        while !rest.is_empty() {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    rest = &[];
+                }
+                Err(error) => {
+                    let (valid, after) = rest.split_at(error.valid_up_to());
+                    out.push_str(&String::from_utf8_lossy(valid));
+                    match error.error_len() {
+                        Some(invalid) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[invalid..];
+                        }
+                        None if at_end => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &[];
+                        }
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let consumed = self.pending.len() - rest.len();
+        self.pending.drain(..consumed);
+        out
     }
 }
 

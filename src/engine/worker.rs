@@ -52,8 +52,11 @@ pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Res
                     return;
                 }
             };
-            let loaded = std::panic::catch_unwind(AssertUnwindSafe(|| load_model(&opts, &mut *progress)))
-                .unwrap_or_else(|_| Err(EngineError::Compute("the model loader panicked".into())));
+            let loaded =
+                std::panic::catch_unwind(AssertUnwindSafe(|| load_model(&opts, &mut *progress)))
+                    .unwrap_or_else(|_| {
+                        Err(EngineError::Compute("the model loader panicked".into()))
+                    });
             let loaded = match loaded {
                 Ok(l) => l,
                 Err(e) => {
@@ -71,7 +74,11 @@ pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Res
             let info = Arc::new(loaded.info);
             let _ = ready_tx.send(Ok((loaded.tokenizer.clone(), info)));
             let mut worker = Worker {
-                eog: loaded.tokenizer.end_of_generation_ids().into_iter().collect(),
+                eog: loaded
+                    .tokenizer
+                    .end_of_generation_ids()
+                    .into_iter()
+                    .collect(),
                 model: loaded.model,
                 tokenizer: loaded.tokenizer,
                 cache,
@@ -102,9 +109,14 @@ struct Worker {
 impl Worker {
     fn serve(&mut self, jobs: Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
-            let Job { mut req, events, queued } = job;
+            let Job {
+                mut req,
+                events,
+                queued,
+            } = job;
             let queue_ms = queued.elapsed().as_secs_f64() * 1e3;
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(&mut req, &events)));
+            let result =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(&mut req, &events)));
             let result = match result {
                 Ok(r) => r,
                 Err(panic) => {
@@ -149,7 +161,11 @@ impl Worker {
         Ok(())
     }
 
-    fn generate(&mut self, req: &mut GenerateRequest, events: &UnboundedSender<Event>) -> Result<Outcome> {
+    fn generate(
+        &mut self,
+        req: &mut GenerateRequest,
+        events: &UnboundedSender<Event>,
+    ) -> Result<Outcome> {
         let mut timings = Timings {
             prompt_tokens: req.prompt.len(),
             ..Timings::default()
@@ -171,7 +187,11 @@ impl Worker {
                 return Ok(cancelled(timings));
             }
             let cancel = req.cancel.clone();
-            match self.model.forward_cancellable(chunk, &mut self.cache, Logits::Last, &|| cancel.is_cancelled()) {
+            match self
+                .model
+                .forward_cancellable(chunk, &mut self.cache, Logits::Last, &|| {
+                    cancel.is_cancelled()
+                }) {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
                     timings.prefill_ms = ms(t_prefill);
@@ -220,7 +240,10 @@ impl Worker {
                     break;
                 }
             }
-            let _ = events.send(Event::Token { id: tok, text: delta });
+            let _ = events.send(Event::Token {
+                id: tok,
+                text: delta,
+            });
             if out.generated_ids.len() >= req.max_tokens {
                 break;
             }
@@ -263,7 +286,10 @@ fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usi
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
             let from = text.len().saturating_sub(new_bytes + s.len());
-            let from = (0..=from).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let from = (0..=from)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
             text[from..].find(s.as_str()).map(|i| from + i)
         })
         .min()

@@ -1,1 +1,212 @@
-//! Prompt building: fill-in-the-middle and chat prompts assembled from token ids, within a token budget.
+//! Prompt building: the exact prompts each model was trained on, assembled from token ids within a token
+//! budget. `fim` holds the fill-in-the-middle templates, `budget` the truncation rules, `chat` the
+//! instruction formats used by code actions. No LSP types here: the server and the CLI both call this.
+
+pub mod budget;
+pub mod chat;
+pub mod fim;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::engine::tokenizer::Tokenizer;
+pub use budget::Truncation;
+pub use fim::{FimOrder, FimTemplate};
+
+/// Tokens kept free for rounding differences between per-line counts and the final encoding.
+const SLACK_TOKENS: usize = 4;
+
+/// How FIM prompts are built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptConfig {
+    /// `None`: detect from the vocabulary.
+    pub template: Option<FimTemplate>,
+    pub order: FimOrder,
+    /// Share of the budget for the prefix relative to the suffix (3 means 3:1).
+    pub prefix_suffix_ratio: f32,
+}
+
+impl Default for PromptConfig {
+    fn default() -> Self {
+        Self {
+            template: None,
+            order: FimOrder::Spm,
+            prefix_suffix_ratio: 3.0,
+        }
+    }
+}
+
+/// The text around the cursor.
+#[derive(Debug, Clone, Default)]
+pub struct FimInput<'a> {
+    pub prefix: &'a str,
+    pub suffix: &'a str,
+    pub path: Option<&'a str>,
+    pub language_id: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuiltPrompt {
+    pub ids: Vec<u32>,
+    /// The template name (`codellama`, `starcoder`, ..., `none`) and order actually used.
+    pub template: String,
+    pub order: FimOrder,
+    /// Ids that end this kind of generation, beyond the model's end-of-generation tokens.
+    pub stop_ids: Vec<u32>,
+    pub truncated: Truncation,
+    /// Byte offset in the input prefix where the kept prefix starts, and kept suffix length.
+    pub prefix_start: usize,
+    pub suffix_len: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    #[error("{0}")]
+    Template(String),
+    #[error("the context window ({window} tokens) leaves no room for a prompt after {max_tokens} generated tokens")]
+    NoRoom { window: usize, max_tokens: usize },
+    #[error("{0}")]
+    Chat(String),
+}
+
+pub struct PromptBuilder {
+    tokenizer: Arc<Tokenizer>,
+    template: FimTemplate,
+    markers: Option<fim::Markers>,
+    order: FimOrder,
+    ratio: f32,
+    warned_order: AtomicBool,
+}
+
+impl PromptBuilder {
+    pub fn new(tokenizer: Arc<Tokenizer>, cfg: &PromptConfig) -> Result<Self, PromptError> {
+        let template = cfg.template.unwrap_or_else(|| fim::detect(&tokenizer));
+        let markers = fim::markers(&tokenizer, template).map_err(PromptError::Template)?;
+        if template == FimTemplate::Continuation {
+            tracing::info!("the model has no fill-in-the-middle tokens: completions continue the text before the cursor");
+        }
+        Ok(Self {
+            tokenizer,
+            template,
+            markers,
+            order: cfg.order,
+            ratio: cfg.prefix_suffix_ratio,
+            warned_order: AtomicBool::new(false),
+        })
+    }
+
+    pub fn template(&self) -> FimTemplate {
+        self.template
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The order actually used (SPM falls back to PSM for models trained on PSM only).
+    pub fn order(&self) -> FimOrder {
+        if self.order == FimOrder::Spm && !self.template.supports_spm() {
+            if !self.warned_order.swap(true, Ordering::Relaxed) && self.markers.is_some() {
+                tracing::info!(
+                    "fim_order spm: {} models are trained on PSM only, using psm",
+                    self.template.name()
+                );
+            }
+            return FimOrder::Psm;
+        }
+        self.order
+    }
+
+    fn count(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, false).len()
+    }
+
+    /// Builds the FIM prompt for `input`, leaving `max_tokens` of the `context_window` for the answer.
+    pub fn fim(
+        &self,
+        input: &FimInput,
+        max_tokens: usize,
+        context_window: usize,
+    ) -> Result<BuiltPrompt, PromptError> {
+        let fixed = 4 + SLACK_TOKENS; // BOS and three markers
+        let budget = context_window
+            .checked_sub(max_tokens + fixed)
+            .filter(|b| *b > 0)
+            .ok_or(PromptError::NoRoom {
+                window: context_window,
+                max_tokens,
+            })?;
+        let order = self.order();
+        let suffix = if self.markers.is_some() {
+            input.suffix
+        } else {
+            ""
+        };
+        let count = |t: &str| self.count(t);
+        // Needs are measured only up to what could possibly fit, so huge files stay cheap.
+        let prefix_need = count(tail(input.prefix, budget * 24)).min(budget + 1);
+        let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
+        let (mut pb, mut sb) = budget::split(budget, self.ratio, prefix_need, suffix_need);
+        for _ in 0..4 {
+            let (pstart, pdrop) = budget::fit_prefix(input.prefix, pb, &count);
+            let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
+            let ids = fim::assemble(
+                &self.tokenizer,
+                self.template,
+                self.markers.as_ref(),
+                order,
+                &input.prefix[pstart..],
+                &suffix[..slen],
+            );
+            let limit = context_window - max_tokens;
+            if ids.len() <= limit {
+                return Ok(BuiltPrompt {
+                    ids,
+                    template: self.template.name().to_string(),
+                    order: if self.markers.is_some() {
+                        order
+                    } else {
+                        FimOrder::Psm
+                    },
+                    stop_ids: self
+                        .markers
+                        .as_ref()
+                        .map(|m| m.stop_ids.clone())
+                        .unwrap_or_default(),
+                    truncated: Truncation {
+                        prefix_lines: pdrop,
+                        suffix_lines: if self.markers.is_some() { sdrop } else { 0 },
+                    },
+                    prefix_start: pstart,
+                    suffix_len: slen,
+                });
+            }
+            // Per-line counts underestimated the whole: shrink both sides by the overflow and retry.
+            let over = ids.len() - limit;
+            pb = pb.saturating_sub(over * 3 / 4 + 1);
+            sb = sb.saturating_sub(over / 4 + 1);
+        }
+        Err(PromptError::NoRoom {
+            window: context_window,
+            max_tokens,
+        })
+    }
+}
+
+fn tail(s: &str, max_bytes: usize) -> &str {
+    let mut i = s.len().saturating_sub(max_bytes);
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+fn head(s: &str, max_bytes: usize) -> &str {
+    let mut i = max_bytes.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}

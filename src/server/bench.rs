@@ -42,6 +42,63 @@ impl LspBenchOptions {
     }
 }
 
+/// The `bench --lsp` flags of its own (the model flags are the engine benchmark's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LspBenchArgs {
+    /// With --lsp: the file to type into (default examples/typing/inventory.py).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// With --lsp: most characters to type.
+    #[arg(long, default_value_t = 200)]
+    pub chars: usize,
+    /// With --lsp: more server settings as KEY=VALUE (e.g. fim_order=psm), repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The model flags `bench --lsp` shares with the engine benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct LspBenchSettings {
+    pub model: Option<String>,
+    pub threads: Option<usize>,
+    pub context_window: Option<usize>,
+    pub device: Option<String>,
+    pub json: bool,
+}
+
+/// `codellama-lsp bench --lsp`: runs the benchmark against the running executable and prints the figures.
+pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let file = args.file.clone().unwrap_or_else(default_file);
+    let mut opts = LspBenchOptions::new(exe, file);
+    opts.chars = args.chars;
+    if let Some(m) = &settings.model {
+        opts.settings.insert("model".into(), m.clone().into());
+    }
+    if let Some(t) = settings.threads {
+        opts.settings.insert("threads".into(), t.into());
+    }
+    if let Some(c) = settings.context_window {
+        opts.settings.insert("context_window".into(), c.into());
+    }
+    if let Some(d) = &settings.device {
+        opts.settings.insert("device".into(), d.clone().into());
+    }
+    for kv in &args.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
+        opts.settings.insert(k.trim().into(), v.trim().into());
+    }
+    let report = run_lsp_bench(&opts)?;
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.render());
+    }
+    Ok(())
+}
+
 /// The default file to type into, found from the working directory or beside the executable's checkout.
 pub fn default_file() -> PathBuf {
     let rel = Path::new("examples/typing/inventory.py");

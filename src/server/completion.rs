@@ -55,6 +55,7 @@ struct Flight {
 
 struct Inner {
     flights: Mutex<HashMap<String, Flight>>,
+    builders: pipeline::Builders,
     cache: Mutex<TypeAheadCache>,
     next_id: AtomicU64,
     closing: AtomicBool,
@@ -66,15 +67,16 @@ pub struct Completer {
     inner: Arc<Inner>,
 }
 
-/// Characters taken on each side of the cursor per token of context window (the prompt builder cuts to the
-/// token budget; this only bounds the text it is given).
-const CHARS_PER_TOKEN: usize = 8;
+/// Characters taken on each side of the cursor per token of context window: the prompt builder cuts to the
+/// token budget and never looks further than this; it only bounds the text copied per request.
+const CHARS_PER_TOKEN: usize = 24;
 
 impl Completer {
     pub fn new(cache_size: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 flights: Mutex::new(HashMap::new()),
+                builders: pipeline::Builders::default(),
                 cache: Mutex::new(TypeAheadCache::new(cache_size)),
                 next_id: AtomicU64::new(1),
                 closing: AtomicBool::new(false),
@@ -333,6 +335,7 @@ impl Job {
         let (engine, config) = (self.engine.clone(), self.env.config.clone());
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
+        let completer = self.completer.clone();
         let prepared = tokio::task::spawn_blocking(move || {
             let input = Input {
                 prefix: &prefix,
@@ -340,11 +343,11 @@ impl Job {
                 path: path.as_deref(),
                 language_id: &language_id,
             };
-            pipeline::prepare(&engine, &config, &input)
+            pipeline::prepare(&completer.inner.builders, &engine, &config, &input)
         })
         .await;
-        let mut request = match prepared {
-            Ok(Ok(r)) => r,
+        let prepared = match prepared {
+            Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::debug!(uri = self.uri, "no prompt: {e}");
                 return Some("".into());
@@ -358,6 +361,7 @@ impl Job {
             tracing::debug!(uri = self.uri, "superseded before reaching the model");
             return None;
         }
+        let mut request = prepared.request;
         request.cancel = self.cancel.clone();
         request.supersede_key = Some(self.uri.clone());
 
@@ -381,6 +385,8 @@ impl Job {
             prefill_ms = format!("{:.1}", t.prefill_ms),
             decode_ms = format!("{:.1}", t.decode_ms),
             total_ms = format!("{total_ms:.1}"),
+            template = prepared.template,
+            truncated_lines = ?prepared.truncated_lines,
             stop = ?outcome.stop_reason,
             "completion"
         );
@@ -388,17 +394,7 @@ impl Job {
         if outcome.stop_reason == StopReason::Cancelled {
             return None;
         }
-        let input = Input {
-            prefix: &self.prefix,
-            suffix: &self.suffix,
-            path: self.path.as_deref(),
-            language_id: &self.language_id,
-        };
-        Some(
-            pipeline::finish(&input, &outcome.text)
-                .unwrap_or_default()
-                .into(),
-        )
+        Some(prepared.finisher.finish(&outcome.text).unwrap_or_default().into())
     }
 }
 

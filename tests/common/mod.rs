@@ -26,7 +26,11 @@ pub fn reference(name: &str) -> PathBuf {
 /// The SmolLM2 test model. Panics with the fix when it has not been fetched.
 pub fn small_model() -> PathBuf {
     let p = repo_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-model", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-model",
+        p.display()
+    );
     p
 }
 

@@ -83,7 +83,12 @@ mod x86 {
 
     /// Shared loop: `load(i)` gives 8 weights as f32 starting at element `i`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_with(n: usize, x: &[f32], load: impl Fn(usize) -> __m256, tail: impl Fn(usize) -> f32) -> f32 {
+    unsafe fn dot_with(
+        n: usize,
+        x: &[f32],
+        load: impl Fn(usize) -> __m256,
+        tail: impl Fn(usize) -> f32,
+    ) -> f32 {
         let mut acc0 = _mm256_setzero_ps();
         let mut acc1 = _mm256_setzero_ps();
         let mut i = 0;
@@ -108,7 +113,12 @@ mod x86 {
     pub unsafe fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
         let n = x.len().min(w.len() / 4);
         let p = w.as_ptr() as *const f32;
-        dot_with(n, x, |i| _mm256_loadu_ps(p.add(i)), |i| p.add(i).read_unaligned())
+        dot_with(
+            n,
+            x,
+            |i| _mm256_loadu_ps(p.add(i)),
+            |i| p.add(i).read_unaligned(),
+        )
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -7,9 +7,11 @@
 //! `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
+pub mod attention;
 mod float;
 mod q4_1;
 mod q8;
+mod q8_0;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -49,7 +51,12 @@ pub struct QMatrix {
 
 impl QMatrix {
     /// Wraps `data` as `rows × cols` elements of `dtype`; checks sizes and alignment.
-    pub fn new(dtype: GgmlDType, rows: usize, cols: usize, data: WeightBytes) -> Result<Self, String> {
+    pub fn new(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: WeightBytes,
+    ) -> Result<Self, String> {
         if cols % dtype.block_size() != 0 {
             return Err(format!(
                 "row length {cols} is not a multiple of the {dtype:?} block size {}",
@@ -59,15 +66,27 @@ impl QMatrix {
         let want = rows * cols / dtype.block_size() * dtype.type_size();
         let have = data.bytes().len();
         if want != have {
-            return Err(format!("expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"));
+            return Err(format!(
+                "expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"
+            ));
         }
         if (data.bytes().as_ptr() as usize) % block_align(dtype) != 0 {
-            return Err(format!("{dtype:?} data is not aligned to {} bytes", block_align(dtype)));
+            return Err(format!(
+                "{dtype:?} data is not aligned to {} bytes",
+                block_align(dtype)
+            ));
         }
         if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
-            return Err(format!("{dtype:?} is an activation format, not a weight format"));
+            return Err(format!(
+                "{dtype:?} is an activation format, not a weight format"
+            ));
         }
-        Ok(Self { dtype, rows, cols, data })
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -90,17 +109,27 @@ impl QMatrix {
         match self.dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let dot = float::row_dot(self.dtype);
-                self.for_each_dot(m, out, |row, i| dot(row, &x[i * self.cols..(i + 1) * self.cols]))
+                self.for_each_dot(m, out, |row, i| {
+                    dot(row, &x[i * self.cols..(i + 1) * self.cols])
+                })
             }
             GgmlDType::Q4_1 => {
                 let xq = Q8Row::quantize_rows(x, m, self.cols);
                 let dot = q4_1::rows_dot();
                 self.for_each_row_group(m, out, q4_1::ROWS, |row, first, dst| {
+                    let acts: Vec<&[q8::Q8Block]> =
+                        (first..first + dst.len()).map(|i| xq.row(i)).collect();
+                    dot(row, &acts, dst)
+                })
+            }
+            GgmlDType::Q8_0 => {
+                let xq = Q8Row::quantize_rows(x, m, self.cols);
+                let dot = q8_0::rows_dot();
+                self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
                     let acts: Vec<&[q8::Q8Block]> = (first..first + dst.len()).map(|i| xq.row(i)).collect();
                     dot(row, &acts, dst)
                 })
             }
-            GgmlDType::Q8_0 => self.generic::<BlockQ8_0>(x, m, out),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),
@@ -119,7 +148,9 @@ impl QMatrix {
         assert_eq!(out.len(), self.cols);
         let row = self.row(r);
         match self.dtype {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => float::to_f32(self.dtype, row, out),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                float::to_f32(self.dtype, row, out)
+            }
             GgmlDType::Q4_0 => to_float::<BlockQ4_0>(row, out),
             GgmlDType::Q4_1 => to_float::<candle_core::quantized::k_quants::BlockQ4_1>(row, out),
             GgmlDType::Q5_0 => to_float::<BlockQ5_0>(row, out),
@@ -244,8 +275,14 @@ mod tests {
         }
         match dtype {
             GgmlDType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            GgmlDType::F16 => w.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            GgmlDType::BF16 => w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            GgmlDType::F16 => w
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlDType::BF16 => w
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
             GgmlDType::Q4_1 => q::<candle_core::quantized::k_quants::BlockQ4_1>(w),
             GgmlDType::Q4_0 => q::<BlockQ4_0>(w),
             GgmlDType::Q8_0 => q::<BlockQ8_0>(w),
@@ -314,9 +351,14 @@ mod tests {
 
     #[test]
     fn rejects_wrong_sizes() {
-        let err = QMatrix::new(GgmlDType::Q4_1, 2, 32, WeightBytes::Owned(vec![0u8; 39].into()))
-            .err()
-            .unwrap();
+        let err = QMatrix::new(
+            GgmlDType::Q4_1,
+            2,
+            32,
+            WeightBytes::Owned(vec![0u8; 39].into()),
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("expected 40 bytes"), "{err}");
         assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::Owned(vec![].into())).is_err());
     }

@@ -54,6 +54,9 @@ pub fn rows_dot_scalar(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::hsum as x86_hsum;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -80,7 +83,12 @@ mod x86 {
     /// `R` activation rows against one weight row; `R` is a constant so the accumulators stay in registers.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fixed<const R: usize>(wp: *const u8, nb: usize, acts: &[&[Q8Block]], out: &mut [f32]) {
+    unsafe fn fixed<const R: usize>(
+        wp: *const u8,
+        nb: usize,
+        acts: &[&[Q8Block]],
+        out: &mut [f32],
+    ) {
         let low = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
@@ -111,7 +119,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn hsum(v: __m256) -> f32 {
+    pub(in crate::engine::kernels) unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -138,14 +146,19 @@ mod tests {
                 c
             })
             .collect();
-        let x: Vec<f32> = (0..3 * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0).collect();
+        let x: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
         let q = Q8Row::quantize_rows(&x, 3, cols);
         let acts = [q.row(0), q.row(1), q.row(2)];
         let (mut a, mut b) = ([0f32; 3], [0f32; 3]);
         rows_dot()(&w, &acts, &mut a);
         rows_dot_scalar(&w, &acts, &mut b);
         for r in 0..3 {
-            assert!((a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()), "{a:?} vs {b:?}");
+            assert!(
+                (a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()),
+                "{a:?} vs {b:?}"
+            );
         }
     }
 }

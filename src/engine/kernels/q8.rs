@@ -1,5 +1,6 @@
-//! Activations quantized to 8 bits in blocks of 32, the partner format of the 4- and 5-bit weight
-//! kernels (llama.cpp's Q8_1 numerics: scale `d = max|x| / 127` rounded through f16, `s = d · Σq`).
+//! Activations quantized to 8 bits in blocks of 32, the partner format of the quantized weight kernels,
+//! with llama.cpp's numerics (Q8_0/Q8_1): `q = round_half_even(x · 127 / max|x|)`, the scale
+//! `d = max|x| / 127` rounded through f16, and `s = d · Σq` (used by formats with a minimum).
 
 use half::f16;
 
@@ -38,11 +39,11 @@ impl Q8Row {
 fn quantize_block(x: &[f32]) -> Q8Block {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; QK];
     let mut sum = 0i32;
     for (q, v) in qs.iter_mut().zip(x) {
-        let r = (v * id).round() as i32;
+        let r = (v * id).round_ties_even() as i32;
         *q = r as i8;
         sum += r;
     }

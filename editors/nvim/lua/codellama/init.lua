@@ -1,0 +1,372 @@
+-- codellama.nvim: inline suggestions, explanations and code generation from the codellama-lsp language server.
+local compat = require('codellama.compat')
+local ghost = require('codellama.ghost')
+local keymaps = require('codellama.keymaps')
+
+local M = {}
+
+M.NAME = 'codellama'
+
+---@type codellama.Config?
+M.config = nil
+
+--- Last `codellama/status` params from the server ({state, message?, progress?, model?, timings?}), or nil.
+M.status = nil
+
+local notified_missing = false
+local client_commands -- handlers for the server's commands, defined with explain/generate below
+
+local function notify(msg, level)
+  vim.notify('Code Llama: ' .. msg, level or vim.log.levels.INFO, { title = 'Code Llama' })
+end
+
+--- The running codellama client (attached to `bufnr` when given), or nil.
+---@return vim.lsp.Client?
+function M.get_client(bufnr)
+  return vim.lsp.get_clients({ name = M.NAME, bufnr = bufnr })[1]
+end
+
+local function on_status(params, client_id)
+  M.status = vim.tbl_extend('force', { client_id = client_id }, params or {})
+  if params and params.state == 'error' and params.message then
+    notify(params.message, vim.log.levels.ERROR)
+  end
+  vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false, data = M.status })
+end
+
+--- A short text for a statusline: "Code Llama: loading 40%", "Code Llama: ready", ...
+function M.statusline()
+  local s = M.status
+  if not s then
+    return M.get_client() and 'Code Llama: starting' or ''
+  end
+  local text = 'Code Llama: ' .. s.state
+  if s.state == 'loading' and s.progress then
+    text = text .. (' %d%%'):format(s.progress)
+  end
+  return text
+end
+
+local function wanted(bufnr)
+  local cfg = M.config
+  if not cfg or vim.bo[bufnr].buftype ~= '' then
+    return false
+  end
+  local ft = vim.bo[bufnr].filetype
+  if ft == '' then
+    return false
+  end
+  return not cfg.filetypes or #cfg.filetypes == 0 or vim.tbl_contains(cfg.filetypes, ft)
+end
+
+local function root_dir(bufnr)
+  local root = vim.fs.root and vim.fs.root(bufnr, M.config.root_markers)
+  return root or vim.fn.getcwd()
+end
+
+--- Starts the server (or attaches the running one) for a buffer.
+function M.start(bufnr)
+  bufnr = bufnr or vim.api.nvim_get_current_buf()
+  local cfg = assert(M.config, 'call require("codellama").setup() first')
+  if vim.fn.executable(cfg.cmd[1]) ~= 1 then
+    if not notified_missing then
+      notified_missing = true
+      notify(
+        ("server binary '%s' not found. Install it with `cargo install --path .` in the codellama-lsp repository, "
+          .. 'or set cmd = { "/path/to/codellama-lsp", "serve" } in setup().'):format(cfg.cmd[1]),
+        vim.log.levels.ERROR
+      )
+    end
+    return nil
+  end
+  return vim.lsp.start({
+    name = M.NAME,
+    cmd = cfg.cmd,
+    root_dir = root_dir(bufnr),
+    init_options = cfg.settings,
+    settings = { codellama = cfg.settings },
+    commands = client_commands,
+    handlers = {
+      ['codellama/status'] = function(_, params, ctx)
+        on_status(params, ctx.client_id)
+      end,
+    },
+  }, {
+    bufnr = bufnr,
+    -- One server per Neovim: it holds the model in memory, whatever the project.
+    reuse_client = function(client, config)
+      return client.name == config.name
+    end,
+  })
+end
+
+--- Sends new server settings (merged into the current ones) with workspace/didChangeConfiguration.
+function M.update_settings(settings)
+  local cfg = assert(M.config, 'call require("codellama").setup() first')
+  cfg.settings = require('codellama.config').merge(cfg.settings, settings or {})
+  local client = M.get_client()
+  if client then
+    client.settings = { codellama = cfg.settings }
+    compat.call(client, 'notify', 'workspace/didChangeConfiguration', { settings = { codellama = cfg.settings } })
+  end
+end
+
+--- Whether Neovim's own inline completion (0.12+) shows the suggestions.
+local function use_builtin()
+  return M.config.inline.builtin and compat.builtin_inline_completion() ~= nil
+end
+
+local CMD = '<Cmd>lua require("codellama").%s<CR>'
+local ghost_keys = {
+  accept = CMD:format('accept()'),
+  accept_word = CMD:format('accept("word")'),
+  accept_line = CMD:format('accept("line")'),
+  dismiss = CMD:format('dismiss()'),
+  next = CMD:format('next()'),
+  prev = CMD:format('prev()'),
+}
+
+--- What a key does now (see keymaps.attach): act on the shown suggestion, or nil to fall back.
+local function resolve_key(name)
+  if not ghost.options.enabled then
+    return nil
+  end
+  if use_builtin() then
+    local ic = compat.builtin_inline_completion()
+    if name == 'accept' then
+      return ic.get() and '' or nil
+    elseif name == 'next' or name == 'prev' then
+      ic.select({ count = name == 'next' and 1 or -1 })
+      return ''
+    end
+    return nil
+  end
+  if name == 'next' or ghost.visible() then
+    return ghost_keys[name]
+  end
+  return nil
+end
+
+local function on_attach(bufnr, client_id)
+  if use_builtin() then
+    compat.builtin_inline_completion().enable(M.config.inline.enabled, { bufnr = bufnr })
+  else
+    ghost.attach(bufnr, client_id)
+  end
+  keymaps.attach(bufnr, M.config.keymaps, resolve_key)
+end
+
+--- Accepts the shown suggestion (part: nil = all, "word", "line"). Returns false when none is shown.
+function M.accept(part)
+  return ghost.accept(part)
+end
+
+function M.dismiss()
+  return ghost.dismiss()
+end
+
+function M.next()
+  return ghost.cycle(1)
+end
+
+function M.prev()
+  return ghost.cycle(-1)
+end
+
+--- Whether a suggestion is shown in the current buffer.
+function M.visible()
+  return ghost.visible()
+end
+
+--- Turns inline suggestions on or off (nil: toggle).
+function M.toggle(enable)
+  if enable == nil then
+    enable = not ghost.options.enabled
+  end
+  ghost.options.enabled = enable
+  if use_builtin() then
+    compat.builtin_inline_completion().enable(enable)
+  elseif not enable then
+    ghost.clear(vim.api.nvim_get_current_buf())
+  end
+  notify('inline suggestions ' .. (enable and 'on' or 'off'))
+end
+
+--- LSP range of a command's range: the characters of a charwise visual selection, else whole lines.
+local function command_range(bufnr, client, line1, line2)
+  local enc = client.offset_encoding
+  local vs, ve = vim.api.nvim_buf_get_mark(bufnr, '<'), vim.api.nvim_buf_get_mark(bufnr, '>')
+  if vim.fn.visualmode() == 'v' and vs[1] == line1 and ve[1] == line2 then
+    return vim.lsp.util.make_given_range_params(vs, ve, bufnr, enc).range
+  end
+  local last = vim.api.nvim_buf_get_lines(bufnr, line2 - 1, line2, false)[1] or ''
+  return {
+    start = { line = line1 - 1, character = 0 },
+    ['end'] = { line = line2 - 1, character = compat.char_len(last, enc) },
+  }
+end
+
+local function execute(client, bufnr, command, args, on_result)
+  compat.call(client, 'request', 'workspace/executeCommand', { command = command, arguments = args }, function(err, result)
+    if err then
+      notify(('%s failed: %s'):format(command, err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      return
+    end
+    on_result(result)
+  end, bufnr)
+end
+
+local function attached_client(bufnr)
+  local client = M.get_client(bufnr)
+  if not client then
+    notify('the server is not attached to this buffer (see :checkhealth codellama)', vim.log.levels.WARN)
+  end
+  return client
+end
+
+local function not_ready_reason()
+  local state = M.status and M.status.state or 'starting'
+  return (state == 'ready' or state == 'generating') and 'the model returned nothing' or ('the server is ' .. state)
+end
+
+--- Runs codellama.explain and shows the Markdown it returns in a floating window.
+local function run_explain(client, bufnr, args)
+  vim.api.nvim_echo({ { 'Code Llama: explaining…' } }, false, {})
+  execute(client, bufnr, 'codellama.explain', args, function(result)
+    local markdown = result and result.markdown
+    if type(markdown) ~= 'string' or vim.trim(markdown) == '' then
+      notify('no explanation (' .. not_ready_reason() .. ')', vim.log.levels.WARN)
+      return
+    end
+    vim.api.nvim_echo({ { '' } }, false, {})
+    local lines = vim.split(markdown, '\n', { plain = true })
+    M.explain_buf, M.explain_win = vim.lsp.util.open_floating_preview(lines, 'markdown', {
+      border = 'rounded',
+      focus_id = 'codellama_explain',
+      max_width = math.max(40, math.min(100, vim.o.columns - 4)),
+      max_height = math.max(5, math.floor(vim.o.lines * 0.6)),
+    })
+  end)
+end
+
+--- Runs codellama.generate; the server applies the edit itself (workspace/applyEdit).
+local function run_generate(client, bufnr, args)
+  vim.api.nvim_echo({ { 'Code Llama: generating…' } }, false, {})
+  execute(client, bufnr, 'codellama.generate', args, function(result)
+    vim.api.nvim_echo({ { '' } }, false, {})
+    if not (result and result.applied) then
+      local why = result and result.code and result.code ~= '' and 'the edit was not applied' or not_ready_reason()
+      notify('nothing generated (' .. why .. ')', vim.log.levels.WARN)
+    end
+  end)
+end
+
+--- Client-side handlers for the server's commands, so that code actions carrying them (e.g. "Explain this code")
+--- show their result instead of dropping it.
+client_commands = {
+  ['codellama.explain'] = function(command, ctx)
+    run_explain(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
+  end,
+  ['codellama.generate'] = function(command, ctx)
+    run_generate(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
+  end,
+}
+
+--- Explains lines line1..line2 (or the visual selection) in a floating window.
+function M.explain(line1, line2)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = attached_client(bufnr)
+  if client then
+    run_explain(client, bufnr, { { uri = vim.uri_from_bufnr(bufnr), range = command_range(bufnr, client, line1, line2) } })
+  end
+end
+
+--- Generates code from an instruction: at the cursor, or replacing lines line1..line2 when a range is given.
+function M.generate(instruction, line1, line2)
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = attached_client(bufnr)
+  if not client then
+    return
+  end
+  local arg = { uri = vim.uri_from_bufnr(bufnr), instruction = instruction }
+  if line1 then
+    arg.range = command_range(bufnr, client, line1, line2)
+  else
+    arg.position = vim.lsp.util.make_position_params(0, client.offset_encoding).position
+  end
+  run_generate(client, bufnr, { arg })
+end
+
+--- Stops a running explanation or generation.
+function M.cancel()
+  local client = M.get_client()
+  if client then
+    execute(client, nil, 'codellama.cancel', {}, function() end)
+  end
+end
+
+local function create_commands()
+  vim.api.nvim_create_user_command('CodellamaExplain', function(o)
+    M.explain(o.line1, o.line2)
+  end, { range = true, desc = 'Code Llama: explain the selected lines' })
+  vim.api.nvim_create_user_command('CodellamaGenerate', function(o)
+    if o.range > 0 then
+      M.generate(o.args, o.line1, o.line2)
+    else
+      M.generate(o.args)
+    end
+  end, { nargs = '+', range = true, desc = 'Code Llama: generate code from an instruction' })
+  vim.api.nvim_create_user_command('CodellamaCancel', M.cancel, { desc = 'Code Llama: stop generating' })
+  vim.api.nvim_create_user_command('CodellamaToggle', function()
+    M.toggle()
+  end, { desc = 'Code Llama: inline suggestions on/off' })
+  vim.api.nvim_create_user_command('CodellamaStatus', function()
+    print(M.statusline() ~= '' and M.statusline() or 'Code Llama: not running')
+  end, { desc = 'Code Llama: server status' })
+end
+
+--- Configures the plugin and starts the server for matching buffers (now and on FileType).
+---@param opts table? see codellama.config.defaults
+function M.setup(opts)
+  M.config = require('codellama.config').resolve(opts)
+  ghost.options.enabled = M.config.inline.enabled
+  ghost.options.debounce_ms = M.config.inline.debounce_ms
+  ghost.options.hl_group = M.config.inline.hl_group
+  vim.api.nvim_set_hl(0, 'CodellamaSuggestion', { link = 'Comment', default = true })
+
+  local group = vim.api.nvim_create_augroup('codellama', { clear = true })
+  vim.api.nvim_create_autocmd('FileType', {
+    group = group,
+    callback = function(ev)
+      if wanted(ev.buf) then
+        M.start(ev.buf)
+      end
+    end,
+  })
+  vim.api.nvim_create_autocmd('LspAttach', {
+    group = group,
+    callback = function(ev)
+      local client = vim.lsp.get_client_by_id(ev.data.client_id)
+      if client and client.name == M.NAME then
+        on_attach(ev.buf, client.id)
+      end
+    end,
+  })
+  vim.api.nvim_create_autocmd('LspDetach', {
+    group = group,
+    callback = function(ev)
+      local client = vim.lsp.get_client_by_id(ev.data.client_id)
+      if client and client.name == M.NAME then
+        ghost.detach(ev.buf)
+      end
+    end,
+  })
+  create_commands()
+  for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(bufnr) and wanted(bufnr) then
+      M.start(bufnr)
+    end
+  end
+end
+
+return M

@@ -1,0 +1,260 @@
+import * as vscode from 'vscode';
+import {
+  DidChangeConfigurationNotification,
+  ExecuteCommandRequest,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+  State,
+  TransportKind,
+} from 'vscode-languageclient/node';
+import { ExplanationView } from './explain';
+import { findServer, missingServerMessage, SERVER_BINARY } from './serverPath';
+import { documentSelector, toServerSettings } from './settings';
+import { STATUS_METHOD, StatusBar, StatusParams } from './status';
+
+const SECTION = 'codellama';
+/** Settings that need a new client (command line or document selector), not just didChangeConfiguration. */
+const RESTART_SETTINGS = ['serverPath', 'languages'];
+
+interface ExplainResult {
+  markdown?: string;
+}
+interface GenerateResult {
+  applied?: boolean;
+  code?: string;
+}
+
+/** The running extension: one language client, its status bar item and the explanation panel. */
+export class CodeLlama implements vscode.Disposable {
+  client: LanguageClient | undefined;
+  readonly status = new StatusBar();
+  readonly explanation = new ExplanationView();
+  private readonly output = vscode.window.createOutputChannel('Code Llama', { log: true });
+  private readonly disposables: vscode.Disposable[] = [];
+
+  constructor() {
+    this.status.setInlineEnabled(this.inlineEnabled());
+    this.disposables.push(
+      this.status,
+      this.explanation,
+      this.output,
+      vscode.commands.registerCommand('codellama.explainSelection', () => this.explainSelection()),
+      vscode.commands.registerCommand('codellama.generateFromInstruction', () => this.generateFromInstruction()),
+      vscode.commands.registerCommand('codellama.toggleInlineSuggestions', () => this.toggleInlineSuggestions()),
+      vscode.commands.registerCommand('codellama.restartServer', () => this.restart()),
+      vscode.workspace.onDidChangeConfiguration((e) => this.onConfigurationChanged(e)),
+    );
+  }
+
+  private config(): vscode.WorkspaceConfiguration {
+    return vscode.workspace.getConfiguration(SECTION);
+  }
+
+  private inlineEnabled(): boolean {
+    return this.config().get<boolean>('enableInlineSuggestions', true);
+  }
+
+  /** Starts the server. Resolves once it is initialized (the model may still be loading), or after reporting why not. */
+  async start(): Promise<void> {
+    const cfg = this.config();
+    const serverPath = cfg.get<string>('serverPath', '');
+    const command = findServer(serverPath);
+    if (!command) {
+      const message = missingServerMessage(serverPath || SERVER_BINARY);
+      this.status.setState('error', message);
+      void vscode.window.showErrorMessage(message, 'Open Settings').then((choice) => {
+        if (choice) void vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.serverPath`);
+      });
+      return;
+    }
+    const serverOptions: ServerOptions = { command, args: ['serve'], transport: TransportKind.stdio };
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: documentSelector(cfg.get<string[]>('languages', [])),
+      initializationOptions: toServerSettings((key) => cfg.get(key)),
+      outputChannel: this.output,
+      middleware: {
+        provideInlineCompletionItems: (document, position, context, token, next) =>
+          this.inlineEnabled() ? next(document, position, context, token) : undefined,
+        // The server's `textDocument/completion` item is a fallback for editors without inline completion. VS Code
+        // shows ghost text, so the same suggestion in the suggest widget would be a duplicate (and would take Tab).
+        provideCompletionItem: () => undefined,
+        executeCommand: (name, args, next) => this.executeServerCommand(name, args, next),
+      },
+    };
+    const client = new LanguageClient('codellama', 'Code Llama', serverOptions, clientOptions);
+    this.client = client;
+    this.status.setState('starting');
+    client.onNotification(STATUS_METHOD, (params: StatusParams) => this.status.update(params));
+    client.onDidChangeState((e) => {
+      if (e.newState === State.Stopped && this.client === client) this.status.setState('stopped');
+    });
+    try {
+      await client.start();
+    } catch (err) {
+      const message = `Code Llama: could not start ${command}: ${err instanceof Error ? err.message : String(err)}`;
+      this.status.setState('error', message);
+      void vscode.window.showErrorMessage(message);
+    }
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    if (client?.isRunning()) await client.stop();
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  private async onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
+    if (!e.affectsConfiguration(SECTION)) return;
+    this.status.setInlineEnabled(this.inlineEnabled());
+    if (RESTART_SETTINGS.some((key) => e.affectsConfiguration(`${SECTION}.${key}`)) || !this.client) {
+      await this.restart();
+      return;
+    }
+    if (this.client.isRunning()) {
+      const settings = toServerSettings((key) => this.config().get(key));
+      await this.client.sendNotification(DidChangeConfigurationNotification.type, { settings: { [SECTION]: settings } });
+    }
+  }
+
+  /**
+   * Every server command goes through here, whether from our commands or from a code action, so an explanation is
+   * always shown and a long run can always be cancelled.
+   */
+  private executeServerCommand(
+    name: string,
+    args: unknown[],
+    next: (command: string, args: unknown[]) => vscode.ProviderResult<unknown>,
+  ): vscode.ProviderResult<unknown> {
+    switch (name) {
+      case 'codellama.explain':
+        return this.withProgress('Code Llama: explaining…', async () => {
+          const result = (await next(name, args)) as ExplainResult | undefined;
+          if (result?.markdown) {
+            await this.explanation.show(result.markdown);
+          } else {
+            void vscode.window.showInformationMessage(`Code Llama: no explanation (${this.notReadyReason()}).`);
+          }
+          return result;
+        });
+      case 'codellama.generate':
+        return this.withProgress('Code Llama: generating…', async () => {
+          const result = (await next(name, args)) as GenerateResult | undefined;
+          if (!result?.applied) {
+            void vscode.window.showWarningMessage(
+              result?.code ? 'Code Llama: the generated code could not be applied.' : `Code Llama: nothing generated (${this.notReadyReason()}).`,
+            );
+          }
+          return result;
+        });
+      default:
+        return next(name, args);
+    }
+  }
+
+  private notReadyReason(): string {
+    return this.status.state === 'ready' || this.status.state === 'generating'
+      ? 'the model returned nothing'
+      : `the server is ${this.status.state}`;
+  }
+
+  private withProgress<T>(title: string, work: () => Promise<T>): Thenable<T> {
+    return vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title, cancellable: true },
+      async (_progress, token) => {
+        const cancel = token.onCancellationRequested(() => {
+          void this.client?.sendRequest(ExecuteCommandRequest.type, { command: 'codellama.cancel', arguments: [] });
+        });
+        try {
+          return await work();
+        } finally {
+          cancel.dispose();
+        }
+      },
+    );
+  }
+
+  /** The active editor and the protocol form of its document, or undefined after telling the user why not. */
+  private activeTarget(): { editor: vscode.TextEditor; client: LanguageClient } | undefined {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor) {
+      void vscode.window.showInformationMessage('Code Llama: open a file first.');
+      return undefined;
+    }
+    if (!this.client?.isRunning()) {
+      void vscode.window.showErrorMessage('Code Llama: the language server is not running.');
+      return undefined;
+    }
+    return { editor, client: this.client };
+  }
+
+  async explainSelection(): Promise<unknown> {
+    const target = this.activeTarget();
+    if (!target) return undefined;
+    const { editor, client } = target;
+    const selection = editor.selection;
+    const range = selection.isEmpty ? editor.document.lineAt(selection.active.line).range : selection;
+    return vscode.commands.executeCommand('codellama.explain', {
+      uri: client.code2ProtocolConverter.asUri(editor.document.uri),
+      range: client.code2ProtocolConverter.asRange(range),
+    });
+  }
+
+  async generateFromInstruction(): Promise<unknown> {
+    const target = this.activeTarget();
+    if (!target) return undefined;
+    const { editor, client } = target;
+    const instruction = await vscode.window.showInputBox({
+      title: 'Code Llama: Generate Code',
+      prompt: editor.selection.isEmpty
+        ? 'What should be generated at the cursor?'
+        : 'What should the selected code be replaced with?',
+      placeHolder: 'e.g. a function that parses an ISO 8601 date',
+      ignoreFocusOut: true,
+    });
+    if (!instruction) return undefined;
+    const c2p = client.code2ProtocolConverter;
+    const where = editor.selection.isEmpty
+      ? { position: c2p.asPosition(editor.selection.active) }
+      : { range: c2p.asRange(editor.selection) };
+    return vscode.commands.executeCommand('codellama.generate', {
+      uri: c2p.asUri(editor.document.uri),
+      ...where,
+      instruction,
+    });
+  }
+
+  async toggleInlineSuggestions(): Promise<void> {
+    const cfg = this.config();
+    const enabled = !this.inlineEnabled();
+    const inspected = cfg.inspect<boolean>('enableInlineSuggestions');
+    const target =
+      inspected?.workspaceValue !== undefined ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    await cfg.update('enableInlineSuggestions', enabled, target);
+    vscode.window.setStatusBarMessage(`Code Llama inline suggestions ${enabled ? 'on' : 'off'}`, 3000);
+  }
+
+  dispose(): void {
+    void this.stop();
+    for (const d of this.disposables) d.dispose();
+  }
+}
+
+let instance: CodeLlama | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<CodeLlama> {
+  instance = new CodeLlama();
+  context.subscriptions.push(instance);
+  await instance.start();
+  return instance;
+}
+
+export async function deactivate(): Promise<void> {
+  await instance?.stop();
+  instance = undefined;
+}

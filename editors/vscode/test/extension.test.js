@@ -1,0 +1,173 @@
+// The extension's own code under plain Node with a mocked `vscode`, driving the REAL codellama-lsp binary
+// (CODELLAMA_LSP_BIN, default <repo>/target/release/codellama-lsp) with the small test model.
+'use strict';
+const mock = require('./vscode-mock');
+const test = require('node:test');
+const assert = require('node:assert/strict');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { CodeLlama } = require('../out/extension');
+
+const { vscode, state } = mock;
+const REPO = path.resolve(__dirname, '../../..');
+const BIN = process.env.CODELLAMA_LSP_BIN || path.join(REPO, 'target/release/codellama-lsp');
+const MODEL = process.env.CODELLAMA_LSP_MODEL || path.join(REPO, 'models/SmolLM2-135M-Instruct.Q4_1.gguf');
+const missing = [BIN, MODEL].filter((p) => !fs.existsSync(p));
+if (missing.length && process.env.CODELLAMA_REQUIRE_SERVER) {
+  throw new Error(`CODELLAMA_REQUIRE_SERVER is set but ${missing.join(' and ')} is missing`);
+}
+const needsServer = missing.length
+  ? { skip: `needs ${missing.join(' and ')} (cargo build --release; scripts/fetch-model)` }
+  : {};
+
+async function waitFor(what, predicate, timeoutMs = 60000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function openDocument(text, languageId = 'python') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-vscode-'));
+  const doc = new mock.TextDocument(vscode.Uri.file(path.join(dir, 'sample.py')), languageId, text);
+  vscode.workspace.textDocuments.push(doc);
+  return doc;
+}
+
+function token() {
+  return new vscode.CancellationTokenSource().token;
+}
+
+test('a missing server binary gives an error that says how to install it', async () => {
+  mock.reset();
+  state.settings['codellama.serverPath'] = '/nonexistent/codellama-lsp';
+  const ext = new CodeLlama();
+  try {
+    await ext.start();
+    assert.equal(ext.client, undefined);
+    assert.equal(state.messages.error.length, 1);
+    assert.match(state.messages.error[0], /\/nonexistent\/codellama-lsp/);
+    assert.match(state.messages.error[0], /cargo install --path \./);
+    assert.match(state.messages.error[0], /codellama\.serverPath/);
+    assert.equal(ext.status.state, 'error');
+    assert.equal(state.statusItems[0].accessibilityInformation.label, 'Code Llama: error');
+  } finally {
+    ext.dispose();
+  }
+});
+
+test('the real server: capabilities, ready status, inline completion, settings, explain, generate', needsServer, async (t) => {
+  mock.reset();
+  Object.assign(state.settings, {
+    'codellama.serverPath': BIN,
+    'codellama.model': MODEL,
+    'codellama.maxTokens': 16,
+    'codellama.temperature': 0,
+    'codellama.threads': 2,
+  });
+  const doc = openDocument('def add(a, b):\n    ');
+  const ext = new CodeLlama();
+  t.after(() => ext.stop().finally(() => ext.dispose()));
+  await ext.start();
+  const client = ext.client;
+  assert.ok(client?.isRunning(), `${BIN} serve did not start as a language server: ${ext.status.item.tooltip?.value}`);
+
+  await t.test('settings go snake_case in initializationOptions', () => {
+    assert.deepEqual(client.clientOptions.initializationOptions, {
+      model: MODEL, max_tokens: 16, temperature: 0, threads: 2, languages: [], fim_template: 'auto', log_level: 'info',
+    });
+  });
+
+  await t.test('capabilities', () => {
+    const caps = client.initializeResult.capabilities;
+    assert.ok(caps.inlineCompletionProvider, 'inlineCompletionProvider');
+    assert.ok(caps.completionProvider, 'completionProvider');
+    assert.equal(caps.codeActionProvider?.resolveProvider, true);
+    for (const c of ['codellama.explain', 'codellama.generate', 'codellama.cancel']) {
+      assert.ok(caps.executeCommandProvider.commands.includes(c), c);
+      assert.ok(state.commands.has(c), `languageclient registered ${c}`);
+    }
+    assert.equal(state.inlineProviders.length, 1, 'languageclient registered an inline completion provider');
+  });
+
+  await t.test('status bar reaches ready', async () => {
+    await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
+    assert.equal(ext.status.state, 'ready', ext.status.item.tooltip?.value);
+    assert.equal(ext.status.item.accessibilityInformation.label, 'Code Llama: ready');
+    assert.match(ext.status.item.text, /Code Llama/);
+  });
+
+  const provider = state.inlineProviders[0].provider;
+  const complete = (position) =>
+    provider.provideInlineCompletionItems(doc, position, { triggerKind: vscode.InlineCompletionTriggerKind.Invoke }, token());
+
+  await t.test('the inline completion provider returns an item at the cursor', async () => {
+    const cursor = new vscode.Position(1, 4);
+    const result = await complete(cursor);
+    const items = Array.isArray(result) ? result : result?.items;
+    assert.ok(items?.length >= 1, `expected an inline completion item, got ${JSON.stringify(result)}`);
+    const item = items[0];
+    const text = typeof item.insertText === 'string' ? item.insertText : item.insertText.value;
+    assert.equal(typeof text, 'string');
+    assert.ok(text.length > 0, 'non-empty suggestion');
+    if (item.range) assert.deepEqual([item.range.start.line, item.range.start.character], [1, 4]);
+    await waitFor('timings in the tooltip', () => /total/.test(ext.status.item.tooltip.value));
+  });
+
+  await t.test('toggling inline suggestions off stops asking the server', async () => {
+    await state.commands.get('codellama.toggleInlineSuggestions')();
+    assert.equal(state.settings['codellama.enableInlineSuggestions'], false);
+    assert.equal(await complete(new vscode.Position(1, 4)), undefined);
+    assert.match(ext.status.item.tooltip.value, /inline suggestions off/);
+    await state.commands.get('codellama.toggleInlineSuggestions')();
+    assert.equal(state.settings['codellama.enableInlineSuggestions'], true);
+  });
+
+  await t.test('a changed setting is sent with workspace/didChangeConfiguration', async () => {
+    const sent = [];
+    const original = client.sendNotification.bind(client);
+    client.sendNotification = (type, params) => {
+      sent.push([typeof type === 'string' ? type : type.method, params]);
+      return original(type, params);
+    };
+    try {
+      await vscode.workspace.getConfiguration('codellama').update('maxTokens', 24);
+      await waitFor('didChangeConfiguration', () => sent.some(([m]) => m === 'workspace/didChangeConfiguration'), 5000);
+      const [, params] = sent.find(([m]) => m === 'workspace/didChangeConfiguration');
+      assert.equal(params.settings.codellama.max_tokens, 24);
+      assert.equal(params.settings.codellama.model, MODEL);
+      assert.equal(ext.client, client, 'no restart for a model setting');
+    } finally {
+      client.sendNotification = original;
+    }
+  });
+
+  await t.test('Explain Selection shows the Markdown beside the editor', async () => {
+    vscode.window.activeTextEditor = {
+      document: doc,
+      selection: new vscode.Selection(new vscode.Position(0, 0), new vscode.Position(1, 4)),
+    };
+    const result = await state.commands.get('codellama.explainSelection')();
+    assert.equal(typeof result?.markdown, 'string');
+    assert.ok(result.markdown.trim().length > 0, 'non-empty explanation');
+    assert.equal(state.webviews.length, 1);
+    assert.equal(state.webviews[0].showOptions.viewColumn, vscode.ViewColumn.Beside);
+    assert.match(state.webviews[0].webview.html, /<body>\s*<pre>\S/);
+  });
+
+  await t.test('Generate from instruction applies the server edit', async () => {
+    const before = doc.getText();
+    vscode.window.activeTextEditor = {
+      document: doc,
+      selection: new vscode.Selection(new vscode.Position(1, 4), new vscode.Position(1, 4)),
+    };
+    state.inputBoxValue = 'return the sum of a and b';
+    const result = await state.commands.get('codellama.generateFromInstruction')();
+    assert.equal(result?.applied, true, JSON.stringify(result));
+    assert.equal(typeof result.code, 'string');
+    assert.ok(state.appliedEdits.length >= 1, 'workspace/applyEdit reached the editor');
+    assert.notEqual(doc.getText(), before);
+  });
+});

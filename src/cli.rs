@@ -1,0 +1,331 @@
+//! The command-line commands. Each parses nothing itself (clap did that in `main.rs`): it loads what it
+//! needs through the library and prints. Errors go to the caller, which prints them and exits non-zero.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde_json::json;
+
+use crate::completion::{self, CompletionRequest};
+use crate::engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
+use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file, a Hugging Face model directory, or a Hub reference owner/repo[:file.gguf].
+    /// Default: the small model fetched by scripts/fetch-model.
+    #[arg(long, env = "CODELLAMA_LSP_MODEL")]
+    pub model: Option<String>,
+    /// CPU threads for inference (default: all cores).
+    #[arg(long, env = "CODELLAMA_LSP_THREADS")]
+    pub threads: Option<usize>,
+    /// Tokens the model's context holds (default 4096, at most what the model was trained on).
+    #[arg(long, env = "CODELLAMA_LSP_CONTEXT_WINDOW")]
+    pub context_window: Option<usize>,
+    /// cpu (default), cuda, cuda:N or metal (needs a build with that feature).
+    #[arg(long, env = "CODELLAMA_LSP_DEVICE")]
+    pub device: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            model: self.model.clone(),
+            context_window: self.context_window,
+            threads: self.threads,
+            device: self.device.clone(),
+        }
+    }
+
+    fn start(&self) -> Result<(Engine, u64)> {
+        let t = Instant::now();
+        let engine = Engine::start(self.load_options(), Box::new(|_| {}))?;
+        Ok((engine, t.elapsed().as_millis() as u64))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CompleteArgs {
+    /// PATH:LINE:COLUMN, 1-based; the column counts characters.
+    pub location: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Seed for sampling when the temperature is above 0.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// No post-processing and no structure-aware stopping (only EOS/EOT and --max-tokens stop).
+    #[arg(long)]
+    pub raw: bool,
+    /// Print one JSON object: completion, prompt_ids, generated_ids, template, timings...
+    #[arg(long)]
+    pub json: bool,
+    /// auto, codellama, starcoder, deepseek, qwen, codegemma or none.
+    #[arg(long, default_value = "auto")]
+    pub fim_template: String,
+    /// spm (suffix first, the default) or psm.
+    #[arg(long, default_value = "spm")]
+    pub fim_order: String,
+}
+
+pub fn complete(args: CompleteArgs) -> Result<()> {
+    let (path, line, column) = parse_location(&args.location)?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let cursor = cursor_offset(&text, line, column)?;
+    let (engine, load_ms) = args.model.start()?;
+    let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
+    let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], args.max_tokens);
+    req.path = Some(path.display().to_string());
+    req.raw = args.raw;
+    req.sampling = SamplingParams {
+        temperature: args.temperature,
+        seed: args.seed,
+        ..SamplingParams::default()
+    };
+    let c = completion::complete(&engine, &builder, &req)?;
+    if args.json {
+        let mut v = serde_json::to_value(&c)?;
+        v["timings"]["load_ms"] = json!(load_ms);
+        v["model"] = json!(engine.info().name);
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("{}", c.completion);
+    }
+    Ok(())
+}
+
+pub fn prompt_builder(engine: &Engine, template: &str, order: &str) -> Result<PromptBuilder> {
+    let template = FimTemplate::parse(template).map_err(anyhow::Error::msg)?;
+    let order = match order.to_ascii_lowercase().as_str() {
+        "spm" => FimOrder::Spm,
+        "psm" => FimOrder::Psm,
+        other => bail!("unknown fim order {other:?} (use spm or psm)"),
+    };
+    let cfg = PromptConfig {
+        template,
+        order,
+        ..PromptConfig::default()
+    };
+    Ok(PromptBuilder::new(engine.tokenizer().clone(), &cfg)?)
+}
+
+/// `PATH:LINE:COLUMN`; the path itself may contain colons.
+pub fn parse_location(loc: &str) -> Result<(PathBuf, usize, usize)> {
+    let mut parts = loc.rsplitn(3, ':');
+    let (col, line, path) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(c), Some(l), Some(p)) if !p.is_empty() => (c, l, p),
+        _ => bail!("expected PATH:LINE:COLUMN (1-based), got {loc:?}"),
+    };
+    let num = |s: &str, what: &str| -> Result<usize> {
+        match s.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!("{what} must be a number from 1, got {s:?} in {loc:?}"),
+        }
+    };
+    Ok((PathBuf::from(path), num(line, "LINE")?, num(col, "COLUMN")?))
+}
+
+/// Byte offset of 1-based `line` and character `column` (one past the last character is allowed).
+pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
+    let mut start = 0;
+    for _ in 1..line {
+        match text[start..].find('\n') {
+            Some(i) => start += i + 1,
+            None => bail!("line {line} is past the end of the file ({} lines)", text.lines().count().max(1)),
+        }
+    }
+    let line_text = text[start..].split('\n').next().unwrap_or("");
+    let line_text = line_text.strip_suffix('\r').unwrap_or(line_text);
+    let chars = line_text.chars().count();
+    if column > chars + 1 {
+        bail!("column {column} is past the end of line {line} ({chars} characters)");
+    }
+    Ok(start + line_text.char_indices().nth(column - 1).map_or(line_text.len(), |(i, _)| i))
+}
+
+#[derive(Args, Debug)]
+pub struct TokenizeArgs {
+    pub text: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print a JSON array.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn tokenize(args: TokenizeArgs) -> Result<()> {
+    let tokenizer = load_tokenizer(args.model.model.as_deref())?;
+    let ids = tokenizer.encode_plain(&args.text);
+    if args.json {
+        println!("{}", serde_json::to_string(&ids)?);
+    } else {
+        for id in ids {
+            let piece = tokenizer.token_piece(id).unwrap_or("");
+            println!("{id:>6} -> {piece:?}");
+        }
+    }
+    Ok(())
+}
+
+/// The tokenizer alone, without loading weights.
+fn load_tokenizer(model: Option<&str>) -> Result<Arc<crate::engine::Tokenizer>> {
+    use crate::engine::resolve::{resolve, ModelSource};
+    Ok(Arc::new(match resolve(model)? {
+        ModelSource::Gguf(p) => {
+            let f = crate::engine::gguf::GgufFile::open(&p)?;
+            crate::engine::Tokenizer::from_gguf(&f.content)?
+        }
+        ModelSource::HfDir(d) => crate::engine::Tokenizer::from_file(&d.join("tokenizer.json"))?,
+    }))
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths for the prefill measurements.
+    #[arg(long, value_delimiter = ',', default_value = "128,512,1024,2048")]
+    pub prefill: Vec<usize>,
+    /// Context depths for the decode measurements.
+    #[arg(long, value_delimiter = ',', default_value = "0,512")]
+    pub decode_depth: Vec<usize>,
+    /// Tokens generated per decode measurement.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(args: BenchArgs) -> Result<()> {
+    let mut model = args.model.clone();
+    let need = args
+        .prefill
+        .iter()
+        .copied()
+        .chain(args.decode_depth.iter().map(|d| d + args.decode_tokens))
+        .max()
+        .unwrap_or(0)
+        + 8;
+    model.context_window = Some(model.context_window.unwrap_or(0).max(need));
+    let (engine, load_ms) = model.start()?;
+    let info = engine.info().clone();
+    let vocab = info.config.vocab_size as u32;
+    // Distinct first tokens per run so nothing is reused from the cache.
+    let prompt = |n: usize, run: usize| -> Vec<u32> {
+        (0..n.max(1))
+            .map(|i| (((i + run * 7919) % 1000) as u32 + 100) % vocab)
+            .collect()
+    };
+    let mut runs = 0;
+    let mut prefill = Vec::new();
+    for &n in &args.prefill {
+        let mut rates = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            runs += 1;
+            let mut req = GenerateRequest::new(prompt(n, runs), 1);
+            req.stop_at_eog = false;
+            let o = engine.generate(req)?;
+            rates.push(o.timings.prompt_tokens as f64 / (o.timings.prefill_ms / 1e3));
+        }
+        prefill.push(json!({"tokens": n, "tok_per_s": median(&mut rates), "samples": rates}));
+    }
+    let mut decode = Vec::new();
+    for &depth in &args.decode_depth {
+        let mut rates = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            runs += 1;
+            let mut req = GenerateRequest::new(prompt(depth.max(1), runs), args.decode_tokens);
+            req.stop_at_eog = false;
+            let o = engine.generate(req)?;
+            let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
+            rates.push(steps as f64 / (o.timings.decode_ms / 1e3));
+        }
+        decode.push(json!({"depth": depth, "tokens": args.decode_tokens, "tok_per_s": median(&mut rates), "samples": rates}));
+    }
+    let report = json!({
+        "model": info.name,
+        "path": info.path,
+        "file_size": info.file_size,
+        "threads": info.threads,
+        "load_ms": load_ms,
+        "prefill": prefill,
+        "decode": decode,
+        "peak_rss_mb": peak_rss_mb(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_bench(&report);
+    }
+    Ok(())
+}
+
+fn print_bench(r: &serde_json::Value) {
+    println!(
+        "model {} ({:.1} MB), {} threads, load {} ms, peak RSS {:.0} MB",
+        r["model"].as_str().unwrap_or("?"),
+        r["file_size"].as_f64().unwrap_or(0.0) / 1e6,
+        r["threads"],
+        r["load_ms"],
+        r["peak_rss_mb"].as_f64().unwrap_or(0.0)
+    );
+    for p in r["prefill"].as_array().into_iter().flatten() {
+        println!("prefill {:>5} tokens: {:>8.1} tok/s", p["tokens"], p["tok_per_s"].as_f64().unwrap_or(0.0));
+    }
+    for d in r["decode"].as_array().into_iter().flatten() {
+        println!("decode at depth {:>5}: {:>8.1} tok/s", d["depth"], d["tok_per_s"].as_f64().unwrap_or(0.0));
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert_eq!(parse_location("a/b.py:3:5").unwrap(), (PathBuf::from("a/b.py"), 3, 5));
+        assert_eq!(parse_location("C:/x.py:1:1").unwrap().0, PathBuf::from("C:/x.py"));
+        assert!(parse_location("x.py:0:1").is_err());
+        assert!(parse_location("x.py:3").is_err());
+    }
+
+    #[test]
+    fn cursor_offsets_count_characters() {
+        let text = "héllo\r\nwörld\n";
+        assert_eq!(cursor_offset(text, 1, 1).unwrap(), 0);
+        assert_eq!(cursor_offset(text, 1, 3).unwrap(), 3);
+        assert_eq!(cursor_offset(text, 1, 6).unwrap(), 6);
+        assert_eq!(cursor_offset(text, 2, 2).unwrap(), 9);
+        assert!(cursor_offset(text, 1, 8).is_err());
+        assert!(cursor_offset(text, 9, 1).is_err());
+    }
+}

@@ -1,0 +1,220 @@
+"""The plugin against the real codellama-lsp: setup() starts it, ghost text appears while typing, the accept key
+inserts exactly the suggestion, Tab without a suggestion is a Tab, :CodellamaExplain opens a float, and more."""
+import pytest
+
+from conftest import BIN, MODEL, SETTINGS, requires_server, wait_for
+
+SAMPLE = "def add(a, b):\n"
+
+
+def type_and_wait_for_ghost(editor, keys="Goreturn"):
+    editor.nv.input(keys)
+    return wait_for(editor.ghost, "ghost text", timeout=60)
+
+
+@requires_server
+def test_setup_starts_the_server_with_the_settings(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    client = editor.lua(
+        'local c = require("codellama").get_client(0)'
+        " return { name = c.name, cmd = c.config.cmd, init_options = c.config.init_options,"
+        " inline = c.server_capabilities.inlineCompletionProvider ~= nil,"
+        " commands = c.server_capabilities.executeCommandProvider.commands }"
+    )
+    assert client["name"] == "codellama"
+    assert client["cmd"] == [BIN, "serve"]
+    assert client["init_options"] == SETTINGS
+    assert client["inline"]
+    assert {"codellama.explain", "codellama.generate", "codellama.cancel"} <= set(client["commands"])
+    assert editor.lua('return require("codellama").statusline()') in ("Code Llama: ready", "Code Llama: generating")
+
+
+@requires_server
+def test_typing_shows_ghost_text_and_tab_inserts_exactly_it(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    ghost = type_and_wait_for_ghost(editor)
+    text, (row, col) = ghost["text"], ghost["anchor"]
+    assert editor.mode() == "i"
+
+    # What is drawn is the suggestion: its first line inline at the cursor, the rest as virtual lines.
+    marks = editor.extmarks()
+    assert len(marks) == 1
+    _, mark_row, mark_col, details = marks[0]
+    assert (mark_row, mark_col) == (row - 1, col)
+    shown = [details["virt_text"][0][0] if details.get("virt_text") else ""]
+    shown += ["".join(chunk[0] for chunk in line) for line in details.get("virt_lines", [])]
+    tab = " " * editor.lua("return vim.bo.tabstop")
+    assert shown == text.replace("\t", tab).split("\n")
+
+    before = editor.lines()
+    editor.nv.input("<Tab>")
+    wait_for(lambda: editor.lines() != before, "the suggestion to be inserted", timeout=10)
+    line = before[row - 1].encode()
+    expected = before[: row - 1] + (line[:col] + text.encode() + line[col:]).decode().split("\n") + before[row:]
+    assert editor.lines() == expected
+    inserted = text.split("\n")
+    cursor_row = row + len(inserted) - 1
+    cursor_col = (col if len(inserted) == 1 else 0) + len(inserted[-1].encode())
+    assert tuple(editor.nv.current.window.cursor) == (cursor_row, cursor_col)
+
+
+def inserted_since(editor, anchor):
+    """The text between `anchor` (1-based row, byte col) and the cursor."""
+    row, col = editor.nv.current.window.cursor
+    return "\n".join(editor.nv.api.buf_get_text(0, anchor[0] - 1, anchor[1], row - 1, col, {}))
+
+
+@requires_server
+@pytest.mark.parametrize("key, part", [("<M-Right>", "word"), ("<M-C-Right>", "line")])
+def test_accept_word_and_line_insert_a_prefix_and_keep_the_rest(editor, key, part):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    ghost = type_and_wait_for_ghost(editor)
+    before = editor.lines()
+    editor.nv.input(key)
+    wait_for(lambda: editor.lines() != before, f"a {part} to be inserted", timeout=10)
+    chunk = inserted_since(editor, ghost["anchor"])
+    assert chunk and ghost["text"].startswith(chunk)
+    if part == "line":
+        assert "\n" not in chunk.lstrip("\n")
+    rest = editor.ghost()
+    if chunk != ghost["text"]:  # the rest stays shown, at the cursor
+        assert rest and chunk + rest["text"] == ghost["text"]
+        assert tuple(rest["anchor"]) == tuple(editor.nv.current.window.cursor)
+        editor.nv.input("<Tab>")
+        wait_for(lambda: inserted_since(editor, ghost["anchor"]) == ghost["text"], "the rest to be inserted", timeout=10)
+
+
+@requires_server
+def test_tab_without_a_suggestion_inserts_a_tab(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup(inline={"debounce_ms": 60000})  # no suggestion will be asked for
+    editor.wait_ready()
+    editor.nv.command("setlocal noexpandtab softtabstop=0")
+    assert editor.lua('return vim.fn.maparg("<Tab>", "i", false, true).desc') == "codellama: accept"
+    editor.nv.input("Go<C-u><Tab>x<Esc>")
+    wait_for(lambda: editor.mode() == "n" and len(editor.lines()) == 2, "the new line", timeout=5)
+    assert editor.lines()[1] == "\tx"
+
+
+@requires_server
+def test_leaving_insert_mode_clears_the_ghost_text(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    type_and_wait_for_ghost(editor)
+    editor.nv.input("<Esc>")
+    wait_for(lambda: not editor.extmarks(), "the ghost text to be cleared", timeout=5)
+
+
+@requires_server
+def test_dismiss_hides_the_suggestion(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    type_and_wait_for_ghost(editor)
+    before = editor.lines()
+    editor.nv.input("<C-]>")
+    wait_for(lambda: not editor.extmarks(), "the ghost text to go", timeout=5)
+    assert editor.lines() == before
+
+
+@requires_server
+def test_explain_opens_a_floating_window_with_text(editor):
+    editor.edit("sample.py", "def add(a, b):\n    return a + b\n")
+    editor.setup()
+    editor.wait_ready()
+    editor.nv.input("ggVj:CodellamaExplain<CR>")
+    float_text = wait_for(
+        lambda: editor.lua(
+            "for _, w in ipairs(vim.api.nvim_list_wins()) do"
+            "  if vim.api.nvim_win_get_config(w).relative ~= '' then"
+            "    return table.concat(vim.api.nvim_buf_get_lines(vim.api.nvim_win_get_buf(w), 0, -1, false), '\\n')"
+            "  end"
+            " end"
+        ),
+        "the explanation float",
+        timeout=120,
+    )
+    assert float_text.strip()
+
+
+@requires_server
+def test_generate_inserts_code(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    before = editor.lines()
+    editor.nv.command("normal! G")
+    editor.nv.command("CodellamaGenerate return the sum of a and b")
+    wait_for(lambda: editor.lines() != before, "the generated code to be applied", timeout=120)
+
+
+@requires_server
+def test_checkhealth_reports_binary_server_and_model(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    editor.nv.command("checkhealth codellama")
+    report = "\n".join(editor.lines())
+    assert f"OK server binary: {BIN} (" in report, report
+    assert "OK server running" in report, report
+    assert "OK model loaded" in report, report
+
+
+def test_missing_binary_is_reported_with_install_instructions(editor):
+    editor.lua("_G.notes = {}; vim.notify = function(m, l) table.insert(_G.notes, { m, l }) end")
+    editor.edit("sample.py", SAMPLE)
+    editor.setup(cmd=["/nonexistent/codellama-lsp", "serve"])
+    notes = editor.lua("return _G.notes")
+    assert len(notes) == 1
+    message, level = notes[0]
+    assert "cargo install --path ." in message and "/nonexistent/codellama-lsp" in message
+    assert level == editor.lua("return vim.log.levels.ERROR")
+    editor.nv.command("checkhealth codellama")
+    report = "\n".join(editor.lines())
+    assert "ERROR server binary '/nonexistent/codellama-lsp' not found" in report, report
+
+
+def test_setup_validates_options(editor):
+    with pytest.raises(Exception, match="cmd"):
+        editor.setup(cmd="codellama-lsp serve")
+
+
+@requires_server
+def test_explain_code_action_shows_its_result(editor):
+    """A code action that carries codellama.explain is run by the plugin, so its Markdown is shown, not dropped."""
+    editor.edit("sample.py", "def add(a, b):\n    return a + b\n")
+    editor.setup()
+    editor.wait_ready()
+    editor.lua(
+        'local c = require("codellama").get_client(0)'
+        " c:exec_cmd({ title = 'Explain', command = 'codellama.explain', arguments = { {"
+        "   uri = vim.uri_from_bufnr(0), range = { start = { line = 0, character = 0 }, ['end'] = { line = 1, character = 16 } } } } },"
+        " { bufnr = vim.api.nvim_get_current_buf() })"
+    )
+    wait_for(lambda: editor.lua('local w = require("codellama").explain_win; return w and vim.api.nvim_win_is_valid(w)'),
+             "the explanation float", timeout=120)
+
+
+@requires_server
+def test_update_settings_sends_did_change_configuration(editor):
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    sent = editor.lua(
+        "local c = require('codellama').get_client(0)"
+        " local sent, notify = {}, c.notify"
+        " c.notify = function(self, method, params) table.insert(sent, { method, params }); return notify(self, method, params) end"
+        " require('codellama').update_settings({ max_tokens = 8, languages = { 'python' } })"
+        " c.notify = notify"
+        " return sent"
+    )
+    assert sent == [["workspace/didChangeConfiguration", {"settings": {"codellama": {**SETTINGS, "max_tokens": 8, "languages": ["python"]}}}]]
+    # The server keeps answering after the change.
+    type_and_wait_for_ghost(editor)

@@ -1,0 +1,195 @@
+//! FIM prompts against Meta's reference ids (`fim-golden.json`), through both Code Llama tokenizers
+//! (`tokenizer.json` and the tiny GGUF's metadata), in both orders. The `literal_*` cases contain marker
+//! text in user code; there the only allowed difference is that it stays text.
+
+mod common;
+
+use std::sync::Arc;
+
+use codellama_lsp::engine::gguf::GgufFile;
+use codellama_lsp::engine::tokenizer::Tokenizer;
+use codellama_lsp::prompt::{FimInput, FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+
+fn tokenizers() -> Vec<(&'static str, Arc<Tokenizer>)> {
+    let json = Tokenizer::from_file(&common::codellama_fixture("tokenizer.json")).unwrap();
+    let gguf = GgufFile::open(&common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
+    let from_gguf = Tokenizer::from_gguf(&gguf.content).unwrap();
+    vec![("tokenizer.json", Arc::new(json)), ("gguf", Arc::new(from_gguf))]
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn builder(tok: &Arc<Tokenizer>, order: FimOrder) -> PromptBuilder {
+    let cfg = PromptConfig {
+        order,
+        ..PromptConfig::default()
+    };
+    PromptBuilder::new(tok.clone(), &cfg).unwrap()
+}
+
+fn is_protected_id(id: u32) -> bool {
+    id <= 2 || (32000..=32015).contains(&id)
+}
+
+#[test]
+fn golden_fim_prompts() {
+    let golden = common::read_json(&common::codellama_fixture("fim-golden.json"));
+    let cases = golden.as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for (source, tok) in tokenizers() {
+        for (order, key, markers) in [(FimOrder::Psm, "psm_ids", 4), (FimOrder::Spm, "spm_ids", 4)] {
+            let b = builder(&tok, order);
+            assert_eq!(b.template(), FimTemplate::CodeLlama);
+            for case in cases {
+                let name = case["name"].as_str().unwrap();
+                let input = FimInput {
+                    prefix: case["prefix"].as_str().unwrap(),
+                    suffix: case["suffix"].as_str().unwrap(),
+                    ..FimInput::default()
+                };
+                let built = b.fim(&input, 64, 16384).unwrap();
+                assert_eq!(built.truncated.prefix_lines + built.truncated.suffix_lines, 0);
+                let want = ids(&case[key]);
+                if !name.starts_with("literal_") {
+                    assert_eq!(built.ids, want, "{source} {key} {name}");
+                    continue;
+                }
+                // Marker ids appear only where the template put them; user text decodes back unchanged.
+                let user: Vec<u32> = match order {
+                    FimOrder::Psm => built.ids[2..]
+                        .iter()
+                        .copied()
+                        .filter(|&t| ![32008, 32009].contains(&t))
+                        .collect(),
+                    FimOrder::Spm => built.ids[3..]
+                        .iter()
+                        .copied()
+                        .filter(|&t| t != 32009)
+                        .collect(),
+                };
+                assert_eq!(built.ids.iter().filter(|&&t| is_protected_id(t)).count(), markers, "{source} {name}");
+                assert!(user.iter().all(|&t| !is_protected_id(t)), "{source} {name}: {user:?}");
+                let text = tok.decode(&user);
+                for part in [input.prefix, input.suffix] {
+                    assert!(text.contains(part.trim()), "{source} {name}: {text:?} lacks {part:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn truncation_is_reported_and_respects_the_window() {
+    let (_, tok) = tokenizers().remove(1);
+    let b = builder(&tok, FimOrder::Spm);
+    let prefix: String = (0..400).map(|i| format!("x_{i} = compute({i})\n")).collect();
+    let suffix: String = (0..400).map(|i| format!("print(y_{i})\n")).collect();
+    let input = FimInput {
+        prefix: &prefix,
+        suffix: &suffix,
+        ..FimInput::default()
+    };
+    let built = b.fim(&input, 128, 1024).unwrap();
+    assert!(built.ids.len() <= 1024 - 128, "{}", built.ids.len());
+    assert!(built.ids.len() > 700, "budget badly used: {}", built.ids.len());
+    assert!(built.truncated.prefix_lines > 0 && built.truncated.suffix_lines > 0);
+    // Roughly 3:1 between prefix and suffix tokens.
+    let mid = built.ids.iter().position(|&t| t == 32009).unwrap();
+    let (suffix_tokens, prefix_tokens) = (mid - 3, built.ids.len() - mid - 1);
+    assert!(prefix_tokens > 2 * suffix_tokens, "{prefix_tokens} vs {suffix_tokens}");
+    // The prompt's head (suffix part in SPM) and the prefix start stay put while typing.
+    let mut typed = prefix.clone();
+    typed.push_str("def f");
+    let again = b
+        .fim(
+            &FimInput {
+                prefix: &typed,
+                suffix: &suffix,
+                ..FimInput::default()
+            },
+            128,
+            1024,
+        )
+        .unwrap();
+    assert_eq!(again.prefix_start, built.prefix_start);
+    let shared = again.ids.iter().zip(&built.ids).take_while(|(a, b)| a == b).count();
+    assert!(shared + 3 >= built.ids.len(), "only {shared} of {} ids shared", built.ids.len());
+}
+
+#[test]
+fn model_without_fim_tokens_continues_the_prefix() {
+    let f = GgufFile::open(&common::small_model()).unwrap();
+    let tok = Arc::new(Tokenizer::from_gguf(&f.content).unwrap());
+    let b = builder(&tok, FimOrder::Spm);
+    assert_eq!(b.template(), FimTemplate::Continuation);
+    let built = b
+        .fim(
+            &FimInput {
+                prefix: "def add(a, b):\n    ",
+                suffix: "\n\nprint(add(1, 2))\n",
+                ..FimInput::default()
+            },
+            32,
+            2048,
+        )
+        .unwrap();
+    assert_eq!(built.ids, tok.encode_plain("def add(a, b):\n    "));
+    assert_eq!(built.template, "none");
+}
+
+#[test]
+fn forced_template_missing_from_vocabulary_is_a_clear_error() {
+    let f = GgufFile::open(&common::small_model()).unwrap();
+    let tok = Arc::new(Tokenizer::from_gguf(&f.content).unwrap());
+    let cfg = PromptConfig {
+        template: Some(FimTemplate::CodeLlama),
+        ..PromptConfig::default()
+    };
+    let err = PromptBuilder::new(tok, &cfg).err().unwrap().to_string();
+    assert!(err.contains("▁<PRE>"), "{err}");
+}
+
+#[test]
+fn instruct_prompts_match_golden() {
+    use codellama_lsp::prompt::chat::{build, detect, ChatFormat, Message, Role};
+    let golden = common::read_json(&common::codellama_fixture("instruct-golden.json"));
+    for (source, tok) in tokenizers() {
+        assert_eq!(detect(&tok).unwrap(), ChatFormat::Llama2, "{source}");
+        for case in golden.as_array().unwrap() {
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let role = match m["role"].as_str().unwrap() {
+                        "system" => Role::System,
+                        "user" => Role::User,
+                        _ => Role::Assistant,
+                    };
+                    Message::new(role, m["content"].as_str().unwrap())
+                })
+                .collect();
+            let got = build(&tok, ChatFormat::Llama2, &messages).unwrap();
+            assert_eq!(got, ids(&case["ids"]), "{source} {}", case["name"]);
+        }
+    }
+}
+
+#[test]
+fn chatml_prompt_matches_llama_cpp() {
+    use codellama_lsp::prompt::chat::{build, detect, ChatFormat, Message, Role};
+    let f = GgufFile::open(&common::small_model()).unwrap();
+    let tok = Tokenizer::from_gguf(&f.content).unwrap();
+    assert_eq!(detect(&tok).unwrap(), ChatFormat::ChatMl);
+    let reference = common::read_json(&common::reference("smollm2-llamacpp.json"));
+    let chat = &reference["chat"][0];
+    let got = build(
+        &tok,
+        ChatFormat::ChatMl,
+        &[Message::new(Role::User, "Write a Python function that reverses a string.")],
+    )
+    .unwrap();
+    assert_eq!(got, ids(&chat["prompt_ids"]));
+}
