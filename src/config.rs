@@ -416,7 +416,7 @@ impl Config {
     fn normalize(&mut self) {
         self.max_tokens = self.max_tokens.clamp(1, 4096);
         self.context_window = self.context_window.clamp(64, 1 << 20);
-        if !(self.prefix_suffix_ratio > 0.0) {
+        if self.prefix_suffix_ratio.is_nan() || self.prefix_suffix_ratio <= 0.0 {
             self.prefix_suffix_ratio = 3.0;
         }
         self.temperature = self.temperature.clamp(0.0, 5.0);

@@ -59,9 +59,12 @@ fn generating_count(s: &mut LspProcess) -> usize {
 fn session(model: &str, enc: &str, must_suggest: bool) {
     let mut s = start(model, &[enc], &[]);
     // Loading was reported with $/progress: create, begin, (reports), end.
-    s.wait_for("window/workDoneProgress/create", T, |_| true).unwrap();
-    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "begin").unwrap();
-    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "end").unwrap();
+    s.wait_for("window/workDoneProgress/create", T, |_| true)
+        .unwrap();
+    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "begin")
+        .unwrap();
+    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "end")
+        .unwrap();
 
     let uri = "file:///tmp/session/add.py";
     let text = "# 合計を計算する 😀\ndef add(a, b):\n    ";
@@ -90,14 +93,30 @@ fn session(model: &str, enc: &str, must_suggest: bool) {
         let insert = item["insertText"].as_str().unwrap();
         assert!(!insert.trim().is_empty());
         let at = json!({"line": 2, "character": col});
-        assert_eq!(item["range"], json!({"start": at, "end": at}), "the range starts at the cursor");
+        assert_eq!(
+            item["range"],
+            json!({"start": at, "end": at}),
+            "the range starts at the cursor"
+        );
     }
     assert_eq!(generating_count(&mut s), before + 1, "one generation");
     let ready = s
-        .wait_for("codellama/status", T, |p| p["state"] == "ready" && p["timings"].is_object())
+        .wait_for("codellama/status", T, |p| {
+            p["state"] == "ready" && p["timings"].is_object()
+        })
         .unwrap();
-    for key in ["prefill_ms", "decode_ms", "prompt_tokens", "reused_tokens", "generated_tokens", "total_ms"] {
-        assert!(ready["params"]["timings"][key].is_number(), "{key} in {ready}");
+    for key in [
+        "prefill_ms",
+        "decode_ms",
+        "prompt_tokens",
+        "reused_tokens",
+        "generated_tokens",
+        "total_ms",
+    ] {
+        assert!(
+            ready["params"]["timings"][key].is_number(),
+            "{key} in {ready}"
+        );
     }
 
     // The fallback completion at the same place: the same suggestion, from the cache.
@@ -105,14 +124,20 @@ fn session(model: &str, enc: &str, must_suggest: bool) {
     assert_eq!(list["isIncomplete"], true);
     if let Some(item) = items.first() {
         let c = &list["items"][0];
-        assert!(c["label"].as_str().unwrap().starts_with("Code Llama: "), "{c}");
+        assert!(
+            c["label"].as_str().unwrap().starts_with("Code Llama: "),
+            "{c}"
+        );
         assert_eq!(c["textEdit"]["newText"], item["insertText"]);
         assert_eq!(c["textEdit"]["range"], item["range"]);
     }
 
     // A request cancelled right away: answered (cancelled, or empty) at once, and serving goes on.
     change(&mut s, uri, 5, (2, col), (2, col), " ");
-    let id = s.request("textDocument/inlineCompletion", inline_params(uri, 2, col + 1));
+    let id = s.request(
+        "textDocument/inlineCompletion",
+        inline_params(uri, 2, col + 1),
+    );
     s.cancel(id);
     let t = Instant::now();
     let r = s.response(&json!(id), T).unwrap();
@@ -144,11 +169,19 @@ fn tiny_codellama_session_in_every_encoding() {
 #[test]
 fn the_tiny_codellama_prompt_uses_its_fim_tokens() {
     let mut s = start(&tiny(), &[], &[]);
-    open(&mut s, "file:///tmp/t.py", "python", "def f(x):\n    return x\n");
+    open(
+        &mut s,
+        "file:///tmp/t.py",
+        "python",
+        "def f(x):\n    return x\n",
+    );
     let _ = inline(&mut s, "file:///tmp/t.py", 1, 4);
     s.drain();
     let log = s.stderr();
-    assert!(log.contains("fill-in-the-middle template: codellama"), "{log}");
+    assert!(
+        log.contains("fill-in-the-middle template: codellama"),
+        "{log}"
+    );
     finish(s);
 }
 
@@ -162,7 +195,11 @@ fn a_newer_request_for_the_document_supersedes_the_running_one() {
     let second = s.request("textDocument/inlineCompletion", inline_params(uri, 1, 5));
     let a = s.response(&json!(first), LOAD).unwrap();
     let b = s.response(&json!(second), LOAD).unwrap();
-    assert_eq!(a["result"]["items"], json!([]), "the superseded request is answered empty: {a}");
+    assert_eq!(
+        a["result"]["items"],
+        json!([]),
+        "the superseded request is answered empty: {a}"
+    );
     assert!(b["result"]["items"].is_array(), "{b}");
     // Only the newer one was generated for: the older stopped before its first token.
     std::thread::sleep(Duration::from_millis(200));
@@ -191,7 +228,14 @@ fn typing_what_was_suggested_is_answered_without_the_model() {
     let generations = generating_count(&mut s);
     let (mut line, mut col) = (4, 4);
     for (i, c) in typed.chars().enumerate() {
-        change(&mut s, uri, 2 + i as i32, (line, col), (line, col), &c.to_string());
+        change(
+            &mut s,
+            uri,
+            2 + i as i32,
+            (line, col),
+            (line, col),
+            &c.to_string(),
+        );
         if c == '\n' {
             (line, col) = (line + 1, 0);
         } else {
@@ -201,10 +245,17 @@ fn typing_what_was_suggested_is_answered_without_the_model() {
         let r = inline(&mut s, uri, line, col);
         let rest: String = suggestion.chars().skip(i + 1).collect();
         assert_eq!(items(&r)[0]["insertText"], rest.as_str(), "{r}");
-        assert_eq!(items(&r)[0]["range"]["start"], json!({"line": line, "character": col}));
+        assert_eq!(
+            items(&r)[0]["range"]["start"],
+            json!({"line": line, "character": col})
+        );
         eprintln!("answered from the cache in {:?}", t.elapsed());
     }
-    assert_eq!(generating_count(&mut s), generations, "no generation while typing ahead");
+    assert_eq!(
+        generating_count(&mut s),
+        generations,
+        "no generation while typing ahead"
+    );
     // Typing something else asks the model again.
     change(&mut s, uri, 9, (line, col), (line, col), "\u{1F600}");
     let _ = inline(&mut s, uri, line, col + 2);
@@ -236,27 +287,44 @@ fn a_model_setting_change_reloads_the_model_and_serving_goes_on() {
         assert!(Instant::now() < deadline, "not reloaded:\n{}", s.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
-    s.wait_for("$/progress", Duration::from_millis(500), |_| false).ok(); // collect what came meanwhile
-    assert_eq!(loads(&mut s), before + 1, "progress reported for the new load");
+    s.wait_for("$/progress", Duration::from_millis(500), |_| false)
+        .ok(); // collect what came meanwhile
+    assert_eq!(
+        loads(&mut s),
+        before + 1,
+        "progress reported for the new load"
+    );
     let _ = inline(&mut s, uri, 1, 4);
     finish(s);
 }
 
 #[test]
 fn the_client_going_away_mid_generation_ends_the_server_cleanly() {
-    let mut s = spawn(&["--model", &small(), "--context-window", "1024", "--max-tokens", "400"]);
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "400",
+    ]);
     s.initialize(capabilities(&[]), Value::Null).unwrap();
     s.wait_ready(LOAD).unwrap();
     let uri = "file:///tmp/gone.py";
     let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
     open(&mut s, uri, "python", &text);
     let _ = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
-    s.wait_for("codellama/status", T, |p| p["state"] == "generating").unwrap();
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
     let t = Instant::now();
     s.close_stdin();
     let status = s.wait_exit(Duration::from_secs(30)).unwrap();
     eprintln!("exited {:?} after stdin closed", t.elapsed());
     assert!(status.success(), "{status:?}\n{}", s.stderr());
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_no_panic(&s);
 }

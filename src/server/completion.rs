@@ -394,7 +394,13 @@ impl Job {
         if outcome.stop_reason == StopReason::Cancelled {
             return None;
         }
-        Some(prepared.finisher.finish(&outcome.text).unwrap_or_default().into())
+        Some(
+            prepared
+                .finisher
+                .finish(&outcome.text)
+                .unwrap_or_default()
+                .into(),
+        )
     }
 }
 

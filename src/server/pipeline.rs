@@ -25,9 +25,9 @@ pub struct Input<'a> {
 impl Input<'_> {
     pub fn language(&self) -> Language {
         match Language::from_language_id(self.language_id) {
-            Language::Other => self
-                .path
-                .map_or(Language::Other, |p| Language::from_path(std::path::Path::new(p))),
+            Language::Other => self.path.map_or(Language::Other, |p| {
+                Language::from_path(std::path::Path::new(p))
+            }),
             known => known,
         }
     }
@@ -77,17 +77,28 @@ struct CachedBuilder {
 }
 
 impl Builders {
-    fn get(&self, engine: &Arc<Engine>, config: PromptConfig) -> Result<Arc<PromptBuilder>, String> {
+    fn get(
+        &self,
+        engine: &Arc<Engine>,
+        config: PromptConfig,
+    ) -> Result<Arc<PromptBuilder>, String> {
         let key = Arc::as_ptr(engine) as usize;
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = last.as_ref().filter(|c| c.engine == key && c.config == config) {
+        if let Some(c) = last
+            .as_ref()
+            .filter(|c| c.engine == key && c.config == config)
+        {
             return c.builder.clone();
         }
         let builder = PromptBuilder::new(engine.tokenizer().clone(), &config)
             .map(Arc::new)
             .map_err(|e| e.to_string());
         match &builder {
-            Ok(b) => tracing::info!("fill-in-the-middle template: {} ({:?})", b.template().name(), b.order()),
+            Ok(b) => tracing::info!(
+                "fill-in-the-middle template: {} ({:?})",
+                b.template().name(),
+                b.order()
+            ),
             Err(e) => tracing::warn!("no prompt can be built with these settings: {e}"),
         }
         *last = Some(CachedBuilder {
