@@ -28,6 +28,8 @@ pub struct Backend {
     status: Status,
     completer: Completer,
     shutdown: Arc<AtomicBool>,
+    /// The client renders Markdown in completion item documentation.
+    completion_markdown: AtomicBool,
     /// Problems with `initializationOptions`, shown once the client is initialized.
     init_problems: Mutex<Vec<String>>,
 }
@@ -50,6 +52,7 @@ impl Backend {
             status,
             completer,
             shutdown,
+            completion_markdown: AtomicBool::new(false),
             init_problems: Mutex::new(Vec::new()),
         }
     }
@@ -191,20 +194,23 @@ pub fn completion_label(text: &str) -> String {
     format!("Code Llama: {label}")
 }
 
-fn completion_item(s: &Suggestion, language_id: &str) -> CompletionItem {
+fn completion_item(s: &Suggestion, language_id: &str, markdown: bool) -> CompletionItem {
     let range = Range::new(lsp_pos(s.at), lsp_pos(s.at));
-    let fence = "`".repeat(3.max(longest_backtick_run(&s.text) + 1));
-    let doc = format!("{fence}{language_id}\n{}\n{fence}", s.text);
+    // Markdown where the client says it renders it; otherwise a plain string, which every client takes.
+    let documentation = if markdown {
+        let fence = "`".repeat(3.max(longest_backtick_run(&s.text) + 1));
+        let doc = format!("{fence}{language_id}\n{}\n{fence}", s.text);
+        Documentation::MarkupContent(MarkupContent::new(MarkupKind::Markdown, doc))
+    } else {
+        Documentation::String(s.text.clone())
+    };
     let mut item = CompletionItem {
         label: completion_label(&s.text),
         ..CompletionItem::default()
     };
     item.kind = Some(CompletionItemKind::Snippet);
     item.detail = Some("Code Llama suggestion".to_string());
-    item.documentation = Some(Documentation::MarkupContent(MarkupContent::new(
-        MarkupKind::Markdown,
-        doc,
-    )));
+    item.documentation = Some(documentation);
     item.insert_text_format = Some(InsertTextFormat::PlainText);
     item.text_edit = Some(CompletionItemTextEdit::TextEdit(TextEdit::new(
         range,
@@ -240,6 +246,14 @@ impl LanguageServer for Backend {
             .and_then(|w| w.work_done_progress)
             .unwrap_or(false);
         self.model.set_progress_supported(progress);
+        let markdown = caps
+            .text_document
+            .as_ref()
+            .and_then(|t| t.completion.as_ref())
+            .and_then(|c| c.completion_item.as_ref())
+            .and_then(|i| i.documentation_format.as_ref())
+            .is_some_and(|f| f.contains(&MarkupKind::Markdown));
+        self.completion_markdown.store(markdown, Ordering::Relaxed);
         if let Some(options) = &params.initialization_options {
             let applied = self.update_config(options, "initializationOptions");
             *self.init_problems.lock().unwrap_or_else(|e| e.into_inner()) = applied.problems;
@@ -422,7 +436,11 @@ impl LanguageServer for Backend {
             .map(|d| d.language_id)
             .unwrap_or_default();
         let items = match self.suggest(&p.text_document.uri, p.position).await {
-            Some(s) => vec![completion_item(&s, &language)],
+            Some(s) => vec![completion_item(
+                &s,
+                &language,
+                self.completion_markdown.load(Ordering::Relaxed),
+            )],
             None => Vec::new(),
         };
         // Incomplete: typing on asks again, so the suggestion follows the text.
@@ -458,7 +476,7 @@ mod tests {
             from_cache: false,
             word: "x".into(),
         };
-        let item = completion_item(&s, "python");
+        let item = completion_item(&s, "python", true);
         let Some(CompletionItemTextEdit::TextEdit(edit)) = &item.text_edit else {
             panic!()
         };
@@ -472,5 +490,10 @@ mod tests {
             panic!()
         };
         assert!(m.value.starts_with("````python\n"));
+        let plain = completion_item(&s, "python", false);
+        assert_eq!(
+            plain.documentation,
+            Some(Documentation::String("a ``` b".into()))
+        );
     }
 }

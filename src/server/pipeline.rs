@@ -150,6 +150,10 @@ pub fn prepare(
     let prompt = builder
         .fim(&fim, config.max_tokens, engine.info().context_window)
         .map_err(|e| e.to_string())?;
+    if prompt.ids.is_empty() {
+        // Continuation at the top of an empty document: nothing to continue.
+        return Err("the prompt is empty".into());
+    }
     // Post-processing sees all the text we have (its bracket balancing wants as much of the prefix as there is).
     let ctx = postprocess::Context::new(input.prefix, input.suffix, language);
     let stopper = StreamStopper::new(&ctx, &postprocess::Config::default());
