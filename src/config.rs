@@ -159,7 +159,7 @@ macro_rules! choice {
         }
 
         impl Setting for $name {
-            const TYPE: &'static str = concat!("one of" $(, " \"", $text, "\"")+);
+            const TYPE: &'static str = "string";
             fn parse(value: &Value) -> Result<Self, String> {
                 let text = as_text(value).ok_or_else(|| format!("expected a string, got {value}"))?;
                 match text.to_ascii_lowercase().as_str() {
