@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::actions;
 use crate::completion::{self, CompletionRequest};
 use crate::engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
 use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
@@ -79,7 +80,8 @@ pub struct CompleteArgs {
 
 pub fn complete(args: CompleteArgs) -> Result<()> {
     let (path, line, column) = parse_location(&args.location)?;
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let cursor = cursor_offset(&text, line, column)?;
     let (engine, load_ms) = args.model.start()?;
     let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
@@ -140,7 +142,10 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
     for _ in 1..line {
         match text[start..].find('\n') {
             Some(i) => start += i + 1,
-            None => bail!("line {line} is past the end of the file ({} lines)", text.lines().count().max(1)),
+            None => bail!(
+                "line {line} is past the end of the file ({} lines)",
+                text.lines().count().max(1)
+            ),
         }
     }
     let line_text = text[start..].split('\n').next().unwrap_or("");
@@ -149,7 +154,164 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
     if column > chars + 1 {
         bail!("column {column} is past the end of line {line} ({chars} characters)");
     }
-    Ok(start + line_text.char_indices().nth(column - 1).map_or(line_text.len(), |(i, _)| i))
+    Ok(start
+        + line_text
+            .char_indices()
+            .nth(column - 1)
+            .map_or(line_text.len(), |(i, _)| i))
+}
+
+/// Options of the code-action commands (`explain`, `generate`).
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Instruct model for explain/generate (a .gguf file, directory or Hub reference). Default: --model,
+    /// when that is an Instruct model.
+    #[arg(long, env = "CODELLAMA_LSP_CHAT_MODEL")]
+    pub chat_model: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = actions::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Print one JSON object: the Markdown, the text and edit, the model's raw answer, timings...
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ChatArgs {
+    /// Loads the chat model (`--chat-model`, else `--model`).
+    fn start(&self) -> Result<(Engine, u64)> {
+        let mut model = self.model.clone();
+        if let Some(chat) = &self.chat_model {
+            model.model = Some(chat.clone());
+        }
+        model.start()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// PATH:START-END (1-based lines, inclusive), or PATH:LINE.
+    pub location: String,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// `explain PATH:START-END`: prints the explanation as Markdown (`--json`: with the comment block and
+/// the edit that inserts it above the lines).
+pub fn explain(args: ExplainArgs) -> Result<()> {
+    let (path, first, last) = parse_line_range(&args.location)?;
+    let text = read_source(&path)?;
+    let lines = actions::source::Lines::new(&text);
+    let count = lines.visible_count();
+    if last > count {
+        bail!(
+            "lines {first}-{last} are outside {} ({count} lines)",
+            path.display()
+        );
+    }
+    let selection = lines.start(first - 1)..lines.range(last - 1).end;
+    let task = actions::Task::Explain { selection };
+    run_action(&args.chat, &path, &text, task, |out| out.markdown.clone())
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// PATH:LINE (1-based): the code goes below this line.
+    #[arg(long, value_name = "PATH:LINE")]
+    pub file: String,
+    /// What to generate. Without it, the comment at LINE is the instruction.
+    pub instruction: Option<String>,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// `generate --file PATH:LINE "instruction"`: prints the code as it would be inserted below LINE
+/// (`--json`: with the edit).
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (path, line, last) = parse_line_range(&args.file)?;
+    if line != last {
+        bail!("--file takes PATH:LINE, got {:?}", args.file);
+    }
+    let text = read_source(&path)?;
+    let task = match args.instruction {
+        Some(instruction) => actions::Task::Generate {
+            instruction,
+            target: actions::Target::BelowLine(line - 1),
+        },
+        None => actions::Task::GenerateFromComment { line: line - 1 },
+    };
+    run_action(&args.chat, &path, &text, task, |out| out.text.clone())
+}
+
+fn read_source(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn run_action(
+    args: &ChatArgs,
+    path: &std::path::Path,
+    text: &str,
+    task: actions::Task,
+    plain: impl Fn(&actions::ActionOutput) -> String,
+) -> Result<()> {
+    let path_text = path.display().to_string();
+    let source = actions::Source::new(text, Some(&path_text), None);
+    let (engine, load_ms) = args.start()?;
+    let out = actions::run(
+        &engine,
+        &source,
+        actions::ActionRequest::new(task, args.max_tokens),
+    )?;
+    if !args.json {
+        println!("{}", plain(&out));
+        return Ok(());
+    }
+    let mut v = serde_json::to_value(&out)?;
+    if let Some(edit) = &out.edit {
+        v["edit"] = edit_json(text, edit);
+    }
+    v["timings"]["load_ms"] = json!(load_ms);
+    v["model"] = json!(engine.info().name);
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(())
+}
+
+/// An edit with 1-based line and column (characters) positions beside the byte offsets.
+fn edit_json(text: &str, edit: &actions::Edit) -> serde_json::Value {
+    let pos = |offset: usize| {
+        let lines = actions::source::Lines::new(text);
+        let line = lines.line_of(offset);
+        let column = text[lines.start(line)..offset].chars().count();
+        json!({"line": line + 1, "column": column + 1})
+    };
+    json!({
+        "start": edit.start,
+        "end": edit.end,
+        "new_text": edit.new_text,
+        "range": {"start": pos(edit.start), "end": pos(edit.end)},
+    })
+}
+
+/// `PATH:START-END` or `PATH:LINE` (1-based, inclusive); the path itself may contain colons.
+pub fn parse_line_range(loc: &str) -> Result<(PathBuf, usize, usize)> {
+    let Some((path, lines)) = loc.rsplit_once(':').filter(|(p, _)| !p.is_empty()) else {
+        bail!("expected PATH:START-END or PATH:LINE (1-based), got {loc:?}");
+    };
+    let num = |s: &str| -> Result<usize> {
+        match s.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!("line numbers start at 1, got {s:?} in {loc:?}"),
+        }
+    };
+    let (first, last) = match lines.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(lines)?, num(lines)?),
+    };
+    if first > last {
+        bail!("the range {first}-{last} ends before it starts in {loc:?}");
+    }
+    Ok((PathBuf::from(path), first, last))
 }
 
 #[derive(Args, Debug)]
@@ -282,10 +444,18 @@ fn print_bench(r: &serde_json::Value) {
         r["peak_rss_mb"].as_f64().unwrap_or(0.0)
     );
     for p in r["prefill"].as_array().into_iter().flatten() {
-        println!("prefill {:>5} tokens: {:>8.1} tok/s", p["tokens"], p["tok_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "prefill {:>5} tokens: {:>8.1} tok/s",
+            p["tokens"],
+            p["tok_per_s"].as_f64().unwrap_or(0.0)
+        );
     }
     for d in r["decode"].as_array().into_iter().flatten() {
-        println!("decode at depth {:>5}: {:>8.1} tok/s", d["depth"], d["tok_per_s"].as_f64().unwrap_or(0.0));
+        println!(
+            "decode at depth {:>5}: {:>8.1} tok/s",
+            d["depth"],
+            d["tok_per_s"].as_f64().unwrap_or(0.0)
+        );
     }
 }
 
@@ -312,10 +482,31 @@ mod tests {
 
     #[test]
     fn locations() {
-        assert_eq!(parse_location("a/b.py:3:5").unwrap(), (PathBuf::from("a/b.py"), 3, 5));
-        assert_eq!(parse_location("C:/x.py:1:1").unwrap().0, PathBuf::from("C:/x.py"));
+        assert_eq!(
+            parse_location("a/b.py:3:5").unwrap(),
+            (PathBuf::from("a/b.py"), 3, 5)
+        );
+        assert_eq!(
+            parse_location("C:/x.py:1:1").unwrap().0,
+            PathBuf::from("C:/x.py")
+        );
         assert!(parse_location("x.py:0:1").is_err());
         assert!(parse_location("x.py:3").is_err());
+    }
+
+    #[test]
+    fn line_ranges() {
+        assert_eq!(
+            parse_line_range("a/b.py:3-5").unwrap(),
+            (PathBuf::from("a/b.py"), 3, 5)
+        );
+        assert_eq!(
+            parse_line_range("C:/x.rs:7").unwrap(),
+            (PathBuf::from("C:/x.rs"), 7, 7)
+        );
+        assert!(parse_line_range("x.py:0-2").is_err());
+        assert!(parse_line_range("x.py:5-2").is_err());
+        assert!(parse_line_range("x.py").is_err());
     }
 
     #[test]
@@ -328,4 +519,83 @@ mod tests {
         assert!(cursor_offset(text, 1, 8).is_err());
         assert!(cursor_offset(text, 9, 1).is_err());
     }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// single-line, multi-line, random-span, random-span-light, or a path to a .jsonl(.gz) file.
+    #[arg(long, default_value = "single-line")]
+    pub dataset: String,
+    /// Evaluate only the first N problems (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Score by exact match only (do not run the tests with Python).
+    #[arg(long)]
+    pub no_exec: bool,
+    #[arg(long, default_value = "auto")]
+    pub fim_template: String,
+    #[arg(long, default_value = "spm")]
+    pub fim_order: String,
+    /// Print the summary as JSON (and every case with --verbose).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    use crate::eval;
+    let path = eval::dataset_path(&args.dataset)?;
+    let mut problems = eval::load(&path)?;
+    if args.limit > 0 {
+        problems.truncate(args.limit);
+    }
+    let (engine, _) = args.model.start()?;
+    let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
+    let opts = eval::Options {
+        max_tokens: args.max_tokens,
+        single_line: args.dataset == "single-line",
+        execute: !args.no_exec,
+        timeout: std::time::Duration::from_secs(10),
+    };
+    let total = problems.len();
+    let (summary, results) = eval::run(&engine, &builder, &problems, &opts, &mut |i, r| {
+        if !args.json {
+            eprintln!(
+                "[{}/{total}] {} exact={} passed={:?} {:.0} ms",
+                i + 1,
+                r.task_id,
+                r.exact,
+                r.passed,
+                r.ms
+            );
+        }
+    })?;
+    if args.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["model"] = json!(engine.info().name);
+        v["dataset"] = json!(path);
+        if args.verbose {
+            v["results"] = serde_json::to_value(&results)?;
+        }
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!(
+            "{} on {} ({} problems, template {}): exact match {:.1}%, pass@1 {}, {:.0} ms per problem",
+            engine.info().name,
+            path.display(),
+            summary.cases,
+            summary.template,
+            summary.exact_match * 100.0,
+            summary
+                .pass_at_1
+                .map_or("not run".to_string(), |p| format!("{:.1}%", p * 100.0)),
+            summary.mean_ms
+        );
+    }
+    Ok(())
 }

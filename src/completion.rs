@@ -2,11 +2,18 @@
 //! suggestion. The CLI's `complete`, the language server, `eval` and the benchmarks all go through here,
 //! so they behave the same.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::engine::{CancelToken, Engine, GenerateRequest, Generation, Outcome, SamplingParams, StopReason, Timings};
+use crate::engine::{
+    Backend, CancelToken, GenerateRequest, Generation, Outcome, SamplingParams, StopPolicy,
+    StopReason, Timings,
+};
+use crate::language::Language;
+use crate::postprocess::{self, StreamDecision, StreamStopper};
 use crate::prompt::{BuiltPrompt, FimInput, PromptBuilder, Truncation};
 
 /// Everything a completion needs besides the engine and prompt builder.
@@ -23,6 +30,8 @@ pub struct CompletionRequest {
     pub cancel: CancelToken,
     /// A newer request with the same key cancels this one (the server uses the document URI).
     pub supersede_key: Option<String>,
+    /// Post-processing rules and limits.
+    pub postprocess: postprocess::Config,
 }
 
 impl CompletionRequest {
@@ -37,6 +46,16 @@ impl CompletionRequest {
             raw: false,
             cancel: CancelToken::new(),
             supersede_key: None,
+            postprocess: postprocess::Config::default(),
+        }
+    }
+
+    /// The language, from the LSP language id or else the file name.
+    pub fn language(&self) -> Language {
+        match (&self.language_id, &self.path) {
+            (Some(id), _) => Language::from_language_id(id),
+            (None, Some(p)) => Language::from_path(Path::new(p)),
+            (None, None) => Language::Other,
         }
     }
 }
@@ -68,11 +87,34 @@ pub enum CompletionError {
 pub struct Pending {
     generation: Generation,
     prompt: BuiltPrompt,
-    raw: bool,
+    /// `None` in raw mode.
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+}
+
+/// The post-processing rules, run inside the decode loop so the engine stops as soon as the suggestion
+/// is complete.
+struct StreamPolicy(Arc<Mutex<StreamStopper>>);
+
+impl StopPolicy for StreamPolicy {
+    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize> {
+        match self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(text, elapsed)
+        {
+            StreamDecision::Continue => None,
+            StreamDecision::Stop { at, .. } => Some(at),
+        }
+    }
 }
 
 /// Builds the prompt and queues the generation (never blocks on the model).
-pub fn submit(engine: &Engine, builder: &PromptBuilder, req: &CompletionRequest) -> Result<Pending, CompletionError> {
+pub fn submit(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Pending, CompletionError> {
     let input = FimInput {
         prefix: &req.prefix,
         suffix: &req.suffix,
@@ -85,10 +127,17 @@ pub fn submit(engine: &Engine, builder: &PromptBuilder, req: &CompletionRequest)
     gen.stop_ids = prompt.stop_ids.clone();
     gen.cancel = req.cancel.clone();
     gen.supersede_key = req.supersede_key.clone();
+    let stopper = (!req.raw).then(|| {
+        let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
+        Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))
+    });
+    gen.policy = stopper
+        .as_ref()
+        .map(|s| Box::new(StreamPolicy(s.clone())) as Box<dyn StopPolicy>);
     Ok(Pending {
         generation: engine.submit(gen),
         prompt,
-        raw: req.raw,
+        stopper,
     })
 }
 
@@ -99,24 +148,40 @@ impl Pending {
 
     /// Waits on the calling thread (CLI, benchmarks).
     pub fn wait(self) -> Result<Completion, CompletionError> {
-        let Pending { generation, prompt, raw } = self;
+        let Pending {
+            generation,
+            prompt,
+            stopper,
+        } = self;
         let outcome = generation.wait()?;
-        Ok(finish(prompt, outcome, raw))
+        Ok(finish(prompt, outcome, stopper))
     }
 
     /// Waits asynchronously (the language server).
     pub async fn finish(self) -> Result<Completion, CompletionError> {
-        let Pending { generation, prompt, raw } = self;
+        let Pending {
+            generation,
+            prompt,
+            stopper,
+        } = self;
         let outcome = generation.finish().await?;
-        Ok(finish(prompt, outcome, raw))
+        Ok(finish(prompt, outcome, stopper))
     }
 }
 
-fn finish(prompt: BuiltPrompt, outcome: Outcome, raw: bool) -> Completion {
-    let completion = if raw || outcome.stop_reason == StopReason::Cancelled {
-        outcome.text.clone()
-    } else {
-        outcome.text.trim_end().to_string()
+fn finish(
+    prompt: BuiltPrompt,
+    outcome: Outcome,
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+) -> Completion {
+    let completion = match (&stopper, outcome.stop_reason) {
+        (_, StopReason::Cancelled) => String::new(),
+        (None, _) => outcome.text.clone(),
+        (Some(s), _) => s
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finalize(&outcome.text)
+            .unwrap_or_default(),
     };
     Completion {
         completion,
@@ -131,9 +196,10 @@ fn finish(prompt: BuiltPrompt, outcome: Outcome, raw: bool) -> Completion {
 }
 
 /// Convenience: submit and wait.
-pub fn complete(engine: &Engine, builder: &PromptBuilder, req: &CompletionRequest) -> Result<Completion, CompletionError> {
+pub fn complete(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Completion, CompletionError> {
     submit(engine, builder, req)?.wait()
 }
-
-/// Shared handle type for callers that keep a builder per engine.
-pub type SharedBuilder = Arc<PromptBuilder>;

@@ -4,11 +4,13 @@
 //! `prompt`, `engine` and `postprocess` know nothing about LSP; only `server` speaks LSP.
 //! See ARCHITECTURE.md for the code map.
 
+pub mod actions;
 pub mod cli;
 pub mod completion;
 pub mod config;
 pub mod documents;
 pub mod engine;
+pub mod eval;
 pub mod language;
 pub mod postprocess;
 pub mod prompt;

@@ -38,10 +38,17 @@ enum Command {
     },
     /// Complete the code at PATH:LINE:COLUMN (1-based) and print the suggestion.
     Complete(cli::CompleteArgs),
+    /// Explain lines START-END of a file (PATH:START-END, 1-based, inclusive) with the chat model.
+    Explain(cli::ExplainArgs),
+    /// Generate code from an instruction (or from the comment at LINE) and print it as it would be
+    /// inserted below PATH:LINE.
+    Generate(cli::GenerateArgs),
     /// Print the token ids of TEXT (no BOS), like llama.cpp's llama-tokenize.
     Tokenize(cli::TokenizeArgs),
     /// Measure prefill and decode speed of the in-process engine, or with --lsp the keystroke latency over LSP.
     Bench(BenchCommand),
+    /// Score completions on HumanEval infilling (exact match, and pass@1 when Python is available).
+    Eval(cli::EvalArgs),
 }
 
 #[derive(ClapArgs)]
@@ -66,7 +73,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Complete(a)) => cli::complete(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Explain(a)) => cli::explain(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Generate(a)) => cli::generate(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Tokenize(a)) => cli::tokenize(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Eval(a)) => cli::eval(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Bench(b)) if b.lsp => {
             let m = &b.engine.model;
             let settings = server::bench::LspBenchSettings {

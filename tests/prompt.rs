@@ -14,11 +14,18 @@ fn tokenizers() -> Vec<(&'static str, Arc<Tokenizer>)> {
     let json = Tokenizer::from_file(&common::codellama_fixture("tokenizer.json")).unwrap();
     let gguf = GgufFile::open(&common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
     let from_gguf = Tokenizer::from_gguf(&gguf.content).unwrap();
-    vec![("tokenizer.json", Arc::new(json)), ("gguf", Arc::new(from_gguf))]
+    vec![
+        ("tokenizer.json", Arc::new(json)),
+        ("gguf", Arc::new(from_gguf)),
+    ]
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn builder(tok: &Arc<Tokenizer>, order: FimOrder) -> PromptBuilder {
@@ -39,7 +46,8 @@ fn golden_fim_prompts() {
     let cases = golden.as_array().unwrap();
     assert!(cases.len() >= 20);
     for (source, tok) in tokenizers() {
-        for (order, key, markers) in [(FimOrder::Psm, "psm_ids", 4), (FimOrder::Spm, "spm_ids", 4)] {
+        for (order, key, markers) in [(FimOrder::Psm, "psm_ids", 4), (FimOrder::Spm, "spm_ids", 4)]
+        {
             let b = builder(&tok, order);
             assert_eq!(b.template(), FimTemplate::CodeLlama);
             for case in cases {
@@ -50,7 +58,10 @@ fn golden_fim_prompts() {
                     ..FimInput::default()
                 };
                 let built = b.fim(&input, 64, 16384).unwrap();
-                assert_eq!(built.truncated.prefix_lines + built.truncated.suffix_lines, 0);
+                assert_eq!(
+                    built.truncated.prefix_lines + built.truncated.suffix_lines,
+                    0
+                );
                 let want = ids(&case[key]);
                 if !name.starts_with("literal_") {
                     assert_eq!(built.ids, want, "{source} {key} {name}");
@@ -69,11 +80,21 @@ fn golden_fim_prompts() {
                         .filter(|&t| t != 32009)
                         .collect(),
                 };
-                assert_eq!(built.ids.iter().filter(|&&t| is_protected_id(t)).count(), markers, "{source} {name}");
-                assert!(user.iter().all(|&t| !is_protected_id(t)), "{source} {name}: {user:?}");
+                assert_eq!(
+                    built.ids.iter().filter(|&&t| is_protected_id(t)).count(),
+                    markers,
+                    "{source} {name}"
+                );
+                assert!(
+                    user.iter().all(|&t| !is_protected_id(t)),
+                    "{source} {name}: {user:?}"
+                );
                 let text = tok.decode(&user);
                 for part in [input.prefix, input.suffix] {
-                    assert!(text.contains(part.trim()), "{source} {name}: {text:?} lacks {part:?}");
+                    assert!(
+                        text.contains(part.trim()),
+                        "{source} {name}: {text:?} lacks {part:?}"
+                    );
                 }
             }
         }
@@ -84,7 +105,9 @@ fn golden_fim_prompts() {
 fn truncation_is_reported_and_respects_the_window() {
     let (_, tok) = tokenizers().remove(1);
     let b = builder(&tok, FimOrder::Spm);
-    let prefix: String = (0..400).map(|i| format!("x_{i} = compute({i})\n")).collect();
+    let prefix: String = (0..400)
+        .map(|i| format!("x_{i} = compute({i})\n"))
+        .collect();
     let suffix: String = (0..400).map(|i| format!("print(y_{i})\n")).collect();
     let input = FimInput {
         prefix: &prefix,
@@ -93,12 +116,19 @@ fn truncation_is_reported_and_respects_the_window() {
     };
     let built = b.fim(&input, 128, 1024).unwrap();
     assert!(built.ids.len() <= 1024 - 128, "{}", built.ids.len());
-    assert!(built.ids.len() > 700, "budget badly used: {}", built.ids.len());
+    assert!(
+        built.ids.len() > 700,
+        "budget badly used: {}",
+        built.ids.len()
+    );
     assert!(built.truncated.prefix_lines > 0 && built.truncated.suffix_lines > 0);
     // Roughly 3:1 between prefix and suffix tokens.
     let mid = built.ids.iter().position(|&t| t == 32009).unwrap();
     let (suffix_tokens, prefix_tokens) = (mid - 3, built.ids.len() - mid - 1);
-    assert!(prefix_tokens > 2 * suffix_tokens, "{prefix_tokens} vs {suffix_tokens}");
+    assert!(
+        prefix_tokens > 2 * suffix_tokens,
+        "{prefix_tokens} vs {suffix_tokens}"
+    );
     // The prompt's head (suffix part in SPM) and the prefix start stay put while typing.
     let mut typed = prefix.clone();
     typed.push_str("def f");
@@ -114,8 +144,17 @@ fn truncation_is_reported_and_respects_the_window() {
         )
         .unwrap();
     assert_eq!(again.prefix_start, built.prefix_start);
-    let shared = again.ids.iter().zip(&built.ids).take_while(|(a, b)| a == b).count();
-    assert!(shared + 3 >= built.ids.len(), "only {shared} of {} ids shared", built.ids.len());
+    let shared = again
+        .ids
+        .iter()
+        .zip(&built.ids)
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(
+        shared + 3 >= built.ids.len(),
+        "only {shared} of {} ids shared",
+        built.ids.len()
+    );
 }
 
 #[test]
@@ -188,7 +227,10 @@ fn chatml_prompt_matches_llama_cpp() {
     let got = build(
         &tok,
         ChatFormat::ChatMl,
-        &[Message::new(Role::User, "Write a Python function that reverses a string.")],
+        &[Message::new(
+            Role::User,
+            "Write a Python function that reverses a string.",
+        )],
     )
     .unwrap();
     assert_eq!(got, ids(&chat["prompt_ids"]));

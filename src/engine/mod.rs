@@ -167,6 +167,27 @@ impl Generation {
     }
 }
 
+/// Something that runs generation requests: the in-process engine, or a remote inference server
+/// (`backends`). Prompt building, post-processing and the language server only talk to this.
+pub trait Backend: Send + Sync {
+    /// Queues a request; tokens arrive on the returned generation's channel. Never blocks.
+    fn submit(&self, req: GenerateRequest) -> Generation;
+    fn tokenizer(&self) -> &Arc<Tokenizer>;
+    fn info(&self) -> &Arc<ModelInfo>;
+}
+
+impl Backend for Engine {
+    fn submit(&self, req: GenerateRequest) -> Generation {
+        Engine::submit(self, req)
+    }
+    fn tokenizer(&self) -> &Arc<Tokenizer> {
+        Engine::tokenizer(self)
+    }
+    fn info(&self) -> &Arc<ModelInfo> {
+        Engine::info(self)
+    }
+}
+
 /// Handle to the model thread. Dropping it stops the thread after the current request.
 pub struct Engine {
     jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,

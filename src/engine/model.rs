@@ -188,12 +188,8 @@ impl Linear {
             });
         };
         if device.is_cpu() {
-            let m = QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone()))
-                .map_err(|detail| EngineError::BadTensor {
-                    path: path.to_path_buf(),
-                    name: t.name.clone(),
-                    detail,
-                })?;
+            let mut m = cpu_matrix(t, rows, cols, path)?;
+            m.pack();
             Ok(Linear::Cpu(Arc::new(m)))
         } else {
             let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.dims.clone(), device)?;
@@ -217,6 +213,17 @@ impl Linear {
             Linear::Device(q) => x.apply(&**q)?,
         })
     }
+}
+
+/// A weight matrix used in place from the file.
+fn cpu_matrix(t: &TensorData, rows: usize, cols: usize, path: &Path) -> Result<QMatrix> {
+    QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone())).map_err(|detail| {
+        EngineError::BadTensor {
+            path: path.to_path_buf(),
+            name: t.name.clone(),
+            detail,
+        }
+    })
 }
 
 struct MatMulOp(Arc<QMatrix>);
@@ -279,7 +286,8 @@ impl candle_core::CustomOp2 for RmsNormOp {
         let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
             candle_core::bail!("rms_norm expects f32");
         };
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("rms_norm expects contiguous inputs");
         };
         let (x, w) = (&x[xs..xe], &w[ws..we]);
@@ -451,10 +459,13 @@ impl Llama {
         let embd = src.tensor(names.embed)?;
         check_dims(&path, &embd, &[cfg.vocab_size, cfg.n_embd])?;
         let embed = if device.is_cpu() {
-            let Linear::Cpu(m) = Linear::from_tensor(&embd, device, &path)? else {
-                unreachable!("cpu device gives cpu weights")
-            };
-            Embedding::Cpu(m)
+            // Rows are looked up one at a time: no repacking.
+            Embedding::Cpu(Arc::new(cpu_matrix(
+                &embd,
+                cfg.vocab_size,
+                cfg.n_embd,
+                &path,
+            )?))
         } else {
             let q = qtensor_from_ggml(embd.dtype, embd.data.bytes(), embd.dims.clone(), device)?;
             Embedding::Device(q.dequantize(device)?)

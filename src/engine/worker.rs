@@ -35,6 +35,7 @@ type Spawned = (
 );
 
 pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Result<Spawned> {
+    limit_candle_threads();
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -94,6 +95,15 @@ pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Res
             Err(e)
         }
         Err(_) => Err(EngineError::Stopped),
+    }
+}
+
+/// Our kernels run on our own rayon pool. candle's CPU element-wise ops would otherwise start their own
+/// spinning worker threads, which on small machines steal the cores our pool is using; one thread is
+/// plenty for those small ops. A value the user set is kept.
+fn limit_candle_threads() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 

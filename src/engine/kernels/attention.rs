@@ -22,7 +22,15 @@ pub struct AttnShape {
 }
 
 /// Writes `seq` new keys and values (`[n_kv_head][seq][head_dim]`, f32) at positions `pos..`.
-pub fn store(k_cache: &mut [f16], v_cache: &mut [f16], k: &[f32], v: &[f32], s: AttnShape, pos: usize, seq: usize) {
+pub fn store(
+    k_cache: &mut [f16],
+    v_cache: &mut [f16],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+) {
     let hd = s.head_dim;
     for h in 0..s.n_kv_head {
         for i in 0..seq {
@@ -38,7 +46,15 @@ pub fn store(k_cache: &mut [f16], v_cache: &mut [f16], k: &[f32], v: &[f32], s: 
 
 /// `out[i][h*hd..]` = attention of query `q[h][i]` (at position `pos + i`) over positions `0..=pos+i`.
 /// `q` is `[n_head][seq][head_dim]`, `out` is `[seq][n_head * head_dim]`.
-pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: usize, seq: usize, out: &mut [f32]) {
+pub fn attend(
+    q: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    out: &mut [f32],
+) {
     let hd = s.head_dim;
     let group = s.n_head / s.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -63,9 +79,13 @@ pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: us
     let mut tmp = vec![0f32; rows * hd];
     let work = (pos + seq) * rows;
     if work > 4096 && rayon::current_num_threads() > 1 {
-        tmp.par_chunks_mut(hd).enumerate().for_each(|(r, dst)| row(r, dst));
+        tmp.par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(r, dst)| row(r, dst));
     } else {
-        tmp.chunks_mut(hd).enumerate().for_each(|(r, dst)| row(r, dst));
+        tmp.chunks_mut(hd)
+            .enumerate()
+            .for_each(|(r, dst)| row(r, dst));
     }
     // [n_head][seq][hd] -> [seq][n_head*hd]
     for h in 0..s.n_head {
@@ -78,31 +98,59 @@ pub fn attend(q: &[f32], k_cache: &[f16], v_cache: &[f16], s: AttnShape, pos: us
 }
 
 /// One query row against `n = keys.len() / hd` cached positions.
-fn attend_row(query: &[f32], keys: &[f16], values: &[f16], hd: usize, scale: f32, low_precision: bool, out: &mut [f32]) {
-    let q16: Vec<f16>;
-    let qf: Vec<f32>;
-    let q_used: &[f32] = if low_precision {
-        q16 = query.iter().map(|&x| f16::from_f32(x)).collect();
-        qf = q16.iter().map(|x| x.to_f32()).collect();
-        &qf
-    } else {
-        query
+fn attend_row(
+    query: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    hd: usize,
+    scale: f32,
+    low_precision: bool,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if hd % 8 == 0 && hd <= 256 && simd::available() {
+            // SAFETY: the CPU features were checked and `hd` is a multiple of the vector width.
+            return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
+        }
+    }
+    attend_row_scalar(query, keys, values, hd, scale, low_precision, out)
+}
+
+fn attend_row_scalar(
+    query: &[f32],
+    keys: &[f16],
+    values: &[f16],
+    hd: usize,
+    scale: f32,
+    low_precision: bool,
+    out: &mut [f32],
+) {
+    let round = |x: f32| {
+        if low_precision {
+            f16::from_f32(x).to_f32()
+        } else {
+            x
+        }
     };
+    let q: Vec<f32> = query.iter().map(|&x| round(x)).collect();
     let mut m = f32::NEG_INFINITY;
     let mut sum = 0f32;
     let mut acc = vec![0f32; hd];
     for (kr, vr) in keys.chunks_exact(hd).zip(values.chunks_exact(hd)) {
-        let score = dot_f16(kr, q_used) * scale;
+        let score: f32 = kr.iter().zip(&q).map(|(a, b)| a.to_f32() * b).sum::<f32>() * scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if score > m {
             let old = m;
             m = score;
             ms = (old - m).exp();
-            scale_acc(&mut acc, ms, low_precision);
+            acc.iter_mut().for_each(|a| *a = round(*a * ms));
         } else {
             vs = (score - m).exp();
         }
-        mad_acc(&mut acc, vr, vs, low_precision);
+        for (a, x) in acc.iter_mut().zip(vr) {
+            *a = round(*a + x.to_f32() * vs);
+        }
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -111,25 +159,94 @@ fn attend_row(query: &[f32], keys: &[f16], values: &[f16], hd: usize, scale: f32
     }
 }
 
-fn round16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
 
-fn scale_acc(acc: &mut [f32], ms: f32, low_precision: bool) {
-    for a in acc.iter_mut() {
-        *a = if low_precision { round16(*a * ms) } else { *a * ms };
+    use half::f16;
+
+    pub fn available() -> bool {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
     }
-}
 
-fn mad_acc(acc: &mut [f32], v: &[f16], vs: f32, low_precision: bool) {
-    for (a, x) in acc.iter_mut().zip(v) {
-        let y = *a + x.to_f32() * vs;
-        *a = if low_precision { round16(y) } else { y };
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load16(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
-}
 
-fn dot_f16(k: &[f16], q: &[f32]) -> f32 {
-    k.iter().zip(q).map(|(a, b)| a.to_f32() * b).sum()
+    /// Rounds 8 lanes to f16 precision and back.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn round16(x: __m256) -> __m256 {
+        _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attend_row(
+        query: &[f32],
+        keys: &[f16],
+        values: &[f16],
+        hd: usize,
+        scale: f32,
+        low_precision: bool,
+        out: &mut [f32],
+    ) {
+        let lanes = hd / 8;
+        let mut q = [_mm256_setzero_ps(); 32];
+        let mut acc = [_mm256_setzero_ps(); 32];
+        debug_assert!(lanes <= 32);
+        for (l, qv) in q.iter_mut().enumerate().take(lanes) {
+            let v = _mm256_loadu_ps(query.as_ptr().add(l * 8));
+            *qv = if low_precision { round16(v) } else { v };
+        }
+        let n = keys.len() / hd;
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        for p in 0..n {
+            let kp = keys.as_ptr().add(p * hd);
+            let mut dot = _mm256_setzero_ps();
+            for (l, qv) in q.iter().enumerate().take(lanes) {
+                dot = _mm256_fmadd_ps(load16(kp.add(l * 8)), *qv, dot);
+            }
+            let score = hsum(dot) * scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if score > m {
+                let old = m;
+                m = score;
+                ms = (old - m).exp();
+                let msv = _mm256_set1_ps(ms);
+                for a in acc.iter_mut().take(lanes) {
+                    let y = _mm256_mul_ps(*a, msv);
+                    *a = if low_precision { round16(y) } else { y };
+                }
+            } else {
+                vs = (score - m).exp();
+            }
+            let vsv = _mm256_set1_ps(vs);
+            let vp = values.as_ptr().add(p * hd);
+            for (l, a) in acc.iter_mut().enumerate().take(lanes) {
+                let y = _mm256_fmadd_ps(load16(vp.add(l * 8)), vsv, *a);
+                *a = if low_precision { round16(y) } else { y };
+            }
+            sum = sum * ms + vs;
+        }
+        let inv = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+        for (l, a) in acc.iter().enumerate().take(lanes) {
+            _mm256_storeu_ps(out.as_mut_ptr().add(l * 8), _mm256_mul_ps(*a, inv));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,13 +264,19 @@ mod tests {
         };
         let (pos, seq) = (3, 5);
         let val = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 40.0;
-        let k: Vec<f32> = (0..s.n_kv_head * (pos + seq) * s.head_dim).map(val).collect();
+        let k: Vec<f32> = (0..s.n_kv_head * (pos + seq) * s.head_dim)
+            .map(val)
+            .collect();
         let v: Vec<f32> = (0..k.len()).map(|i| val(i + 5)).collect();
-        let q: Vec<f32> = (0..s.n_head * seq * s.head_dim).map(|i| val(i + 11)).collect();
+        let q: Vec<f32> = (0..s.n_head * seq * s.head_dim)
+            .map(|i| val(i + 11))
+            .collect();
         let mut kc = vec![f16::ZERO; s.n_kv_head * s.capacity * s.head_dim];
         let mut vc = kc.clone();
         // Store everything as one batch at position 0 (keys for pos.. come from the same formula).
-        let per = |src: &[f32], h: usize, p: usize| src[(h * (pos + seq) + p) * s.head_dim..][..s.head_dim].to_vec();
+        let per = |src: &[f32], h: usize, p: usize| {
+            src[(h * (pos + seq) + p) * s.head_dim..][..s.head_dim].to_vec()
+        };
         for h in 0..s.n_kv_head {
             for p in 0..pos + seq {
                 let (kk, vv) = (per(&k, h, p), per(&v, h, p));
@@ -172,7 +295,11 @@ mod tests {
                 let scores: Vec<f64> = (0..n)
                     .map(|p| {
                         let kk = &kc[(kvh * s.capacity + p) * s.head_dim..][..s.head_dim];
-                        kk.iter().zip(qi).map(|(a, b)| a.to_f64() * *b as f64).sum::<f64>() / (8f64).sqrt()
+                        kk.iter()
+                            .zip(qi)
+                            .map(|(a, b)| a.to_f64() * *b as f64)
+                            .sum::<f64>()
+                            / (8f64).sqrt()
                     })
                     .collect();
                 let mx = scores.iter().cloned().fold(f64::MIN, f64::max);

@@ -1,0 +1,352 @@
+//! The engine through its public handle: the model thread, cache reuse, cancellation, bad input, and the
+//! Hugging Face directory format. Real files only (tiny Code Llama fixtures, SmolLM2).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use codellama_lsp::engine::{
+    CancelToken, Engine, EngineError, Event, GenerateRequest, LoadOptions, StopReason,
+};
+
+fn start(path: &Path) -> Engine {
+    let opts = LoadOptions {
+        model: Some(path.display().to_string()),
+        context_window: Some(256),
+        ..LoadOptions::default()
+    };
+    Engine::start(opts, Box::new(|_| {})).expect("engine starts")
+}
+
+fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> codellama_lsp::engine::Outcome {
+    let mut req = GenerateRequest::new(prompt.to_vec(), n);
+    req.stop_at_eog = false;
+    engine.generate(req).expect("generation")
+}
+
+const PSM: [u32; 28] = [
+    1, 32007, 822, 3349, 29918, 5464, 29918, 294, 18869, 29898, 29879, 29901, 851, 29897, 1599,
+    851, 29901, 13, 1678, 9995, 29871, 32008, 13, 1678, 736, 1121, 13, 32009,
+];
+
+#[test]
+fn cache_reuse_computes_only_new_tokens_and_matches_a_cold_run() {
+    for name in ["tiny-codellama-mha.gguf", "tiny-codellama-gqa.gguf"] {
+        let path = common::codellama_fixture(name);
+        let warm = start(&path);
+        let first = greedy(&warm, &PSM, 8);
+        assert_eq!(first.timings.reused_tokens, 0);
+        // Same first 20 tokens, different tail.
+        let mut second_prompt = PSM[..20].to_vec();
+        second_prompt.extend([13, 1678, 736, 29871]);
+        let second = greedy(&warm, &second_prompt, 8);
+        assert_eq!(second.timings.reused_tokens, 20, "{name}");
+        assert_eq!(
+            second.timings.prompt_tokens - second.timings.reused_tokens,
+            4
+        );
+        let cold = greedy(&start(&path), &second_prompt, 8);
+        assert_eq!(second.generated_ids, cold.generated_ids, "{name}");
+        // Asking again for the very same prompt recomputes only its last token.
+        let again = greedy(&warm, &second_prompt, 8);
+        assert_eq!(again.timings.reused_tokens, second_prompt.len() - 1);
+        assert_eq!(again.generated_ids, cold.generated_ids);
+    }
+}
+
+#[test]
+fn generation_streams_tokens_and_stops_at_max_tokens() {
+    let engine = start(&common::codellama_fixture("tiny-codellama-mha.gguf"));
+    let mut req = GenerateRequest::new(PSM.to_vec(), 5);
+    req.stop_at_eog = false;
+    let mut gen = engine.submit(req);
+    let mut streamed = Vec::new();
+    let outcome = loop {
+        match gen.events.blocking_recv().expect("events") {
+            Event::Token { id, .. } => streamed.push(id),
+            Event::Finished(r) => break r.unwrap(),
+        }
+    };
+    assert_eq!(outcome.stop_reason, StopReason::MaxTokens);
+    assert_eq!(streamed, outcome.generated_ids);
+    assert_eq!(outcome.generated_ids.len(), 5);
+}
+
+#[test]
+fn cancellation_stops_within_a_token_and_the_engine_serves_on() {
+    let engine = start(&common::small_model());
+    let mut req = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 200);
+    req.stop_at_eog = false;
+    let cancel = req.cancel.clone();
+    let mut gen = engine.submit(req);
+    // Wait for the first streamed token, then cancel from this thread.
+    let mut seen = 0;
+    loop {
+        match gen.events.blocking_recv().expect("events") {
+            Event::Token { .. } => {
+                seen += 1;
+                if seen == 3 {
+                    cancel.cancel();
+                    break;
+                }
+            }
+            Event::Finished(r) => panic!("finished before cancel: {:?}", r.map(|o| o.stop_reason)),
+        }
+    }
+    let cancelled_at = Instant::now();
+    let outcome = loop {
+        match gen.events.blocking_recv().expect("events") {
+            Event::Token { .. } => seen += 1,
+            Event::Finished(r) => break r.unwrap(),
+        }
+    };
+    assert_eq!(outcome.stop_reason, StopReason::Cancelled);
+    assert!(
+        outcome.generated_ids.len() <= 4,
+        "{} tokens after cancel",
+        outcome.generated_ids.len()
+    );
+    assert!(cancelled_at.elapsed() < Duration::from_secs(5));
+    // The next request is served normally.
+    let next = greedy(&engine, &[1604, 3987], 3);
+    assert_eq!(next.stop_reason, StopReason::MaxTokens);
+}
+
+#[test]
+fn a_superseded_request_is_answered_without_touching_the_model() {
+    let engine = start(&common::small_model());
+    let mut first = GenerateRequest::new(vec![1604, 3987, 46477, 24], 100);
+    first.stop_at_eog = false;
+    first.supersede_key = Some("doc".into());
+    let first = engine.submit(first);
+    let mut second = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94], 2);
+    second.supersede_key = Some("doc".into());
+    let second = engine.submit(second);
+    let a = first.wait().unwrap();
+    assert_eq!(a.stop_reason, StopReason::Cancelled);
+    assert!(a.generated_ids.len() <= 1);
+    let b = second.wait().unwrap();
+    assert_ne!(b.stop_reason, StopReason::Cancelled);
+}
+
+#[test]
+fn a_request_cancelled_before_it_runs_costs_nothing() {
+    let engine = start(&common::codellama_fixture("tiny-codellama-mha.gguf"));
+    let mut req = GenerateRequest::new(PSM.to_vec(), 4);
+    req.cancel = CancelToken::new();
+    req.cancel.cancel();
+    let o = engine.generate(req).unwrap();
+    assert_eq!(o.stop_reason, StopReason::Cancelled);
+    assert_eq!(o.timings.prefill_ms, 0.0);
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_the_thread_survives() {
+    let engine = start(&common::codellama_fixture("tiny-codellama-gqa.gguf"));
+    let err = engine
+        .generate(GenerateRequest::new(vec![], 4))
+        .unwrap_err();
+    assert!(matches!(err, EngineError::EmptyPrompt), "{err}");
+    let long = vec![1u32; 300];
+    let err = engine.generate(GenerateRequest::new(long, 4)).unwrap_err();
+    assert!(err.to_string().contains("300 tokens"), "{err}");
+    let err = engine
+        .generate(GenerateRequest::new(vec![1, 99_999], 4))
+        .unwrap_err();
+    assert!(err.to_string().contains("99999"), "{err}");
+    // Still serving.
+    assert_eq!(greedy(&engine, &PSM, 2).generated_ids.len(), 2);
+}
+
+#[test]
+fn generation_stops_when_the_context_is_full() {
+    let engine = start(&common::codellama_fixture("tiny-codellama-mha.gguf"));
+    let o = greedy(&engine, &vec![1u32; 250], 100);
+    assert_eq!(o.stop_reason, StopReason::ContextFull);
+    assert_eq!(o.generated_ids.len(), 256 - 250 + 1);
+}
+
+fn load_error(path: &Path) -> String {
+    match Engine::start(
+        LoadOptions {
+            model: Some(path.display().to_string()),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    ) {
+        Ok(_) => panic!("{} loaded", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let dir = tempdir("bad-models");
+    let missing = dir.join("missing.gguf");
+    assert!(load_error(&missing).contains("missing.gguf"));
+
+    let not_gguf = dir.join("notes.gguf");
+    std::fs::write(&not_gguf, b"hello, this is text").unwrap();
+    let e = load_error(&not_gguf);
+    assert!(e.contains("not a GGUF file"), "{e}");
+
+    let full = std::fs::read(common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
+    let truncated = dir.join("truncated.gguf");
+    std::fs::write(&truncated, &full[..full.len() * 2 / 3]).unwrap();
+    let e = load_error(&truncated);
+    assert!(e.contains("truncated") || e.contains("incomplete"), "{e}");
+
+    let header_only = dir.join("header.gguf");
+    std::fs::write(&header_only, &full[..64]).unwrap();
+    let e = load_error(&header_only);
+    assert!(e.contains("corrupt"), "{e}");
+
+    // Same file with the architecture renamed (same length, so offsets stay valid).
+    let arch = dir.join("arch.gguf");
+    let pos = find(&full, b"llama").expect("architecture string");
+    let mut renamed = full.clone();
+    renamed[pos..pos + 5].copy_from_slice(b"gpt2x");
+    std::fs::write(&arch, &renamed).unwrap();
+    let e = load_error(&arch);
+    assert!(e.contains("architecture") && e.contains("gpt2x"), "{e}");
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("codellama-lsp-test-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A Hugging Face checkpoint written from the tiny GGUF's weights (Q/K rows un-permuted back to the
+/// Hugging Face layout, as `convert_hf_to_gguf.py` would have received them) gives the same greedy tokens.
+#[test]
+fn hugging_face_directory_matches_the_gguf() {
+    use codellama_lsp::engine::gguf::GgufFile;
+    let gguf_path = common::codellama_fixture("tiny-codellama-mha.gguf");
+    let f = GgufFile::open(&gguf_path).unwrap();
+    let dir = tempdir("hf");
+    let n_head = 4;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (gguf_name, info) in &f.content.tensor_infos {
+        let t = f.tensor(gguf_name).unwrap();
+        let dims = info.shape.dims().to_vec();
+        let mut values = vec![0f32; dims.iter().product()];
+        let cols = *dims.last().unwrap();
+        let m = codellama_lsp::engine::kernels::QMatrix::new(
+            t.dtype,
+            values.len() / cols,
+            cols,
+            codellama_lsp::engine::kernels::WeightBytes::Owned(t.data.bytes().to_vec().into()),
+        )
+        .unwrap();
+        for (r, row) in values.chunks_mut(cols).enumerate() {
+            m.dequantize_row(r, row);
+        }
+        let hf = hf_name(gguf_name);
+        if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_k.weight") {
+            values = unpermute(&values, n_head, dims[0], cols);
+        }
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        tensors.push((hf, dims, bytes));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, d.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    std::fs::copy(
+        common::codellama_fixture("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 32016, "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 16384
+    });
+    std::fs::File::create(dir.join("config.json"))
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+
+    let golden = common::read_json(&common::codellama_fixture(
+        "tiny-codellama-greedy-golden.json",
+    ));
+    let case = golden
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["model"] == "tiny-codellama-mha.gguf" && c["prompt_name"] == "fim_psm_issue3503"
+        })
+        .unwrap();
+    let want: Vec<u32> = case["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let engine = start(&dir);
+    let got = greedy(&engine, &PSM, want.len());
+    assert_eq!(got.generated_ids, want);
+}
+
+fn hf_name(gguf: &str) -> String {
+    let map = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ];
+    if let Some((_, hf)) = map.iter().find(|(g, _)| *g == gguf) {
+        return hf.to_string();
+    }
+    let rest = gguf.strip_prefix("blk.").unwrap();
+    let (layer, part) = rest.split_once('.').unwrap();
+    let part = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        other => panic!("unexpected tensor {other}"),
+    };
+    format!("model.layers.{layer}.{part}")
+}
+
+/// Inverse of the converter's `permute`: GGUF interleaves the two rotary halves of every head.
+fn unpermute(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let heads = rows / (rows / n_head); // rows per head below
+    let per_head = rows / heads;
+    let half = per_head / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                // GGUF row h*per_head + 2*i + j came from HF row h*per_head + j*half + i.
+                let src = (h * per_head + 2 * i + j) * cols;
+                let dst = (h * per_head + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
