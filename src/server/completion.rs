@@ -20,7 +20,7 @@ use super::pipeline::{self, Input};
 use super::status::{Status, StatusTimings};
 use crate::config::Config;
 use crate::documents::{Document, Pos, PositionEncoding};
-use crate::engine::{CancelToken, Engine, StopReason};
+use crate::engine::{Backend, CancelToken, StopReason};
 
 /// Where the server looks for what a completion needs.
 #[derive(Clone)]
@@ -167,13 +167,13 @@ impl Completer {
                 word,
             });
         }
-        let Some(engine) = env.model.engine() else {
+        let Some(backend) = env.model.backend() else {
             tracing::debug!(uri, "no model loaded yet: empty answer");
             return None;
         };
 
         let (mut result, _waiter) =
-            self.join_or_start(env, engine, uri, doc, prefix, suffix, arrived);
+            self.join_or_start(env, backend, uri, doc, prefix, suffix, arrived);
         let answer = loop {
             if let Some(answer) = result.borrow_and_update().clone() {
                 break answer;
@@ -208,7 +208,7 @@ impl Completer {
     fn join_or_start(
         &self,
         env: &Env,
-        engine: Arc<Engine>,
+        backend: Arc<dyn Backend>,
         uri: &str,
         doc: &Document,
         prefix: Arc<str>,
@@ -245,7 +245,7 @@ impl Completer {
         let job = Job {
             completer: self.clone(),
             env: env.clone(),
-            engine,
+            backend,
             uri: uri.to_string(),
             path: file_path(uri),
             language_id: doc.language_id.clone(),
@@ -308,7 +308,7 @@ impl Drop for Waiter {
 struct Job {
     completer: Completer,
     env: Env,
-    engine: Arc<Engine>,
+    backend: Arc<dyn Backend>,
     uri: String,
     path: Option<String>,
     language_id: String,
@@ -332,10 +332,10 @@ impl Job {
     }
 
     async fn generate(&self) -> Answer {
-        let (engine, config) = (self.engine.clone(), self.env.config.clone());
+        let (backend, config) = (self.backend.clone(), self.env.config.clone());
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
-        let completer = self.completer.clone();
+        let (completer, cancel) = (self.completer.clone(), self.cancel.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             let input = Input {
                 prefix: &prefix,
@@ -343,7 +343,7 @@ impl Job {
                 path: path.as_deref(),
                 language_id: &language_id,
             };
-            pipeline::prepare(&completer.inner.builders, &engine, &config, &input)
+            pipeline::prepare(&completer.inner.builders, &backend, &config, &input, cancel)
         })
         .await;
         let prepared = match prepared {
@@ -357,25 +357,29 @@ impl Job {
                 return None;
             }
         };
-        if self.cancel.is_cancelled() {
-            tracing::debug!(uri = self.uri, "superseded before reaching the model");
-            return None;
-        }
-        let mut request = prepared.request;
-        request.cancel = self.cancel.clone();
-        request.supersede_key = Some(self.uri.clone());
+        // Queued only while this is still the document's current request, under the lock a newer request
+        // takes to replace it: requests reach the model in the order they came.
+        let pending = {
+            let flights = self.completer.flights();
+            let current = flights.get(&self.uri).is_some_and(|f| f.id == self.id);
+            if !current || self.cancel.is_cancelled() {
+                tracing::debug!(uri = self.uri, "superseded before reaching the model");
+                return None;
+            }
+            prepared.submit(&*self.backend)
+        };
 
         let mut status = self.env.status.generation();
-        let outcome = self.engine.submit(request).finish().await;
+        let completion = pending.finish().await;
         let total_ms = self.arrived.elapsed().as_secs_f64() * 1e3;
-        let outcome = match outcome {
-            Ok(o) => o,
+        let completion = match completion {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(uri = self.uri, "generation failed: {e}");
                 return None;
             }
         };
-        let t = &outcome.timings;
+        let t = &completion.timings;
         tracing::debug!(
             uri = self.uri,
             prompt_tokens = t.prompt_tokens,
@@ -385,22 +389,16 @@ impl Job {
             prefill_ms = format!("{:.1}", t.prefill_ms),
             decode_ms = format!("{:.1}", t.decode_ms),
             total_ms = format!("{total_ms:.1}"),
-            template = prepared.template,
-            truncated_lines = ?prepared.truncated_lines,
-            stop = ?outcome.stop_reason,
+            template = completion.template,
+            truncated_lines = ?(completion.truncated.prefix_lines, completion.truncated.suffix_lines),
+            stop = ?completion.stop_reason,
             "completion"
         );
         status.set_timings(StatusTimings::new(t, total_ms));
-        if outcome.stop_reason == StopReason::Cancelled {
+        if completion.stop_reason == StopReason::Cancelled {
             return None;
         }
-        Some(
-            prepared
-                .finisher
-                .finish(&outcome.text)
-                .unwrap_or_default()
-                .into(),
-        )
+        Some(completion.completion.into())
     }
 }
 

@@ -13,7 +13,7 @@ use tower_lsp_server::{Bounded, Client, NotCancellable, OngoingProgress};
 
 use super::status::Status;
 use crate::config::ModelKey;
-use crate::engine::{Engine, LoadOptions};
+use crate::engine::{Backend, Engine, LoadOptions};
 
 /// The loaded engine, if any, and what is being loaded.
 #[derive(Default)]
@@ -55,9 +55,9 @@ impl ModelHost {
         self.progress_supported.store(yes, Ordering::Relaxed);
     }
 
-    /// The engine, once a model is loaded.
-    pub fn engine(&self) -> Option<Arc<Engine>> {
-        self.slot().engine.clone()
+    /// The model, once one is loaded.
+    pub fn backend(&self) -> Option<Arc<dyn Backend>> {
+        self.slot().engine.clone().map(|e| e as Arc<dyn Backend>)
     }
 
     /// Whether a load is under way.

@@ -1,14 +1,14 @@
-//! The server's only contact with prompt building and post-processing: text around the cursor in, a
-//! generation request (with the streaming stop rules plugged in) out; the model's text in, a suggestion out.
+//! The server's way into the shared completion pipeline (`crate::completion`: FIM prompt, engine, post-processing
+//! inside the decode loop): the server's settings turned into a completion request, and prompt builders kept per
+//! model and prompt settings.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::completion::{self, CompletionRequest, Prepared};
 use crate::config::{Config, FimOrder as OrderSetting, FimTemplate as TemplateSetting};
-use crate::engine::{Engine, GenerateRequest, SamplingParams, StopPolicy};
+use crate::engine::{Backend, CancelToken, SamplingParams};
 use crate::language::Language;
-use crate::postprocess::{self, StreamDecision, StreamStopper};
-use crate::prompt::{FimInput, FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
 
 /// What a completion is asked for.
 #[derive(Debug, Clone)]
@@ -22,48 +22,6 @@ pub struct Input<'a> {
     pub language_id: &'a str,
 }
 
-impl Input<'_> {
-    pub fn language(&self) -> Language {
-        match Language::from_language_id(self.language_id) {
-            Language::Other => self.path.map_or(Language::Other, |p| {
-                Language::from_path(std::path::Path::new(p))
-            }),
-            known => known,
-        }
-    }
-}
-
-/// A request ready for the engine, and how to turn its output into a suggestion.
-pub struct Prepared {
-    pub request: GenerateRequest,
-    pub finisher: Finisher,
-    /// The template used (`codellama`, `starcoder`, ...) and how much was cut, for the log.
-    pub template: String,
-    pub truncated_lines: (usize, usize),
-}
-
-/// Post-processing of one request's output.
-pub struct Finisher(StreamStopper);
-
-impl Finisher {
-    /// The suggestion to show, or `None` when nothing worth showing is left.
-    pub fn finish(&self, raw: &str) -> Option<String> {
-        self.0.finalize(raw)
-    }
-}
-
-/// The streaming rules, as the engine's stop policy.
-struct Stopper(StreamStopper);
-
-impl StopPolicy for Stopper {
-    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize> {
-        match self.0.check(text, elapsed) {
-            StreamDecision::Continue => None,
-            StreamDecision::Stop { at, .. } => Some(at),
-        }
-    }
-}
-
 /// Prompt builders are made once per model and prompt settings (they look up the template's tokens).
 #[derive(Default)]
 pub struct Builders {
@@ -71,7 +29,7 @@ pub struct Builders {
 }
 
 struct CachedBuilder {
-    engine: usize,
+    backend: usize,
     config: PromptConfig,
     builder: Result<Arc<PromptBuilder>, String>,
 }
@@ -79,18 +37,18 @@ struct CachedBuilder {
 impl Builders {
     fn get(
         &self,
-        engine: &Arc<Engine>,
+        backend: &Arc<dyn Backend>,
         config: PromptConfig,
     ) -> Result<Arc<PromptBuilder>, String> {
-        let key = Arc::as_ptr(engine) as usize;
+        let key = Arc::as_ptr(backend) as *const () as usize;
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = last
             .as_ref()
-            .filter(|c| c.engine == key && c.config == config)
+            .filter(|c| c.backend == key && c.config == config)
         {
             return c.builder.clone();
         }
-        let builder = PromptBuilder::new(engine.tokenizer().clone(), &config)
+        let builder = PromptBuilder::new(backend.tokenizer().clone(), &config)
             .map(Arc::new)
             .map_err(|e| e.to_string());
         match &builder {
@@ -102,7 +60,7 @@ impl Builders {
             Err(e) => tracing::warn!("no prompt can be built with these settings: {e}"),
         }
         *last = Some(CachedBuilder {
-            engine: key,
+            backend: key,
             config,
             builder: builder.clone(),
         });
@@ -132,42 +90,32 @@ fn prompt_config(config: &Config) -> PromptConfig {
     }
 }
 
-/// Builds the generation request for a completion (tokenizes: run it off the async runtime).
+/// Builds the prompt and the generation request, not yet queued (tokenizes: run it off the async runtime).
 pub fn prepare(
     builders: &Builders,
-    engine: &Arc<Engine>,
+    backend: &Arc<dyn Backend>,
     config: &Config,
     input: &Input<'_>,
+    cancel: CancelToken,
 ) -> Result<Prepared, String> {
-    let builder = builders.get(engine, prompt_config(config))?;
-    let language = input.language();
-    let fim = FimInput {
-        prefix: input.prefix,
-        suffix: input.suffix,
-        path: input.path,
-        language_id: Some(input.language_id),
-    };
-    let prompt = builder
-        .fim(&fim, config.max_tokens, engine.info().context_window)
-        .map_err(|e| e.to_string())?;
-    if prompt.ids.is_empty() {
-        // Continuation at the top of an empty document: nothing to continue.
-        return Err("the prompt is empty".into());
-    }
-    // Post-processing sees all the text we have (its bracket balancing wants as much of the prefix as there is).
-    let ctx = postprocess::Context::new(input.prefix, input.suffix, language);
-    let stopper = StreamStopper::new(&ctx, &postprocess::Config::default());
-    let mut request = GenerateRequest::new(prompt.ids, config.max_tokens);
-    request.sampling = SamplingParams {
+    let builder = builders.get(backend, prompt_config(config))?;
+    let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
+    req.path = input.path.map(str::to_string);
+    // An id post-processing does not know says nothing: then the file name decides the language.
+    req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
+        .then(|| input.language_id.to_string());
+    req.sampling = SamplingParams {
         temperature: config.temperature,
         ..SamplingParams::default()
     };
-    request.stop_ids = prompt.stop_ids;
-    request.policy = Some(Box::new(Stopper(stopper.clone())));
-    Ok(Prepared {
-        request,
-        finisher: Finisher(stopper),
-        template: format!("{} {:?}", prompt.template, prompt.order),
-        truncated_lines: (prompt.truncated.prefix_lines, prompt.truncated.suffix_lines),
-    })
+    req.cancel = cancel;
+    // Superseding is the server's (one generation per document, queued in request order); the engine's
+    // supersede key stays unset so a late, stale request can never cancel a newer one.
+    req.supersede_key = None;
+    let prepared = completion::prepare(&**backend, &builder, &req).map_err(|e| e.to_string())?;
+    if prepared.prompt().ids.is_empty() {
+        // Continuation at the top of an empty document: nothing to continue.
+        return Err("the prompt is empty".into());
+    }
+    Ok(prepared)
 }
