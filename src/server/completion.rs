@@ -335,7 +335,11 @@ impl Job {
         let (backend, config) = (self.backend.clone(), self.env.config.clone());
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
-        let (completer, cancel) = (self.completer.clone(), self.cancel.clone());
+        let (completer, cancel, uri) = (
+            self.completer.clone(),
+            self.cancel.clone(),
+            self.uri.clone(),
+        );
         let prepared = tokio::task::spawn_blocking(move || {
             let input = Input {
                 prefix: &prefix,
@@ -343,7 +347,14 @@ impl Job {
                 path: path.as_deref(),
                 language_id: &language_id,
             };
-            pipeline::prepare(&completer.inner.builders, &backend, &config, &input, cancel)
+            pipeline::prepare(
+                &completer.inner.builders,
+                &backend,
+                &config,
+                &input,
+                cancel,
+                &uri,
+            )
         })
         .await;
         let prepared = match prepared {
