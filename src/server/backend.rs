@@ -109,9 +109,32 @@ impl Backend {
             status: self.status.clone(),
         };
         let pos = Pos::new(pos.line, pos.character);
-        self.completer
-            .complete(&env, uri.0.as_str(), &doc, pos, self.encoding())
-            .await
+        // A client that never sent `initialized` still gets a model.
+        self.model.ensure(env.config.model_key());
+        // In a task of its own, so that nothing in it can take the server down; dropping this future
+        // (`$/cancelRequest`) aborts the task, which cancels its generation.
+        let (completer, uri, enc) = (self.completer.clone(), uri.0.clone(), self.encoding());
+        let task =
+            tokio::spawn(async move { completer.complete(&env, &uri, &doc, pos, enc).await });
+        let _abort = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(suggestion) => suggestion,
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!("a completion failed with an internal error; answered empty");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
 use tower_lsp_server::gen_lsp_types::{MessageType, ProgressToken};
@@ -103,8 +103,6 @@ impl ModelHost {
         let started = Instant::now();
         tracing::info!("loading {label}");
         self.status.loading(&label, 0);
-        let progress = self.begin_progress(&label).await;
-
         let opts = LoadOptions {
             model: key.model.clone(),
             context_window: Some(key.context_window),
@@ -120,6 +118,13 @@ impl ModelHost {
                 }),
             )
         });
+        // The load runs already; a client slow to accept the progress token does not hold it up.
+        let progress = tokio::time::timeout(Duration::from_secs(5), self.begin_progress(&label))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!("the client did not answer window/workDoneProgress/create");
+                None
+            });
         let mut last_percent = 0;
         let result = loop {
             tokio::select! {
