@@ -328,3 +328,41 @@ fn the_client_going_away_mid_generation_ends_the_server_cleanly() {
     );
     assert_no_panic(&s);
 }
+
+#[test]
+fn cancel_request_stops_the_running_generation() {
+    // A long prompt (the 300-line example file, a 1024-token window): the cancel lands while the model works.
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "200",
+    ]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    let uri = "file:///tmp/cancel.py";
+    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    open(&mut s, uri, "python", &text);
+    let id = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
+    let t = Instant::now();
+    s.cancel(id);
+    let r = s.response(&json!(id), T).unwrap();
+    assert_eq!(r["error"]["code"], -32800, "{r}");
+    // The model thread stops: "ready" comes back quickly, and the log says the generation was cancelled.
+    s.wait_for("codellama/status", T, |p| {
+        p["state"] == "ready" && p["timings"].is_object()
+    })
+    .unwrap();
+    let stopped = t.elapsed();
+    eprintln!("the generation stopped {stopped:?} after $/cancelRequest");
+    assert!(stopped < Duration::from_secs(5), "{stopped:?}");
+    let log = s.stderr();
+    assert!(log.contains("stop=Cancelled"), "{log}");
+    // And the next request is served.
+    let _ = inline(&mut s, uri, 150, 0);
+    finish(s);
+}
