@@ -187,12 +187,26 @@ fn the_tiny_codellama_prompt_uses_its_fim_tokens() {
 
 #[test]
 fn a_newer_request_for_the_document_supersedes_the_running_one() {
-    let mut s = start(&small(), &[], &[]);
+    // A long prompt (the 300-line example file, a 1024-token window), so the first request is still with the
+    // model when the second comes.
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "24",
+    ]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
     let uri = "file:///tmp/supersede.py";
-    open(&mut s, uri, "python", "def mean(values):\n    \n");
-    let first = s.request("textDocument/inlineCompletion", inline_params(uri, 1, 4));
-    change(&mut s, uri, 2, (1, 4), (1, 4), "t");
-    let second = s.request("textDocument/inlineCompletion", inline_params(uri, 1, 5));
+    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    open(&mut s, uri, "python", &text);
+    let first = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
+    change(&mut s, uri, 2, (150, 0), (150, 0), "#");
+    let second = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 1));
     let a = s.response(&json!(first), LOAD).unwrap();
     let b = s.response(&json!(second), LOAD).unwrap();
     assert_eq!(
@@ -201,14 +215,17 @@ fn a_newer_request_for_the_document_supersedes_the_running_one() {
         "the superseded request is answered empty: {a}"
     );
     assert!(b["result"]["items"].is_array(), "{b}");
-    // Only the newer one was generated for: the older stopped before its first token.
+    // The first stopped before its first token; only the second generated.
     std::thread::sleep(Duration::from_millis(200));
     let log = s.stderr();
-    let generated: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" completion ") && !l.contains("generated_tokens=0 "))
-        .collect();
-    assert_eq!(generated.len(), 1, "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" completion ")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("stop=Cancelled") && lines[0].contains("generated_tokens=0 "),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[1].contains("stop=Cancelled"), "{}", lines[1]);
     finish(s);
 }
 
