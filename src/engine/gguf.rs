@@ -208,5 +208,7 @@ impl GgufFile {
 /// Bytes taken by `elems` elements of `dtype`, or `None` when they do not fill whole blocks.
 pub fn tensor_size(dtype: GgmlDType, elems: usize) -> Option<usize> {
     let block = dtype.block_size();
-    (elems % block == 0).then(|| elems / block * dtype.type_size())
+    elems
+        .is_multiple_of(block)
+        .then(|| elems / block * dtype.type_size())
 }

@@ -153,13 +153,13 @@ impl ModelConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_head_kv == 0 || self.head_dim == 0 {
             return Err(bad(format!("degenerate shape {self:?}")));
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(bad(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_head, self.n_head_kv
             )));
         }
-        if rope_dim != self.head_dim || self.head_dim % 2 != 0 {
+        if rope_dim != self.head_dim || !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "rotary dimension {rope_dim} differs from head dimension {} (partial rotary embeddings are not supported)",
                 self.head_dim

@@ -68,7 +68,7 @@ impl QMatrix {
         cols: usize,
         data: WeightBytes,
     ) -> Result<Self, String> {
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(format!(
                 "row length {cols} is not a multiple of the {dtype:?} block size {}",
                 dtype.block_size()
@@ -81,7 +81,7 @@ impl QMatrix {
                 "expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"
             ));
         }
-        if (data.bytes().as_ptr() as usize) % block_align(dtype) != 0 {
+        if !(data.bytes().as_ptr() as usize).is_multiple_of(block_align(dtype)) {
             return Err(format!(
                 "{dtype:?} data is not aligned to {} bytes",
                 block_align(dtype)
@@ -289,10 +289,11 @@ impl QMatrix {
 /// Weight-row ranges for the worker threads: about four per thread, multiples of 4 rows, at least 16.
 fn row_chunks(rows: usize) -> Vec<std::ops::Range<usize>> {
     let threads = rayon::current_num_threads().max(1);
-    if threads == 1 {
-        return vec![0..rows];
-    }
-    let chunk = rows.div_ceil(threads * 4).next_multiple_of(4).max(16);
+    let chunk = if threads == 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads * 4).next_multiple_of(4).max(16)
+    };
     (0..rows)
         .step_by(chunk)
         .map(|s| s..(s + chunk).min(rows))

@@ -335,9 +335,9 @@ mod x86 {
                 let mut sum = [[_mm512_setzero_si512(); 2]; R];
                 for q in 0..8 {
                     let v = _mm512_loadu_si512(blk.add(32 + q * 64) as *const _);
-                    for r in 0..R {
+                    for (r, pair) in sum.iter_mut().enumerate() {
                         let a = x.qs.as_ptr().add((i0 + r) * x.cols + b * QK) as *const i32;
-                        let s = &mut sum[r][q & 1];
+                        let s = &mut pair[q & 1];
                         *s = _mm512_dpbusd_epi32(
                             *s,
                             v,
@@ -345,13 +345,13 @@ mod x86 {
                         );
                     }
                 }
-                for r in 0..R {
+                for (r, (sum, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
                     let i = i0 + r;
                     // Weights were stored as w + 128: remove 128 · Σa from every lane.
                     let corr = _mm512_set1_epi32(128 * *x.qsum.get_unchecked(i * nb + b));
-                    let isum = _mm512_sub_epi32(_mm512_add_epi32(sum[r][0], sum[r][1]), corr);
+                    let isum = _mm512_sub_epi32(_mm512_add_epi32(sum[0], sum[1]), corr);
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r]);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
                 }
             }
             for (r, a) in acc.iter().enumerate() {
