@@ -99,10 +99,6 @@ impl Document {
         }
     }
 
-    pub fn rope(&self) -> &Rope {
-        &self.text
-    }
-
     /// Number of lines as LSP counts them (a trailing line break starts one more, empty, line).
     pub fn len_lines(&self) -> usize {
         self.text.len_lines()

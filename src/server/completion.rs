@@ -370,6 +370,7 @@ impl Job {
         };
         // Queued only while this is still the document's current request, under the lock a newer request
         // takes to replace it: requests reach the model in the order they came.
+        let prepare_ms = self.arrived.elapsed().as_secs_f64() * 1e3;
         let pending = {
             let flights = self.completer.flights();
             let current = flights.get(&self.uri).is_some_and(|f| f.id == self.id);
@@ -396,6 +397,7 @@ impl Job {
             prompt_tokens = t.prompt_tokens,
             reused_tokens = t.reused_tokens,
             generated_tokens = t.generated_tokens,
+            prepare_ms = format!("{prepare_ms:.1}"),
             queue_ms = format!("{:.1}", t.queue_ms),
             prefill_ms = format!("{:.1}", t.prefill_ms),
             decode_ms = format!("{:.1}", t.decode_ms),

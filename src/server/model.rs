@@ -23,8 +23,6 @@ struct Slot {
     wanted: Option<ModelKey>,
     /// Incremented by every load; a load whose number is no longer current is dropped when it finishes.
     generation: u64,
-    loading: bool,
-    error: Option<String>,
 }
 
 pub struct ModelHost {
@@ -60,16 +58,6 @@ impl ModelHost {
         self.slot().engine.clone().map(|e| e as Arc<dyn Backend>)
     }
 
-    /// Whether a load is under way.
-    pub fn is_loading(&self) -> bool {
-        self.slot().loading
-    }
-
-    /// The last load failure, while no other load has been started.
-    pub fn error(&self) -> Option<String> {
-        self.slot().error.clone()
-    }
-
     /// Loads the model `key` names unless it is the one loaded or being loaded. Returns at once.
     pub fn ensure(self: &Arc<Self>, key: ModelKey) {
         let generation = {
@@ -79,20 +67,10 @@ impl ModelHost {
             }
             slot.generation += 1;
             slot.wanted = Some(key.clone());
-            slot.loading = true;
-            slot.error = None;
             slot.generation
         };
         let host = self.clone();
         tokio::spawn(async move { host.load(key, generation).await });
-    }
-
-    /// Drops the engine (at shutdown); a load still under way is dropped when it ends.
-    pub fn unload(&self) {
-        let mut slot = self.slot();
-        slot.generation += 1;
-        slot.engine = None;
-        slot.wanted = None;
     }
 
     async fn load(self: Arc<Self>, key: ModelKey, generation: u64) {
@@ -146,21 +124,14 @@ impl ModelHost {
             Err(e) => Err(format!("the loader stopped unexpectedly: {e}")),
         };
 
-        let current = {
+        let (current, serving) = {
             let mut slot = self.slot();
             let current = slot.generation == generation;
-            if current {
-                slot.loading = false;
-                match &result {
-                    Ok(engine) => {
-                        // The previous engine, if any, is dropped here: its thread ends after its current request.
-                        slot.engine = Some(engine.clone());
-                        slot.error = None;
-                    }
-                    Err(e) => slot.error = Some(e.clone()),
-                }
+            if let (true, Ok(engine)) = (current, &result) {
+                // The previous engine, if any, is dropped here: its thread ends after its current request.
+                slot.engine = Some(engine.clone());
             }
-            current
+            (current, slot.engine.is_some())
         };
         if !current {
             tracing::info!("a newer model was asked for while {label} loaded; dropping it");
@@ -189,12 +160,18 @@ impl ModelHost {
             }
             Err(e) => {
                 tracing::error!("could not load the model ({label}): {e}");
+                let keeps = if serving {
+                    "The server keeps answering with the model it had."
+                } else {
+                    "The server keeps running without suggestions."
+                };
                 let message = format!(
-                    "Code Llama could not load its model ({label}):\n{e}\nThe server keeps running without \
-                     suggestions. Set `model` (editor setting codellama.model, or --model) to a .gguf file, or run \
+                    "Code Llama could not load its model ({label}):\n{e}\n{keeps} Set `model` (editor setting codellama.model, or --model) to a .gguf file, or run \
                      scripts/fetch-model for the default small model."
                 );
-                self.status.set_model(None);
+                if !serving {
+                    self.status.set_model(None);
+                }
                 self.status.error(message.clone());
                 if let Some(p) = progress {
                     p.finish_with_message("failed").await;

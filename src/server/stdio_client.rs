@@ -292,10 +292,6 @@ impl LspProcess {
             }
         }
     }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for LspProcess {
