@@ -383,3 +383,51 @@ fn cancel_request_stops_the_running_generation() {
     let _ = inline(&mut s, uri, 150, 0);
     finish(s);
 }
+
+#[test]
+fn a_failed_reload_keeps_the_old_model_answering() {
+    let mut s = start(&small(), &[], &[]);
+    let uri = "file:///tmp/keep.py";
+    open(&mut s, uri, "python", "def square(x):\n    ");
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"codellama": {"model": "/nonexistent/next.gguf"}}}),
+    );
+    let shown = s.wait_for("window/showMessage", LOAD, |_| true).unwrap();
+    let text = shown["params"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("next.gguf") && text.contains("keeps answering with the model it had"),
+        "{text}"
+    );
+    assert_eq!(
+        items(&inline(&mut s, uri, 1, 4)).len(),
+        1,
+        "still served by the old model"
+    );
+    finish(s);
+}
+
+#[test]
+fn languages_not_enabled_get_nothing() {
+    let mut s = spawn(&["--model", &small(), "--languages", "rust,go"]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    open(
+        &mut s,
+        "file:///tmp/off.py",
+        "python",
+        "def square(x):\n    ",
+    );
+    assert_eq!(
+        items(&inline(&mut s, "file:///tmp/off.py", 1, 4)),
+        Vec::<Value>::new()
+    );
+    assert_eq!(generating_count(&mut s), 0);
+    // Enabled by a configuration change, without reloading anything.
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"languages": []}}),
+    );
+    assert_eq!(items(&inline(&mut s, "file:///tmp/off.py", 1, 4)).len(), 1);
+    finish(s);
+}
