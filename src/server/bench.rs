@@ -142,6 +142,10 @@ pub struct LspBenchReport {
     pub prompt_tokens_warm: usize,
     pub reused_tokens_warm: usize,
     pub non_empty: usize,
+    /// Means over the generations after the first: prefill and decode time, tokens generated.
+    pub warm_prefill_ms: f64,
+    pub warm_decode_ms: f64,
+    pub warm_generated_tokens: f64,
 }
 
 impl LspBenchReport {
@@ -172,6 +176,7 @@ impl LspBenchReport {
              time to answer, requests 2..{n}: p50 {p50:.1} ms, p95 {p95:.1} ms, mean {mean:.1} ms, max {max:.1} ms\n\
              answered from the typing-ahead cache: {cache:.1}% ({ca}/{n}); {gens} generations, p50 {p50g:.1} ms\n\
              prompt tokens reused from the model's cache: {reuse:.1}% ({ru}/{pt}); after the first generation {reusew:.1}% ({ruw}/{ptw})\n\
+             generations after the first, mean: prefill {wp:.1} ms, decode {wd:.1} ms for {wg:.1} tokens\n\
              non-empty suggestions: {ne}/{n}",
             file = self.file,
             line = self.line,
@@ -195,6 +200,9 @@ impl LspBenchReport {
             ruw = self.reused_tokens_warm,
             ptw = self.prompt_tokens_warm,
             ne = self.non_empty,
+            wp = self.warm_prefill_ms,
+            wd = self.warm_decode_ms,
+            wg = self.warm_generated_tokens,
         )
     }
 }
@@ -359,6 +367,14 @@ pub fn run_lsp_bench(opts: &LspBenchOptions) -> anyhow::Result<LspBenchReport> {
         vals.iter().filter_map(|t| t[key].as_u64()).sum::<u64>() as usize
     };
     let warm = timings.get(1..).unwrap_or(&[]);
+    let mean = |key: &str| {
+        let vals: Vec<f64> = warm.iter().filter_map(|t| t[key].as_f64()).collect();
+        if vals.is_empty() {
+            0.0
+        } else {
+            vals.iter().sum::<f64>() / vals.len() as f64
+        }
+    };
     let _ = server.shutdown(Duration::from_secs(10));
 
     let first_ms = latencies.first().copied().unwrap_or(0.0);
@@ -390,6 +406,9 @@ pub fn run_lsp_bench(opts: &LspBenchOptions) -> anyhow::Result<LspBenchReport> {
         prompt_tokens_warm: sum(warm, "prompt_tokens"),
         reused_tokens_warm: sum(warm, "reused_tokens"),
         non_empty,
+        warm_prefill_ms: mean("prefill_ms"),
+        warm_decode_ms: mean("decode_ms"),
+        warm_generated_tokens: mean("generated_tokens"),
     })
 }
 
