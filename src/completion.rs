@@ -109,12 +109,21 @@ impl StopPolicy for StreamPolicy {
     }
 }
 
-/// Builds the prompt and queues the generation (never blocks on the model).
-pub fn submit(
+/// A completion whose prompt is built, not yet queued: the language server builds it off its async runtime
+/// and queues it only if no newer request for the document came meanwhile.
+pub struct Prepared {
+    request: GenerateRequest,
+    prompt: BuiltPrompt,
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+}
+
+/// Builds the prompt and the generation request (tokenizes, so it takes a few milliseconds; nothing is
+/// queued yet).
+pub fn prepare(
     engine: &dyn Backend,
     builder: &PromptBuilder,
     req: &CompletionRequest,
-) -> Result<Pending, CompletionError> {
+) -> Result<Prepared, CompletionError> {
     let input = FimInput {
         prefix: &req.prefix,
         suffix: &req.suffix,
@@ -134,11 +143,35 @@ pub fn submit(
     gen.policy = stopper
         .as_ref()
         .map(|s| Box::new(StreamPolicy(s.clone())) as Box<dyn StopPolicy>);
-    Ok(Pending {
-        generation: engine.submit(gen),
+    Ok(Prepared {
+        request: gen,
         prompt,
         stopper,
     })
+}
+
+impl Prepared {
+    pub fn prompt(&self) -> &BuiltPrompt {
+        &self.prompt
+    }
+
+    /// Queues the generation (never blocks on the model).
+    pub fn submit(self, engine: &dyn Backend) -> Pending {
+        Pending {
+            generation: engine.submit(self.request),
+            prompt: self.prompt,
+            stopper: self.stopper,
+        }
+    }
+}
+
+/// Builds the prompt and queues the generation (never blocks on the model).
+pub fn submit(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Pending, CompletionError> {
+    Ok(prepare(engine, builder, req)?.submit(engine))
 }
 
 impl Pending {

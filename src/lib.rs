@@ -7,8 +7,11 @@
 pub mod actions;
 pub mod cli;
 pub mod completion;
+pub mod config;
+pub mod documents;
 pub mod engine;
 pub mod eval;
 pub mod language;
 pub mod postprocess;
 pub mod prompt;
+pub mod server;

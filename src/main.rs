@@ -2,9 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use codellama_lsp::cli;
+use codellama_lsp::config::{Config, ConfigArgs};
+use codellama_lsp::server;
 
 #[derive(Parser)]
 #[command(
@@ -18,10 +20,22 @@ use codellama_lsp::cli;
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Server settings when no command is given (see `serve --help`).
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Speak LSP on stdin/stdout (the default). Every setting is also a flag here; environment variables
+    /// CODELLAMA_LSP_<KEY> set them too, and the editor's settings override both.
+    Serve(ConfigArgs),
+    /// Print the server's settings: key, type, default, environment variable, description.
+    Config {
+        /// As the Markdown table of the README (docs/configuration.md).
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Complete the code at PATH:LINE:COLUMN (1-based) and print the suggestion.
     Complete(cli::CompleteArgs),
     /// Explain lines START-END of a file (PATH:START-END, 1-based, inclusive) with the chat model.
@@ -31,31 +45,74 @@ enum Command {
     Generate(cli::GenerateArgs),
     /// Print the token ids of TEXT (no BOS), like llama.cpp's llama-tokenize.
     Tokenize(cli::TokenizeArgs),
-    /// Measure prefill and decode speed of the in-process engine.
-    Bench(cli::BenchArgs),
+    /// Measure prefill and decode speed of the in-process engine, or with --lsp the keystroke latency over LSP.
+    Bench(BenchCommand),
     /// Score completions on HumanEval infilling (exact match, and pass@1 when Python is available).
     Eval(cli::EvalArgs),
+}
+
+#[derive(ClapArgs)]
+struct BenchCommand {
+    /// Measure keystroke latency over LSP instead: type into a source file one character at a time against
+    /// this binary, one inline completion per character (uses --model, --threads, --context-window, --json).
+    #[arg(long)]
+    lsp: bool,
+    #[command(flatten)]
+    lsp_args: server::bench::LspBenchArgs,
+    #[command(flatten)]
+    engine: cli::BenchArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Some(Command::Complete(a)) => cli::complete(a),
-        Some(Command::Explain(a)) => cli::explain(a),
-        Some(Command::Generate(a)) => cli::generate(a),
-        Some(Command::Tokenize(a)) => cli::tokenize(a),
-        Some(Command::Bench(a)) => cli::bench(a),
-        Some(Command::Eval(a)) => cli::eval(a),
-        None => {
-            eprintln!("the language server is not wired yet; see --help");
-            Ok(())
+        None => serve(&args.config, &ConfigArgs::default()),
+        Some(Command::Serve(flags)) => serve(&args.config, &flags),
+        Some(Command::Config { markdown }) => {
+            print_config(markdown);
+            Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Complete(a)) => cli::complete(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Explain(a)) => cli::explain(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Generate(a)) => cli::generate(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Tokenize(a)) => cli::tokenize(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Eval(a)) => cli::eval(a).map(|()| ExitCode::SUCCESS),
+        Some(Command::Bench(b)) if b.lsp => {
+            let m = &b.engine.model;
+            let settings = server::bench::LspBenchSettings {
+                model: m.model.clone(),
+                threads: m.threads,
+                context_window: m.context_window,
+                device: m.device.clone(),
+                json: b.engine.json,
+            };
+            server::bench::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
+        }
+        Some(Command::Bench(b)) => cli::bench(b.engine).map(|()| ExitCode::SUCCESS),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+fn serve(top: &ConfigArgs, sub: &ConfigArgs) -> anyhow::Result<ExitCode> {
+    let (mut config, mut applied) = Config::from_env_and_args(top);
+    applied
+        .problems
+        .extend(config.apply_pairs(sub.given(), "command line").problems);
+    for p in &applied.problems {
+        eprintln!("codellama-lsp: {p}");
+    }
+    server::serve(config)
+}
+
+fn print_config(markdown: bool) {
+    if markdown {
+        print!("{}", Config::markdown_table());
+        return;
+    }
+    for f in Config::fields() {
+        println!("{} ({}, default {}): {}", f.key, f.ty, f.default, f.doc);
     }
 }

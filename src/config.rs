@@ -1,0 +1,620 @@
+//! The one configuration of the server, with its defaults.
+//!
+//! Values are layered, lowest to highest: defaults, environment variables (`CODELLAMA_LSP_<KEY>`), command-line
+//! flags (`--<key-with-dashes>`), the client's `initializationOptions`, and `workspace/didChangeConfiguration`.
+//! Every layer speaks the same snake_case keys. A client may send the keys directly or under a `codellama`
+//! section (`{ "codellama": { ... } }`, or `{ "settings": { "codellama": { ... } } }` for a configuration
+//! change). Unknown keys and bad values are reported and ignored; the previous value stays.
+//!
+//! The fields are declared once, in the [`config!`] invocation below, which generates the struct, its defaults,
+//! the JSON/env/CLI parsing, and the table in `docs/configuration.md` (`codellama-lsp config --markdown`).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// Prefix of the environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "CODELLAMA_LSP_";
+
+/// How a configuration value is read from JSON (native values or their string form, as environment variables
+/// and command-line flags give them) and shown in the documentation.
+pub trait Setting: Sized {
+    /// The type as the documentation shows it.
+    const TYPE: &'static str;
+    fn parse(value: &Value) -> Result<Self, String>;
+    fn show(&self) -> String;
+}
+
+fn as_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.trim().to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Setting for usize {
+    const TYPE: &'static str = "integer";
+    fn parse(value: &Value) -> Result<Self, String> {
+        if let Some(n) = value.as_u64() {
+            return usize::try_from(n).map_err(|_| format!("{n} is too large"));
+        }
+        let text = as_text(value)
+            .ok_or_else(|| format!("expected a non-negative integer, got {value}"))?;
+        text.parse()
+            .map_err(|_| format!("expected a non-negative integer, got {text:?}"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for Option<usize> {
+    const TYPE: &'static str = "integer or null";
+    fn parse(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::String(s) if s.trim().is_empty() || s.trim() == "auto" => Ok(None),
+            other => usize::parse(other).map(|n| (n > 0).then_some(n)),
+        }
+    }
+    fn show(&self) -> String {
+        self.map_or_else(|| "null (auto)".into(), |n| n.to_string())
+    }
+}
+
+impl Setting for f32 {
+    const TYPE: &'static str = "number";
+    fn parse(value: &Value) -> Result<Self, String> {
+        let n = match value.as_f64() {
+            Some(n) => n,
+            None => {
+                let text =
+                    as_text(value).ok_or_else(|| format!("expected a number, got {value}"))?;
+                text.parse::<f64>()
+                    .map_err(|_| format!("expected a number, got {text:?}"))?
+            }
+        };
+        if !n.is_finite() {
+            return Err(format!("expected a finite number, got {n}"));
+        }
+        Ok(n as f32)
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl Setting for String {
+    const TYPE: &'static str = "string";
+    fn parse(value: &Value) -> Result<Self, String> {
+        as_text(value).ok_or_else(|| format!("expected a string, got {value}"))
+    }
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl Setting for Option<String> {
+    const TYPE: &'static str = "string or null";
+    fn parse(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Null => Ok(None),
+            other => String::parse(other).map(|s| (!s.is_empty()).then_some(s)),
+        }
+    }
+    fn show(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "null".into(), |s| format!("{s:?}"))
+    }
+}
+
+impl Setting for Vec<String> {
+    const TYPE: &'static str = "list of strings";
+    /// A JSON array, or a comma-separated string (environment variables, flags).
+    fn parse(value: &Value) -> Result<Self, String> {
+        let items: Vec<String> = match value {
+            Value::Null => Vec::new(),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("expected strings, got {v}"))
+                })
+                .collect::<Result<_, _>>()?,
+            Value::String(s) => s.split(',').map(str::to_string).collect(),
+            other => return Err(format!("expected a list of strings, got {other}")),
+        };
+        Ok(items
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect())
+    }
+    fn show(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// Declares a string-valued enum setting with its accepted names.
+macro_rules! choice {
+    ($(#[doc = $doc:literal])* $name:ident { $($(#[doc = $vdoc:literal])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        pub enum $name {
+            $($(#[doc = $vdoc])* #[serde(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl Setting for $name {
+            const TYPE: &'static str = "string";
+            fn parse(value: &Value) -> Result<Self, String> {
+                let text = as_text(value).ok_or_else(|| format!("expected a string, got {value}"))?;
+                match text.to_ascii_lowercase().as_str() {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(format!("expected one of {:?}, got {text:?}", Self::NAMES)),
+                }
+            }
+            fn show(&self) -> String {
+                format!("{:?}", self.as_str())
+            }
+        }
+    };
+}
+
+choice! {
+    /// Which fill-in-the-middle prompt format the completion model was trained with.
+    FimTemplate {
+        /// Recognised from the model's special tokens.
+        Auto = "auto",
+        CodeLlama = "codellama",
+        StarCoder = "starcoder",
+        DeepSeek = "deepseek",
+        Qwen = "qwen",
+        CodeGemma = "codegemma",
+        /// No infilling: the model only continues the text before the cursor.
+        None = "none",
+    }
+}
+
+choice! {
+    /// Where the text after the cursor goes in a fill-in-the-middle prompt.
+    FimOrder {
+        /// The template's own preference (SPM where the model was trained with it).
+        Auto = "auto",
+        /// Suffix, then prefix: typing only appends to the prompt, so the model's cache is reused.
+        Spm = "spm",
+        /// Prefix, then suffix.
+        Psm = "psm",
+    }
+}
+
+choice! {
+    /// How much the server logs, to stderr and to the client (`window/logMessage`).
+    LogLevel {
+        Off = "off",
+        Error = "error",
+        Warn = "warn",
+        Info = "info",
+        Debug = "debug",
+        Trace = "trace",
+    }
+}
+
+impl LogLevel {
+    /// The most verbose `tracing` level enabled, if any.
+    pub fn max_level(self) -> Option<tracing::Level> {
+        match self {
+            LogLevel::Off => None,
+            LogLevel::Error => Some(tracing::Level::ERROR),
+            LogLevel::Warn => Some(tracing::Level::WARN),
+            LogLevel::Info => Some(tracing::Level::INFO),
+            LogLevel::Debug => Some(tracing::Level::DEBUG),
+            LogLevel::Trace => Some(tracing::Level::TRACE),
+        }
+    }
+}
+
+/// One configuration key as the documentation lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldDoc {
+    pub key: &'static str,
+    pub ty: &'static str,
+    pub default: String,
+    pub doc: String,
+}
+
+macro_rules! config {
+    ($($(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr,)+) => {
+        /// The server's configuration (see the module documentation for where values come from).
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        pub struct Config {
+            $($(#[doc = $doc])+ pub $name: $ty,)+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $($name: $default,)+ }
+            }
+        }
+
+        impl Config {
+            /// Every key, in declaration order.
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($name)),+];
+
+            /// Sets one key from a JSON value. `Ok(false)`: no such key.
+            fn set(&mut self, key: &str, value: &Value) -> Result<bool, String> {
+                match key {
+                    $(stringify!($name) => {
+                        self.$name = <$ty as Setting>::parse(value)?;
+                        Ok(true)
+                    })+
+                    _ => Ok(false),
+                }
+            }
+
+            /// The documentation of every key, with its default.
+            pub fn fields() -> Vec<FieldDoc> {
+                let defaults = Config::default();
+                vec![$(FieldDoc {
+                    key: stringify!($name),
+                    ty: <$ty as Setting>::TYPE,
+                    default: Setting::show(&defaults.$name),
+                    doc: [$($doc.trim()),+].join(" "),
+                }),+]
+            }
+        }
+
+        /// Command-line flags, one per configuration key (`--max-tokens 64`); values as in environment variables.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct ConfigArgs {
+            $($(#[doc = $doc])+ #[arg(long, value_name = "VALUE")] pub $name: Option<String>,)+
+        }
+
+        impl ConfigArgs {
+            /// The flags given, as (key, value) pairs.
+            pub fn given(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $(if let Some(v) = &self.$name {
+                    out.push((stringify!($name), v.clone()));
+                })+
+                out
+            }
+        }
+    };
+}
+
+config! {
+    /// Model for inline completions: a `.gguf` file, a Hugging Face model directory, or a Hub reference
+    /// `owner/repo:file.gguf`. Empty: the small offline model that `scripts/fetch-model` installs.
+    model: Option<String> = None,
+    /// Instruct model for code actions (explain, generate). Empty: the completion model, when it is an
+    /// Instruct model.
+    chat_model: Option<String> = None,
+    /// Most tokens generated for one suggestion.
+    max_tokens: usize = 64,
+    /// Tokens the model sees at once (prompt plus suggestion); the KV cache is allocated for this many.
+    /// At most the model's trained context.
+    context_window: usize = 2048,
+    /// How the prompt budget is shared between the text before the cursor and the text after it
+    /// (prefix:suffix; 3 means 3:1). Also accepted as a string "3:1".
+    prefix_suffix_ratio: f32 = 3.0,
+    /// Sampling temperature; 0 picks the most likely token every time (deterministic).
+    temperature: f32 = 0.0,
+    /// CPU threads for the model. Null: one per core.
+    threads: Option<usize> = None,
+    /// Where the model runs: "cpu", "cuda", "cuda:N" or "metal" (the last three need a build with that feature).
+    device: String = "cpu".to_string(),
+    /// Fill-in-the-middle prompt format: "auto" (from the model's tokens), "codellama", "starcoder",
+    /// "deepseek", "qwen", "codegemma", or "none" (continue the text before the cursor only).
+    fim_template: FimTemplate = FimTemplate::Auto,
+    /// Order of the fill-in-the-middle prompt: "spm" (suffix first; best reuse of the model's cache while
+    /// typing), "psm", or "auto" (the template's preference).
+    fim_order: FimOrder = FimOrder::Auto,
+    /// Language ids (as the editor names them, e.g. "python", "rust") that get suggestions. Empty: all.
+    languages: Vec<String> = Vec::new(),
+    /// Log level for stderr and the client's log: "off", "error", "warn", "info", "debug" (one line per
+    /// completion with token counts and timings) or "trace".
+    log_level: LogLevel = LogLevel::Info,
+    /// Recent suggestions kept to answer typing ahead without the model (entries; 0 turns this off).
+    cache_size: usize = 64,
+}
+
+/// What a layer of settings changed, and what was wrong with it.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    /// Keys whose value changed.
+    pub changed: Vec<&'static str>,
+    /// Unknown keys and bad values, one human-readable line each.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Applies a settings object from a client: the keys themselves, or a `codellama` section holding them
+    /// (optionally under `settings`, as `workspace/didChangeConfiguration` sends it). `null` changes nothing.
+    pub fn apply_json(&mut self, value: &Value, origin: &str) -> Applied {
+        let mut applied = Applied::default();
+        let Some(obj) = section(value) else {
+            if !value.is_null() {
+                applied.problems.push(format!(
+                    "{origin}: expected an object of settings, got {value}"
+                ));
+            }
+            return applied;
+        };
+        for (key, v) in &obj {
+            self.apply_one(key, v, origin, &mut applied);
+        }
+        applied
+            .changed
+            .sort_by_key(|k| Self::KEYS.iter().position(|x| x == k));
+        applied
+    }
+
+    /// Applies `(key, text)` pairs such as command-line flags or environment variables give.
+    pub fn apply_pairs<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, String)>,
+        origin: &str,
+    ) -> Applied {
+        let mut applied = Applied::default();
+        for (key, text) in pairs {
+            self.apply_one(key, &Value::String(text), origin, &mut applied);
+        }
+        applied
+    }
+
+    /// Applies the `CODELLAMA_LSP_<KEY>` variables found in `vars` (pass `std::env::vars()`).
+    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Applied {
+        let pairs: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                Some((key, value))
+            })
+            .collect();
+        let mut applied = Applied::default();
+        for (key, value) in &pairs {
+            let origin = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+            self.apply_one(key, &Value::String(value.clone()), &origin, &mut applied);
+        }
+        applied
+    }
+
+    fn apply_one(&mut self, key: &str, value: &Value, origin: &str, applied: &mut Applied) {
+        let before = self.clone();
+        match self.set(key, value) {
+            Ok(true) => {
+                if let Some(k) = Self::KEYS.iter().find(|k| **k == key) {
+                    if *self != before {
+                        applied.changed.push(k);
+                    }
+                }
+            }
+            Ok(false) => applied.problems.push(format!(
+                "{origin}: unknown setting {key:?} (known: {})",
+                Self::KEYS.join(", ")
+            )),
+            Err(e) => applied.problems.push(format!("{origin}: {key}: {e}")),
+        }
+        self.normalize();
+    }
+
+    /// Keeps values in ranges the rest of the server relies on.
+    fn normalize(&mut self) {
+        self.max_tokens = self.max_tokens.clamp(1, 4096);
+        self.context_window = self.context_window.clamp(64, 1 << 20);
+        if self.prefix_suffix_ratio.is_nan() || self.prefix_suffix_ratio <= 0.0 {
+            self.prefix_suffix_ratio = 3.0;
+        }
+        self.temperature = self.temperature.clamp(0.0, 5.0);
+        self.languages
+            .iter_mut()
+            .for_each(|l| *l = l.to_ascii_lowercase());
+    }
+
+    /// The configuration from defaults, then the environment, then command-line flags.
+    pub fn from_env_and_args(args: &ConfigArgs) -> (Config, Applied) {
+        let mut config = Config::default();
+        let mut all = config.apply_env(std::env::vars());
+        let flags = config.apply_pairs(args.given(), "command line");
+        all.problems.extend(flags.problems);
+        all.changed.extend(flags.changed);
+        (config, all)
+    }
+
+    /// The settings that decide which model is loaded and how; a change to any of them reloads the model.
+    pub fn model_key(&self) -> ModelKey {
+        ModelKey {
+            model: self.model.clone(),
+            context_window: self.context_window,
+            threads: self.threads,
+            device: self.device.clone(),
+        }
+    }
+
+    /// Whether suggestions are on for documents of this language.
+    pub fn language_enabled(&self, language_id: &str) -> bool {
+        self.languages.is_empty()
+            || self
+                .languages
+                .iter()
+                .any(|l| l.eq_ignore_ascii_case(language_id))
+    }
+
+    /// The configuration table in Markdown (for the README and `codellama-lsp config --markdown`).
+    pub fn markdown_table() -> String {
+        let mut out = String::new();
+        out.push_str("| Key | Type | Default | Environment variable | Description |\n");
+        out.push_str("|---|---|---|---|---|\n");
+        for f in Self::fields() {
+            let _ = writeln!(
+                out,
+                "| `{}` | {} | `{}` | `{}{}` | {} |",
+                f.key,
+                f.ty.replace('|', "\\|"),
+                f.default.replace('|', "\\|"),
+                ENV_PREFIX,
+                f.key.to_ascii_uppercase(),
+                f.doc.replace('|', "\\|")
+            );
+        }
+        out
+    }
+}
+
+/// `prefix_suffix_ratio` also accepts "3:1".
+fn ratio_from_text(value: &Value) -> Option<Value> {
+    let text = value.as_str()?;
+    let (a, b) = text.split_once(':')?;
+    let (a, b) = (a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?);
+    (b > 0.0).then(|| Value::from(a / b))
+}
+
+/// The settings object inside what a client sent.
+fn section(value: &Value) -> Option<Map<String, Value>> {
+    let obj = value.as_object()?;
+    let inner = obj
+        .get("settings")
+        .and_then(Value::as_object)
+        .map(|s| s.get("codellama").and_then(Value::as_object).unwrap_or(s))
+        .or_else(|| obj.get("codellama").and_then(Value::as_object))
+        .unwrap_or(obj);
+    let mut out = inner.clone();
+    if let Some(v) = out.get("prefix_suffix_ratio").and_then(ratio_from_text) {
+        out.insert("prefix_suffix_ratio".into(), v);
+    }
+    Some(out)
+}
+
+/// The part of the configuration that decides the loaded model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelKey {
+    pub model: Option<String>,
+    pub context_window: usize,
+    pub threads: Option<usize>,
+    pub device: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_field_is_documented_and_has_a_flag_and_variable() {
+        let fields = Config::fields();
+        assert_eq!(fields.len(), Config::KEYS.len());
+        for f in &fields {
+            assert!(f.doc.len() > 20, "{} needs a real description", f.key);
+            assert!(f.key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        let table = Config::markdown_table();
+        for key in Config::KEYS {
+            assert!(table.contains(&format!("`{key}`")));
+            assert!(table.contains(&format!("CODELLAMA_LSP_{}", key.to_ascii_uppercase())));
+        }
+    }
+
+    #[test]
+    fn flat_and_sectioned_settings_are_both_accepted() {
+        let mut c = Config::default();
+        let a = c.apply_json(&json!({"max_tokens": 32, "fim_order": "PSM"}), "init");
+        assert_eq!(a.changed, vec!["max_tokens", "fim_order"]);
+        assert!(a.problems.is_empty());
+        assert_eq!((c.max_tokens, c.fim_order), (32, FimOrder::Psm));
+
+        c.apply_json(
+            &json!({"settings": {"codellama": {"temperature": "0.2"}}}),
+            "change",
+        );
+        assert_eq!(c.temperature, 0.2);
+        c.apply_json(
+            &json!({"codellama": {"languages": ["Python", "rust"]}}),
+            "init",
+        );
+        assert_eq!(c.languages, vec!["python", "rust"]);
+        c.apply_json(&json!({"settings": {"threads": 3}}), "change");
+        assert_eq!(c.threads, Some(3));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_reported_and_ignored() {
+        let mut c = Config::default();
+        let a = c.apply_json(
+            &json!({"max_tokens": "many", "nope": 1, "fim_template": "gpt", "temperature": 0.5}),
+            "init",
+        );
+        assert_eq!(c.max_tokens, Config::default().max_tokens);
+        assert_eq!(c.fim_template, FimTemplate::Auto);
+        assert_eq!(c.temperature, 0.5);
+        assert_eq!(a.problems.len(), 3, "{:?}", a.problems);
+        assert!(a
+            .problems
+            .iter()
+            .any(|p| p.contains("unknown setting \"nope\"")));
+        assert!(c.apply_json(&json!(null), "init").problems.is_empty());
+        assert_eq!(c.apply_json(&json!([1]), "init").problems.len(), 1);
+    }
+
+    #[test]
+    fn environment_then_flags() {
+        let mut c = Config::default();
+        let a = c.apply_env(vec![
+            ("CODELLAMA_LSP_MAX_TOKENS".to_string(), "16".to_string()),
+            (
+                "CODELLAMA_LSP_LANGUAGES".to_string(),
+                "python, rust".to_string(),
+            ),
+            ("CODELLAMA_LSP_THREADS".to_string(), "auto".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ]);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(c.max_tokens, 16);
+        assert_eq!(c.languages, vec!["python", "rust"]);
+        assert_eq!(c.threads, None);
+        let args = ConfigArgs {
+            max_tokens: Some("8".into()),
+            model: Some("/m.gguf".into()),
+            ..ConfigArgs::default()
+        };
+        c.apply_pairs(args.given(), "command line");
+        assert_eq!(c.max_tokens, 8);
+        assert_eq!(c.model.as_deref(), Some("/m.gguf"));
+    }
+
+    #[test]
+    fn ratio_and_model_key() {
+        let mut c = Config::default();
+        c.apply_json(&json!({"prefix_suffix_ratio": "1:1"}), "init");
+        assert_eq!(c.prefix_suffix_ratio, 1.0);
+        c.apply_json(&json!({"prefix_suffix_ratio": -2}), "init");
+        assert_eq!(c.prefix_suffix_ratio, 3.0);
+        let key = c.model_key();
+        c.apply_json(&json!({"max_tokens": 10, "temperature": 1}), "change");
+        assert_eq!(key, c.model_key());
+        c.apply_json(&json!({"context_window": 1024}), "change");
+        assert_ne!(key, c.model_key());
+    }
+
+    #[test]
+    fn languages_filter() {
+        let mut c = Config::default();
+        assert!(c.language_enabled("anything"));
+        c.apply_json(&json!({"languages": "python"}), "init");
+        assert!(c.language_enabled("Python"));
+        assert!(!c.language_enabled("rust"));
+    }
+}

@@ -1,0 +1,474 @@
+//! The keystroke latency benchmark (`codellama-lsp bench --lsp`): starts the real server, opens a source file
+//! with the body of one function removed, and types that body back one character at a time over LSP
+//! (`textDocument/didChange`), asking for an inline completion after each character and waiting for the
+//! answer. It reports the time to answer (the first, cold request apart; p50 and p95 of the rest), the share
+//! of requests answered without the model (typing-ahead cache), and the share of prompt tokens the model
+//! reused from its cache (from the timings in `codellama/status`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::stdio_client::LspProcess;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LspBenchOptions {
+    /// The server binary (the running executable by default).
+    pub server: PathBuf,
+    /// The source file to type into (default `examples/typing/inventory.py`).
+    pub file: PathBuf,
+    /// Most characters to type.
+    pub chars: usize,
+    /// Server settings sent as `initializationOptions` (`model`, `threads`, `fim_order`, ...).
+    pub settings: Map<String, Value>,
+    /// Longest wait for one answer, and for the model to load.
+    pub timeout: Duration,
+}
+
+impl LspBenchOptions {
+    pub fn new(server: PathBuf, file: PathBuf) -> Self {
+        Self {
+            server,
+            file,
+            chars: 200,
+            settings: Map::new(),
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// The `bench --lsp` flags of its own (the model flags are the engine benchmark's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LspBenchArgs {
+    /// With --lsp: the file to type into (default examples/typing/inventory.py).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// With --lsp: most characters to type.
+    #[arg(long, default_value_t = 200)]
+    pub chars: usize,
+    /// With --lsp: more server settings as KEY=VALUE (e.g. fim_order=psm), repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// The model flags `bench --lsp` shares with the engine benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct LspBenchSettings {
+    pub model: Option<String>,
+    pub threads: Option<usize>,
+    pub context_window: Option<usize>,
+    pub device: Option<String>,
+    pub json: bool,
+}
+
+/// `codellama-lsp bench --lsp`: runs the benchmark against the running executable and prints the figures.
+pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let file = args.file.clone().unwrap_or_else(default_file);
+    let mut opts = LspBenchOptions::new(exe, file);
+    opts.chars = args.chars;
+    if let Some(m) = &settings.model {
+        opts.settings.insert("model".into(), m.clone().into());
+    }
+    if let Some(t) = settings.threads {
+        opts.settings.insert("threads".into(), t.into());
+    }
+    if let Some(c) = settings.context_window {
+        opts.settings.insert("context_window".into(), c.into());
+    }
+    if let Some(d) = &settings.device {
+        opts.settings.insert("device".into(), d.clone().into());
+    }
+    for kv in &args.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
+        opts.settings.insert(k.trim().into(), v.trim().into());
+    }
+    let report = run_lsp_bench(&opts)?;
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.render());
+    }
+    Ok(())
+}
+
+/// The default file to type into, found from the working directory or beside the executable's checkout.
+pub fn default_file() -> PathBuf {
+    let rel = Path::new("examples/typing/inventory.py");
+    let mut candidates = vec![rel.to_path_buf()];
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(rel)));
+    }
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| rel.to_path_buf())
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LspBenchReport {
+    pub file: String,
+    /// 1-based line where typing started.
+    pub line: usize,
+    pub model: Option<String>,
+    pub settings: Map<String, Value>,
+    pub initialize_ms: f64,
+    pub load_ms: f64,
+    pub requests: usize,
+    /// The first request (cold: nothing cached).
+    pub first_ms: f64,
+    /// Over the requests after the first.
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+    /// Requests answered without the model (typing-ahead cache).
+    pub cache_answers: usize,
+    pub generations: usize,
+    /// p50 over the requests after the first that went to the model.
+    pub p50_generation_ms: f64,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    /// Prompt tokens and reused ones over the generations after the first.
+    pub prompt_tokens_warm: usize,
+    pub reused_tokens_warm: usize,
+    pub non_empty: usize,
+    /// Means over the generations after the first: prefill and decode time, tokens generated.
+    pub warm_prefill_ms: f64,
+    pub warm_decode_ms: f64,
+    pub warm_generated_tokens: f64,
+}
+
+impl LspBenchReport {
+    pub fn cache_share(&self) -> f64 {
+        share(self.cache_answers, self.requests)
+    }
+
+    pub fn reuse_share(&self) -> f64 {
+        share(self.reused_tokens, self.prompt_tokens)
+    }
+
+    pub fn reuse_share_warm(&self) -> f64 {
+        share(self.reused_tokens_warm, self.prompt_tokens_warm)
+    }
+
+    /// The human-readable summary.
+    pub fn render(&self) -> String {
+        let settings = if self.settings.is_empty() {
+            "defaults".to_string()
+        } else {
+            Value::Object(self.settings.clone()).to_string()
+        };
+        format!(
+            "LSP keystroke benchmark: {file} from line {line}, {n} characters typed, one inline completion each\n\
+             model: {model} (loaded in {load:.0} ms), settings: {settings}\n\
+             initialize answered in {init:.1} ms\n\
+             first request (cold): {first:.1} ms\n\
+             time to answer, requests 2..{n}: p50 {p50:.1} ms, p95 {p95:.1} ms, mean {mean:.1} ms, max {max:.1} ms\n\
+             answered from the typing-ahead cache: {cache:.1}% ({ca}/{n}); {gens} generations, p50 {p50g:.1} ms\n\
+             prompt tokens reused from the model's cache: {reuse:.1}% ({ru}/{pt}); after the first generation {reusew:.1}% ({ruw}/{ptw})\n\
+             generations after the first, mean: prefill {wp:.1} ms, decode {wd:.1} ms for {wg:.1} tokens\n\
+             non-empty suggestions: {ne}/{n}",
+            file = self.file,
+            line = self.line,
+            n = self.requests,
+            model = self.model.as_deref().unwrap_or("default"),
+            load = self.load_ms,
+            init = self.initialize_ms,
+            first = self.first_ms,
+            p50 = self.p50_ms,
+            p95 = self.p95_ms,
+            mean = self.mean_ms,
+            max = self.max_ms,
+            cache = 100.0 * self.cache_share(),
+            ca = self.cache_answers,
+            gens = self.generations,
+            p50g = self.p50_generation_ms,
+            reuse = 100.0 * self.reuse_share(),
+            ru = self.reused_tokens,
+            pt = self.prompt_tokens,
+            reusew = 100.0 * self.reuse_share_warm(),
+            ruw = self.reused_tokens_warm,
+            ptw = self.prompt_tokens_warm,
+            ne = self.non_empty,
+            wp = self.warm_prefill_ms,
+            wd = self.warm_decode_ms,
+            wg = self.warm_generated_tokens,
+        )
+    }
+}
+
+fn share(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// The value below which `q` of the sorted samples fall (nearest rank).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Where to type: the body of the function definition nearest the middle of the file (the lines after its
+/// header, up to the next line indented no deeper than the header), or from the middle line on.
+pub fn pick_region(text: &str) -> (usize, usize) {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_def = |l: &str| {
+        let t = l.trim_start();
+        ["def ", "async def ", "fn ", "pub fn ", "function ", "func "]
+            .iter()
+            .any(|k| t.starts_with(k))
+    };
+    let middle = lines.len() / 2;
+    let header = (0..lines.len())
+        .filter(|&i| is_def(lines[i]))
+        .min_by_key(|&i| i.abs_diff(middle));
+    let start_of = |line: usize| lines[..line].iter().map(|l| l.len()).sum::<usize>();
+    let Some(h) = header else {
+        let start = start_of(middle.min(lines.len()));
+        return (start, text.len());
+    };
+    // The header may span lines (Python signatures): the body starts after the line ending with ':' or '{'.
+    let mut body = h + 1;
+    while body < lines.len() && !lines[body - 1].trim_end().ends_with([':', '{']) {
+        body += 1;
+    }
+    let mut end = body;
+    while end < lines.len()
+        && (lines[end].trim().is_empty() || indent(lines[end]) > indent(lines[h]))
+    {
+        end += 1;
+    }
+    // Leave trailing blank lines in place.
+    while end > body && lines[end - 1].trim().is_empty() {
+        end -= 1;
+    }
+    (start_of(body), start_of(end))
+}
+
+/// Runs the benchmark.
+pub fn run_lsp_bench(opts: &LspBenchOptions) -> anyhow::Result<LspBenchReport> {
+    let text = std::fs::read_to_string(&opts.file)
+        .with_context(|| format!("cannot read {}", opts.file.display()))?;
+    let (start, end) = pick_region(&text);
+    let typed: String = text[start..end].chars().take(opts.chars).collect();
+    if typed.is_empty() {
+        bail!("{}: nothing to type", opts.file.display());
+    }
+    let before = &text[..start];
+    let initial = format!("{before}{}", &text[end..]);
+    let line = before.matches('\n').count() + 1;
+
+    let mut cmd = Command::new(&opts.server);
+    cmd.arg("serve");
+    let mut server = LspProcess::spawn(cmd)
+        .with_context(|| format!("cannot start {}", opts.server.display()))?;
+    let capabilities = json!({
+        "general": {"positionEncodings": ["utf-16"]},
+        "window": {"workDoneProgress": true},
+        "textDocument": {"inlineCompletion": {}, "completion": {"completionItem": {}}},
+    });
+    let t = Instant::now();
+    server
+        .initialize(capabilities, Value::Object(opts.settings.clone()))
+        .map_err(anyhow::Error::msg)?;
+    let initialize_ms = ms(t);
+    let t = Instant::now();
+    let ready = server
+        .wait_ready(opts.timeout)
+        .map_err(|e| anyhow::anyhow!("{e}\nserver log:\n{}", server.stderr()))?;
+    let load_ms = ms(t);
+    let model = ready["params"]["model"].as_str().map(str::to_string);
+
+    let uri = format!(
+        "file://{}",
+        std::fs::canonicalize(&opts.file)
+            .unwrap_or_else(|_| opts.file.clone())
+            .display()
+    );
+    server.notify(
+        "textDocument/didOpen",
+        json!({"textDocument": {"uri": uri, "languageId": language_of(&opts.file), "version": 1, "text": initial}}),
+    );
+    let (mut row, mut col) = position_after(before);
+    let mut latencies = Vec::new();
+    let mut generation_latencies = Vec::new();
+    let mut cache_answers = 0;
+    let mut non_empty = 0;
+    for (version, c) in typed.chars().enumerate() {
+        server.notify(
+            "textDocument/didChange",
+            json!({
+                "textDocument": {"uri": uri, "version": version + 2},
+                "contentChanges": [{"range": {"start": {"line": row, "character": col}, "end": {"line": row, "character": col}}, "text": c.to_string()}],
+            }),
+        );
+        if c == '\n' {
+            row += 1;
+            col = 0;
+        } else {
+            col += c.len_utf16();
+        }
+        server.drain();
+        let seen = count_generating(&server.received);
+        let t = Instant::now();
+        let id = server.request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": {"line": row, "character": col}, "context": {"triggerKind": 2}}),
+        );
+        let response = server
+            .response(&json!(id), opts.timeout)
+            .map_err(|e| anyhow::anyhow!("{e}\nserver log:\n{}", server.stderr()))?;
+        let elapsed = ms(t);
+        server.drain();
+        if let Some(e) = response.get("error") {
+            bail!("inline completion failed: {e}");
+        }
+        if response["result"]["items"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+        {
+            non_empty += 1;
+        }
+        let generated = count_generating(&server.received) > seen;
+        if !generated {
+            cache_answers += 1;
+        } else if version > 0 {
+            generation_latencies.push(elapsed);
+        }
+        latencies.push(elapsed);
+    }
+    // The last "ready" may trail the last answer.
+    let generations = count_generating(&server.received);
+    let _ = server.wait_for("codellama/status", Duration::from_secs(2), |_| false);
+    let timings: Vec<Value> = server
+        .received
+        .iter()
+        .filter(|m| m["method"] == "codellama/status" && m["params"]["timings"].is_object())
+        .map(|m| m["params"]["timings"].clone())
+        .collect();
+    let sum = |vals: &[Value], key: &str| {
+        vals.iter().filter_map(|t| t[key].as_u64()).sum::<u64>() as usize
+    };
+    let warm = timings.get(1..).unwrap_or(&[]);
+    let mean = |key: &str| {
+        let vals: Vec<f64> = warm.iter().filter_map(|t| t[key].as_f64()).collect();
+        if vals.is_empty() {
+            0.0
+        } else {
+            vals.iter().sum::<f64>() / vals.len() as f64
+        }
+    };
+    let _ = server.shutdown(Duration::from_secs(10));
+
+    let first_ms = latencies.first().copied().unwrap_or(0.0);
+    let mut rest: Vec<f64> = latencies.iter().skip(1).copied().collect();
+    rest.sort_by(f64::total_cmp);
+    generation_latencies.sort_by(f64::total_cmp);
+    Ok(LspBenchReport {
+        file: opts.file.display().to_string(),
+        line,
+        model,
+        settings: opts.settings.clone(),
+        initialize_ms,
+        load_ms,
+        requests: latencies.len(),
+        first_ms,
+        p50_ms: percentile(&rest, 0.5),
+        p95_ms: percentile(&rest, 0.95),
+        mean_ms: if rest.is_empty() {
+            0.0
+        } else {
+            rest.iter().sum::<f64>() / rest.len() as f64
+        },
+        max_ms: rest.last().copied().unwrap_or(0.0),
+        cache_answers,
+        generations,
+        p50_generation_ms: percentile(&generation_latencies, 0.5),
+        prompt_tokens: sum(&timings, "prompt_tokens"),
+        reused_tokens: sum(&timings, "reused_tokens"),
+        prompt_tokens_warm: sum(warm, "prompt_tokens"),
+        reused_tokens_warm: sum(warm, "reused_tokens"),
+        non_empty,
+        warm_prefill_ms: mean("prefill_ms"),
+        warm_decode_ms: mean("decode_ms"),
+        warm_generated_tokens: mean("generated_tokens"),
+    })
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn count_generating(received: &[Value]) -> usize {
+    received
+        .iter()
+        .filter(|m| m["method"] == "codellama/status" && m["params"]["state"] == "generating")
+        .count()
+}
+
+/// Line and UTF-16 column at the end of `text`.
+fn position_after(text: &str) -> (usize, usize) {
+    let line = text.matches('\n').count();
+    let last = text.rsplit('\n').next().unwrap_or("");
+    (line, last.encode_utf16().count())
+}
+
+fn language_of(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "py" => "python",
+        "rs" => "rust",
+        "js" => "javascript",
+        "ts" => "typescript",
+        "go" => "go",
+        "c" | "h" => "c",
+        "cpp" | "cc" | "hpp" => "cpp",
+        "java" => "java",
+        "lua" => "lua",
+        _ => "plaintext",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_is_a_function_body() {
+        let text = "import x\n\ndef a():\n    return 1\n\n\ndef b(\n    y,\n):\n    z = y\n\n    return z\n\nprint(b(1))\n";
+        let (s, e) = pick_region(text);
+        assert_eq!(&text[s..e], "    z = y\n\n    return z\n");
+    }
+
+    #[test]
+    fn percentiles() {
+        let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0];
+        assert_eq!(percentile(&v, 0.5), 5.0);
+        assert_eq!(percentile(&v, 0.95), 10.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_example_file_has_a_body_to_type() {
+        let text = std::fs::read_to_string(default_file()).unwrap();
+        let (s, e) = pick_region(&text);
+        assert!(e - s > 200, "{}", &text[s..e]);
+        assert!(text[..s].ends_with(":\n"));
+    }
+}

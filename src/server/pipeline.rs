@@ -1,0 +1,122 @@
+//! The server's way into the shared completion pipeline (`crate::completion`: FIM prompt, engine, post-processing
+//! inside the decode loop): the server's settings turned into a completion request, and prompt builders kept per
+//! model and prompt settings.
+
+use std::sync::{Arc, Mutex};
+
+use crate::completion::{self, CompletionRequest, Prepared};
+use crate::config::{Config, FimOrder as OrderSetting, FimTemplate as TemplateSetting};
+use crate::engine::{Backend, CancelToken, SamplingParams};
+use crate::language::Language;
+use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+
+/// What a completion is asked for.
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    /// Text before the cursor (line breaks normalised to `\n`).
+    pub prefix: &'a str,
+    /// Text after the cursor (line breaks normalised to `\n`).
+    pub suffix: &'a str,
+    /// The file's path, when the document is a file.
+    pub path: Option<&'a str>,
+    pub language_id: &'a str,
+}
+
+/// Prompt builders are made once per model and prompt settings (they look up the template's tokens).
+#[derive(Default)]
+pub struct Builders {
+    last: Mutex<Option<CachedBuilder>>,
+}
+
+struct CachedBuilder {
+    backend: usize,
+    config: PromptConfig,
+    builder: Result<Arc<PromptBuilder>, String>,
+}
+
+impl Builders {
+    fn get(
+        &self,
+        backend: &Arc<dyn Backend>,
+        config: PromptConfig,
+    ) -> Result<Arc<PromptBuilder>, String> {
+        let key = Arc::as_ptr(backend) as *const () as usize;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = last
+            .as_ref()
+            .filter(|c| c.backend == key && c.config == config)
+        {
+            return c.builder.clone();
+        }
+        let builder = PromptBuilder::new(backend.tokenizer().clone(), &config)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        match &builder {
+            Ok(b) => tracing::info!(
+                "fill-in-the-middle template: {} ({:?})",
+                b.template().name(),
+                b.order()
+            ),
+            Err(e) => tracing::warn!("no prompt can be built with these settings: {e}"),
+        }
+        *last = Some(CachedBuilder {
+            backend: key,
+            config,
+            builder: builder.clone(),
+        });
+        builder
+    }
+}
+
+fn prompt_config(config: &Config) -> PromptConfig {
+    let template = match config.fim_template {
+        TemplateSetting::Auto => None,
+        TemplateSetting::CodeLlama => Some(FimTemplate::CodeLlama),
+        TemplateSetting::StarCoder => Some(FimTemplate::StarCoder),
+        TemplateSetting::DeepSeek => Some(FimTemplate::DeepSeek),
+        TemplateSetting::Qwen => Some(FimTemplate::Qwen),
+        TemplateSetting::CodeGemma => Some(FimTemplate::CodeGemma),
+        TemplateSetting::None => Some(FimTemplate::Continuation),
+    };
+    let order = match config.fim_order {
+        // SPM where the template supports it (the builder falls back to PSM otherwise).
+        OrderSetting::Auto | OrderSetting::Spm => FimOrder::Spm,
+        OrderSetting::Psm => FimOrder::Psm,
+    };
+    PromptConfig {
+        template,
+        order,
+        prefix_suffix_ratio: config.prefix_suffix_ratio,
+    }
+}
+
+/// Builds the prompt and the generation request, not yet queued (tokenizes: run it off the async runtime).
+pub fn prepare(
+    builders: &Builders,
+    backend: &Arc<dyn Backend>,
+    config: &Config,
+    input: &Input<'_>,
+    cancel: CancelToken,
+    supersede_key: &str,
+) -> Result<Prepared, String> {
+    let builder = builders.get(backend, prompt_config(config))?;
+    let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
+    req.path = input.path.map(str::to_string);
+    // An id post-processing does not know says nothing: then the file name decides the language.
+    req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
+        .then(|| input.language_id.to_string());
+    req.sampling = SamplingParams {
+        temperature: config.temperature,
+        ..SamplingParams::default()
+    };
+    req.cancel = cancel;
+    // The server queues a document's requests in the order they came (see `completion`), so the engine's
+    // superseding by key can only ever cancel an older one.
+    req.supersede_key = Some(supersede_key.to_string());
+    let prepared = completion::prepare(&**backend, &builder, &req).map_err(|e| e.to_string())?;
+    if prepared.prompt().ids.is_empty() {
+        // Continuation at the top of an empty document: nothing to continue.
+        return Err("the prompt is empty".into());
+    }
+    Ok(prepared)
+}

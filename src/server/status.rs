@@ -1,0 +1,219 @@
+//! The `codellama/status` notification: what the server is doing, for the editor plugins' status display.
+//!
+//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings? }`.
+//! Notifications go through one task so they reach the client in the order they were made, and "ready" is
+//! only sent once no generation is running any more.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tower_lsp_server::gen_lsp_types::{LspNotificationMethod, MessageDirection, Notification};
+use tower_lsp_server::Client;
+
+use crate::engine::Timings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Loading,
+    Ready,
+    Generating,
+    Error,
+}
+
+/// Timings of the last generation, in the status notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusTimings {
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    /// From the request's arrival to its answer.
+    pub total_ms: f64,
+}
+
+impl StatusTimings {
+    pub fn new(t: &Timings, total_ms: f64) -> Self {
+        Self {
+            prefill_ms: round1(t.prefill_ms),
+            decode_ms: round1(t.decode_ms),
+            prompt_tokens: t.prompt_tokens,
+            reused_tokens: t.reused_tokens,
+            generated_tokens: t.generated_tokens,
+            total_ms: round1(total_ms),
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusParams {
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings: Option<StatusTimings>,
+}
+
+impl StatusParams {
+    pub fn new(state: State) -> Self {
+        Self {
+            state,
+            message: None,
+            progress: None,
+            model: None,
+            timings: None,
+        }
+    }
+}
+
+/// The notification type, for `Client::send_notification`.
+pub enum StatusNotification {}
+
+impl Notification for StatusNotification {
+    type Params = StatusParams;
+    const METHOD: LspNotificationMethod<'static> = LspNotificationMethod::Custom(METHOD);
+    const MESSAGE_DIRECTION: MessageDirection = MessageDirection::ServerToClient;
+}
+
+pub const METHOD: &str = "codellama/status";
+
+/// Sends status notifications in order and keeps count of running generations.
+#[derive(Clone)]
+pub struct Status {
+    tx: UnboundedSender<StatusParams>,
+    generating: Arc<AtomicUsize>,
+    model: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Status {
+    /// Starts the sending task (on the current runtime).
+    pub fn start(client: Client) -> Self {
+        let (tx, mut rx) = unbounded_channel::<StatusParams>();
+        tokio::spawn(async move {
+            while let Some(params) = rx.recv().await {
+                client.send_notification::<StatusNotification>(params).await;
+            }
+        });
+        Self {
+            tx,
+            generating: Arc::new(AtomicUsize::new(0)),
+            model: Arc::default(),
+        }
+    }
+
+    fn send(&self, mut params: StatusParams) {
+        if params.model.is_none() {
+            params.model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        let _ = self.tx.send(params);
+    }
+
+    /// Names the model in the following notifications.
+    pub fn set_model(&self, name: Option<String>) {
+        *self.model.lock().unwrap_or_else(|e| e.into_inner()) = name;
+    }
+
+    pub fn loading(&self, model: &str, progress: u32) {
+        self.send(StatusParams {
+            message: Some(format!("loading {model}")),
+            progress: Some(progress.min(100)),
+            model: Some(model.to_string()),
+            ..StatusParams::new(State::Loading)
+        });
+    }
+
+    pub fn ready(&self, message: Option<String>) {
+        self.send(StatusParams {
+            message,
+            ..StatusParams::new(State::Ready)
+        });
+    }
+
+    pub fn error(&self, message: String) {
+        self.send(StatusParams {
+            message: Some(message),
+            ..StatusParams::new(State::Error)
+        });
+    }
+
+    /// A generation starts; "generating" is sent. Dropping the guard ends it.
+    pub fn generation(&self) -> GenerationStatus {
+        self.generating.fetch_add(1, Ordering::SeqCst);
+        self.send(StatusParams::new(State::Generating));
+        GenerationStatus {
+            status: self.clone(),
+            timings: None,
+        }
+    }
+}
+
+/// A running generation. When dropped, "ready" is sent (with the timings, when set) unless another generation
+/// is still running.
+pub struct GenerationStatus {
+    status: Status,
+    timings: Option<StatusTimings>,
+}
+
+impl GenerationStatus {
+    pub fn set_timings(&mut self, timings: StatusTimings) {
+        self.timings = Some(timings);
+    }
+}
+
+impl Drop for GenerationStatus {
+    fn drop(&mut self) {
+        if self.status.generating.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.status.send(StatusParams {
+                timings: self.timings.take(),
+                ..StatusParams::new(State::Ready)
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let p = StatusParams {
+            progress: Some(42),
+            ..StatusParams::new(State::Loading)
+        };
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"state": "loading", "progress": 42})
+        );
+        let t = StatusTimings::new(
+            &Timings {
+                prefill_ms: 1.26,
+                prompt_tokens: 3,
+                ..Timings::default()
+            },
+            2.0,
+        );
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["prefill_ms"], 1.3);
+        for k in [
+            "decode_ms",
+            "prompt_tokens",
+            "reused_tokens",
+            "generated_tokens",
+            "total_ms",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+    }
+}

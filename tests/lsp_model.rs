@@ -1,0 +1,433 @@
+//! The real binary over stdio with real models: the small SmolLM2 GGUF (scripts/fetch-model) and the tiny
+//! Code Llama fixture (random weights, the real Code Llama tokenizer and FIM tokens). A whole session in
+//! every position encoding, cancellation, a newer request superseding a running one, typing ahead, a
+//! configuration change that reloads the model, and the client going away in the middle of a generation.
+
+mod common;
+mod lsp_support;
+
+use std::time::{Duration, Instant};
+
+use codellama_lsp::server::stdio_client::LspProcess;
+use lsp_support::*;
+use serde_json::{json, Value};
+
+/// Short prompts and answers, so that a cold request stays quick on a busy 2-core machine.
+const FAST: &[&str] = &["--context-window", "256", "--max-tokens", "16"];
+
+fn small() -> String {
+    common::small_model().display().to_string()
+}
+
+fn tiny() -> String {
+    common::codellama_fixture("tiny-codellama-mha.gguf")
+        .display()
+        .to_string()
+}
+
+fn start(model: &str, encodings: &[&str], extra: &[&str]) -> LspProcess {
+    let mut flags = vec!["--model", model];
+    flags.extend_from_slice(FAST);
+    flags.extend_from_slice(extra);
+    let mut s = spawn(&flags);
+    let init = s.initialize(capabilities(encodings), Value::Null).unwrap();
+    assert!(init["capabilities"]["inlineCompletionProvider"] == true);
+    s.wait_ready(LOAD)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    s
+}
+
+/// Length of `text` in the units of `enc`.
+fn units(text: &str, enc: &str) -> u32 {
+    (match enc {
+        "utf-8" => text.len(),
+        "utf-32" => text.chars().count(),
+        _ => text.encode_utf16().count(),
+    }) as u32
+}
+
+fn generating_count(s: &mut LspProcess) -> usize {
+    s.drain();
+    s.received
+        .iter()
+        .filter(|m| m["method"] == "codellama/status" && m["params"]["state"] == "generating")
+        .count()
+}
+
+/// A session: open, edit incrementally (non-ASCII before the cursor), inline completion, completion, cancel,
+/// shutdown and exit, in one position encoding.
+fn session(model: &str, enc: &str, must_suggest: bool) {
+    let mut s = start(model, &[enc], &[]);
+    // Loading was reported with $/progress: create, begin, (reports), end.
+    s.wait_for("window/workDoneProgress/create", T, |_| true)
+        .unwrap();
+    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "begin")
+        .unwrap();
+    s.wait_for("$/progress", T, |p| p["value"]["kind"] == "end")
+        .unwrap();
+
+    let uri = "file:///tmp/session/add.py";
+    let text = "# 合計を計算する 😀\ndef add(a, b):\n    ";
+    open(&mut s, uri, "python", text);
+    // Type `r = "é😀"; return ` in three edits; the cursor column differs per encoding.
+    let mut line = String::from("    ");
+    for (version, piece) in [(2, "r = \"é"), (3, "😀\"; "), (4, "return")].into_iter() {
+        let col = units(&line, enc);
+        change(&mut s, uri, version, (2, col), (2, col), piece);
+        line.push_str(piece);
+    }
+    assert_eq!(
+        text_of(&mut s, uri)["text"],
+        format!("# 合計を計算する 😀\ndef add(a, b):\n{line}")
+    );
+    let col = units(&line, enc);
+
+    let before = generating_count(&mut s);
+    let result = inline(&mut s, uri, 2, col);
+    let items = items(&result);
+    eprintln!("{model} {enc}: {result}");
+    if must_suggest {
+        assert_eq!(items.len(), 1, "{result}\n{}", s.stderr());
+    }
+    if let Some(item) = items.first() {
+        let insert = item["insertText"].as_str().unwrap();
+        assert!(!insert.trim().is_empty());
+        let at = json!({"line": 2, "character": col});
+        assert_eq!(
+            item["range"],
+            json!({"start": at, "end": at}),
+            "the range starts at the cursor"
+        );
+    }
+    assert_eq!(generating_count(&mut s), before + 1, "one generation");
+    let ready = s
+        .wait_for("codellama/status", T, |p| {
+            p["state"] == "ready" && p["timings"].is_object()
+        })
+        .unwrap();
+    for key in [
+        "prefill_ms",
+        "decode_ms",
+        "prompt_tokens",
+        "reused_tokens",
+        "generated_tokens",
+        "total_ms",
+    ] {
+        assert!(
+            ready["params"]["timings"][key].is_number(),
+            "{key} in {ready}"
+        );
+    }
+
+    // The fallback completion at the same place: the same suggestion, from the cache.
+    let list = completion(&mut s, uri, 2, col);
+    assert_eq!(list["isIncomplete"], true);
+    if let Some(item) = items.first() {
+        let c = &list["items"][0];
+        assert!(
+            c["label"].as_str().unwrap().starts_with("Code Llama: "),
+            "{c}"
+        );
+        assert_eq!(c["textEdit"]["newText"], item["insertText"]);
+        assert_eq!(c["textEdit"]["range"], item["range"]);
+    }
+
+    // A request cancelled right away: answered (cancelled, or empty) at once, and serving goes on.
+    change(&mut s, uri, 5, (2, col), (2, col), " ");
+    let id = s.request(
+        "textDocument/inlineCompletion",
+        inline_params(uri, 2, col + 1),
+    );
+    s.cancel(id);
+    let t = Instant::now();
+    let r = s.response(&json!(id), T).unwrap();
+    assert!(
+        r["error"]["code"] == -32800 || r["result"].is_object(),
+        "a cancelled request gets RequestCancelled or a result: {r}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let _ = inline(&mut s, uri, 2, col + 1);
+    finish(s);
+}
+
+#[test]
+fn small_model_session_in_every_encoding() {
+    for enc in ["utf-8", "utf-16", "utf-32"] {
+        session(&small(), enc, true);
+    }
+}
+
+#[test]
+fn tiny_codellama_session_in_every_encoding() {
+    // Random weights: whether a suggestion survives post-processing is up to chance, so only its shape is
+    // checked when there is one.
+    for enc in ["utf-8", "utf-16", "utf-32"] {
+        session(&tiny(), enc, false);
+    }
+}
+
+#[test]
+fn the_tiny_codellama_prompt_uses_its_fim_tokens() {
+    let mut s = start(&tiny(), &[], &[]);
+    open(
+        &mut s,
+        "file:///tmp/t.py",
+        "python",
+        "def f(x):\n    return x\n",
+    );
+    let _ = inline(&mut s, "file:///tmp/t.py", 1, 4);
+    s.drain();
+    let log = s.stderr();
+    assert!(
+        log.contains("fill-in-the-middle template: codellama"),
+        "{log}"
+    );
+    finish(s);
+}
+
+#[test]
+fn a_newer_request_for_the_document_supersedes_the_running_one() {
+    // A long prompt (the 300-line example file, a 1024-token window), so the first request is still with the
+    // model when the second comes.
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "24",
+    ]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    let uri = "file:///tmp/supersede.py";
+    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    open(&mut s, uri, "python", &text);
+    let first = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
+    change(&mut s, uri, 2, (150, 0), (150, 0), "#");
+    let second = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 1));
+    let a = s.response(&json!(first), LOAD).unwrap();
+    let b = s.response(&json!(second), LOAD).unwrap();
+    assert_eq!(
+        a["result"]["items"],
+        json!([]),
+        "the superseded request is answered empty: {a}"
+    );
+    assert!(b["result"]["items"].is_array(), "{b}");
+    // The first stopped before its first token; only the second generated.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.stderr();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" completion ")).collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(
+        lines[0].contains("stop=Cancelled") && lines[0].contains("generated_tokens=0 "),
+        "{}",
+        lines[0]
+    );
+    assert!(!lines[1].contains("stop=Cancelled"), "{}", lines[1]);
+    finish(s);
+}
+
+#[test]
+fn typing_what_was_suggested_is_answered_without_the_model() {
+    let mut s = start(&small(), &["utf-16"], &[]);
+    let uri = "file:///tmp/ahead.py";
+    let text = "import os\n\n\ndef list_python_files(folder):\n    ";
+    open(&mut s, uri, "python", text);
+    let first = inline(&mut s, uri, 4, 4);
+    let suggestion = items(&first)
+        .first()
+        .and_then(|i| i["insertText"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no suggestion: {first}\n{}", s.stderr()));
+    let typed: String = suggestion.chars().take(2).collect();
+    assert_eq!(typed.chars().count(), 2, "{suggestion:?}");
+    let generations = generating_count(&mut s);
+    let (mut line, mut col) = (4, 4);
+    for (i, c) in typed.chars().enumerate() {
+        change(
+            &mut s,
+            uri,
+            2 + i as i32,
+            (line, col),
+            (line, col),
+            &c.to_string(),
+        );
+        if c == '\n' {
+            (line, col) = (line + 1, 0);
+        } else {
+            col += c.len_utf16() as u32;
+        }
+        let t = Instant::now();
+        let r = inline(&mut s, uri, line, col);
+        let rest: String = suggestion.chars().skip(i + 1).collect();
+        assert_eq!(items(&r)[0]["insertText"], rest.as_str(), "{r}");
+        assert_eq!(
+            items(&r)[0]["range"]["start"],
+            json!({"line": line, "character": col})
+        );
+        eprintln!("answered from the cache in {:?}", t.elapsed());
+    }
+    assert_eq!(
+        generating_count(&mut s),
+        generations,
+        "no generation while typing ahead"
+    );
+    // Typing something else asks the model again.
+    change(&mut s, uri, 9, (line, col), (line, col), "\u{1F600}");
+    let _ = inline(&mut s, uri, line, col + 2);
+    assert_eq!(generating_count(&mut s), generations + 1);
+    finish(s);
+}
+
+#[test]
+fn a_model_setting_change_reloads_the_model_and_serving_goes_on() {
+    let mut s = start(&small(), &[], &[]);
+    let uri = "file:///tmp/reload.py";
+    open(&mut s, uri, "python", "def double(x):\n    ");
+    let loads = |s: &mut LspProcess| {
+        s.drain();
+        s.received
+            .iter()
+            .filter(|m| m["method"] == "$/progress" && m["params"]["value"]["kind"] == "begin")
+            .count()
+    };
+    let before = loads(&mut s);
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"codellama": {"context_window": 192, "max_tokens": 8}}}),
+    );
+    // Answered throughout: by the old engine while the new one loads.
+    let _ = inline(&mut s, uri, 1, 4);
+    let deadline = Instant::now() + LOAD;
+    while !s.stderr().contains("context window 192") {
+        assert!(Instant::now() < deadline, "not reloaded:\n{}", s.stderr());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.wait_for("$/progress", Duration::from_millis(500), |_| false)
+        .ok(); // collect what came meanwhile
+    assert_eq!(
+        loads(&mut s),
+        before + 1,
+        "progress reported for the new load"
+    );
+    let _ = inline(&mut s, uri, 1, 4);
+    finish(s);
+}
+
+#[test]
+fn the_client_going_away_mid_generation_ends_the_server_cleanly() {
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "400",
+    ]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    let uri = "file:///tmp/gone.py";
+    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    open(&mut s, uri, "python", &text);
+    let _ = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
+    let t = Instant::now();
+    s.close_stdin();
+    let status = s.wait_exit(Duration::from_secs(30)).unwrap();
+    eprintln!("exited {:?} after stdin closed", t.elapsed());
+    assert!(status.success(), "{status:?}\n{}", s.stderr());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_no_panic(&s);
+}
+
+#[test]
+fn cancel_request_stops_the_running_generation() {
+    // A long prompt (the 300-line example file, a 1024-token window): the cancel lands while the model works.
+    let mut s = spawn(&[
+        "--model",
+        &small(),
+        "--context-window",
+        "1024",
+        "--max-tokens",
+        "200",
+    ]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    let uri = "file:///tmp/cancel.py";
+    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    open(&mut s, uri, "python", &text);
+    let id = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
+    s.wait_for("codellama/status", T, |p| p["state"] == "generating")
+        .unwrap();
+    let t = Instant::now();
+    s.cancel(id);
+    let r = s.response(&json!(id), T).unwrap();
+    assert_eq!(r["error"]["code"], -32800, "{r}");
+    // The model thread stops: "ready" comes back quickly, and the log says the generation was cancelled.
+    s.wait_for("codellama/status", T, |p| {
+        p["state"] == "ready" && p["timings"].is_object()
+    })
+    .unwrap();
+    let stopped = t.elapsed();
+    eprintln!("the generation stopped {stopped:?} after $/cancelRequest");
+    assert!(stopped < Duration::from_secs(5), "{stopped:?}");
+    let log = s.stderr();
+    assert!(log.contains("stop=Cancelled"), "{log}");
+    // And the next request is served.
+    let _ = inline(&mut s, uri, 150, 0);
+    finish(s);
+}
+
+#[test]
+fn a_failed_reload_keeps_the_old_model_answering() {
+    let mut s = start(&small(), &[], &[]);
+    let uri = "file:///tmp/keep.py";
+    open(&mut s, uri, "python", "def square(x):\n    ");
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"codellama": {"model": "/nonexistent/next.gguf"}}}),
+    );
+    let shown = s.wait_for("window/showMessage", LOAD, |_| true).unwrap();
+    let text = shown["params"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("next.gguf") && text.contains("keeps answering with the model it had"),
+        "{text}"
+    );
+    assert_eq!(
+        items(&inline(&mut s, uri, 1, 4)).len(),
+        1,
+        "still served by the old model"
+    );
+    finish(s);
+}
+
+#[test]
+fn languages_not_enabled_get_nothing() {
+    let mut s = spawn(&["--model", &small(), "--languages", "rust,go"]);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s.wait_ready(LOAD).unwrap();
+    open(
+        &mut s,
+        "file:///tmp/off.py",
+        "python",
+        "def square(x):\n    ",
+    );
+    assert_eq!(
+        items(&inline(&mut s, "file:///tmp/off.py", 1, 4)),
+        Vec::<Value>::new()
+    );
+    assert_eq!(generating_count(&mut s), 0);
+    // Enabled by a configuration change, without reloading anything.
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"languages": []}}),
+    );
+    assert_eq!(items(&inline(&mut s, "file:///tmp/off.py", 1, 4)).len(), 1);
+    finish(s);
+}
