@@ -128,7 +128,7 @@ impl Client {
     }
 
     /// Sends a request and waits for the response headers; non-2xx statuses become errors.
-    /// `deadline` bounds the wait for the headers.
+    /// `deadline` bounds the wait for the headers; `waiting_for` says what for, in messages.
     pub fn request(
         &self,
         method: &str,
@@ -136,6 +136,7 @@ impl Client {
         body: Option<&Value>,
         cancelled: &dyn Fn() -> bool,
         deadline: Instant,
+        waiting_for: &str,
     ) -> Result<Response, Failure> {
         let conn = self.connect(cancelled)?;
         let bearer = self.api_key.as_ref().map(ApiKey::bearer);
@@ -168,7 +169,7 @@ impl Client {
                 bytes.as_deref(),
                 &check,
             )
-            .map_err(|e| self.wait_failure(e, "waiting for the answer"))?;
+            .map_err(|e| self.wait_failure(e, waiting_for))?;
         if (200..300).contains(&resp.status) {
             return Ok(resp);
         }
@@ -224,7 +225,14 @@ impl Client {
     ) -> Result<Value, RemoteError> {
         let never = || false;
         let deadline = Instant::now() + self.first_token_timeout;
-        let mut resp = match self.request(method, path, body, &never, deadline) {
+        let mut resp = match self.request(
+            method,
+            path,
+            body,
+            &never,
+            deadline,
+            "waiting for the answer",
+        ) {
             Ok(r) => r,
             Err(Failure::Remote(e)) => return Err(e),
             Err(Failure::Cancelled) => unreachable!("nothing cancels this request"),
@@ -272,6 +280,10 @@ impl Client {
 
     fn transport_error(&self, e: HttpError, when: &str) -> RemoteError {
         match e {
+            // A plain close needs no detail; a reset or other failure says what it was.
+            HttpError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                RemoteError::disconnected(self.engine(), &self.at(), &format!("while {when}"))
+            }
             HttpError::Io(io) => RemoteError::disconnected(
                 self.engine(),
                 &self.at(),

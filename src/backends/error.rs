@@ -94,7 +94,9 @@ impl RemoteError {
     pub(crate) fn disconnected(engine: &str, at: &str, detail: &str) -> Self {
         Self {
             kind: RemoteErrorKind::Disconnected,
-            message: format!("{engine} at {at} closed the connection {detail}"),
+            message: format!(
+                "{engine} at {at} closed the connection {detail}; did it crash or restart?"
+            ),
         }
     }
 
@@ -110,12 +112,6 @@ impl RemoteError {
             kind: RemoteErrorKind::Tokenizer,
             message: format!("remote tokenizer: {detail}"),
         }
-    }
-
-    /// The same error with more detail at the end.
-    pub(crate) fn with_suffix(mut self, suffix: &str) -> Self {
-        self.message.push_str(suffix);
-        self
     }
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes quote a rejected key).
@@ -177,7 +173,7 @@ mod tests {
             RemoteError::unauthorized(e, at, true, "HTTP 401 Invalid API Key"),
             RemoteError::unauthorized(e, at, false, "HTTP 401"),
             RemoteError::timeout(e, at, 30.0, "waiting for the first token"),
-            RemoteError::disconnected(e, at, "in the middle of the answer after 3 tokens"),
+            RemoteError::disconnected(e, at, "while waiting for token 4 of the answer"),
             RemoteError::bad_response(e, at, "HTTP 500: boom"),
             RemoteError::bad_response(e, at, "HTTP 502: upstream closed the connection early"),
             RemoteError::tokenizer("no tokenizer"),

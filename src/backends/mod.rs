@@ -423,13 +423,14 @@ impl Backend for RemoteBackend {
     }
 }
 
-/// The prompt as text, for engines that take text: a leading BOS is left out (the engine adds its own),
+/// The prompt as text, for engines that take text: a leading BOS is left out when the model adds one
+/// (the engine adds its own to text prompts then),
 /// special tokens are written as their text (SentencePiece's `▁` as a space), everything else as its
 /// bytes. With a SentencePiece tokenizer that adds a leading space itself, the space our encoding added
 /// at the start is removed so that it is not doubled.
 pub fn prompt_as_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
     let ids = match (ids.first(), tokenizer.bos_id()) {
-        (Some(&first), Some(bos)) if first == bos => &ids[1..],
+        (Some(&first), Some(bos)) if first == bos && tokenizer.add_bos() => &ids[1..],
         _ => ids,
     };
     let spm = tokenizer.kind() == crate::engine::tokenizer::TokenizerKind::SentencePiece;
@@ -456,4 +457,192 @@ pub fn prompt_as_text(tokenizer: &Tokenizer, ids: &[u32]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gguf::GgufFile;
+    use crate::engine::{StopPolicy, StopReason};
+    use std::time::Duration;
+
+    fn smollm2() -> GgufFile {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert!(
+            path.exists(),
+            "{} is missing: run scripts/fetch-model",
+            path.display()
+        );
+        GgufFile::open(&path).unwrap()
+    }
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_gguf(&smollm2().content).unwrap()
+    }
+
+    #[test]
+    fn text_prompts_write_special_tokens_as_text() {
+        let tok = tokenizer();
+        let start = tok.special_id("<|im_start|>").unwrap();
+        let end = tok.special_id("<|im_end|>").unwrap();
+        let mut ids = vec![start];
+        ids.extend(tok.encode("user\nHé, 2+2?", false));
+        ids.push(end);
+        assert_eq!(
+            prompt_as_text(&tok, &ids),
+            "<|im_start|>user\nHé, 2+2?<|im_end|>"
+        );
+    }
+
+    #[test]
+    fn openai_and_ollama_requests() {
+        let tok = tokenizer();
+        let mut req = GenerateRequest::new(tok.encode("def f(x):", false), 16);
+        req.stop_ids = vec![2];
+        let opts = openai::Options {
+            model: "m",
+            prompt_as_ids: true,
+            send_stop_token_ids: true,
+        };
+        let body = openai::completions_body(&req, &tok, &opts);
+        assert_eq!(body["prompt"], serde_json::json!(req.prompt));
+        assert_eq!(body["max_tokens"], 16);
+        assert_eq!(body["temperature"], 0.0);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stop_token_ids"], serde_json::json!([2]));
+        assert!(
+            body.get("stop").is_none(),
+            "stop strings are applied here, not sent"
+        );
+        let opts = openai::Options {
+            model: "m",
+            prompt_as_ids: false,
+            send_stop_token_ids: false,
+        };
+        let body = openai::completions_body(&req, &tok, &opts);
+        assert_eq!(body["prompt"], "def f(x):");
+        assert!(body.get("stop_token_ids").is_none());
+
+        let body = ollama::generate_body(&req, &tok, "codellama:7b-code", Some(4096));
+        assert_eq!(body["model"], "codellama:7b-code");
+        assert_eq!(body["prompt"], "def f(x):");
+        assert_eq!(body["raw"], true);
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["options"]["num_predict"], 16);
+        assert_eq!(body["options"]["num_ctx"], 4096);
+        assert_eq!(body["options"]["temperature"], 0.0);
+        assert_eq!(body["options"]["repeat_penalty"], 1.0);
+    }
+
+    /// Ollama's verbose `/api/show` gives the GGUF metadata as JSON; the tokenizer built from it is the
+    /// one built from the file.
+    #[test]
+    fn the_tokenizer_from_ollama_model_info_is_the_files() {
+        use candle_core::quantized::gguf_file::Value as V;
+        fn json(v: &V) -> serde_json::Value {
+            match v {
+                V::U8(x) => (*x).into(),
+                V::I8(x) => (*x).into(),
+                V::U16(x) => (*x).into(),
+                V::I16(x) => (*x).into(),
+                V::U32(x) => (*x).into(),
+                V::I32(x) => (*x).into(),
+                V::U64(x) => (*x).into(),
+                V::I64(x) => (*x).into(),
+                V::F32(x) => (*x as f64).into(),
+                V::F64(x) => (*x).into(),
+                V::Bool(x) => (*x).into(),
+                V::String(x) => x.clone().into(),
+                V::Array(a) => a.iter().map(json).collect(),
+            }
+        }
+        let file = smollm2();
+        let info: serde_json::Map<String, serde_json::Value> = file
+            .content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json(v)))
+            .collect();
+        let show = serde_json::json!({"parameters": "num_ctx 8192", "model_info": info});
+        // Through JSON text, as it would come over the wire.
+        let show: serde_json::Value = serde_json::from_str(&show.to_string()).unwrap();
+        let mut facts = ollama::facts_from_show("smollm2:135m", &show).unwrap();
+        assert_eq!(facts.context_window, Some(8192));
+        assert_eq!(facts.n_vocab, Some(49152));
+        let loaded = tokenizer::load(&Spec::Engine, RemoteKind::Ollama, &mut facts).unwrap();
+        let ours = loaded.tokenizer;
+        let theirs = Tokenizer::from_gguf(&file.content).unwrap();
+        assert_eq!(ours.vocab_size(), theirs.vocab_size());
+        assert_eq!(ours.end_of_generation_ids(), theirs.end_of_generation_ids());
+        for text in [
+            "def f(x):\n\treturn x  # ∑ é 😀",
+            "<|im_start|> literal",
+            "  spaces  ",
+        ] {
+            assert_eq!(
+                ours.encode(text, false),
+                theirs.encode(text, false),
+                "{text:?}"
+            );
+        }
+    }
+
+    struct CutAfterNewline;
+    impl StopPolicy for CutAfterNewline {
+        fn check(&mut self, text: &str, _: Duration) -> Option<usize> {
+            text.find('\n')
+        }
+    }
+
+    #[test]
+    fn text_streams_follow_the_decode_loop_rules() {
+        let tok = tokenizer();
+        let eog = HashSet::new();
+        let (tx, mut rx) = unbounded_channel();
+        // A stop string split across two pieces: the text is cut before it, the piece that completed it
+        // is not streamed.
+        let mut req = GenerateRequest::new(vec![1], 10);
+        req.stop_strings = vec!["END".into()];
+        let mut d = stream::Decoding::new(&mut req, &tok, &eog, &tx);
+        assert_eq!(d.text("abc E"), stream::Flow::Go);
+        assert_eq!(d.text("ND more"), stream::Flow::Stop);
+        let out = d.finish();
+        assert_eq!(out.text, "abc ");
+        assert_eq!(out.stop_reason, StopReason::StopString);
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Event::Token {
+                id: UNKNOWN_TOKEN_ID,
+                ..
+            })
+        ));
+        assert!(rx.try_recv().is_err());
+        // The policy cuts; max_tokens counts pieces.
+        let mut req = GenerateRequest::new(vec![1], 10);
+        req.policy = Some(Box::new(CutAfterNewline));
+        let mut d = stream::Decoding::new(&mut req, &tok, &eog, &tx);
+        assert_eq!(d.text("x = 1"), stream::Flow::Go);
+        assert_eq!(d.text("\ny = 2"), stream::Flow::Stop);
+        let out = d.finish();
+        assert_eq!(
+            (out.text.as_str(), out.stop_reason),
+            ("x = 1", StopReason::Policy)
+        );
+        let mut req = GenerateRequest::new(vec![1], 2);
+        let mut d = stream::Decoding::new(&mut req, &tok, &eog, &tx);
+        assert_eq!(d.text("a"), stream::Flow::Go);
+        assert_eq!(d.text("b"), stream::Flow::Stop);
+        assert_eq!(d.finish().stop_reason, StopReason::MaxTokens);
+        // Stop ids end the answer and are left out.
+        let mut req = GenerateRequest::new(vec![1], 10);
+        req.stop_ids = vec![42];
+        let mut d = stream::Decoding::new(&mut req, &tok, &eog, &tx);
+        assert_eq!(d.id(100), stream::Flow::Go);
+        assert_eq!(d.id(42), stream::Flow::Stop);
+        let out = d.finish();
+        assert_eq!(out.generated_ids, vec![100]);
+        assert_eq!(out.stop_token, Some(42));
+        assert_eq!(out.stop_reason, StopReason::EndOfGeneration);
+    }
 }

@@ -109,7 +109,14 @@ pub(crate) fn run(
         return Ok(cancelled_outcome(timings));
     }
     let first_deadline = Instant::now() + client.first_token_timeout;
-    let mut resp = match client.request("POST", path, Some(&body), &cancelled, first_deadline) {
+    let mut resp = match client.request(
+        "POST",
+        path,
+        Some(&body),
+        &cancelled,
+        first_deadline,
+        "waiting for the first token",
+    ) {
         Ok(r) => r,
         Err(Failure::Cancelled) => {
             timings.queue_ms = ms(t_start);
@@ -141,16 +148,11 @@ pub(crate) fn run(
                 Ok(())
             }
         };
-        let waiting_for = if t_first.is_none() {
-            "waiting for the first token"
-        } else {
-            "waiting for the next token"
-        };
         let chunk = match resp.read_chunk(&check) {
             Ok(c) => c,
-            Err(e) => match client.wait_failure(e, waiting_for) {
+            Err(e) => match client.wait_failure(e, &waiting_for(&gen)) {
                 Failure::Cancelled => break 'read true,
-                Failure::Remote(e) => return Err(annotate(e, &gen)),
+                Failure::Remote(e) => return Err(e),
             },
         };
         let ended = chunk.is_none();
@@ -210,13 +212,13 @@ pub(crate) fn run(
             break 'read false;
         }
         if ended {
-            return Err(annotate(
-                RemoteError::disconnected(
-                    client.engine(),
-                    &client.at(),
-                    "before the answer was complete",
+            return Err(RemoteError::disconnected(
+                client.engine(),
+                &client.at(),
+                &format!(
+                    "after {} tokens, before the answer was complete",
+                    gen.generated()
                 ),
-                &gen,
             ));
         }
     };
@@ -253,12 +255,12 @@ pub(crate) fn run(
     Ok(out)
 }
 
-fn annotate(e: RemoteError, gen: &Decoding) -> RemoteError {
-    let n = gen.out.generated_ids.len().max(gen.text_pieces);
-    if n == 0 {
-        return e;
+/// What the stream waits for, in messages.
+fn waiting_for(gen: &Decoding) -> String {
+    match gen.generated() {
+        0 => "waiting for the first token".into(),
+        n => format!("waiting for token {} of the answer", n + 1),
     }
-    e.with_suffix(&format!(" (after {n} tokens)"))
 }
 
 fn ms(t: Instant) -> f64 {
@@ -319,7 +321,7 @@ impl<'a> Decoding<'a> {
         }
     }
 
-    fn generated(&self) -> usize {
+    pub fn generated(&self) -> usize {
         self.out.generated_ids.len().max(self.text_pieces)
     }
 
