@@ -596,6 +596,15 @@ fn an_unreachable_engine_fails_quickly_with_a_clear_message_reported_once() {
     // the recovery once the engine is back.
     let mut server = Server::start(&[]);
     let port = server.port;
+    // https to a plain-HTTP engine: the TLS handshake fails, clearly.
+    let err = RemoteBackend::connect(config(
+        RemoteKind::LlamaCpp,
+        &format!("https://127.0.0.1:{port}"),
+    ))
+    .unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind(), RemoteErrorKind::Unreachable);
+    assert!(err.to_string().contains("TLS"), "{err}");
     let backend = connect(RemoteKind::LlamaCpp, &server);
     greedy(&backend, &[1604, 3987], 2);
     assert!(backend.take_notice().is_none());

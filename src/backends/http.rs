@@ -13,7 +13,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a blocked read wakes up to ask whether to go on.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -292,7 +292,10 @@ impl Connection {
             .write_all(&bytes)
             .and_then(|_| self.io.flush())
             .map_err(HttpError::Io)?;
-        Response::read_head(self, check)
+        let sent_at = Instant::now();
+        let mut resp = Response::read_head(self, check)?;
+        resp.sent_at = sent_at;
+        Ok(resp)
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` at end of stream. Waits, tick by tick, until data arrives
@@ -446,6 +449,8 @@ enum Body {
 
 /// A response whose body is read piece by piece. Dropping it closes the connection.
 pub struct Response {
+    /// When the request was written (the answer's waiting time starts there).
+    pub sent_at: Instant,
     pub status: u16,
     pub reason: String,
     headers: Vec<(String, String)>,
@@ -531,6 +536,7 @@ impl Response {
             }
         }
         Ok(Response {
+            sent_at: Instant::now(),
             status,
             reason,
             headers,

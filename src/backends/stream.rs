@@ -124,7 +124,7 @@ pub(crate) fn run(
         }
         Err(Failure::Remote(e)) => return Err(e),
     };
-    let t_sent = Instant::now();
+    let t_sent = resp.sent_at;
     timings.queue_ms = (t_sent - t_start).as_secs_f64() * 1e3;
 
     let mut gen = Decoding::new(req, tokenizer, eog, events);
