@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
+use crate::actions;
 use crate::completion::{self, CompletionRequest};
 use crate::engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
 use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
@@ -158,6 +159,159 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
             .char_indices()
             .nth(column - 1)
             .map_or(line_text.len(), |(i, _)| i))
+}
+
+/// Options of the code-action commands (`explain`, `generate`).
+#[derive(Args, Debug, Clone)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Instruct model for explain/generate (a .gguf file, directory or Hub reference). Default: --model,
+    /// when that is an Instruct model.
+    #[arg(long, env = "CODELLAMA_LSP_CHAT_MODEL")]
+    pub chat_model: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = actions::DEFAULT_MAX_TOKENS)]
+    pub max_tokens: usize,
+    /// Print one JSON object: the Markdown, the text and edit, the model's raw answer, timings...
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ChatArgs {
+    /// Loads the chat model (`--chat-model`, else `--model`).
+    fn start(&self) -> Result<(Engine, u64)> {
+        let mut model = self.model.clone();
+        if let Some(chat) = &self.chat_model {
+            model.model = Some(chat.clone());
+        }
+        model.start()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// PATH:START-END (1-based lines, inclusive), or PATH:LINE.
+    pub location: String,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// `explain PATH:START-END`: prints the explanation as Markdown (`--json`: with the comment block and
+/// the edit that inserts it above the lines).
+pub fn explain(args: ExplainArgs) -> Result<()> {
+    let (path, first, last) = parse_line_range(&args.location)?;
+    let text = read_source(&path)?;
+    let lines = actions::source::Lines::new(&text);
+    let count = lines.visible_count();
+    if last > count {
+        bail!(
+            "lines {first}-{last} are outside {} ({count} lines)",
+            path.display()
+        );
+    }
+    let selection = lines.start(first - 1)..lines.range(last - 1).end;
+    let task = actions::Task::Explain { selection };
+    run_action(&args.chat, &path, &text, task, |out| out.markdown.clone())
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// PATH:LINE (1-based): the code goes below this line.
+    #[arg(long, value_name = "PATH:LINE")]
+    pub file: String,
+    /// What to generate. Without it, the comment at LINE is the instruction.
+    pub instruction: Option<String>,
+    #[command(flatten)]
+    pub chat: ChatArgs,
+}
+
+/// `generate --file PATH:LINE "instruction"`: prints the code as it would be inserted below LINE
+/// (`--json`: with the edit).
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let (path, line, last) = parse_line_range(&args.file)?;
+    if line != last {
+        bail!("--file takes PATH:LINE, got {:?}", args.file);
+    }
+    let text = read_source(&path)?;
+    let task = match args.instruction {
+        Some(instruction) => actions::Task::Generate {
+            instruction,
+            target: actions::Target::BelowLine(line - 1),
+        },
+        None => actions::Task::GenerateFromComment { line: line - 1 },
+    };
+    run_action(&args.chat, &path, &text, task, |out| out.text.clone())
+}
+
+fn read_source(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn run_action(
+    args: &ChatArgs,
+    path: &std::path::Path,
+    text: &str,
+    task: actions::Task,
+    plain: impl Fn(&actions::ActionOutput) -> String,
+) -> Result<()> {
+    let path_text = path.display().to_string();
+    let source = actions::Source::new(text, Some(&path_text), None);
+    let (engine, load_ms) = args.start()?;
+    let out = actions::run(
+        &engine,
+        &source,
+        actions::ActionRequest::new(task, args.max_tokens),
+    )?;
+    if !args.json {
+        println!("{}", plain(&out));
+        return Ok(());
+    }
+    let mut v = serde_json::to_value(&out)?;
+    if let Some(edit) = &out.edit {
+        v["edit"] = edit_json(text, edit);
+    }
+    v["timings"]["load_ms"] = json!(load_ms);
+    v["model"] = json!(engine.info().name);
+    println!("{}", serde_json::to_string(&v)?);
+    Ok(())
+}
+
+/// An edit with 1-based line and column (characters) positions beside the byte offsets.
+fn edit_json(text: &str, edit: &actions::Edit) -> serde_json::Value {
+    let pos = |offset: usize| {
+        let lines = actions::source::Lines::new(text);
+        let line = lines.line_of(offset);
+        let column = text[lines.start(line)..offset].chars().count();
+        json!({"line": line + 1, "column": column + 1})
+    };
+    json!({
+        "start": edit.start,
+        "end": edit.end,
+        "new_text": edit.new_text,
+        "range": {"start": pos(edit.start), "end": pos(edit.end)},
+    })
+}
+
+/// `PATH:START-END` or `PATH:LINE` (1-based, inclusive); the path itself may contain colons.
+pub fn parse_line_range(loc: &str) -> Result<(PathBuf, usize, usize)> {
+    let Some((path, lines)) = loc.rsplit_once(':').filter(|(p, _)| !p.is_empty()) else {
+        bail!("expected PATH:START-END or PATH:LINE (1-based), got {loc:?}");
+    };
+    let num = |s: &str| -> Result<usize> {
+        match s.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => bail!("line numbers start at 1, got {s:?} in {loc:?}"),
+        }
+    };
+    let (first, last) = match lines.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(lines)?, num(lines)?),
+    };
+    if first > last {
+        bail!("the range {first}-{last} ends before it starts in {loc:?}");
+    }
+    Ok((PathBuf::from(path), first, last))
 }
 
 #[derive(Args, Debug)]
@@ -338,6 +492,21 @@ mod tests {
         );
         assert!(parse_location("x.py:0:1").is_err());
         assert!(parse_location("x.py:3").is_err());
+    }
+
+    #[test]
+    fn line_ranges() {
+        assert_eq!(
+            parse_line_range("a/b.py:3-5").unwrap(),
+            (PathBuf::from("a/b.py"), 3, 5)
+        );
+        assert_eq!(
+            parse_line_range("C:/x.rs:7").unwrap(),
+            (PathBuf::from("C:/x.rs"), 7, 7)
+        );
+        assert!(parse_line_range("x.py:0-2").is_err());
+        assert!(parse_line_range("x.py:5-2").is_err());
+        assert!(parse_line_range("x.py").is_err());
     }
 
     #[test]

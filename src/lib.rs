@@ -4,6 +4,7 @@
 //! `prompt`, `engine` and `postprocess` know nothing about LSP; only `server` speaks LSP.
 //! See ARCHITECTURE.md for the code map.
 
+pub mod actions;
 pub mod backends;
 pub mod cli;
 pub mod completion;

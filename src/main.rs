@@ -24,6 +24,11 @@ struct Args {
 enum Command {
     /// Complete the code at PATH:LINE:COLUMN (1-based) and print the suggestion.
     Complete(cli::CompleteArgs),
+    /// Explain lines START-END of a file (PATH:START-END, 1-based, inclusive) with the chat model.
+    Explain(cli::ExplainArgs),
+    /// Generate code from an instruction (or from the comment at LINE) and print it as it would be
+    /// inserted below PATH:LINE.
+    Generate(cli::GenerateArgs),
     /// Print the token ids of TEXT (no BOS), like llama.cpp's llama-tokenize.
     Tokenize(cli::TokenizeArgs),
     /// Measure prefill and decode speed of the in-process engine.
@@ -36,6 +41,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Some(Command::Complete(a)) => cli::complete(a),
+        Some(Command::Explain(a)) => cli::explain(a),
+        Some(Command::Generate(a)) => cli::generate(a),
         Some(Command::Tokenize(a)) => cli::tokenize(a),
         Some(Command::Bench(a)) => cli::bench(a),
         Some(Command::Eval(a)) => cli::eval(a),

@@ -96,13 +96,18 @@ fn cancellation_stops_within_a_token_and_the_engine_serves_on() {
         }
     }
     let cancelled_at = Instant::now();
+    let mut after_cancel = 0;
     let outcome = loop {
         match gen.events.blocking_recv().expect("events") {
-            Event::Token { .. } => seen += 1,
+            Event::Token { .. } => after_cancel += 1,
             Event::Finished(r) => break r.unwrap(),
         }
     };
     assert_eq!(outcome.stop_reason, StopReason::Cancelled);
+    assert!(
+        after_cancel <= 1,
+        "{after_cancel} tokens streamed after the cancel"
+    );
     assert!(
         outcome.generated_ids.len() <= 4,
         "{} tokens after cancel",

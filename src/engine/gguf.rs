@@ -29,6 +29,24 @@ impl MappedBytes {
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
+
+    /// Tells the kernel these pages are not needed for now (after repacking): they leave this process's
+    /// resident set and are read from the page cache again if touched.
+    pub fn release(&self) {
+        let page = 4096;
+        let start = self.start.next_multiple_of(page);
+        let end = (self.start + self.len) / page * page;
+        if end > start {
+            // SAFETY: a read-only file mapping; DONTNEED only drops pages, which are re-read on access.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+    }
 }
 
 /// One tensor of the file: its type, its shape (outermost first, e.g. `[rows, cols]`) and its bytes.
@@ -190,5 +208,7 @@ impl GgufFile {
 /// Bytes taken by `elems` elements of `dtype`, or `None` when they do not fill whole blocks.
 pub fn tensor_size(dtype: GgmlDType, elems: usize) -> Option<usize> {
     let block = dtype.block_size();
-    (elems % block == 0).then(|| elems / block * dtype.type_size())
+    elems
+        .is_multiple_of(block)
+        .then(|| elems / block * dtype.type_size())
 }

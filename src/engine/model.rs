@@ -153,13 +153,13 @@ impl ModelConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_head_kv == 0 || self.head_dim == 0 {
             return Err(bad(format!("degenerate shape {self:?}")));
         }
-        if self.n_head % self.n_head_kv != 0 {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
             return Err(bad(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_head, self.n_head_kv
             )));
         }
-        if rope_dim != self.head_dim || self.head_dim % 2 != 0 {
+        if rope_dim != self.head_dim || !self.head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "rotary dimension {rope_dim} differs from head dimension {} (partial rotary embeddings are not supported)",
                 self.head_dim
@@ -188,12 +188,8 @@ impl Linear {
             });
         };
         if device.is_cpu() {
-            let m = QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone()))
-                .map_err(|detail| EngineError::BadTensor {
-                    path: path.to_path_buf(),
-                    name: t.name.clone(),
-                    detail,
-                })?;
+            let mut m = cpu_matrix(t, rows, cols, path)?;
+            m.pack();
             Ok(Linear::Cpu(Arc::new(m)))
         } else {
             let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.dims.clone(), device)?;
@@ -217,6 +213,17 @@ impl Linear {
             Linear::Device(q) => x.apply(&**q)?,
         })
     }
+}
+
+/// A weight matrix used in place from the file.
+fn cpu_matrix(t: &TensorData, rows: usize, cols: usize, path: &Path) -> Result<QMatrix> {
+    QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone())).map_err(|detail| {
+        EngineError::BadTensor {
+            path: path.to_path_buf(),
+            name: t.name.clone(),
+            detail,
+        }
+    })
 }
 
 struct MatMulOp(Arc<QMatrix>);
@@ -452,10 +459,13 @@ impl Llama {
         let embd = src.tensor(names.embed)?;
         check_dims(&path, &embd, &[cfg.vocab_size, cfg.n_embd])?;
         let embed = if device.is_cpu() {
-            let Linear::Cpu(m) = Linear::from_tensor(&embd, device, &path)? else {
-                unreachable!("cpu device gives cpu weights")
-            };
-            Embedding::Cpu(m)
+            // Rows are looked up one at a time: no repacking.
+            Embedding::Cpu(Arc::new(cpu_matrix(
+                &embd,
+                cfg.vocab_size,
+                cfg.n_embd,
+                &path,
+            )?))
         } else {
             let q = qtensor_from_ggml(embd.dtype, embd.data.bytes(), embd.dims.clone(), device)?;
             Embedding::Device(q.dequantize(device)?)

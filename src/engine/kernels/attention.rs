@@ -109,7 +109,7 @@ fn attend_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if hd % 8 == 0 && hd <= 256 && simd::available() {
+        if hd.is_multiple_of(8) && hd <= 256 && simd::available() {
             // SAFETY: the CPU features were checked and `hd` is a multiple of the vector width.
             return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
         }

@@ -8,10 +8,13 @@
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
 pub mod attention;
+pub mod cpu;
 mod float;
+pub mod packed;
 mod q4_1;
 mod q8;
 mod q8_0;
+pub mod tiled;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -22,7 +25,7 @@ use rayon::prelude::*;
 
 use super::gguf::MappedBytes;
 
-pub use q8::{Q8Block, Q8Row};
+pub use q8::Q8Act;
 
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
@@ -38,6 +41,12 @@ impl WeightBytes {
             WeightBytes::Owned(v) => v,
         }
     }
+
+    fn release(&self) {
+        if let WeightBytes::Mapped(m) = self {
+            m.release();
+        }
+    }
 }
 
 /// A weight matrix in its storage format.
@@ -47,6 +56,8 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     data: WeightBytes,
+    /// A copy repacked for the CPU's fastest kernel, when it has one for this type.
+    packed: Option<std::sync::Arc<packed::Packed>>,
 }
 
 impl QMatrix {
@@ -57,7 +68,7 @@ impl QMatrix {
         cols: usize,
         data: WeightBytes,
     ) -> Result<Self, String> {
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(format!(
                 "row length {cols} is not a multiple of the {dtype:?} block size {}",
                 dtype.block_size()
@@ -70,7 +81,7 @@ impl QMatrix {
                 "expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"
             ));
         }
-        if (data.bytes().as_ptr() as usize) % block_align(dtype) != 0 {
+        if !(data.bytes().as_ptr() as usize).is_multiple_of(block_align(dtype)) {
             return Err(format!(
                 "{dtype:?} data is not aligned to {} bytes",
                 block_align(dtype)
@@ -86,7 +97,29 @@ impl QMatrix {
             rows,
             cols,
             data,
+            packed: None,
         })
+    }
+
+    /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's pages go
+    /// (they are read again only for embedding lookups). Returns whether it repacked.
+    pub fn pack(&mut self) -> bool {
+        if !cpu::has_avx512_vnni() {
+            return false;
+        }
+        let kind = match self.dtype {
+            GgmlDType::Q4_1 => packed::PackedKind::Q4_1,
+            GgmlDType::Q8_0 => packed::PackedKind::Q8_0,
+            _ => return false,
+        };
+        self.packed = Some(std::sync::Arc::new(packed::Packed::new(
+            kind,
+            self.rows,
+            self.cols,
+            self.bytes(),
+        )));
+        self.data.release();
+        true
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -113,22 +146,9 @@ impl QMatrix {
                     dot(row, &x[i * self.cols..(i + 1) * self.cols])
                 })
             }
-            GgmlDType::Q4_1 => {
-                let xq = Q8Row::quantize_rows(x, m, self.cols);
-                let dot = q4_1::rows_dot();
-                self.for_each_row_group(m, out, q4_1::ROWS, |row, first, dst| {
-                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
-                    dot(row, &acts[..dst.len()], dst)
-                })
-            }
-            GgmlDType::Q8_0 => {
-                let xq = Q8Row::quantize_rows(x, m, self.cols);
-                let dot = q8_0::rows_dot();
-                self.for_each_row_group(m, out, q8_0::ROWS, |row, first, dst| {
-                    let acts = xq.rows::<MAX_GROUP>(first, dst.len());
-                    dot(row, &acts[..dst.len()], dst)
-                })
-            }
+            _ if self.packed.is_some() => self.run_packed(x, m, out),
+            GgmlDType::Q4_1 => self.tiled(x, m, out, q4_1::kernel()),
+            GgmlDType::Q8_0 => self.tiled(x, m, out, q8_0::kernel()),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),
@@ -162,6 +182,47 @@ impl QMatrix {
             GgmlDType::Q5K => to_float::<BlockQ5K>(row, out),
             GgmlDType::Q6K => to_float::<BlockQ6K>(row, out),
             GgmlDType::Q8K => to_float::<BlockQ8K>(row, out),
+        }
+    }
+
+    /// The repacked kernels: groups of 16 weight rows split over the rayon pool.
+    fn run_packed(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        let p = self.packed.as_ref().expect("packed weights");
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let out_ptr = tiled::OutPtr(out.as_mut_ptr());
+        let groups = p.groups();
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = groups.div_ceil(threads * 4).max(2);
+        let run = |start: usize| {
+            let range = start..(start + per_task).min(groups);
+            // SAFETY: `pack` checked the CPU; tasks cover disjoint groups of output columns.
+            unsafe { p.run(&xq, range, { out_ptr }.0) }
+        };
+        if threads == 1 || groups <= per_task {
+            run(0);
+            if groups > per_task {
+                (per_task..groups).step_by(per_task).for_each(run);
+            }
+        } else {
+            (0..groups).into_par_iter().step_by(per_task).for_each(run);
+        }
+    }
+
+    /// Our tiled kernels: activations quantized once, weight rows split over the rayon pool.
+    fn tiled(&self, x: &[f32], m: usize, out: &mut [f32], kernel: tiled::RangeKernel) {
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let product = tiled::Product {
+            w: self.bytes(),
+            row_bytes: self.row_bytes(),
+            n: self.rows,
+            x: &xq,
+            out: tiled::OutPtr(out.as_mut_ptr()),
+        };
+        let chunks = row_chunks(self.rows);
+        if chunks.len() == 1 {
+            kernel(&product, chunks[0].clone());
+        } else {
+            chunks.into_par_iter().for_each(|r| kernel(&product, r));
         }
     }
 
@@ -223,6 +284,20 @@ impl QMatrix {
             (0..n_chunks).into_par_iter().for_each(work);
         }
     }
+}
+
+/// Weight-row ranges for the worker threads: about four per thread, multiples of 4 rows, at least 16.
+fn row_chunks(rows: usize) -> Vec<std::ops::Range<usize>> {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = if threads == 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads * 4).next_multiple_of(4).max(16)
+    };
+    (0..rows)
+        .step_by(chunk)
+        .map(|s| s..(s + chunk).min(rows))
+        .collect()
 }
 
 /// The most activation rows a kernel takes at once.
@@ -346,6 +421,85 @@ mod tests {
                     assert!(
                         (got - want).abs() <= tol * (1.0 + want.abs()),
                         "{dtype:?} row {j} input {i}: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The SIMD tiles agree with the scalar tile for every tile shape and an odd number of blocks.
+    #[test]
+    fn tiled_implementations_agree() {
+        for (dtype, impls) in [
+            (GgmlDType::Q4_1, q4_1::all()),
+            (GgmlDType::Q8_0, q8_0::all()),
+        ] {
+            for (rows, cols, m) in [(7, 96, 5), (13, 64, 1), (4, 32, 9), (33, 576, 3)] {
+                let w = quantize(dtype, &data(rows * cols, 3));
+                let x = data(m * cols, 5);
+                let xq = Q8Act::quantize(&x, m, cols);
+                let results: Vec<(&str, Vec<f32>)> = impls
+                    .iter()
+                    .map(|(name, k)| {
+                        let mut out = vec![f32::NAN; m * rows];
+                        let p = tiled::Product {
+                            w: &w,
+                            row_bytes: w.len() / rows,
+                            n: rows,
+                            x: &xq,
+                            out: tiled::OutPtr(out.as_mut_ptr()),
+                        };
+                        k(&p, 0..rows);
+                        (*name, out)
+                    })
+                    .collect();
+                let (_, reference) = results.last().unwrap();
+                for (name, out) in &results {
+                    for (a, b) in out.iter().zip(reference) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{dtype:?} {name} {rows}x{cols} m={m}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Repacked weights hold the same values and give the same products as the file's layout.
+    #[test]
+    fn packed_layout_matches_the_file_layout() {
+        if !cpu::has_avx512_vnni() {
+            return; // no repacking on this CPU: nothing to compare
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
+                let bytes = quantize(dtype, &data(rows * cols, 9));
+                let plain =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.clone().into()))
+                        .unwrap();
+                let mut packed =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+                assert!(packed.pack());
+                let mut row = vec![0f32; cols];
+                for r in 0..rows {
+                    plain.dequantize_row(r, &mut row);
+                    for (c, v) in row.iter().enumerate() {
+                        let p = packed::unpack_value(packed.packed.as_ref().unwrap(), r, c);
+                        assert!(
+                            (p - v).abs() <= 1e-6 * (1.0 + v.abs()),
+                            "{dtype:?} ({r},{c}): {p} vs {v}"
+                        );
+                    }
+                }
+                let x = data(m * cols, 21);
+                let (mut a, mut b) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
+                plain.matmul(&x, m, &mut a);
+                packed.matmul(&x, m, &mut b);
+                for (u, v) in a.iter().zip(&b) {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
+                        "{dtype:?} {rows}x{cols} m={m}: {u} vs {v}"
                     );
                 }
             }

@@ -1,135 +1,224 @@
 //! Q8_0 weights (blocks of 32: f16 scale `d`, 32 signed bytes) times Q8 activations:
-//! a block's dot product is `d·dₐ·Σ w·a`. Up to four activation rows share each weight block load.
+//! a block's dot product is `d·dₐ·Σ w·a`.
+//!
+//! AVX-512 VNNI multiplies unsigned by signed bytes, so weights are offset by 128 (`w ^ 0x80`) and the
+//! excess `128·Σa` is subtracted in integers (a sixteenth of it from each of the block's 8 lanes... of
+//! 4 products each, i.e. `16·Σa` per lane). AVX2 moves the weight's sign onto the activation instead.
+
+use std::ops::Range;
 
 use half::f16;
 
-use super::q8::{Q8Block, QK};
+use super::q8::QK;
+use super::tiled::{for_tiles, Product, RangeKernel};
 
-const BLOCK_BYTES: usize = 34;
+pub const BLOCK_BYTES: usize = 34;
 
-pub const ROWS: usize = 4;
-
-pub type RowsDot = fn(&[u8], &[&[Q8Block]], &mut [f32]);
-
-pub fn rows_dot() -> RowsDot {
+pub fn kernel() -> RangeKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            return |w, a, out| {
-                // SAFETY: the required CPU features were detected above.
-                unsafe { x86::rows_dot_avx2(w, a, out) }
-            };
+        if super::cpu::has_avx512_vnni() {
+            return |p, rows| unsafe { x86::range_avx512(p, rows) };
+        }
+        if super::cpu::has_avx2() {
+            return |p, rows| unsafe { x86::range_avx2(p, rows) };
         }
     }
-    rows_dot_scalar
+    range_scalar
 }
 
-pub fn rows_dot_scalar(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
-    for (a, o) in acts.iter().zip(out.iter_mut()) {
-        let mut total = 0f32;
-        for (blk, act) in w.chunks_exact(BLOCK_BYTES).zip(a.iter()) {
-            let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-            let isum: i32 = (0..QK)
-                .map(|j| (blk[2 + j] as i8) as i32 * act.qs[j] as i32)
-                .sum();
-            total += d * act.d * isum as f32;
+/// Every implementation this CPU can run, fastest first (for tests that compare them).
+#[cfg(test)]
+pub fn all() -> Vec<(&'static str, RangeKernel)> {
+    let mut v: Vec<(&'static str, RangeKernel)> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::cpu::has_avx512_vnni() {
+            v.push(("avx512", |p, rows| unsafe { x86::range_avx512(p, rows) }));
         }
-        *o = total;
+        if super::cpu::has_avx2() {
+            v.push(("avx2", |p, rows| unsafe { x86::range_avx2(p, rows) }));
+        }
     }
+    v.push(("scalar", range_scalar));
+    v
+}
+
+pub fn range_scalar(p: &Product, rows: Range<usize>) {
+    for_tiles!(p, rows, 4, 4, tile_scalar)
+}
+
+fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
+    let x = p.x;
+    let mut vals = [[0f32; MR]; NR];
+    for (c, col) in vals.iter_mut().enumerate() {
+        // SAFETY: row j0 + c exists; a row is nb blocks of BLOCK_BYTES.
+        let w = unsafe { std::slice::from_raw_parts(p.row(j0 + c), p.row_bytes) };
+        for (r, v) in col.iter_mut().enumerate() {
+            let i = i0 + r;
+            let mut total = 0f32;
+            for (b, blk) in w.chunks_exact(BLOCK_BYTES).enumerate() {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                let a = x.block(i, b);
+                let isum: i32 = (0..QK)
+                    .map(|j| (blk[2 + j] as i8) as i32 * a[j] as i32)
+                    .sum();
+                total += d * x.d[i * x.nb + b] * isum as f32;
+            }
+            *v = total;
+        }
+    }
+    // SAFETY: this tile's elements belong to this call only.
+    unsafe { p.store(j0, i0, &vals) }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
-    use super::super::q4_1::x86_hsum as hsum;
-    use super::{Q8Block, BLOCK_BYTES, ROWS};
+    use super::super::tiled::{for_tiles, Product};
+    use super::BLOCK_BYTES;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn range_avx512(p: &Product, rows: Range<usize>) {
+        for_tiles!(p, rows, 4, 4, tile_avx512)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair(a: f32, b: f32) -> __m512 {
+        _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn tile_avx512<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
+        let x = p.x;
+        let nb = x.nb;
+        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [[_mm512_setzero_ps(); MR]; NR];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let mut qa = [_mm512_setzero_si512(); MR];
+            let mut da = [_mm512_setzero_ps(); MR];
+            let mut corr = [_mm512_setzero_si512(); MR];
+            for r in 0..MR {
+                let i = i0 + r;
+                qa[r] = _mm512_loadu_si512(x.qs.as_ptr().add(i * x.cols + b * 32) as *const _);
+                da[r] = pair(
+                    *x.d.get_unchecked(i * nb + b),
+                    *x.d.get_unchecked(i * nb + b + 1),
+                );
+                corr[r] = _mm512_mask_blend_epi32(
+                    0xFF00,
+                    _mm512_set1_epi32(16 * *x.qsum.get_unchecked(i * nb + b)),
+                    _mm512_set1_epi32(16 * *x.qsum.get_unchecked(i * nb + b + 1)),
+                );
+            }
+            for c in 0..NR {
+                let blk = w[c].add(b * BLOCK_BYTES);
+                let q0 = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let q1 = _mm256_loadu_si256(blk.add(BLOCK_BYTES + 2) as *const __m256i);
+                let wq =
+                    _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), flip);
+                let d0 = (blk as *const u16).read_unaligned() as i32;
+                let d1 = (blk.add(BLOCK_BYTES) as *const u16).read_unaligned() as i32;
+                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(d0 | (d1 << 16)));
+                let dw = pair(_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_shuffle_ps(dd, dd, 1)));
+                for r in 0..MR {
+                    let dot = _mm512_sub_epi32(
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq, qa[r]),
+                        corr[r],
+                    );
+                    acc[c][r] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(dot),
+                        _mm512_mul_ps(dw, da[r]),
+                        acc[c][r],
+                    );
+                }
+            }
+            b += 2;
+        }
+        let mut vals = [[0f32; MR]; NR];
+        for c in 0..NR {
+            for r in 0..MR {
+                vals[c][r] = _mm512_reduce_add_ps(acc[c][r]);
+                if b < nb {
+                    vals[c][r] += last_block(w[c].add(b * BLOCK_BYTES), p, i0 + r, b);
+                }
+            }
+        }
+        p.store(j0, i0, &vals);
+    }
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn rows_dot_avx2(w: &[u8], acts: &[&[Q8Block]], out: &mut [f32]) {
-        let n = acts.len().min(ROWS).min(out.len());
-        let nb = acts[..n]
-            .iter()
-            .map(|a| a.len())
-            .min()
-            .unwrap_or(0)
-            .min(w.len() / BLOCK_BYTES);
-        match n {
-            4 => fixed::<4>(w.as_ptr(), nb, acts, out),
-            3 => fixed::<3>(w.as_ptr(), nb, acts, out),
-            2 => fixed::<2>(w.as_ptr(), nb, acts, out),
-            1 => fixed::<1>(w.as_ptr(), nb, acts, out),
-            _ => {}
-        }
+    pub unsafe fn range_avx2(p: &Product, rows: Range<usize>) {
+        for_tiles!(p, rows, 4, 2, tile_avx2)
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn fixed<const R: usize>(
-        wp: *const u8,
-        nb: usize,
-        acts: &[&[Q8Block]],
-        out: &mut [f32],
-    ) {
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_avx2<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
+        let x = p.x;
+        let nb = x.nb;
+        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        let a: [*const Q8Block; R] = std::array::from_fn(|r| acts[r].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); MR]; NR];
         for b in 0..nb {
-            let blk = wp.add(b * BLOCK_BYTES);
-            let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                (blk as *const u16).read_unaligned() as i32,
-            )));
-            let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-            // |w| as unsigned bytes, and the activations carry w's sign, so maddubs computes Σ w·a.
-            let aw = _mm256_sign_epi8(qw, qw);
-            for r in 0..R {
-                let act = &*a[r].add(b);
-                let qa = _mm256_loadu_si256(act.qs.as_ptr() as *const __m256i);
-                let sa = _mm256_sign_epi8(qa, qw);
-                let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
-                acc[r] =
-                    _mm256_fmadd_ps(_mm256_set1_ps(d * act.d), _mm256_cvtepi32_ps(prod), acc[r]);
+            let mut qa = [_mm256_setzero_si256(); MR];
+            let mut da = [_mm256_setzero_ps(); MR];
+            for r in 0..MR {
+                let i = i0 + r;
+                qa[r] =
+                    _mm256_loadu_si256(x.qs.as_ptr().add(i * x.cols + b * 32) as *const __m256i);
+                da[r] = _mm256_set1_ps(*x.d.get_unchecked(i * nb + b));
+            }
+            for c in 0..NR {
+                let blk = w[c].add(b * BLOCK_BYTES);
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (blk as *const u16).read_unaligned() as i32,
+                )));
+                let dw = _mm256_set1_ps(d);
+                let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                // |w| as unsigned bytes, and the activations carry w's sign, so maddubs computes Σ w·a.
+                let aw = _mm256_sign_epi8(qw, qw);
+                for r in 0..MR {
+                    let sa = _mm256_sign_epi8(qa[r], qw);
+                    let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sa), ones);
+                    acc[c][r] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(prod),
+                        _mm256_mul_ps(dw, da[r]),
+                        acc[c][r],
+                    );
+                }
             }
         }
-        for r in 0..R {
-            out[r] = hsum(acc[r]);
+        let mut vals = [[0f32; MR]; NR];
+        for c in 0..NR {
+            for r in 0..MR {
+                vals[c][r] = hsum(acc[c][r]);
+            }
         }
+        p.store(j0, i0, &vals);
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::super::q8::Q8Row;
-    use super::*;
-
-    #[test]
-    fn simd_equals_scalar() {
-        let cols = 128;
-        let w: Vec<u8> = (0..cols / QK)
-            .flat_map(|b| {
-                let mut blk = f16::from_f32(0.02 + b as f32 * 0.001)
-                    .to_le_bytes()
-                    .to_vec();
-                blk.extend((0..QK).map(|j| ((j * 37 + b * 11) % 255) as u8));
-                blk
-            })
-            .collect();
-        let x: Vec<f32> = (0..2 * cols)
-            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
-            .collect();
-        let q = Q8Row::quantize_rows(&x, 2, cols);
-        let acts = [q.row(0), q.row(1)];
-        let (mut a, mut b) = ([0f32; 2], [0f32; 2]);
-        rows_dot()(&w, &acts, &mut a);
-        rows_dot_scalar(&w, &acts, &mut b);
-        for r in 0..2 {
-            assert!(
-                (a[r] - b[r]).abs() <= 1e-4 * (1.0 + b[r].abs()),
-                "{a:?} vs {b:?}"
-            );
-        }
+    unsafe fn last_block(blk: *const u8, p: &Product, i: usize, b: usize) -> f32 {
+        let x = p.x;
+        let w = std::slice::from_raw_parts(blk, BLOCK_BYTES);
+        let d = half::f16::from_le_bytes([w[0], w[1]]).to_f32();
+        let a = x.block(i, b);
+        let isum: i32 = (0..32).map(|j| (w[2 + j] as i8) as i32 * a[j] as i32).sum();
+        d * x.d[i * x.nb + b] * isum as f32
     }
 }

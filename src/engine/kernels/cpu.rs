@@ -1,0 +1,52 @@
+//! Which SIMD instruction sets the kernels may use, detected once at run time (so one binary serves every
+//! x86-64 machine). `CODELLAMA_LSP_CPU=avx2` or `=scalar` caps the choice, for tests and comparisons.
+
+use std::sync::OnceLock;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+pub fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("CODELLAMA_LSP_CPU").as_deref() {
+            Ok("scalar") => Level::Scalar,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512Vnni,
+        };
+        detect().min(cap)
+    })
+}
+
+fn detect() -> Level {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c");
+        let avx512 = avx2
+            && std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("avx512vnni");
+        if avx512 {
+            return Level::Avx512Vnni;
+        }
+        if avx2 {
+            return Level::Avx2;
+        }
+    }
+    Level::Scalar
+}
+
+pub fn has_avx512_vnni() -> bool {
+    level() >= Level::Avx512Vnni
+}
+
+pub fn has_avx2() -> bool {
+    level() >= Level::Avx2
+}

@@ -1,0 +1,362 @@
+//! Weights repacked at load time for AVX-512 VNNI: sixteen output rows per SIMD register.
+//!
+//! In the file's layout one block holds 32 consecutive values of one row, so a SIMD dot product ends in a
+//! horizontal sum per row. Here the rows of a group of 16 are interleaved in `vpdpbusd` order: lane `r`
+//! of a 64-byte vector holds four consecutive values of row `r`, so one instruction with four broadcast
+//! activation bytes advances sixteen dot products, each block's scales apply as one vector multiply, and
+//! the sixteen results are stored with one write. This is the layout llama.cpp's repacked CPU kernels use;
+//! it is what makes single-token decoding bandwidth-bound instead of instruction-bound.
+//!
+//! Per group of 16 rows and per block of 32 values:
+//! - Q4_1: `d[16]` f16, `m[16]` f16, then four 64-byte vectors whose low nibbles hold quad `t` and high
+//!   nibbles quad `t + 4` (quad = four consecutive values), 320 bytes in all (as in the file: 20 per row).
+//! - Q8_0: `d[16]` f16, then eight 64-byte vectors, one per quad, weights stored offset by 128 as
+//!   unsigned bytes (544 bytes, as in the file).
+//!
+//! Rows past the end of the matrix are zero padding and never stored.
+
+use super::q8::{Q8Act, QK};
+
+/// Rows per group (lanes of a 512-bit register of i32).
+pub const GROUP: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedKind {
+    Q4_1,
+    Q8_0,
+}
+
+/// A repacked matrix. The buffer is 64-byte aligned.
+pub struct Packed {
+    kind: PackedKind,
+    rows: usize,
+    cols: usize,
+    data: AlignedBytes,
+}
+
+impl Packed {
+    fn group_block_bytes(kind: PackedKind) -> usize {
+        match kind {
+            PackedKind::Q4_1 => 64 + 256,
+            PackedKind::Q8_0 => 32 + 512,
+        }
+    }
+
+    /// Repacks `rows × cols` weights given in the file's block layout.
+    pub fn new(kind: PackedKind, rows: usize, cols: usize, src: &[u8]) -> Self {
+        let nb = cols / QK;
+        let groups = rows.div_ceil(GROUP);
+        let gbb = Self::group_block_bytes(kind);
+        let mut data = AlignedBytes::zeroed(groups * nb * gbb);
+        let out = data.as_mut_slice();
+        let src_block = match kind {
+            PackedKind::Q4_1 => 20,
+            PackedKind::Q8_0 => 34,
+        };
+        let row_bytes = nb * src_block;
+        for g in 0..groups {
+            for b in 0..nb {
+                let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
+                for lane in 0..GROUP {
+                    let row = g * GROUP + lane;
+                    if row >= rows {
+                        break;
+                    }
+                    let blk = &src[row * row_bytes + b * src_block..][..src_block];
+                    match kind {
+                        PackedKind::Q4_1 => pack_q4_1(dst, lane, blk),
+                        PackedKind::Q8_0 => pack_q8_0(dst, lane, blk),
+                    }
+                }
+            }
+        }
+        Self {
+            kind,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    pub fn kind(&self) -> PackedKind {
+        self.kind
+    }
+
+    pub fn size_bytes(&self) -> usize {
+        self.data.len
+    }
+
+    /// Computes output rows `groups.start * 16 ..` for every activation row into `out` (`[m][rows]`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 VNNI; `out` must hold `m × rows` values and no other task may write the
+    /// columns of these groups.
+    pub unsafe fn run(&self, x: &Q8Act, groups: std::ops::Range<usize>, out: *mut f32) {
+        #[cfg(target_arch = "x86_64")]
+        match self.kind {
+            PackedKind::Q4_1 => x86::q4_1(self, x, groups, out),
+            PackedKind::Q8_0 => x86::q8_0(self, x, groups, out),
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (x, groups, out);
+            unreachable!("packed kernels exist only for x86-64");
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(GROUP)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+fn pack_q4_1(dst: &mut [u8], lane: usize, blk: &[u8]) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
+    dst[32 + 2 * lane..32 + 2 * lane + 2].copy_from_slice(&blk[2..4]); // m
+    let value = |j: usize| {
+        if j < 16 {
+            blk[4 + j] & 0x0F
+        } else {
+            blk[4 + j - 16] >> 4
+        }
+    };
+    for t in 0..4 {
+        for e in 0..4 {
+            let lo = value(4 * t + e);
+            let hi = value(4 * (t + 4) + e);
+            dst[64 + t * 64 + lane * 4 + e] = lo | (hi << 4);
+        }
+    }
+}
+
+fn pack_q8_0(dst: &mut [u8], lane: usize, blk: &[u8]) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
+    for q in 0..8 {
+        for e in 0..4 {
+            dst[32 + q * 64 + lane * 4 + e] = blk[2 + 4 * q + e] ^ 0x80;
+        }
+    }
+}
+
+/// Reads back one weight (row, col) from the packed layout (for tests).
+#[cfg(test)]
+pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
+    use half::f16;
+    let nb = p.cols / QK;
+    let gbb = Packed::group_block_bytes(p.kind);
+    let (g, lane, b, j) = (row / GROUP, row % GROUP, col / QK, col % QK);
+    let base = &p.data.as_slice()[(g * nb + b) * gbb..];
+    let d = f16::from_le_bytes([base[2 * lane], base[2 * lane + 1]]).to_f32();
+    let (q, e) = (j / 4, j % 4);
+    match p.kind {
+        PackedKind::Q4_1 => {
+            let m = f16::from_le_bytes([base[32 + 2 * lane], base[33 + 2 * lane]]).to_f32();
+            let byte = base[64 + (q % 4) * 64 + lane * 4 + e];
+            let v = if q < 4 { byte & 0x0F } else { byte >> 4 };
+            d * v as f32 + m
+        }
+        PackedKind::Q8_0 => d * ((base[32 + q * 64 + lane * 4 + e] ^ 0x80) as i8) as f32,
+    }
+}
+
+/// A zero-initialised byte buffer aligned to 64 bytes.
+struct AlignedBytes {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain owned bytes.
+unsafe impl Send for AlignedBytes {}
+unsafe impl Sync for AlignedBytes {}
+
+impl AlignedBytes {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(64), 64).expect("valid layout")
+    }
+
+    fn zeroed(len: usize) -> Self {
+        // SAFETY: the layout has non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        let ptr = std::ptr::NonNull::new(raw)
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)));
+        Self { ptr, len }
+    }
+
+    #[cfg(test)]
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    use super::{Packed, GROUP};
+    use crate::engine::kernels::q8::{Q8Act, QK};
+
+    /// Activation rows processed together.
+    const MR: usize = 4;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    pub unsafe fn q4_1(p: &Packed, x: &Q8Act, groups: Range<usize>, out: *mut f32) {
+        let mut i0 = 0;
+        while i0 < x.m {
+            match (x.m - i0).min(MR) {
+                4 => q4_1_tile::<4>(p, x, groups.clone(), i0, out),
+                3 => q4_1_tile::<3>(p, x, groups.clone(), i0, out),
+                2 => q4_1_tile::<2>(p, x, groups.clone(), i0, out),
+                _ => q4_1_tile::<1>(p, x, groups.clone(), i0, out),
+            }
+            i0 += MR;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    pub unsafe fn q8_0(p: &Packed, x: &Q8Act, groups: Range<usize>, out: *mut f32) {
+        let mut i0 = 0;
+        while i0 < x.m {
+            match (x.m - i0).min(MR) {
+                4 => q8_0_tile::<4>(p, x, groups.clone(), i0, out),
+                3 => q8_0_tile::<3>(p, x, groups.clone(), i0, out),
+                2 => q8_0_tile::<2>(p, x, groups.clone(), i0, out),
+                _ => q8_0_tile::<1>(p, x, groups.clone(), i0, out),
+            }
+            i0 += MR;
+        }
+    }
+
+    /// Stores 16 results of activation row `i` for group `g` (fewer in the last, partial group).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store(p: &Packed, out: *mut f32, i: usize, g: usize, v: __m512) {
+        let first = g * GROUP;
+        let n = (p.rows - first).min(GROUP);
+        let dst = out.add(i * p.rows + first);
+        if n == GROUP {
+            _mm512_storeu_ps(dst, v);
+        } else {
+            _mm512_mask_storeu_ps(dst, ((1u32 << n) - 1) as u16, v);
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn q4_1_tile<const R: usize>(
+        p: &Packed,
+        x: &Q8Act,
+        groups: Range<usize>,
+        i0: usize,
+        out: *mut f32,
+    ) {
+        let nb = x.nb;
+        let gbb = 320;
+        let low = _mm512_set1_epi8(0x0F);
+        let base = p.data.ptr.as_ptr();
+        for g in groups {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for b in 0..nb {
+                let blk = base.add((g * nb + b) * gbb);
+                let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
+                let mw = _mm512_cvtph_ps(_mm256_load_si256(blk.add(32) as *const __m256i));
+                let mut lo_sum = [_mm512_setzero_si512(); R];
+                let mut hi_sum = [_mm512_setzero_si512(); R];
+                for t in 0..4 {
+                    let v = _mm512_load_si512(blk.add(64 + t * 64) as *const _);
+                    let lo = _mm512_and_si512(v, low);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                    for r in 0..R {
+                        let a = x.qs.as_ptr().add((i0 + r) * x.cols + b * QK) as *const i32;
+                        lo_sum[r] = _mm512_dpbusd_epi32(
+                            lo_sum[r],
+                            lo,
+                            _mm512_set1_epi32(a.add(t).read_unaligned()),
+                        );
+                        hi_sum[r] = _mm512_dpbusd_epi32(
+                            hi_sum[r],
+                            hi,
+                            _mm512_set1_epi32(a.add(t + 4).read_unaligned()),
+                        );
+                    }
+                }
+                for r in 0..R {
+                    let i = i0 + r;
+                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_sum[r], hi_sum[r]));
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
+                    acc[r] = _mm512_fmadd_ps(isum, scale, acc[r]);
+                    acc[r] =
+                        _mm512_fmadd_ps(mw, _mm512_set1_ps(*x.s.get_unchecked(i * nb + b)), acc[r]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                store(p, out, i0 + r, g, *a);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn q8_0_tile<const R: usize>(
+        p: &Packed,
+        x: &Q8Act,
+        groups: Range<usize>,
+        i0: usize,
+        out: *mut f32,
+    ) {
+        let nb = x.nb;
+        let gbb = 544;
+        let base = p.data.ptr.as_ptr();
+        for g in groups {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for b in 0..nb {
+                let blk = base.add((g * nb + b) * gbb);
+                let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
+                let mut sum = [[_mm512_setzero_si512(); 2]; R];
+                for q in 0..8 {
+                    let v = _mm512_loadu_si512(blk.add(32 + q * 64) as *const _);
+                    for (r, pair) in sum.iter_mut().enumerate() {
+                        let a = x.qs.as_ptr().add((i0 + r) * x.cols + b * QK) as *const i32;
+                        let s = &mut pair[q & 1];
+                        *s = _mm512_dpbusd_epi32(
+                            *s,
+                            v,
+                            _mm512_set1_epi32(a.add(q).read_unaligned()),
+                        );
+                    }
+                }
+                for (r, (sum, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
+                    let i = i0 + r;
+                    // Weights were stored as w + 128: remove 128 · Σa from every lane.
+                    let corr = _mm512_set1_epi32(128 * *x.qsum.get_unchecked(i * nb + b));
+                    let isum = _mm512_sub_epi32(_mm512_add_epi32(sum[0], sum[1]), corr);
+                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                store(p, out, i0 + r, g, *a);
+            }
+        }
+    }
+}
