@@ -147,6 +147,39 @@ impl RemoteConfig {
         serde_json::from_value(value.clone()).map_err(RemoteError::config)
     }
 
+    /// The remote settings for a `backend` value and a `remote` settings object: `Ok(None)` for
+    /// `"local"`; otherwise the object's settings with `kind` from `backend` (a `kind` in the object must
+    /// agree).
+    pub fn from_settings(
+        backend: &str,
+        remote: Option<&serde_json::Value>,
+    ) -> Result<Option<Self>, RemoteError> {
+        let Some(kind) = RemoteKind::parse(backend).map_err(RemoteError::config)? else {
+            return Ok(None);
+        };
+        let mut obj = match remote {
+            None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+            Some(serde_json::Value::Object(o)) => o.clone(),
+            Some(other) => {
+                return Err(RemoteError::config(format!(
+                    "`remote` must be an object, not {other}"
+                )))
+            }
+        };
+        let kind_value = serde_json::to_value(kind).expect("kinds serialize");
+        match obj.get("kind") {
+            Some(k) if RemoteKind::parse(k.as_str().unwrap_or("")) != Ok(Some(kind)) => {
+                return Err(RemoteError::config(format!(
+                    "`backend` is {backend:?} but `remote.kind` is {k}"
+                )))
+            }
+            _ => {
+                obj.insert("kind".into(), kind_value);
+            }
+        }
+        Self::from_json(&serde_json::Value::Object(obj)).map(Some)
+    }
+
     /// The URL to use (the kind's default when empty).
     pub fn url_or_default(&self) -> &str {
         match self.url.trim() {
@@ -281,6 +314,22 @@ mod tests {
         );
         assert_eq!(RemoteKind::parse("Ollama"), Ok(Some(RemoteKind::Ollama)));
         assert!(RemoteKind::parse("tgi").is_err());
+        assert_eq!(RemoteConfig::from_settings("local", None).unwrap(), None);
+        let cfg =
+            RemoteConfig::from_settings("ollama", Some(&json!({"model": "codellama:7b-code"})))
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (cfg.kind, cfg.model.as_deref()),
+            (RemoteKind::Ollama, Some("codellama:7b-code"))
+        );
+        assert_eq!(cfg.url_or_default(), "http://127.0.0.1:11434");
+        let cfg = RemoteConfig::from_settings("llama.cpp", None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cfg.kind, RemoteKind::LlamaCpp);
+        assert!(RemoteConfig::from_settings("openai", Some(&json!({"kind": "ollama"}))).is_err());
+        assert!(RemoteConfig::from_settings("openai", Some(&json!("http://x"))).is_err());
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub(crate) enum Finish {
 pub(crate) enum Framing {
     Sse,
     Ndjson,
+    /// Not streamed: the body is one message.
+    Whole,
 }
 
 /// A streamed message after parsing: its pieces, or the end-of-stream marker (`[DONE]`).
@@ -130,6 +132,12 @@ pub(crate) fn run(
     let mut gen = Decoding::new(req, tokenizer, eog, events);
     let mut sse = SseParser::new();
     let mut ndjson = NdjsonParser::new();
+    // A server that ignores `stream: true` answers with one JSON document: read it whole.
+    let framing = match resp.header("content-type") {
+        Some(t) if t.trim_start().starts_with("application/json") => Framing::Whole,
+        _ => protocol.framing(),
+    };
+    let mut whole = Vec::new();
     let mut stats = Stats::default();
     let mut finish: Option<Finish> = None;
     let mut t_first: Option<Instant> = None;
@@ -156,11 +164,16 @@ pub(crate) fn run(
             },
         };
         let ended = chunk.is_none();
-        let messages: Vec<String> = match (chunk, protocol.framing()) {
+        let messages: Vec<String> = match (chunk, framing) {
             (Some(bytes), Framing::Sse) => sse.push(&bytes).into_iter().map(|e| e.data).collect(),
             (Some(bytes), Framing::Ndjson) => ndjson.push(&bytes),
+            (Some(bytes), Framing::Whole) => {
+                whole.extend_from_slice(&bytes);
+                Vec::new()
+            }
             (None, Framing::Sse) => sse.finish().into_iter().map(|e| e.data).collect(),
             (None, Framing::Ndjson) => ndjson.finish().into_iter().collect(),
+            (None, Framing::Whole) => vec![String::from_utf8_lossy(&whole).into_owned()],
         };
         for data in messages {
             let pieces = match protocol.parse(&data) {
