@@ -141,3 +141,54 @@ fn all_logits_agree_with_stepwise_decoding() {
         assert!(d < 1e-3, "position {i}: {d}");
     }
 }
+
+/// The fused CPU forward pass and the tensor forward pass compute the same logits (same kernels, same
+/// order of operations), for prefill chunks and single-token steps.
+#[test]
+fn fused_cpu_path_equals_tensor_path() {
+    let small = common::small_model();
+    for path in [
+        common::codellama_fixture("tiny-codellama-mha.gguf"),
+        common::codellama_fixture("tiny-codellama-gqa.gguf"),
+        common::codellama_fixture("tiny-codellama-mha-q8_0.gguf"),
+        small,
+    ] {
+        let f = GgufFile::open(&path).unwrap();
+        let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
+        let mut fused = Llama::from_gguf(&f, cfg.clone(), &Device::Cpu, &mut |_| {}).unwrap();
+        let mut tensor = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+        fused.set_threads(2).unwrap();
+        tensor.use_tensor_path(true);
+        let prompt: Vec<u32> = (0..70).map(|i| 100 + (i * 37) % 900).collect();
+        let (mut ca, mut cb) = (
+            fused.new_cache(128).unwrap(),
+            tensor.new_cache(128).unwrap(),
+        );
+        for chunk in [&prompt[..65], &prompt[65..], &[7u32][..]] {
+            let a = fused
+                .forward(chunk, &mut ca, Logits::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = tensor
+                .forward(chunk, &mut cb, Logits::All)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                diff < 1e-3,
+                "{}: max logit difference {diff}",
+                path.display()
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod kernels;
 mod load;
 pub mod model;
+pub mod pool;
 pub mod resolve;
 pub mod sampler;
 pub mod tokenizer;

@@ -65,6 +65,11 @@ pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Res
                     return;
                 }
             };
+            let mut loaded = loaded;
+            if let Err(e) = loaded.model.set_threads(threads) {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
             let cache = match loaded.model.new_cache(loaded.info.context_window) {
                 Ok(c) => c,
                 Err(e) => {

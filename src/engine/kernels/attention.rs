@@ -7,7 +7,9 @@
 //! processing) queries and accumulators stay f32. Scores and the softmax are f32 throughout.
 
 use half::f16;
-use rayon::prelude::*;
+
+use super::tiled::OutPtr;
+use super::Exec;
 
 /// Query batches at least this long use the f32 ("tiled") numerics.
 pub const TILE_ROWS: usize = 64;
@@ -21,12 +23,32 @@ pub struct AttnShape {
     pub capacity: usize,
 }
 
-/// Writes `seq` new keys and values (`[n_kv_head][seq][head_dim]`, f32) at positions `pos..`.
+/// How a batch of per-head vectors is laid out in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `[heads][seq][head_dim]` (the tensor path, after its transposes).
+    HeadMajor,
+    /// `[seq][heads][head_dim]` (straight out of a matrix product).
+    TokenMajor,
+}
+
+impl Layout {
+    fn offset(self, head: usize, heads: usize, i: usize, seq: usize, hd: usize) -> usize {
+        match self {
+            Layout::HeadMajor => (head * seq + i) * hd,
+            Layout::TokenMajor => (i * heads + head) * hd,
+        }
+    }
+}
+
+/// Writes `seq` new keys and values (f32, in `layout`) at positions `pos..`.
+#[allow(clippy::too_many_arguments)]
 pub fn store(
     k_cache: &mut [f16],
     v_cache: &mut [f16],
     k: &[f32],
     v: &[f32],
+    layout: Layout,
     s: AttnShape,
     pos: usize,
     seq: usize,
@@ -34,7 +56,7 @@ pub fn store(
     let hd = s.head_dim;
     for h in 0..s.n_kv_head {
         for i in 0..seq {
-            let src = (h * seq + i) * hd;
+            let src = layout.offset(h, s.n_kv_head, i, seq, hd);
             let dst = (h * s.capacity + pos + i) * hd;
             for d in 0..hd {
                 k_cache[dst + d] = f16::from_f32(k[src + d]);
@@ -44,10 +66,13 @@ pub fn store(
     }
 }
 
-/// `out[i][h*hd..]` = attention of query `q[h][i]` (at position `pos + i`) over positions `0..=pos+i`.
-/// `q` is `[n_head][seq][head_dim]`, `out` is `[seq][n_head * head_dim]`.
+/// `out[i][h*hd..]` = attention of query `(h, i)` (at position `pos + i`) over positions `0..=pos+i`.
+/// `q` is in `layout`, `out` is `[seq][n_head * head_dim]`. Rows are spread over `exec`'s threads.
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
+    exec: Exec,
     q: &[f32],
+    layout: Layout,
     k_cache: &[f16],
     v_cache: &[f16],
     s: AttnShape,
@@ -60,14 +85,20 @@ pub fn attend(
     let scale = 1.0 / (hd as f32).sqrt();
     let low_precision = seq < TILE_ROWS;
     let rows = s.n_head * seq;
-    let row = |r: usize, dst: &mut [f32]| {
+    assert!(out.len() >= rows * hd && q.len() >= rows * hd);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let row = |r: usize| {
         let (h, i) = (r / seq, r % seq);
         let kvh = h / group;
         let base = kvh * s.capacity * hd;
         let n = pos + i + 1;
-        let query = &q[(h * seq + i) * hd..(h * seq + i + 1) * hd];
+        let qo = layout.offset(h, s.n_head, i, seq, hd);
+        // SAFETY: every (h, i) writes its own head_dim values of the output.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut({ out_ptr }.0.add(i * s.n_head * hd + h * hd), hd)
+        };
         attend_row(
-            query,
+            &q[qo..qo + hd],
             &k_cache[base..base + n * hd],
             &v_cache[base..base + n * hd],
             hd,
@@ -76,24 +107,10 @@ pub fn attend(
             dst,
         );
     };
-    let mut tmp = vec![0f32; rows * hd];
-    let work = (pos + seq) * rows;
-    if work > 4096 && rayon::current_num_threads() > 1 {
-        tmp.par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(r, dst)| row(r, dst));
+    if (pos + seq) * rows > 4096 {
+        exec.for_each(rows, &row);
     } else {
-        tmp.chunks_mut(hd)
-            .enumerate()
-            .for_each(|(r, dst)| row(r, dst));
-    }
-    // [n_head][seq][hd] -> [seq][n_head*hd]
-    for h in 0..s.n_head {
-        for i in 0..seq {
-            let src = (h * seq + i) * hd;
-            let dst = i * s.n_head * hd + h * hd;
-            out[dst..dst + hd].copy_from_slice(&tmp[src..src + hd]);
-        }
+        (0..rows).for_each(row);
     }
 }
 
@@ -282,11 +299,30 @@ mod tests {
                 let (kk, vv) = (per(&k, h, p), per(&v, h, p));
                 let one = AttnShape { n_kv_head: 1, ..s };
                 let off = h * s.capacity * s.head_dim;
-                store(&mut kc[off..], &mut vc[off..], &kk, &vv, one, p, 1);
+                store(
+                    &mut kc[off..],
+                    &mut vc[off..],
+                    &kk,
+                    &vv,
+                    Layout::HeadMajor,
+                    one,
+                    p,
+                    1,
+                );
             }
         }
         let mut out = vec![0f32; seq * s.n_head * s.head_dim];
-        attend(&q, &kc, &vc, s, pos, seq, &mut out);
+        attend(
+            Exec::Rayon,
+            &q,
+            Layout::HeadMajor,
+            &kc,
+            &vc,
+            s,
+            pos,
+            seq,
+            &mut out,
+        );
         for h in 0..s.n_head {
             let kvh = h / 2;
             for i in 0..seq {

@@ -24,8 +24,38 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::gguf::MappedBytes;
+use super::pool::Pool;
 
 pub use q8::Q8Act;
+
+/// Where parallel work runs: the current rayon pool (inside candle ops), or the engine's spinning pool
+/// (the CPU forward pass).
+#[derive(Clone, Copy)]
+pub enum Exec<'a> {
+    Rayon,
+    Pool(&'a Pool),
+}
+
+impl Exec<'_> {
+    pub fn threads(&self) -> usize {
+        match self {
+            Exec::Rayon => rayon::current_num_threads().max(1),
+            Exec::Pool(p) => p.threads(),
+        }
+    }
+
+    /// Runs `f(i)` for every `i < n`, spread over the threads (each thread takes the next index).
+    pub fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n <= 1 || self.threads() == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        match self {
+            Exec::Rayon => (0..n).into_par_iter().for_each(f),
+            Exec::Pool(p) => p.for_each(n, f),
+        }
+    }
+}
 
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
@@ -137,28 +167,33 @@ impl QMatrix {
 
     /// `out[i * rows + j] = dot(x[i], W[j])` for `i < m`.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_on(Exec::Rayon, x, m, out)
+    }
+
+    /// `matmul` with the work spread by `exec`.
+    pub fn matmul_on(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
         assert_eq!(x.len(), m * self.cols, "matmul input size");
         assert_eq!(out.len(), m * self.rows, "matmul output size");
         match self.dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let dot = float::row_dot(self.dtype);
-                self.for_each_dot(m, out, |row, i| {
+                self.for_each_dot(exec, m, out, |row, i| {
                     dot(row, &x[i * self.cols..(i + 1) * self.cols])
                 })
             }
-            _ if self.packed.is_some() => self.run_packed(x, m, out),
-            GgmlDType::Q4_1 => self.tiled(x, m, out, q4_1::kernel()),
-            GgmlDType::Q8_0 => self.tiled(x, m, out, q8_0::kernel()),
-            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(x, m, out),
-            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(x, m, out),
-            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(x, m, out),
-            GgmlDType::Q2K => self.generic::<BlockQ2K>(x, m, out),
-            GgmlDType::Q3K => self.generic::<BlockQ3K>(x, m, out),
-            GgmlDType::Q4K => self.generic::<BlockQ4K>(x, m, out),
-            GgmlDType::Q5K => self.generic::<BlockQ5K>(x, m, out),
-            GgmlDType::Q6K => self.generic::<BlockQ6K>(x, m, out),
-            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(x, m, out),
-            GgmlDType::Q8K => self.generic::<BlockQ8K>(x, m, out),
+            _ if self.packed.is_some() => self.run_packed(exec, x, m, out),
+            GgmlDType::Q4_1 => self.tiled(exec, x, m, out, q4_1::kernel()),
+            GgmlDType::Q8_0 => self.tiled(exec, x, m, out, q8_0::kernel()),
+            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, out),
+            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, out),
+            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, out),
+            GgmlDType::Q2K => self.generic::<BlockQ2K>(exec, x, m, out),
+            GgmlDType::Q3K => self.generic::<BlockQ3K>(exec, x, m, out),
+            GgmlDType::Q4K => self.generic::<BlockQ4K>(exec, x, m, out),
+            GgmlDType::Q5K => self.generic::<BlockQ5K>(exec, x, m, out),
+            GgmlDType::Q6K => self.generic::<BlockQ6K>(exec, x, m, out),
+            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(exec, x, m, out),
+            GgmlDType::Q8K => self.generic::<BlockQ8K>(exec, x, m, out),
         }
     }
 
@@ -185,31 +220,22 @@ impl QMatrix {
         }
     }
 
-    /// The repacked kernels: groups of 16 weight rows split over the rayon pool.
-    fn run_packed(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    /// The repacked kernels: groups of 16 weight rows split over the threads.
+    fn run_packed(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
         let p = self.packed.as_ref().expect("packed weights");
         let xq = Q8Act::quantize(x, m, self.cols);
         let out_ptr = tiled::OutPtr(out.as_mut_ptr());
         let groups = p.groups();
-        let threads = rayon::current_num_threads().max(1);
-        let per_task = groups.div_ceil(threads * 4).max(2);
-        let run = |start: usize| {
-            let range = start..(start + per_task).min(groups);
+        let per_task = groups.div_ceil(exec.threads() * 4).max(2);
+        exec.for_each(groups.div_ceil(per_task), &|t| {
+            let range = t * per_task..((t + 1) * per_task).min(groups);
             // SAFETY: `pack` checked the CPU; tasks cover disjoint groups of output columns.
             unsafe { p.run(&xq, range, { out_ptr }.0) }
-        };
-        if threads == 1 || groups <= per_task {
-            run(0);
-            if groups > per_task {
-                (per_task..groups).step_by(per_task).for_each(run);
-            }
-        } else {
-            (0..groups).into_par_iter().step_by(per_task).for_each(run);
-        }
+        });
     }
 
     /// Our tiled kernels: activations quantized once, weight rows split over the rayon pool.
-    fn tiled(&self, x: &[f32], m: usize, out: &mut [f32], kernel: tiled::RangeKernel) {
+    fn tiled(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32], kernel: tiled::RangeKernel) {
         let xq = Q8Act::quantize(x, m, self.cols);
         let product = tiled::Product {
             w: self.bytes(),
@@ -218,16 +244,12 @@ impl QMatrix {
             x: &xq,
             out: tiled::OutPtr(out.as_mut_ptr()),
         };
-        let chunks = row_chunks(self.rows);
-        if chunks.len() == 1 {
-            kernel(&product, chunks[0].clone());
-        } else {
-            chunks.into_par_iter().for_each(|r| kernel(&product, r));
-        }
+        let chunks = row_chunks(self.rows, exec.threads());
+        exec.for_each(chunks.len(), &|c| kernel(&product, chunks[c].clone()));
     }
 
     /// Block dot products from candle's `GgmlType` implementation of the weight type.
-    fn generic<T: GgmlType>(&self, x: &[f32], m: usize, out: &mut [f32]) {
+    fn generic<T: GgmlType>(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
         let vbs = T::VecDotType::BLCK_SIZE;
         let per_row = self.cols / vbs;
         let mut xq = vec![T::VecDotType::zeros(); m * per_row];
@@ -238,57 +260,34 @@ impl QMatrix {
             );
         }
         let cols = self.cols;
-        self.for_each_dot(m, out, |row, i| {
+        self.for_each_dot(exec, m, out, |row, i| {
             T::vec_dot(cols, blocks::<T>(row), &xq[i * per_row..(i + 1) * per_row])
         })
     }
 
     /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight rows.
-    fn for_each_dot<F>(&self, m: usize, out: &mut [f32], dot: F)
+    fn for_each_dot<F>(&self, exec: Exec, m: usize, out: &mut [f32], dot: F)
     where
         F: Fn(&[u8], usize) -> f32 + Sync,
     {
-        self.for_each_row_group(m, out, 1, |w, i, dst| dst[0] = dot(w, i))
-    }
-
-    /// Runs `dots(weight_row, first_activation_row, results)` for groups of up to `group` activation rows,
-    /// split over weight rows on the rayon pool.
-    fn for_each_row_group<F>(&self, m: usize, out: &mut [f32], group: usize, dots: F)
-    where
-        F: Fn(&[u8], usize, &mut [f32]) + Sync,
-    {
-        assert!(group <= MAX_GROUP);
         let rows = self.rows;
-        let threads = rayon::current_num_threads().max(1);
-        let chunk = rows.div_ceil(threads * 4).max(16);
+        let chunks = row_chunks(rows, exec.threads());
         let out_ptr = SyncPtr(out.as_mut_ptr());
-        let work = |c: usize| {
-            let end = ((c + 1) * chunk).min(rows);
-            let mut buf = [0f32; MAX_GROUP];
-            for j in c * chunk..end {
+        exec.for_each(chunks.len(), &|c| {
+            for j in chunks[c].clone() {
                 let w = self.row(j);
-                for first in (0..m).step_by(group) {
-                    let n = group.min(m - first);
-                    dots(w, first, &mut buf[..n]);
-                    for (r, v) in buf[..n].iter().enumerate() {
-                        // SAFETY: each (i, j) is written by exactly one task; j ranges are disjoint.
-                        unsafe { *out_ptr.get().add((first + r) * rows + j) = *v };
-                    }
+                for i in 0..m {
+                    let v = dot(w, i);
+                    // SAFETY: each (i, j) is written by exactly one task; row ranges are disjoint.
+                    unsafe { *out_ptr.get().add(i * rows + j) = v };
                 }
             }
-        };
-        let n_chunks = rows.div_ceil(chunk);
-        if n_chunks == 1 || threads == 1 {
-            (0..n_chunks).for_each(work);
-        } else {
-            (0..n_chunks).into_par_iter().for_each(work);
-        }
+        });
     }
 }
 
 /// Weight-row ranges for the worker threads: about four per thread, multiples of 4 rows, at least 16.
-fn row_chunks(rows: usize) -> Vec<std::ops::Range<usize>> {
-    let threads = rayon::current_num_threads().max(1);
+fn row_chunks(rows: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
     let chunk = if threads == 1 {
         rows.max(1)
     } else {
@@ -299,9 +298,6 @@ fn row_chunks(rows: usize) -> Vec<std::ops::Range<usize>> {
         .map(|s| s..(s + chunk).min(rows))
         .collect()
 }
-
-/// The most activation rows a kernel takes at once.
-const MAX_GROUP: usize = 4;
 
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut f32);

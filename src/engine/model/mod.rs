@@ -17,8 +17,11 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D
 
 use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, MappedBytes, TensorData};
-use super::kernels::attention::{self, AttnShape};
-use super::kernels::{QMatrix, WeightBytes};
+use super::kernels::attention::{self, AttnShape, Layout as KvLayout};
+use super::kernels::{Exec, QMatrix, WeightBytes};
+use super::pool::Pool;
+
+mod cpu;
 use half::slice::HalfBitsSliceExt;
 
 /// Hyper-parameters, all read from the model's metadata.
@@ -296,15 +299,22 @@ impl candle_core::CustomOp2 for RmsNormOp {
             candle_core::bail!("rms_norm: {} values do not split into rows of {n}", x.len());
         }
         let mut out = vec![0f32; x.len()];
-        for (row, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            let sum: f64 = row.iter().map(|v| (v * v) as f64).sum();
-            let mean = (sum / n as f64) as f32;
-            let scale = 1.0 / (mean + self.0).sqrt();
-            for ((d, v), g) in dst.iter_mut().zip(row).zip(w) {
-                *d = v * scale * g;
-            }
-        }
+        rms_norm_rows(x, w, self.0, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · w` for every row of `x` (rows of `w.len()` values), with the sum of
+/// squares accumulated in f64 as llama.cpp does.
+pub(crate) fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (row, dst) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum: f64 = row.iter().map(|v| (v * v) as f64).sum();
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((d, v), g) in dst.iter_mut().zip(row).zip(w) {
+            *d = v * scale * g;
+        }
     }
 }
 
@@ -360,6 +370,12 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Tensor,
     output: Linear,
+    /// The same weights as plain buffers for the fused CPU forward pass (`None` on GPU devices).
+    cpu: Option<cpu::CpuModel>,
+    /// Compute threads of the CPU forward pass.
+    pool: Pool,
+    /// Run the tensor forward pass even on the CPU (used to check one path against the other).
+    tensor_path: bool,
 }
 
 /// Tensor names of one checkpoint format.
@@ -501,6 +517,13 @@ impl Llama {
             });
             progress((i + 1) as f32 / cfg.n_layer as f32);
         }
+        let cpu = if device.is_cpu() {
+            Some(cpu::CpuModel::new(&embed, &blocks, &norm, &output)?)
+        } else {
+            None
+        };
+        let pool = Pool::new(super::load::default_threads())
+            .map_err(|e| EngineError::Compute(e.to_string()))?;
         Ok(Self {
             cfg,
             device: device.clone(),
@@ -508,11 +531,27 @@ impl Llama {
             blocks,
             norm,
             output,
+            cpu,
+            pool,
+            tensor_path: false,
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Uses `threads` compute threads for the CPU forward pass.
+    pub fn set_threads(&mut self, threads: usize) -> Result<()> {
+        if threads.max(1) != self.pool.threads() {
+            self.pool = Pool::new(threads).map_err(|e| EngineError::Compute(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Forces the tensor forward pass on the CPU too (slower; for checking the fused path).
+    pub fn use_tensor_path(&mut self, yes: bool) {
+        self.tensor_path = yes;
     }
 
     /// A cache for `capacity` positions (at most the trained context length).
@@ -549,6 +588,14 @@ impl Llama {
             return Err(EngineError::BadToken {
                 id,
                 vocab: cfg.vocab_size,
+            });
+        }
+        if let (Some(cpu), false) = (&self.cpu, self.tensor_path) {
+            let out = cpu.forward(&self.cfg, &self.pool, tokens, cache, logits, cancelled)?;
+            let vocab = self.cfg.vocab_size;
+            return Ok(match logits {
+                Logits::Last => Tensor::from_vec(out, vocab, &self.device)?,
+                Logits::All => Tensor::from_vec(out, (seq, vocab), &self.device)?,
             });
         }
         let (cos, sin) = (
@@ -639,9 +686,19 @@ impl Llama {
             LayerKv::Cpu { k: kc, v: vc } => {
                 let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
                 let (qv, kv, vv) = (flat(&q)?, flat(&k)?, flat(&v)?);
-                attention::store(kc, vc, &kv, &vv, shape, pos, seq);
+                attention::store(kc, vc, &kv, &vv, KvLayout::HeadMajor, shape, pos, seq);
                 let mut out = vec![0f32; seq * nh * hd];
-                attention::attend(&qv, kc, vc, shape, pos, seq, &mut out);
+                attention::attend(
+                    Exec::Rayon,
+                    &qv,
+                    KvLayout::HeadMajor,
+                    kc,
+                    vc,
+                    shape,
+                    pos,
+                    seq,
+                    &mut out,
+                );
                 return Ok(Tensor::from_vec(out, (seq, nh * hd), &self.device)?);
             }
             LayerKv::Device { k: kc, v: vc } => (kc, vc),
@@ -726,6 +783,9 @@ pub struct KvCache {
     layers: Vec<LayerKv>,
     cos: Tensor,
     sin: Tensor,
+    /// The rotary tables again as plain `[capacity][head_dim / 2]` buffers (CPU forward pass).
+    cos_table: Vec<f32>,
+    sin_table: Vec<f32>,
     len: usize,
     capacity: usize,
 }
@@ -750,11 +810,14 @@ impl KvCache {
                 }
             });
         }
-        let (cos, sin) = rope_tables(cfg, capacity, device)?;
+        let (cos_table, sin_table) = rope_tables(cfg, capacity);
+        let half = cfg.head_dim / 2;
         Ok(Self {
             layers,
-            cos,
-            sin,
+            cos: Tensor::from_slice(&cos_table, (capacity, half), device)?,
+            sin: Tensor::from_slice(&sin_table, (capacity, half), device)?,
+            cos_table,
+            sin_table,
             len: 0,
             capacity,
         })
@@ -790,7 +853,7 @@ fn flat(t: &Tensor) -> Result<Vec<f32>> {
 
 /// Rotary tables `[capacity, head_dim / 2]`, computed as llama.cpp does (the angle of pair `i` at position
 /// `p` is `p · base^(-2i/d)`, obtained by repeated multiplication in f32) so greedy outputs agree with it.
-fn rope_tables(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(cfg: &ModelConfig, capacity: usize) -> (Vec<f32>, Vec<f32>) {
     let half = cfg.head_dim / 2;
     let step = cfg.rope_theta.powf(-2.0 / cfg.head_dim as f32);
     let mut cos = Vec::with_capacity(capacity * half);
@@ -803,10 +866,7 @@ fn rope_tables(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<(T
             theta *= step;
         }
     }
-    Ok((
-        Tensor::from_vec(cos, (capacity, half), device)?,
-        Tensor::from_vec(sin, (capacity, half), device)?,
-    ))
+    (cos, sin)
 }
 
 /// The index of the largest logit (greedy decoding).

