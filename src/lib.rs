@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md for the code map.
 
 pub mod actions;
+pub mod backends;
 pub mod cli;
 pub mod completion;
 pub mod config;

@@ -1,0 +1,209 @@
+//! Errors from remote inference servers, sorted into the few kinds a language server reacts to
+//! differently: the engine is down (say so once, keep serving), the key is wrong (say so once, stop
+//! asking), the engine misbehaves (log it).
+//!
+//! Generation results travel as [`EngineError`]s (the [`Backend`](crate::engine::Backend) contract), where
+//! a remote failure is an [`EngineError::Compute`] carrying this error's message; [`RemoteErrorKind::of`]
+//! recovers the kind from such an error.
+
+use crate::engine::EngineError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteErrorKind {
+    /// The settings are wrong or incomplete (bad URL, missing key file, unknown model...).
+    Config,
+    /// No connection could be opened: the engine is not running, or the URL is wrong.
+    Unreachable,
+    /// The engine refused the API key (HTTP 401/403), or wants one and none is configured.
+    Unauthorized,
+    /// Nothing came within `first_token_timeout` (the engine is overloaded or hung).
+    Timeout,
+    /// The connection broke in the middle of an answer (the engine crashed or restarted).
+    Disconnected,
+    /// The engine answered, but not as expected (HTTP errors, malformed JSON, wrong model...).
+    BadResponse,
+    /// No tokenizer could be found or it does not match the engine's.
+    Tokenizer,
+}
+
+/// Phrases that start or contain each kind's message, so that [`RemoteErrorKind::of`] can tell them apart
+/// after the error has been turned into an [`EngineError`]. Every message is built by [`RemoteError`]'s
+/// constructors below, which put exactly one of these in.
+const MARKERS: &[(RemoteErrorKind, &str)] = &[
+    (RemoteErrorKind::Unreachable, "cannot reach "),
+    (RemoteErrorKind::Unauthorized, " rejected the API key"),
+    (RemoteErrorKind::Unauthorized, " requires an API key"),
+    (RemoteErrorKind::Timeout, " sent nothing for "),
+    (RemoteErrorKind::Disconnected, " closed the connection "),
+    (RemoteErrorKind::Tokenizer, "remote tokenizer: "),
+    (RemoteErrorKind::Config, "remote backend settings: "),
+    (RemoteErrorKind::BadResponse, " answered unexpectedly: "),
+];
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    kind: RemoteErrorKind,
+    message: String,
+}
+
+impl RemoteError {
+    pub fn kind(&self) -> RemoteErrorKind {
+        self.kind
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn config(detail: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RemoteErrorKind::Config,
+            message: format!("remote backend settings: {detail}"),
+        }
+    }
+
+    /// `engine` names the server kind ("llama.cpp server"), `at` its URL.
+    pub(crate) fn unreachable(engine: &str, at: &str, detail: &str) -> Self {
+        Self {
+            kind: RemoteErrorKind::Unreachable,
+            message: format!("cannot reach {engine} at {at}: {detail}; start it or fix `url`"),
+        }
+    }
+
+    pub(crate) fn unauthorized(engine: &str, at: &str, have_key: bool, detail: &str) -> Self {
+        let message = if have_key {
+            format!("{engine} at {at} rejected the API key ({detail}); check the key in `api_key_env` / `api_key_file`")
+        } else {
+            format!("{engine} at {at} requires an API key ({detail}); name it with `api_key_env` or `api_key_file`")
+        };
+        Self {
+            kind: RemoteErrorKind::Unauthorized,
+            message,
+        }
+    }
+
+    pub(crate) fn timeout(engine: &str, at: &str, secs: f64, waiting_for: &str) -> Self {
+        Self {
+            kind: RemoteErrorKind::Timeout,
+            message: format!("{engine} at {at} sent nothing for {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+        }
+    }
+
+    pub(crate) fn disconnected(engine: &str, at: &str, detail: &str) -> Self {
+        Self {
+            kind: RemoteErrorKind::Disconnected,
+            message: format!(
+                "{engine} at {at} closed the connection {detail}; did it crash or restart?"
+            ),
+        }
+    }
+
+    pub(crate) fn bad_response(engine: &str, at: &str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RemoteErrorKind::BadResponse,
+            message: format!("{engine} at {at} answered unexpectedly: {detail}"),
+        }
+    }
+
+    pub(crate) fn tokenizer(detail: impl std::fmt::Display) -> Self {
+        Self {
+            kind: RemoteErrorKind::Tokenizer,
+            message: format!("remote tokenizer: {detail}"),
+        }
+    }
+
+    /// Replaces every occurrence of `secret` in the message (servers sometimes quote a rejected key).
+    pub(crate) fn redact(mut self, secret: Option<&str>) -> Self {
+        if let Some(s) = secret.filter(|s| !s.is_empty()) {
+            self.message = self.message.replace(s, "<redacted>");
+        }
+        self
+    }
+}
+
+impl From<RemoteError> for EngineError {
+    fn from(e: RemoteError) -> Self {
+        EngineError::Compute(e.message)
+    }
+}
+
+impl RemoteErrorKind {
+    /// The kind of a remote failure that reached the caller as an [`EngineError`]; `None` for errors that
+    /// did not come from a remote server (a bad prompt, a cancelled request...).
+    pub fn of(err: &EngineError) -> Option<Self> {
+        match err {
+            EngineError::Compute(msg) => Self::of_message(msg),
+            _ => None,
+        }
+    }
+
+    /// The marker found earliest in the message wins: each message puts its marker right after the engine
+    /// and URL (or at the very start), before any detail quoted from the server.
+    fn of_message(msg: &str) -> Option<Self> {
+        MARKERS
+            .iter()
+            .filter_map(|(kind, marker)| msg.find(marker).map(|at| (at, *kind)))
+            .filter(|(at, kind)| {
+                *at == 0
+                    || !matches!(
+                        kind,
+                        RemoteErrorKind::Unreachable
+                            | RemoteErrorKind::Tokenizer
+                            | RemoteErrorKind::Config
+                    )
+            })
+            .min_by_key(|(at, _)| *at)
+            .map(|(_, kind)| kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_recognised_after_conversion() {
+        let at = "http://127.0.0.1:8080";
+        let e = "llama.cpp server";
+        let cases = [
+            RemoteError::config("`url` is empty"),
+            RemoteError::unreachable(e, at, "connection refused"),
+            RemoteError::unauthorized(e, at, true, "HTTP 401 Invalid API Key"),
+            RemoteError::unauthorized(e, at, false, "HTTP 401"),
+            RemoteError::timeout(e, at, 30.0, "waiting for the first token"),
+            RemoteError::disconnected(e, at, "while waiting for token 4 of the answer"),
+            RemoteError::bad_response(e, at, "HTTP 500: boom"),
+            RemoteError::bad_response(e, at, "HTTP 502: upstream closed the connection early"),
+            RemoteError::tokenizer("no tokenizer"),
+        ];
+        for err in cases {
+            let kind = err.kind();
+            let engine_error: EngineError = err.clone().into();
+            assert_eq!(RemoteErrorKind::of(&engine_error), Some(kind), "{err}");
+        }
+        assert_eq!(
+            RemoteError::unreachable(e, at, "connection refused").to_string(),
+            "cannot reach llama.cpp server at http://127.0.0.1:8080: connection refused; start it or fix `url`"
+        );
+        assert_eq!(RemoteErrorKind::of(&EngineError::Cancelled), None);
+        assert_eq!(
+            RemoteErrorKind::of(&EngineError::Compute("out of memory".into())),
+            None
+        );
+    }
+
+    #[test]
+    fn redaction_removes_a_quoted_key() {
+        let err = RemoteError::unauthorized(
+            "OpenAI-compatible server",
+            "https://x",
+            true,
+            "HTTP 401: Incorrect API key provided: sk-123456",
+        )
+        .redact(Some("sk-123456"));
+        assert!(!err.to_string().contains("sk-123456"));
+        assert!(!format!("{err:?}").contains("sk-123456"));
+    }
+}

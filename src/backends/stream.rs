@@ -1,0 +1,418 @@
+//! One generation against a remote engine: send the request, read the stream, and apply the request's
+//! stop rules to what arrives exactly as the in-process engine's decode loop does (`engine/worker.rs`):
+//! stop ids and end-of-generation ids end the answer and are left out, the text is cut before the first stop
+//! string, the stop policy sees the text after every token, and nothing is streamed past a stop. When we
+//! decide to stop, the connection is dropped, which tells the engine to stop generating too.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::tokenizer::IncrementalDecoder;
+use crate::engine::{Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer};
+
+use super::client::{Client, Failure};
+use super::error::RemoteError;
+use super::framing::{NdjsonParser, SseParser};
+use super::http::Interrupt;
+
+/// `Event::Token::id` for engines that stream text only (OpenAI-compatible servers, Ollama): the id is
+/// not known. `Outcome::generated_ids` stays empty for those engines.
+pub const UNKNOWN_TOKEN_ID: u32 = u32::MAX;
+
+/// What one streamed message said.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Piece {
+    /// Generated token ids (llama.cpp); their text is decoded locally.
+    Ids(Vec<u32>),
+    /// Generated text (engines that do not stream ids).
+    Text(String),
+    /// Counts the engine reports.
+    Stats(Stats),
+    /// The engine finished.
+    Done(Finish),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Stats {
+    /// Prompt tokens the engine took from its cache.
+    pub cached_tokens: Option<usize>,
+    /// Tokens generated so far.
+    pub generated_tokens: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Finish {
+    /// An end-of-generation token.
+    Eos,
+    /// The token limit.
+    Length,
+    /// A stop string of the engine's own (we send none, but a model's defaults may have some).
+    Stop,
+    /// The engine's context is full.
+    ContextFull,
+    Other(String),
+}
+
+/// How a message stream is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Sse,
+    Ndjson,
+    /// Not streamed: the body is one message.
+    Whole,
+}
+
+/// A streamed message after parsing: its pieces, or the end-of-stream marker (`[DONE]`).
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    Pieces(Vec<Piece>),
+    EndOfStream,
+}
+
+/// Protocol-specific parts of a streamed generation.
+pub(crate) trait StreamProtocol {
+    fn framing(&self) -> Framing;
+    /// Parses one message (an SSE `data` field or an NDJSON line). `Err`: the engine reported an error.
+    fn parse(&self, data: &str) -> Result<Parsed, String>;
+}
+
+/// One HTTP request that streams a generation.
+pub(crate) struct Call<'a> {
+    pub client: &'a Client,
+    pub protocol: &'a dyn StreamProtocol,
+    pub path: &'a str,
+    pub body: serde_json::Value,
+}
+
+/// Runs `req` (already validated) and returns its outcome. Tokens go to `events` as they are accepted.
+pub(crate) fn run(
+    call: Call,
+    req: &mut GenerateRequest,
+    tokenizer: &Tokenizer,
+    eog: &HashSet<u32>,
+    events: &UnboundedSender<Event>,
+) -> Result<Outcome, RemoteError> {
+    let Call {
+        client,
+        protocol,
+        path,
+        body,
+    } = call;
+    let t_start = Instant::now();
+    let mut timings = Timings {
+        prompt_tokens: req.prompt.len(),
+        ..Timings::default()
+    };
+    let cancel = req.cancel.clone();
+    let cancelled = || cancel.is_cancelled() || events.is_closed();
+    if cancelled() {
+        return Ok(cancelled_outcome(timings));
+    }
+    let first_deadline = Instant::now() + client.first_token_timeout;
+    let mut resp = match client.request(
+        "POST",
+        path,
+        Some(&body),
+        &cancelled,
+        first_deadline,
+        "waiting for the first token",
+    ) {
+        Ok(r) => r,
+        Err(Failure::Cancelled) => {
+            timings.queue_ms = ms(t_start);
+            return Ok(cancelled_outcome(timings));
+        }
+        Err(Failure::Remote(e)) => return Err(e),
+    };
+    let t_sent = resp.sent_at;
+    timings.queue_ms = (t_sent - t_start).as_secs_f64() * 1e3;
+
+    let mut gen = Decoding::new(req, tokenizer, eog, events);
+    let mut sse = SseParser::new();
+    let mut ndjson = NdjsonParser::new();
+    // A server that ignores `stream: true` answers with one JSON document: read it whole.
+    let framing = match resp.header("content-type") {
+        Some(t) if t.trim_start().starts_with("application/json") => Framing::Whole,
+        _ => protocol.framing(),
+    };
+    let mut whole = Vec::new();
+    let mut stats = Stats::default();
+    let mut finish: Option<Finish> = None;
+    let mut t_first: Option<Instant> = None;
+    let mut last_activity = Instant::now();
+    let stall = client.first_token_timeout;
+
+    // Streams until the engine finishes, our rules stop the answer, or something fails.
+    let stopped_by_us = 'read: loop {
+        let deadline = last_activity + stall;
+        let check = || {
+            if cancelled() {
+                Err(Interrupt::Cancelled)
+            } else if Instant::now() >= deadline {
+                Err(Interrupt::TimedOut)
+            } else {
+                Ok(())
+            }
+        };
+        let chunk = match resp.read_chunk(&check) {
+            Ok(c) => c,
+            Err(e) => match client.wait_failure(e, &waiting_for(&gen)) {
+                Failure::Cancelled => break 'read true,
+                Failure::Remote(e) => return Err(e),
+            },
+        };
+        let ended = chunk.is_none();
+        let messages: Vec<String> = match (chunk, framing) {
+            (Some(bytes), Framing::Sse) => sse.push(&bytes).into_iter().map(|e| e.data).collect(),
+            (Some(bytes), Framing::Ndjson) => ndjson.push(&bytes),
+            (Some(bytes), Framing::Whole) => {
+                whole.extend_from_slice(&bytes);
+                Vec::new()
+            }
+            (None, Framing::Sse) => sse.finish().into_iter().map(|e| e.data).collect(),
+            (None, Framing::Ndjson) => ndjson.finish().into_iter().collect(),
+            (None, Framing::Whole) => vec![String::from_utf8_lossy(&whole).into_owned()],
+        };
+        for data in messages {
+            let pieces = match protocol.parse(&data) {
+                Ok(Parsed::Pieces(p)) => p,
+                Ok(Parsed::EndOfStream) => {
+                    if finish.is_none() {
+                        finish = Some(Finish::Other("end of stream".into()));
+                    }
+                    continue;
+                }
+                Err(msg) => {
+                    return Err(RemoteError::bad_response(
+                        client.engine(),
+                        &client.at(),
+                        format!("error in the middle of the answer: {msg}"),
+                    )
+                    .redact(client.secret()))
+                }
+            };
+            for piece in pieces {
+                match piece {
+                    Piece::Ids(ids) => {
+                        for id in ids {
+                            t_first.get_or_insert_with(Instant::now);
+                            if gen.id(id) == Flow::Stop {
+                                break 'read true;
+                            }
+                        }
+                    }
+                    Piece::Text(text) => {
+                        if text.is_empty() {
+                            continue;
+                        }
+                        t_first.get_or_insert_with(Instant::now);
+                        if gen.text(&text) == Flow::Stop {
+                            break 'read true;
+                        }
+                    }
+                    Piece::Stats(s) => {
+                        stats.cached_tokens = s.cached_tokens.or(stats.cached_tokens);
+                        stats.generated_tokens = s.generated_tokens.or(stats.generated_tokens);
+                    }
+                    Piece::Done(f) => finish = Some(f),
+                }
+            }
+        }
+        last_activity = Instant::now();
+        if finish.is_some() {
+            break 'read false;
+        }
+        if ended {
+            return Err(RemoteError::disconnected(
+                client.engine(),
+                &client.at(),
+                &format!(
+                    "after {} tokens, before the answer was complete",
+                    gen.generated()
+                ),
+            ));
+        }
+    };
+    // Dropping the response closes the connection: an engine still generating stops.
+    drop(resp);
+    let t_end = Instant::now();
+    let t_first = t_first.unwrap_or(t_end);
+    timings.prefill_ms = (t_first - t_sent).as_secs_f64() * 1e3;
+    timings.decode_ms = (t_end - t_first).as_secs_f64() * 1e3;
+    timings.reused_tokens = stats.cached_tokens.unwrap_or(0).min(timings.prompt_tokens);
+    let ids_streamed = !gen.out.generated_ids.is_empty();
+    let text_pieces = gen.text_pieces;
+    let mut out = gen.finish();
+    if stopped_by_us {
+        if cancelled() && out.stop_reason == StopReason::MaxTokens {
+            out.stop_reason = StopReason::Cancelled;
+        }
+    } else if let Some(f) = finish {
+        if out.stop_reason == StopReason::MaxTokens {
+            out.stop_reason = match f {
+                Finish::Eos | Finish::Stop => StopReason::EndOfGeneration,
+                Finish::Length => StopReason::MaxTokens,
+                Finish::ContextFull => StopReason::ContextFull,
+                Finish::Other(_) => StopReason::EndOfGeneration,
+            };
+        }
+    }
+    timings.generated_tokens = if ids_streamed {
+        out.generated_ids.len()
+    } else {
+        stats.generated_tokens.unwrap_or(text_pieces)
+    };
+    out.timings = timings;
+    Ok(out)
+}
+
+/// What the stream waits for, in messages.
+fn waiting_for(gen: &Decoding) -> String {
+    match gen.generated() {
+        0 => "waiting for the first token".into(),
+        n => format!("waiting for token {} of the answer", n + 1),
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn cancelled_outcome(timings: Timings) -> Outcome {
+    Outcome {
+        generated_ids: Vec::new(),
+        text: String::new(),
+        stop_reason: StopReason::Cancelled,
+        stop_token: None,
+        timings,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    Go,
+    Stop,
+}
+
+/// The decode loop's stop rules, applied to tokens or text as they arrive.
+pub(crate) struct Decoding<'a> {
+    req: &'a mut GenerateRequest,
+    tokenizer: &'a Tokenizer,
+    eog: &'a HashSet<u32>,
+    events: &'a UnboundedSender<Event>,
+    decoder: IncrementalDecoder,
+    t_decode: Instant,
+    pub out: Outcome,
+    /// Text pieces accepted (engines that stream text).
+    pub text_pieces: usize,
+}
+
+impl<'a> Decoding<'a> {
+    pub fn new(
+        req: &'a mut GenerateRequest,
+        tokenizer: &'a Tokenizer,
+        eog: &'a HashSet<u32>,
+        events: &'a UnboundedSender<Event>,
+    ) -> Self {
+        Self {
+            req,
+            tokenizer,
+            eog,
+            events,
+            decoder: IncrementalDecoder::new(),
+            t_decode: Instant::now(),
+            out: Outcome {
+                generated_ids: Vec::new(),
+                text: String::new(),
+                stop_reason: StopReason::MaxTokens,
+                stop_token: None,
+                timings: Timings::default(),
+            },
+            text_pieces: 0,
+        }
+    }
+
+    pub fn generated(&self) -> usize {
+        self.out.generated_ids.len().max(self.text_pieces)
+    }
+
+    /// A generated token id, as `engine/worker.rs` handles a sampled one.
+    pub fn id(&mut self, id: u32) -> Flow {
+        if self.req.cancel.is_cancelled() {
+            self.out.stop_reason = StopReason::Cancelled;
+            return Flow::Stop;
+        }
+        if self.generated() >= self.req.max_tokens {
+            return Flow::Stop;
+        }
+        if self.req.stop_ids.contains(&id) || (self.req.stop_at_eog && self.eog.contains(&id)) {
+            self.out.stop_reason = StopReason::EndOfGeneration;
+            self.out.stop_token = Some(id);
+            return Flow::Stop;
+        }
+        self.out.generated_ids.push(id);
+        let delta = self.decoder.push(self.tokenizer, id);
+        self.accept(id, delta)
+    }
+
+    /// Generated text from an engine that does not stream ids; handled like one token.
+    pub fn text(&mut self, delta: &str) -> Flow {
+        if self.req.cancel.is_cancelled() {
+            self.out.stop_reason = StopReason::Cancelled;
+            return Flow::Stop;
+        }
+        if self.generated() >= self.req.max_tokens {
+            return Flow::Stop;
+        }
+        self.text_pieces += 1;
+        self.accept(UNKNOWN_TOKEN_ID, delta.to_string())
+    }
+
+    fn accept(&mut self, id: u32, delta: String) -> Flow {
+        self.out.text.push_str(&delta);
+        if let Some(cut) = stop_string_cut(&self.out.text, &self.req.stop_strings, delta.len()) {
+            self.out.text.truncate(cut);
+            self.out.stop_reason = StopReason::StopString;
+            return Flow::Stop;
+        }
+        if let Some(policy) = self.req.policy.as_mut() {
+            if let Some(cut) = policy.check(&self.out.text, self.t_decode.elapsed()) {
+                self.out.text.truncate(cut.min(self.out.text.len()));
+                self.out.stop_reason = StopReason::Policy;
+                return Flow::Stop;
+            }
+        }
+        if self.events.send(Event::Token { id, text: delta }).is_err() {
+            // Nobody listens any more: stop the engine.
+            self.out.stop_reason = StopReason::Cancelled;
+            return Flow::Stop;
+        }
+        if self.generated() >= self.req.max_tokens {
+            return Flow::Stop;
+        }
+        Flow::Go
+    }
+
+    pub fn finish(self) -> Outcome {
+        self.out
+    }
+}
+
+/// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier); the same
+/// rule as the in-process engine.
+pub(crate) fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let from = text.len().saturating_sub(new_bytes + s.len());
+            let from = (0..=from)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            text[from..].find(s.as_str()).map(|i| from + i)
+        })
+        .min()
+}

@@ -1,0 +1,916 @@
+//! Remote backends against a real engine: llama.cpp's server, started here on a loopback port with the
+//! small SmolLM2 model, driven through the llama.cpp backend (`/completion`) and the OpenAI-compatible
+//! backend (llama.cpp's `/v1/completions`). No mock of the engine.
+//!
+//! The server binary comes from `LLAMA_SERVER` or from the cache that `scripts/fetch-llama-server` fills;
+//! without either, these tests fail and say which command to run. Tests take a lock so that only one of
+//! them drives a server at a time (the machines are small), and every server is killed when its test ends,
+//! whether it passes or panics.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use codellama_lsp::backends::{
+    Notice, PromptFormat, RemoteBackend, RemoteConfig, RemoteErrorKind, RemoteKind,
+    UNKNOWN_TOKEN_ID,
+};
+use codellama_lsp::completion::{self, CompletionRequest};
+use codellama_lsp::engine::{
+    Backend, Engine, EngineError, Event, GenerateRequest, Generation, LoadOptions, Outcome,
+    StopReason,
+};
+use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+
+const LLAMA_CPP_VERSION: &str = "11434.0.0";
+const API_KEY: &str = "sk-correct-horse-battery-staple";
+
+// ---------------------------------------------------------------------------------------------------
+// The engine under test
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn llama_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("LLAMA_SERVER") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "LLAMA_SERVER={} does not exist", p.display());
+        return p;
+    }
+    let cached = common::repo_dir()
+        .join(".cache/llama.cpp")
+        .join(LLAMA_CPP_VERSION)
+        .join("build/bin/llama-server");
+    assert!(
+        cached.is_file(),
+        "llama.cpp's server is needed for these tests: run scripts/fetch-llama-server (builds it once \
+         into {}), or set LLAMA_SERVER to a llama-server binary",
+        cached.display()
+    );
+    cached
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running llama-server; killed on drop.
+struct Server {
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    args: Vec<String>,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        Self::start_on(free_port(), extra)
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Server {
+        let bin = llama_server_binary();
+        let log = std::env::temp_dir().join(format!(
+            "codellama-lsp-llama-server-{}-{port}.log",
+            std::process::id()
+        ));
+        let mut args: Vec<String> = [
+            "-m",
+            &common::small_model().display().to_string(),
+            "-c",
+            "2048",
+            "-np",
+            "1",
+            "-t",
+            "2",
+            "-fa",
+            "off",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--metrics",
+            "--no-webui",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap().try_clone().unwrap());
+        if let Some(dir) = bin.parent() {
+            // A shared-library build finds its libraries beside it.
+            let mut paths = vec![dir.to_path_buf()];
+            if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+                paths.extend(std::env::split_paths(&old));
+            }
+            cmd.env("LD_LIBRARY_PATH", std::env::join_paths(paths).unwrap());
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let mut server = Server {
+            child: Some(child),
+            port,
+            log,
+            args,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("llama-server exited ({status}):\n{}", self.log_tail());
+            }
+            if let Ok((200, _)) = http_get(self.port, "/health", None) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "llama-server not ready after 60 s:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `GET /slots`: whether the (only) slot is processing.
+    fn slot_busy(&self, key: Option<&str>) -> bool {
+        let (status, body) = http_get(self.port, "/slots", key).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v[0]["is_processing"].as_bool().unwrap()
+    }
+
+    /// A counter or gauge from `GET /metrics`.
+    fn metric(&self, name: &str, key: Option<&str>) -> f64 {
+        let (status, body) = http_get(self.port, "/metrics", key).unwrap();
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.trim().parse::<f64>().ok())
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+
+    /// Waits (bounded) until the slot is idle, asking every `every`; returns how long that took.
+    ///
+    /// While a prompt is being processed, llama.cpp checks whether a streaming client went away only when
+    /// its wait for results sees no result at all for a whole second (HTTP_POLLING_SECONDS); every answer
+    /// to a `/slots` request counts as a result and restarts that second. So asking more often than once a
+    /// second hides the closed connection from the engine: ask slowly there.
+    fn wait_idle(&self, key: Option<&str>, within: Duration, every: Duration) -> Duration {
+        let t = Instant::now();
+        loop {
+            std::thread::sleep(every);
+            if !self.slot_busy(key) {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < within,
+                "the engine still processes after {within:?}"
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!(
+                "llama-server {:?}, log {}:\n{}",
+                self.args,
+                self.log.display(),
+                self.log_tail()
+            );
+        }
+    }
+}
+
+/// A plain GET for the test's own observations of the engine (`/health`, `/slots`, `/metrics`).
+fn http_get(port: u16, path: &str, key: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // Good enough for the small bodies read here: strip chunk-size lines if chunked.
+    let body = if text
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(&body)
+    } else {
+        body
+    };
+    Ok((status, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Helpers
+
+fn config(kind: RemoteKind, url: &str) -> RemoteConfig {
+    let mut cfg = RemoteConfig::new(kind, url);
+    cfg.retries = 1;
+    cfg.connect_timeout = Duration::from_millis(1000);
+    cfg.first_token_timeout = Duration::from_secs(60);
+    cfg
+}
+
+fn connect(kind: RemoteKind, server: &Server) -> RemoteBackend {
+    RemoteBackend::connect(config(kind, &server.url()))
+        .unwrap_or_else(|e| panic!("connect {kind:?}: {e}\n{}", server.log_tail()))
+}
+
+fn local_engine() -> Engine {
+    let opts = LoadOptions {
+        model: Some(common::small_model().display().to_string()),
+        context_window: Some(2048),
+        threads: Some(2),
+        ..LoadOptions::default()
+    };
+    Engine::start(opts, Box::new(|_| {})).expect("the local engine starts")
+}
+
+fn greedy(backend: &dyn Backend, prompt: &[u32], n: usize) -> Outcome {
+    let req = GenerateRequest::new(prompt.to_vec(), n);
+    wait(backend.submit(req), Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("generation: {e}"))
+}
+
+/// Collects a generation's outcome, bounded in time; checks that the streamed tokens (those not taken
+/// from the channel before) add up to it.
+fn wait(mut gen: Generation, within: Duration) -> Result<Outcome, EngineError> {
+    let until = Instant::now() + within;
+    let mut streamed = String::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no outcome within {within:?}");
+        match recv_timeout(&mut gen, left) {
+            Some(Event::Token { text, .. }) => streamed.push_str(&text),
+            Some(Event::Finished(r)) => {
+                if let Ok(o) = &r {
+                    assert!(
+                        o.text.contains(streamed.as_str()) || streamed.starts_with(&o.text),
+                        "streamed {streamed:?} vs outcome {:?}",
+                        o.text
+                    );
+                }
+                return r;
+            }
+            None => panic!("the event channel closed without an outcome"),
+        }
+    }
+}
+
+fn recv_timeout(gen: &mut Generation, d: Duration) -> Option<Event> {
+    let until = Instant::now() + d;
+    loop {
+        match gen.events.try_recv() {
+            Ok(ev) => return Some(ev),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                assert!(Instant::now() < until, "no event within {d:?}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+fn first_difference<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
+    (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i))
+}
+
+/// Prompts for the comparisons: plain code, a longer code excerpt, and a chat turn that ends with the
+/// model's end-of-turn token.
+fn prompts(backend: &dyn Backend) -> Vec<(&'static str, Vec<u32>)> {
+    let tok = backend.tokenizer();
+    let code = "import json\n\n\ndef load_config(path):\n    \"\"\"Read a JSON configuration file and return it as a dict.\"\"\"\n    with open(path) as f:\n";
+    let mut chat = vec![tok.special_id("<|im_start|>").unwrap()];
+    chat.extend(tok.encode(
+        "user\nWhat is the capital of France? Answer in one word.",
+        false,
+    ));
+    chat.push(tok.special_id("<|im_end|>").unwrap());
+    chat.extend(tok.encode("\n", false));
+    chat.push(tok.special_id("<|im_start|>").unwrap());
+    chat.extend(tok.encode("assistant\n", false));
+    vec![
+        ("fibonacci", vec![1604, 3987, 46477, 24, 94, 727]),
+        ("load_config", tok.encode(code, false)),
+        ("chat", chat),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Same text as the in-process engine
+
+#[test]
+fn llama_cpp_and_openai_backends_generate_what_the_local_engine_generates() {
+    let _g = serial();
+    const N: usize = 24;
+    let local = local_engine();
+    let cases = prompts(&local);
+    let local_out: Vec<Outcome> = cases.iter().map(|(_, p)| greedy(&local, p, N)).collect();
+    let local_tok = local.tokenizer().clone();
+    drop(local);
+
+    let server = Server::start(&[]);
+    let llama = connect(RemoteKind::LlamaCpp, &server);
+    let openai = connect(RemoteKind::OpenAi, &server);
+    assert!(
+        openai.sends_token_ids(),
+        "llama.cpp's OpenAI route takes token ids"
+    );
+    let mut text_cfg = config(RemoteKind::OpenAi, &server.url());
+    text_cfg.prompt_format = PromptFormat::Text;
+    let openai_text = RemoteBackend::connect(text_cfg).unwrap();
+    assert!(!openai_text.sends_token_ids());
+    assert_eq!(llama.info().context_window, 2048);
+    assert_eq!(openai.info().context_window, 2048);
+
+    let mut full_matches = 0;
+    for ((name, prompt), want) in cases.iter().zip(&local_out) {
+        let got = greedy(&llama, prompt, N);
+        let got_oai = greedy(&openai, prompt, N);
+        let diff = first_difference(&want.generated_ids, &got.generated_ids);
+        eprintln!(
+            "{name}: local {:?} {:?} | llama.cpp {:?} {:?} (first differing token: {diff:?}) | openai {:?} {:?}",
+            want.stop_reason, want.text, got.stop_reason, got.text, got_oai.stop_reason, got_oai.text
+        );
+        // The OpenAI route runs the same engine: its text is the llama.cpp backend's text.
+        assert_eq!(got_oai.text, got.text, "{name}: openai vs llama.cpp");
+        assert!(got_oai.generated_ids.is_empty());
+        match diff {
+            None => {
+                assert_eq!(got.text, want.text, "{name}");
+                assert_eq!(got.stop_reason, want.stop_reason, "{name}");
+                assert_eq!(got.stop_token, want.stop_token, "{name}");
+                assert_eq!(got_oai.stop_reason, want.stop_reason, "{name}");
+                full_matches += 1;
+            }
+            Some(i) => {
+                // Quantized arithmetic differs between the engines; a near-tie may flip late. The text
+                // before the flip must agree.
+                assert!(i >= 8, "{name}: the engines diverge at token {i}");
+                let prefix = local_tok.decode(&want.generated_ids[..i]);
+                assert!(got.text.starts_with(&prefix), "{name}");
+            }
+        }
+    }
+    assert!(
+        full_matches >= 1,
+        "no prompt matched the local engine in full"
+    );
+
+    // A text prompt decoded from plain-text ids tokenizes back to the same ids here.
+    let (name, prompt) = &cases[0];
+    let t = greedy(&openai_text, prompt, N);
+    let ids = greedy(&openai, prompt, N);
+    assert_eq!(t.text, ids.text, "{name}: text prompt vs id prompt");
+}
+
+#[test]
+fn a_completion_goes_end_to_end_through_the_remote_backend() {
+    let _g = serial();
+    let mut req = CompletionRequest::new("def add(a, b):\n    ", "\n\nprint(add(1, 2))\n", 32);
+    req.language_id = Some("python".into());
+    let local = local_engine();
+    let builder = PromptBuilder::new(local.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let want = completion::complete(&local, &builder, &req).unwrap();
+    drop(local);
+
+    let server = Server::start(&[]);
+    for kind in [RemoteKind::LlamaCpp, RemoteKind::OpenAi] {
+        let backend = connect(kind, &server);
+        let builder =
+            PromptBuilder::new(backend.tokenizer().clone(), &PromptConfig::default()).unwrap();
+        let got = completion::complete(&backend as &dyn Backend, &builder, &req).unwrap();
+        eprintln!(
+            "{kind:?}: {:?} ({:?}, {} prompt tokens, {:.0} ms to the first token); local: {:?}",
+            got.completion,
+            got.stop_reason,
+            got.timings.prompt_tokens,
+            got.timings.queue_ms + got.timings.prefill_ms,
+            want.completion
+        );
+        assert_eq!(got.prompt_ids, want.prompt_ids);
+        assert_eq!(got.completion, want.completion, "{kind:?}");
+        assert_eq!(got.stop_reason, want.stop_reason, "{kind:?}");
+        assert!(!got.completion.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Cancellation
+
+#[test]
+fn cancelling_closes_the_stream_and_the_engine_stops() {
+    let _g = serial();
+    // llama.cpp notices a closed connection while it waits (polling once a second) and stops the task at
+    // the next batch boundary; small batches make the prompt case observable.
+    let server = Server::start(&["-b", "128", "-ub", "128"]);
+    let backend = connect(RemoteKind::LlamaCpp, &server);
+    let predicted_before = server.metric("llamacpp:tokens_predicted_total", None);
+
+    // During decoding: cancel after a few tokens of a 1500-token request.
+    let mut req = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 1500);
+    req.stop_at_eog = false;
+    let cancel = req.cancel.clone();
+    let mut gen = backend.submit(req);
+    let mut seen = 0;
+    while seen < 5 {
+        match recv_timeout(&mut gen, Duration::from_secs(60)) {
+            Some(Event::Token { id, .. }) => {
+                assert_ne!(id, UNKNOWN_TOKEN_ID);
+                seen += 1
+            }
+            other => panic!("expected tokens, got {:?}", other.is_some()),
+        }
+    }
+    assert!(server.slot_busy(None), "the engine is generating");
+    cancel.cancel();
+    let t = Instant::now();
+    let outcome = wait(gen, Duration::from_secs(5)).unwrap();
+    let ours = t.elapsed();
+    assert_eq!(outcome.stop_reason, StopReason::Cancelled);
+    let theirs = server.wait_idle(None, Duration::from_secs(5), Duration::from_millis(20));
+    let predicted = server.metric("llamacpp:tokens_predicted_total", None) - predicted_before;
+    eprintln!(
+        "cancelled while decoding: our side returned in {ours:?} with {} tokens; the engine's slot was idle {theirs:?} later, having predicted {predicted} tokens of 1500",
+        outcome.generated_ids.len()
+    );
+    assert!(ours < Duration::from_millis(500), "{ours:?}");
+    assert!(predicted < 100.0, "the engine went on: {predicted} tokens");
+
+    // During the prompt: a long prompt, cancelled before its first token.
+    let tok = backend.tokenizer();
+    let text = "def f(x):\n    return x * 2 + 1  # a line of code\n".repeat(120);
+    let mut long = tok.encode(&text, false);
+    long.truncate(1900);
+    let predicted_before = server.metric("llamacpp:tokens_predicted_total", None);
+    let mut req = GenerateRequest::new(long, 100);
+    req.stop_at_eog = false;
+    let cancel = req.cancel.clone();
+    let gen = backend.submit(req);
+    let busy_until = Instant::now() + Duration::from_secs(10);
+    while !server.slot_busy(None) {
+        assert!(Instant::now() < busy_until, "the engine never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    cancel.cancel();
+    let t = Instant::now();
+    let outcome = wait(gen, Duration::from_secs(5)).unwrap();
+    let ours = t.elapsed();
+    assert_eq!(outcome.stop_reason, StopReason::Cancelled);
+    assert!(outcome.generated_ids.is_empty());
+    let theirs = server.wait_idle(None, Duration::from_secs(30), Duration::from_millis(1500));
+    let predicted = server.metric("llamacpp:tokens_predicted_total", None) - predicted_before;
+    eprintln!(
+        "cancelled during the prompt ({} tokens): our side returned in {ours:?}; the engine's slot was idle {theirs:?} later, having predicted {predicted} tokens of 100",
+        1900
+    );
+    assert!(ours < Duration::from_millis(500), "{ours:?}");
+    assert!(theirs < Duration::from_secs(15), "{theirs:?}");
+    assert!(predicted <= 2.0, "the engine generated {predicted} tokens");
+
+    // The engine serves the next request normally.
+    let next = greedy(&backend, &[1604, 3987, 46477, 24, 94, 727], 4);
+    assert_eq!(next.stop_reason, StopReason::MaxTokens);
+}
+
+#[test]
+fn a_newer_request_for_the_same_document_supersedes_the_older_one() {
+    let _g = serial();
+    let server = Server::start(&[]);
+    let backend = connect(RemoteKind::LlamaCpp, &server);
+    let mut first = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 1000);
+    first.stop_at_eog = false;
+    first.supersede_key = Some("file:///a.py".into());
+    let mut first = backend.submit(first);
+    assert!(matches!(
+        recv_timeout(&mut first, Duration::from_secs(60)),
+        Some(Event::Token { .. })
+    ));
+    let mut second = GenerateRequest::new(vec![1604, 3987, 46477, 24], 3);
+    second.supersede_key = Some("file:///a.py".into());
+    let second = backend.submit(second);
+    let a = wait(first, Duration::from_secs(5)).unwrap();
+    assert_eq!(a.stop_reason, StopReason::Cancelled);
+    let b = wait(second, Duration::from_secs(60)).unwrap();
+    assert_eq!(b.stop_reason, StopReason::MaxTokens);
+    assert_eq!(b.generated_ids.len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Failures
+
+#[test]
+fn an_unreachable_engine_fails_quickly_with_a_clear_message_reported_once() {
+    let _g = serial();
+    let port = free_port();
+    let t = Instant::now();
+    let err = RemoteBackend::connect(config(
+        RemoteKind::LlamaCpp,
+        &format!("http://127.0.0.1:{port}"),
+    ))
+    .unwrap_err();
+    eprintln!("{err} ({:?})", t.elapsed());
+    assert_eq!(err.kind(), RemoteErrorKind::Unreachable);
+    assert_eq!(
+        err.to_string(),
+        format!("cannot reach llama.cpp server at http://127.0.0.1:{port}: connection refused (2 attempts); start it or fix `url`")
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+
+    // An engine that goes away after connecting: requests fail fast, the failure is reported once, and
+    // the recovery once the engine is back.
+    let mut server = Server::start(&[]);
+    let port = server.port;
+    // https to a plain-HTTP engine: the TLS handshake fails, clearly.
+    let err = RemoteBackend::connect(config(
+        RemoteKind::LlamaCpp,
+        &format!("https://127.0.0.1:{port}"),
+    ))
+    .unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind(), RemoteErrorKind::Unreachable);
+    assert!(err.to_string().contains("TLS"), "{err}");
+    let backend = connect(RemoteKind::LlamaCpp, &server);
+    greedy(&backend, &[1604, 3987], 2);
+    assert!(backend.take_notice().is_none());
+    server.kill();
+    for i in 0..3 {
+        let t = Instant::now();
+        let err = wait(
+            backend.submit(GenerateRequest::new(vec![1604, 3987], 2)),
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(
+            RemoteErrorKind::of(&err),
+            Some(RemoteErrorKind::Unreachable),
+            "{err}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(2));
+        let notice = backend.take_notice();
+        if i == 0 {
+            assert!(
+                matches!(&notice, Some(Notice::Failing(e)) if e.kind() == RemoteErrorKind::Unreachable),
+                "{notice:?}"
+            );
+        } else {
+            assert!(notice.is_none(), "reported again: {notice:?}");
+        }
+    }
+    drop(server);
+    let server = Server::start_on(port, &[]);
+    greedy(&backend, &[1604, 3987], 2);
+    assert!(matches!(backend.take_notice(), Some(Notice::Recovered)));
+    assert!(backend.take_notice().is_none());
+    drop(server);
+}
+
+#[test]
+fn an_engine_killed_mid_stream_gives_a_clear_error_and_nothing_hangs() {
+    let _g = serial();
+    let mut server = Server::start(&[]);
+    let backend = connect(RemoteKind::LlamaCpp, &server);
+    let mut req = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 1500);
+    req.stop_at_eog = false;
+    let mut gen = backend.submit(req);
+    for _ in 0..3 {
+        assert!(matches!(
+            recv_timeout(&mut gen, Duration::from_secs(60)),
+            Some(Event::Token { .. })
+        ));
+    }
+    server.kill();
+    let t = Instant::now();
+    let err = wait(gen, Duration::from_secs(5)).unwrap_err();
+    eprintln!("{err} ({:?} after the kill)", t.elapsed());
+    assert_eq!(
+        RemoteErrorKind::of(&err),
+        Some(RemoteErrorKind::Disconnected),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("llama.cpp server at http://127.0.0.1:"),
+        "{msg}"
+    );
+    assert!(msg.contains("closed the connection"), "{msg}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_wrong_or_missing_api_key_is_unauthorized_and_the_key_never_shows() {
+    let _g = serial();
+    let server = Server::start(&["--api-key", API_KEY]);
+    let dir = std::env::temp_dir().join(format!("codellama-lsp-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong_key = "sk-wrong-key-0123456789";
+    std::fs::write(dir.join("wrong"), format!("{wrong_key}\n")).unwrap();
+    std::fs::write(dir.join("right"), format!("{API_KEY}\n")).unwrap();
+
+    // Wrong key.
+    let mut cfg = config(RemoteKind::LlamaCpp, &server.url());
+    cfg.api_key_file = Some(dir.join("wrong"));
+    assert!(!format!("{cfg:?}").contains(wrong_key));
+    let err = RemoteBackend::connect(cfg).unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind(), RemoteErrorKind::Unauthorized);
+    assert!(err.to_string().contains("rejected the API key"), "{err}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(
+            !shown.contains(wrong_key) && !shown.contains(API_KEY),
+            "{shown}"
+        );
+    }
+
+    // No key.
+    let err = RemoteBackend::connect(config(RemoteKind::OpenAi, &server.url())).unwrap_err();
+    assert_eq!(err.kind(), RemoteErrorKind::Unauthorized);
+    assert!(err.to_string().contains("requires an API key"), "{err}");
+
+    // The right key, from an environment variable and from a file.
+    let var = "CODELLAMA_LSP_TEST_LLAMA_KEY";
+    std::env::set_var(var, API_KEY);
+    let mut cfg = config(RemoteKind::OpenAi, &server.url());
+    cfg.api_key_env = Some(var.into());
+    let openai = RemoteBackend::connect(cfg).unwrap();
+    let mut cfg = config(RemoteKind::LlamaCpp, &server.url());
+    cfg.api_key_file = Some(dir.join("right"));
+    let llama = RemoteBackend::connect(cfg).unwrap();
+    for backend in [&openai, &llama] {
+        assert!(!format!("{backend:?}").contains(API_KEY));
+        let out = greedy(backend, &[1604, 3987, 46477, 24, 94, 727], 4);
+        assert_eq!(out.stop_reason, StopReason::MaxTokens);
+    }
+    // The engine saw authenticated work.
+    assert!(server.metric("llamacpp:tokens_predicted_total", Some(API_KEY)) >= 8.0);
+    std::env::remove_var(var);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_key_is_not_sent_where_a_redirect_points() {
+    let _g = serial();
+    // Not an engine: a "proxy" that redirects every request elsewhere, and the elsewhere, which must never
+    // be contacted.
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let target = format!(
+        "http://127.0.0.1:{}/health",
+        elsewhere.local_addr().unwrap().port()
+    );
+    let url = format!("http://127.0.0.1:{}", proxy.local_addr().unwrap().port());
+    let seen = std::thread::spawn(move || {
+        let (mut s, _) = proxy.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        write!(
+            s,
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let dir = std::env::temp_dir().join(format!("codellama-lsp-redirect-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), API_KEY).unwrap();
+    let mut cfg = config(RemoteKind::LlamaCpp, &url);
+    cfg.api_key_file = Some(dir.join("key"));
+    let err = RemoteBackend::connect(cfg).unwrap_err();
+    assert_eq!(err.kind(), RemoteErrorKind::BadResponse);
+    assert!(
+        err.to_string().contains("redirects are not followed"),
+        "{err}"
+    );
+    let request = seen.join().unwrap();
+    assert!(request.starts_with("GET /health HTTP/1.1\r\n"), "{request}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        elsewhere.accept().is_err(),
+        "the redirect target was contacted"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn waiting_is_bounded_by_the_first_token_timeout() {
+    let _g = serial();
+    // An engine whose only slot is busy: a request waits in its queue past our deadline.
+    let server = Server::start(&[]);
+    let busy = connect(RemoteKind::LlamaCpp, &server);
+    let mut long = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 1500);
+    long.stop_at_eog = false;
+    let long_cancel = long.cancel.clone();
+    let mut long = busy.submit(long);
+    assert!(matches!(
+        recv_timeout(&mut long, Duration::from_secs(60)),
+        Some(Event::Token { .. })
+    ));
+    let mut cfg = config(RemoteKind::LlamaCpp, &server.url());
+    cfg.first_token_timeout = Duration::from_millis(1500);
+    let waiting = RemoteBackend::connect(cfg).unwrap();
+    let t = Instant::now();
+    let err = wait(
+        waiting.submit(GenerateRequest::new(vec![1604, 3987], 2)),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    let took = t.elapsed();
+    eprintln!("{err} ({took:?})");
+    assert_eq!(
+        RemoteErrorKind::of(&err),
+        Some(RemoteErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(3000),
+        "{took:?}"
+    );
+    long_cancel.cancel();
+    assert_eq!(
+        wait(long, Duration::from_secs(5)).unwrap().stop_reason,
+        StopReason::Cancelled
+    );
+
+    // A server that accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let mut cfg = config(RemoteKind::OpenAi, &url);
+    cfg.first_token_timeout = Duration::from_millis(800);
+    let t = Instant::now();
+    let err = RemoteBackend::connect(cfg).unwrap_err();
+    eprintln!("{err} ({:?})", t.elapsed());
+    assert_eq!(err.kind(), RemoteErrorKind::Timeout);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    drop(silent);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tokenizer sources
+
+#[test]
+fn the_tokenizer_comes_from_the_engine_a_file_and_a_mismatch_is_refused() {
+    let _g = serial();
+    let server = Server::start(&[]);
+    // From the engine: llama.cpp names its model file, which is readable here.
+    let from_engine = connect(RemoteKind::LlamaCpp, &server);
+    assert!(from_engine
+        .info()
+        .device
+        .contains(&common::small_model().display().to_string()));
+    // From a file named in the settings.
+    let mut cfg = config(RemoteKind::LlamaCpp, &server.url());
+    cfg.tokenizer = Some(common::small_model().display().to_string());
+    let from_file = RemoteBackend::connect(cfg).unwrap();
+    let text = "fn main() { println!(\"héllo\"); }";
+    assert_eq!(
+        from_engine.tokenizer().encode(text, false),
+        from_file.tokenizer().encode(text, false)
+    );
+    // Another model's tokenizer is refused.
+    let mut cfg = config(RemoteKind::LlamaCpp, &server.url());
+    cfg.tokenizer = Some(
+        common::codellama_fixture("tiny-codellama-mha.gguf")
+            .display()
+            .to_string(),
+    );
+    let err = RemoteBackend::connect(cfg).unwrap_err();
+    eprintln!("{err}");
+    assert_eq!(err.kind(), RemoteErrorKind::Tokenizer);
+    assert!(err.to_string().contains("tiny-codellama-mha.gguf"), "{err}");
+}
+
+#[test]
+fn bad_requests_are_refused_before_any_network_traffic() {
+    let _g = serial();
+    let server = Server::start(&[]);
+    let backend = connect(RemoteKind::LlamaCpp, &server);
+    let vocab = backend.tokenizer().vocab_size() as u32;
+    let err = wait(
+        backend.submit(GenerateRequest::new(vec![], 4)),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::EmptyPrompt));
+    let err = wait(
+        backend.submit(GenerateRequest::new(vec![1, vocab], 4)),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::BadToken { .. }), "{err}");
+    let err = wait(
+        backend.submit(GenerateRequest::new(vec![1604; 2048], 4)),
+        Duration::from_secs(1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, EngineError::PromptTooLong { .. }), "{err}");
+    // Stop strings and stop ids work on the stream as in the local engine.
+    let mut req = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 24);
+    req.stop_strings = vec![" ==".into()];
+    let out = wait(backend.submit(req), Duration::from_secs(60)).unwrap();
+    assert_eq!(out.stop_reason, StopReason::StopString);
+    assert!(!out.text.contains(" =="), "{:?}", out.text);
+    let first = greedy(&backend, &[1604, 3987, 46477, 24, 94, 727], 3);
+    let mut req = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 24);
+    req.stop_ids = vec![first.generated_ids[1]];
+    let out = wait(backend.submit(req), Duration::from_secs(60)).unwrap();
+    assert_eq!(out.stop_reason, StopReason::EndOfGeneration);
+    assert_eq!(out.stop_token, Some(first.generated_ids[1]));
+    assert_eq!(out.generated_ids, first.generated_ids[..1]);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Text prompts (engines that take no ids)
+
+#[test]
+fn code_llama_fim_ids_become_the_usual_text_form() {
+    use codellama_lsp::backends::prompt_as_text;
+    use codellama_lsp::engine::gguf::GgufFile;
+    let file = GgufFile::open(&common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
+    let tok = codellama_lsp::engine::Tokenizer::from_gguf(&file.content).unwrap();
+    // BOS, <PRE>, "def remove_non_ascii(s: str) -> str:\n    """ ", <SUF>, "\n    return result\n", <MID>
+    let psm = [
+        1, 32007, 822, 3349, 29918, 5464, 29918, 294, 18869, 29898, 29879, 29901, 851, 29897, 1599,
+        851, 29901, 13, 1678, 9995, 29871, 32008, 13, 1678, 736, 1121, 13, 32009,
+    ];
+    assert_eq!(
+        prompt_as_text(&tok, &psm),
+        "<PRE> def remove_non_ascii(s: str) -> str:\n    \"\"\"  <SUF>\n    return result\n <MID>"
+    );
+}
