@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::actions;
 use crate::completion::{self, CompletionRequest};
-use crate::engine::{Engine, GenerateRequest, LoadOptions, SamplingParams};
+use crate::engine::{Engine, LoadOptions, SamplingParams};
 use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
 
 /// Options shared by every command that loads a model.
@@ -368,112 +368,64 @@ pub struct BenchArgs {
     pub repeat: usize,
     #[arg(long)]
     pub json: bool,
+    /// llama.cpp's server for the side-by-side figures (default: $LLAMA_SERVER, the cache that
+    /// scripts/fetch-llama-server fills, or PATH).
+    #[arg(long)]
+    pub llama_server: Option<PathBuf>,
+    /// Measure only our engine.
+    #[arg(long)]
+    pub no_llama: bool,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    use crate::bench::{self, LlamaServer, Workload};
+    let workload = Workload {
+        prefill: args.prefill.clone(),
+        decode_depth: args.decode_depth.clone(),
+        decode_tokens: args.decode_tokens,
+        repeat: args.repeat,
+    };
     let mut model = args.model.clone();
-    let need = args
-        .prefill
-        .iter()
-        .copied()
-        .chain(args.decode_depth.iter().map(|d| d + args.decode_tokens))
-        .max()
+    let context = model
+        .context_window
         .unwrap_or(0)
-        + 8;
-    model.context_window = Some(model.context_window.unwrap_or(0).max(need));
+        .max(workload.context_needed());
+    model.context_window = Some(context);
     let (engine, load_ms) = model.start()?;
     let info = engine.info().clone();
-    let vocab = info.config.vocab_size as u32;
-    // Distinct first tokens per run so nothing is reused from the cache.
-    let prompt = |n: usize, run: usize| -> Vec<u32> {
-        (0..n.max(1))
-            .map(|i| (((i + run * 7919) % 1000) as u32 + 100) % vocab)
-            .collect()
+    let ours = bench::measure(&engine, &workload, 1)?;
+    let peak_rss_mb = bench::peak_rss_mb();
+    drop(engine);
+    let binary = if args.no_llama {
+        None
+    } else {
+        args.llama_server.clone().or_else(bench::find_llama_server)
     };
-    let mut runs = 0;
-    let mut prefill = Vec::new();
-    for &n in &args.prefill {
-        let mut rates = Vec::new();
-        for _ in 0..args.repeat.max(1) {
-            runs += 1;
-            let mut req = GenerateRequest::new(prompt(n, runs), 1);
-            req.stop_at_eog = false;
-            let o = engine.generate(req)?;
-            rates.push(o.timings.prompt_tokens as f64 / (o.timings.prefill_ms / 1e3));
+    let llama_cpp = match &binary {
+        Some(bin) => {
+            let server = LlamaServer::start(bin, &info.path, info.threads, context)?;
+            let backend = server.backend(&info.path)?;
+            Some(bench::measure(&backend, &workload, 2)?)
         }
-        prefill.push(json!({"tokens": n, "tok_per_s": median(&mut rates), "samples": rates}));
-    }
-    let mut decode = Vec::new();
-    for &depth in &args.decode_depth {
-        let mut rates = Vec::new();
-        for _ in 0..args.repeat.max(1) {
-            runs += 1;
-            let mut req = GenerateRequest::new(prompt(depth.max(1), runs), args.decode_tokens);
-            req.stop_at_eog = false;
-            let o = engine.generate(req)?;
-            let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
-            rates.push(steps as f64 / (o.timings.decode_ms / 1e3));
-        }
-        decode.push(json!({"depth": depth, "tokens": args.decode_tokens, "tok_per_s": median(&mut rates), "samples": rates}));
-    }
-    let report = json!({
-        "model": info.name,
-        "path": info.path,
-        "file_size": info.file_size,
-        "threads": info.threads,
-        "load_ms": load_ms,
-        "prefill": prefill,
-        "decode": decode,
-        "peak_rss_mb": peak_rss_mb(),
-    });
+        None => None,
+    };
+    let report = bench::Report {
+        model: info.name.clone(),
+        path: info.path.clone(),
+        file_size: info.file_size,
+        threads: info.threads,
+        load_ms,
+        peak_rss_mb,
+        ours,
+        llama_cpp,
+        llama_cpp_binary: binary,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_bench(&report);
+        report.print();
     }
     Ok(())
-}
-
-fn print_bench(r: &serde_json::Value) {
-    println!(
-        "model {} ({:.1} MB), {} threads, load {} ms, peak RSS {:.0} MB",
-        r["model"].as_str().unwrap_or("?"),
-        r["file_size"].as_f64().unwrap_or(0.0) / 1e6,
-        r["threads"],
-        r["load_ms"],
-        r["peak_rss_mb"].as_f64().unwrap_or(0.0)
-    );
-    for p in r["prefill"].as_array().into_iter().flatten() {
-        println!(
-            "prefill {:>5} tokens: {:>8.1} tok/s",
-            p["tokens"],
-            p["tok_per_s"].as_f64().unwrap_or(0.0)
-        );
-    }
-    for d in r["decode"].as_array().into_iter().flatten() {
-        println!(
-            "decode at depth {:>5}: {:>8.1} tok/s",
-            d["depth"],
-            d["tok_per_s"].as_f64().unwrap_or(0.0)
-        );
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-/// Peak resident memory of this process (Linux), in MB.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 #[cfg(test)]

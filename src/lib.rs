@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod backends;
+pub mod bench;
 pub mod cli;
 pub mod completion;
 pub mod config;

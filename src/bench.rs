@@ -1,0 +1,282 @@
+//! The engine benchmark: prefill and decode speed of any `Backend` on synthetic token ids, and, when a
+//! llama.cpp server binary is available, the same workload on llama.cpp with the same model file and
+//! thread count, started for the run on a loopback port, so the ratio ours/llama.cpp comes from one run
+//! on one machine.
+//!
+//! Prefill: one request of N tokens and one generated token; the rate is N over the time to the first
+//! token. Decode: a prompt of `depth` tokens, then `tokens` generated; the rate is the generated tokens
+//! after the first over the time after the first. Every request starts with a different token, so
+//! neither engine reuses a cached prefix. Each figure is the median of `repeat` runs.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::backends::{RemoteBackend, RemoteConfig, RemoteKind};
+use crate::engine::{Backend, GenerateRequest};
+
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub prefill: Vec<usize>,
+    pub decode_depth: Vec<usize>,
+    pub decode_tokens: usize,
+    pub repeat: usize,
+}
+
+impl Workload {
+    /// Positions the KV cache needs for this workload.
+    pub fn context_needed(&self) -> usize {
+        self.prefill
+            .iter()
+            .copied()
+            .chain(
+                self.decode_depth
+                    .iter()
+                    .map(|d| d.max(&1) + self.decode_tokens),
+            )
+            .max()
+            .unwrap_or(0)
+            + 8
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Prompt tokens (prefill) or context depth (decode).
+    pub tokens: usize,
+    pub tok_per_s: f64,
+    pub samples: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub prefill: Vec<Figure>,
+    pub decode: Vec<Figure>,
+}
+
+/// Runs the workload on `backend`. `salt` makes this run's prompts differ from any other run's.
+pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figures> {
+    let vocab = backend.info().config.vocab_size.max(2000) as u32;
+    let mut run = salt * 1000;
+    let mut prompt = |n: usize| -> Vec<u32> {
+        run += 1;
+        (0..n.max(1))
+            .map(|i| ((i + run * 7919) % 1000) as u32 + 100)
+            .map(|t| t % vocab)
+            .collect()
+    };
+    let mut prefill = Vec::new();
+    for &n in &w.prefill {
+        let mut samples = Vec::new();
+        for _ in 0..w.repeat.max(1) {
+            let mut req = GenerateRequest::new(prompt(n), 1);
+            req.stop_at_eog = false;
+            let o = backend.submit(req).wait()?;
+            samples.push(n as f64 / (o.timings.prefill_ms / 1e3));
+        }
+        prefill.push(figure(n, samples));
+    }
+    let mut decode = Vec::new();
+    for &depth in &w.decode_depth {
+        let mut samples = Vec::new();
+        for _ in 0..w.repeat.max(1) {
+            let mut req = GenerateRequest::new(prompt(depth.max(1)), w.decode_tokens);
+            req.stop_at_eog = false;
+            let o = backend.submit(req).wait()?;
+            let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
+            samples.push(steps as f64 / (o.timings.decode_ms / 1e3));
+        }
+        decode.push(figure(depth, samples));
+    }
+    Ok(Figures { prefill, decode })
+}
+
+fn figure(tokens: usize, mut samples: Vec<f64>) -> Figure {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let tok_per_s = samples.get(samples.len() / 2).copied().unwrap_or(0.0);
+    Figure {
+        tokens,
+        tok_per_s,
+        samples,
+    }
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Where a llama.cpp server binary may be: `LLAMA_SERVER`, then the cache `scripts/fetch-llama-server`
+/// fills beside the binary's checkout, then `PATH`.
+pub fn find_llama_server() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LLAMA_SERVER").map(PathBuf::from) {
+        return p.is_file().then_some(p);
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).take(4).map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    for root in roots {
+        let versions = root.join(".cache/llama.cpp");
+        if let Ok(entries) = std::fs::read_dir(&versions) {
+            for e in entries.flatten() {
+                let bin = e.path().join("build/bin/llama-server");
+                if bin.is_file() {
+                    return Some(bin);
+                }
+            }
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("llama-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A llama.cpp server started for the benchmark; stopped when dropped.
+pub struct LlamaServer {
+    child: Child,
+    pub url: String,
+}
+
+impl LlamaServer {
+    pub fn start(binary: &Path, model: &Path, threads: usize, context: usize) -> Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut cmd = Command::new(binary);
+        cmd.args(["-m", &model.display().to_string()])
+            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-c", &context.to_string(), "-np", "1"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(dir) = binary.parent() {
+            // Builds with shared libraries keep them beside the binary.
+            let mut paths = vec![dir.to_path_buf()];
+            if let Some(old) = std::env::var_os("LD_LIBRARY_PATH") {
+                paths.extend(std::env::split_paths(&old));
+            }
+            cmd.env("LD_LIBRARY_PATH", std::env::join_paths(paths)?);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_ready(Duration::from_secs(120))?;
+        Ok(server)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("llama-server exited during start-up ({status})");
+            }
+            let addr = self.url.trim_start_matches("http://");
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = write!(
+                    s,
+                    "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                );
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if reply.starts_with("HTTP/1.1 200") {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!("llama-server did not become ready within {limit:?}")
+    }
+
+    /// A backend talking to this server, with the tokenizer from the same model file.
+    pub fn backend(&self, model: &Path) -> Result<RemoteBackend> {
+        let mut cfg = RemoteConfig::new(RemoteKind::LlamaCpp, self.url.clone());
+        cfg.tokenizer = Some(model.display().to_string());
+        cfg.first_token_timeout = Duration::from_secs(600);
+        Ok(RemoteBackend::connect(cfg)?)
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Side-by-side report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub model: String,
+    pub path: PathBuf,
+    pub file_size: u64,
+    pub threads: usize,
+    pub load_ms: u64,
+    pub peak_rss_mb: Option<f64>,
+    pub ours: Figures,
+    /// `None` when no llama.cpp server binary was available (or `--no-llama`).
+    pub llama_cpp: Option<Figures>,
+    pub llama_cpp_binary: Option<PathBuf>,
+}
+
+impl Report {
+    pub fn print(&self) {
+        println!(
+            "model {} ({:.1} MB), {} threads, load {} ms, peak RSS {:.0} MB",
+            self.model,
+            self.file_size as f64 / 1e6,
+            self.threads,
+            self.load_ms,
+            self.peak_rss_mb.unwrap_or(0.0)
+        );
+        match (&self.llama_cpp, &self.llama_cpp_binary) {
+            (Some(_), Some(bin)) => println!("llama.cpp: {}", bin.display()),
+            _ => println!(
+                "llama.cpp: not run (no llama-server found; see scripts/fetch-llama-server)"
+            ),
+        }
+        println!(
+            "{:<22} {:>12} {:>12} {:>8}",
+            "tok/s (median)", "ours", "llama.cpp", "ratio"
+        );
+        let rows = |name: &str, ours: &[Figure], theirs: Option<&Vec<Figure>>| {
+            for (i, f) in ours.iter().enumerate() {
+                let t = theirs.and_then(|v| v.get(i)).map(|g| g.tok_per_s);
+                println!(
+                    "{:<22} {:>12.1} {:>12} {:>8}",
+                    format!("{name} {}", f.tokens),
+                    f.tok_per_s,
+                    t.map_or("-".into(), |t| format!("{t:.1}")),
+                    t.map_or("-".into(), |t| format!("{:.2}", f.tok_per_s / t)),
+                );
+            }
+        };
+        rows(
+            "prefill",
+            &self.ours.prefill,
+            self.llama_cpp.as_ref().map(|f| &f.prefill),
+        );
+        rows(
+            "decode at depth",
+            &self.ours.decode,
+            self.llama_cpp.as_ref().map(|f| &f.decode),
+        );
+    }
+}
