@@ -14,7 +14,7 @@ use crate::engine::{
 };
 use crate::language::Language;
 use crate::postprocess::{self, StreamDecision, StreamStopper};
-use crate::prompt::{BuiltPrompt, FimInput, PromptBuilder, Truncation};
+use crate::prompt::{BuiltPrompt, ContextChunk, FimInput, PromptBuilder, Truncation};
 
 /// Everything a completion needs besides the engine and prompt builder.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct CompletionRequest {
     pub supersede_key: Option<String>,
     /// Post-processing rules and limits.
     pub postprocess: postprocess::Config,
+    /// Other open documents, most recently used first (used when the prompt builder allows context).
+    pub extra: Vec<ContextChunk>,
 }
 
 impl CompletionRequest {
@@ -47,6 +49,7 @@ impl CompletionRequest {
             cancel: CancelToken::new(),
             supersede_key: None,
             postprocess: postprocess::Config::default(),
+            extra: Vec::new(),
         }
     }
 
@@ -129,6 +132,7 @@ pub fn prepare(
         suffix: &req.suffix,
         path: req.path.as_deref(),
         language_id: req.language_id.as_deref(),
+        extra: &req.extra,
     };
     let prompt = builder.fim(&input, req.max_tokens, engine.info().context_window)?;
     let mut gen = GenerateRequest::new(prompt.ids.clone(), req.max_tokens);

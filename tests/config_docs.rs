@@ -38,6 +38,9 @@ fn the_readme_holds_the_generated_table() {
         "README.md's configuration table is out of date: replace it with the output of `codellama-lsp config --markdown`"
     );
     for key in Config::KEYS {
-        assert!(readme.contains(&format!("`{key}`")), "README.md does not name `{key}`");
+        assert!(
+            readme.contains(&format!("`{key}`")),
+            "README.md does not name `{key}`"
+        );
     }
 }

@@ -235,3 +235,64 @@ fn chatml_prompt_matches_llama_cpp() {
     .unwrap();
     assert_eq!(got, ids(&chat["prompt_ids"]));
 }
+
+#[test]
+fn other_documents_go_before_the_prefix_within_their_budget() {
+    use codellama_lsp::prompt::ContextChunk;
+    let (_, tok) = tokenizers().remove(1);
+    let cfg = PromptConfig {
+        order: FimOrder::Psm,
+        extra_context_tokens: 200,
+        ..PromptConfig::default()
+    };
+    let b = PromptBuilder::new(tok.clone(), &cfg).unwrap();
+    let helper = "def mean(xs):\n    return sum(xs) / len(xs)\n";
+    let big: String = (0..300).map(|i| format!("CONSTANT_{i} = {i}\n")).collect();
+    let extra = vec![
+        ContextChunk {
+            path: "src/stats.py".into(),
+            text: helper.into(),
+        },
+        ContextChunk {
+            path: "src/stats.py".into(),
+            text: "duplicate path".into(),
+        },
+        ContextChunk {
+            path: "src/current.py".into(),
+            text: "the current file".into(),
+        },
+        ContextChunk {
+            path: "web/app.js".into(),
+            text: big.clone(),
+        },
+    ];
+    let input = FimInput {
+        prefix: "from stats import mean\n\nprint(",
+        suffix: ")\n",
+        path: Some("src/current.py"),
+        extra: &extra,
+        ..FimInput::default()
+    };
+    let built = b.fim(&input, 64, 4096).unwrap();
+    assert_eq!(
+        built.context_paths,
+        vec!["src/stats.py".to_string(), "web/app.js".to_string()]
+    );
+    let text = tok.decode(&built.ids);
+    let at = |s: &str| {
+        text.find(s)
+            .unwrap_or_else(|| panic!("{s:?} missing from {text:?}"))
+    };
+    assert!(at("# src/stats.py\ndef mean(xs)") < at("// web/app.js\nCONSTANT_0"));
+    assert!(at("CONSTANT_0") < at("from stats import mean"));
+    assert!(!text.contains("duplicate path") && !text.contains("the current file"));
+    assert!(
+        !text.contains("CONSTANT_299"),
+        "the big chunk must be cut to the budget"
+    );
+    // Off by default: the same input without a context budget is the plain prompt.
+    let plain = builder(&tok, FimOrder::Psm).fim(&input, 64, 4096).unwrap();
+    assert!(plain.context_paths.is_empty());
+    let added = built.ids.len() - plain.ids.len();
+    assert!(added > 20 && added <= 200 + 4, "{added} tokens of context");
+}

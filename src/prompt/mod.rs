@@ -26,6 +26,9 @@ pub struct PromptConfig {
     pub order: FimOrder,
     /// Share of the budget for the prefix relative to the suffix (3 means 3:1).
     pub prefix_suffix_ratio: f32,
+    /// Tokens of other open documents placed before the prefix (0: none, the default; at most a third
+    /// of the budget).
+    pub extra_context_tokens: usize,
 }
 
 impl Default for PromptConfig {
@@ -34,8 +37,16 @@ impl Default for PromptConfig {
             template: None,
             order: FimOrder::Spm,
             prefix_suffix_ratio: 3.0,
+            extra_context_tokens: 0,
         }
     }
+}
+
+/// Another document offered as context (most recently used first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextChunk {
+    pub path: String,
+    pub text: String,
 }
 
 /// The text around the cursor.
@@ -45,6 +56,8 @@ pub struct FimInput<'a> {
     pub suffix: &'a str,
     pub path: Option<&'a str>,
     pub language_id: Option<&'a str>,
+    /// Other documents, most recently used first; used when `extra_context_tokens` allows.
+    pub extra: &'a [ContextChunk],
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +72,8 @@ pub struct BuiltPrompt {
     /// Byte offset in the input prefix where the kept prefix starts, and kept suffix length.
     pub prefix_start: usize,
     pub suffix_len: usize,
+    /// Paths of the other documents included before the prefix.
+    pub context_paths: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +92,7 @@ pub struct PromptBuilder {
     markers: Option<fim::Markers>,
     order: FimOrder,
     ratio: f32,
+    extra_tokens: usize,
     warned_order: AtomicBool,
 }
 
@@ -93,6 +109,7 @@ impl PromptBuilder {
             markers,
             order: cfg.order,
             ratio: cfg.prefix_suffix_ratio,
+            extra_tokens: cfg.extra_context_tokens,
             warned_order: AtomicBool::new(false),
         })
     }
@@ -145,6 +162,8 @@ impl PromptBuilder {
             ""
         };
         let count = |t: &str| self.count(t);
+        let (extra, context_paths) = self.extra_context(input, (budget / 3).min(self.extra_tokens));
+        let budget = budget - count(&extra).min(budget - 1);
         // Needs are measured only up to what could possibly fit, so huge files stay cheap.
         let prefix_need = count(tail(input.prefix, budget * 24)).min(budget + 1);
         let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
@@ -152,12 +171,17 @@ impl PromptBuilder {
         for _ in 0..4 {
             let (pstart, pdrop) = budget::fit_prefix(input.prefix, pb, &count);
             let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
+            let prefix = if extra.is_empty() {
+                std::borrow::Cow::Borrowed(&input.prefix[pstart..])
+            } else {
+                std::borrow::Cow::Owned(format!("{extra}{}", &input.prefix[pstart..]))
+            };
             let ids = fim::assemble(
                 &self.tokenizer,
                 self.template,
                 self.markers.as_ref(),
                 order,
-                &input.prefix[pstart..],
+                &prefix,
                 &suffix[..slen],
             );
             let limit = context_window - max_tokens;
@@ -181,6 +205,7 @@ impl PromptBuilder {
                     },
                     prefix_start: pstart,
                     suffix_len: slen,
+                    context_paths,
                 });
             }
             // Per-line counts underestimated the whole: shrink both sides by the overflow and retry.
@@ -192,6 +217,65 @@ impl PromptBuilder {
             window: context_window,
             max_tokens,
         })
+    }
+}
+
+impl PromptBuilder {
+    /// Other documents as text to put before the prefix, each headed by its path in a comment, within
+    /// `limit` tokens: most recently used first, duplicates and the current document skipped, each cut
+    /// at whole lines from its end.
+    fn extra_context(&self, input: &FimInput, limit: usize) -> (String, Vec<String>) {
+        let mut text = String::new();
+        let mut paths: Vec<String> = Vec::new();
+        let mut used = 0;
+        let mut seen_texts: Vec<&str> = Vec::new();
+        for chunk in input.extra {
+            if used + 16 > limit {
+                break;
+            }
+            if Some(chunk.path.as_str()) == input.path
+                || paths.contains(&chunk.path)
+                || seen_texts.contains(&chunk.text.as_str())
+                || chunk.text.trim().is_empty()
+            {
+                continue;
+            }
+            let header = path_comment(&chunk.path);
+            let room = limit - used - self.count(&header).min(limit - used);
+            let body = head_lines(&chunk.text, room, &|t| self.count(t));
+            if body.trim().is_empty() {
+                continue;
+            }
+            let piece = format!(
+                "{header}{body}{}\n",
+                if body.ends_with('\n') { "" } else { "\n" }
+            );
+            used += self.count(&piece);
+            text.push_str(&piece);
+            paths.push(chunk.path.clone());
+            seen_texts.push(&chunk.text);
+        }
+        (text, paths)
+    }
+}
+
+/// `# path` / `// path` / `/* path */` in the comment syntax of the file's language.
+fn path_comment(path: &str) -> String {
+    let lang = crate::language::Language::from_path(std::path::Path::new(path));
+    match (lang.line_comment(), lang.block_comment()) {
+        (Some(c), _) => format!("{c} {path}\n"),
+        (None, Some((open, close))) => format!("{open} {path} {close}\n"),
+        (None, None) => format!("// {path}\n"),
+    }
+}
+
+/// The longest run of whole leading lines of `text` within `limit` tokens.
+fn head_lines<'t>(text: &'t str, limit: usize, count: &dyn Fn(&str) -> usize) -> &'t str {
+    let (len, _) = budget::fit_suffix(text, limit, count);
+    let kept = &text[..len];
+    match kept.rfind('\n') {
+        Some(i) if i + 1 < kept.len() => &kept[..i + 1],
+        _ => kept,
     }
 }
 

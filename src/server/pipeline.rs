@@ -87,6 +87,7 @@ fn prompt_config(config: &Config) -> PromptConfig {
         template,
         order,
         prefix_suffix_ratio: config.prefix_suffix_ratio,
+        ..PromptConfig::default()
     }
 }
 

@@ -224,10 +224,10 @@ mod x86 {
         let mut i0 = 0;
         while i0 < x.m {
             match (x.m - i0).min(MR) {
-                4 => q4_1_tile::<4>(p, x, groups.clone(), i0, out),
-                3 => q4_1_tile::<3>(p, x, groups.clone(), i0, out),
-                2 => q4_1_tile::<2>(p, x, groups.clone(), i0, out),
-                _ => q4_1_tile::<1>(p, x, groups.clone(), i0, out),
+                4 => q4_1_tile::<4, 1>(p, x, groups.clone(), i0, out),
+                3 => q4_1_tile::<3, 1>(p, x, groups.clone(), i0, out),
+                2 => q4_1_tile::<2, 2>(p, x, groups.clone(), i0, out),
+                _ => q4_1_tile::<1, 2>(p, x, groups.clone(), i0, out),
             }
             i0 += MR;
         }
@@ -238,10 +238,10 @@ mod x86 {
         let mut i0 = 0;
         while i0 < x.m {
             match (x.m - i0).min(MR) {
-                4 => q8_0_tile::<4>(p, x, groups.clone(), i0, out),
-                3 => q8_0_tile::<3>(p, x, groups.clone(), i0, out),
-                2 => q8_0_tile::<2>(p, x, groups.clone(), i0, out),
-                _ => q8_0_tile::<1>(p, x, groups.clone(), i0, out),
+                4 => q8_0_tile::<4, 1>(p, x, groups.clone(), i0, out),
+                3 => q8_0_tile::<3, 1>(p, x, groups.clone(), i0, out),
+                2 => q8_0_tile::<2, 2>(p, x, groups.clone(), i0, out),
+                _ => q8_0_tile::<1, 2>(p, x, groups.clone(), i0, out),
             }
             i0 += MR;
         }
@@ -261,9 +261,20 @@ mod x86 {
         }
     }
 
+    /// Broadcasts of the eight 4-byte quads of block `b` of activation row `i`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn quads(x: &Q8Act, i: usize, b: usize) -> [__m512i; 8] {
+        let a = x.qs.as_ptr().add(i * x.cols + b * QK) as *const i32;
+        std::array::from_fn(|t| _mm512_set1_epi32(a.add(t).read_unaligned()))
+    }
+
+    /// `R` activation rows against `G` groups of 16 weight rows at a time. Each (group, row) pair sums
+    /// its block in four independent integer chains (exact, so the split changes nothing), which keeps
+    /// the `vpdpbusd` pipeline busy when `R` is 1 (decoding).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_1_tile<const R: usize>(
+    unsafe fn q4_1_tile<const R: usize, const G: usize>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -274,50 +285,56 @@ mod x86 {
         let gbb = 320;
         let low = _mm512_set1_epi8(0x0F);
         let base = p.data.ptr.as_ptr();
-        for g in groups {
-            let mut acc = [_mm512_setzero_ps(); R];
+        let mut g0 = groups.start;
+        while g0 < groups.end {
+            let ng = (groups.end - g0).min(G);
+            let mut acc = [[_mm512_setzero_ps(); R]; G];
             for b in 0..nb {
-                let blk = base.add((g * nb + b) * gbb);
-                let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
-                let mw = _mm512_cvtph_ps(_mm256_load_si256(blk.add(32) as *const __m256i));
-                let mut lo_sum = [_mm512_setzero_si512(); R];
-                let mut hi_sum = [_mm512_setzero_si512(); R];
-                for t in 0..4 {
-                    let v = _mm512_load_si512(blk.add(64 + t * 64) as *const _);
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                    for r in 0..R {
-                        let a = x.qs.as_ptr().add((i0 + r) * x.cols + b * QK) as *const i32;
-                        lo_sum[r] = _mm512_dpbusd_epi32(
-                            lo_sum[r],
-                            lo,
-                            _mm512_set1_epi32(a.add(t).read_unaligned()),
+                let a: [[__m512i; 8]; R] = std::array::from_fn(|r| quads(x, i0 + r, b));
+                for (gi, acc) in acc.iter_mut().enumerate().take(ng) {
+                    let blk = base.add(((g0 + gi) * nb + b) * gbb);
+                    let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
+                    let mw = _mm512_cvtph_ps(_mm256_load_si256(blk.add(32) as *const __m256i));
+                    let mut sum = [[_mm512_setzero_si512(); 4]; R];
+                    for t in 0..4 {
+                        let v = _mm512_load_si512(blk.add(64 + t * 64) as *const _);
+                        let lo = _mm512_and_si512(v, low);
+                        let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                        for (s, a) in sum.iter_mut().zip(&a) {
+                            s[t & 1] = _mm512_dpbusd_epi32(s[t & 1], lo, a[t]);
+                            s[2 + (t & 1)] = _mm512_dpbusd_epi32(s[2 + (t & 1)], hi, a[t + 4]);
+                        }
+                    }
+                    for (r, (s, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
+                        let i = i0 + r;
+                        let isum = _mm512_add_epi32(
+                            _mm512_add_epi32(s[0], s[1]),
+                            _mm512_add_epi32(s[2], s[3]),
                         );
-                        hi_sum[r] = _mm512_dpbusd_epi32(
-                            hi_sum[r],
-                            hi,
-                            _mm512_set1_epi32(a.add(t + 4).read_unaligned()),
+                        let scale =
+                            _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+                        *acc = _mm512_fmadd_ps(
+                            mw,
+                            _mm512_set1_ps(*x.s.get_unchecked(i * nb + b)),
+                            *acc,
                         );
                     }
                 }
-                for r in 0..R {
-                    let i = i0 + r;
-                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(lo_sum[r], hi_sum[r]));
-                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
-                    acc[r] = _mm512_fmadd_ps(isum, scale, acc[r]);
-                    acc[r] =
-                        _mm512_fmadd_ps(mw, _mm512_set1_ps(*x.s.get_unchecked(i * nb + b)), acc[r]);
+            }
+            for (gi, acc) in acc.iter().enumerate().take(ng) {
+                for (r, a) in acc.iter().enumerate() {
+                    store(p, out, i0 + r, g0 + gi, *a);
                 }
             }
-            for (r, a) in acc.iter().enumerate() {
-                store(p, out, i0 + r, g, *a);
-            }
+            g0 += ng;
         }
     }
 
+    /// As `q4_1_tile`, for Q8_0 weights stored as `w + 128`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q8_0_tile<const R: usize>(
+    unsafe fn q8_0_tile<const R: usize, const G: usize>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -327,36 +344,43 @@ mod x86 {
         let nb = x.nb;
         let gbb = 544;
         let base = p.data.ptr.as_ptr();
-        for g in groups {
-            let mut acc = [_mm512_setzero_ps(); R];
+        let mut g0 = groups.start;
+        while g0 < groups.end {
+            let ng = (groups.end - g0).min(G);
+            let mut acc = [[_mm512_setzero_ps(); R]; G];
             for b in 0..nb {
-                let blk = base.add((g * nb + b) * gbb);
-                let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
-                let mut sum = [[_mm512_setzero_si512(); 2]; R];
-                for q in 0..8 {
-                    let v = _mm512_loadu_si512(blk.add(32 + q * 64) as *const _);
-                    for (r, pair) in sum.iter_mut().enumerate() {
-                        let a = x.qs.as_ptr().add((i0 + r) * x.cols + b * QK) as *const i32;
-                        let s = &mut pair[q & 1];
-                        *s = _mm512_dpbusd_epi32(
-                            *s,
-                            v,
-                            _mm512_set1_epi32(a.add(q).read_unaligned()),
+                let a: [[__m512i; 8]; R] = std::array::from_fn(|r| quads(x, i0 + r, b));
+                for (gi, acc) in acc.iter_mut().enumerate().take(ng) {
+                    let blk = base.add(((g0 + gi) * nb + b) * gbb);
+                    let dw = _mm512_cvtph_ps(_mm256_load_si256(blk as *const __m256i));
+                    let mut sum = [[_mm512_setzero_si512(); 4]; R];
+                    for q in 0..8 {
+                        let v = _mm512_loadu_si512(blk.add(32 + q * 64) as *const _);
+                        for (s, a) in sum.iter_mut().zip(&a) {
+                            s[q & 3] = _mm512_dpbusd_epi32(s[q & 3], v, a[q]);
+                        }
+                    }
+                    for (r, (s, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
+                        let i = i0 + r;
+                        // Weights were stored as w + 128: remove 128 · Σa from every lane.
+                        let corr = _mm512_set1_epi32(128 * *x.qsum.get_unchecked(i * nb + b));
+                        let total = _mm512_add_epi32(
+                            _mm512_add_epi32(s[0], s[1]),
+                            _mm512_add_epi32(s[2], s[3]),
                         );
+                        let isum = _mm512_sub_epi32(total, corr);
+                        let scale =
+                            _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
                     }
                 }
-                for (r, (sum, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
-                    let i = i0 + r;
-                    // Weights were stored as w + 128: remove 128 · Σa from every lane.
-                    let corr = _mm512_set1_epi32(128 * *x.qsum.get_unchecked(i * nb + b));
-                    let isum = _mm512_sub_epi32(_mm512_add_epi32(sum[0], sum[1]), corr);
-                    let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*x.d.get_unchecked(i * nb + b)));
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
+            }
+            for (gi, acc) in acc.iter().enumerate().take(ng) {
+                for (r, a) in acc.iter().enumerate() {
+                    store(p, out, i0 + r, g0 + gi, *a);
                 }
             }
-            for (r, a) in acc.iter().enumerate() {
-                store(p, out, i0 + r, g, *a);
-            }
+            g0 += ng;
         }
     }
 }
