@@ -76,6 +76,9 @@ fn scale_by_power_of_two(j: f32, n: f32) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub(super) use x86::expf8;
+
+#[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
@@ -103,7 +106,7 @@ mod x86 {
     /// Eight lanes of `expf_poly`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn expf8(x: __m256) -> __m256 {
+    pub unsafe fn expf8(x: __m256) -> __m256 {
         let shift = _mm256_set1_ps(SHIFT);
         let n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), shift), shift);
         let b = _mm256_fnmadd_ps(
