@@ -77,7 +77,7 @@ pub enum PromptFormat {
 }
 
 /// Everything a remote backend needs. Deserializes from the `remote` settings object (snake_case keys,
-/// unknown keys refused); see `src/backends/README.md` for examples.
+/// unknown keys refused); see `docs/teams.md` for examples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteConfig {
