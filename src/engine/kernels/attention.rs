@@ -14,6 +14,9 @@ use super::Exec;
 /// Query batches at least this long use the f32 ("tiled") numerics.
 pub const TILE_ROWS: usize = 64;
 
+/// Query rows of one head processed together in prompt processing.
+const BLOCK_ROWS: usize = 32;
+
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
     pub n_head: usize,
@@ -87,6 +90,22 @@ pub fn attend(
     let rows = s.n_head * seq;
     assert!(out.len() >= rows * hd && q.len() >= rows * hd);
     let out_ptr = OutPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    if !low_precision && hd.is_multiple_of(8) && hd <= 256 && simd::available() {
+        // Blocks of query rows of one head: keys and values converted to f32 once per block.
+        let blocks = seq.div_ceil(BLOCK_ROWS);
+        exec.for_each(s.n_head * blocks, &|item| {
+            let (h, blk) = (item / blocks, item % blocks);
+            let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
+            // SAFETY: AVX2/FMA/F16C checked; each item writes the outputs of its own (head, rows).
+            unsafe {
+                simd::attend_block(
+                    q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out_ptr,
+                )
+            }
+        });
+        return;
+    }
     let row = |r: usize| {
         let (h, i) = (r / seq, r % seq);
         let kvh = h / group;
@@ -128,13 +147,7 @@ fn attend_row(
     {
         if hd.is_multiple_of(8) && hd <= 256 && simd::available() {
             // SAFETY: the CPU features were checked and `hd` is a multiple of the vector width.
-            return unsafe {
-                if low_precision {
-                    simd::attend_row(query, keys, values, hd, scale, true, out)
-                } else {
-                    simd::attend_row_two_pass(query, keys, values, hd, scale, out)
-                }
-            };
+            return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
         }
     }
     attend_row_scalar(query, keys, values, hd, scale, low_precision, out)
@@ -249,65 +262,117 @@ mod simd {
         total as f32
     }
 
-    /// The f32 path for long query batches (prompt processing): all scores first, then one vectorised
-    /// exponential pass and one weighted sum of values. Far cheaper than a scalar `expf` per key.
+    /// Prompt attention for query rows `rows` of head `h`, flash-attention style: keys and values are
+    /// taken 64 positions at a time, converted once to f32 (keys transposed to `[head_dim][64]`, so eight
+    /// scores come from one multiply-add per dimension), and every row keeps a running maximum, sum and
+    /// output, rescaled when the maximum grows. The block stays in L1 while all rows use it.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_row_two_pass(
-        query: &[f32],
-        keys: &[f16],
-        values: &[f16],
-        hd: usize,
+    pub unsafe fn attend_block(
+        q: &[f32],
+        layout: super::Layout,
+        k_cache: &[f16],
+        v_cache: &[f16],
+        s: super::AttnShape,
+        pos: usize,
+        seq: usize,
+        h: usize,
+        rows: std::ops::Range<usize>,
         scale: f32,
-        out: &mut [f32],
+        out: super::OutPtr,
     ) {
-        thread_local! {
-            static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
+        const KB: usize = 64;
+        let hd = s.head_dim;
         let lanes = hd / 8;
-        let n = keys.len() / hd;
-        let mut q = [_mm256_setzero_ps(); 32];
-        for (l, qv) in q.iter_mut().enumerate().take(lanes) {
-            *qv = _mm256_loadu_ps(query.as_ptr().add(l * 8));
+        let kvh = h / (s.n_head / s.n_kv_head);
+        let base = kvh * s.capacity * hd;
+        let n_rows = rows.len();
+        let mut kt = vec![0f32; hd * KB];
+        let mut vb = vec![0f32; KB * hd];
+        let mut o = vec![0f32; n_rows * hd];
+        let mut m = vec![f32::NEG_INFINITY; n_rows];
+        let mut l = vec![0f32; n_rows];
+        let mut sc = [0f32; KB];
+        let keys = pos + rows.end;
+        for k0 in (0..keys).step_by(KB) {
+            let kn = KB.min(keys - k0);
+            for p in 0..kn {
+                let kp = k_cache.as_ptr().add(base + (k0 + p) * hd);
+                let vp = v_cache.as_ptr().add(base + (k0 + p) * hd);
+                for d in (0..hd).step_by(8) {
+                    let mut lanes8 = [0f32; 8];
+                    _mm256_storeu_ps(lanes8.as_mut_ptr(), load16(kp.add(d)));
+                    for (e, v) in lanes8.iter().enumerate() {
+                        *kt.get_unchecked_mut((d + e) * KB + p) = *v;
+                    }
+                    _mm256_storeu_ps(vb.as_mut_ptr().add(p * hd + d), load16(vp.add(d)));
+                }
+            }
+            for (r, i) in rows.clone().enumerate() {
+                let n = pos + i + 1;
+                if k0 >= n {
+                    continue;
+                }
+                let kv = kn.min(n - k0);
+                let qo = layout.offset(h, s.n_head, i, seq, hd);
+                let mut acc = [_mm256_setzero_ps(); KB / 8];
+                for d in 0..hd {
+                    let qd = _mm256_set1_ps(*q.get_unchecked(qo + d));
+                    let row = kt.as_ptr().add(d * KB);
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row.add(c * 8)), *a);
+                    }
+                }
+                let sv = _mm256_set1_ps(scale);
+                for (c, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(sc.as_mut_ptr().add(c * 8), _mm256_mul_ps(*a, sv));
+                }
+                let block_max = sc[..kv].iter().fold(f32::NEG_INFINITY, |x, y| x.max(*y));
+                let m_new = m[r].max(block_max);
+                let alpha = (m[r] - m_new).exp();
+                for v in sc[kv..].iter_mut() {
+                    *v = f32::NEG_INFINITY;
+                }
+                let mv = _mm256_set1_ps(m_new);
+                let mut total = _mm256_setzero_ps();
+                for c in 0..kv.div_ceil(8) {
+                    let e = crate::engine::kernels::activation::expf8(_mm256_sub_ps(
+                        _mm256_loadu_ps(sc.as_ptr().add(c * 8)),
+                        mv,
+                    ));
+                    _mm256_storeu_ps(sc.as_mut_ptr().add(c * 8), e);
+                    total = _mm256_add_ps(total, e);
+                }
+                l[r] = l[r] * alpha + hsum(total);
+                m[r] = m_new;
+                let orow = o.as_mut_ptr().add(r * hd);
+                let av = _mm256_set1_ps(alpha);
+                let mut oacc = [_mm256_setzero_ps(); 32];
+                for (j, a) in oacc.iter_mut().enumerate().take(lanes) {
+                    *a = _mm256_mul_ps(_mm256_loadu_ps(orow.add(j * 8)), av);
+                }
+                for (p, w) in sc[..kv].iter().enumerate() {
+                    let wv = _mm256_set1_ps(*w);
+                    let vp = vb.as_ptr().add(p * hd);
+                    for (j, a) in oacc.iter_mut().enumerate().take(lanes) {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(j * 8)), wv, *a);
+                    }
+                }
+                for (j, a) in oacc.iter().enumerate().take(lanes) {
+                    _mm256_storeu_ps(orow.add(j * 8), *a);
+                }
+            }
         }
-        SCORES.with(|cell| {
-            let mut scores = cell.borrow_mut();
-            scores.clear();
-            scores.resize(n.next_multiple_of(8), f32::NEG_INFINITY);
-            let mut m = f32::NEG_INFINITY;
-            for p in 0..n {
-                let kp = keys.as_ptr().add(p * hd);
-                let mut dot = _mm256_setzero_ps();
-                for (l, qv) in q.iter().enumerate().take(lanes) {
-                    dot = _mm256_fmadd_ps(load16(kp.add(l * 8)), *qv, dot);
-                }
-                let s = hsum(dot) * scale;
-                scores[p] = s;
-                m = m.max(s);
+        for (r, i) in rows.enumerate() {
+            let inv = _mm256_set1_ps(if l[r] == 0.0 { 0.0 } else { 1.0 / l[r] });
+            let dst = { out }.0.add(i * s.n_head * hd + h * hd);
+            for j in 0..lanes {
+                _mm256_storeu_ps(
+                    dst.add(j * 8),
+                    _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr().add(r * hd + j * 8)), inv),
+                );
             }
-            let mv = _mm256_set1_ps(m);
-            let mut total = _mm256_setzero_ps();
-            for chunk in scores.chunks_exact_mut(8) {
-                let e = crate::engine::kernels::activation::expf8(_mm256_sub_ps(
-                    _mm256_loadu_ps(chunk.as_ptr()),
-                    mv,
-                ));
-                _mm256_storeu_ps(chunk.as_mut_ptr(), e);
-                total = _mm256_add_ps(total, e);
-            }
-            let mut acc = [_mm256_setzero_ps(); 32];
-            for (p, w) in scores.iter().enumerate().take(n) {
-                let wv = _mm256_set1_ps(*w);
-                let vp = values.as_ptr().add(p * hd);
-                for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                    *a = _mm256_fmadd_ps(load16(vp.add(l * 8)), wv, *a);
-                }
-            }
-            let sum = hsum(total);
-            let inv = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
-            for (l, a) in acc.iter().enumerate().take(lanes) {
-                _mm256_storeu_ps(out.as_mut_ptr().add(l * 8), _mm256_mul_ps(*a, inv));
-            }
-        });
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

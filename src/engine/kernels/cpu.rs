@@ -1,5 +1,6 @@
 //! Which SIMD instruction sets the kernels may use, detected once at run time (so one binary serves every
-//! x86-64 machine). `CODELLAMA_LSP_CPU=avx2` or `=scalar` caps the choice, for tests and comparisons.
+//! x86-64 machine). `CODELLAMA_LSP_CPU=avx512`, `=avx2` or `=scalar` caps the choice, for tests and
+//! comparisons.
 
 use std::sync::OnceLock;
 
@@ -8,6 +9,8 @@ pub enum Level {
     Scalar,
     Avx2,
     Avx512Vnni,
+    /// AVX-512 VNNI plus AMX tiles (AMX-TILE and AMX-INT8).
+    Amx,
 }
 
 pub fn level() -> Level {
@@ -16,7 +19,8 @@ pub fn level() -> Level {
         let cap = match std::env::var("CODELLAMA_LSP_CPU").as_deref() {
             Ok("scalar") => Level::Scalar,
             Ok("avx2") => Level::Avx2,
-            _ => Level::Avx512Vnni,
+            Ok("avx512") => Level::Avx512Vnni,
+            _ => Level::Amx,
         };
         detect().min(cap)
     })
@@ -34,6 +38,12 @@ fn detect() -> Level {
             && std::is_x86_feature_detected!("avx512vl")
             && std::is_x86_feature_detected!("avx512vnni");
         if avx512 {
+            // CPUID leaf 7: EDX bit 24 is AMX-TILE, bit 25 AMX-INT8 (whether the OS lets us use them is
+            // asked separately, see `amx::available`).
+            let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+            if (leaf7.edx >> 24) & 3 == 3 {
+                return Level::Amx;
+            }
             return Level::Avx512Vnni;
         }
         if avx2 {

@@ -8,6 +8,7 @@
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
 pub mod activation;
+mod amx;
 pub mod attention;
 pub mod cpu;
 mod float;
@@ -499,6 +500,32 @@ mod tests {
                         "{dtype:?} {rows}x{cols} m={m}: {u} vs {v}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Prompt-sized products on AMX tiles equal the VNNI kernels bit for bit (same integer sums, same
+    /// float operations per block).
+    #[test]
+    fn amx_tiles_equal_the_vnni_kernels() {
+        if !amx::available() {
+            return; // no AMX on this CPU: the VNNI kernels run everywhere, tested above
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols, m) in [(37, 96, 37), (16, 576, 16), (50, 64, 33)] {
+                let bytes = quantize(dtype, &data(rows * cols, 4));
+                let mut w =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+                assert!(w.pack());
+                let p = w.packed.as_ref().unwrap();
+                let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
+                let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
+                // SAFETY: AMX is available and the buffers hold m × rows values.
+                unsafe {
+                    p.run(&x, 0..p.groups(), a.as_mut_ptr());
+                    p.run_rows(&x, 0, 0..p.groups(), b.as_mut_ptr());
+                }
+                assert_eq!(a, b, "{dtype:?} {rows}x{cols} m={m}");
             }
         }
     }

@@ -92,15 +92,47 @@ impl Packed {
     /// The CPU must support AVX-512 VNNI; `out` must hold `m × rows` values and no other task may write the
     /// columns of these groups.
     pub unsafe fn run(&self, x: &Q8Act, groups: std::ops::Range<usize>, out: *mut f32) {
+        let first = if super::amx::available() {
+            super::amx::run(self, x, groups.clone(), out)
+        } else {
+            0
+        };
+        self.run_rows(x, first, groups, out)
+    }
+
+    /// Activation rows `first..` with the VNNI kernels.
+    ///
+    /// # Safety
+    /// As `run`.
+    pub unsafe fn run_rows(
+        &self,
+        x: &Q8Act,
+        first: usize,
+        groups: std::ops::Range<usize>,
+        out: *mut f32,
+    ) {
         #[cfg(target_arch = "x86_64")]
         match self.kind {
-            PackedKind::Q4_1 => x86::q4_1(self, x, groups, out),
-            PackedKind::Q8_0 => x86::q8_0(self, x, groups, out),
+            PackedKind::Q4_1 => x86::q4_1(self, x, first, groups, out),
+            PackedKind::Q8_0 => x86::q8_0(self, x, first, groups, out),
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, groups, out);
+            let _ = (x, first, groups, out);
             unreachable!("packed kernels exist only for x86-64");
+        }
+    }
+
+    /// Start of the data of block `b` of group `g`.
+    pub fn block(&self, g: usize, b: usize) -> *const u8 {
+        let nb = self.cols / QK;
+        // SAFETY: g < groups and b < nb keep the offset inside the buffer (checked in debug builds).
+        debug_assert!(g < self.groups() && b < nb);
+        unsafe {
+            self.data
+                .ptr
+                .as_ptr()
+                .add((g * nb + b) * Self::group_block_bytes(self.kind))
         }
     }
 
@@ -220,8 +252,8 @@ mod x86 {
     const MR: usize = 4;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn q4_1(p: &Packed, x: &Q8Act, groups: Range<usize>, out: *mut f32) {
-        let mut i0 = 0;
+    pub unsafe fn q4_1(p: &Packed, x: &Q8Act, first: usize, groups: Range<usize>, out: *mut f32) {
+        let mut i0 = first;
         while i0 < x.m {
             match (x.m - i0).min(MR) {
                 4 => q4_1_tile::<4, 1>(p, x, groups.clone(), i0, out),
@@ -234,8 +266,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn q8_0(p: &Packed, x: &Q8Act, groups: Range<usize>, out: *mut f32) {
-        let mut i0 = 0;
+    pub unsafe fn q8_0(p: &Packed, x: &Q8Act, first: usize, groups: Range<usize>, out: *mut f32) {
+        let mut i0 = first;
         while i0 < x.m {
             match (x.m - i0).min(MR) {
                 4 => q8_0_tile::<4, 1>(p, x, groups.clone(), i0, out),
