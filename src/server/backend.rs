@@ -14,7 +14,7 @@ use tower_lsp_server::{Client, LanguageServer};
 
 use super::completion::{Completer, Env, Suggestion};
 use super::logging;
-use super::model::ModelHost;
+use super::model::{ModelHost, Role};
 use super::status::Status;
 use crate::config::{Applied, Config};
 use crate::documents::{Document, Documents, Pos, PositionEncoding};
@@ -42,7 +42,7 @@ impl Backend {
         shutdown: Arc<AtomicBool>,
     ) -> Self {
         let status = Status::start(client.clone());
-        let model = ModelHost::new(client.clone(), status.clone());
+        let model = ModelHost::new(client.clone(), status.clone(), Role::Completion);
         Self {
             client,
             docs: Documents::new(),
