@@ -431,6 +431,42 @@ fn commands_explain_and_generate_report_progress_and_apply_edits() {
 }
 
 #[test]
+fn action_data_that_does_not_fit_the_document_is_refused_without_harm() {
+    let mut s = start("utf-16", &[]);
+    ready(&mut s);
+    let uri = "file:///tmp/codellama-actions/utf8.py";
+    // Multi-byte text: byte offsets inside a character must not be taken as positions.
+    open(&mut s, uri, "python", "s = \"é😀\"\n# sum\n");
+    let action = |task: Value| json!({"title": "Explain this code", "data": {"uri": uri, "version": 1, "task": task}});
+    let bad = [
+        json!({"kind": "explain", "selection": {"start": 6, "end": 8}}),
+        json!({"kind": "explain", "selection": {"start": 0, "end": 4_000_000_000u64}}),
+        json!({"kind": "generate_from_comment", "line": 99}),
+        json!({"kind": "generate_from_comment", "line": 0}),
+        json!({"kind": "document", "position": 7}),
+        json!({"kind": "generate", "instruction": "x", "target": {"replace": {"start": 9, "end": 2}}}),
+        json!({"kind": "generate", "instruction": "", "target": {"cursor": 0}}),
+        json!({"kind": "no_such_action"}),
+    ];
+    for task in bad {
+        let e = resolve(&mut s, &action(task.clone())).unwrap_err();
+        assert_eq!(code_of(&e), -32602, "{task}: {e}");
+    }
+    // Not data of ours, another document's, a closed one: errors too; an action without data is left alone.
+    let e = resolve(&mut s, &json!({"title": "x", "data": [1, 2]})).unwrap_err();
+    assert_eq!(code_of(&e), -32602, "{e}");
+    let e = resolve(
+        &mut s,
+        &json!({"title": "x", "data": {"uri": "file:///closed.py", "version": 1, "task": {"kind": "explain", "selection": {"start": 0, "end": 1}}}}),
+    )
+    .unwrap_err();
+    assert_eq!(code_of(&e), -32602, "{e}");
+    let plain = json!({"title": "Generate code from instruction", "command": {"title": "g", "command": "codellama.generate"}});
+    assert_eq!(resolve(&mut s, &plain).unwrap(), plain);
+    finish(s);
+}
+
+#[test]
 fn cancelling_mid_generation_returns_promptly_and_the_server_goes_on() {
     let mut s = start(
         "utf-16",

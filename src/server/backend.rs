@@ -484,15 +484,16 @@ impl LanguageServer for Backend {
     }
 
     async fn code_action_resolve(&self, action: CodeAction) -> Result<CodeAction> {
-        self.actions
-            .resolve(action, self.config(), self.encoding())
-            .await
+        let config = self.config();
+        // A client that never sent `initialized` still gets a model.
+        self.model.ensure(config.model_key());
+        self.actions.resolve(action, config, self.encoding()).await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LspAny>> {
-        self.actions
-            .execute(params, self.config(), self.encoding())
-            .await
+        let config = self.config();
+        self.model.ensure(config.model_key());
+        self.actions.execute(params, config, self.encoding()).await
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
