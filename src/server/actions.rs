@@ -101,7 +101,7 @@ pub fn capabilities() -> (CodeActionProvider, ExecuteCommandOptions) {
 struct Features {
     /// Code action literals (not only commands) in `textDocument/codeAction` answers.
     literals: bool,
-    /// `codeAction/resolve` may fill in `edit`.
+    /// `codeAction/resolve` may fill in `edit`, and `data` comes back with it.
     resolve_edit: bool,
     /// Versioned `documentChanges` in workspace edits.
     document_changes: bool,
@@ -118,7 +118,8 @@ impl Features {
         let resolve_edit = caps
             .pointer("/textDocument/codeAction/resolveSupport/properties")
             .and_then(Value::as_array)
-            .is_some_and(|p| p.iter().any(|p| p == "edit"));
+            .is_some_and(|p| p.iter().any(|p| p == "edit"))
+            && flag("/textDocument/codeAction/dataSupport");
         Self {
             literals: caps
                 .pointer("/textDocument/codeAction/codeActionLiteralSupport")
@@ -1010,6 +1011,7 @@ mod tests {
             "textDocument": {"codeAction": {
                 "codeActionLiteralSupport": {"codeActionKind": {"valueSet": ["refactor"]}},
                 "resolveSupport": {"properties": ["edit"]},
+                "dataSupport": true,
             }},
             "window": {"workDoneProgress": true},
         }))
