@@ -226,7 +226,10 @@ impl ModelHost {
         let started = Instant::now();
         if !quiet {
             tracing::info!("loading the {} ({label})", self.role.what());
-            self.status.loading(&label, 0);
+            match &key {
+                ModelKey::Local { .. } => self.status.loading(&label, 0),
+                ModelKey::Remote(_) => self.status.connecting(&label),
+            }
         }
         let result = match &key {
             ModelKey::Local {
@@ -245,13 +248,15 @@ impl ModelHost {
             }
             ModelKey::Remote(cfg) => {
                 let cfg = cfg.clone();
+                let connecting = tokio::task::spawn_blocking(move || RemoteBackend::connect(cfg));
+                // The connection is under way; a client slow to accept the progress token does not hold it up.
                 let progress = if quiet {
                     None
                 } else {
                     self.begin_progress_soon(&format!("connecting to {label}"))
                         .await
                 };
-                let connected = tokio::task::spawn_blocking(move || RemoteBackend::connect(cfg))
+                let connected = connecting
                     .await
                     .map_err(|e| format!("the connection attempt stopped unexpectedly: {e}"))
                     .and_then(|r| r.map_err(|e| e.to_string()))
@@ -310,7 +315,10 @@ impl ModelHost {
                     tracing::warn!("{}: {w}", info.path.display());
                 }
                 self.status.set_model(Some(name.clone()));
-                self.status.ready(Some(format!("{name} loaded in {ms} ms")));
+                self.status.ready(Some(match &key {
+                    ModelKey::Local { .. } => format!("{name} loaded in {ms} ms"),
+                    ModelKey::Remote(_) => format!("{name} on {label}, connected in {ms} ms"),
+                }));
                 if let Some(p) = progress {
                     p.finish_with_message(format!("{name} ready")).await;
                 }

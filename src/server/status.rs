@@ -152,6 +152,15 @@ impl Status {
         });
     }
 
+    /// Connecting to a remote engine (reported as loading).
+    pub fn connecting(&self, engine: &str) {
+        self.send(StatusParams {
+            message: Some(format!("connecting to {engine}")),
+            model: Some(engine.to_string()),
+            ..StatusParams::new(State::Loading)
+        });
+    }
+
     pub fn ready(&self, message: Option<String>) {
         self.send(StatusParams {
             message,
