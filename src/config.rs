@@ -11,8 +11,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+
+use crate::backends::{RemoteConfig, RemoteKind};
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "CODELLAMA_LSP_";
@@ -227,6 +229,88 @@ impl LogLevel {
     }
 }
 
+/// Where the model work runs: in this process, or on a remote inference engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendKind {
+    /// The model runs in-process.
+    #[default]
+    Local,
+    /// A remote engine (llama.cpp server, OpenAI-compatible API, Ollama) does the model work.
+    Remote(RemoteKind),
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::Remote(kind) => kind.as_str(),
+        }
+    }
+}
+
+impl Serialize for BackendKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Setting for BackendKind {
+    const TYPE: &'static str = "string";
+    fn parse(value: &Value) -> Result<Self, String> {
+        let text = as_text(value).ok_or_else(|| format!("expected a string, got {value}"))?;
+        Ok(RemoteKind::parse(&text)?.map_or(BackendKind::Local, BackendKind::Remote))
+    }
+    fn show(&self) -> String {
+        format!("{:?}", self.as_str())
+    }
+}
+
+/// The `remote` settings object (see `src/backends/README.md`), checked when it is set: known keys, values of
+/// the right types. Its kind comes from `backend`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemoteSettings(pub Map<String, Value>);
+
+impl Serialize for RemoteSettings {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl Setting for RemoteSettings {
+    const TYPE: &'static str = "object";
+    /// An object, or its JSON text (environment variables, flags).
+    fn parse(value: &Value) -> Result<Self, String> {
+        let parsed;
+        let value = match value {
+            Value::String(text) if text.trim().is_empty() => &Value::Null,
+            Value::String(text) => {
+                parsed = serde_json::from_str::<Value>(text)
+                    .map_err(|e| format!("expected a JSON object, got {text:?} ({e})"))?;
+                &parsed
+            }
+            other => other,
+        };
+        let obj = match value {
+            Value::Null => Map::new(),
+            Value::Object(obj) => obj.clone(),
+            other => return Err(format!("expected an object, got {other}")),
+        };
+        if obj.contains_key("kind") {
+            return Err("`kind` is not a key of `remote`: set `backend` instead".into());
+        }
+        // The keys and their types do not depend on the kind: check them with any.
+        RemoteConfig::from_settings(
+            RemoteKind::LlamaCpp.as_str(),
+            Some(&Value::Object(obj.clone())),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(RemoteSettings(obj))
+    }
+    fn show(&self) -> String {
+        Value::Object(self.0.clone()).to_string()
+    }
+}
+
 /// One configuration key as the documentation lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldDoc {
@@ -300,11 +384,20 @@ config! {
     /// Model for inline completions: a `.gguf` file, a Hugging Face model directory, or a Hub reference
     /// `owner/repo:file.gguf`. Empty: the small offline model that `scripts/fetch-model` installs.
     model: Option<String> = None,
-    /// Instruct model for code actions (explain, generate). Empty: the completion model, when it is an
-    /// Instruct model.
+    /// Instruct model for code actions (explain, generate, document), loaded beside the completion model. Empty:
+    /// the completion model (or the remote engine), when it is an Instruct model.
     chat_model: Option<String> = None,
+    /// Where the model work runs: "local" (in-process), or a remote engine: "llama.cpp" (also "llamacpp"),
+    /// "openai" (any OpenAI-compatible completions API) or "ollama"; `remote` says where it is.
+    backend: BackendKind = BackendKind::Local,
+    /// Settings of the remote engine when `backend` is not "local": `url`, `model`, `api_key_env`,
+    /// `api_key_file`, `tokenizer`, `context_window`, `connect_timeout_ms`, `first_token_timeout_ms`,
+    /// `retries`, `prompt_format`, `send_stop_token_ids` (see docs/teams.md).
+    remote: RemoteSettings = RemoteSettings::default(),
     /// Most tokens generated for one suggestion.
     max_tokens: usize = 64,
+    /// Most tokens generated for one code action (an explanation, generated code, a doc comment).
+    action_max_tokens: usize = 256,
     /// Tokens the model sees at once (prompt plus suggestion); the KV cache is allocated for this many.
     /// At most the model's trained context.
     context_window: usize = 2048,
@@ -415,6 +508,7 @@ impl Config {
     /// Keeps values in ranges the rest of the server relies on.
     fn normalize(&mut self) {
         self.max_tokens = self.max_tokens.clamp(1, 4096);
+        self.action_max_tokens = self.action_max_tokens.clamp(1, 4096);
         self.context_window = self.context_window.clamp(64, 1 << 20);
         if self.prefix_suffix_ratio.is_nan() || self.prefix_suffix_ratio <= 0.0 {
             self.prefix_suffix_ratio = 3.0;
@@ -437,11 +531,50 @@ impl Config {
 
     /// The settings that decide which model is loaded and how; a change to any of them reloads the model.
     pub fn model_key(&self) -> ModelKey {
-        ModelKey {
-            model: self.model.clone(),
+        match self.remote_config() {
+            Some(remote) => ModelKey::Remote(remote),
+            None => self.local_key(self.model.clone()),
+        }
+    }
+
+    /// The chat model to load beside the completion model: `None` when `chat_model` is empty or names the
+    /// completion model (compared as written; the server also compares the files).
+    pub fn chat_model_key(&self) -> Option<ModelKey> {
+        let chat = self
+            .chat_model
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())?;
+        let same = self.backend == BackendKind::Local
+            && self.model.as_deref().map(str::trim) == Some(chat);
+        (!same).then(|| self.local_key(Some(chat.to_string())))
+    }
+
+    fn local_key(&self, model: Option<String>) -> ModelKey {
+        ModelKey::Local {
+            model,
             context_window: self.context_window,
             threads: self.threads,
             device: self.device.clone(),
+        }
+    }
+
+    /// The remote engine's settings, when `backend` names one.
+    pub fn remote_config(&self) -> Option<RemoteConfig> {
+        let BackendKind::Remote(kind) = self.backend else {
+            return None;
+        };
+        let remote = Value::Object(self.remote.0.clone());
+        match RemoteConfig::from_settings(kind.as_str(), Some(&remote)) {
+            Ok(config) => config,
+            // `remote` was checked when it was set; whatever is wrong, the defaults are a working start.
+            Err(e) => {
+                tracing::warn!("remote settings: {e}; using the defaults");
+                Some(RemoteConfig {
+                    kind,
+                    ..RemoteConfig::default()
+                })
+            }
         }
     }
 
@@ -500,12 +633,30 @@ fn section(value: &Value) -> Option<Map<String, Value>> {
 }
 
 /// The part of the configuration that decides the loaded model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelKey {
-    pub model: Option<String>,
-    pub context_window: usize,
-    pub threads: Option<usize>,
-    pub device: String,
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelKey {
+    /// A model in this process.
+    Local {
+        model: Option<String>,
+        context_window: usize,
+        threads: Option<usize>,
+        device: String,
+    },
+    /// A remote engine.
+    Remote(RemoteConfig),
+}
+
+impl ModelKey {
+    /// How messages name the model.
+    pub fn label(&self) -> String {
+        match self {
+            ModelKey::Local { model: Some(m), .. } => m.clone(),
+            ModelKey::Local { model: None, .. } => "the default model".to_string(),
+            ModelKey::Remote(r) => {
+                format!("the {} at {}", r.kind.engine_name(), r.url_or_default())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -607,6 +758,52 @@ mod tests {
         assert_eq!(key, c.model_key());
         c.apply_json(&json!({"context_window": 1024}), "change");
         assert_ne!(key, c.model_key());
+    }
+
+    #[test]
+    fn backend_and_remote() {
+        let mut c = Config::default();
+        assert_eq!(c.remote_config(), None);
+        assert!(matches!(c.model_key(), ModelKey::Local { .. }));
+        let a = c.apply_json(
+            &json!({"backend": "llamacpp", "remote": {"url": "http://gpu:8080", "retries": 0}}),
+            "init",
+        );
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(c.backend, BackendKind::Remote(RemoteKind::LlamaCpp));
+        let ModelKey::Remote(r) = c.model_key() else {
+            panic!("a remote key")
+        };
+        assert_eq!(
+            (r.kind, r.url.as_str(), r.retries),
+            (RemoteKind::LlamaCpp, "http://gpu:8080", 0)
+        );
+        // The chat model is loaded beside a remote engine, even under the same name.
+        c.apply_json(&json!({"model": "m.gguf", "chat_model": "m.gguf"}), "init");
+        assert!(c.chat_model_key().is_some());
+
+        // Unknown keys, a kind inside `remote`, and unknown backends are refused; the old values stay.
+        for bad in [
+            json!({"remote": {"api_key": "x"}}),
+            json!({"remote": {"kind": "ollama"}}),
+            json!({"remote": [1]}),
+            json!({"backend": "tgi"}),
+        ] {
+            let a = c.apply_json(&bad, "change");
+            assert_eq!(a.problems.len(), 1, "{bad}: {:?}", a.problems);
+        }
+        assert_eq!(c.remote.0["url"], "http://gpu:8080");
+        // Environment variables and flags give the object as JSON text.
+        c.apply_pairs(
+            [("remote", r#"{"model": "codellama:7b-code"}"#.to_string())],
+            "flags",
+        );
+        assert_eq!(c.remote.0["model"], "codellama:7b-code");
+        c.apply_pairs([("backend", "local".to_string())], "flags");
+        assert!(matches!(c.model_key(), ModelKey::Local { .. }));
+        assert_eq!(c.chat_model_key(), None, "same model as written");
+        c.apply_json(&json!({"chat_model": ""}), "change");
+        assert_eq!(c.chat_model_key(), None);
     }
 
     #[test]

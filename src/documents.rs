@@ -161,6 +161,18 @@ impl Document {
         Pos::new(to_u32(line), to_u32(character))
     }
 
+    /// The byte offset (into [`Document::text`]) of a position (clamped like [`Document::offset`]).
+    pub fn byte_offset(&self, pos: Pos, enc: PositionEncoding) -> usize {
+        self.text.char_to_byte(self.offset(pos, enc))
+    }
+
+    /// The position of a byte offset into [`Document::text`] (clamped to the document; inside a character: its
+    /// start).
+    pub fn byte_position(&self, byte: usize, enc: PositionEncoding) -> Pos {
+        let byte = byte.min(self.text.len_bytes());
+        self.position(self.text.byte_to_char(byte), enc)
+    }
+
     /// Replaces the text between two positions (in either order), or the whole document when `range` is
     /// `None`.
     pub fn edit(&mut self, range: Option<(Pos, Pos)>, new_text: &str, enc: PositionEncoding) {
@@ -356,6 +368,20 @@ mod tests {
         check_edit(line, ((0, 3), (0, 7)), "🙂", Utf8, "e\u{301}🙂中x");
         check_edit(line, ((0, 2), (0, 4)), "🙂", Utf16, "e\u{301}🙂中x");
         check_edit(line, ((0, 2), (0, 3)), "🙂", Utf32, "e\u{301}🙂中x");
+    }
+
+    #[test]
+    fn byte_offsets_and_back() {
+        let d = doc("# 日本\nx😀y\n");
+        for enc in [Utf8, Utf16, Utf32] {
+            // 'y' is byte 14: "# 日本\n" is 9 bytes, "x😀" 5 more.
+            let y = d.position(7, enc);
+            assert_eq!(d.byte_offset(y, enc), 14, "{enc:?}");
+            assert_eq!(d.byte_position(14, enc), y, "{enc:?}");
+            // Inside the emoji: its start. Past the end: the end.
+            assert_eq!(d.byte_position(12, enc), d.position(6, enc), "{enc:?}");
+            assert_eq!(d.byte_position(99, enc), Pos::new(2, 0), "{enc:?}");
+        }
     }
 
     #[test]

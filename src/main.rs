@@ -23,6 +23,10 @@ struct Args {
     /// Server settings when no command is given (see `serve --help`).
     #[command(flatten)]
     config: ConfigArgs,
+    /// Accepted for clients that ask for LSP on stdio explicitly (vscode-languageclient adds it); stdio is the
+    /// only transport.
+    #[arg(long, global = true)]
+    stdio: bool,
 }
 
 #[derive(Subcommand)]

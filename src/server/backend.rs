@@ -1,6 +1,7 @@
-//! The LSP surface: capabilities, document sync, configuration, and the two completion requests.
+//! The LSP surface: capabilities, document sync, configuration, the two completion requests, and the code
+//! action requests (handed to [`super::actions`]).
 //!
-//! Handlers never block: document edits are applied at once under a short lock, completions wait
+//! Handlers never block: document edits are applied at once under a short lock, completions and actions wait
 //! asynchronously on the model thread, and everything that can take time runs in its own task.
 
 use std::panic::AssertUnwindSafe;
@@ -12,19 +13,21 @@ use tower_lsp_server::gen_lsp_types::*;
 use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::{Client, LanguageServer};
 
+use super::actions::{self, Actions};
 use super::completion::{Completer, Env, Suggestion};
 use super::logging;
-use super::model::ModelHost;
+use super::model::{ModelHost, Role};
 use super::status::Status;
 use crate::config::{Applied, Config};
 use crate::documents::{Document, Documents, Pos, PositionEncoding};
 
 pub struct Backend {
     client: Client,
-    docs: Documents,
+    docs: Arc<Documents>,
     config: RwLock<Arc<Config>>,
     encoding: AtomicU8,
     model: Arc<ModelHost>,
+    actions: Actions,
     status: Status,
     completer: Completer,
     shutdown: Arc<AtomicBool>,
@@ -42,13 +45,23 @@ impl Backend {
         shutdown: Arc<AtomicBool>,
     ) -> Self {
         let status = Status::start(client.clone());
-        let model = ModelHost::new(client.clone(), status.clone());
+        let model = ModelHost::new(client.clone(), status.clone(), Role::Completion);
+        let chat = ModelHost::new(client.clone(), status.with_role("chat"), Role::Chat);
+        let docs = Arc::new(Documents::new());
+        let actions = Actions::new(
+            client.clone(),
+            docs.clone(),
+            model.clone(),
+            chat,
+            status.clone(),
+        );
         Self {
             client,
-            docs: Documents::new(),
+            docs,
             config: RwLock::new(Arc::new(config)),
             encoding: AtomicU8::new(encode(PositionEncoding::Utf16)),
             model,
+            actions,
             status,
             completer,
             shutdown,
@@ -164,6 +177,11 @@ impl Backend {
 }
 
 impl Backend {
+    /// `window/workDoneProgress/cancel`: the user cancelled a code action's progress.
+    pub async fn work_done_progress_cancel(&self, params: WorkDoneProgressCancelParams) {
+        self.actions.cancel_progress(&params.token);
+    }
+
     /// What an invalid message from the client was turned into (see `transport`): answered with its error.
     pub async fn invalid_message(&self, params: super::transport::InvalidMessage) -> Result<Value> {
         Err(tower_lsp_server::jsonrpc::Error {
@@ -269,6 +287,7 @@ impl LanguageServer for Backend {
             .and_then(|w| w.work_done_progress)
             .unwrap_or(false);
         self.model.set_progress_supported(progress);
+        self.actions.set_client_capabilities(caps);
         let markdown = caps
             .text_document
             .as_ref()
@@ -307,11 +326,14 @@ impl LanguageServer for Backend {
             completion_item: None,
             work_done_progress_options: WorkDoneProgressOptions::default(),
         };
+        let (code_actions, commands) = actions::capabilities();
         let capabilities = ServerCapabilities {
             position_encoding: Some(kind(encoding)),
             text_document_sync: Some(TextDocumentSync::Options(sync)),
             completion_provider: Some(completion),
             inline_completion_provider: Some(true.into()),
+            code_action_provider: Some(code_actions),
+            execute_command_provider: Some(commands),
             ..ServerCapabilities::default()
         };
         Ok(InitializeResult {
@@ -343,12 +365,14 @@ impl LanguageServer for Backend {
             std::mem::take(&mut *self.init_problems.lock().unwrap_or_else(|e| e.into_inner()));
         self.show_problems(problems).await;
         self.model.ensure(self.config().model_key());
+        self.actions.configure(&self.config()).await;
     }
 
     async fn shutdown(&self) -> Result<()> {
         tracing::info!("shutdown");
         self.shutdown.store(true, Ordering::SeqCst);
         self.completer.close();
+        self.actions.cancel_all();
         logging::set_client_sink(None);
         Ok(())
     }
@@ -427,6 +451,7 @@ impl LanguageServer for Backend {
             tracing::info!("the model settings changed: loading again");
             self.model.ensure(key);
         }
+        self.actions.configure(&self.config()).await;
     }
 
     async fn inline_completion(
@@ -449,6 +474,26 @@ impl LanguageServer for Backend {
         Ok(Some(InlineCompletionResponse::InlineCompletionList(
             InlineCompletionList::new(items),
         )))
+    }
+
+    async fn code_action(
+        &self,
+        params: CodeActionParams,
+    ) -> Result<Option<Vec<CodeActionResponse>>> {
+        self.actions.code_actions(params, self.encoding()).await
+    }
+
+    async fn code_action_resolve(&self, action: CodeAction) -> Result<CodeAction> {
+        let config = self.config();
+        // A client that never sent `initialized` still gets a model.
+        self.model.ensure(config.model_key());
+        self.actions.resolve(action, config, self.encoding()).await
+    }
+
+    async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LspAny>> {
+        let config = self.config();
+        self.model.ensure(config.model_key());
+        self.actions.execute(params, config, self.encoding()).await
     }
 
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {

@@ -167,7 +167,7 @@ impl Completer {
                 word,
             });
         }
-        let Some(backend) = env.model.backend() else {
+        let Some(backend) = env.model.backend_or_retry() else {
             tracing::debug!(uri, "no model loaded yet: empty answer");
             return None;
         };
@@ -384,6 +384,8 @@ impl Job {
         let mut status = self.env.status.generation();
         let completion = pending.finish().await;
         let total_ms = self.arrived.elapsed().as_secs_f64() * 1e3;
+        // A remote engine that stopped (or started again) answering says so once.
+        self.env.model.report_notice().await;
         let completion = match completion {
             Ok(c) => c,
             Err(e) => {

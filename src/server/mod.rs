@@ -3,11 +3,14 @@
 //!
 //! - [`backend`]: capabilities, document sync, configuration, the completion requests.
 //! - [`completion`]: typing-ahead cache, one generation per document, cancellation.
-//! - [`model`]: background loading and reloading, progress and failures.
+//! - [`actions`]: code actions (explain, generate, document) and the `codellama.*` commands.
+//! - [`model`]: background loading (or connecting to a remote engine) and reloading, progress and failures;
+//!   the completion model and the chat model.
 //! - [`status`]: the `codellama/status` notification.
 //! - [`bench`]: the keystroke latency benchmark, which drives the real binary over stdio.
 //! - [`stdio_client`]: a small JSON-RPC client for a server process (the benchmark and the tests use it).
 
+pub mod actions;
 pub mod backend;
 pub mod bench;
 pub mod cache;
@@ -64,6 +67,10 @@ pub async fn run(
         let (completer, shutdown) = (completer.clone(), shutdown.clone());
         LspService::build(move |client| Backend::new(client, config, completer, shutdown))
             .custom_method("codellama/debugDocument", Backend::debug_document)
+            .custom_method(
+                "window/workDoneProgress/cancel",
+                Backend::work_done_progress_cancel,
+            )
             .custom_method(transport::INVALID_MESSAGE_METHOD, Backend::invalid_message)
             .finish()
     };

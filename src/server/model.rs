@@ -1,47 +1,91 @@
-//! The model's lifecycle in the server: loaded in the background after `initialize`, reported with
-//! `$/progress` and `codellama/status`, replaced when the configuration names another model (the old engine
-//! keeps answering until the new one is ready), and a failure shown once with `window/showMessage` while the
-//! server goes on answering (empty).
+//! The models' lifecycle in the server: loaded (or, for a remote engine, connected to) in the background after
+//! `initialize`, reported with `$/progress` and `codellama/status`, replaced when the configuration names another
+//! model (the old one keeps answering until the new one is ready), and a failure shown once with
+//! `window/showMessage` while the server goes on answering (empty).
+//!
+//! One [`ModelHost`] serves completions; a second one holds the chat model when `chat_model` names a model of
+//! its own. A remote engine that cannot be reached is tried again when a request needs it, at most every
+//! [`RETRY_EVERY`], quietly: only the connection that works is announced.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
+use tokio::sync::watch;
 use tower_lsp_server::gen_lsp_types::{MessageType, ProgressToken};
 use tower_lsp_server::{Bounded, Client, NotCancellable, OngoingProgress};
 
 use super::status::Status;
+use crate::backends::{Notice, RemoteBackend};
 use crate::config::ModelKey;
 use crate::engine::{Backend, Engine, LoadOptions};
 
-/// The loaded engine, if any, and what is being loaded.
+/// A remote engine that could not be reached is tried again at most this often.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// What a host's model is for; decides how messages name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Completion,
+    Chat,
+}
+
+impl Role {
+    fn what(self) -> &'static str {
+        match self {
+            Role::Completion => "model",
+            Role::Chat => "chat model",
+        }
+    }
+}
+
+/// The loaded model, if any, and what is being loaded.
 #[derive(Default)]
 struct Slot {
-    engine: Option<Arc<Engine>>,
+    backend: Option<Arc<dyn Backend>>,
+    /// The same backend when it is a remote engine (for its notices).
+    remote: Option<Arc<RemoteBackend>>,
     /// The settings the current (or pending) load was started with.
     wanted: Option<ModelKey>,
     /// Incremented by every load; a load whose number is no longer current is dropped when it finishes.
     generation: u64,
+    /// A load of `wanted` runs.
+    loading: bool,
+    /// Why the last load of `wanted` failed.
+    error: Option<String>,
+    /// When the last load of `wanted` started.
+    attempted: Option<Instant>,
 }
 
 pub struct ModelHost {
     slot: Mutex<Slot>,
     status: Status,
     client: Client,
+    role: Role,
     /// Whether the client accepts `window/workDoneProgress/create`.
-    progress_supported: std::sync::atomic::AtomicBool,
+    progress_supported: AtomicBool,
+    /// Bumped whenever a load ends (for [`ModelHost::wait`]).
+    loads_done: watch::Sender<u64>,
 }
 
 static NEXT_TOKEN: AtomicI32 = AtomicI32::new(1);
 
+/// What a load produced.
+struct Loaded {
+    backend: Arc<dyn Backend>,
+    remote: Option<Arc<RemoteBackend>>,
+}
+
 impl ModelHost {
-    pub fn new(client: Client, status: Status) -> Arc<Self> {
+    pub fn new(client: Client, status: Status, role: Role) -> Arc<Self> {
         Arc::new(Self {
             slot: Mutex::new(Slot::default()),
             status,
             client,
+            role,
             progress_supported: Default::default(),
+            loads_done: watch::channel(0).0,
         })
     }
 
@@ -55,7 +99,17 @@ impl ModelHost {
 
     /// The model, once one is loaded.
     pub fn backend(&self) -> Option<Arc<dyn Backend>> {
-        self.slot().engine.clone().map(|e| e as Arc<dyn Backend>)
+        self.slot().backend.clone()
+    }
+
+    /// The model, once one is loaded; without one, a remote engine that could not be reached is tried again
+    /// in the background (at most every [`RETRY_EVERY`]).
+    pub fn backend_or_retry(self: &Arc<Self>) -> Option<Arc<dyn Backend>> {
+        let backend = self.backend();
+        if backend.is_none() {
+            self.retry();
+        }
+        backend
     }
 
     /// Loads the model `key` names unless it is the one loaded or being loaded. Returns at once.
@@ -67,83 +121,191 @@ impl ModelHost {
             }
             slot.generation += 1;
             slot.wanted = Some(key.clone());
+            slot.loading = true;
+            slot.error = None;
+            slot.attempted = Some(Instant::now());
             slot.generation
         };
         let host = self.clone();
-        tokio::spawn(async move { host.load(key, generation).await });
+        tokio::spawn(async move { host.load(key, generation, false).await });
     }
 
-    async fn load(self: Arc<Self>, key: ModelKey, generation: u64) {
-        let label = key
-            .model
-            .clone()
-            .unwrap_or_else(|| "the default model".to_string());
-        let started = Instant::now();
-        tracing::info!("loading {label}");
-        self.status.loading(&label, 0);
-        let opts = LoadOptions {
-            model: key.model.clone(),
-            context_window: Some(key.context_window),
-            threads: key.threads,
-            device: Some(key.device.clone()),
+    /// Drops the model (and forgets a load in progress): the setting that named it was cleared.
+    pub fn unload(&self) {
+        let old = {
+            let mut slot = self.slot();
+            if slot.wanted.is_none() {
+                return;
+            }
+            let old = std::mem::take(&mut *slot);
+            slot.generation = old.generation + 1;
+            old
         };
-        let (tx, mut rx) = unbounded_channel::<f32>();
-        let mut load = tokio::task::spawn_blocking(move || {
-            Engine::start(
-                opts,
-                Box::new(move |fraction| {
-                    let _ = tx.send(fraction);
-                }),
-            )
-        });
-        // The load runs already; a client slow to accept the progress token does not hold it up.
-        let progress = tokio::time::timeout(Duration::from_secs(5), self.begin_progress(&label))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::debug!("the client did not answer window/workDoneProgress/create");
-                None
-            });
-        let mut last_percent = 0;
-        let result = loop {
-            tokio::select! {
-                joined = &mut load => break joined,
-                Some(fraction) = rx.recv() => {
-                    let percent = (fraction.clamp(0.0, 1.0) * 100.0) as u32;
-                    if percent > last_percent {
-                        last_percent = percent;
-                        self.status.loading(&label, percent);
-                        if let Some(p) = &progress {
-                            p.report(percent).await;
-                        }
-                    }
+        tracing::info!(
+            "the {} setting was cleared: {} unloaded",
+            self.role.what(),
+            old.wanted.map(|k| k.label()).unwrap_or_default()
+        );
+        self.status.set_model(None);
+        self.loads_done.send_modify(|n| *n += 1);
+    }
+
+    /// Starts a quiet attempt to connect again to a remote engine that could not be reached, unless one ran
+    /// within [`RETRY_EVERY`]. Returns whether one started.
+    fn retry(self: &Arc<Self>) -> bool {
+        let (key, generation) = {
+            let mut slot = self.slot();
+            let Some(key @ ModelKey::Remote(_)) = slot.wanted.clone() else {
+                return false;
+            };
+            let recent = slot.attempted.is_some_and(|t| t.elapsed() < RETRY_EVERY);
+            if slot.backend.is_some() || slot.loading || recent {
+                return false;
+            }
+            slot.generation += 1;
+            slot.loading = true;
+            slot.attempted = Some(Instant::now());
+            (key, slot.generation)
+        };
+        tracing::debug!("connecting again to {}", key.label());
+        let host = self.clone();
+        tokio::spawn(async move { host.load(key, generation, true).await });
+        true
+    }
+
+    /// The model, waiting for a load in progress when none is loaded yet (a remote engine that could not be
+    /// reached is tried again first). `Err` says why there is none.
+    pub async fn wait(self: &Arc<Self>) -> Result<Arc<dyn Backend>, String> {
+        let mut done = self.loads_done.subscribe();
+        self.retry();
+        loop {
+            {
+                let slot = self.slot();
+                if let Some(b) = &slot.backend {
+                    return Ok(b.clone());
+                }
+                if !slot.loading {
+                    return Err(match (&slot.wanted, &slot.error) {
+                        (_, Some(e)) => e.clone(),
+                        (Some(key), None) => format!("{} is not loaded", key.label()),
+                        (None, None) => format!("no {} is configured", self.role.what()),
+                    });
                 }
             }
+            if done.changed().await.is_err() {
+                return Err("the server is stopping".into());
+            }
+        }
+    }
+
+    /// Shows what the remote engine has to say since the last call (it stopped answering, or answers again),
+    /// once per change.
+    pub async fn report_notice(&self) {
+        let Some(remote) = self.slot().remote.clone() else {
+            return;
         };
-        let result = match result {
-            Ok(r) => r.map(Arc::new).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the loader stopped unexpectedly: {e}")),
+        match remote.take_notice() {
+            Some(Notice::Failing(e)) => {
+                let text = format!("Code Llama: {e}. The server keeps running and tries again on the next request.");
+                self.client.show_message(MessageType::Error, text).await;
+            }
+            Some(Notice::Recovered) => {
+                let text = format!(
+                    "Code Llama: the {} at {} answers again.",
+                    remote.kind().engine_name(),
+                    remote.url()
+                );
+                self.client.show_message(MessageType::Info, text).await;
+            }
+            None => {}
+        }
+    }
+
+    async fn load(self: Arc<Self>, key: ModelKey, generation: u64, quiet: bool) {
+        let label = key.label();
+        let started = Instant::now();
+        if !quiet {
+            tracing::info!("loading the {} ({label})", self.role.what());
+            match &key {
+                ModelKey::Local { .. } => self.status.loading(&label, 0),
+                ModelKey::Remote(_) => self.status.connecting(&label),
+            }
+        }
+        let result = match &key {
+            ModelKey::Local {
+                model,
+                context_window,
+                threads,
+                device,
+            } => {
+                let opts = LoadOptions {
+                    model: model.clone(),
+                    context_window: Some(*context_window),
+                    threads: *threads,
+                    device: Some(device.clone()),
+                };
+                self.load_local(opts, &label).await
+            }
+            ModelKey::Remote(cfg) => {
+                let cfg = cfg.clone();
+                let connecting = tokio::task::spawn_blocking(move || RemoteBackend::connect(cfg));
+                // The connection is under way; a client slow to accept the progress token does not hold it up.
+                let progress = if quiet {
+                    None
+                } else {
+                    self.begin_progress_soon(&format!("connecting to {label}"))
+                        .await
+                };
+                let connected = connecting
+                    .await
+                    .map_err(|e| format!("the connection attempt stopped unexpectedly: {e}"))
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map(|remote| {
+                        let remote = Arc::new(remote);
+                        Loaded {
+                            backend: remote.clone(),
+                            remote: Some(remote),
+                        }
+                    });
+                (connected, progress)
+            }
         };
+        let (result, progress) = result;
 
         let (current, serving) = {
             let mut slot = self.slot();
             let current = slot.generation == generation;
-            if let (true, Ok(engine)) = (current, &result) {
-                // The previous engine, if any, is dropped here: its thread ends after its current request.
-                slot.engine = Some(engine.clone());
+            if current {
+                slot.loading = false;
+                match &result {
+                    Ok(loaded) => {
+                        // The previous model, if any, is dropped here: its thread ends after its current
+                        // request.
+                        slot.backend = Some(loaded.backend.clone());
+                        slot.remote = loaded.remote.clone();
+                        slot.error = None;
+                    }
+                    Err(e) => slot.error = Some(e.clone()),
+                }
             }
-            (current, slot.engine.is_some())
+            (current, slot.backend.is_some())
         };
+        self.loads_done.send_modify(|n| *n += 1);
         if !current {
-            tracing::info!("a newer model was asked for while {label} loaded; dropping it");
+            tracing::info!(
+                "a newer {} was asked for while {label} loaded; dropping it",
+                self.role.what()
+            );
             return;
         }
         match result {
-            Ok(engine) => {
-                let info = engine.info().clone();
+            Ok(loaded) => {
+                let info = loaded.backend.info().clone();
                 let name = info.name.clone();
                 let ms = started.elapsed().as_millis();
                 tracing::info!(
-                    "model {name} ready in {ms} ms ({}, context window {}, {} threads, {})",
+                    "{} {name} ready in {ms} ms ({}, context window {}, {} threads, {})",
+                    self.role.what(),
                     info.path.display(),
                     info.context_window,
                     info.threads,
@@ -153,22 +315,22 @@ impl ModelHost {
                     tracing::warn!("{}: {w}", info.path.display());
                 }
                 self.status.set_model(Some(name.clone()));
-                self.status.ready(Some(format!("{name} loaded in {ms} ms")));
+                self.status.ready(Some(match &key {
+                    ModelKey::Local { .. } => format!("{name} loaded in {ms} ms"),
+                    ModelKey::Remote(_) => format!("{name} on {label}, connected in {ms} ms"),
+                }));
                 if let Some(p) = progress {
                     p.finish_with_message(format!("{name} ready")).await;
                 }
+                if quiet {
+                    let text = format!("Code Llama: connected to {label} ({name}).");
+                    self.client.show_message(MessageType::Info, text).await;
+                }
             }
+            Err(e) if quiet => tracing::debug!("still cannot connect to {label}: {e}"),
             Err(e) => {
-                tracing::error!("could not load the model ({label}): {e}");
-                let keeps = if serving {
-                    "The server keeps answering with the model it had."
-                } else {
-                    "The server keeps running without suggestions."
-                };
-                let message = format!(
-                    "Code Llama could not load its model ({label}):\n{e}\n{keeps} Set `model` (editor setting codellama.model, or --model) to a .gguf file, or run \
-                     scripts/fetch-model for the default small model."
-                );
+                tracing::error!("could not load the {} ({label}): {e}", self.role.what());
+                let message = self.failure_message(&key, &e, serving);
                 if !serving {
                     self.status.set_model(None);
                 }
@@ -181,9 +343,94 @@ impl ModelHost {
         }
     }
 
+    /// Loads an in-process model on a blocking thread, reporting progress as it goes.
+    async fn load_local(
+        &self,
+        opts: LoadOptions,
+        label: &str,
+    ) -> (
+        Result<Loaded, String>,
+        Option<OngoingProgress<Bounded, NotCancellable>>,
+    ) {
+        let (tx, mut rx) = unbounded_channel::<f32>();
+        let mut load = tokio::task::spawn_blocking(move || {
+            Engine::start(
+                opts,
+                Box::new(move |fraction| {
+                    let _ = tx.send(fraction);
+                }),
+            )
+        });
+        // The load runs already; a client slow to accept the progress token does not hold it up.
+        let progress = self.begin_progress_soon(&format!("loading {label}")).await;
+        let mut last_percent = 0;
+        let result = loop {
+            tokio::select! {
+                joined = &mut load => break joined,
+                Some(fraction) = rx.recv() => {
+                    let percent = (fraction.clamp(0.0, 1.0) * 100.0) as u32;
+                    if percent > last_percent {
+                        last_percent = percent;
+                        self.status.loading(label, percent);
+                        if let Some(p) = &progress {
+                            p.report(percent).await;
+                        }
+                    }
+                }
+            }
+        };
+        let result = match result {
+            Ok(r) => r.map_err(|e| e.to_string()).map(|engine| Loaded {
+                backend: Arc::new(engine),
+                remote: None,
+            }),
+            Err(e) => Err(format!("the loader stopped unexpectedly: {e}")),
+        };
+        (result, progress)
+    }
+
+    fn failure_message(&self, key: &ModelKey, error: &str, serving: bool) -> String {
+        let label = key.label();
+        let keeps = match (serving, self.role) {
+            (true, _) => "The server keeps answering with the model it had.",
+            (false, Role::Completion) => "The server keeps running without suggestions.",
+            (false, Role::Chat) => {
+                "The server keeps running; explain and generate are unavailable."
+            }
+        };
+        match (key, self.role) {
+            (ModelKey::Remote(_), _) => format!(
+                "Code Llama could not connect to {label}:\n{error}\n{keeps} It tries again when a request needs the \
+                 engine (at most every {} s).",
+                RETRY_EVERY.as_secs()
+            ),
+            (ModelKey::Local { .. }, Role::Completion) => format!(
+                "Code Llama could not load its model ({label}):\n{error}\n{keeps} Set `model` (editor setting \
+                 codellama.model, or --model) to a .gguf file, or run scripts/fetch-model for the default small model."
+            ),
+            (ModelKey::Local { .. }, Role::Chat) => format!(
+                "Code Llama could not load its chat model ({label}):\n{error}\n{keeps} Set `chat_model` (editor \
+                 setting codellama.chatModel) to an Instruct model's .gguf file, or clear it to use the completion model."
+            ),
+        }
+    }
+
+    /// Begins a `$/progress` report when the client takes progress tokens, waiting at most 5 s for it.
+    async fn begin_progress_soon(
+        &self,
+        message: &str,
+    ) -> Option<OngoingProgress<Bounded, NotCancellable>> {
+        tokio::time::timeout(Duration::from_secs(5), self.begin_progress(message))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::debug!("the client did not answer window/workDoneProgress/create");
+                None
+            })
+    }
+
     async fn begin_progress(
         &self,
-        label: &str,
+        message: &str,
     ) -> Option<OngoingProgress<Bounded, NotCancellable>> {
         if !self.progress_supported.load(Ordering::Relaxed) {
             return None;
@@ -199,7 +446,7 @@ impl ModelHost {
         let progress = self
             .client
             .progress(token, "Code Llama")
-            .with_message(format!("loading {label}"))
+            .with_message(message.to_string())
             .with_percentage(0)
             .begin()
             .await;

@@ -1,8 +1,9 @@
 //! The `codellama/status` notification: what the server is doing, for the editor plugins' status display.
 //!
-//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings? }`.
+//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings?, role? }`.
 //! Notifications go through one task so they reach the client in the order they were made, and "ready" is
-//! only sent once no generation is running any more.
+//! only sent once no generation is running any more. Those about the chat model's loading carry
+//! `role: "chat"`; all others are about the completion model and the server.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,6 +64,9 @@ pub struct StatusParams {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings: Option<StatusTimings>,
+    /// `"chat"` for the chat model's loading; absent for the completion model and generations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl StatusParams {
@@ -73,6 +77,7 @@ impl StatusParams {
             progress: None,
             model: None,
             timings: None,
+            role: None,
         }
     }
 }
@@ -94,6 +99,7 @@ pub struct Status {
     tx: UnboundedSender<StatusParams>,
     generating: Arc<AtomicUsize>,
     model: Arc<std::sync::Mutex<Option<String>>>,
+    role: Option<&'static str>,
 }
 
 impl Status {
@@ -109,6 +115,18 @@ impl Status {
             tx,
             generating: Arc::new(AtomicUsize::new(0)),
             model: Arc::default(),
+            role: None,
+        }
+    }
+
+    /// The same channel for another model's loading: its notifications carry `role` and their own model
+    /// name. (Generations are reported on the server's own status, without a role.)
+    pub fn with_role(&self, role: &'static str) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            generating: self.generating.clone(),
+            model: Arc::default(),
+            role: Some(role),
         }
     }
 
@@ -116,6 +134,7 @@ impl Status {
         if params.model.is_none() {
             params.model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
         }
+        params.role = self.role.map(str::to_string);
         let _ = self.tx.send(params);
     }
 
@@ -129,6 +148,15 @@ impl Status {
             message: Some(format!("loading {model}")),
             progress: Some(progress.min(100)),
             model: Some(model.to_string()),
+            ..StatusParams::new(State::Loading)
+        });
+    }
+
+    /// Connecting to a remote engine (reported as loading).
+    pub fn connecting(&self, engine: &str) {
+        self.send(StatusParams {
+            message: Some(format!("connecting to {engine}")),
+            model: Some(engine.to_string()),
             ..StatusParams::new(State::Loading)
         });
     }

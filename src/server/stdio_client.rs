@@ -1,6 +1,8 @@
 //! A small, blocking JSON-RPC client for a language server process on stdio: what the latency benchmark and
 //! the integration tests use to drive the real binary. Requests the server sends (such as
-//! `window/workDoneProgress/create`) are answered with `null` and recorded. The server's stderr is kept.
+//! `window/workDoneProgress/create`) are recorded and answered with `null`, or with the result set for their
+//! method with [`LspProcess::answer`] (e.g. `{"applied": true}` for `workspace/applyEdit`). The server's stderr
+//! is kept.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -22,6 +24,8 @@ pub struct LspProcess {
     /// Every notification and request the server sent, in order.
     pub received: Vec<Value>,
     stderr: Arc<Mutex<String>>,
+    /// Results for the server's requests, by method (others are answered `null`).
+    answers: Arc<Mutex<HashMap<String, Value>>>,
 }
 
 /// Frames one message (`Content-Length` header, then the body).
@@ -76,12 +80,20 @@ impl LspProcess {
             .ok_or_else(|| std::io::Error::other("no stderr"))?;
         let (tx, incoming) = channel();
         let replies = stdin.clone();
+        let answers: Arc<Mutex<HashMap<String, Value>>> = Arc::default();
+        let results = answers.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             while let Some(msg) = read_message(&mut reader) {
-                if msg.get("method").is_some() {
+                if let Some(method) = msg.get("method").and_then(Value::as_str) {
                     if let Some(id) = msg.get("id") {
-                        let reply = json!({"jsonrpc": "2.0", "id": id, "result": null});
+                        let result = results
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(method)
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
                         if let Some(w) = replies.lock().unwrap_or_else(|e| e.into_inner()).as_mut()
                         {
                             let _ = w.write_all(&frame(reply.to_string().as_bytes()));
@@ -114,7 +126,16 @@ impl LspProcess {
             responses: HashMap::new(),
             received: Vec::new(),
             stderr,
+            answers,
         })
+    }
+
+    /// Answers the server's requests of `method` with `result` from now on (instead of `null`).
+    pub fn answer(&self, method: &str, result: Value) {
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(method.to_string(), result);
     }
 
     /// What the server wrote to stderr so far.
@@ -252,10 +273,11 @@ impl LspProcess {
         Ok(result)
     }
 
-    /// Waits for `codellama/status` to say the model is ready (or failed: `Err`).
+    /// Waits for `codellama/status` to say the (completion) model is ready (or failed: `Err`). Notifications
+    /// about the chat model (`role: "chat"`) do not count.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<Value, String> {
         let status = self.wait_for("codellama/status", timeout, |p| {
-            matches!(p["state"].as_str(), Some("ready") | Some("error"))
+            p.get("role").is_none() && matches!(p["state"].as_str(), Some("ready") | Some("error"))
         })?;
         match status["params"]["state"].as_str() {
             Some("ready") => Ok(status),

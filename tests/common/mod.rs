@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+pub mod llama_server;
+
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

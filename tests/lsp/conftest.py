@@ -19,8 +19,9 @@ for path, fix in ((BIN, "cargo build --release"), (MODEL, "scripts/fetch-model")
     if not os.path.exists(path):
         raise pytest.UsageError(f"{path} is missing: run {fix}")
 
-#: Short prompts and answers, so a cold request stays quick on a busy machine.
-SERVER = [BIN, "serve", "--model", MODEL, "--context-window", "256", "--max-tokens", "16"]
+#: Short prompts and answers, so a cold request stays quick on a busy machine (the context window leaves room for a
+#: code action's chat prompt).
+SERVER = [BIN, "serve", "--model", MODEL, "--context-window", "1024", "--max-tokens", "16", "--action-max-tokens", "32"]
 
 CLIENTS = ["neovim@v0.11.0", "visual-studio-code", "emacs"]
 

@@ -1,9 +1,12 @@
 """The real server under pytest-lsp's recorded Neovim, VS Code and Emacs client capabilities: the handshake,
-document sync, an inline completion and the fallback completion item, and typing ahead. pytest-lsp also checks
+document sync, an inline completion and the fallback completion item, typing ahead, and code actions (resolved where
+the client resolves edits, run as a command with workspace/applyEdit where it does not). pytest-lsp also checks
 every answer against the client's capabilities (an `LspSpecificationWarning` fails the test, see pytest.ini).
 Cancellation is tested from Rust (tests/lsp_model.rs): pygls 2.1 fails on a cancelled request's late answer."""
+import ast
+
 from lsprotocol import types as T
-from pytest_lsp import LanguageClient
+from pytest_lsp import LanguageClient, client_capabilities
 
 URI = "file:///tmp/codellama-lsp-pytest/stats.py"
 TEXT = "# 平均を求める 😀\nimport math\n\n\ndef mean(values):\n    "
@@ -116,3 +119,54 @@ async def test_typing_ahead(client: LanguageClient):
     await inline_at(client, T.Position(0, 0))
     again = await inline_at(client, nxt)
     assert again.items[0].insert_text == suggestion[1:]
+
+
+async def test_code_actions_in_the_form_the_client_takes(client: LanguageClient):
+    uri = "file:///tmp/codellama-lsp-pytest/mean.py"
+    code = "def mean(values):\n    return sum(values) / len(values)\n"
+    client.text_document_did_open(
+        T.DidOpenTextDocumentParams(T.TextDocumentItem(uri=uri, language_id="python", version=1, text=code))
+    )
+    selection = T.Range(start=T.Position(0, 0), end=T.Position(1, 0))
+    actions = await client.text_document_code_action_async(
+        T.CodeActionParams(
+            text_document=T.TextDocumentIdentifier(uri=uri), range=selection, context=T.CodeActionContext(diagnostics=[])
+        )
+    )
+    titles = [a.title for a in actions]
+    assert "Explain this code" in titles and "Generate code from instruction" in titles, titles
+    explain = next(a for a in actions if a.title == "Explain this code")
+
+    caps = client_capabilities(client.client_name).text_document.code_action
+    resolves = bool(caps.resolve_support and "edit" in caps.resolve_support.properties and caps.data_support)
+    if resolves:
+        assert explain.edit is None and explain.data and explain.command is None
+        edit = (await client.code_action_resolve_async(explain)).edit
+    else:
+        command = explain.command
+        if isinstance(explain, T.Command):
+            # lsprotocol reads a CodeAction that carries a Command as a Command whose `command` is the str() of
+            # the Command object; undo that.
+            command = T.Command(**ast.literal_eval(explain.command))
+        assert command.command == "codellama.applyAction", explain
+        applied = []
+
+        @client.feature(T.WORKSPACE_APPLY_EDIT)
+        def on_apply_edit(params: T.ApplyWorkspaceEditParams):
+            applied.append(params.edit)
+            return T.ApplyWorkspaceEditResult(applied=True)
+
+        result = await client.workspace_execute_command_async(
+            T.ExecuteCommandParams(command=command.command, arguments=command.arguments)
+        )
+        assert result["applied"] is True, result
+        edit = applied[0]
+    if edit.document_changes:
+        (change,) = edit.document_changes
+        assert change.text_document.version == 1
+        (text_edit,) = change.edits
+    else:
+        (text_edit,) = edit.changes[uri]
+    assert text_edit.range == T.Range(start=T.Position(0, 0), end=T.Position(0, 0))
+    lines = text_edit.new_text.splitlines()
+    assert lines and all(line.startswith("#") for line in lines), text_edit.new_text

@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use codellama_lsp::documents::{Document, Pos, PositionEncoding};
 use codellama_lsp::server::stdio_client::LspProcess;
 use serde_json::{json, Value};
 
@@ -16,17 +17,27 @@ pub fn spawn(flags: &[&str]) -> LspProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_codellama-lsp"));
     cmd.arg("serve").args(flags);
     cmd.env("CODELLAMA_LSP_LOG_LEVEL", "debug");
-    LspProcess::spawn(cmd).expect("the server binary starts")
+    let s = LspProcess::spawn(cmd).expect("the server binary starts");
+    s.answer("workspace/applyEdit", json!({"applied": true}));
+    s
 }
 
-/// Client capabilities offering these position encodings (none: the field is left out).
+/// Client capabilities offering these position encodings (none: the field is left out). Like Neovim's and
+/// VS Code's: code action literals whose `edit` is resolved lazily, versioned workspace edits, and
+/// `workspace/applyEdit` (answered `{applied: true}` by [`spawn`]'s client).
 pub fn capabilities(encodings: &[&str]) -> Value {
     let mut caps = json!({
         "window": {"workDoneProgress": true},
+        "workspace": {"applyEdit": true, "workspaceEdit": {"documentChanges": true}},
         "textDocument": {
             "synchronization": {"didSave": true},
             "completion": {"completionItem": {"snippetSupport": false}},
             "inlineCompletion": {},
+            "codeAction": {
+                "codeActionLiteralSupport": {"codeActionKind": {"valueSet": ["", "quickfix", "refactor", "source"]}},
+                "resolveSupport": {"properties": ["edit"]},
+                "dataSupport": true,
+            },
         },
     });
     if !encodings.is_empty() {
@@ -109,4 +120,100 @@ pub fn finish(mut s: LspProcess) {
 pub fn assert_no_panic(s: &LspProcess) {
     let log = s.stderr();
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+}
+
+pub fn pos(line: u32, character: u32) -> Value {
+    json!({"line": line, "character": character})
+}
+
+pub fn range((l1, c1): (u32, u32), (l2, c2): (u32, u32)) -> Value {
+    json!({"start": pos(l1, c1), "end": pos(l2, c2)})
+}
+
+/// `textDocument/codeAction` for a range (no `only` filter).
+pub fn code_actions(s: &mut LspProcess, uri: &str, range: Value) -> Vec<Value> {
+    let result = s
+        .call(
+            "textDocument/codeAction",
+            json!({"textDocument": {"uri": uri}, "range": range, "context": {"diagnostics": []}}),
+            T,
+        )
+        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.stderr()));
+    result.as_array().cloned().unwrap_or_default()
+}
+
+/// The listed action with this title.
+pub fn action_titled<'a>(actions: &'a [Value], title: &str) -> &'a Value {
+    actions
+        .iter()
+        .find(|a| a["title"] == title)
+        .unwrap_or_else(|| panic!("no {title:?} in {actions:#?}"))
+}
+
+/// Sends a request and waits (long: it may run the model) for its whole response: `Ok(result)` or `Err(error)`.
+pub fn request(s: &mut LspProcess, method: &str, params: Value) -> Result<Value, Value> {
+    let id = s.request(method, params);
+    let msg = s
+        .response(&json!(id), LOAD)
+        .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", s.stderr()));
+    match msg.get("error") {
+        Some(e) => Err(e.clone()),
+        None => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+    }
+}
+
+pub fn resolve(s: &mut LspProcess, action: &Value) -> Result<Value, Value> {
+    request(s, "codeAction/resolve", action.clone())
+}
+
+pub fn execute(s: &mut LspProcess, command: &str, args: Value) -> Result<Value, Value> {
+    request(
+        s,
+        "workspace/executeCommand",
+        json!({"command": command, "arguments": args}),
+    )
+}
+
+/// The text edits a `WorkspaceEdit` makes to `uri` (from `documentChanges` or `changes`), and the document
+/// version they are for (`documentChanges` only).
+pub fn edits_for(edit: &Value, uri: &str) -> (Vec<Value>, Option<i64>) {
+    if let Some(changes) = edit["documentChanges"].as_array() {
+        let change = changes
+            .iter()
+            .find(|c| c["textDocument"]["uri"] == uri)
+            .unwrap_or_else(|| panic!("no change to {uri} in {edit}"));
+        let edits = change["edits"].as_array().cloned().unwrap_or_default();
+        return (edits, change["textDocument"]["version"].as_i64());
+    }
+    let edits = edit["changes"][uri].as_array().cloned().unwrap_or_default();
+    (edits, None)
+}
+
+/// `text` with LSP text edits applied (positions in `encoding`), in the order given (later ones first when they
+/// do not overlap, as LSP requires them not to).
+pub fn apply_edits(text: &str, edits: &[Value], encoding: &str) -> String {
+    let enc = PositionEncoding::from_lsp_name(encoding).expect("a known encoding");
+    let mut doc = Document::new(text, "plaintext", 0);
+    let p = |v: &Value| {
+        Pos::new(
+            v["line"].as_u64().unwrap() as u32,
+            v["character"].as_u64().unwrap() as u32,
+        )
+    };
+    let mut edits: Vec<&Value> = edits.iter().collect();
+    edits.sort_by_key(|e| std::cmp::Reverse(p(&e["range"]["start"])));
+    for e in edits {
+        let r = &e["range"];
+        doc.edit(
+            Some((p(&r["start"]), p(&r["end"]))),
+            e["newText"].as_str().unwrap(),
+            enc,
+        );
+    }
+    doc.text()
+}
+
+/// The error code of a JSON-RPC error object.
+pub fn code_of(error: &Value) -> i64 {
+    error["code"].as_i64().unwrap_or(0)
 }

@@ -218,3 +218,40 @@ def test_update_settings_sends_did_change_configuration(editor):
     assert sent == [["workspace/didChangeConfiguration", {"settings": {"codellama": {**SETTINGS, "max_tokens": 8, "languages": ["python"]}}}]]
     # The server keeps answering after the change.
     type_and_wait_for_ghost(editor)
+
+
+@requires_server
+def test_explain_code_action_inserts_a_comment_block_above_the_code(editor):
+    """vim.lsp.buf.code_action() lists the server's actions; "Explain this code" resolves to a comment block."""
+    code = ["def add(a, b):", "    return a + b"]
+    editor.edit("sample.py", "\n".join(code) + "\n")
+    editor.setup()
+    editor.wait_ready()
+    editor.lua(
+        "vim.lsp.buf.code_action({ apply = true, range = { start = { 1, 0 }, ['end'] = { 2, 16 } },"
+        " filter = function(a) return a.title == 'Explain this code' end })"
+    )
+    lines = wait_for(lambda: editor.lines() if len(editor.lines()) > len(code) else None,
+                     "the explanation to be inserted", timeout=120)
+    # The comment block, then the code unchanged.
+    assert lines[-2:] == code, lines
+    block = lines[:-2]
+    assert block and all(line.startswith("#") for line in block), lines
+
+
+@requires_server
+def test_generate_code_action_asks_for_the_instruction(editor):
+    """"Generate code from instruction" carries no instruction: the plugin asks with vim.ui.input, then the server
+    applies the code."""
+    editor.edit("sample.py", SAMPLE)
+    editor.setup()
+    editor.wait_ready()
+    before = editor.lines()
+    editor.lua(
+        "_G.asked = nil"
+        " vim.ui.input = function(opts, on_confirm) _G.asked = opts.prompt; on_confirm('return the sum of a and b') end"
+        " vim.lsp.buf.code_action({ apply = true, range = { start = { 2, 0 }, ['end'] = { 2, 0 } },"
+        " filter = function(a) return a.title == 'Generate code from instruction' end })"
+    )
+    wait_for(lambda: editor.lines() != before, "the generated code to be applied", timeout=120)
+    assert "generate" in editor.lua("return _G.asked")

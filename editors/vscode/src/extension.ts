@@ -144,6 +144,13 @@ export class CodeLlama implements vscode.Disposable {
         });
       case 'codellama.generate':
         return this.withProgress('Code Llama: generating…', async () => {
+          // The "Generate code from instruction" code action carries no instruction: ask for it here.
+          const arg = (args[0] ?? {}) as { instruction?: string };
+          if (!arg.instruction) {
+            const instruction = await this.askInstruction(isEmptyRange(arg));
+            if (!instruction) return undefined;
+            args = [{ ...arg, instruction }, ...args.slice(1)];
+          }
           const result = (await next(name, args)) as GenerateResult | undefined;
           if (!result?.applied) {
             void vscode.window.showWarningMessage(
@@ -152,9 +159,22 @@ export class CodeLlama implements vscode.Disposable {
           }
           return result;
         });
+      case 'codellama.applyAction':
+        // A code action run as a command (clients that cannot resolve edits); VS Code resolves them, but a long
+        // run should be cancellable either way.
+        return this.withProgress('Code Llama: working…', async () => next(name, args));
       default:
         return next(name, args);
     }
+  }
+
+  private askInstruction(atCursor: boolean): Thenable<string | undefined> {
+    return vscode.window.showInputBox({
+      title: 'Code Llama: Generate Code',
+      prompt: atCursor ? 'What should be generated at the cursor?' : 'What should the selected code be replaced with?',
+      placeHolder: 'e.g. a function that parses an ISO 8601 date',
+      ignoreFocusOut: true,
+    });
   }
 
   private notReadyReason(): string {
@@ -209,14 +229,7 @@ export class CodeLlama implements vscode.Disposable {
     const target = this.activeTarget();
     if (!target) return undefined;
     const { editor, client } = target;
-    const instruction = await vscode.window.showInputBox({
-      title: 'Code Llama: Generate Code',
-      prompt: editor.selection.isEmpty
-        ? 'What should be generated at the cursor?'
-        : 'What should the selected code be replaced with?',
-      placeHolder: 'e.g. a function that parses an ISO 8601 date',
-      ignoreFocusOut: true,
-    });
+    const instruction = await this.askInstruction(editor.selection.isEmpty);
     if (!instruction) return undefined;
     const c2p = client.code2ProtocolConverter;
     const where = editor.selection.isEmpty
@@ -243,6 +256,13 @@ export class CodeLlama implements vscode.Disposable {
     void this.stop();
     for (const d of this.disposables) d.dispose();
   }
+}
+
+/** Whether a command argument's LSP range is empty (a cursor). */
+function isEmptyRange(arg: unknown): boolean {
+  const r = (arg as { range?: { start: { line: number; character: number }; end: { line: number; character: number } } })
+    .range;
+  return !r || (r.start.line === r.end.line && r.start.character === r.end.character);
 }
 
 let instance: CodeLlama | undefined;

@@ -5,7 +5,10 @@
 export const SERVER_KEYS: Readonly<Record<string, string>> = {
   model: 'model',
   chatModel: 'chat_model',
+  backend: 'backend',
+  remote: 'remote',
   maxTokens: 'max_tokens',
+  actionMaxTokens: 'action_max_tokens',
   contextWindow: 'context_window',
   prefixSuffixRatio: 'prefix_suffix_ratio',
   temperature: 'temperature',

@@ -18,6 +18,8 @@ export interface StatusParams {
   progress?: number;
   model?: string;
   timings?: Timings;
+  /** "chat": about the chat model (`chat_model`) loading beside the completion model. */
+  role?: 'chat';
 }
 
 export const STATUS_METHOD = 'codellama/status';
@@ -30,6 +32,8 @@ export class StatusBar implements vscode.Disposable {
   private progress: number | undefined;
   private model: string | undefined;
   private timings: Timings | undefined;
+  /** The chat model's own loading state, when `chat_model` names one: a line of the tooltip. */
+  private chat: string | undefined;
   private inlineEnabled = true;
 
   constructor() {
@@ -42,6 +46,11 @@ export class StatusBar implements vscode.Disposable {
 
   /** Applies a `codellama/status` notification. */
   update(params: StatusParams): void {
+    if (params.role === 'chat') {
+      this.chat = chatLine(params);
+      this.render();
+      return;
+    }
     this.state = params.state;
     this.message = params.message;
     this.progress = params.progress;
@@ -73,6 +82,7 @@ export class StatusBar implements vscode.Disposable {
     md.appendMarkdown(`**Code Llama**: ${label}`);
     if (this.message) md.appendMarkdown(`\n\n${escapeMarkdown(this.message)}`);
     if (this.model) md.appendMarkdown(`\n\nModel: \`${this.model.replace(/`/g, "'")}\``);
+    if (this.chat) md.appendMarkdown(`\n\n${escapeMarkdown(this.chat)}`);
     if (this.timings) md.appendMarkdown(`\n\n${timingsMarkdown(this.timings)}`);
     md.appendMarkdown(`\n\nClick to ${this.inlineEnabled ? 'disable' : 'enable'} inline suggestions.`);
     this.item.tooltip = md;
@@ -99,6 +109,19 @@ export class StatusBar implements vscode.Disposable {
 
   dispose(): void {
     this.item.dispose();
+  }
+}
+
+/** The tooltip line for the chat model: "Chat model: loading 40%", "Chat model: ready (name)", ... */
+export function chatLine(p: StatusParams): string {
+  const name = p.model ? ` (${p.model})` : '';
+  switch (p.state) {
+    case 'loading':
+      return `Chat model: loading${p.progress !== undefined ? ` ${Math.round(p.progress)}%` : ''}${name}`;
+    case 'error':
+      return `Chat model: error: ${p.message ?? ''}`;
+    default:
+      return `Chat model: ${p.state}${name}`;
   }
 }
 

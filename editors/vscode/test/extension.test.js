@@ -76,7 +76,8 @@ test('the real server: capabilities, ready status, inline completion, settings, 
 
   await t.test('settings go snake_case in initializationOptions', () => {
     assert.deepEqual(client.clientOptions.initializationOptions, {
-      model: MODEL, max_tokens: 16, temperature: 0, threads: 2, languages: [], fim_template: 'auto', log_level: 'info',
+      model: MODEL, backend: 'local', remote: {}, max_tokens: 16, temperature: 0, threads: 2, languages: [], fim_template: 'auto',
+      log_level: 'info',
     });
   });
 
@@ -157,6 +158,32 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     assert.match(state.webviews[0].webview.html, /<body>\s*<pre>\S/);
   });
 
+  await t.test('code actions are listed at once and resolve to an edit', async () => {
+    assert.equal(state.codeActionProviders.length, 1, 'languageclient registered a code action provider');
+    const { provider, metadata } = state.codeActionProviders[0];
+    assert.ok(
+      metadata.providedCodeActionKinds.some((k) => vscode.CodeActionKind.RefactorRewrite.contains(k)),
+      'rewrite kinds are advertised',
+    );
+    const selection = new vscode.Range(0, 0, 0, 14);
+    const context = { diagnostics: [], only: undefined, triggerKind: vscode.CodeActionTriggerKind.Invoke };
+    const actions = await provider.provideCodeActions(doc, selection, context, token());
+    const titles = actions.map((a) => a.title);
+    assert.ok(titles.includes('Explain this code'), titles.join(', '));
+    assert.ok(titles.includes('Generate code from instruction'), titles.join(', '));
+    const explain = actions.find((a) => a.title === 'Explain this code');
+    assert.equal(explain.edit, undefined, 'computed when resolved');
+    const resolved = await provider.resolveCodeAction(explain, token());
+    assert.equal(resolved.edit.entries.length, 1, 'one text edit');
+    const [uri, edit] = resolved.edit.entries[0];
+    assert.equal(uri.toString(), doc.uri.toString());
+    assert.deepEqual([edit.range.start.line, edit.range.start.character], [0, 0], 'above the selection');
+    assert.match(edit.newText, /^# /, 'a Python comment block');
+    // The instruction action is a command; the extension asks for the instruction before running it.
+    const generate = actions.find((a) => a.title === 'Generate code from instruction');
+    assert.equal(generate.command.command, 'codellama.generate');
+  });
+
   await t.test('Generate from instruction applies the server edit', async () => {
     const before = doc.getText();
     vscode.window.activeTextEditor = {
@@ -169,5 +196,19 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     assert.equal(typeof result.code, 'string');
     assert.ok(state.appliedEdits.length >= 1, 'workspace/applyEdit reached the editor');
     assert.notEqual(doc.getText(), before);
+  });
+
+  await t.test('the "Generate code from instruction" action asks for the instruction, then applies the code', async () => {
+    const other = openDocument('def mul(a, b):\n    ');
+    state.openEmitter.fire(other);
+    const uri = client.code2ProtocolConverter.asUri(other.uri);
+    const cursor = { start: { line: 1, character: 4 }, end: { line: 1, character: 4 } };
+    // What the code action's command carries: no instruction. Cancelling the prompt runs nothing.
+    state.inputBoxValue = undefined;
+    assert.equal(await state.commands.get('codellama.generate')({ uri, range: cursor }), undefined);
+    state.inputBoxValue = 'return the product of a and b';
+    const result = await state.commands.get('codellama.generate')({ uri, range: cursor });
+    assert.equal(result?.applied, true, JSON.stringify(result));
+    assert.notEqual(other.getText(), 'def mul(a, b):\n    ');
   });
 });

@@ -33,7 +33,7 @@ test('settings are sent snake_case; unset values and fimOrder "auto" are left to
 test('package.json defaults produce only keys with a meaning of their own', () => {
   const props = pkg.contributes.configuration.properties;
   const sent = toServerSettings((k) => props[`codellama.${k}`]?.default);
-  assert.deepEqual(sent, { languages: [], fim_template: 'auto', log_level: 'info' });
+  assert.deepEqual(sent, { backend: 'local', remote: {}, languages: [], fim_template: 'auto', log_level: 'info' });
 });
 
 test('document selector: all files when no languages are configured, else those languages', () => {

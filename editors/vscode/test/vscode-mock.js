@@ -65,6 +65,21 @@ class WorkspaceEdit {
   insert(uri, position, newText) { this.replace(uri, new Range(position, position), newText); }
 }
 
+/** Hierarchical code action kinds, as VS Code has them ("refactor.rewrite" contains "refactor.rewrite.x"). */
+class CodeActionKind {
+  constructor(value) { this.value = value; }
+  append(part) { return new CodeActionKind(this.value ? `${this.value}.${part}` : part); }
+  contains(other) { return this.value === '' || other.value === this.value || other.value.startsWith(this.value + '.'); }
+  intersects(other) { return this.contains(other) || other.contains(this); }
+}
+for (const [name, value] of Object.entries({
+  Empty: '', QuickFix: 'quickfix', Refactor: 'refactor', RefactorExtract: 'refactor.extract', RefactorInline: 'refactor.inline',
+  RefactorMove: 'refactor.move', RefactorRewrite: 'refactor.rewrite', Source: 'source',
+  SourceOrganizeImports: 'source.organizeImports', SourceFixAll: 'source.fixAll', Notebook: 'notebook',
+})) CodeActionKind[name] = new CodeActionKind(value);
+
+class CodeAction { constructor(title, kind) { this.title = title; this.kind = kind; } }
+
 class InlineCompletionItem { constructor(insertText, range, command) { this.insertText = insertText; this.range = range; this.command = command; } }
 class InlineCompletionList { constructor(items) { this.items = items; } }
 class SnippetString { constructor(value) { this.value = value || ''; } }
@@ -132,6 +147,7 @@ function createMock() {
     settings: {},            // "codellama.model" -> value
     commands: new Map(),     // registered commands
     inlineProviders: [],
+    codeActionProviders: [],
     statusItems: [],
     webviews: [],
     messages: { error: [], warning: [], info: [] },
@@ -227,6 +243,11 @@ function createMock() {
       return filters.some((f) => (typeof f === 'string' ? f === document.languageId
         : (!f.language || f.language === document.languageId) && (!f.scheme || f.scheme === document.uri.scheme))) ? 10 : 0;
     },
+    registerCodeActionsProvider(selector, provider, metadata) {
+      const entry = { selector, provider, metadata };
+      state.codeActionProviders.push(entry);
+      return new Disposable(() => state.codeActionProviders.splice(state.codeActionProviders.indexOf(entry), 1));
+    },
     registerInlineCompletionItemProvider(selector, provider) {
       const entry = { selector, provider };
       state.inlineProviders.push(entry);
@@ -239,7 +260,9 @@ function createMock() {
     env: { appName: 'mock', language: 'en', machineId: 'mock', sessionId: 'mock', uiKind: 1, openExternal: async () => true },
     Disposable, EventEmitter, Uri, Position, Range, Selection, TextEdit, WorkspaceEdit, InlineCompletionItem,
     InlineCompletionList, SnippetString, MarkdownString, ThemeColor, CancellationError, CancellationTokenSource,
+    CodeActionKind, CodeAction,
     InlineCompletionTriggerKind: { Invoke: 0, Automatic: 1 },
+    CodeActionTriggerKind: { Invoke: 1, Automatic: 2 },
     StatusBarAlignment: { Left: 1, Right: 2 },
     ViewColumn: { Active: -1, Beside: -2, One: 1, Two: 2 },
     ProgressLocation: { SourceControl: 1, Window: 10, Notification: 15 },
@@ -254,6 +277,7 @@ function createMock() {
   function reset() {
     state.settings = {};
     state.inlineProviders.length = 0;
+    state.codeActionProviders.length = 0;
     state.statusItems.length = 0;
     state.webviews.length = 0;
     state.appliedEdits.length = 0;

@@ -65,6 +65,16 @@ function M.check()
   else
     health.error('model not loaded: ' .. (status.message or status.state))
   end
+  local chat = codellama.chat_status
+  if chat then
+    if chat.state == 'error' then
+      health.error('chat model not loaded: ' .. (chat.message or chat.state))
+    elseif chat.state == 'loading' then
+      health.warn(('chat model loading%s'):format(chat.progress and (' (' .. chat.progress .. '%)') or ''))
+    else
+      health.ok('chat model loaded' .. (chat.model and (': ' .. chat.model) or ''))
+    end
+  end
   if status and status.timings then
     local t = status.timings
     health.info(

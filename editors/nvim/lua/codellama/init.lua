@@ -13,6 +13,9 @@ M.config = nil
 --- Last `codellama/status` params from the server ({state, message?, progress?, model?, timings?}), or nil.
 M.status = nil
 
+--- Last `codellama/status` about the chat model (params with role = "chat"), when `chat_model` names one; or nil.
+M.chat_status = nil
+
 local notified_missing = false
 local client_commands -- handlers for the server's commands, defined with explain/generate below
 
@@ -27,6 +30,13 @@ function M.get_client(bufnr)
 end
 
 local function on_status(params, client_id)
+  if params and params.role == 'chat' then
+    -- The chat model loads beside the completion model: its state is kept apart (its failure is shown by the
+    -- server with window/showMessage).
+    M.chat_status = vim.tbl_extend('force', { client_id = client_id }, params)
+    vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false, data = M.chat_status })
+    return
+  end
   M.status = vim.tbl_extend('force', { client_id = client_id }, params or {})
   if params and params.state == 'error' and params.message then
     notify(params.message, vim.log.levels.ERROR)
@@ -206,10 +216,16 @@ local function command_range(bufnr, client, line1, line2)
   }
 end
 
+local REQUEST_CANCELLED = -32800
+
 local function execute(client, bufnr, command, args, on_result)
   compat.call(client, 'request', 'workspace/executeCommand', { command = command, arguments = args }, function(err, result)
     if err then
-      notify(('%s failed: %s'):format(command, err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      if err.code == REQUEST_CANCELLED then
+        vim.api.nvim_echo({ { 'Code Llama: cancelled' } }, false, {})
+      else
+        notify(('%s failed: %s'):format(command, err.message or vim.inspect(err)), vim.log.levels.ERROR)
+      end
       return
     end
     on_result(result)
@@ -268,7 +284,19 @@ client_commands = {
     run_explain(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
   end,
   ['codellama.generate'] = function(command, ctx)
-    run_generate(vim.lsp.get_client_by_id(ctx.client_id), ctx.bufnr, command.arguments or {})
+    local client = vim.lsp.get_client_by_id(ctx.client_id)
+    local args = command.arguments or {}
+    local arg = args[1]
+    if type(arg) == 'table' and (arg.instruction or '') ~= '' then
+      run_generate(client, ctx.bufnr, args)
+      return
+    end
+    -- The "Generate code from instruction" code action carries no instruction: ask for it.
+    vim.ui.input({ prompt = 'Code Llama: generate: ' }, function(instruction)
+      if instruction and vim.trim(instruction) ~= '' then
+        run_generate(client, ctx.bufnr, { vim.tbl_extend('force', arg or {}, { instruction = instruction }) })
+      end
+    end)
   end,
 }
 
