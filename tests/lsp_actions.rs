@@ -111,7 +111,7 @@ const LANGS: &[Lang] = &[
         code: "function mean(xs) {\n  let total = 0;\n  for (const x of xs) {\n    total += x;\n  }\n  return total / xs.length;\n}\n",
         first: 1,
         last: 4,
-        asks: "function total(items) {\n  // add up the price of every item\n}\n",
+        asks: "function area(r) {\n  // return the area of a circle of radius r\n}\n",
         comment: 1,
     },
     Lang {
