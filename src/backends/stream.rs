@@ -10,7 +10,9 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::tokenizer::IncrementalDecoder;
-use crate::engine::{Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer};
+use crate::engine::{
+    stop_string_cut, Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer,
+};
 
 use super::client::{Client, Failure};
 use super::error::RemoteError;
@@ -398,21 +400,4 @@ impl<'a> Decoding<'a> {
     pub fn finish(self) -> Outcome {
         self.out
     }
-}
-
-/// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier); the same
-/// rule as the in-process engine.
-pub(crate) fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usize> {
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| {
-            let from = text.len().saturating_sub(new_bytes + s.len());
-            let from = (0..=from)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            text[from..].find(s.as_str()).map(|i| from + i)
-        })
-        .min()
 }

@@ -29,6 +29,7 @@ pub use load::{load_model, LoadOptions, LoadedModel};
 pub use model::ModelConfig;
 pub use sampler::SamplingParams;
 pub use tokenizer::Tokenizer;
+pub(crate) use worker::stop_string_cut;
 
 /// What callers may know about the loaded model.
 #[derive(Debug, Clone, Serialize)]

@@ -294,8 +294,9 @@ pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
-/// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier).
-fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usize> {
+/// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier). Remote
+/// engines stream through the same rule.
+pub(crate) fn stop_string_cut(text: &str, stops: &[String], new_bytes: usize) -> Option<usize> {
     stops
         .iter()
         .filter(|s| !s.is_empty())

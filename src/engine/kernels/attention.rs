@@ -201,6 +201,8 @@ mod simd {
 
     use half::f16;
 
+    use super::super::float::x86::hsum;
+
     pub fn available() -> bool {
         std::is_x86_feature_detected!("avx2")
             && std::is_x86_feature_detected!("fma")
@@ -218,15 +220,6 @@ mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn round16(x: __m256) -> __m256 {
         _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     /// `k · q` summed in the order of llama.cpp's 512-bit f16 dot product: four 16-lane accumulators over

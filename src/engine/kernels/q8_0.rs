@@ -10,39 +10,11 @@ use std::ops::Range;
 use half::f16;
 
 use super::q8::QK;
-use super::tiled::{for_tiles, Product, RangeKernel};
+use super::tiled::{for_tiles, Product};
 
 pub const BLOCK_BYTES: usize = 34;
 
-pub fn kernel() -> RangeKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::cpu::has_avx512_vnni() {
-            return |p, rows| unsafe { x86::range_avx512(p, rows) };
-        }
-        if super::cpu::has_avx2() {
-            return |p, rows| unsafe { x86::range_avx2(p, rows) };
-        }
-    }
-    range_scalar
-}
-
-/// Every implementation this CPU can run, fastest first (for tests that compare them).
-#[cfg(test)]
-pub fn all() -> Vec<(&'static str, RangeKernel)> {
-    let mut v: Vec<(&'static str, RangeKernel)> = Vec::new();
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::cpu::has_avx512_vnni() {
-            v.push(("avx512", |p, rows| unsafe { x86::range_avx512(p, rows) }));
-        }
-        if super::cpu::has_avx2() {
-            v.push(("avx2", |p, rows| unsafe { x86::range_avx2(p, rows) }));
-        }
-    }
-    v.push(("scalar", range_scalar));
-    v
-}
+super::tiled::variants!();
 
 pub fn range_scalar(p: &Product, rows: Range<usize>) {
     for_tiles!(p, rows, 4, 4, tile_scalar)
@@ -77,6 +49,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
+    use super::super::float::x86::hsum;
     use super::super::tiled::{for_tiles, Product};
     use super::BLOCK_BYTES;
 
@@ -156,15 +129,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn range_avx2(p: &Product, rows: Range<usize>) {
         for_tiles!(p, rows, 4, 2, tile_avx2)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
     }
 
     #[inline]

@@ -115,5 +115,44 @@ macro_rules! tile_dispatch {
     };
 }
 
+/// Defines a weight type's `kernel()` (the fastest implementation this CPU supports) and, for tests,
+/// `all()` (every implementation it can run, fastest first) from its module's `x86::range_avx512`,
+/// `x86::range_avx2` and `range_scalar`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! kernel_variants {
+    () => {
+        fn variants() -> Vec<(&'static str, $crate::engine::kernels::tiled::RangeKernel)> {
+            let mut v: Vec<(&'static str, $crate::engine::kernels::tiled::RangeKernel)> =
+                Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                if $crate::engine::kernels::cpu::has_avx512_vnni() {
+                    v.push(("avx512", |p, rows| unsafe { x86::range_avx512(p, rows) }));
+                }
+                if $crate::engine::kernels::cpu::has_avx2() {
+                    v.push(("avx2", |p, rows| unsafe { x86::range_avx2(p, rows) }));
+                }
+            }
+            v.push(("scalar", range_scalar));
+            v
+        }
+
+        /// The fastest implementation this CPU supports.
+        pub fn kernel() -> $crate::engine::kernels::tiled::RangeKernel {
+            static FASTEST: std::sync::OnceLock<$crate::engine::kernels::tiled::RangeKernel> =
+                std::sync::OnceLock::new();
+            *FASTEST.get_or_init(|| variants()[0].1)
+        }
+
+        /// Every implementation this CPU can run, fastest first (for tests that compare them).
+        #[cfg(test)]
+        pub fn all() -> Vec<(&'static str, $crate::engine::kernels::tiled::RangeKernel)> {
+            variants()
+        }
+    };
+}
+
 pub use crate::for_tiles;
+pub use crate::kernel_variants as variants;
 pub use crate::tile_dispatch as dispatch;
