@@ -1,6 +1,6 @@
 //! Which SIMD instruction sets the kernels may use, detected once at run time (so one binary serves every
-//! x86-64 machine). `CODELLAMA_LSP_CPU=avx512`, `=avx2` or `=scalar` caps the choice, for tests and
-//! comparisons.
+//! x86-64 machine). `CODELLAMA_LSP_CPU=avx512` (VNNI without AMX), `=avx2` or `=scalar` caps the choice,
+//! for tests and comparisons; any other value leaves it to detection.
 
 use std::sync::OnceLock;
 

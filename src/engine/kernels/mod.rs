@@ -2,9 +2,10 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place from the memory map. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AVX2/FMA/F16C code on x86 so one
-//! binary serves every machine; every other GGML type goes through the block dot products of candle's
-//! `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
+//! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C
+//! code on x86 so one binary serves every machine. The model's linear layers convert the other quantized
+//! types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not converted (an embedding table) goes
+//! through the block dot products of candle's `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
 //! installs its own pool sized by the `threads` setting). Callers never see which path ran.
 
 pub mod activation;
@@ -17,6 +18,7 @@ mod q4_1;
 mod q8;
 mod q8_0;
 pub mod tiled;
+mod transcode;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -74,9 +76,12 @@ impl WeightBytes {
         }
     }
 
-    fn release(&self) {
-        if let WeightBytes::Mapped(m) = self {
-            m.release();
+    /// Lets the bytes go once a repacked copy serves the matrix: mapped pages leave the resident set
+    /// (they are re-read if touched), an owned buffer is freed.
+    fn release(&mut self) {
+        match self {
+            WeightBytes::Mapped(m) => m.release(),
+            WeightBytes::Owned(v) => *v = std::sync::Arc::new(Vec::new()),
         }
     }
 }
@@ -133,6 +138,19 @@ impl QMatrix {
         })
     }
 
+    /// Converts weights of a type without a kernel of ours (Q4_0, Q5_0, Q5_1, the K-quants) to Q4_1 or
+    /// Q8_0, which have one (see `transcode`); the file's pages are let go. Returns whether it converted.
+    pub fn transcode(&mut self) -> bool {
+        let Some(to) = transcode::target(self.dtype) else {
+            return false;
+        };
+        let bytes = transcode::convert(self, to);
+        self.data.release();
+        self.data = WeightBytes::Owned(std::sync::Arc::new(bytes));
+        self.dtype = to;
+        true
+    }
+
     /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's pages go
     /// (they are read again only for embedding lookups). Returns whether it repacked.
     pub fn pack(&mut self) -> bool {
@@ -163,6 +181,10 @@ impl QMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
+        debug_assert!(
+            self.packed.is_none(),
+            "the bytes of a repacked matrix are gone"
+        );
         let n = self.row_bytes();
         &self.bytes()[r * n..(r + 1) * n]
     }
@@ -341,7 +363,7 @@ mod tests {
     use super::*;
 
     /// Quantizes `w` (rows × cols, f32) into `dtype` blocks with candle's reference quantizers.
-    fn quantize(dtype: GgmlDType, w: &[f32]) -> Vec<u8> {
+    pub(super) fn quantize(dtype: GgmlDType, w: &[f32]) -> Vec<u8> {
         fn q<T: GgmlType>(w: &[f32]) -> Vec<u8> {
             let mut blocks = vec![T::zeros(); w.len() / T::BLCK_SIZE];
             T::from_float(w, &mut blocks);
@@ -365,6 +387,10 @@ mod tests {
             GgmlDType::Q5_1 => q::<BlockQ5_1>(w),
             GgmlDType::Q4K => q::<BlockQ4K>(w),
             GgmlDType::Q6K => q::<BlockQ6K>(w),
+            GgmlDType::Q5_0 => q::<BlockQ5_0>(w),
+            GgmlDType::Q5K => q::<BlockQ5K>(w),
+            GgmlDType::Q3K => q::<BlockQ3K>(w),
+            GgmlDType::Q2K => q::<BlockQ2K>(w),
             other => panic!("no test quantizer for {other:?}"),
         }
     }

@@ -192,6 +192,9 @@ impl Linear {
         };
         if device.is_cpu() {
             let mut m = cpu_matrix(t, rows, cols, path)?;
+            if m.transcode() {
+                tracing::debug!("{}: {:?} converted to {:?}", t.name, t.dtype, m.dtype);
+            }
             m.pack();
             Ok(Linear::Cpu(Arc::new(m)))
         } else {
