@@ -6,7 +6,9 @@
 //! Prefill: one request of N tokens and one generated token; the rate is N over the time to the first
 //! token. Decode: a prompt of `depth` tokens, then `tokens` generated; the rate is the generated tokens
 //! after the first over the time after the first. Every request starts with a different token, so
-//! neither engine reuses a cached prefix. Each figure is the median of `repeat` runs.
+//! neither engine reuses a cached prefix. Each figure is the median of `repeat` runs. llama.cpp's times
+//! are the ones its server measures itself (`timings.prompt_ms`, `timings.predicted_ms`), so HTTP and
+//! streaming are not counted against it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -249,7 +251,7 @@ impl Report {
         match (&self.llama_cpp, &self.llama_cpp_binary) {
             (Some(_), Some(bin)) => println!("llama.cpp: {}", bin.display()),
             _ => println!(
-                "llama.cpp: not run (no llama-server found; see scripts/fetch-llama-server)"
+                "llama.cpp: not run (--no-llama, or no llama-server found: see scripts/fetch-llama-server)"
             ),
         }
         println!(

@@ -100,6 +100,7 @@ pub(crate) fn parse_event(data: &str) -> Result<Parsed, String> {
         }
     }
     let timings = v.get("timings");
+    let ms = |key: &str| timings.and_then(|t| t.get(key)).and_then(Value::as_f64);
     let stats = Stats {
         cached_tokens: timings
             .and_then(|t| t.get("cache_n"))
@@ -109,6 +110,8 @@ pub(crate) fn parse_event(data: &str) -> Result<Parsed, String> {
             .get("tokens_predicted")
             .and_then(Value::as_u64)
             .map(|n| n as usize),
+        prompt_ms: ms("prompt_ms"),
+        generation_ms: ms("predicted_ms"),
     };
     if stats != Stats::default() {
         pieces.push(Piece::Stats(stats));
@@ -258,7 +261,9 @@ mod tests {
                 Piece::Ids(vec![472]),
                 Piece::Stats(Stats {
                     cached_tokens: Some(0),
-                    generated_tokens: Some(1)
+                    generated_tokens: Some(1),
+                    prompt_ms: Some(113.436),
+                    generation_ms: Some(0.001),
                 })
             ]
         );
@@ -269,7 +274,8 @@ mod tests {
         assert_eq!(p.last(), Some(&Piece::Done(Finish::Length)));
         assert!(p.contains(&Piece::Stats(Stats {
             cached_tokens: Some(5),
-            generated_tokens: Some(6)
+            generated_tokens: Some(6),
+            ..Stats::default()
         })));
         let eos_end = r#"{"content":"","tokens":[],"stop":true,"stop_type":"eos"}"#;
         assert_eq!(pieces(eos_end), vec![Piece::Done(Finish::Eos)]);

@@ -92,9 +92,12 @@ pub(crate) fn parse_line(line: &str) -> Result<Parsed, String> {
     }
     if v.get("done").and_then(Value::as_bool) == Some(true) {
         if let Some(n) = v.get("eval_count").and_then(Value::as_u64) {
+            let ms = |key: &str| v.get(key).and_then(Value::as_f64).map(|ns| ns / 1e6);
             pieces.push(Piece::Stats(Stats {
                 cached_tokens: None,
                 generated_tokens: Some(n as usize),
+                prompt_ms: ms("prompt_eval_duration"),
+                generation_ms: ms("eval_duration"),
             }));
         }
         pieces.push(Piece::Done(
@@ -250,7 +253,9 @@ mod tests {
             vec![
                 Piece::Stats(Stats {
                     cached_tokens: None,
-                    generated_tokens: Some(259)
+                    generated_tokens: Some(259),
+                    prompt_ms: Some(130.079),
+                    generation_ms: Some(4232.71),
                 }),
                 Piece::Done(Finish::Eos)
             ]

@@ -100,6 +100,7 @@ pub(crate) fn parse_event(data: &str) -> Result<Parsed, String> {
                 .get("completion_tokens")
                 .and_then(Value::as_u64)
                 .map(|n| n as usize),
+            ..Stats::default()
         }));
     }
     if let Some(reason) = choice
@@ -240,7 +241,8 @@ mod tests {
             vec![
                 Piece::Stats(Stats {
                     cached_tokens: Some(2),
-                    generated_tokens: Some(3)
+                    generated_tokens: Some(3),
+                    ..Stats::default()
                 }),
                 Piece::Done(Finish::Length)
             ]

@@ -42,6 +42,9 @@ pub(crate) struct Stats {
     pub cached_tokens: Option<usize>,
     /// Tokens generated so far.
     pub generated_tokens: Option<usize>,
+    /// The engine's own clock: prompt processing and generation times (ms), when it reports them.
+    pub prompt_ms: Option<f64>,
+    pub generation_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +220,8 @@ pub(crate) fn run(
                     Piece::Stats(s) => {
                         stats.cached_tokens = s.cached_tokens.or(stats.cached_tokens);
                         stats.generated_tokens = s.generated_tokens.or(stats.generated_tokens);
+                        stats.prompt_ms = s.prompt_ms.or(stats.prompt_ms);
+                        stats.generation_ms = s.generation_ms.or(stats.generation_ms);
                     }
                     Piece::Done(f) => finish = Some(f),
                 }
@@ -243,6 +248,14 @@ pub(crate) fn run(
     let t_first = t_first.unwrap_or(t_end);
     timings.prefill_ms = (t_first - t_sent).as_secs_f64() * 1e3;
     timings.decode_ms = (t_end - t_first).as_secs_f64() * 1e3;
+    // A generation the engine finished itself: its own figures leave out HTTP and streaming, so they
+    // compare with the in-process engine's.
+    if let (false, Some(_), Some(p), Some(g)) =
+        (stopped_by_us, &finish, stats.prompt_ms, stats.generation_ms)
+    {
+        timings.prefill_ms = p;
+        timings.decode_ms = g;
+    }
     timings.reused_tokens = stats.cached_tokens.unwrap_or(0).min(timings.prompt_tokens);
     let ids_streamed = !gen.out.generated_ids.is_empty();
     let text_pieces = gen.text_pieces;
