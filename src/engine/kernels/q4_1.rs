@@ -11,7 +11,7 @@ use std::ops::Range;
 use half::f16;
 
 use super::q8::QK;
-use super::tiled::{for_tiles, Product};
+use super::tiled::{for_tiles, scalar_tile, Product};
 
 pub const BLOCK_BYTES: usize = 20;
 
@@ -23,29 +23,17 @@ pub fn range_scalar(p: &Product, rows: Range<usize>) {
 
 fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
     let x = p.x;
-    let mut vals = [[0f32; MR]; NR];
-    for (c, col) in vals.iter_mut().enumerate() {
-        // SAFETY: row j0 + c exists; a row is nb blocks of BLOCK_BYTES.
-        let w = unsafe { std::slice::from_raw_parts(p.row(j0 + c), p.row_bytes) };
-        for (r, v) in col.iter_mut().enumerate() {
-            let i = i0 + r;
-            let mut total = 0f32;
-            for (b, blk) in w.chunks_exact(BLOCK_BYTES).enumerate() {
-                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-                let a = x.block(i, b);
-                let mut isum = 0i32;
-                for j in 0..QK / 2 {
-                    isum += (blk[4 + j] & 0x0F) as i32 * a[j] as i32;
-                    isum += (blk[4 + j] >> 4) as i32 * a[j + QK / 2] as i32;
-                }
-                total += d * x.d[i * x.nb + b] * isum as f32 + m * x.s[i * x.nb + b];
-            }
-            *v = total;
+    scalar_tile::<NR, MR>(p, j0, i0, BLOCK_BYTES, |blk, i, b| {
+        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+        let a = x.block(i, b);
+        let mut isum = 0i32;
+        for j in 0..QK / 2 {
+            isum += (blk[4 + j] & 0x0F) as i32 * a[j] as i32;
+            isum += (blk[4 + j] >> 4) as i32 * a[j + QK / 2] as i32;
         }
-    }
-    // SAFETY: this tile's elements belong to this call only.
-    unsafe { p.store(j0, i0, &vals) }
+        d * x.d[i * x.nb + b] * isum as f32 + m * x.s[i * x.nb + b]
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

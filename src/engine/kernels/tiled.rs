@@ -53,6 +53,32 @@ impl Product<'_> {
 /// A kernel for a whole range of weight rows.
 pub type RangeKernel = fn(&Product, Range<usize>);
 
+/// The portable tile shared by the weight types: output (row `j`, token `i`) is the sum, in block order,
+/// of `block_dot(weight block b of row j, i, b)`.
+#[inline]
+pub fn scalar_tile<const NR: usize, const MR: usize>(
+    p: &Product,
+    j0: usize,
+    i0: usize,
+    block_bytes: usize,
+    block_dot: impl Fn(&[u8], usize, usize) -> f32,
+) {
+    let mut vals = [[0f32; MR]; NR];
+    for (c, col) in vals.iter_mut().enumerate() {
+        // SAFETY: row j0 + c exists; a row is nb blocks of `block_bytes`.
+        let w = unsafe { std::slice::from_raw_parts(p.row(j0 + c), p.row_bytes) };
+        for (r, v) in col.iter_mut().enumerate() {
+            let mut total = 0f32;
+            for (b, blk) in w.chunks_exact(block_bytes).enumerate() {
+                total += block_dot(blk, i0 + r, b);
+            }
+            *v = total;
+        }
+    }
+    // SAFETY: this tile's elements belong to this call only.
+    unsafe { p.store(j0, i0, &vals) }
+}
+
 /// Calls `tile!(NR, MR, j0, i0)` for every tile of `rows × 0..m`, with `NR <= nr_max`, `MR <= mr_max`.
 #[macro_export]
 #[doc(hidden)]

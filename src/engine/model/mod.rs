@@ -275,6 +275,22 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     }
 }
 
+/// The two inputs of one of our CPU custom ops, as contiguous f32 slices.
+fn f32_inputs<'a>(
+    op: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+) -> candle_core::Result<(&'a [f32], &'a [f32])> {
+    let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+        candle_core::bail!("{op} expects f32");
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+    else {
+        candle_core::bail!("{op} expects contiguous inputs");
+    };
+    Ok((&a[a0..a1], &b[b0..b1]))
+}
+
 struct RmsNormOp(f32);
 
 impl candle_core::CustomOp2 for RmsNormOp {
@@ -289,14 +305,7 @@ impl candle_core::CustomOp2 for RmsNormOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("rms_norm expects f32");
-        };
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("rms_norm expects contiguous inputs");
-        };
-        let (x, w) = (&x[xs..xe], &w[ws..we]);
+        let (x, w) = f32_inputs("rms_norm", (s1, l1), (s2, l2))?;
         let n = w.len();
         if n == 0 || x.len() % n != 0 {
             candle_core::bail!("rms_norm: {} values do not split into rows of {n}", x.len());
@@ -333,19 +342,13 @@ impl candle_core::CustomOp2 for SwigluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else {
-            candle_core::bail!("swiglu expects f32");
-        };
-        let (Some((gs, ge)), Some((us, ue))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("swiglu expects contiguous inputs");
-        };
-        if ge - gs != ue - us {
+        let (g, u) = f32_inputs("swiglu", (s1, l1), (s2, l2))?;
+        if g.len() != u.len() {
             candle_core::bail!("swiglu: mismatched sizes");
         }
-        let mut out = g[gs..ge].to_vec();
+        let mut out = g.to_vec();
         let row = *l1.shape().dims().last().unwrap_or(&out.len());
-        crate::engine::kernels::activation::swiglu_rows(&mut out, &u[us..ue], row);
+        crate::engine::kernels::activation::swiglu_rows(&mut out, u, row);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
