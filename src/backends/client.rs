@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::config::{ApiKey, RemoteConfig, RemoteKind};
 use super::error::RemoteError;
-use super::http::{truncate, Connection, Endpoint, HttpError, Interrupt, Response};
+use super::http::{check_until, truncate, Connection, Endpoint, HttpError, Interrupt, Response};
 
 /// Largest non-streamed answer accepted (Ollama's verbose model information carries the whole vocabulary).
 const MAX_JSON_BODY: usize = 256 << 20;
@@ -151,15 +151,7 @@ impl Client {
         if bytes.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        let check = || {
-            if cancelled() {
-                Err(Interrupt::Cancelled)
-            } else if Instant::now() >= deadline {
-                Err(Interrupt::TimedOut)
-            } else {
-                Ok(())
-            }
-        };
+        let check = check_until(cancelled, deadline);
         let mut resp = conn
             .send(
                 &self.endpoint,
@@ -176,16 +168,7 @@ impl Client {
         // The error body, briefly (bounded in time and size).
         let short_deadline = Instant::now() + Duration::from_secs(2);
         let body = resp
-            .read_all(
-                &|| {
-                    if Instant::now() >= short_deadline {
-                        Err(Interrupt::TimedOut)
-                    } else {
-                        Ok(())
-                    }
-                },
-                64 * 1024,
-            )
+            .read_all(&check_until(&|| false, short_deadline), 64 * 1024)
             .unwrap_or_default();
         let detail = format!(
             "HTTP {}{}",
@@ -237,13 +220,7 @@ impl Client {
             Err(Failure::Remote(e)) => return Err(e),
             Err(Failure::Cancelled) => unreachable!("nothing cancels this request"),
         };
-        let check = || {
-            if Instant::now() >= deadline {
-                Err(Interrupt::TimedOut)
-            } else {
-                Ok(())
-            }
-        };
+        let check = check_until(&|| false, deadline);
         let bytes = resp.read_all(&check, MAX_JSON_BODY).map_err(|e| {
             match self.wait_failure(e, "reading the answer") {
                 Failure::Remote(e) => e,
@@ -318,6 +295,17 @@ pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
         }
     }
     Some(truncate(text, 300))
+}
+
+/// One streamed event (an SSE `data:` payload or an NDJSON line) as JSON; an error object the engine
+/// sent instead is the `Err`.
+pub(crate) fn event_json(data: &str) -> Result<Value, String> {
+    let v: Value = serde_json::from_str(data)
+        .map_err(|e| format!("not JSON ({e}): {}", truncate(data, 200)))?;
+    match json_error_message(&v) {
+        Some(msg) => Err(msg),
+        None => Ok(v),
+    }
 }
 
 /// The message of a JSON error object, if `v` is one.

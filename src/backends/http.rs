@@ -32,6 +32,22 @@ pub enum Interrupt {
 /// Asked on every tick while waiting for the server; `Err` abandons the request.
 pub type Check<'a> = &'a dyn Fn() -> Result<(), Interrupt>;
 
+/// The check every caller uses: abandon once `cancelled()` says so, or once `deadline` has passed.
+pub fn check_until(
+    cancelled: &dyn Fn() -> bool,
+    deadline: Instant,
+) -> impl Fn() -> Result<(), Interrupt> + '_ {
+    move || {
+        if cancelled() {
+            Err(Interrupt::Cancelled)
+        } else if Instant::now() >= deadline {
+            Err(Interrupt::TimedOut)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum HttpError {
     /// No connection could be opened (refused, unreachable, name not found, connect timeout). Nothing was

@@ -75,11 +75,7 @@ pub(crate) fn parse_event(data: &str) -> Result<Parsed, String> {
     if data.trim() == "[DONE]" {
         return Ok(Parsed::EndOfStream);
     }
-    let v: Value = serde_json::from_str(data)
-        .map_err(|e| format!("not JSON ({e}): {}", super::http::truncate(data, 200)))?;
-    if let Some(msg) = super::client::json_error_message(&v) {
-        return Err(msg);
-    }
+    let v = super::client::event_json(data)?;
     let mut pieces = Vec::new();
     let ids: Vec<u32> = v
         .get("tokens")

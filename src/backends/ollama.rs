@@ -79,11 +79,7 @@ impl StreamProtocol for Ollama {
 }
 
 pub(crate) fn parse_line(line: &str) -> Result<Parsed, String> {
-    let v: Value = serde_json::from_str(line)
-        .map_err(|e| format!("not JSON ({e}): {}", super::http::truncate(line, 200)))?;
-    if let Some(msg) = super::client::json_error_message(&v) {
-        return Err(msg);
-    }
+    let v = super::client::event_json(line)?;
     let mut pieces = Vec::new();
     if let Some(text) = v.get("response").and_then(Value::as_str) {
         if !text.is_empty() {

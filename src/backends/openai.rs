@@ -78,11 +78,7 @@ pub(crate) fn parse_event(data: &str) -> Result<Parsed, String> {
     if data.trim() == "[DONE]" {
         return Ok(Parsed::EndOfStream);
     }
-    let v: Value = serde_json::from_str(data)
-        .map_err(|e| format!("not JSON ({e}): {}", super::http::truncate(data, 200)))?;
-    if let Some(msg) = super::client::json_error_message(&v) {
-        return Err(msg);
-    }
+    let v = super::client::event_json(data)?;
     let mut pieces = Vec::new();
     let choice = v.pointer("/choices/0");
     if let Some(text) = choice.and_then(|c| c.get("text")).and_then(Value::as_str) {

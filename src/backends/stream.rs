@@ -11,13 +11,13 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::tokenizer::IncrementalDecoder;
 use crate::engine::{
-    stop_string_cut, Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer,
+    ms_since, stop_string_cut, Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer,
 };
 
 use super::client::{Client, Failure};
 use super::error::RemoteError;
 use super::framing::{NdjsonParser, SseParser};
-use super::http::Interrupt;
+use super::http::check_until;
 
 /// `Event::Token::id` for engines that stream text only (OpenAI-compatible servers, Ollama): the id is
 /// not known. `Outcome::generated_ids` stays empty for those engines.
@@ -113,7 +113,7 @@ pub(crate) fn run(
     let cancel = req.cancel.clone();
     let cancelled = || cancel.is_cancelled() || events.is_closed();
     if cancelled() {
-        return Ok(cancelled_outcome(timings));
+        return Ok(Outcome::cancelled(timings));
     }
     let first_deadline = Instant::now() + client.first_token_timeout;
     let mut resp = match client.request(
@@ -126,8 +126,8 @@ pub(crate) fn run(
     ) {
         Ok(r) => r,
         Err(Failure::Cancelled) => {
-            timings.queue_ms = ms(t_start);
-            return Ok(cancelled_outcome(timings));
+            timings.queue_ms = ms_since(t_start);
+            return Ok(Outcome::cancelled(timings));
         }
         Err(Failure::Remote(e)) => return Err(e),
     };
@@ -152,15 +152,7 @@ pub(crate) fn run(
     // Streams until the engine finishes, our rules stop the answer, or something fails.
     let stopped_by_us = 'read: loop {
         let deadline = last_activity + stall;
-        let check = || {
-            if cancelled() {
-                Err(Interrupt::Cancelled)
-            } else if Instant::now() >= deadline {
-                Err(Interrupt::TimedOut)
-            } else {
-                Ok(())
-            }
-        };
+        let check = check_until(&cancelled, deadline);
         let chunk = match resp.read_chunk(&check) {
             Ok(c) => c,
             Err(e) => match client.wait_failure(e, &waiting_for(&gen)) {
@@ -288,20 +280,6 @@ fn waiting_for(gen: &Decoding) -> String {
     match gen.generated() {
         0 => "waiting for the first token".into(),
         n => format!("waiting for token {} of the answer", n + 1),
-    }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
-}
-
-fn cancelled_outcome(timings: Timings) -> Outcome {
-    Outcome {
-        generated_ids: Vec::new(),
-        text: String::new(),
-        stop_reason: StopReason::Cancelled,
-        stop_token: None,
-        timings,
     }
 }
 

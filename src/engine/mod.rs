@@ -136,6 +136,24 @@ pub struct Outcome {
     pub timings: Timings,
 }
 
+impl Outcome {
+    /// A request cancelled before it generated anything.
+    pub fn cancelled(timings: Timings) -> Self {
+        Self {
+            generated_ids: Vec::new(),
+            text: String::new(),
+            stop_reason: StopReason::Cancelled,
+            stop_token: None,
+            timings,
+        }
+    }
+}
+
+/// Milliseconds since `t`, as `Timings` counts them.
+pub fn ms_since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
 pub enum Event {
     Token { id: u32, text: String },
     Finished(Result<Outcome>),

@@ -16,7 +16,7 @@ use super::load::{default_threads, load_model, LoadOptions};
 use super::model::{KvCache, Llama, Logits};
 use super::sampler::Sampler;
 use super::tokenizer::{IncrementalDecoder, Tokenizer};
-use super::{Event, GenerateRequest, ModelInfo, Outcome, StopReason, Timings};
+use super::{ms_since, Event, GenerateRequest, ModelInfo, Outcome, StopReason, Timings};
 
 /// Prompt tokens computed per forward call; cancellation is also checked between layers.
 const PREFILL_CHUNK: usize = 256;
@@ -186,7 +186,7 @@ impl Worker {
             ..Timings::default()
         };
         if req.cancel.is_cancelled() {
-            return Ok(cancelled(timings));
+            return Ok(Outcome::cancelled(timings));
         }
         self.validate(&req.prompt, req.max_tokens)?;
 
@@ -198,8 +198,8 @@ impl Worker {
         let mut logits = None;
         for chunk in req.prompt[reuse..].chunks(PREFILL_CHUNK) {
             if req.cancel.is_cancelled() {
-                timings.prefill_ms = ms(t_prefill);
-                return Ok(cancelled(timings));
+                timings.prefill_ms = ms_since(t_prefill);
+                return Ok(Outcome::cancelled(timings));
             }
             let cancel = req.cancel.clone();
             match self
@@ -209,14 +209,14 @@ impl Worker {
                 }) {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
-                    timings.prefill_ms = ms(t_prefill);
-                    return Ok(cancelled(timings));
+                    timings.prefill_ms = ms_since(t_prefill);
+                    return Ok(Outcome::cancelled(timings));
                 }
                 Err(e) => return Err(e),
             }
             self.cached.extend_from_slice(chunk);
         }
-        timings.prefill_ms = ms(t_prefill);
+        timings.prefill_ms = ms_since(t_prefill);
         let mut logits = logits.ok_or(EngineError::EmptyPrompt)?;
 
         let t_decode = Instant::now();
@@ -269,25 +269,11 @@ impl Worker {
             logits = self.model.forward(&[tok], &mut self.cache, Logits::Last)?;
             self.cached.push(tok);
         }
-        timings.decode_ms = ms(t_decode);
+        timings.decode_ms = ms_since(t_decode);
         timings.generated_tokens = out.generated_ids.len();
         out.timings = timings;
         Ok(out)
     }
-}
-
-fn cancelled(timings: Timings) -> Outcome {
-    Outcome {
-        generated_ids: Vec::new(),
-        text: String::new(),
-        stop_reason: StopReason::Cancelled,
-        stop_token: None,
-        timings,
-    }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }
 
 pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
