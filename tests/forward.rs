@@ -153,6 +153,8 @@ fn fused_cpu_path_equals_tensor_path() {
         common::codellama_fixture("tiny-codellama-gqa.gguf"),
         common::codellama_fixture("tiny-codellama-mha-q8_0.gguf"),
         small,
+        // qwen2: q/k/v biases and half-split rotary pairs.
+        common::qwen_model(),
     ] {
         let f = GgufFile::open(&path).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();

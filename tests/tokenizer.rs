@@ -285,34 +285,119 @@ fn smollm_reference() -> Value {
     common::read_json(&common::reference("smollm2-llamacpp.json"))
 }
 
-#[test]
-fn smollm_matches_llama_cpp_tokenize() {
-    let tok = smollm();
-    let reference = smollm_reference();
-    let cases = reference["tokenize"].as_array().expect("tokenize cases");
-    let mut checked = 0;
-    for case in cases
-        .iter()
-        .filter(|c| c["parse_special"] == Value::Bool(false))
-    {
-        let input = text(case, "text");
-        assert_eq!(tok.encode_plain(input), ids(&case["ids"]), "{input:?}");
-        checked += 1;
-    }
-    assert!(checked >= 20, "only {checked} cases");
+fn qwen() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        let content = read_gguf(&common::qwen_model());
+        timed("qwen2.5-coder gguf", || Tokenizer::from_gguf(&content))
+            .expect("Qwen tokenizer loads")
+    })
+}
+
+/// The byte-level tokenizers with llama.cpp references: each reference's `tokenize` cases and the
+/// prompts of its `greedy` cases must give llama.cpp's ids.
+fn llama_cpp_references() -> [(&'static Tokenizer, Value); 2] {
+    [
+        (smollm(), smollm_reference()),
+        (
+            qwen(),
+            common::read_json(&common::reference("qwen25coder-0.5b-llamacpp.json")),
+        ),
+    ]
 }
 
 #[test]
-fn smollm_matches_llama_cpp_prompt_ids() {
-    let tok = smollm();
-    let reference = smollm_reference();
-    for case in reference["greedy"].as_array().expect("greedy cases") {
-        let prompt = text(case, "prompt");
-        assert_eq!(
-            tok.encode_plain(prompt),
-            ids(&case["prompt_ids"]),
-            "{prompt:?}"
+fn byte_level_tokenizers_match_llama_cpp_tokenize() {
+    for (tok, reference) in llama_cpp_references() {
+        let cases = reference["tokenize"].as_array().expect("tokenize cases");
+        let mut checked = 0;
+        for case in cases
+            .iter()
+            .filter(|c| c["parse_special"] == Value::Bool(false))
+        {
+            let input = text(case, "text");
+            assert_eq!(
+                tok.encode_plain(input),
+                ids(&case["ids"]),
+                "{}: {input:?}",
+                reference["model"]
+            );
+            checked += 1;
+        }
+        assert!(
+            checked >= 20,
+            "only {checked} cases in {}",
+            reference["model"]
         );
+    }
+}
+
+#[test]
+fn byte_level_tokenizers_match_llama_cpp_prompt_ids() {
+    for (tok, reference) in llama_cpp_references() {
+        for case in reference["greedy"].as_array().expect("greedy cases") {
+            let prompt = text(case, "prompt");
+            assert_eq!(
+                tok.encode_plain(prompt),
+                ids(&case["prompt_ids"]),
+                "{}: {prompt:?}",
+                reference["model"]
+            );
+        }
+    }
+}
+
+/// llama.cpp's own test vectors for the qwen2 vocabulary (`ggml-vocab-qwen2.gguf.inp/.out`, fetched by
+/// `scripts/fetch-model`): inputs separated by `\n__ggml_vocab_test__\n`, one line of ids per input.
+/// Checked with the vocabulary-only GGUF they come with and with the Qwen2.5-Coder model's tokenizer.
+#[test]
+fn qwen2_matches_llama_cpp_vocab_tests() {
+    let dir = common::repo_dir().join("models/llama.cpp-vocab");
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{}/{name}: {e} (run scripts/fetch-model)", dir.display()))
+    };
+    let inputs = read("ggml-vocab-qwen2.gguf.inp");
+    let outputs = read("ggml-vocab-qwen2.gguf.out");
+    let inputs: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+    let outputs: Vec<&str> = outputs.split('\n').collect();
+    assert_eq!(inputs.len(), outputs.len());
+    let vocab_only = Tokenizer::from_gguf(&read_gguf(&dir.join("ggml-vocab-qwen2.gguf")))
+        .expect("ggml-vocab-qwen2.gguf loads");
+    for tok in [&vocab_only, qwen()] {
+        for (input, line) in inputs.iter().zip(&outputs) {
+            let want: Vec<u32> = line
+                .split_whitespace()
+                .map(|t| t.parse().expect("id"))
+                .collect();
+            assert_eq!(tok.encode_plain(input), want, "{input:?}");
+        }
+    }
+    assert!(inputs.len() >= 40, "only {} vectors", inputs.len());
+}
+
+#[test]
+fn qwen_settings_and_specials() {
+    let tok = qwen();
+    assert_eq!(tok.kind(), TokenizerKind::ByteLevel);
+    assert_eq!(tok.vocab_size(), 151936);
+    assert!(!tok.add_bos());
+    let fim = tok.fim_ids().expect("Qwen2.5-Coder has FIM tokens");
+    assert_eq!(fim.family, FimFamily::Qwen);
+    for (piece, id) in [
+        ("<|endoftext|>", 151643),
+        ("<|im_start|>", 151644),
+        ("<|im_end|>", 151645),
+        ("<|fim_prefix|>", 151659),
+        ("<|fim_middle|>", 151660),
+        ("<|fim_suffix|>", 151661),
+        ("<|fim_pad|>", 151662),
+        ("<|repo_name|>", 151663),
+        ("<|file_sep|>", 151664),
+    ] {
+        assert_eq!(tok.special_id(piece), Some(id), "{piece}");
+        // User text that spells a control token stays text.
+        assert!(!tok.encode_plain(piece).contains(&id), "{piece}");
     }
 }
 

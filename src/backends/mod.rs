@@ -191,6 +191,7 @@ impl RemoteBackend {
             }
         }
         let config = loaded.config.unwrap_or_else(|| ModelConfig {
+            arch: crate::engine::model::Arch::Llama,
             n_layer: 0,
             n_embd: 0,
             n_head: 0,

@@ -2,15 +2,17 @@
 //!
 //! Accepted forms: a local `.gguf` file; a Hugging Face model directory (`config.json`,
 //! `tokenizer.json`, `*.safetensors`); a Hub reference `owner/repo[:file.gguf]` fetched into the standard
-//! Hugging Face cache (found there offline once fetched). With nothing given, the small offline model
-//! that `scripts/fetch-model` installs is used when present. Every failure lists what was tried.
+//! Hugging Face cache (found there offline once fetched). With nothing given, the default model that
+//! `scripts/fetch-model` installs (Qwen2.5-Coder-0.5B-Instruct) is used when present. Every failure lists what was tried.
 
 use std::path::{Path, PathBuf};
 
 use super::error::{EngineError, Result};
 
-/// The file name of the small offline model fetched by `scripts/fetch-model`.
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The file name of the default model fetched by `scripts/fetch-model`: Qwen2.5-Coder-0.5B-Instruct
+/// (Q4_K_M, 491 MB), trained to fill in the middle and to answer ChatML, so one file serves completions
+/// and code actions.
+pub const DEFAULT_MODEL_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {

@@ -27,6 +27,8 @@ struct CpuBlock {
     wq: Arc<QMatrix>,
     wk: Arc<QMatrix>,
     wv: Arc<QMatrix>,
+    /// q/k/v biases (qwen2).
+    qkv_bias: Option<[Vec<f32>; 3]>,
     wo: Arc<QMatrix>,
     ffn_norm: Vec<f32>,
     gate: Arc<QMatrix>,
@@ -67,6 +69,10 @@ impl CpuModel {
                     wq: matrix(&b.wq)?,
                     wk: matrix(&b.wk)?,
                     wv: matrix(&b.wv)?,
+                    qkv_bias: match &b.qkv_bias {
+                        Some([q, k, v]) => Some([values(q)?, values(k)?, values(v)?]),
+                        None => None,
+                    },
                     wo: matrix(&b.wo)?,
                     ffn_norm: values(&b.ffn_norm)?,
                     gate: matrix(&b.w_gate)?,
@@ -125,6 +131,11 @@ impl CpuModel {
             b.wq.matmul_on(exec, &h, seq, &mut q);
             b.wk.matmul_on(exec, &h, seq, &mut k);
             b.wv.matmul_on(exec, &h, seq, &mut v);
+            if let Some([bq, bk, bv]) = &b.qkv_bias {
+                add_rows(&mut q, bq);
+                add_rows(&mut k, bk);
+                add_rows(&mut v, bv);
+            }
             rope(
                 &mut q,
                 Layout::TokenMajor,
@@ -183,6 +194,13 @@ impl CpuModel {
         let mut out = vec![0f32; m * cfg.vocab_size];
         self.output.matmul_on(exec, &normed, m, &mut out);
         Ok(out)
+    }
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()` values).
+fn add_rows(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add(row, bias);
     }
 }
 

@@ -1,13 +1,14 @@
-//! The llama forward pass (Llama 2, Code Llama, SmolLM2 and every other llama-architecture model) on
-//! candle tensors, with a KV cache whose layout this file owns.
+//! The decoder forward pass of the llama family on candle tensors, with a KV cache whose layout this file
+//! owns. Two architectures share it: `llama` (Llama 2, Code Llama, SmolLM2) and `qwen2` (Qwen2.5-Coder),
+//! which is llama plus biases on the query/key/value projections and rotary pairs split in halves.
 //!
 //! The cache is preallocated for the whole context window, one `[kv_heads, capacity, head_dim]` tensor
 //! per layer for keys and one for values; new positions are written in place and `truncate` just moves
 //! the length back, so a prompt that shares its first N tokens with the previous one computes only the
 //! rest, and nothing is reallocated per token. Linear layers run our own CPU kernels on the weights in
 //! their file format (see `kernels`) or candle's `QMatMul` on a GPU device. Rotary embeddings use the
-//! interleaved layout for GGUF files (their Q/K rows were permuted by the converter) and the half-split
-//! layout for Hugging Face checkpoints.
+//! interleaved layout for llama GGUF files (their Q/K rows were permuted by the converter) and the
+//! half-split layout for qwen2 GGUF files and every Hugging Face checkpoint.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,9 +25,48 @@ use super::pool::Pool;
 mod cpu;
 use half::slice::HalfBitsSliceExt;
 
+/// The architectures the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Llama 2, Code Llama, SmolLM2.
+    Llama,
+    /// Qwen2 / Qwen2.5(-Coder): llama with q/k/v biases and NEOX-style (half-split) rotary pairs.
+    Qwen2,
+}
+
+impl Arch {
+    /// The architecture a GGUF `general.architecture` or a `config.json` `model_type` names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "qwen2" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+
+    fn has_qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+
+    /// Whether a GGUF file of this architecture stores Q/K rows permuted for interleaved rotary pairs
+    /// (llama.cpp's converter permutes llama's; qwen2 keeps the checkpoint's half-split layout).
+    fn gguf_rope_interleaved(self) -> bool {
+        self == Arch::Llama
+    }
+}
+
 /// Hyper-parameters, all read from the model's metadata.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelConfig {
+    pub arch: Arch,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_head: usize,
@@ -43,16 +83,14 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// Reads the `llama.*` keys. Pushes a warning when a Code Llama file lacks `rope.freq_base`.
+    /// Reads the `<arch>.*` keys. Pushes a warning when a Code Llama file lacks `rope.freq_base`.
     pub fn from_gguf(f: &GgufFile, warnings: &mut Vec<String>) -> Result<Self> {
-        let arch = f.architecture().unwrap_or("").to_string();
-        if arch != "llama" {
-            return Err(EngineError::UnsupportedArchitecture {
-                path: f.path.clone(),
-                arch,
-            });
-        }
-        let key = |k: &str| format!("llama.{k}");
+        let name = f.architecture().unwrap_or("");
+        let arch = Arch::from_name(name).ok_or_else(|| EngineError::UnsupportedArchitecture {
+            path: f.path.clone(),
+            arch: name.to_string(),
+        })?;
+        let key = |k: &str| format!("{}.{k}", arch.name());
         let n_embd = f.require_usize(&key("embedding_length"))?;
         let n_head = f.require_usize(&key("attention.head_count"))?;
         let n_head_kv = f
@@ -68,15 +106,17 @@ impl ModelConfig {
             Some(t) => t,
             None if vocab_size == 32016 => {
                 warnings.push(format!(
-                    "{}: no llama.rope.freq_base key; this looks like Code Llama (32016 tokens), using 1e6 rather than the Llama default 1e4",
-                    f.path.display()
+                    "{}: no {} key; this looks like Code Llama (32016 tokens), using 1e6 rather than the Llama default 1e4",
+                    f.path.display(),
+                    key("rope.freq_base")
                 ));
                 1_000_000.0
             }
             None => {
                 warnings.push(format!(
-                    "{}: no llama.rope.freq_base key; using the Llama default 10000",
-                    f.path.display()
+                    "{}: no {} key; using the default 10000",
+                    f.path.display(),
+                    key("rope.freq_base")
                 ));
                 10_000.0
             }
@@ -85,6 +125,7 @@ impl ModelConfig {
             .get_usize(&key("rope.dimension_count"))
             .unwrap_or(head_dim);
         let cfg = Self {
+            arch,
             n_layer: f.require_usize(&key("block_count"))?,
             n_embd,
             n_head,
@@ -97,13 +138,13 @@ impl ModelConfig {
                 .get_f32(&key("attention.layer_norm_rms_epsilon"))
                 .unwrap_or(1e-5),
             context_length: f.get_usize(&key("context_length")).unwrap_or(4096),
-            rope_interleaved: true,
+            rope_interleaved: arch.gguf_rope_interleaved(),
         };
         cfg.validate(&f.path, rope_dim)?;
         Ok(cfg)
     }
 
-    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM` checkpoint.
+    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM` or `Qwen2ForCausalLM` checkpoint.
     pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<Self> {
         let num = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
         let need = |k: &str| {
@@ -116,16 +157,16 @@ impl ModelConfig {
             .get("model_type")
             .and_then(|v| v.as_str())
             .unwrap_or("");
-        if model_type != "llama" {
-            return Err(EngineError::UnsupportedArchitecture {
+        let arch =
+            Arch::from_name(model_type).ok_or_else(|| EngineError::UnsupportedArchitecture {
                 path: path.to_path_buf(),
                 arch: model_type.to_string(),
-            });
-        }
+            })?;
         let n_embd = need("hidden_size")?;
         let n_head = need("num_attention_heads")?;
         let head_dim = num("head_dim").unwrap_or(n_embd / n_head.max(1));
         let cfg = Self {
+            arch,
             n_layer: need("num_hidden_layers")?,
             n_embd,
             n_head,
@@ -438,6 +479,8 @@ struct Block {
     wq: Linear,
     wk: Linear,
     wv: Linear,
+    /// Biases of the q/k/v projections (qwen2), added before the rotary embedding.
+    qkv_bias: Option<[Tensor; 3]>,
     wo: Linear,
     ffn_norm: Tensor,
     w_gate: Linear,
@@ -474,7 +517,22 @@ struct Names {
     embed: &'static str,
     output: &'static str,
     norm: &'static str,
-    block: fn(usize, &str) -> String,
+    /// The name of a block's tensor without its `.weight`/`.bias` ending.
+    block: fn(usize, Part) -> String,
+}
+
+/// The tensors of one block.
+#[derive(Clone, Copy)]
+enum Part {
+    AttnNorm,
+    Q,
+    K,
+    V,
+    O,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
 }
 
 const GGUF_NAMES: Names = Names {
@@ -483,17 +541,17 @@ const GGUF_NAMES: Names = Names {
     norm: "output_norm.weight",
     block: |i, part| {
         let p = match part {
-            "attn_norm" => "attn_norm",
-            "q" => "attn_q",
-            "k" => "attn_k",
-            "v" => "attn_v",
-            "o" => "attn_output",
-            "ffn_norm" => "ffn_norm",
-            "gate" => "ffn_gate",
-            "up" => "ffn_up",
-            _ => "ffn_down",
+            Part::AttnNorm => "attn_norm",
+            Part::Q => "attn_q",
+            Part::K => "attn_k",
+            Part::V => "attn_v",
+            Part::O => "attn_output",
+            Part::FfnNorm => "ffn_norm",
+            Part::Gate => "ffn_gate",
+            Part::Up => "ffn_up",
+            Part::Down => "ffn_down",
         };
-        format!("blk.{i}.{p}.weight")
+        format!("blk.{i}.{p}")
     },
 };
 
@@ -503,17 +561,17 @@ const HF_NAMES: Names = Names {
     norm: "model.norm.weight",
     block: |i, part| {
         let p = match part {
-            "attn_norm" => "input_layernorm",
-            "q" => "self_attn.q_proj",
-            "k" => "self_attn.k_proj",
-            "v" => "self_attn.v_proj",
-            "o" => "self_attn.o_proj",
-            "ffn_norm" => "post_attention_layernorm",
-            "gate" => "mlp.gate_proj",
-            "up" => "mlp.up_proj",
-            _ => "mlp.down_proj",
+            Part::AttnNorm => "input_layernorm",
+            Part::Q => "self_attn.q_proj",
+            Part::K => "self_attn.k_proj",
+            Part::V => "self_attn.v_proj",
+            Part::O => "self_attn.o_proj",
+            Part::FfnNorm => "post_attention_layernorm",
+            Part::Gate => "mlp.gate_proj",
+            Part::Up => "mlp.up_proj",
+            Part::Down => "mlp.down_proj",
         };
-        format!("model.layers.{i}.{p}.weight")
+        format!("model.layers.{i}.{p}")
     },
 };
 
@@ -589,22 +647,31 @@ impl Llama {
         let (qd, kvd) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
-            let name = |p: &str| (names.block)(i, p);
-            let linear = |p: &str, shape: [usize; 2]| -> Result<Linear> {
-                let t = src.tensor(&name(p))?;
+            let weight = |p: Part| format!("{}.weight", (names.block)(i, p));
+            let bias = |p: Part, n: usize| {
+                vector(src, &format!("{}.bias", (names.block)(i, p)), n, device)
+            };
+            let linear = |p: Part, shape: [usize; 2]| -> Result<Linear> {
+                let t = src.tensor(&weight(p))?;
                 check_dims(&path, &t, &shape)?;
                 Linear::from_tensor(&t, device, &path)
             };
+            let qkv_bias = if cfg.arch.has_qkv_bias() {
+                Some([bias(Part::Q, qd)?, bias(Part::K, kvd)?, bias(Part::V, kvd)?])
+            } else {
+                None
+            };
             blocks.push(Block {
-                attn_norm: vector(src, &name("attn_norm"), cfg.n_embd, device)?,
-                wq: linear("q", [qd, cfg.n_embd])?,
-                wk: linear("k", [kvd, cfg.n_embd])?,
-                wv: linear("v", [kvd, cfg.n_embd])?,
-                wo: linear("o", [cfg.n_embd, qd])?,
-                ffn_norm: vector(src, &name("ffn_norm"), cfg.n_embd, device)?,
-                w_gate: linear("gate", [cfg.n_ff, cfg.n_embd])?,
-                w_up: linear("up", [cfg.n_ff, cfg.n_embd])?,
-                w_down: linear("down", [cfg.n_embd, cfg.n_ff])?,
+                attn_norm: vector(src, &weight(Part::AttnNorm), cfg.n_embd, device)?,
+                wq: linear(Part::Q, [qd, cfg.n_embd])?,
+                wk: linear(Part::K, [kvd, cfg.n_embd])?,
+                wv: linear(Part::V, [kvd, cfg.n_embd])?,
+                qkv_bias,
+                wo: linear(Part::O, [cfg.n_embd, qd])?,
+                ffn_norm: vector(src, &weight(Part::FfnNorm), cfg.n_embd, device)?,
+                w_gate: linear(Part::Gate, [cfg.n_ff, cfg.n_embd])?,
+                w_up: linear(Part::Up, [cfg.n_ff, cfg.n_embd])?,
+                w_down: linear(Part::Down, [cfg.n_embd, cfg.n_ff])?,
             });
             progress((i + 1) as f32 / cfg.n_layer as f32);
         }
@@ -737,21 +804,22 @@ impl Llama {
         let (seq, pos) = (h.dim(0)?, cache.len);
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let group = nh / nkv;
-        let q = block
-            .wq
-            .forward(h)?
+        let project = |l: &Linear, i: usize| -> Result<Tensor> {
+            let y = l.forward(h)?;
+            Ok(match &block.qkv_bias {
+                Some(b) => y.broadcast_add(&b[i])?,
+                None => y,
+            })
+        };
+        let q = project(&block.wq, 0)?
             .reshape((1, seq, nh, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let k = block
-            .wk
-            .forward(h)?
+        let k = project(&block.wk, 1)?
             .reshape((1, seq, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = block
-            .wv
-            .forward(h)?
+        let v = project(&block.wv, 2)?
             .reshape((seq, nkv, hd))?
             .transpose(0, 1)?
             .contiguous()?;
