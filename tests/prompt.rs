@@ -179,6 +179,42 @@ fn model_without_fim_tokens_continues_the_prefix() {
 }
 
 #[test]
+fn code_llama_python_vocabulary_continues_the_prefix() {
+    // With the EOT/FIM id keys kept (naming ids the vocabulary lacks) or removed.
+    let prefix = "def fib(n):\n    if n < 2:\n        return n\n    ";
+    // [BOS] + encode(prefix) with the implicit leading space, as the reference's text_completion: the
+    // fixture tokenizer.json (whose normalizer adds the space) encodes the prefix to these ids, none of
+    // them beyond 31999.
+    let want = [
+        1, 822, 18755, 29898, 29876, 1125, 13, 1678, 565, 302, 529, 29871, 29906, 29901, 13, 4706,
+        736, 302, 13, 268,
+    ];
+    for keep_fim_keys in [true, false] {
+        let mut f = GgufFile::open(&common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
+        common::to_codellama_python_vocab(&mut f.content.metadata, keep_fim_keys);
+        let tok = Arc::new(Tokenizer::from_gguf(&f.content).unwrap());
+        assert_eq!(tok.vocab_size(), 32000);
+        assert_eq!(tok.fim_ids(), None, "keys kept: {keep_fim_keys}");
+        let b = builder(&tok, FimOrder::Spm);
+        assert_eq!(b.template(), FimTemplate::Continuation);
+        let built = b
+            .fim(
+                &FimInput {
+                    prefix,
+                    suffix: "\n\nprint(fib(10))\n",
+                    ..FimInput::default()
+                },
+                32,
+                16384,
+            )
+            .unwrap();
+        assert_eq!(built.ids, want, "keys kept: {keep_fim_keys}");
+        assert_eq!(built.template, "none");
+        assert_eq!(built.stop_ids, Vec::<u32>::new());
+    }
+}
+
+#[test]
 fn forced_template_missing_from_vocabulary_is_a_clear_error() {
     let f = GgufFile::open(&common::small_model()).unwrap();
     let tok = Arc::new(Tokenizer::from_gguf(&f.content).unwrap());

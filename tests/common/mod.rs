@@ -131,3 +131,30 @@ pub fn codellama70b_gguf_tokenizer(
     codellama_lsp::engine::tokenizer::Tokenizer::from_gguf(&f.content).unwrap()
 }
 
+/// Turns the tiny Code Llama GGUF's tokenizer metadata into Code Llama – Python's: Llama 2's 32000
+/// pieces without the 16 infilling pieces (32000..=32015). `keep_fim_keys` keeps the EOT/FIM id keys,
+/// which then name ids the vocabulary lacks; otherwise they are removed.
+pub fn to_codellama_python_vocab(
+    meta: &mut std::collections::HashMap<String, candle_core::quantized::gguf_file::Value>,
+    keep_fim_keys: bool,
+) {
+    use candle_core::quantized::gguf_file::Value;
+    for key in [
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+    ] {
+        match meta.get_mut(key) {
+            Some(Value::Array(a)) => a.truncate(32000),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    if !keep_fim_keys {
+        for name in [
+            "eot", "prefix", "suffix", "middle", "fim_pre", "fim_suf", "fim_mid",
+        ] {
+            let key = format!("tokenizer.ggml.{name}_token_id");
+            assert!(meta.remove(&key).is_some(), "{key}");
+        }
+    }
+}
