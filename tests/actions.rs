@@ -1,7 +1,7 @@
 //! Code actions without a model: golden cases for answer reduction, re-indentation, comment and
 //! doc-comment rendering, comment-line detection, the enclosing function, the offers, the errors, and
 //! the prompts (their ids are exactly `chat::build` of the intended messages, through both Code Llama
-//! tokenizers and the SmolLM2 GGUF).
+//! tokenizers, the Code Llama 70B tokenizers derived from them and the SmolLM2 GGUF).
 //!
 //! Sources mark positions inline: `$0` is the cursor, `$1`...`$2` a selection.
 
@@ -935,6 +935,24 @@ fn which_models_follow_instructions() {
         actions::instruct_format(&["Smollm2 135M"], &smol).unwrap(),
         ChatFormat::ChatMl
     );
+    // Code Llama 70B – Instruct: from its chat template whatever the name, and from its <step> token
+    // when a GGUF named Instruct has no template (a 32016-token vocabulary that is not Llama 2's format).
+    for (source, tok) in common::codellama70b_tokenizers() {
+        assert_eq!(
+            actions::instruct_format(&["tiny-codellama-mha"], &tok).unwrap(),
+            ChatFormat::CodeLlama70b,
+            "{source}"
+        );
+    }
+    let untemplated = common::codellama70b_gguf_tokenizer(1, None);
+    assert!(matches!(
+        actions::instruct_format(&["codellama-70b.Q4_K_M.gguf"], &untemplated),
+        Err(ActionError::NotInstruct { .. })
+    ));
+    assert_eq!(
+        actions::instruct_format(&["codellama-70b-instruct.Q4_K_M.gguf"], &untemplated).unwrap(),
+        ChatFormat::CodeLlama70b
+    );
 }
 
 const PY_SOURCE: &str = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        return [l.rstrip() for l in f]\n\n\nprint(read_lines(\"x\"))\n";
@@ -966,11 +984,21 @@ fn explain_prompt_is_chat_build_of_the_intended_messages() {
     };
     let source = Source::new(PY_SOURCE, Some("src/lines.py"), None);
     let intended = intended_explain_messages();
-    let mut all = codellama_tokenizers()
+    let mut all: Vec<(String, Tokenizer, ChatFormat)> = codellama_tokenizers()
         .into_iter()
-        .map(|(n, t)| (n, t, ChatFormat::Llama2))
-        .collect::<Vec<_>>();
-    all.push(("smollm2 gguf", smollm2_tokenizer(), ChatFormat::ChatMl));
+        .map(|(n, t)| (n.to_string(), t, ChatFormat::Llama2))
+        .collect();
+    all.push((
+        "smollm2 gguf".into(),
+        smollm2_tokenizer(),
+        ChatFormat::ChatMl,
+    ));
+    let (_, step) = common::STEP;
+    all.extend(
+        common::codellama70b_tokenizers()
+            .into_iter()
+            .map(|(n, t)| (n, t, ChatFormat::CodeLlama70b)),
+    );
     for (name, tok, format) in all {
         let p = actions::build_prompt(&tok, format, &source, &task, 256, 4096).unwrap();
         assert_eq!(p.messages, intended, "{name}");
@@ -985,6 +1013,16 @@ fn explain_prompt_is_chat_build_of_the_intended_messages() {
             // [BOS] "▁[" "INST" "]" ... the open turn ends with "[/INST]".
             assert_eq!(p.ids[0], 1, "{name}");
             assert_eq!(tok.decode(&p.ids[p.ids.len() - 4..]), " [/INST]", "{name}");
+        }
+        if format == ChatFormat::CodeLlama70b {
+            // System and user turns, each ended by <step>, then the assistant's header.
+            assert_eq!(p.stop_ids, [step, 2], "{name}");
+            assert_eq!(p.ids.iter().filter(|&&t| t == step).count(), 2, "{name}");
+            assert_eq!(
+                tok.decode(&p.ids[p.ids.len() - 11..]),
+                " Source: assistant\nDestination: user\n\n ",
+                "{name}"
+            );
         }
     }
 }

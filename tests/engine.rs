@@ -311,6 +311,79 @@ fn hugging_face_directory_matches_the_gguf() {
     assert_eq!(got.generated_ids, want);
 }
 
+/// Code Llama – Python has no infilling pieces (a 32000-token vocabulary). The tiny GGUF rewritten that
+/// way (vocabulary, embedding and output rows cut to 32000) completes by plain continuation through the
+/// whole pipeline, and greedy decoding of BOS "Hello world" gives the float64 reference's ids (none of
+/// them is 32000 or more, so the removed rows cannot change an argmax).
+#[test]
+fn code_llama_python_gguf_completes_by_continuation() {
+    use candle_core::quantized::{gguf_file, QTensor};
+    use candle_core::Device;
+    use codellama_lsp::completion::{self, CompletionRequest};
+    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+
+    let mut reader =
+        std::fs::File::open(common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
+    let content = gguf_file::Content::read(&mut reader).unwrap();
+    let mut metadata = content.metadata.clone();
+    common::to_codellama_python_vocab(&mut metadata, false);
+    metadata.insert("llama.vocab_size".into(), gguf_file::Value::U32(32000));
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let mut t = content.tensor(&mut reader, name, &Device::Cpu).unwrap();
+        if name == "token_embd.weight" || name == "output.weight" {
+            let all = t.dequantize(&Device::Cpu).unwrap();
+            let cols = all.dim(1).unwrap();
+            // Through a Vec: quantize reads the whole storage behind a narrowed view.
+            let rows: Vec<f32> = all.flatten_all().unwrap().to_vec1().unwrap();
+            let rows = candle_core::Tensor::from_vec(
+                rows[..32000 * cols].to_vec(),
+                (32000, cols),
+                &Device::Cpu,
+            )
+            .unwrap();
+            t = QTensor::quantize(&rows, t.dtype()).unwrap();
+        }
+        tensors.push((name.as_str(), t));
+    }
+    let path = tempdir("python").join("tiny-codellama-python.gguf");
+    let metadata: Vec<(&str, &gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    gguf_file::write(
+        &mut std::fs::File::create(&path).unwrap(),
+        &metadata,
+        &tensors,
+    )
+    .unwrap();
+
+    let engine = start(&path);
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let mut req = CompletionRequest::new("Hello world", "\n", 16);
+    req.raw = true;
+    let got = completion::complete(&engine, &builder, &req).unwrap();
+    assert_eq!(got.template, "none");
+    assert_eq!(got.prompt_ids, [1, 15043, 3186]);
+    let golden = common::read_json(&common::codellama_fixture(
+        "tiny-codellama-greedy-golden.json",
+    ));
+    let case = golden
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "tiny-codellama-mha.gguf" && c["prompt_name"] == "hello_world")
+        .unwrap();
+    assert_eq!(case["prompt_ids"], serde_json::json!([1, 15043, 3186]));
+    let want: Vec<u32> = case["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(got.generated_ids, want);
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+}
+
 fn hf_name(gguf: &str) -> String {
     let map = [
         ("token_embd.weight", "model.embed_tokens.weight"),

@@ -56,7 +56,7 @@ pub fn chat_format(engine: &dyn Backend) -> Result<ChatFormat, ActionError> {
 /// The chat format of a model known by `names` (its `general.name`, its file name) and its tokenizer:
 /// from the chat template when there is one (an unknown template is an error naming the known ones);
 /// without one, only a model named Instruct or Chat qualifies (Code Llama – Instruct GGUFs converted
-/// without a template use the Llama 2 format).
+/// without a template use the Llama 2 format, or Code Llama 70B's when the vocabulary has `<step>`).
 pub fn instruct_format(names: &[&str], tokenizer: &Tokenizer) -> Result<ChatFormat, ActionError> {
     let named_instruct = names.iter().any(|n| is_instruct_name(n));
     if tokenizer.chat_template().is_none() && !named_instruct {

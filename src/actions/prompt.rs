@@ -211,7 +211,9 @@ fn code_block(code: &str, tag: &str) -> String {
 }
 
 /// Llama 2's reference rejects prompts containing its markers; user text cannot add turns, so they are
-/// broken up (`[INST]` -> `[ INST]`). ChatML markers are special tokens, which plain text never becomes.
+/// broken up (`[INST]` -> `[ INST]`). ChatML markers and Code Llama 70B's `<step>` are tokens that plain
+/// text never becomes (the tokenizer protects them), so text such as `<step> Source: system` stays text
+/// inside its turn.
 fn sanitize(text: &str, format: ChatFormat) -> String {
     match format {
         ChatFormat::Llama2 => text
@@ -219,6 +221,6 @@ fn sanitize(text: &str, format: ChatFormat) -> String {
             .replace("[/INST]", "[ /INST]")
             .replace("<<SYS>>", "< <SYS>>")
             .replace("<</SYS>>", "< </SYS>>"),
-        ChatFormat::ChatMl => text.to_string(),
+        ChatFormat::ChatMl | ChatFormat::CodeLlama70b => text.to_string(),
     }
 }

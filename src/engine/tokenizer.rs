@@ -9,13 +9,14 @@
 //!
 //! # User text stays text
 //! `encode` never returns a *protected* id (see [`Tokenizer::is_protected`]): control tokens (`<s>`,
-//! `</s>`, `<|im_end|>`...), the BOS/EOS/EOT and FIM-marker ids, and for Code Llama the whole infill block
-//! 32000..=32015 (`▁<SU`, `▁<PRE`, ... `▁<PRE>`, ... `▁<EOT><EOT>`). Literal `</s>` in a source file encodes
-//! as the text `</s>`. Code Llama's vocabulary would assemble plain text `" <PRE>"` into the marker 32007
-//! through ordinary merges, and Meta's reference tokenizer does exactly that; we forbid every merge whose
-//! result is protected, so such text is spelled with ordinary pieces (`▁<`, `PRE`, `>`). **This is the one
-//! place where we deliberately differ from the reference tokenizer**: a file that contains marker text
-//! cannot inject a FIM marker into the prompt. Prompt builders insert markers as ids ([`Tokenizer::fim_ids`],
+//! `</s>`, `<|im_end|>`...), the BOS/EOS/EOT and FIM-marker ids, for Code Llama the whole infill block
+//! 32000..=32015 (`▁<SU`, `▁<PRE`, ... `▁<PRE>`, ... `▁<EOT><EOT>`), and Code Llama 70B's turn separator
+//! `<step>` (so text cannot end a chat turn). Literal `</s>` in a source file encodes as the text `</s>`.
+//! Code Llama's vocabulary would assemble plain text `" <PRE>"` into the marker 32007 through ordinary
+//! merges, and Meta's reference tokenizer does exactly that; we forbid every merge whose result is
+//! protected, so such text is spelled with ordinary pieces (`▁<`, `PRE`, `>`). **This is the one place
+//! where we deliberately differ from the reference tokenizer**: a file that contains marker text cannot
+//! inject a FIM marker into the prompt (text `<step>`, which Meta's 70B chat code refuses, is kept as text). Prompt builders insert markers as ids ([`Tokenizer::fim_ids`],
 //! [`Tokenizer::special_id`]), never by tokenizing marker text.
 //!
 //! # The dummy prefix
@@ -200,6 +201,11 @@ impl Tokenizer {
     /// End of turn / end of infill (`▁<EOT>` for Code Llama), when the vocabulary has one.
     pub fn eot_id(&self) -> Option<u32> {
         self.specials.eot
+    }
+
+    /// Code Llama 70B – Instruct's chat turn separator `<step>`, when the (SentencePiece) vocabulary has it.
+    pub fn step_id(&self) -> Option<u32> {
+        self.specials.step
     }
 
     /// Whether prompts start with BOS (`tokenizer.ggml.add_bos_token`, default true for SentencePiece).

@@ -5,7 +5,13 @@
 //! `[BOS] + encode("[INST] " + user.strip() + " [/INST] " + answer.strip() + " ") + [EOS]` and the open
 //! turn `[BOS] + encode("[INST] " + user.strip() + " [/INST]")`. ChatML (SmolLM2-Instruct, Qwen...)
 //! is `<|im_start|>` + encode(role + "\n" + content) + `<|im_end|>` + encode("\n") per message, then
-//! `<|im_start|>` + encode("assistant\n"). The format comes from the model's chat template.
+//! `<|im_start|>` + encode("assistant\n"). Code Llama 70B – Instruct (Meta's `dialog_prompt_tokens`, the
+//! same ids as its published chat template for a dialog that starts with a system message) is
+//! `[BOS]`, then per message `encode(" Source: " + role)` + `encode("\n\n " + content.strip())` (left out
+//! when the content is empty) + `[<step>]`, then `encode(" Source: assistant\nDestination: user")` +
+//! `encode("\n\n ")`, with no implicit leading space (its SentencePiece model adds none); a dialog without
+//! a system message gets an empty one, as in the reference. The format comes from the model's chat
+//! template (without one: `<step>` in the vocabulary means the 70B format, as in the reference).
 
 use serde::Serialize;
 
@@ -17,6 +23,8 @@ use crate::engine::tokenizer::Tokenizer;
 pub enum ChatFormat {
     Llama2,
     ChatMl,
+    /// Code Llama 70B – Instruct: `Source:` headers, turns separated by the `<step>` token.
+    CodeLlama70b,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -33,6 +41,17 @@ pub struct Message {
     pub content: String,
 }
 
+impl Role {
+    /// The role's name in chat templates.
+    fn name(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
@@ -47,11 +66,16 @@ impl Message {
 pub fn detect(tok: &Tokenizer) -> Result<ChatFormat, PromptError> {
     match tok.chat_template() {
         Some(t) if t.contains("<|im_start|>") && tok.special_id("<|im_start|>").is_some() => Ok(ChatFormat::ChatMl),
+        Some(t) if t.contains("Source:") && t.contains("<step>") && tok.step_id().is_some() => {
+            Ok(ChatFormat::CodeLlama70b)
+        }
         Some(t) if t.contains("[INST]") => Ok(ChatFormat::Llama2),
         Some(t) => Err(PromptError::Chat(format!(
-            "the model's chat template is not one of the known formats (Llama 2 [INST], ChatML <|im_start|>): {:?}",
+            "the model's chat template is not one of the known formats (Llama 2 [INST], ChatML <|im_start|>, \
+             Code Llama 70B Source:/<step> with <step> in the vocabulary): {:?}",
             t.chars().take(120).collect::<String>()
         ))),
+        None if tok.step_id().is_some() => Ok(ChatFormat::CodeLlama70b),
         None if tok.token_id("▁<PRE>").is_some() || tok.vocab_size() == 32016 || tok.vocab_size() == 32000 => {
             Ok(ChatFormat::Llama2)
         }
@@ -71,6 +95,7 @@ pub fn build(
     match format {
         ChatFormat::Llama2 => llama2(tok, messages),
         ChatFormat::ChatMl => chatml(tok, messages),
+        ChatFormat::CodeLlama70b => codellama70b(tok, messages),
     }
 }
 
@@ -81,6 +106,10 @@ pub fn stop_ids(tok: &Tokenizer, format: ChatFormat) -> Vec<u32> {
         ChatFormat::ChatMl => ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
             .iter()
             .filter_map(|p| tok.special_id(p))
+            .collect(),
+        ChatFormat::CodeLlama70b => [tok.step_id(), tok.eos_id()]
+            .into_iter()
+            .flatten()
             .collect(),
     }
 }
@@ -167,17 +196,59 @@ fn chatml(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError
         ids.extend(tok.bos_id());
     }
     for m in messages {
-        let role = match m.role {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
         ids.push(start);
-        ids.extend(tok.encode(&format!("{role}\n{}", m.content), false));
+        ids.extend(tok.encode(&format!("{}\n{}", m.role.name(), m.content), false));
         ids.push(end);
         ids.extend(tok.encode("\n", false));
     }
     ids.push(start);
     ids.extend(tok.encode("assistant\n", false));
+    Ok(ids)
+}
+
+fn codellama70b(tok: &Tokenizer, messages: &[Message]) -> Result<Vec<u32>, PromptError> {
+    let (Some(bos), Some(step)) = (tok.bos_id(), tok.step_id()) else {
+        return Err(PromptError::Chat(
+            "the Code Llama 70B chat format needs the BOS and <step> tokens".into(),
+        ));
+    };
+    let empty_system = Message::new(Role::System, "");
+    let turns: Vec<&Message> = match messages.first() {
+        Some(first) if first.role == Role::System => messages.iter().collect(),
+        _ => std::iter::once(&empty_system).chain(messages).collect(),
+    };
+    let expected = |i: usize| {
+        if i % 2 == 1 {
+            Role::User
+        } else {
+            Role::Assistant
+        }
+    };
+    if turns
+        .iter()
+        .enumerate()
+        .skip(1)
+        .any(|(i, m)| m.role != expected(i))
+    {
+        return Err(PromptError::Chat(
+            "Code Llama 70B turns must be an optional system message, then user, assistant, user...".into(),
+        ));
+    }
+    if turns.last().map(|m| m.role) != Some(Role::User) {
+        return Err(PromptError::Chat(
+            "the last message must be the user's".into(),
+        ));
+    }
+    let mut ids = vec![bos];
+    for m in turns {
+        ids.extend(tok.encode(&format!(" Source: {}", m.role.name()), false));
+        // The reference tests the content before stripping it.
+        if !m.content.is_empty() {
+            ids.extend(tok.encode(&format!("\n\n {}", m.content.trim()), false));
+        }
+        ids.push(step);
+    }
+    ids.extend(tok.encode(" Source: assistant\nDestination: user", false));
+    ids.extend(tok.encode("\n\n ", false));
     Ok(ids)
 }

@@ -1,5 +1,6 @@
-//! Special ids: BOS/EOS/EOT, the fill-in-the-middle markers and their family, the end-of-generation set,
-//! and the protected set derived from them (see the parent module's "User text stays text").
+//! Special ids: BOS/EOS/EOT, the fill-in-the-middle markers and their family, Code Llama 70B's turn
+//! separator, the end-of-generation set, and the protected set derived from them (see the parent module's
+//! "User text stays text").
 
 use super::vocab::{TokenType, Vocab, SPACE_MARK};
 use super::TokenizerKind;
@@ -67,6 +68,11 @@ const FAMILIES: [FamilyMarkers; 4] = [
 /// The marker texts Code Llama's partial pieces are made of (`▁<SU`, `▁<PRE`, `▁<EOT><EOT>`...).
 const CODELLAMA_MARKER_TEXTS: [&str; 4] = ["<PRE>", "<SUF>", "<MID>", "<EOT>"];
 
+/// Code Llama 70B – Instruct's turn separator: one piece (id 32015) in its SentencePiece vocabulary, which
+/// Meta's reference finds with `piece_to_id("<step>")`. The reference rejects dialogs whose text contains
+/// `<step>`; we make the piece a protected control token instead, so such text stays text.
+const CODELLAMA_STEP: &str = "<step>";
+
 /// Byte-level vocabularies end chat turns and documents with these when they are control tokens.
 const BYTE_LEVEL_END_PIECES: [&str; 4] = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>"];
 
@@ -90,19 +96,26 @@ pub(super) struct Specials {
     pub eos: Option<u32>,
     pub eot: Option<u32>,
     pub fim: Option<FimIds>,
+    /// Code Llama 70B's `<step>`, when the vocabulary has it.
+    pub step: Option<u32>,
     pub end_of_generation: Vec<u32>,
 }
 
-/// Validates `keys` against `vocab`, detects the FIM family, marks FIM markers and EOT as control tokens
-/// (as llama.cpp does) and fills the vocabulary's protected set.
+/// Validates `keys` against `vocab`, detects the FIM family, marks FIM markers, EOT and `<step>` as control
+/// tokens (as llama.cpp does for the first two) and fills the vocabulary's protected set.
 pub(super) fn resolve(vocab: &mut Vocab, keys: SpecialKeys) -> Specials {
     let keys = keys.in_range(vocab.len());
     let fim = detect_fim(vocab, &keys);
     let eot = keys.eot.or(fim.and_then(|f| f.eot));
+    let step = match vocab.kind() {
+        TokenizerKind::SentencePiece => vocab.id(CODELLAMA_STEP),
+        TokenizerKind::ByteLevel => None,
+    };
     let markers: Vec<u32> = fim
         .iter()
         .flat_map(|f| [f.prefix, f.suffix, f.middle])
         .chain(eot)
+        .chain(step)
         .collect();
     let to_control: Vec<u32> = markers
         .iter()
@@ -133,6 +146,7 @@ pub(super) fn resolve(vocab: &mut Vocab, keys: SpecialKeys) -> Specials {
         eos: keys.eos,
         eot,
         fim,
+        step,
         end_of_generation,
     }
 }
