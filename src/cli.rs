@@ -18,7 +18,7 @@ use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// A .gguf file, a Hugging Face model directory, or a Hub reference owner/repo[:file.gguf].
-    /// Default: the small model fetched by scripts/fetch-model.
+    /// Default: Qwen2.5-Coder-0.5B-Instruct, fetched by scripts/fetch-model.
     #[arg(long, env = "CODELLAMA_LSP_MODEL")]
     pub model: Option<String>,
     /// CPU threads for inference (default: all cores).
@@ -67,6 +67,9 @@ pub struct CompleteArgs {
     /// No post-processing and no structure-aware stopping (only EOS/EOT and --max-tokens stop).
     #[arg(long)]
     pub raw: bool,
+    /// Keep the prompt's last token before the cursor (turns token healing off; --raw does too).
+    #[arg(long)]
+    pub no_token_healing: bool,
     /// Print one JSON object: completion, prompt_ids, generated_ids, template, timings...
     #[arg(long)]
     pub json: bool,
@@ -88,6 +91,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], args.max_tokens);
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
+    req.token_healing = !args.no_token_healing;
     req.sampling = SamplingParams {
         temperature: args.temperature,
         seed: args.seed,

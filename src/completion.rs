@@ -34,6 +34,9 @@ pub struct CompletionRequest {
     pub postprocess: postprocess::Config,
     /// Other open documents, most recently used first (used when the prompt builder allows context).
     pub extra: Vec<ContextChunk>,
+    /// Token healing at the cursor (the `token_healing` setting); never in raw mode, and only with a
+    /// backend that can constrain the first tokens.
+    pub token_healing: bool,
 }
 
 impl CompletionRequest {
@@ -50,6 +53,7 @@ impl CompletionRequest {
             supersede_key: None,
             postprocess: postprocess::Config::default(),
             extra: Vec::new(),
+            token_healing: true,
         }
     }
 
@@ -133,6 +137,7 @@ pub fn prepare(
         path: req.path.as_deref(),
         language_id: req.language_id.as_deref(),
         extra: &req.extra,
+        heal: req.token_healing && !req.raw && engine.heals_tokens(),
     };
     let prompt = builder.fim(&input, req.max_tokens, engine.info().context_window)?;
     let mut gen = GenerateRequest::new(prompt.ids.clone(), req.max_tokens);
@@ -140,6 +145,7 @@ pub fn prepare(
     gen.stop_ids = prompt.stop_ids.clone();
     gen.cancel = req.cancel.clone();
     gen.supersede_key = req.supersede_key.clone();
+    gen.heal = prompt.heal.clone();
     let stopper = (!req.raw).then(|| {
         let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
         Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))

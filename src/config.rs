@@ -67,6 +67,24 @@ impl Setting for Option<usize> {
     }
 }
 
+impl Setting for bool {
+    const TYPE: &'static str = "boolean";
+    fn parse(value: &Value) -> Result<Self, String> {
+        if let Some(b) = value.as_bool() {
+            return Ok(b);
+        }
+        let text = as_text(value).ok_or_else(|| format!("expected true or false, got {value}"))?;
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "on" | "yes" => Ok(true),
+            "false" | "0" | "off" | "no" => Ok(false),
+            _ => Err(format!("expected true or false, got {text:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl Setting for f32 {
     const TYPE: &'static str = "number";
     fn parse(value: &Value) -> Result<Self, String> {
@@ -382,7 +400,8 @@ macro_rules! config {
 
 config! {
     /// Model for inline completions: a `.gguf` file, a Hugging Face model directory, or a Hub reference
-    /// `owner/repo:file.gguf`. Empty: the small offline model that `scripts/fetch-model` installs.
+    /// `owner/repo:file.gguf`. Empty: the default model that `scripts/fetch-model` installs
+    /// (Qwen2.5-Coder-0.5B-Instruct).
     model: Option<String> = None,
     /// Instruct model for code actions (explain, generate, document), loaded beside the completion model. Empty:
     /// the completion model (or the remote engine), when it is an Instruct model.
@@ -416,6 +435,10 @@ config! {
     /// Order of the fill-in-the-middle prompt: "spm" (suffix first; best reuse of the model's cache while
     /// typing), "psm", or "auto" (the template's preference).
     fim_order: FimOrder = FimOrder::Auto,
+    /// Token healing at the cursor: the prompt leaves out the last token before the cursor and the model
+    /// writes it again, constrained to the same text, so a cursor after indentation or inside a word does
+    /// not put the model off (only with the in-process engine).
+    token_healing: bool = true,
     /// Language ids (as the editor names them, e.g. "python", "rust") that get suggestions. Empty: all.
     languages: Vec<String> = Vec::new(),
     /// Log level for stderr and the client's log: "off", "error", "warn", "info", "debug" (one line per

@@ -428,3 +428,63 @@ fn unpermute(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
     }
     out
 }
+
+/// Token healing with the real Qwen2.5-Coder 0.5B: the prompt leaves out the prefix's last token, the
+/// first generated tokens spell it again (never anything that contradicts it) and the suggestion starts
+/// after it. With the cursor after indentation the suggestion does not indent a second time.
+#[test]
+fn token_healing_rewrites_the_last_token_before_the_cursor() {
+    use codellama_lsp::completion::{self, CompletionRequest};
+    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+
+    let engine = {
+        let opts = LoadOptions {
+            model: Some(common::qwen_model().display().to_string()),
+            context_window: Some(512),
+            ..LoadOptions::default()
+        };
+        Engine::start(opts, Box::new(|_| {})).expect("engine starts")
+    };
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let tok = engine.tokenizer();
+    let cases = [
+        // In the middle of an identifier.
+        (
+            "def fibonacci(n):\n    if n < 2:\n        return n\n    return fib",
+            "\n",
+            " fib",
+        ),
+        // After the indentation of an empty line.
+        (
+            "def area(radius):\n    \"\"\"The area of a circle.\"\"\"\n    ",
+            "\n",
+            "    ",
+        ),
+    ];
+    for (prefix, suffix, healed) in cases {
+        let mut req = CompletionRequest::new(prefix, suffix, 24);
+        let healed_run = completion::complete(&engine, &builder, &req).unwrap();
+        req.token_healing = false;
+        let plain = completion::complete(&engine, &builder, &req).unwrap();
+        // The healed prompt is the plain one without the last token of the prefix section.
+        let (h, p) = (&healed_run.prompt_ids, &plain.prompt_ids);
+        assert!(h.len() < p.len(), "{prefix:?}: {h:?} vs {p:?}");
+        let spelled = tok.decode(&healed_run.generated_ids);
+        assert!(
+            spelled.starts_with(healed),
+            "{prefix:?}: generation {spelled:?} does not start with {healed:?}"
+        );
+        // The reported text follows the healed text (the stopping rules may have cut its end).
+        assert!(
+            spelled.starts_with(&format!("{healed}{}", healed_run.raw_text)),
+            "{prefix:?}: {spelled:?} vs {:?}",
+            healed_run.raw_text
+        );
+        assert!(
+            !healed_run.completion.starts_with(char::is_whitespace),
+            "{prefix:?}: {:?}",
+            healed_run.completion
+        );
+        assert!(!healed_run.completion.is_empty(), "{prefix:?}");
+    }
+}

@@ -84,6 +84,10 @@ pub struct GenerateRequest {
     pub cancel: CancelToken,
     /// A newer request with the same key cancels this one (e.g. one key per document).
     pub supersede_key: Option<String>,
+    /// Token healing: text the generation must begin with, which the prompt left out. The first tokens
+    /// are constrained to spell it; it is not part of the reported text or token events. Only backends
+    /// whose [`Backend::heals_tokens`] is true honour it.
+    pub heal: String,
 }
 
 impl GenerateRequest {
@@ -98,6 +102,7 @@ impl GenerateRequest {
             policy: None,
             cancel: CancelToken::new(),
             supersede_key: None,
+            heal: String::new(),
         }
     }
 }
@@ -194,6 +199,11 @@ pub trait Backend: Send + Sync {
     fn submit(&self, req: GenerateRequest) -> Generation;
     fn tokenizer(&self) -> &Arc<Tokenizer>;
     fn info(&self) -> &Arc<ModelInfo>;
+    /// Whether the backend constrains the first tokens to [`GenerateRequest::heal`] (a remote engine
+    /// cannot, so prompts for it are built without healing).
+    fn heals_tokens(&self) -> bool {
+        false
+    }
 }
 
 impl Backend for Engine {
@@ -205,6 +215,9 @@ impl Backend for Engine {
     }
     fn info(&self) -> &Arc<ModelInfo> {
         Engine::info(self)
+    }
+    fn heals_tokens(&self) -> bool {
+        true
     }
 }
 

@@ -222,6 +222,7 @@ impl Worker {
         let t_decode = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut decoder = IncrementalDecoder::new();
+        let mut heal = Healing::new(&req.heal);
         let mut out = Outcome {
             generated_ids: Vec::new(),
             text: String::new(),
@@ -234,14 +235,19 @@ impl Worker {
                 out.stop_reason = StopReason::Cancelled;
                 break;
             }
-            let tok = sampler.sample(&logits.to_vec1::<f32>()?);
+            let mut scores = logits.to_vec1::<f32>()?;
+            heal.constrain(&self.tokenizer, &mut scores);
+            let tok = sampler.sample(&scores);
             if req.stop_ids.contains(&tok) || (req.stop_at_eog && self.eog.contains(&tok)) {
                 out.stop_reason = StopReason::EndOfGeneration;
                 out.stop_token = Some(tok);
                 break;
             }
             out.generated_ids.push(tok);
-            let delta = decoder.push(&self.tokenizer, tok);
+            let delta = heal.consume(
+                self.tokenizer.token_bytes(tok),
+                decoder.push(&self.tokenizer, tok),
+            );
             out.text.push_str(&delta);
             if let Some(cut) = stop_string_cut(&out.text, &req.stop_strings, delta.len()) {
                 out.text.truncate(cut);
@@ -273,6 +279,66 @@ impl Worker {
         timings.generated_tokens = out.generated_ids.len();
         out.timings = timings;
         Ok(out)
+    }
+}
+
+/// Token healing in the decode loop: while part of the healed text is unspelled, only tokens that
+/// continue it (or that it continues) may be sampled; the healed text is then dropped from the output.
+struct Healing<'a> {
+    /// Healed bytes not yet produced.
+    rest: &'a [u8],
+    /// Output text still to drop (the healed text's length, less what was dropped).
+    skip: usize,
+}
+
+impl<'a> Healing<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            rest: text.as_bytes(),
+            skip: text.len(),
+        }
+    }
+
+    /// Masks every token that does not fit the healed text's unspelled rest. If none fits (a vocabulary
+    /// that cannot spell it), healing ends and nothing is masked or dropped.
+    fn constrain(&mut self, tokenizer: &Tokenizer, scores: &mut [f32]) {
+        if self.rest.is_empty() {
+            return;
+        }
+        let fits = |id: usize| {
+            let b = tokenizer.token_bytes(id as u32);
+            !b.is_empty()
+                && !tokenizer.is_protected(id as u32)
+                && (b.starts_with(self.rest) || self.rest.starts_with(b))
+        };
+        if !(0..scores.len()).any(fits) {
+            tracing::debug!(
+                "token healing: no token spells {:?}",
+                String::from_utf8_lossy(self.rest)
+            );
+            (self.rest, self.skip) = (&[], 0);
+            return;
+        }
+        for (id, score) in scores.iter_mut().enumerate() {
+            if !fits(id) {
+                *score = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// Records a sampled token (its bytes) and returns the part of its decoded text that follows the
+    /// healed text.
+    fn consume(&mut self, bytes: &[u8], delta: String) -> String {
+        self.rest = &self.rest[bytes.len().min(self.rest.len())..];
+        if self.skip == 0 {
+            return delta;
+        }
+        let mut cut = self.skip.min(delta.len());
+        while !delta.is_char_boundary(cut) {
+            cut += 1;
+        }
+        self.skip -= cut.min(self.skip);
+        delta[cut..].to_string()
     }
 }
 

@@ -58,6 +58,10 @@ pub struct FimInput<'a> {
     pub language_id: Option<&'a str>,
     /// Other documents, most recently used first; used when `extra_context_tokens` allows.
     pub extra: &'a [ContextChunk],
+    /// Token healing: leave the prefix's last token out of the prompt, so the model writes it again
+    /// (constrained to the same text, see [`BuiltPrompt::heal`]) instead of continuing from a token
+    /// boundary it rarely saw in training (after indentation, in the middle of an identifier).
+    pub heal: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +78,9 @@ pub struct BuiltPrompt {
     pub suffix_len: usize,
     /// Paths of the other documents included before the prefix.
     pub context_paths: Vec<String>,
+    /// The end of the prefix left out of the prompt (token healing): the generation must start with it,
+    /// and it is not part of the suggestion. Empty: no healing.
+    pub heal: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +163,12 @@ impl PromptBuilder {
                 max_tokens,
             })?;
         let order = self.order();
+        let heal_len = if input.heal {
+            self.healed_tail(input.prefix)
+        } else {
+            0
+        };
+        let (prefix_text, heal) = input.prefix.split_at(input.prefix.len() - heal_len);
         let suffix = if self.markers.is_some() {
             input.suffix
         } else {
@@ -165,16 +178,16 @@ impl PromptBuilder {
         let (extra, context_paths) = self.extra_context(input, (budget / 3).min(self.extra_tokens));
         let budget = budget - count(&extra).min(budget - 1);
         // Needs are measured only up to what could possibly fit, so huge files stay cheap.
-        let prefix_need = count(tail(input.prefix, budget * 24)).min(budget + 1);
+        let prefix_need = count(tail(prefix_text, budget * 24)).min(budget + 1);
         let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
         let (mut pb, mut sb) = budget::split(budget, self.ratio, prefix_need, suffix_need);
         for _ in 0..4 {
-            let (pstart, pdrop) = budget::fit_prefix(input.prefix, pb, &count);
+            let (pstart, pdrop) = budget::fit_prefix(prefix_text, pb, &count);
             let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
             let prefix = if extra.is_empty() {
-                std::borrow::Cow::Borrowed(&input.prefix[pstart..])
+                std::borrow::Cow::Borrowed(&prefix_text[pstart..])
             } else {
-                std::borrow::Cow::Owned(format!("{extra}{}", &input.prefix[pstart..]))
+                std::borrow::Cow::Owned(format!("{extra}{}", &prefix_text[pstart..]))
             };
             let ids = fim::assemble(
                 &self.tokenizer,
@@ -206,6 +219,7 @@ impl PromptBuilder {
                     prefix_start: pstart,
                     suffix_len: slen,
                     context_paths,
+                    heal: heal.to_string(),
                 });
             }
             // Per-line counts underestimated the whole: shrink both sides by the overflow and retry.
@@ -221,6 +235,26 @@ impl PromptBuilder {
 }
 
 impl PromptBuilder {
+    /// How many bytes at the end of `prefix` its last token stands for (0: nothing to heal). Only the
+    /// last line or two are encoded: pre-tokenizers split at line breaks, so earlier text does not
+    /// change the last token.
+    fn healed_tail(&self, prefix: &str) -> usize {
+        let before_last = prefix.trim_end_matches('\n').len().saturating_sub(1);
+        let line_start = prefix[..before_last].rfind('\n').map_or(0, |i| i + 1);
+        let text = tail(&prefix[line_start..], 512);
+        let Some(&last) = self.tokenizer.encode(text, false).last() else {
+            return 0;
+        };
+        let bytes = self.tokenizer.token_bytes(last);
+        let n = bytes.len();
+        let fits = n > 0 && prefix.as_bytes().ends_with(bytes);
+        if fits && prefix.is_char_boundary(prefix.len() - n) {
+            n
+        } else {
+            0
+        }
+    }
+
     /// Other documents as text to put before the prefix, each headed by its path in a comment, within
     /// `limit` tokens: most recently used first, duplicates and the current document skipped, each cut
     /// at whole lines from its end.

@@ -106,6 +106,7 @@ pub fn prepare(
     // An id post-processing does not know says nothing: then the file name decides the language.
     req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
         .then(|| input.language_id.to_string());
+    req.token_healing = config.token_healing;
     req.sampling = SamplingParams {
         temperature: config.temperature,
         ..SamplingParams::default()
