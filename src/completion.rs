@@ -78,6 +78,8 @@ pub struct Completion {
     pub generated_ids: Vec<u32>,
     pub template: String,
     pub truncated: Truncation,
+    /// Paths of the other documents shown to the model before the text around the cursor.
+    pub context_paths: Vec<String>,
     pub stop_reason: StopReason,
     pub timings: Timings,
 }
@@ -233,6 +235,7 @@ fn finish(
         generated_ids: outcome.generated_ids,
         template: prompt.template,
         truncated: prompt.truncated,
+        context_paths: prompt.context_paths,
         stop_reason: outcome.stop_reason,
         timings: outcome.timings,
     }

@@ -435,6 +435,10 @@ config! {
     /// Order of the fill-in-the-middle prompt: "spm" (suffix first; best reuse of the model's cache while
     /// typing), "psm", or "auto" (the template's preference).
     fim_order: FimOrder = FimOrder::Auto,
+    /// Tokens of other open documents (most recently edited first) shown to the model before the text
+    /// around the cursor, at most a third of the prompt; in the repository format for models trained on
+    /// it (Qwen2.5-Coder, StarCoder2), otherwise each headed by its path in a comment. 0 turns this off.
+    context_tokens: usize = 0,
     /// Token healing at the cursor: the prompt leaves out the last token before the cursor and the model
     /// writes it again, constrained to the same text, so a cursor after indentation or inside a word does
     /// not put the model off (only with the in-process engine).

@@ -274,11 +274,26 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// The open documents, by URI. The lock is only ever held for a lookup, an edit or a clone (cheap: ropes
-/// share their nodes), never across an `.await` or inference.
+/// The open documents, by URI, in the order they were last opened or edited (most recent last). The lock
+/// is only ever held for a lookup, an edit or a clone (cheap: ropes share their nodes), never across an
+/// `.await` or inference.
 #[derive(Debug, Default)]
 pub struct Documents {
-    docs: Mutex<HashMap<String, Document>>,
+    docs: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    by_uri: HashMap<String, Document>,
+    /// URIs, least recently touched first.
+    recent: Vec<String>,
+}
+
+impl Open {
+    fn touch(&mut self, uri: &str) {
+        self.recent.retain(|u| u != uri);
+        self.recent.push(uri.to_string());
+    }
 }
 
 impl Documents {
@@ -286,34 +301,55 @@ impl Documents {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Document>> {
+    fn lock(&self) -> MutexGuard<'_, Open> {
         self.docs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn open(&self, uri: &str, doc: Document) {
-        self.lock().insert(uri.to_string(), doc);
+        let mut open = self.lock();
+        open.by_uri.insert(uri.to_string(), doc);
+        open.touch(uri);
     }
 
     pub fn close(&self, uri: &str) -> bool {
-        self.lock().remove(uri).is_some()
+        let mut open = self.lock();
+        open.recent.retain(|u| u != uri);
+        open.by_uri.remove(uri).is_some()
     }
 
-    /// Runs `f` on the document, if it is open.
+    /// Runs `f` on the document (an edit), if it is open.
     pub fn with_mut<R>(&self, uri: &str, f: impl FnOnce(&mut Document) -> R) -> Option<R> {
-        self.lock().get_mut(uri).map(f)
+        let mut open = self.lock();
+        let out = open.by_uri.get_mut(uri).map(f);
+        if out.is_some() {
+            open.touch(uri);
+        }
+        out
     }
 
     /// A copy of the document to work on without the lock.
     pub fn snapshot(&self, uri: &str) -> Option<Document> {
-        self.lock().get(uri).cloned()
+        self.lock().by_uri.get(uri).cloned()
+    }
+
+    /// Copies of up to `n` other open documents, most recently touched first, with their URIs.
+    pub fn recent_others(&self, uri: &str, n: usize) -> Vec<(String, Document)> {
+        let open = self.lock();
+        open.recent
+            .iter()
+            .rev()
+            .filter(|u| *u != uri)
+            .filter_map(|u| Some((u.clone(), open.by_uri.get(u)?.clone())))
+            .take(n)
+            .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().by_uri.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        self.lock().by_uri.is_empty()
     }
 }
 

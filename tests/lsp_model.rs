@@ -431,3 +431,44 @@ fn languages_not_enabled_get_nothing() {
     assert_eq!(items(&inline(&mut s, "file:///tmp/off.py", 1, 4)).len(), 1);
     finish(s);
 }
+
+/// With `context_tokens` set, the other open documents (most recently edited first) reach the prompt:
+/// the completion's debug line names them; without the setting no other document does.
+#[test]
+fn other_open_documents_reach_the_prompt_when_asked() {
+    for (tokens, expect) in [("0", false), ("200", true)] {
+        let mut s = start(&small(), &[], &["--context-tokens", tokens]);
+        open(
+            &mut s,
+            "file:///tmp/ctx/stats.py",
+            "python",
+            "def mean(xs):\n    return sum(xs) / len(xs)\n",
+        );
+        open(
+            &mut s,
+            "file:///tmp/ctx/app.py",
+            "python",
+            "from stats import mean\n\nx = ",
+        );
+        inline(&mut s, "file:///tmp/ctx/app.py", 2, 4);
+        let deadline = Instant::now() + LOAD;
+        while !s.stderr().contains("completion") {
+            assert!(
+                Instant::now() < deadline,
+                "no completion line:\n{}",
+                s.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = s.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.contains("prompt_tokens"))
+            .unwrap_or_else(|| panic!("no completion line:\n{log}"));
+        assert_eq!(
+            line.contains("/tmp/ctx/stats.py"),
+            expect,
+            "{tokens}: {line}"
+        );
+    }
+}

@@ -468,3 +468,59 @@ fn codellama_70b_format_comes_from_template_or_step_token() {
     let e = detect(&tok).unwrap_err().to_string();
     assert!(e.contains("Code Llama 70B") && e.contains("<step>"), "{e}");
 }
+
+/// Qwen2.5-Coder was trained on repository-level prompts: with other documents as context, they come
+/// before the infilling prompt as `<|repo_name|>name\n`, `<|file_sep|>path\ncontent\n` per file and
+/// `<|file_sep|>current path\n`, markers as ids. The expected ids are assembled here from that rule.
+#[test]
+fn qwen_gets_other_documents_in_its_repository_format() {
+    use codellama_lsp::prompt::ContextChunk;
+    let tok = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let cfg = PromptConfig {
+        extra_context_tokens: 200,
+        ..PromptConfig::default()
+    };
+    let b = PromptBuilder::new(tok.clone(), &cfg).unwrap();
+    let helper = "def mean(xs):\n    return sum(xs) / len(xs)\n";
+    let extra = vec![ContextChunk {
+        path: "src/stats.py".into(),
+        text: helper.into(),
+    }];
+    let input = FimInput {
+        prefix: "x = mean(",
+        suffix: ")\n",
+        path: Some("src/app.py"),
+        extra: &extra,
+        ..FimInput::default()
+    };
+    let built = b.fim(&input, 64, 4096).unwrap();
+    let (repo, sep, pre, suf, mid) = (151663, 151664, 151659, 151661, 151660);
+    let enc = |t: &str| tok.encode(t, false);
+    let mut want = vec![repo];
+    want.extend(enc("src\n"));
+    want.push(sep);
+    want.extend(enc(&format!("src/stats.py\n{helper}")));
+    want.push(sep);
+    want.extend(enc("src/app.py\n"));
+    want.push(pre);
+    want.extend(enc("x = mean("));
+    want.push(suf);
+    want.extend(enc(")\n"));
+    want.push(mid);
+    assert_eq!(built.ids, want);
+    assert_eq!(built.context_paths, vec!["src/stats.py".to_string()]);
+    // Without other documents the prompt is the plain infilling prompt.
+    let alone = b
+        .fim(
+            &FimInput {
+                extra: &[],
+                ..input.clone()
+            },
+            64,
+            4096,
+        )
+        .unwrap();
+    assert_eq!(alone.ids[0], pre);
+}

@@ -97,6 +97,15 @@ impl FimTemplate {
         }
     }
 
+    /// The repository-level markers (repository name, file separator) the template was trained with.
+    fn repo_pieces(self) -> Option<[&'static str; 2]> {
+        match self {
+            FimTemplate::Qwen => Some(["<|repo_name|>", "<|file_sep|>"]),
+            FimTemplate::StarCoder => Some(["<repo_name>", "<file_sep>"]),
+            _ => None,
+        }
+    }
+
     /// Whether the model was trained on the suffix-first layout.
     pub fn supports_spm(self) -> bool {
         matches!(self, FimTemplate::CodeLlama | FimTemplate::StarCoder)
@@ -136,6 +145,8 @@ pub struct Markers {
     pub suffix: u32,
     pub middle: u32,
     pub stop_ids: Vec<u32>,
+    /// Repository name and file separator, when the vocabulary has the template's repository markers.
+    pub repo: Option<[u32; 2]>,
 }
 
 /// Looks up the template's markers; an error names the missing piece.
@@ -163,20 +174,48 @@ pub fn markers(tok: &Tokenizer, template: FimTemplate) -> Result<Option<Markers>
     stop_ids.extend(&ids);
     stop_ids.sort_unstable();
     stop_ids.dedup();
+    let repo = template
+        .repo_pieces()
+        .and_then(|[name, sep]| Some([piece_id(tok, name)?, piece_id(tok, sep)?]));
     Ok(Some(Markers {
         prefix: ids[0],
         suffix: ids[1],
         middle: ids[2],
         stop_ids,
+        repo,
     }))
 }
 
-/// Assembles the prompt ids. `prefix`/`suffix` are already cut to the budget.
+/// Other files of the project, shown before the infilling prompt in the repository-level format the
+/// model was trained on (Qwen2.5-Coder, StarCoder2):
+/// `<repo_name>name\n` then `<file_sep>path\ncontent\n` per file, then `<file_sep>current path\n`.
+pub fn repo_context(
+    tok: &Tokenizer,
+    [name_id, sep_id]: [u32; 2],
+    name: &str,
+    files: &[(String, String)],
+    current: &str,
+) -> Vec<u32> {
+    let mut ids = vec![name_id];
+    ids.extend(tok.encode(&format!("{name}\n"), false));
+    for (path, text) in files {
+        let newline = if text.ends_with('\n') { "" } else { "\n" };
+        ids.push(sep_id);
+        ids.extend(tok.encode(&format!("{path}\n{text}{newline}"), false));
+    }
+    ids.push(sep_id);
+    ids.extend(tok.encode(&format!("{current}\n"), false));
+    ids
+}
+
+/// Assembles the prompt ids. `prefix`/`suffix` are already cut to the budget; `head` (repository-level
+/// context, or nothing) goes right after BOS.
 pub fn assemble(
     tok: &Tokenizer,
     template: FimTemplate,
     markers: Option<&Markers>,
     order: FimOrder,
+    head: &[u32],
     prefix: &str,
     suffix: &str,
 ) -> Vec<u32> {
@@ -184,6 +223,7 @@ pub fn assemble(
     if tok.add_bos() {
         ids.extend(tok.bos_id());
     }
+    ids.extend(head);
     let Some(m) = markers else {
         ids.extend(tok.encode(prefix, tok.add_space_prefix()));
         return ids;

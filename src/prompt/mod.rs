@@ -175,8 +175,28 @@ impl PromptBuilder {
             ""
         };
         let count = |t: &str| self.count(t);
-        let (extra, context_paths) = self.extra_context(input, (budget / 3).min(self.extra_tokens));
-        let budget = budget - count(&extra).min(budget - 1);
+        let (files, context_paths) = self.extra_files(input, (budget / 3).min(self.extra_tokens));
+        // Templates trained on whole repositories get the files in that format, with their own markers;
+        // the others get them as text before the prefix, each headed by its path in a comment.
+        let repo_ids = match (self.markers.as_ref().and_then(|m| m.repo), files.is_empty()) {
+            (Some(repo), false) => fim::repo_context(
+                &self.tokenizer,
+                repo,
+                &project_name(&context_paths, input.path),
+                &files,
+                input.path.unwrap_or("current"),
+            ),
+            _ => Vec::new(),
+        };
+        let extra = if repo_ids.is_empty() {
+            files
+                .iter()
+                .map(|(path, body)| format!("{}{body}\n\n", path_comment(path)))
+                .collect::<String>()
+        } else {
+            String::new()
+        };
+        let budget = budget - (count(&extra) + repo_ids.len()).min(budget - 1);
         // Needs are measured only up to what could possibly fit, so huge files stay cheap.
         let prefix_need = count(tail(prefix_text, budget * 24)).min(budget + 1);
         let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
@@ -194,6 +214,7 @@ impl PromptBuilder {
                 self.template,
                 self.markers.as_ref(),
                 order,
+                &repo_ids,
                 &prefix,
                 &suffix[..slen],
             );
@@ -255,21 +276,19 @@ impl PromptBuilder {
         }
     }
 
-    /// Other documents as text to put before the prefix, each headed by its path in a comment, within
-    /// `limit` tokens: most recently used first, duplicates and the current document skipped, each cut
-    /// at whole lines from its end.
-    fn extra_context(&self, input: &FimInput, limit: usize) -> (String, Vec<String>) {
-        let mut text = String::new();
-        let mut paths: Vec<String> = Vec::new();
+    /// Other documents to show before the prefix, as (path, text) within `limit` tokens: most recently
+    /// used first, duplicates and the current document skipped, each cut at whole lines from its end.
+    fn extra_files(&self, input: &FimInput, limit: usize) -> (Vec<(String, String)>, Vec<String>) {
+        let mut files: Vec<(String, String)> = Vec::new();
         let mut used = 0;
-        let mut seen_texts: Vec<&str> = Vec::new();
         for chunk in input.extra {
             if used + 16 > limit {
                 break;
             }
             if Some(chunk.path.as_str()) == input.path
-                || paths.contains(&chunk.path)
-                || seen_texts.contains(&chunk.text.as_str())
+                || files
+                    .iter()
+                    .any(|(p, t)| *p == chunk.path || *t == chunk.text)
                 || chunk.text.trim().is_empty()
             {
                 continue;
@@ -280,17 +299,34 @@ impl PromptBuilder {
             if body.trim().is_empty() {
                 continue;
             }
-            let piece = format!(
-                "{header}{body}{}\n",
-                if body.ends_with('\n') { "" } else { "\n" }
-            );
-            used += self.count(&piece);
-            text.push_str(&piece);
-            paths.push(chunk.path.clone());
-            seen_texts.push(&chunk.text);
+            let body = body.strip_suffix('\n').unwrap_or(body);
+            used += self.count(&header) + self.count(body) + 1;
+            files.push((chunk.path.clone(), body.to_string()));
         }
-        (text, paths)
+        let paths = files.iter().map(|(p, _)| p.clone()).collect();
+        (files, paths)
     }
+}
+
+/// The name given to the repository in repository-level prompts: the folder the files share (the
+/// models saw real repository names there; any short name works).
+fn project_name(paths: &[String], current: Option<&str>) -> String {
+    let dirs = paths.iter().map(String::as_str).chain(current).map(|p| {
+        std::path::Path::new(p)
+            .parent()
+            .unwrap_or(std::path::Path::new(""))
+    });
+    let common = dirs.reduce(|a, b| {
+        let mut c = a;
+        while !b.starts_with(c) {
+            c = c.parent().unwrap_or(std::path::Path::new(""));
+        }
+        c
+    });
+    common
+        .and_then(|c| c.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "project".to_string())
 }
 
 /// `# path` / `// path` / `/* path */` in the comment syntax of the file's language.

@@ -14,12 +14,17 @@ use tower_lsp_server::jsonrpc::Result;
 use tower_lsp_server::{Client, LanguageServer};
 
 use super::actions::{self, Actions};
-use super::completion::{Completer, Env, Suggestion};
+use super::completion::{file_path, Completer, Env, Suggestion};
 use super::logging;
 use super::model::{ModelHost, Role};
 use super::status::Status;
 use crate::config::{Applied, Config};
 use crate::documents::{Document, Documents, Pos, PositionEncoding};
+use crate::prompt::ContextChunk;
+
+/// Most other open documents offered to the prompt as context (the token budget decides how much of
+/// them is used).
+const MAX_CONTEXT_DOCUMENTS: usize = 8;
 
 pub struct Backend {
     client: Client,
@@ -107,6 +112,22 @@ impl Backend {
         }
     }
 
+    /// Other open documents for the prompt, most recently edited first, when `context_tokens` asks for
+    /// them (copying their text costs a little per keystroke, so not otherwise).
+    fn context_documents(&self, uri: &str, config: &Config) -> Arc<[ContextChunk]> {
+        if config.context_tokens == 0 {
+            return Arc::from([]);
+        }
+        self.docs
+            .recent_others(uri, MAX_CONTEXT_DOCUMENTS)
+            .into_iter()
+            .map(|(uri, doc)| ContextChunk {
+                path: file_path(&uri).unwrap_or(uri),
+                text: doc.text(),
+            })
+            .collect()
+    }
+
     /// The suggestion at a position, if any.
     async fn suggest(&self, uri: &Uri, pos: Position) -> Option<Suggestion> {
         let Some(doc) = self.docs.snapshot(uri.0.as_str()) else {
@@ -116,9 +137,11 @@ impl Backend {
             );
             return None;
         };
+        let config = self.config();
         let env = Env {
             model: self.model.clone(),
-            config: self.config(),
+            context: self.context_documents(uri.0.as_str(), &config),
+            config,
             status: self.status.clone(),
         };
         let pos = Pos::new(pos.line, pos.character);

@@ -21,6 +21,7 @@ use super::status::{Status, StatusTimings};
 use crate::config::Config;
 use crate::documents::{Document, Pos, PositionEncoding};
 use crate::engine::{Backend, CancelToken, StopReason};
+use crate::prompt::ContextChunk;
 
 /// Where the server looks for what a completion needs.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct Env {
     pub model: Arc<ModelHost>,
     pub config: Arc<Config>,
     pub status: Status,
+    /// Other open documents, most recently edited first (empty unless `context_tokens` asks for them).
+    pub context: Arc<[ContextChunk]>,
 }
 
 /// A suggestion to show at `at`.
@@ -333,6 +336,7 @@ impl Job {
 
     async fn generate(&self) -> Answer {
         let (backend, config) = (self.backend.clone(), self.env.config.clone());
+        let context = self.env.context.clone();
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
         let (completer, cancel, uri) = (
@@ -346,6 +350,7 @@ impl Job {
                 suffix: &suffix,
                 path: path.as_deref(),
                 language_id: &language_id,
+                context: &context,
             };
             pipeline::prepare(
                 &completer.inner.builders,
@@ -406,6 +411,7 @@ impl Job {
             total_ms = format!("{total_ms:.1}"),
             template = completion.template,
             truncated_lines = ?(completion.truncated.prefix_lines, completion.truncated.suffix_lines),
+            context = ?completion.context_paths,
             stop = ?completion.stop_reason,
             "completion"
         );

@@ -8,7 +8,7 @@ use crate::completion::{self, CompletionRequest, Prepared};
 use crate::config::{Config, FimOrder as OrderSetting, FimTemplate as TemplateSetting};
 use crate::engine::{Backend, CancelToken, SamplingParams};
 use crate::language::Language;
-use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+use crate::prompt::{ContextChunk, FimOrder, FimTemplate, PromptBuilder, PromptConfig};
 
 /// What a completion is asked for.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct Input<'a> {
     /// The file's path, when the document is a file.
     pub path: Option<&'a str>,
     pub language_id: &'a str,
+    /// Other open documents, most recently edited first.
+    pub context: &'a [ContextChunk],
 }
 
 /// Prompt builders are made once per model and prompt settings (they look up the template's tokens).
@@ -87,7 +89,7 @@ fn prompt_config(config: &Config) -> PromptConfig {
         template,
         order,
         prefix_suffix_ratio: config.prefix_suffix_ratio,
-        ..PromptConfig::default()
+        extra_context_tokens: config.context_tokens,
     }
 }
 
@@ -107,6 +109,7 @@ pub fn prepare(
     req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
         .then(|| input.language_id.to_string());
     req.token_healing = config.token_healing;
+    req.extra = input.context.to_vec();
     req.sampling = SamplingParams {
         temperature: config.temperature,
         ..SamplingParams::default()
