@@ -357,6 +357,17 @@ fn python_completions_fit_the_code() {
     no_doubled_whitespace(case, &sug);
     assert!(!sug.text.trim().is_empty(), "{case}");
     python_parses(&sug.doc).unwrap_or_else(|e| panic!("{case}: {e}\n{}", sug.doc));
+
+    // After an operator and a space at the end of a line: the operand, without a second space.
+    let case = "python: after `+ `";
+    let sug = suggest(
+        &mut s,
+        "file:///tmp/qwen/plus.py",
+        "python",
+        "x = [1, 2, 3]\ntotal = sum(x) + ‸\n",
+    );
+    no_doubled_whitespace(case, &sug);
+    python_parses(&sug.doc).unwrap_or_else(|e| panic!("{case}: {e}\n{}", sug.doc));
     finish(s);
 }
 
@@ -407,6 +418,19 @@ fn rust_completions_fit_the_code() {
             sug.doc
         );
     }
+    check_block(case, &sug, rust_compiles);
+
+    // The same with code below: without token healing (the prompt ending in the indentation's own
+    // token) the model indents again. Its answer here is a poor `a`, so only the layout and the file
+    // compiling are checked.
+    let case = "rust: after the indentation, code below";
+    let sug = suggest(
+        &mut s,
+        "file:///tmp/qwen/main.rs",
+        "rust",
+        "fn max(a: i32, b: i32) -> i32 {\n    ‸\n}\n\nfn main() {\n    println!(\"{}\", max(1, 2));\n}\n",
+    );
+    no_doubled_whitespace(case, &sug);
     check_block(case, &sug, rust_compiles);
     finish(s);
 }
