@@ -345,13 +345,21 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
 /// The tokenizer alone, without loading weights.
 fn load_tokenizer(model: Option<&str>) -> Result<Arc<crate::engine::Tokenizer>> {
     use crate::engine::resolve::{resolve, ModelSource};
-    Ok(Arc::new(match resolve(model)? {
+    use crate::engine::{EngineError, Tokenizer};
+    let (path, tokenizer) = match resolve(model)? {
         ModelSource::Gguf(p) => {
             let f = crate::engine::gguf::GgufFile::open(&p)?;
-            crate::engine::Tokenizer::from_gguf(&f.content)?
+            let t = Tokenizer::from_gguf(&f.content);
+            (p, t)
         }
-        ModelSource::HfDir(d) => crate::engine::Tokenizer::from_file(&d.join("tokenizer.json"))?,
-    }))
+        ModelSource::HfDir(d) => {
+            let p = d.join("tokenizer.json");
+            let t = Tokenizer::from_file(&p);
+            (p, t)
+        }
+    };
+    let tokenizer = tokenizer.map_err(|error| EngineError::Tokenizer { path, error })?;
+    Ok(Arc::new(tokenizer))
 }
 
 #[derive(Args, Debug)]

@@ -4,12 +4,14 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::gguf_file::Value;
 use codellama_lsp::engine::{
-    CancelToken, Engine, EngineError, Event, GenerateRequest, LoadOptions, StopReason,
+    load_model, CancelToken, Engine, EngineError, Event, GenerateRequest, LoadOptions, StopReason,
 };
+use common::gguf_craft::Crafted;
 
 fn start(path: &Path) -> Engine {
     let opts = LoadOptions {
@@ -218,6 +220,187 @@ fn bad_model_files_give_clear_errors() {
     assert!(e.contains("architecture") && e.contains("gpt2x"), "{e}");
 }
 
+const TINY: &str = "tiny-codellama-mha.gguf";
+
+/// The tiny fixture changed by `change`, written to `dir/name.gguf`.
+fn crafted(dir: &Path, name: &str, change: impl FnOnce(&mut Crafted)) -> PathBuf {
+    let mut g = Crafted::read(&common::codellama_fixture(TINY));
+    change(&mut g);
+    let path = dir.join(format!("{name}.gguf"));
+    g.write(&path);
+    path
+}
+
+/// Nonsense in a header is refused at load, naming the file and the key or tensor at fault, before
+/// anything is sized from it: a layer count of 2^31 used to abort the process (a 256 GiB allocation), a
+/// zero alignment to panic in the reader, and the rest loaded as "ready" and produced garbage.
+#[test]
+fn nonsense_in_the_header_is_refused_naming_the_file_and_the_key() {
+    let dir = tempdir("hostile");
+    // The writer writes a file that loads and answers as the fixture does.
+    let same = crafted(&dir, "unchanged", |_| {});
+    let want = greedy(&start(&common::codellama_fixture(TINY)), &PSM, 4);
+    assert_eq!(
+        greedy(&start(&same), &PSM, 4).generated_ids,
+        want.generated_ids
+    );
+
+    let case = std::cell::Cell::new(0);
+    let refused = |culprit: &str, change: &dyn Fn(&mut Crafted)| {
+        case.set(case.get() + 1);
+        let path = crafted(&dir, &format!("case{}", case.get()), change);
+        let e = load_error(&path);
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(culprit),
+            "{culprit}: {e}"
+        );
+    };
+    let set = |key: &'static str, value: Value| {
+        move |g: &mut Crafted| {
+            g.set(key, value.clone());
+        }
+    };
+    let u32_key = |key: &'static str, v: u32| set(key, Value::U32(v));
+    for (key, v) in [
+        ("llama.block_count", 1 << 31),
+        ("llama.block_count", 1),
+        ("llama.embedding_length", 1 << 31),
+        ("llama.attention.head_count", 1 << 31),
+        ("llama.attention.head_count_kv", 3),
+        ("llama.feed_forward_length", 1 << 31),
+        ("llama.vocab_size", 1 << 31),
+        ("llama.context_length", 0),
+        ("llama.context_length", u32::MAX),
+        ("general.alignment", 0),
+        ("general.alignment", 48),
+        ("tokenizer.ggml.bos_token_id", 40_000),
+        ("tokenizer.ggml.eos_token_id", 32_016),
+    ] {
+        refused(key, &u32_key(key, v));
+    }
+    for (key, v) in [
+        ("llama.attention.layer_norm_rms_epsilon", f32::NAN),
+        ("llama.attention.layer_norm_rms_epsilon", -1e-5),
+        ("llama.rope.freq_base", 0.0),
+        ("llama.rope.freq_base", f32::INFINITY),
+    ] {
+        refused(key, &set(key, Value::F32(v)));
+    }
+    // An offset that wraps past 2^64 back into the header.
+    refused("output.weight", &|g| {
+        g.tensor_mut("output.weight").offset = Some(u64::MAX - 1023);
+    });
+}
+
+/// A copy of the tiny fixture that the test may write over.
+fn writable_copy(dir: &Path) -> PathBuf {
+    let path = dir.join("model.gguf");
+    std::fs::copy(common::codellama_fixture(TINY), &path).unwrap();
+    make_writable(&path);
+    path
+}
+
+fn make_writable(path: &Path) {
+    let mut perms = std::fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(path, perms).unwrap();
+}
+
+/// Loads `path`, truncating `victim` to nothing once the first layer is in: a clear error, where a
+/// memory-mapped model died of SIGBUS.
+fn load_while_truncating(path: &Path, victim: &Path) -> String {
+    let opts = LoadOptions {
+        model: Some(path.display().to_string()),
+        context_window: Some(64),
+        ..LoadOptions::default()
+    };
+    let mut cut = false;
+    let mut progress = |_| {
+        if !cut {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(victim)
+                .unwrap();
+            f.set_len(0).unwrap();
+            cut = true;
+        }
+    };
+    match load_model(&opts, &mut progress) {
+        Ok(_) => panic!("{} loaded after being truncated", path.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_model_file_truncated_while_it_loads_is_refused() {
+    let dir = tempdir("truncated-while-loading");
+    let path = writable_copy(&dir);
+    let e = load_while_truncating(&path, &path);
+    assert!(
+        e.contains(&path.display().to_string())
+            && e.contains("changed while the model was loading"),
+        "{e}"
+    );
+
+    let hf = tempdir("hf-truncated-while-loading");
+    write_hf_dir(&hf);
+    let weights = hf.join("model.safetensors");
+    let e = load_while_truncating(&hf, &weights);
+    assert!(
+        e.contains(&weights.display().to_string())
+            && e.contains("changed while the model was loading"),
+        "{e}"
+    );
+}
+
+/// The weights live in memory once loaded: writing over the file (in place, as a download tool would)
+/// changes no answer, where memory-mapped weights silently became zeros.
+#[test]
+fn overwriting_the_model_file_after_loading_changes_no_answer() {
+    let dir = tempdir("overwritten");
+    let path = writable_copy(&dir);
+    let want = greedy(&start(&common::codellama_fixture(TINY)), &PSM, 8);
+    let engine = start(&path);
+    let len = std::fs::metadata(&path).unwrap().len() as usize;
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(&vec![0u8; len]).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(greedy(&engine, &PSM, 8).generated_ids, want.generated_ids);
+}
+
+/// The shell command on hostile files: exit status 1 and one error naming the file and the key, no crash.
+#[test]
+fn the_cli_refuses_a_hostile_model_naming_the_file_and_the_key() {
+    let dir = tempdir("cli-hostile");
+    let source = dir.join("main.py");
+    std::fs::write(&source, "def area(r):\n    ").unwrap();
+    for (i, (key, v)) in [
+        ("llama.block_count", 1u32 << 31),
+        ("general.alignment", 0),
+        ("llama.context_length", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = crafted(&dir, &format!("cli{i}"), |g| {
+            g.set(key, Value::U32(v));
+        });
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_codellama-lsp"))
+            .args(["complete", &format!("{}:2:5", source.display())])
+            .args(["--model", &path.display().to_string(), "--max-tokens", "4"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{key}: {:?}\n{err}", out.status);
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(key),
+            "{key}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{key}: {err}");
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -228,14 +411,12 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     d
 }
 
-/// A Hugging Face checkpoint written from the tiny GGUF's weights (Q/K rows un-permuted back to the
-/// Hugging Face layout, as `convert_hf_to_gguf.py` would have received them) gives the same greedy tokens.
-#[test]
-fn hugging_face_directory_matches_the_gguf() {
+/// Writes into `dir` a Hugging Face checkpoint of the tiny GGUF's weights (Q/K rows un-permuted back to
+/// the Hugging Face layout, as `convert_hf_to_gguf.py` would have received them).
+fn write_hf_dir(dir: &Path) {
     use codellama_lsp::engine::gguf::GgufFile;
-    let gguf_path = common::codellama_fixture("tiny-codellama-mha.gguf");
+    let gguf_path = common::codellama_fixture(TINY);
     let f = GgufFile::open(&gguf_path).unwrap();
-    let dir = tempdir("hf");
     let n_head = 4;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (gguf_name, info) in &f.content.tensor_infos {
@@ -288,7 +469,13 @@ fn hugging_face_directory_matches_the_gguf() {
         .unwrap()
         .write_all(config.to_string().as_bytes())
         .unwrap();
+}
 
+/// The Hugging Face checkpoint of the tiny GGUF's weights gives the same greedy tokens.
+#[test]
+fn hugging_face_directory_matches_the_gguf() {
+    let dir = tempdir("hf");
+    write_hf_dir(&dir);
     let golden = common::read_json(&common::codellama_fixture(
         "tiny-codellama-greedy-golden.json",
     ));

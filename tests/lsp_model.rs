@@ -8,7 +8,9 @@ mod lsp_support;
 
 use std::time::{Duration, Instant};
 
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use codellama_lsp::server::stdio_client::LspProcess;
+use common::gguf_craft::Crafted;
 use lsp_support::*;
 use serde_json::{json, Value};
 
@@ -384,26 +386,45 @@ fn cancel_request_stops_the_running_generation() {
     finish(s);
 }
 
+/// A reload to a missing file, then to a hostile one (a layer count that used to abort the process on a
+/// 256 GiB allocation): each is reported, and the old model goes on answering.
 #[test]
 fn a_failed_reload_keeps_the_old_model_answering() {
     let mut s = start(&small(), &[], &[]);
     let uri = "file:///tmp/keep.py";
     open(&mut s, uri, "python", "def square(x):\n    ");
-    s.notify(
-        "workspace/didChangeConfiguration",
-        json!({"settings": {"codellama": {"model": "/nonexistent/next.gguf"}}}),
-    );
-    let shown = s.wait_for("window/showMessage", LOAD, |_| true).unwrap();
-    let text = shown["params"]["message"].as_str().unwrap();
-    assert!(
-        text.contains("next.gguf") && text.contains("keeps answering with the model it had"),
-        "{text}"
-    );
-    assert_eq!(
-        items(&inline(&mut s, uri, 1, 4)).len(),
-        1,
-        "still served by the old model"
-    );
+    let dir =
+        std::env::temp_dir().join(format!("codellama-lsp-test-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let hostile = dir.join("layers.gguf");
+    let mut g = Crafted::read(&common::codellama_fixture("tiny-codellama-mha.gguf"));
+    g.set("llama.block_count", GgufValue::U32(1 << 31));
+    g.write(&hostile);
+    let hostile = hostile.display().to_string();
+    for (model, culprit) in [
+        ("/nonexistent/next.gguf", "next.gguf"),
+        (hostile.as_str(), "llama.block_count"),
+    ] {
+        s.notify(
+            "workspace/didChangeConfiguration",
+            json!({"settings": {"codellama": {"model": model}}}),
+        );
+        let shown = s
+            .wait_for("window/showMessage", LOAD, |p| {
+                p["message"].as_str().is_some_and(|m| m.contains(culprit))
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+        let text = shown["params"]["message"].as_str().unwrap();
+        assert!(
+            text.contains(model) && text.contains("keeps answering with the model it had"),
+            "{text}"
+        );
+        assert_eq!(
+            items(&inline(&mut s, uri, 1, 4)).len(),
+            1,
+            "still served by the old model"
+        );
+    }
     finish(s);
 }
 

@@ -33,6 +33,13 @@ pub enum EngineError {
     #[error("{path}: missing metadata key {key}")]
     MissingMetadata { path: PathBuf, key: String },
 
+    #[error("{path}: metadata key {key} {detail}")]
+    BadMetadata {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+
     #[error("{path}: tensor {name}: {detail}")]
     BadTensor {
         path: PathBuf,
@@ -40,8 +47,12 @@ pub enum EngineError {
         detail: String,
     },
 
-    #[error("tokenizer: {0}")]
-    Tokenizer(#[from] TokenizerError),
+    /// The tokenizer's own error is part of the message rather than a `source`, so it is shown once.
+    #[error("{path}: tokenizer: {error}")]
+    Tokenizer {
+        path: PathBuf,
+        error: TokenizerError,
+    },
 
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,

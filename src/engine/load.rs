@@ -44,7 +44,12 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
         ModelSource::Gguf(path) => {
             let f = GgufFile::open(path)?;
             let cfg = ModelConfig::from_gguf(&f, &mut warnings)?;
-            let tokenizer = Tokenizer::from_gguf(&f.content)?;
+            let tokenizer =
+                Tokenizer::from_gguf(&f.content).map_err(|error| EngineError::Tokenizer {
+                    path: path.clone(),
+                    error,
+                })?;
+            check_vocabulary(path, "tokenizer.ggml.tokens", &tokenizer, &cfg)?;
             let model = Llama::from_gguf(&f, cfg, &device, progress)?;
             let name = f.get_str("general.name").map(str::to_string);
             (model, tokenizer, name, f.file_size())
@@ -93,8 +98,12 @@ fn load_hf_dir(
             path: config_path.clone(),
             detail: e.to_string(),
         })?;
-    let cfg = ModelConfig::from_hf_json(&config_path, &json)?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer =
+        Tokenizer::from_file(&tokenizer_path).map_err(|error| EngineError::Tokenizer {
+            path: tokenizer_path.clone(),
+            error,
+        })?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| EngineError::Io {
             path: dir.to_path_buf(),
@@ -117,8 +126,31 @@ fn load_hf_dir(
         .map(|m| m.len())
         .sum();
     let src = SafetensorsSource::open(dir, &files)?;
+    let cfg = ModelConfig::from_hf_json(&config_path, &json, &src)?;
+    check_vocabulary(&tokenizer_path, "the vocabulary", &tokenizer, &cfg)?;
     let model = Llama::from_safetensors(&src, cfg, device, progress)?;
     Ok((model, tokenizer, None, size))
+}
+
+/// Every id the tokenizer can produce must have a row in the model's embedding table. `tokens` names
+/// where the tokenizer's vocabulary came from.
+fn check_vocabulary(
+    path: &Path,
+    tokens: &str,
+    tokenizer: &Tokenizer,
+    cfg: &ModelConfig,
+) -> Result<()> {
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        return Err(EngineError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "{tokens} has {} tokens but the model's vocabulary has {}",
+                tokenizer.vocab_size(),
+                cfg.vocab_size
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn file_stem(path: &Path) -> String {

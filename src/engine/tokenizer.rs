@@ -62,6 +62,8 @@ pub enum TokenizerError {
     MissingKey { key: String },
     #[error("GGUF key {key} has the wrong type: expected {expected}")]
     WrongType { key: String, expected: &'static str },
+    #[error("GGUF key {key} = {id} is outside the vocabulary of {vocab} tokens")]
+    IdOutOfRange { key: String, id: u32, vocab: usize },
     #[error("GGUF key {key} has {found} entries but tokenizer.ggml.tokens has {expected}")]
     LengthMismatch {
         key: String,

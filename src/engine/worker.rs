@@ -56,7 +56,10 @@ pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Res
             let loaded =
                 std::panic::catch_unwind(AssertUnwindSafe(|| load_model(&opts, &mut *progress)))
                     .unwrap_or_else(|_| {
-                        Err(EngineError::Compute("the model loader panicked".into()))
+                        Err(EngineError::Compute(format!(
+                            "the model loader panicked on {}",
+                            opts.model.as_deref().unwrap_or("the default model")
+                        )))
                     });
             let loaded = match loaded {
                 Ok(l) => l,

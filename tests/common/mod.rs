@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+pub mod gguf_craft;
 pub mod llama_server;
 
 pub fn repo_dir() -> PathBuf {

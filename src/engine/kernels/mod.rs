@@ -1,7 +1,7 @@
 //! CPU matrix kernels over weights kept in their file format (GGUF quantized blocks, f16/bf16/f32).
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
-//! `rows` rows of `cols` elements. Weights are used in place from the memory map. Types with a kernel of
+//! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
 //! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C
 //! code on x86 so one binary serves every machine. The model's linear layers convert the other quantized
 //! types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not converted (an embedding table) goes
@@ -27,7 +27,7 @@ use candle_core::quantized::k_quants::{
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use super::gguf::MappedBytes;
+use super::gguf::TensorBytes;
 use super::pool::Pool;
 
 pub use q8::Q8Act;
@@ -64,23 +64,25 @@ impl Exec<'_> {
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
 pub enum WeightBytes {
-    Mapped(MappedBytes),
+    /// As read from the model file.
+    File(TensorBytes),
+    /// Computed at load (converted from another type).
     Owned(std::sync::Arc<Vec<u8>>),
 }
 
 impl WeightBytes {
     pub fn bytes(&self) -> &[u8] {
         match self {
-            WeightBytes::Mapped(m) => m.bytes(),
+            WeightBytes::File(b) => b.bytes(),
             WeightBytes::Owned(v) => v,
         }
     }
 
-    /// Lets the bytes go once a repacked copy serves the matrix: mapped pages leave the resident set
-    /// (they are re-read if touched), an owned buffer is freed.
+    /// Lets the bytes go once a repacked copy serves the matrix (a buffer another matrix shares, such as
+    /// a tied embedding table, stays for that one).
     fn release(&mut self) {
         match self {
-            WeightBytes::Mapped(m) => m.release(),
+            WeightBytes::File(b) => b.release(),
             WeightBytes::Owned(v) => *v = std::sync::Arc::new(Vec::new()),
         }
     }
@@ -139,7 +141,7 @@ impl QMatrix {
     }
 
     /// Converts weights of a type without a kernel of ours (Q4_0, Q5_0, Q5_1, the K-quants) to Q4_1 or
-    /// Q8_0, which have one (see `transcode`); the file's pages are let go. Returns whether it converted.
+    /// Q8_0, which have one (see `transcode`); the file's bytes are let go. Returns whether it converted.
     pub fn transcode(&mut self) -> bool {
         let Some(to) = transcode::target(self.dtype) else {
             return false;
@@ -151,8 +153,8 @@ impl QMatrix {
         true
     }
 
-    /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's pages go
-    /// (they are read again only for embedding lookups). Returns whether it repacked.
+    /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's bytes go
+    /// (a tied embedding table keeps its own handle on them). Returns whether it repacked.
     pub fn pack(&mut self) -> bool {
         if !cpu::has_avx512_vnni() {
             return false;

@@ -17,7 +17,7 @@ use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
 
 use super::error::{EngineError, Result};
-use super::gguf::{GgufFile, MappedBytes, TensorData};
+use super::gguf::{GgufFile, TensorData, WeightFile};
 use super::kernels::attention::{self, AttnShape, Layout as KvLayout};
 use super::kernels::{Exec, QMatrix, WeightBytes};
 use super::pool::Pool;
@@ -97,11 +97,11 @@ impl ModelConfig {
             .get_usize(&key("attention.head_count_kv"))
             .unwrap_or(n_head);
         let head_dim = n_embd / n_head.max(1);
-        let embd = f.tensor("token_embd.weight")?;
         let vocab_size = f
             .get_usize(&key("vocab_size"))
             .or_else(|| f.array_len("tokenizer.ggml.tokens"))
-            .unwrap_or(embd.dims[0]);
+            .or_else(|| f.dims(GGUF_NAMES.embed).map(|d| d[0]))
+            .unwrap_or(0);
         let rope_theta = match f.get_f32(&key("rope.freq_base")) {
             Some(t) => t,
             None if vocab_size == 32016 => {
@@ -140,12 +140,25 @@ impl ModelConfig {
             context_length: f.get_usize(&key("context_length")).unwrap_or(4096),
             rope_interleaved: arch.gguf_rope_interleaved(),
         };
-        cfg.validate(&f.path, rope_dim)?;
+        let vocab_key = match f.get(&key("vocab_size")) {
+            Some(_) => key("vocab_size"),
+            None => "tokenizer.ggml.tokens".to_string(),
+        };
+        let key_of = |field: &str| match field {
+            "vocab_size" => vocab_key.clone(),
+            _ => key(field),
+        };
+        cfg.validate(&f.path, &key_of, f, &GGUF_NAMES, rope_dim)?;
         Ok(cfg)
     }
 
-    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM` or `Qwen2ForCausalLM` checkpoint.
-    pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<Self> {
+    /// Reads a Hugging Face `config.json` of a `LlamaForCausalLM` or `Qwen2ForCausalLM` checkpoint
+    /// whose weights are `src`.
+    pub fn from_hf_json(
+        path: &Path,
+        json: &serde_json::Value,
+        src: &dyn TensorSource,
+    ) -> Result<Self> {
         let num = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
         let need = |k: &str| {
             num(k).ok_or_else(|| EngineError::MissingMetadata {
@@ -185,32 +198,191 @@ impl ModelConfig {
             context_length: num("max_position_embeddings").unwrap_or(4096),
             rope_interleaved: false,
         };
-        cfg.validate(path, head_dim)?;
+        cfg.validate(path, &hf_key, src, &HF_NAMES, head_dim)?;
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path, rope_dim: usize) -> Result<()> {
-        let bad = |detail: String| EngineError::Corrupt {
+    /// Refuses hyper-parameters that make no sense alone or disagree with the tensors of `src` (named as
+    /// `names` says), before anything is sized from them. `key` names the metadata key a field was read
+    /// from, given its GGUF name without the architecture prefix (`block_count`), for the message.
+    fn validate(
+        &self,
+        path: &Path,
+        key: &dyn Fn(&str) -> String,
+        src: &dyn TensorSource,
+        names: &Names,
+        rope_dim: usize,
+    ) -> Result<()> {
+        let bad = |field: &str, detail: String| EngineError::BadMetadata {
             path: path.to_path_buf(),
+            key: key(field),
             detail,
         };
-        if self.n_layer == 0 || self.n_head == 0 || self.n_head_kv == 0 || self.head_dim == 0 {
-            return Err(bad(format!("degenerate shape {self:?}")));
+        self.check_values(&bad)?;
+        self.check_tensors(src, names, &bad)?;
+        self.check_heads(rope_dim, &bad)
+    }
+
+    /// The values that make sense whatever the tensors are.
+    fn check_values(&self, bad: &dyn Fn(&str, String) -> EngineError) -> Result<()> {
+        for (field, value) in [
+            ("block_count", self.n_layer),
+            ("embedding_length", self.n_embd),
+            ("attention.head_count", self.n_head),
+            ("attention.head_count_kv", self.n_head_kv),
+            ("feed_forward_length", self.n_ff),
+            ("vocab_size", self.vocab_size),
+            ("context_length", self.context_length),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "is 0".into()));
+            }
         }
-        if !self.n_head.is_multiple_of(self.n_head_kv) {
-            return Err(bad(format!(
-                "{} attention heads are not a multiple of {} KV heads",
-                self.n_head, self.n_head_kv
-            )));
+        if self.context_length > MAX_CONTEXT_LENGTH {
+            return Err(bad(
+                "context_length",
+                format!(
+                    "= {} is more than any model is trained for (at most {MAX_CONTEXT_LENGTH} is accepted)",
+                    self.context_length
+                ),
+            ));
         }
-        if rope_dim != self.head_dim || !self.head_dim.is_multiple_of(2) {
-            return Err(bad(format!(
-                "rotary dimension {rope_dim} differs from head dimension {} (partial rotary embeddings are not supported)",
-                self.head_dim
-            )));
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rms_eps < 1.0) {
+            return Err(bad(
+                "attention.layer_norm_rms_epsilon",
+                format!("= {} is not a small positive number", self.rms_eps),
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(bad(
+                "rope.freq_base",
+                format!("= {} is not a finite number above 1", self.rope_theta),
+            ));
         }
         Ok(())
     }
+
+    /// The layer count, the widths and the vocabulary against the shapes of the tensors that exist.
+    fn check_tensors(
+        &self,
+        src: &dyn TensorSource,
+        names: &Names,
+        bad: &dyn Fn(&str, String) -> EngineError,
+    ) -> Result<()> {
+        let dims = |name: &str| match src.dims(name) {
+            Some(dims) => Ok(dims),
+            None => Err(EngineError::BadTensor {
+                path: src.path().to_path_buf(),
+                name: name.to_string(),
+                detail: "missing from the file".into(),
+            }),
+        };
+        let embd = dims(names.embed)?;
+        if embd.len() != 2 || embd[1] != self.n_embd {
+            return Err(bad(
+                "embedding_length",
+                format!("= {} but {} has shape {embd:?}", self.n_embd, names.embed),
+            ));
+        }
+        if embd[0] != self.vocab_size {
+            return Err(bad(
+                "vocab_size",
+                format!(
+                    "gives {} tokens but {} has {} rows",
+                    self.vocab_size, names.embed, embd[0]
+                ),
+            ));
+        }
+        let weight = |i: usize, part: Part| format!("{}.weight", (names.block)(i, part));
+        let layer = |i: usize| weight(i, Part::Q);
+        if src.dims(&layer(self.n_layer - 1)).is_none() || src.dims(&layer(self.n_layer)).is_some()
+        {
+            let found = (0..).take_while(|&i| src.dims(&layer(i)).is_some()).count();
+            return Err(bad(
+                "block_count",
+                format!("= {} but the file has {found} layers", self.n_layer),
+            ));
+        }
+        let hd = self.head_dim;
+        for (field, part, heads) in [
+            ("attention.head_count", Part::Q, self.n_head),
+            ("attention.head_count_kv", Part::K, self.n_head_kv),
+        ] {
+            let name = weight(0, part);
+            let have = dims(&name)?[0];
+            if heads.checked_mul(hd) != Some(have) {
+                return Err(bad(
+                    field,
+                    format!("= {heads} heads of {hd} values, but {name} has {have} rows"),
+                ));
+            }
+        }
+        let name = weight(0, Part::Gate);
+        let have = dims(&name)?[0];
+        if have != self.n_ff {
+            return Err(bad(
+                "feed_forward_length",
+                format!("= {} but {name} has {have} rows", self.n_ff),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The attention heads' layout.
+    fn check_heads(
+        &self,
+        rope_dim: usize,
+        bad: &dyn Fn(&str, String) -> EngineError,
+    ) -> Result<()> {
+        if !self.n_head.is_multiple_of(self.n_head_kv) {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!(
+                    "= {} does not divide the {} attention heads",
+                    self.n_head_kv, self.n_head
+                ),
+            ));
+        }
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(bad(
+                "attention.head_count",
+                format!(
+                    "= {} gives heads of {} values, not a positive even number",
+                    self.n_head, self.head_dim
+                ),
+            ));
+        }
+        if rope_dim != self.head_dim {
+            return Err(bad(
+                "rope.dimension_count",
+                format!(
+                    "= {rope_dim} differs from the head dimension {} (partial rotary embeddings are not supported)",
+                    self.head_dim
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Trained context lengths above this are refused as corrupt: the longest models take about 10M tokens.
+const MAX_CONTEXT_LENGTH: usize = 1 << 24;
+
+/// The `config.json` name of a field, given its GGUF key without the architecture prefix.
+fn hf_key(field: &str) -> String {
+    match field {
+        "block_count" => "num_hidden_layers",
+        "embedding_length" => "hidden_size",
+        "attention.head_count" => "num_attention_heads",
+        "attention.head_count_kv" => "num_key_value_heads",
+        "feed_forward_length" => "intermediate_size",
+        "rope.freq_base" => "rope_theta",
+        "rope.dimension_count" => "head_dim",
+        "attention.layer_norm_rms_epsilon" => "rms_norm_eps",
+        "context_length" => "max_position_embeddings",
+        other => other,
+    }
+    .to_string()
 }
 
 /// A linear layer `y = x · Wᵀ`.
@@ -264,7 +436,7 @@ impl Linear {
 
 /// A weight matrix used in place from the file.
 fn cpu_matrix(t: &TensorData, rows: usize, cols: usize, path: &Path) -> Result<QMatrix> {
-    QMatrix::new(t.dtype, rows, cols, WeightBytes::Mapped(t.data.clone())).map_err(|detail| {
+    QMatrix::new(t.dtype, rows, cols, WeightBytes::File(t.data.clone())).map_err(|detail| {
         EngineError::BadTensor {
             path: path.to_path_buf(),
             name: t.name.clone(),
@@ -578,8 +750,10 @@ const HF_NAMES: Names = Names {
 /// Anything that can hand out named tensors (a GGUF file, a set of safetensors files).
 pub trait TensorSource {
     fn path(&self) -> &Path;
+    /// Reads a tensor into memory.
     fn tensor(&self, name: &str) -> Result<TensorData>;
-    fn has(&self, name: &str) -> bool;
+    /// A tensor's shape (outermost first) without reading it; `None` when there is no such tensor.
+    fn dims(&self, name: &str) -> Option<&[usize]>;
 }
 
 impl TensorSource for GgufFile {
@@ -589,8 +763,8 @@ impl TensorSource for GgufFile {
     fn tensor(&self, name: &str) -> Result<TensorData> {
         GgufFile::tensor(self, name)
     }
-    fn has(&self, name: &str) -> bool {
-        self.has_tensor(name)
+    fn dims(&self, name: &str) -> Option<&[usize]> {
+        GgufFile::dims(self, name)
     }
 }
 
@@ -635,14 +809,17 @@ impl Llama {
             let q = qtensor_from_ggml(embd.dtype, embd.data.bytes(), embd.dims.clone(), device)?;
             Embedding::Device(q.dequantize(device)?)
         };
-        // No output matrix means the embedding is tied to the output projection.
-        let output_t = if src.has(names.output) {
-            src.tensor(names.output)?
-        } else {
-            embd
+        // No output matrix means the embedding is tied to the output projection. The file's bytes go
+        // with `output_t` at the end of this block, once the linear layer holds what it needs.
+        let output = {
+            let output_t = if src.dims(names.output).is_some() {
+                src.tensor(names.output)?
+            } else {
+                embd
+            };
+            check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
+            Linear::from_tensor(&output_t, device, &path)?
         };
-        check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
-        let output = Linear::from_tensor(&output_t, device, &path)?;
         let norm = vector(src, names.norm, cfg.n_embd, device)?;
         let (qd, kvd) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
         let mut blocks = Vec::with_capacity(cfg.n_layer);
@@ -1061,35 +1238,59 @@ pub fn argmax(logits: &Tensor) -> Result<u32> {
     Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
 }
 
-/// Safetensors weights of a Hugging Face checkpoint, memory-mapped.
+/// Safetensors weights of a Hugging Face checkpoint: the headers read at open (and checked by the
+/// `safetensors` crate), each tensor read into memory when asked for, as for GGUF files (see `gguf`).
 pub struct SafetensorsSource {
     path: std::path::PathBuf,
-    tensors: std::collections::HashMap<String, TensorData>,
+    files: Vec<WeightFile>,
+    tensors: std::collections::HashMap<String, SafetensorsEntry>,
 }
 
+struct SafetensorsEntry {
+    file: usize,
+    dtype: GgmlDType,
+    dims: Vec<usize>,
+    offset: u64,
+    len: usize,
+}
+
+/// The `safetensors` crate's own cap on the JSON header.
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
 impl SafetensorsSource {
-    pub fn open(dir: &Path, files: &[std::path::PathBuf]) -> Result<Self> {
+    pub fn open(dir: &Path, paths: &[std::path::PathBuf]) -> Result<Self> {
+        let mut files = Vec::with_capacity(paths.len());
         let mut tensors = std::collections::HashMap::new();
-        for file in files {
+        for (index, path) in paths.iter().enumerate() {
             let corrupt = |detail: String| EngineError::Corrupt {
-                path: file.clone(),
+                path: path.clone(),
                 detail,
             };
-            let f = std::fs::File::open(file).map_err(|source| EngineError::Io {
-                path: file.clone(),
-                source,
-            })?;
-            // SAFETY: read-only map of a file we do not modify.
-            let map =
-                Arc::new(
-                    unsafe { memmap2::Mmap::map(&f) }.map_err(|source| EngineError::Io {
-                        path: file.clone(),
-                        source,
-                    })?,
-                );
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
+            let file = WeightFile::open(path)?;
+            if file.len() < 8 {
+                return Err(corrupt(
+                    "not a safetensors file: shorter than its header".into(),
+                ));
+            }
+            let prefix = file.read("the header length", 0, 8)?;
+            let header_len = u64::from_le_bytes(prefix.bytes().try_into().expect("8 bytes"));
+            if header_len > MAX_SAFETENSORS_HEADER.min(file.len() - 8) {
+                return Err(corrupt(format!(
+                    "not a safetensors file: a header of {header_len} bytes in a file of {}",
+                    file.len()
+                )));
+            }
+            let header = file.read("the header", 8, header_len as usize)?;
+            let meta: safetensors::tensor::Metadata = serde_json::from_slice(header.bytes())
                 .map_err(|e| corrupt(format!("not a safetensors file: {e}")))?;
             let base = 8 + header_len;
+            if base.checked_add(meta.data_len() as u64) != Some(file.len()) {
+                return Err(corrupt(format!(
+                    "the header describes {} bytes of tensor data but the file has {} after it (an incomplete download?)",
+                    meta.data_len(),
+                    file.len() - base
+                )));
+            }
             for (name, info) in meta.tensors() {
                 let dtype = match info.dtype {
                     safetensors::Dtype::F32 => GgmlDType::F32,
@@ -1101,25 +1302,27 @@ impl SafetensorsSource {
                         )))
                     }
                 };
+                // The crate checked that the ranges tile the data section, which fits in the file.
                 let (start, end) = info.data_offsets;
-                if base + end > map.len() {
+                let entry = SafetensorsEntry {
+                    file: index,
+                    dtype,
+                    dims: info.shape.clone(),
+                    offset: base + start as u64,
+                    len: end - start,
+                };
+                if tensors.insert(name.clone(), entry).is_some() {
                     return Err(corrupt(format!(
-                        "tensor {name} extends past the end of the file"
+                        "tensor {name} is also in another file of {}",
+                        dir.display()
                     )));
                 }
-                tensors.insert(
-                    name.clone(),
-                    TensorData {
-                        name: name.clone(),
-                        dtype,
-                        dims: info.shape.clone(),
-                        data: MappedBytes::new(map.clone(), base + start, end - start),
-                    },
-                );
             }
+            files.push(file);
         }
         Ok(Self {
             path: dir.to_path_buf(),
+            files,
             tensors,
         })
     }
@@ -1130,16 +1333,22 @@ impl TensorSource for SafetensorsSource {
         &self.path
     }
     fn tensor(&self, name: &str) -> Result<TensorData> {
-        self.tensors
+        let e = self
+            .tensors
             .get(name)
-            .cloned()
             .ok_or_else(|| EngineError::BadTensor {
                 path: self.path.clone(),
                 name: name.to_string(),
                 detail: "missing from the checkpoint".into(),
-            })
+            })?;
+        Ok(TensorData {
+            name: name.to_string(),
+            dtype: e.dtype,
+            dims: e.dims.clone(),
+            data: self.files[e.file].read(&format!("tensor {name}"), e.offset, e.len)?,
+        })
     }
-    fn has(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+    fn dims(&self, name: &str) -> Option<&[usize]> {
+        Some(&self.tensors.get(name)?.dims)
     }
 }

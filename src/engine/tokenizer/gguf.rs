@@ -41,7 +41,8 @@ pub(super) fn load(metadata: &HashMap<String, Value>) -> Result<Tokenizer, Token
         .collect();
     let types = token_types(&meta, kind, &pieces)?;
     let mut vocab = Vocab::new(kind, pieces, types)?;
-    let specials = special::resolve(&mut vocab, special_keys(&meta, kind)?);
+    let keys = special_keys(&meta, kind, vocab.len())?;
+    let specials = special::resolve(&mut vocab, keys);
 
     let default_add_bos = pre
         .as_ref()
@@ -110,16 +111,33 @@ fn scores(meta: &Meta, count: usize) -> Result<Vec<f32>, TokenizerError> {
         .collect()
 }
 
-fn special_keys(meta: &Meta, kind: TokenizerKind) -> Result<SpecialKeys, TokenizerError> {
+/// The special ids the metadata names. A BOS or EOS id outside the vocabulary is refused: every prompt
+/// starts with the one and every generation waits for the other, so the model would quietly answer
+/// garbage. The other ids are dropped when outside it (`special::resolve`), as llama.cpp does: Code
+/// Llama – Python files name the infilling ids of a vocabulary that lacks them.
+fn special_keys(
+    meta: &Meta,
+    kind: TokenizerKind,
+    vocab: usize,
+) -> Result<SpecialKeys, TokenizerError> {
     let id = |key: &str| meta.id(&format!("tokenizer.ggml.{key}"));
+    let framing = |key: &str| {
+        let key = format!("tokenizer.ggml.{key}");
+        match meta.id(&key)? {
+            Some(id) if id as usize >= vocab => {
+                Err(TokenizerError::IdOutOfRange { key, id, vocab })
+            }
+            id => Ok(id),
+        }
+    };
     // llama.cpp's defaults for SentencePiece vocabularies that predate the keys.
     let (default_bos, default_eos) = match kind {
         TokenizerKind::SentencePiece => (Some(1), Some(2)),
         TokenizerKind::ByteLevel => (None, None),
     };
     Ok(SpecialKeys {
-        bos: id("bos_token_id")?.or(default_bos),
-        eos: id("eos_token_id")?.or(default_eos),
+        bos: framing("bos_token_id")?.or(default_bos),
+        eos: framing("eos_token_id")?.or(default_eos),
         eot: id("eot_token_id")?,
         fim_prefix: id("fim_pre_token_id")?.or(id("prefix_token_id")?),
         fim_suffix: id("fim_suf_token_id")?.or(id("suffix_token_id")?),
