@@ -473,7 +473,7 @@ fn other_open_documents_reach_the_prompt_when_asked() {
         );
         inline(&mut s, "file:///tmp/ctx/app.py", 2, 4);
         let deadline = Instant::now() + LOAD;
-        while !s.stderr().contains("completion") {
+        while !s.stderr().contains("prompt_tokens") {
             assert!(
                 Instant::now() < deadline,
                 "no completion line:\n{}",

@@ -524,3 +524,36 @@ fn qwen_gets_other_documents_in_its_repository_format() {
         .unwrap();
     assert_eq!(alone.ids[0], pre);
 }
+
+/// Token healing finds the last token before the cursor whatever the text ends with (multi-byte
+/// characters, line breaks only, nothing), and heals only whole characters.
+#[test]
+fn token_healing_cuts_at_character_boundaries() {
+    for (_, tok) in tokenizers() {
+        let b = builder(&tok, FimOrder::Psm);
+        for prefix in [
+            "",
+            "\n\n",
+            "x = 😀",
+            "naïve = 1\n    é",
+            "合計",
+            "def f():\n    ",
+        ] {
+            let input = FimInput {
+                prefix,
+                suffix: "\n",
+                heal: true,
+                ..FimInput::default()
+            };
+            let built = b.fim(&input, 16, 512).unwrap();
+            assert!(
+                prefix.ends_with(&built.heal),
+                "{prefix:?}: {:?}",
+                built.heal
+            );
+            // A character split into byte tokens is not healed; whole-token endings are.
+            let whole = prefix.ends_with(' ') || prefix.ends_with('\n');
+            assert!(!whole || !built.heal.is_empty(), "{prefix:?}");
+        }
+    }
+}

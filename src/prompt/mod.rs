@@ -260,7 +260,8 @@ impl PromptBuilder {
     /// last line or two are encoded: pre-tokenizers split at line breaks, so earlier text does not
     /// change the last token.
     fn healed_tail(&self, prefix: &str) -> usize {
-        let before_last = prefix.trim_end_matches('\n').len().saturating_sub(1);
+        let trimmed = prefix.trim_end_matches('\n');
+        let before_last = trimmed.char_indices().last().map_or(0, |(i, _)| i);
         let line_start = prefix[..before_last].rfind('\n').map_or(0, |i| i + 1);
         let text = tail(&prefix[line_start..], 512);
         let Some(&last) = self.tokenizer.encode(text, false).last() else {
