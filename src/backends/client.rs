@@ -31,6 +31,7 @@ pub(crate) struct Client {
     api_key: Option<ApiKey>,
     pub connect_timeout: Duration,
     pub first_token_timeout: Duration,
+    pub request_timeout: Duration,
     retries: u32,
 }
 
@@ -58,6 +59,7 @@ impl Client {
             api_key: cfg.load_api_key()?,
             connect_timeout: cfg.connect_timeout,
             first_token_timeout: cfg.first_token_timeout,
+            request_timeout: cfg.request_timeout,
             retries: cfg.retries,
         })
     }

@@ -34,7 +34,7 @@ const MARKERS: &[(RemoteErrorKind, &str)] = &[
     (RemoteErrorKind::Unreachable, "cannot reach "),
     (RemoteErrorKind::Unauthorized, " rejected the API key"),
     (RemoteErrorKind::Unauthorized, " requires an API key"),
-    (RemoteErrorKind::Timeout, " sent nothing for "),
+    (RemoteErrorKind::Timeout, " timed out after "),
     (RemoteErrorKind::Disconnected, " closed the connection "),
     (RemoteErrorKind::Tokenizer, "remote tokenizer: "),
     (RemoteErrorKind::Config, "remote backend settings: "),
@@ -84,10 +84,19 @@ impl RemoteError {
         }
     }
 
+    /// Nothing useful (a token, for a streamed answer) within `first_token_timeout`.
     pub(crate) fn timeout(engine: &str, at: &str, secs: f64, waiting_for: &str) -> Self {
         Self {
             kind: RemoteErrorKind::Timeout,
-            message: format!("{engine} at {at} sent nothing for {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+            message: format!("{engine} at {at} timed out after {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+        }
+    }
+
+    /// The whole answer took longer than `request_timeout`.
+    pub(crate) fn request_timeout(engine: &str, at: &str, secs: f64, generated: usize) -> Self {
+        Self {
+            kind: RemoteErrorKind::Timeout,
+            message: format!("{engine} at {at} timed out after {secs:.1} s with the answer still incomplete after {generated} tokens (`request_timeout_ms`)"),
         }
     }
 
