@@ -29,7 +29,9 @@ use codellama_lsp::engine::{
 use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
 
 use common::llama_server::{free_port, serial, Server};
-use common::scripted_engine::{answer, flood, openai_event, trickle, Conn, ScriptedEngine};
+use common::scripted_engine::{
+    answer, bytes, flood, openai_event, sse_head, trickle, Conn, ScriptedEngine,
+};
 
 const API_KEY: &str = "sk-correct-horse-battery-staple";
 
@@ -711,6 +713,14 @@ fn failure(backend: &RemoteBackend, within: Duration) -> (EngineError, Duration)
     (err, t.elapsed())
 }
 
+/// Every prefix of the key of 4 characters or more that appears in `text`.
+fn key_prefixes_in(text: &str) -> Vec<&'static str> {
+    (4..=SCRIPTED_KEY.len())
+        .map(|n| &SCRIPTED_KEY[..n])
+        .filter(|p| text.contains(p))
+        .collect()
+}
+
 #[test]
 fn keep_alives_and_trickles_do_not_hold_a_request_past_its_timeouts() {
     let ms = Duration::from_millis;
@@ -864,4 +874,46 @@ fn a_line_or_event_over_the_limit_is_an_error_that_names_it() {
         "{} bytes",
         engine.bytes_written()
     );
+}
+
+#[test]
+fn a_key_quoted_by_the_engine_never_shows_not_even_in_part() {
+    // The key at every distance from wherever the message cuts the quoted text: in a malformed event and in
+    // an error page.
+    let mut script = Vec::new();
+    for pad in 0..400 {
+        let filler = "a".repeat(pad);
+        let mut event = sse_head();
+        event.extend(format!("data: {{{filler}{SCRIPTED_KEY}\n\n").into_bytes());
+        script.push(bytes(event));
+        let page = format!("<html><body>{filler}{SCRIPTED_KEY}</body></html>");
+        script.push(bytes(format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        )));
+    }
+    let n = script.len();
+    let engine = ScriptedEngine::start(script, answer(&["x"]));
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let mut quoted = 0;
+    for i in 0..n {
+        let (err, _) = failure(&backend, Duration::from_secs(10));
+        let shown = err.to_string();
+        assert_eq!(
+            RemoteErrorKind::of(&err),
+            Some(RemoteErrorKind::BadResponse),
+            "{shown}"
+        );
+        assert_eq!(
+            key_prefixes_in(&shown),
+            Vec::<&str>::new(),
+            "case {i}: {shown}"
+        );
+        quoted += shown.contains("<redacted>") as usize;
+    }
+    // The cut fell before, across and after the key.
+    assert!(quoted > 0 && quoted < n, "{quoted} of {n} quote the key");
+    if let Some(Notice::Failing(e)) = backend.take_notice() {
+        assert_eq!(key_prefixes_in(e.message()), Vec::<&str>::new());
+    }
 }

@@ -125,10 +125,30 @@ impl RemoteError {
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes quote a rejected key).
     pub(crate) fn redact(mut self, secret: Option<&str>) -> Self {
-        if let Some(s) = secret.filter(|s| !s.is_empty()) {
-            self.message = self.message.replace(s, "<redacted>");
-        }
+        self.message = redacted(&self.message, secret);
         self
+    }
+}
+
+/// `text` with every occurrence of `secret` replaced.
+fn redacted(text: &str, secret: Option<&str>) -> String {
+    match secret.filter(|s| !s.is_empty()) {
+        Some(s) => text.replace(s, "<redacted>"),
+        None => text.to_string(),
+    }
+}
+
+/// Characters of text from the engine quoted in a message.
+const QUOTED: usize = 300;
+
+/// Text from the engine (an error page, a malformed event, a bad header) for a message: the key replaced
+/// first, then cut to [`QUOTED`] characters and "…". In that order, so that a cut can never leave a piece of
+/// the key that the replacement no longer recognizes.
+pub(crate) fn quote(text: &str, secret: Option<&str>) -> String {
+    let text = redacted(text, secret);
+    match text.char_indices().nth(QUOTED) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
     }
 }
 
@@ -214,5 +234,21 @@ mod tests {
         .redact(Some("sk-123456"));
         assert!(!err.to_string().contains("sk-123456"));
         assert!(!format!("{err:?}").contains("sk-123456"));
+    }
+
+    #[test]
+    fn a_quote_never_keeps_a_piece_of_the_key_wherever_the_cut_falls() {
+        let key = "sk-QZXJ0123456789";
+        for pad in QUOTED - key.len() - 2..QUOTED + 2 {
+            let text = format!("{}{key} and more", "a".repeat(pad));
+            let q = quote(&text, Some(key));
+            assert!(q.chars().count() <= QUOTED + 1, "{q}");
+            for n in 4..=key.len() {
+                assert!(!q.contains(&key[..n]), "{pad}: {q}");
+            }
+        }
+        assert_eq!(quote("short", Some(key)), "short");
+        let long = "é".repeat(QUOTED + 1);
+        assert_eq!(quote(&long, None), format!("{}…", "é".repeat(QUOTED)));
     }
 }

@@ -18,7 +18,7 @@ use crate::engine::{
 };
 
 use super::client::{Client, Failure};
-use super::error::{RemoteError, RemoteErrorKind};
+use super::error::{quote, RemoteError, RemoteErrorKind};
 use super::framing::{NdjsonParser, SseParser, TooLong, MAX_MESSAGE};
 use super::http::check_until;
 
@@ -218,9 +218,11 @@ pub(crate) fn run(
                     return Err(RemoteError::bad_response(
                         client.engine(),
                         &client.at(),
-                        format!("error in the middle of the answer: {msg}"),
-                    )
-                    .redact(client.secret()))
+                        format!(
+                            "error in the middle of the answer: {}",
+                            quote(&msg, client.secret())
+                        ),
+                    ))
                 }
             };
             for piece in pieces {
