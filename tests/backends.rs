@@ -30,7 +30,7 @@ use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
 
 use common::llama_server::{free_port, serial, Server};
 use common::scripted_engine::{
-    answer, bytes, flood, openai_event, sse_head, trickle, Conn, ScriptedEngine,
+    answer, bytes, flood, openai_event, sse_head, trickle, Conn, Reply, ScriptedEngine,
 };
 
 const API_KEY: &str = "sk-correct-horse-battery-staple";
@@ -915,5 +915,106 @@ fn a_key_quoted_by_the_engine_never_shows_not_even_in_part() {
     assert!(quoted > 0 && quoted < n, "{quoted} of {n} quote the key");
     if let Some(Notice::Failing(e)) = backend.take_notice() {
         assert_eq!(key_prefixes_in(e.message()), Vec::<&str>::new());
+    }
+}
+
+#[test]
+fn failures_during_a_session_are_noticed_once_and_a_cancel_is_no_recovery() {
+    let html = "<!DOCTYPE html><html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1></body></html>";
+    let mut bad_json = sse_head();
+    bad_json.extend(b"data: {\"choices\":[{\"text\":\"a\"}]\n\n");
+    let failures: Vec<(&str, RemoteErrorKind, &str, Reply)> = vec![
+        (
+            "HTTP 500 with HTML",
+            RemoteErrorKind::BadResponse,
+            "HTTP 500",
+            bytes(format!("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}", html.len())),
+        ),
+        (
+            "a redirect",
+            RemoteErrorKind::BadResponse,
+            "redirects are not followed",
+            bytes("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        ("invalid JSON", RemoteErrorKind::BadResponse, "not JSON", bytes(bad_json)),
+        (
+            "a bogus chunk size",
+            RemoteErrorKind::BadResponse,
+            "bad chunk size",
+            bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ndata: x\r\n"),
+        ),
+        (
+            "a connection closed mid-chunk",
+            RemoteErrorKind::Disconnected,
+            "closed the connection",
+            bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n100\r\ndata: {\"choices\":[{\"te"),
+        ),
+    ];
+    let engine = ScriptedEngine::start(vec![answer(&["a", "b"])], answer(&["x"]));
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let ok = wait(
+        backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(ok.text, "ab");
+    assert!(backend.take_notice().is_none());
+
+    for (round, (name, kind, says, reply)) in failures.into_iter().enumerate() {
+        // Failing twice: noticed once.
+        engine.then(vec![reply.clone(), reply]);
+        for i in 0..2 {
+            let (err, _) = failure(&backend, Duration::from_secs(10));
+            eprintln!("{name}: {err}");
+            assert_eq!(RemoteErrorKind::of(&err), Some(kind), "{name}: {err}");
+            assert!(err.to_string().contains(says), "{name}: {err}");
+            let notice = backend.take_notice();
+            if i == 0 {
+                assert!(
+                    matches!(&notice, Some(Notice::Failing(e)) if e.kind() == kind),
+                    "{name}: {notice:?}"
+                );
+            } else {
+                assert!(notice.is_none(), "{name} noticed again: {notice:?}");
+            }
+        }
+        // A request cancelled while the engine is still silent says nothing about the engine.
+        if round == 0 {
+            engine.then(vec![engine.hang()]);
+            let req = GenerateRequest::new(vec![1604, 3987], 8);
+            let cancel = req.cancel.clone();
+            let gen = backend.submit(req);
+            let until = Instant::now() + Duration::from_secs(10);
+            // The first answer, two failures, and now this one.
+            while engine.answered() < 4 {
+                assert!(
+                    Instant::now() < until,
+                    "the request never reached the engine"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cancel.cancel();
+            let out = wait(gen, Duration::from_secs(5)).unwrap();
+            assert_eq!(out.stop_reason, StopReason::Cancelled);
+            engine.wait_closed(1, Duration::from_secs(5));
+            let notice = backend.take_notice();
+            assert!(
+                notice.is_none(),
+                "a cancelled request is no recovery: {notice:?}"
+            );
+        }
+        // Working again: said once.
+        engine.then(vec![answer(&["c"])]);
+        let ok = wait(
+            backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(ok.text, "c");
+        assert!(
+            matches!(backend.take_notice(), Some(Notice::Recovered)),
+            "{name}"
+        );
+        assert!(backend.take_notice().is_none());
     }
 }

@@ -1,6 +1,6 @@
 //! Errors from remote inference servers, sorted into the few kinds a language server reacts to
-//! differently: the engine is down (say so once, keep serving), the key is wrong (say so once, stop
-//! asking), the engine misbehaves (log it).
+//! differently: the engine is down or misbehaves (say so once, keep serving), the key is wrong (say so
+//! once, stop asking), the settings or the tokenizer are wrong (refuse to connect).
 //!
 //! Generation results travel as [`EngineError`]s (the [`Backend`](crate::engine::Backend) contract), where
 //! a remote failure is an [`EngineError::Compute`] carrying this error's message; [`RemoteErrorKind::of`]
