@@ -212,6 +212,7 @@ impl LlamaServer {
         let mut cfg = RemoteConfig::new(RemoteKind::LlamaCpp, self.url.clone());
         cfg.tokenizer = Some(model.display().to_string());
         cfg.first_token_timeout = Duration::from_secs(600);
+        cfg.request_timeout = Duration::from_secs(600);
         Ok(RemoteBackend::connect(cfg)?)
     }
 }

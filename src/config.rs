@@ -411,7 +411,7 @@ config! {
     backend: BackendKind = BackendKind::Local,
     /// Settings of the remote engine when `backend` is not "local": `url`, `model`, `api_key_env`,
     /// `api_key_file`, `tokenizer`, `context_window`, `connect_timeout_ms`, `first_token_timeout_ms`,
-    /// `retries`, `prompt_format`, `send_stop_token_ids` (see docs/teams.md).
+    /// `request_timeout_ms`, `retries`, `prompt_format`, `send_stop_token_ids` (see docs/teams.md).
     remote: RemoteSettings = RemoteSettings::default(),
     /// Most tokens generated for one suggestion.
     max_tokens: usize = 64,

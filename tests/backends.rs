@@ -1,11 +1,15 @@
 //! Remote backends against a real engine: llama.cpp's server, started here on a loopback port with the
 //! small SmolLM2 model, driven through the llama.cpp backend (`/completion`) and the OpenAI-compatible
-//! backend (llama.cpp's `/v1/completions`). No mock of the engine.
+//! backend (llama.cpp's `/v1/completions`). No mock of an engine that works.
 //!
 //! The server binary comes from `LLAMA_SERVER` or from the cache that `scripts/fetch-llama-server` fills;
 //! without either, these tests fail and say which command to run. Tests take a lock so that only one of
 //! them drives a server at a time (the machines are small), and every server is killed when its test ends,
 //! whether it passes or panics.
+//!
+//! Failures a real engine cannot be made to produce on demand (keep-alives forever, a 100 MB line, a bogus
+//! chunk size, an HTML error page) come from the scripted engine of `common::scripted_engine`, a mock that
+//! writes exactly the bytes of each misbehaviour.
 
 mod common;
 
@@ -25,6 +29,9 @@ use codellama_lsp::engine::{
 use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
 
 use common::llama_server::{free_port, serial, Server};
+use common::scripted_engine::{
+    answer, bytes, flood, openai_event, sse_head, trickle, Conn, Reply, ScriptedEngine,
+};
 
 const API_KEY: &str = "sk-correct-horse-battery-staple";
 
@@ -667,4 +674,347 @@ fn code_llama_fim_ids_become_the_usual_text_form() {
         prompt_as_text(&tok, &psm),
         "<PRE> def remove_non_ascii(s: str) -> str:\n    \"\"\"  <SUF>\n    return result\n <MID>"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Misbehaving engines: the scripted engine (`common::scripted_engine`), for states a real engine cannot be
+// made to produce on demand.
+
+const SCRIPTED_KEY: &str = "QZXJsecretKey0123456789";
+
+/// A backend on the scripted engine: OpenAI-compatible (Ollama with `model`), the tokenizer from the model
+/// file, prompts as ids (no probe request), the key from a file.
+fn scripted(
+    kind: RemoteKind,
+    engine: &ScriptedEngine,
+    tune: impl FnOnce(&mut RemoteConfig),
+) -> RemoteBackend {
+    let dir = std::env::temp_dir().join(format!("codellama-lsp-scripted-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), SCRIPTED_KEY).unwrap();
+    let mut cfg = config(kind, &engine.url());
+    cfg.tokenizer = Some(common::small_model().display().to_string());
+    cfg.prompt_format = PromptFormat::Ids;
+    cfg.model = Some("scripted".into());
+    cfg.retries = 0;
+    cfg.api_key_file = Some(dir.join("key"));
+    tune(&mut cfg);
+    RemoteBackend::connect(cfg).unwrap_or_else(|e| panic!("connect to the scripted engine: {e}"))
+}
+
+/// A request that must fail within `within`; its error and how long it took.
+fn failure(backend: &RemoteBackend, within: Duration) -> (EngineError, Duration) {
+    let t = Instant::now();
+    let err = wait(
+        backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+        within,
+    )
+    .unwrap_err();
+    (err, t.elapsed())
+}
+
+/// Every prefix of the key of 4 characters or more that appears in `text`.
+fn key_prefixes_in(text: &str) -> Vec<&'static str> {
+    (4..=SCRIPTED_KEY.len())
+        .map(|n| &SCRIPTED_KEY[..n])
+        .filter(|p| text.contains(p))
+        .collect()
+}
+
+#[test]
+fn keep_alives_and_trickles_do_not_hold_a_request_past_its_timeouts() {
+    let ms = Duration::from_millis;
+    // Before the first token nothing but keep-alives: comments, events without text, an unfinished line one
+    // byte at a time. The first token is due within first_token_timeout of the request, whatever arrives.
+    let keep_alives = [
+        (
+            "comments",
+            trickle(Vec::new(), b": ping\n\n".to_vec(), ms(100)),
+        ),
+        (
+            "empty events",
+            trickle(Vec::new(), openai_event("", None), ms(100)),
+        ),
+        (
+            "one byte at a time",
+            trickle(b"data: {".to_vec(), b" ".to_vec(), ms(100)),
+        ),
+    ];
+    for (name, reply) in keep_alives {
+        let engine = ScriptedEngine::start(vec![reply], answer(&["x"]));
+        let backend = scripted(RemoteKind::OpenAi, &engine, |c| {
+            c.first_token_timeout = ms(1000)
+        });
+        let (err, took) = failure(&backend, Duration::from_secs(10));
+        eprintln!("{name}: {err} ({took:?})");
+        assert_eq!(
+            RemoteErrorKind::of(&err),
+            Some(RemoteErrorKind::Timeout),
+            "{name}: {err}"
+        );
+        assert!(
+            err.to_string().contains("waiting for the first token"),
+            "{name}: {err}"
+        );
+        assert!(took >= ms(900) && took < ms(2500), "{name}: {took:?}");
+    }
+    // After a token, keep-alives do not count either: the next token is due within the same time.
+    let engine = ScriptedEngine::start(
+        vec![trickle(
+            openai_event("a", None),
+            b": ping\n\n".to_vec(),
+            ms(100),
+        )],
+        answer(&["x"]),
+    );
+    let backend = scripted(RemoteKind::OpenAi, &engine, |c| {
+        c.first_token_timeout = ms(1000)
+    });
+    let (err, took) = failure(&backend, Duration::from_secs(10));
+    eprintln!("idle after a token: {err} ({took:?})");
+    assert_eq!(
+        RemoteErrorKind::of(&err),
+        Some(RemoteErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(err.to_string().contains("waiting for token 2"), "{err}");
+    assert!(took >= ms(900) && took < ms(2500), "{took:?}");
+    // Tokens that keep coming, each in time, stop at the whole-request limit.
+    let engine = ScriptedEngine::start(
+        vec![trickle(Vec::new(), openai_event("a", None), ms(200))],
+        answer(&["x"]),
+    );
+    let backend = scripted(RemoteKind::OpenAi, &engine, |c| {
+        c.first_token_timeout = ms(1000);
+        c.request_timeout = ms(2000);
+    });
+    let t = Instant::now();
+    let mut req = GenerateRequest::new(vec![1604, 3987], 1_000_000);
+    req.stop_at_eog = false;
+    let err = wait(backend.submit(req), Duration::from_secs(10)).unwrap_err();
+    let took = t.elapsed();
+    eprintln!("endless tokens: {err} ({took:?})");
+    assert_eq!(
+        RemoteErrorKind::of(&err),
+        Some(RemoteErrorKind::Timeout),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`request_timeout_ms`"), "{err}");
+    assert!(took >= ms(1900) && took < ms(3500), "{took:?}");
+}
+
+#[test]
+fn a_line_or_event_over_the_limit_is_an_error_that_names_it() {
+    const HUNDRED_MB: usize = 100 << 20;
+    let a = vec![b'a'; 64 << 10];
+    let mut data_line = b"data: ".to_vec();
+    data_line.extend(vec![b'b'; 1000]);
+    data_line.push(b'\n');
+    let cases = [
+        // One 100 MB line.
+        (
+            RemoteKind::OpenAi,
+            "a 100 MB SSE line",
+            flood(b"data: ".to_vec(), a.clone(), HUNDRED_MB),
+        ),
+        // `data:` lines that never end their event with a blank line.
+        (
+            RemoteKind::OpenAi,
+            "an endless SSE event",
+            flood(Vec::new(), data_line, HUNDRED_MB),
+        ),
+        // Ollama's NDJSON.
+        (
+            RemoteKind::Ollama,
+            "a 100 MB NDJSON line",
+            flood(b"{\"response\":\"".to_vec(), a.clone(), HUNDRED_MB),
+        ),
+    ];
+    for (kind, name, reply) in cases {
+        let engine = ScriptedEngine::start(vec![reply], answer(&["x"]));
+        let backend = scripted(kind, &engine, |_| {});
+        let (err, took) = failure(&backend, Duration::from_secs(30));
+        eprintln!(
+            "{name}: {err} ({took:?}, {} bytes sent)",
+            engine.bytes_written()
+        );
+        assert_eq!(
+            RemoteErrorKind::of(&err),
+            Some(RemoteErrorKind::BadResponse),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("1 MiB limit"), "{name}: {err}");
+        // Memory stays flat: the client stopped reading at the limit, long before the 100 MB.
+        assert!(
+            engine.bytes_written() < 16 << 20,
+            "{name}: {} bytes",
+            engine.bytes_written()
+        );
+    }
+    // A body that claims to be one JSON document is bounded too.
+    let mut json_head =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"x\":\""
+            .to_vec();
+    json_head.extend(&a);
+    let engine = ScriptedEngine::start(
+        vec![std::sync::Arc::new(move |c: &mut Conn| {
+            c.write(&json_head)?;
+            for _ in 0..HUNDRED_MB / (64 << 10) {
+                c.write(&vec![b'a'; 64 << 10])?;
+            }
+            Ok(())
+        })],
+        answer(&["x"]),
+    );
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let (err, _) = failure(&backend, Duration::from_secs(30));
+    assert!(err.to_string().contains("1 MiB limit"), "{err}");
+    assert!(
+        engine.bytes_written() < 16 << 20,
+        "{} bytes",
+        engine.bytes_written()
+    );
+}
+
+#[test]
+fn a_key_quoted_by_the_engine_never_shows_not_even_in_part() {
+    // The key at every distance from wherever the message cuts the quoted text: in a malformed event and in
+    // an error page.
+    let mut script = Vec::new();
+    for pad in 0..400 {
+        let filler = "a".repeat(pad);
+        let mut event = sse_head();
+        event.extend(format!("data: {{{filler}{SCRIPTED_KEY}\n\n").into_bytes());
+        script.push(bytes(event));
+        let page = format!("<html><body>{filler}{SCRIPTED_KEY}</body></html>");
+        script.push(bytes(format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+            page.len()
+        )));
+    }
+    let n = script.len();
+    let engine = ScriptedEngine::start(script, answer(&["x"]));
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let mut quoted = 0;
+    for i in 0..n {
+        let (err, _) = failure(&backend, Duration::from_secs(10));
+        let shown = err.to_string();
+        assert_eq!(
+            RemoteErrorKind::of(&err),
+            Some(RemoteErrorKind::BadResponse),
+            "{shown}"
+        );
+        assert_eq!(
+            key_prefixes_in(&shown),
+            Vec::<&str>::new(),
+            "case {i}: {shown}"
+        );
+        quoted += shown.contains("<redacted>") as usize;
+    }
+    // The cut fell before, across and after the key.
+    assert!(quoted > 0 && quoted < n, "{quoted} of {n} quote the key");
+    if let Some(Notice::Failing(e)) = backend.take_notice() {
+        assert_eq!(key_prefixes_in(e.message()), Vec::<&str>::new());
+    }
+}
+
+#[test]
+fn failures_during_a_session_are_noticed_once_and_a_cancel_is_no_recovery() {
+    let html = "<!DOCTYPE html><html><head><title>500 Internal Server Error</title></head><body><h1>Internal Server Error</h1></body></html>";
+    let mut bad_json = sse_head();
+    bad_json.extend(b"data: {\"choices\":[{\"text\":\"a\"}]\n\n");
+    let failures: Vec<(&str, RemoteErrorKind, &str, Reply)> = vec![
+        (
+            "HTTP 500 with HTML",
+            RemoteErrorKind::BadResponse,
+            "HTTP 500",
+            bytes(format!("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}", html.len())),
+        ),
+        (
+            "a redirect",
+            RemoteErrorKind::BadResponse,
+            "redirects are not followed",
+            bytes("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        ("invalid JSON", RemoteErrorKind::BadResponse, "not JSON", bytes(bad_json)),
+        (
+            "a bogus chunk size",
+            RemoteErrorKind::BadResponse,
+            "bad chunk size",
+            bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ndata: x\r\n"),
+        ),
+        (
+            "a connection closed mid-chunk",
+            RemoteErrorKind::Disconnected,
+            "closed the connection",
+            bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n100\r\ndata: {\"choices\":[{\"te"),
+        ),
+    ];
+    let engine = ScriptedEngine::start(vec![answer(&["a", "b"])], answer(&["x"]));
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let ok = wait(
+        backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(ok.text, "ab");
+    assert!(backend.take_notice().is_none());
+
+    for (round, (name, kind, says, reply)) in failures.into_iter().enumerate() {
+        // Failing twice: noticed once.
+        engine.then(vec![reply.clone(), reply]);
+        for i in 0..2 {
+            let (err, _) = failure(&backend, Duration::from_secs(10));
+            eprintln!("{name}: {err}");
+            assert_eq!(RemoteErrorKind::of(&err), Some(kind), "{name}: {err}");
+            assert!(err.to_string().contains(says), "{name}: {err}");
+            let notice = backend.take_notice();
+            if i == 0 {
+                assert!(
+                    matches!(&notice, Some(Notice::Failing(e)) if e.kind() == kind),
+                    "{name}: {notice:?}"
+                );
+            } else {
+                assert!(notice.is_none(), "{name} noticed again: {notice:?}");
+            }
+        }
+        // A request cancelled while the engine is still silent says nothing about the engine.
+        if round == 0 {
+            engine.then(vec![engine.hang()]);
+            let req = GenerateRequest::new(vec![1604, 3987], 8);
+            let cancel = req.cancel.clone();
+            let gen = backend.submit(req);
+            let until = Instant::now() + Duration::from_secs(10);
+            // The first answer, two failures, and now this one.
+            while engine.answered() < 4 {
+                assert!(
+                    Instant::now() < until,
+                    "the request never reached the engine"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cancel.cancel();
+            let out = wait(gen, Duration::from_secs(5)).unwrap();
+            assert_eq!(out.stop_reason, StopReason::Cancelled);
+            engine.wait_closed(1, Duration::from_secs(5));
+            let notice = backend.take_notice();
+            assert!(
+                notice.is_none(),
+                "a cancelled request is no recovery: {notice:?}"
+            );
+        }
+        // Working again: said once.
+        engine.then(vec![answer(&["c"])]);
+        let ok = wait(
+            backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(ok.text, "c");
+        assert!(
+            matches!(backend.take_notice(), Some(Notice::Recovered)),
+            "{name}"
+        );
+        assert!(backend.take_notice().is_none());
+    }
 }

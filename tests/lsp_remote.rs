@@ -6,6 +6,8 @@
 //!   the in-process engine makes for the same document (greedy sampling, the same prompt ids).
 //! - An engine that is down when the server starts is connected to later, when completions ask for it; an engine
 //!   that goes away and comes back is reported once each way, and the server keeps answering meanwhile.
+//! - An engine that fails mid-session in ways a real one cannot be made to (the scripted engine of
+//!   `common::scripted_engine`, a mock) is reported once, and a cancelled request is no sign of recovery.
 
 mod common;
 mod lsp_support;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use codellama_lsp::server::stdio_client::LspProcess;
 use common::llama_server::{free_port, serial, Server};
+use common::scripted_engine::{answer, bytes, sse_head, ScriptedEngine};
 use lsp_support::*;
 use serde_json::{json, Value};
 
@@ -172,4 +175,121 @@ fn an_engine_down_at_startup_is_connected_later_and_outages_are_reported_once() 
     .unwrap();
     eprintln!("messages shown: {:#?}", shown(&mut s, ""));
     finish(s);
+}
+
+/// The messages shown so far with this `window/showMessage` type (1 Error, 3 Info).
+fn shown_of_type(s: &mut LspProcess, kind: u64) -> Vec<String> {
+    s.drain();
+    s.received
+        .iter()
+        .filter(|m| m["method"] == "window/showMessage" && m["params"]["type"] == kind)
+        .filter_map(|m| m["params"]["message"].as_str())
+        .map(str::to_string)
+        .collect()
+}
+
+/// An engine that fails in the middle of a session, in every way the scripted engine can fail (a mock, for the
+/// failures a real engine cannot be made to produce on demand): the user sees one error, not one per
+/// keystroke; a cancelled request is no sign of recovery; a working request again is; and the API key, which
+/// the engine quotes in a malformed event, shows nowhere, not even in part.
+#[test]
+fn engine_failures_during_a_session_are_shown_once_and_a_cancel_is_no_recovery() {
+    let key = "QZXJsecretKey0123456789";
+    let dir = std::env::temp_dir().join(format!("codellama-lsp-remote-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("key"), key).unwrap();
+    let html = "<html><body><h1>500 Internal Server Error</h1></body></html>";
+    let error_page = bytes(format!(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{html}",
+        html.len()
+    ));
+    let mut failures = vec![
+        error_page.clone(),
+        bytes("HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/x\r\nContent-Length: 0\r\n\r\n"),
+        bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n100\r\ndata: {\"ch"),
+    ];
+    // Malformed events that quote the key over and over: wherever a message cuts the quoted text, it cuts
+    // through a copy of the key, and in one of these five at least 4 characters into it.
+    for shift in 0..5 {
+        let mut leaky = sse_head();
+        let text = format!("{{{}{}", "a".repeat(shift), key.repeat(50));
+        leaky.extend(format!("data: {text}\n\n").into_bytes());
+        failures.push(bytes(leaky));
+    }
+    let engine = ScriptedEngine::start(vec![answer(&["return a + b"])], error_page);
+    let settings = json!({
+        "url": engine.url(),
+        "tokenizer": common::small_model().display().to_string(),
+        "prompt_format": "ids",
+        "retries": 0,
+        "api_key_file": dir.join("key"),
+    })
+    .to_string();
+    let mut s = start(&["--backend", "openai", "--remote", &settings]);
+    s.wait_ready(LOAD)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    assert_eq!(suggestion(&mut s).as_deref(), Some("return a + b"));
+    let mut version = 1;
+    let mut edit = |s: &mut LspProcess| {
+        // Text after the cursor changes, so that the typing-ahead cache cannot answer.
+        version += 1;
+        change(s, URI, version, (3, 0), (3, 0), "#");
+    };
+
+    let n = failures.len();
+    engine.then(failures);
+    for _ in 0..n {
+        edit(&mut s);
+        assert_eq!(suggestion(&mut s), None);
+    }
+    let errors = shown_of_type(&mut s, 1);
+    assert_eq!(errors.len(), 1, "{errors:#?}\n{}", s.stderr());
+    assert!(errors[0].contains("HTTP 500"), "{}", errors[0]);
+
+    // A request cancelled while the engine is silent, then another failure: nothing new is shown.
+    engine.then(vec![engine.hang()]);
+    edit(&mut s);
+    let before = engine.answered();
+    let id = s.request("textDocument/inlineCompletion", inline_params(URI, 1, 4));
+    let until = Instant::now() + T;
+    while engine.answered() == before {
+        assert!(
+            Instant::now() < until,
+            "the request never reached the engine"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.cancel(id);
+    let answer_to_cancelled = s.response(&json!(id), T).unwrap();
+    assert_eq!(answer_to_cancelled["error"]["code"], -32800);
+    engine.wait_closed(1, T);
+    edit(&mut s);
+    assert_eq!(suggestion(&mut s), None);
+    let errors = shown_of_type(&mut s, 1);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(shown(&mut s, "answers again"), Vec::<String>::new());
+
+    // Working again: said once.
+    engine.then(vec![answer(&["return a - b"])]);
+    edit(&mut s);
+    assert_eq!(suggestion(&mut s).as_deref(), Some("return a - b"));
+    s.wait_for("window/showMessage", T, |p| {
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("answers again"))
+    })
+    .unwrap();
+    assert_eq!(shown(&mut s, "answers again").len(), 1);
+    assert_eq!(shown_of_type(&mut s, 1).len(), 1);
+
+    // The key, or any part of it, in nothing the user or the log sees.
+    let everything = format!("{}\n{:?}", s.stderr(), s.received);
+    let parts: Vec<&str> = (4..=key.len())
+        .map(|n| &key[..n])
+        .filter(|p| everything.contains(p))
+        .collect();
+    assert_eq!(parts, Vec::<&str>::new());
+    finish(s);
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::config::{ApiKey, RemoteConfig, RemoteKind};
-use super::error::RemoteError;
-use super::http::{check_until, truncate, Connection, Endpoint, HttpError, Interrupt, Response};
+use super::error::{quote, RemoteError};
+use super::http::{check_until, Connection, Endpoint, HttpError, Interrupt, Response};
 
 /// Largest non-streamed answer accepted (Ollama's verbose model information carries the whole vocabulary).
 const MAX_JSON_BODY: usize = 256 << 20;
@@ -31,6 +31,7 @@ pub(crate) struct Client {
     api_key: Option<ApiKey>,
     pub connect_timeout: Duration,
     pub first_token_timeout: Duration,
+    pub request_timeout: Duration,
     retries: u32,
 }
 
@@ -58,6 +59,7 @@ impl Client {
             api_key: cfg.load_api_key()?,
             connect_timeout: cfg.connect_timeout,
             first_token_timeout: cfg.first_token_timeout,
+            request_timeout: cfg.request_timeout,
             retries: cfg.retries,
         })
     }
@@ -174,7 +176,7 @@ impl Client {
             "HTTP {}{}",
             resp.status,
             error_detail(&body)
-                .map(|d| format!(": {d}"))
+                .map(|d| format!(": {}", quote(&d, self.secret())))
                 .unwrap_or_default()
         );
         let err = match resp.status {
@@ -186,7 +188,7 @@ impl Client {
                 &self.at(),
                 format!(
                     "{detail}, a redirect to {} (redirects are not followed, so that the API key goes nowhere else; set `url` to the final address)",
-                    resp.header("location").unwrap_or("?")
+                    quote(resp.header("location").unwrap_or("?"), self.secret())
                 ),
             ),
             404 => RemoteError::bad_response(
@@ -234,10 +236,9 @@ impl Client {
                 format!(
                     "{} {path} did not return JSON ({e}): {}",
                     method,
-                    truncate(&String::from_utf8_lossy(&bytes), 200)
+                    quote(&String::from_utf8_lossy(&bytes), self.secret())
                 ),
             )
-            .redact(self.secret())
         })
     }
 
@@ -266,7 +267,9 @@ impl Client {
                 &self.at(),
                 &format!("while {when} ({io})"),
             ),
-            HttpError::Protocol(p) => RemoteError::bad_response(self.engine(), &self.at(), p),
+            HttpError::Protocol(p) => {
+                RemoteError::bad_response(self.engine(), &self.at(), quote(&p, self.secret()))
+            }
             HttpError::Connect(d) | HttpError::Tls(d) => {
                 RemoteError::unreachable(self.engine(), &self.at(), &d)
             }
@@ -282,7 +285,7 @@ impl Client {
 }
 
 /// The message in an error body: `{"error": {"message": ...}}` (OpenAI, llama.cpp), `{"message": ...}`
-/// (vLLM), `{"error": "..."}` (Ollama), or the text itself.
+/// (vLLM), `{"error": "..."}` (Ollama), or the text itself. Whole: quote it with [`quote`].
 pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
@@ -291,17 +294,16 @@ pub(crate) fn error_detail(body: &[u8]) -> Option<String> {
     }
     if let Ok(v) = serde_json::from_str::<Value>(text) {
         if let Some(m) = json_error_message(&v) {
-            return Some(truncate(&m, 300));
+            return Some(m);
         }
     }
-    Some(truncate(text, 300))
+    Some(text.to_string())
 }
 
 /// One streamed event (an SSE `data:` payload or an NDJSON line) as JSON; an error object the engine
-/// sent instead is the `Err`.
+/// sent instead is the `Err`. The `Err` text is whole: quote it with [`quote`].
 pub(crate) fn event_json(data: &str) -> Result<Value, String> {
-    let v: Value = serde_json::from_str(data)
-        .map_err(|e| format!("not JSON ({e}): {}", truncate(data, 200)))?;
+    let v: Value = serde_json::from_str(data).map_err(|e| format!("not JSON ({e}): {data}"))?;
     match json_error_message(&v) {
         Some(msg) => Err(msg),
         None => Ok(v),

@@ -100,9 +100,13 @@ pub struct RemoteConfig {
     pub context_window: Option<usize>,
     #[serde(rename = "connect_timeout_ms", with = "millis")]
     pub connect_timeout: Duration,
-    /// Longest wait for the first token, and for each later one.
+    /// Longest wait for the first token, counted from the request, and for each later one, counted from the
+    /// token before. Keep-alives and events without a token do not count.
     #[serde(rename = "first_token_timeout_ms", with = "millis")]
     pub first_token_timeout: Duration,
+    /// Longest a whole answer may take, from the request to its last token.
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
     /// Extra connection attempts after a failed connect (with backoff: 100 ms, 200 ms, 400 ms...). Only
     /// connection failures are retried, never a request the engine has received.
     pub retries: u32,
@@ -126,6 +130,7 @@ impl Default for RemoteConfig {
             context_window: None,
             connect_timeout: Duration::from_millis(2000),
             first_token_timeout: Duration::from_millis(30_000),
+            request_timeout: Duration::from_millis(300_000),
             retries: 2,
             prompt_format: PromptFormat::Auto,
             send_stop_token_ids: false,

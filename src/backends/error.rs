@@ -1,6 +1,6 @@
 //! Errors from remote inference servers, sorted into the few kinds a language server reacts to
-//! differently: the engine is down (say so once, keep serving), the key is wrong (say so once, stop
-//! asking), the engine misbehaves (log it).
+//! differently: the engine is down or misbehaves (say so once, keep serving), the key is wrong (say so
+//! once, stop asking), the settings or the tokenizer are wrong (refuse to connect).
 //!
 //! Generation results travel as [`EngineError`]s (the [`Backend`](crate::engine::Backend) contract), where
 //! a remote failure is an [`EngineError::Compute`] carrying this error's message; [`RemoteErrorKind::of`]
@@ -34,7 +34,7 @@ const MARKERS: &[(RemoteErrorKind, &str)] = &[
     (RemoteErrorKind::Unreachable, "cannot reach "),
     (RemoteErrorKind::Unauthorized, " rejected the API key"),
     (RemoteErrorKind::Unauthorized, " requires an API key"),
-    (RemoteErrorKind::Timeout, " sent nothing for "),
+    (RemoteErrorKind::Timeout, " timed out after "),
     (RemoteErrorKind::Disconnected, " closed the connection "),
     (RemoteErrorKind::Tokenizer, "remote tokenizer: "),
     (RemoteErrorKind::Config, "remote backend settings: "),
@@ -84,10 +84,19 @@ impl RemoteError {
         }
     }
 
+    /// Nothing useful (a token, for a streamed answer) within `first_token_timeout`.
     pub(crate) fn timeout(engine: &str, at: &str, secs: f64, waiting_for: &str) -> Self {
         Self {
             kind: RemoteErrorKind::Timeout,
-            message: format!("{engine} at {at} sent nothing for {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+            message: format!("{engine} at {at} timed out after {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+        }
+    }
+
+    /// The whole answer took longer than `request_timeout`.
+    pub(crate) fn request_timeout(engine: &str, at: &str, secs: f64, generated: usize) -> Self {
+        Self {
+            kind: RemoteErrorKind::Timeout,
+            message: format!("{engine} at {at} timed out after {secs:.1} s with the answer still incomplete after {generated} tokens (`request_timeout_ms`)"),
         }
     }
 
@@ -116,10 +125,30 @@ impl RemoteError {
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes quote a rejected key).
     pub(crate) fn redact(mut self, secret: Option<&str>) -> Self {
-        if let Some(s) = secret.filter(|s| !s.is_empty()) {
-            self.message = self.message.replace(s, "<redacted>");
-        }
+        self.message = redacted(&self.message, secret);
         self
+    }
+}
+
+/// `text` with every occurrence of `secret` replaced.
+fn redacted(text: &str, secret: Option<&str>) -> String {
+    match secret.filter(|s| !s.is_empty()) {
+        Some(s) => text.replace(s, "<redacted>"),
+        None => text.to_string(),
+    }
+}
+
+/// Characters of text from the engine quoted in a message.
+const QUOTED: usize = 300;
+
+/// Text from the engine (an error page, a malformed event, a bad header) for a message: the key replaced
+/// first, then cut to [`QUOTED`] characters and "…". In that order, so that a cut can never leave a piece of
+/// the key that the replacement no longer recognizes.
+pub(crate) fn quote(text: &str, secret: Option<&str>) -> String {
+    let text = redacted(text, secret);
+    match text.char_indices().nth(QUOTED) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
     }
 }
 
@@ -205,5 +234,21 @@ mod tests {
         .redact(Some("sk-123456"));
         assert!(!err.to_string().contains("sk-123456"));
         assert!(!format!("{err:?}").contains("sk-123456"));
+    }
+
+    #[test]
+    fn a_quote_never_keeps_a_piece_of_the_key_wherever_the_cut_falls() {
+        let key = "sk-QZXJ0123456789";
+        for pad in QUOTED - key.len() - 2..QUOTED + 2 {
+            let text = format!("{}{key} and more", "a".repeat(pad));
+            let q = quote(&text, Some(key));
+            assert!(q.chars().count() <= QUOTED + 1, "{q}");
+            for n in 4..=key.len() {
+                assert!(!q.contains(&key[..n]), "{pad}: {q}");
+            }
+        }
+        assert_eq!(quote("short", Some(key)), "short");
+        let long = "é".repeat(QUOTED + 1);
+        assert_eq!(quote(&long, None), format!("{}…", "é".repeat(QUOTED)));
     }
 }

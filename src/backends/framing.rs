@@ -1,6 +1,18 @@
 //! The two ways inference servers stream: server-sent events (llama.cpp, OpenAI-compatible servers) and
 //! newline-delimited JSON (Ollama). Both parsers take bytes exactly as they come off the connection (a
 //! piece may end in the middle of a line, or of a UTF-8 sequence) and hand back complete messages only.
+//! What they hold while a message is incomplete is bounded by [`MAX_MESSAGE`]: a longer line or event is
+//! a [`TooLong`] error, never more memory.
+
+/// Longest line, and longest event, a stream may send: 1 MiB. A streamed message carries a token or two and
+/// its counts; one near this size comes from a broken engine, and holding more of it would let the engine
+/// grow our memory without bound.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A line, event or answer longer than [`MAX_MESSAGE`]; says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a streamed {0} is over the {limit} MiB limit", limit = MAX_MESSAGE >> 20)]
+pub struct TooLong(pub &'static str);
 
 /// One server-sent event: its `event:` name, if any, and its `data:` lines joined with '\n'.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +29,8 @@ pub struct SseParser {
     lines: LineSplitter,
     event: Option<String>,
     data: Vec<String>,
+    /// Bytes in `data`, with the line breaks that will join them.
+    data_len: usize,
 }
 
 impl SseParser {
@@ -25,44 +39,52 @@ impl SseParser {
     }
 
     /// Feeds bytes; returns the events they completed.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, TooLong> {
         let mut out = Vec::new();
-        for line in self.lines.push(bytes) {
-            self.line(&line, &mut out);
+        for line in self.lines.push(bytes)? {
+            self.line(&line, &mut out)?;
         }
-        out
+        Ok(out)
     }
 
     /// The stream ended: an event still waiting for its blank line is delivered.
-    pub fn finish(&mut self) -> Vec<SseEvent> {
+    pub fn finish(&mut self) -> Result<Vec<SseEvent>, TooLong> {
         let mut out = Vec::new();
         if let Some(line) = self.lines.finish() {
-            self.line(&line, &mut out);
+            self.line(&line, &mut out)?;
         }
         self.dispatch(&mut out);
-        out
+        Ok(out)
     }
 
-    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) {
+    fn line(&mut self, line: &str, out: &mut Vec<SseEvent>) -> Result<(), TooLong> {
         if line.is_empty() {
             self.dispatch(out);
-            return;
+            return Ok(());
         }
         if line.starts_with(':') {
-            return;
+            return Ok(());
         }
         let (field, value) = match line.split_once(':') {
             Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
             None => (line, ""),
         };
         match field {
-            "data" => self.data.push(value.to_string()),
+            "data" => {
+                self.data_len += value.len() + 1;
+                if self.data_len > MAX_MESSAGE {
+                    return Err(TooLong("event"));
+                }
+                self.data.push(value.to_string());
+            }
             "event" => self.event = Some(value.to_string()),
             _ => {}
         }
+        Ok(())
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseEvent>) {
+        self.data_len = 0;
         if self.data.is_empty() {
             self.event = None;
             return;
@@ -85,12 +107,10 @@ impl NdjsonParser {
         Self::default()
     }
 
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.lines
-            .push(bytes)
-            .into_iter()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, TooLong> {
+        let mut lines = self.lines.push(bytes)?;
+        lines.retain(|l| !l.trim().is_empty());
+        Ok(lines)
     }
 
     /// A last line without its newline.
@@ -100,22 +120,24 @@ impl NdjsonParser {
 }
 
 /// Splits bytes into lines (`\n`, `\r\n`, `\r`), keeping an unfinished line for later. A `\r` at the very
-/// end of the input waits for the next byte, which may be its `\n`.
+/// end of the input waits for the next byte, which may be its `\n`. A line over [`MAX_MESSAGE`] is an error.
 #[derive(Default)]
 struct LineSplitter {
     pending: Vec<u8>,
+    /// How far `pending` has been searched for a line break (an unfinished line is not searched again).
+    scanned: usize,
 }
 
 impl LineSplitter {
-    fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, TooLong> {
         self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut start = 0;
-        let mut i = 0;
+        let mut i = self.scanned;
         while i < self.pending.len() {
             match self.pending[i] {
                 b'\n' => {
-                    out.push(lossy(&self.pending[start..i]));
+                    out.push(self.line(start, i)?);
                     i += 1;
                     start = i;
                 }
@@ -123,7 +145,7 @@ impl LineSplitter {
                     if i + 1 == self.pending.len() {
                         break;
                     }
-                    out.push(lossy(&self.pending[start..i]));
+                    out.push(self.line(start, i)?);
                     i += if self.pending[i + 1] == b'\n' { 2 } else { 1 };
                     start = i;
                 }
@@ -131,10 +153,22 @@ impl LineSplitter {
             }
         }
         self.pending.drain(..start);
-        out
+        self.scanned = i - start;
+        if self.pending.len() > MAX_MESSAGE {
+            return Err(TooLong("line"));
+        }
+        Ok(out)
+    }
+
+    fn line(&self, start: usize, end: usize) -> Result<String, TooLong> {
+        if end - start > MAX_MESSAGE {
+            return Err(TooLong("line"));
+        }
+        Ok(lossy(&self.pending[start..end]))
     }
 
     fn finish(&mut self) -> Option<String> {
+        self.scanned = 0;
         let mut rest = std::mem::take(&mut self.pending);
         if rest.last() == Some(&b'\r') {
             rest.pop();
@@ -155,9 +189,9 @@ mod tests {
         let mut results = Vec::new();
         for cut in 0..=input.len() {
             let mut p = SseParser::new();
-            let mut events = p.push(&input[..cut]);
-            events.extend(p.push(&input[cut..]));
-            events.extend(p.finish());
+            let mut events = p.push(&input[..cut]).unwrap();
+            events.extend(p.push(&input[cut..]).unwrap());
+            events.extend(p.finish().unwrap());
             results.push(events);
         }
         results
@@ -187,9 +221,9 @@ mod tests {
         let mut p = SseParser::new();
         let mut events = Vec::new();
         for b in b"data:x\r\rdata:y\r\r" {
-            events.extend(p.push(&[*b]));
+            events.extend(p.push(&[*b]).unwrap());
         }
-        events.extend(p.finish());
+        events.extend(p.finish().unwrap());
         let data: Vec<_> = events.iter().map(|e| e.data.as_str()).collect();
         assert_eq!(data, ["x", "y"]);
     }
@@ -197,9 +231,9 @@ mod tests {
     #[test]
     fn sse_comments_and_unknown_fields_are_ignored_and_a_last_event_without_blank_line_counts() {
         let mut p = SseParser::new();
-        assert!(p.push(b":\n\nid: 3\nretry: 10\n\n").is_empty());
-        assert!(p.push(b"data: {\"stop\":true}").is_empty());
-        assert_eq!(p.finish()[0].data, "{\"stop\":true}");
+        assert!(p.push(b":\n\nid: 3\nretry: 10\n\n").unwrap().is_empty());
+        assert!(p.push(b"data: {\"stop\":true}").unwrap().is_empty());
+        assert_eq!(p.finish().unwrap()[0].data, "{\"stop\":true}");
     }
 
     #[test]
@@ -207,8 +241,8 @@ mod tests {
         let input = b"{\"response\":\"a\",\"done\":false}\n\n{\"response\":\"\xc3\xa9\",\"done\":false}\r\n{\"done\":true}";
         for cut in 0..=input.len() {
             let mut p = NdjsonParser::new();
-            let mut lines = p.push(&input[..cut]);
-            lines.extend(p.push(&input[cut..]));
+            let mut lines = p.push(&input[..cut]).unwrap();
+            lines.extend(p.push(&input[cut..]).unwrap());
             lines.extend(p.finish());
             assert_eq!(
                 lines,
@@ -220,5 +254,50 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_line_or_event_over_the_limit_is_an_error_and_one_at_the_limit_is_not() {
+        // Lines and events up to the limit pass, in pieces of any size.
+        let mut at_limit = b"data: ".to_vec();
+        at_limit.extend(vec![b'x'; MAX_MESSAGE - 1 - 6]);
+        at_limit.extend(b"\n\n");
+        let mut p = SseParser::new();
+        let mut events = Vec::new();
+        for piece in at_limit.chunks(4096) {
+            events.extend(p.push(piece).unwrap());
+        }
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data.len(), MAX_MESSAGE - 7);
+
+        // One line without an end, fed in small pieces: an error once it passes the limit.
+        let mut p = SseParser::new();
+        let err = (0..)
+            .map(|_| p.push(&[b'y'; 1000]))
+            .take(2 * MAX_MESSAGE / 1000)
+            .find_map(Result::err);
+        assert_eq!(err, Some(TooLong("line")));
+        assert_eq!(
+            TooLong("line").to_string(),
+            "a streamed line is over the 1 MiB limit"
+        );
+
+        // Short `data:` lines that never end their event.
+        let mut p = SseParser::new();
+        let err = (0..)
+            .map(|_| p.push(b"data: 0123456789\n"))
+            .take(MAX_MESSAGE)
+            .find_map(Result::err);
+        assert_eq!(err, Some(TooLong("event")));
+
+        // NDJSON lines.
+        let mut p = NdjsonParser::new();
+        assert!(p.push(&vec![b'z'; MAX_MESSAGE + 1]).is_err());
+        let mut p = NdjsonParser::new();
+        assert_eq!(
+            p.push(&vec![b'z'; MAX_MESSAGE]).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(p.push(b"\n").unwrap().len(), 1);
     }
 }

@@ -498,8 +498,7 @@ impl Response {
         let reason = parts.next().unwrap_or("").to_string();
         if !version.starts_with("HTTP/1.") || code.len() != 3 {
             return Err(HttpError::Protocol(format!(
-                "not an HTTP/1.x answer: {:?}",
-                truncate(&status_line, 80)
+                "not an HTTP/1.x answer: {status_line:?}"
             )));
         }
         let status: u16 = code
@@ -660,14 +659,6 @@ impl Response {
             }
         }
         Ok(out)
-    }
-}
-
-/// At most `max` characters of `s`, with "…" when cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
     }
 }
 

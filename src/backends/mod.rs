@@ -39,7 +39,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::engine::{
     Backend, CancelToken, EngineError, Event, GenerateRequest, Generation, ModelConfig, ModelInfo,
-    Outcome, Tokenizer,
+    Outcome, StopReason, Tokenizer,
 };
 
 pub use config::{ApiKey, PromptFormat, RemoteConfig, RemoteKind};
@@ -81,7 +81,7 @@ enum Protocol {
     },
 }
 
-/// A failure worth telling the user about once (see [`RemoteBackend::take_notice`]).
+/// A change in the engine's health worth telling the user about once (see [`RemoteBackend::take_notice`]).
 #[derive(Debug, Clone)]
 pub enum Notice {
     /// Requests started failing this way (the message says how to fix it).
@@ -266,8 +266,8 @@ impl RemoteBackend {
     }
 
     /// A change worth showing the user (`window/showMessage`), at most once per change: the first failure
-    /// of a kind that needs the user (unreachable, unauthorized, timeout) after requests worked, and the
-    /// recovery after such a failure. `None` most of the time.
+    /// after requests worked (of any kind: unreachable, unauthorized, timeout, a broken answer), and the first
+    /// answer after a failure. `None` most of the time.
     pub fn take_notice(&self) -> Option<Notice> {
         self.shared
             .health
@@ -341,26 +341,30 @@ impl Shared {
         stream::run(call, req, tok, &self.eog, events)
     }
 
+    /// Keeps the engine's health from a request's result: the first failure after working requests is a
+    /// notice, and so is the first answer after a failure. A cancelled request says nothing either way (it
+    /// may never have reached the engine).
     fn note(&self, result: &Result<Outcome, RemoteError>) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         match result {
+            Ok(out) if out.stop_reason == StopReason::Cancelled => {}
             Ok(_) => {
                 if h.failing.take().is_some() {
                     h.pending = Some(Notice::Recovered);
                 }
             }
-            Err(e) => {
-                let serious = matches!(
-                    e.kind(),
-                    RemoteErrorKind::Unreachable
-                        | RemoteErrorKind::Unauthorized
-                        | RemoteErrorKind::Timeout
-                );
-                if serious && h.failing != Some(e.kind()) {
+            Err(e) => match h.failing {
+                None => {
                     h.failing = Some(e.kind());
                     h.pending = Some(Notice::Failing(e.clone()));
                 }
-            }
+                // Shown once per outage, however it goes on failing: logged when the way it fails changes.
+                Some(kind) if kind != e.kind() => {
+                    tracing::warn!("still failing: {e}");
+                    h.failing = Some(e.kind());
+                }
+                Some(_) => {}
+            },
         }
     }
 }

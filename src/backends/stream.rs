@@ -2,7 +2,10 @@
 //! stop rules to what arrives exactly as the in-process engine's decode loop does (`engine/worker.rs`):
 //! stop ids and end-of-generation ids end the answer and are left out, the text is cut before the first stop
 //! string, the stop policy sees the text after every token, and nothing is streamed past a stop. When we
-//! decide to stop, the connection is dropped, which tells the engine to stop generating too.
+//! decide to stop, the connection is dropped, which tells the engine to stop generating too. Waiting is
+//! bounded three ways, and only tokens count as progress: the first token within `first_token_timeout` of
+//! the request, each later one within the same time of the one before, the whole answer within
+//! `request_timeout`.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -15,8 +18,8 @@ use crate::engine::{
 };
 
 use super::client::{Client, Failure};
-use super::error::RemoteError;
-use super::framing::{NdjsonParser, SseParser};
+use super::error::{quote, RemoteError, RemoteErrorKind};
+use super::framing::{NdjsonParser, SseParser, TooLong, MAX_MESSAGE};
 use super::http::check_until;
 
 /// `Event::Token::id` for engines that stream text only (OpenAI-compatible servers, Ollama): the id is
@@ -115,13 +118,29 @@ pub(crate) fn run(
     if cancelled() {
         return Ok(Outcome::cancelled(timings));
     }
-    let first_deadline = Instant::now() + client.first_token_timeout;
+    // The first token is due within `first_token_timeout` of the request, each later one within the same
+    // time of the one before, and the whole answer within `request_timeout`. Only tokens count: keep-alive
+    // comments and events without text move no deadline.
+    let first_deadline = t_start + client.first_token_timeout;
+    let whole_deadline = t_start + client.request_timeout;
+    let over_time = |e: RemoteError, generated: usize| {
+        if e.kind() == RemoteErrorKind::Timeout && Instant::now() >= whole_deadline {
+            RemoteError::request_timeout(
+                client.engine(),
+                &client.at(),
+                client.request_timeout.as_secs_f64(),
+                generated,
+            )
+        } else {
+            e
+        }
+    };
     let mut resp = match client.request(
         "POST",
         path,
         Some(&body),
         &cancelled,
-        first_deadline,
+        first_deadline.min(whole_deadline),
         "waiting for the first token",
     ) {
         Ok(r) => r,
@@ -129,7 +148,7 @@ pub(crate) fn run(
             timings.queue_ms = ms_since(t_start);
             return Ok(Outcome::cancelled(timings));
         }
-        Err(Failure::Remote(e)) => return Err(e),
+        Err(Failure::Remote(e)) => return Err(over_time(e, 0)),
     };
     let t_sent = resp.sent_at;
     timings.queue_ms = (t_sent - t_start).as_secs_f64() * 1e3;
@@ -146,32 +165,46 @@ pub(crate) fn run(
     let mut stats = Stats::default();
     let mut finish: Option<Finish> = None;
     let mut t_first: Option<Instant> = None;
-    let mut last_activity = Instant::now();
-    let stall = client.first_token_timeout;
+    let mut last_token: Option<Instant> = None;
+    let bad = |e: TooLong| RemoteError::bad_response(client.engine(), &client.at(), e);
 
     // Streams until the engine finishes, our rules stop the answer, or something fails.
     let stopped_by_us = 'read: loop {
-        let deadline = last_activity + stall;
-        let check = check_until(&cancelled, deadline);
+        let token_deadline = last_token.map_or(first_deadline, |t| t + client.first_token_timeout);
+        let check = check_until(&cancelled, token_deadline.min(whole_deadline));
         let chunk = match resp.read_chunk(&check) {
             Ok(c) => c,
             Err(e) => match client.wait_failure(e, &waiting_for(&gen)) {
                 Failure::Cancelled => break 'read true,
-                Failure::Remote(e) => return Err(e),
+                Failure::Remote(e) => return Err(over_time(e, gen.generated())),
             },
         };
         let ended = chunk.is_none();
         let messages: Vec<String> = match (chunk, framing) {
-            (Some(bytes), Framing::Sse) => sse.push(&bytes).into_iter().map(|e| e.data).collect(),
-            (Some(bytes), Framing::Ndjson) => ndjson.push(&bytes),
+            (Some(bytes), Framing::Sse) => sse
+                .push(&bytes)
+                .map_err(bad)?
+                .into_iter()
+                .map(|e| e.data)
+                .collect(),
+            (Some(bytes), Framing::Ndjson) => ndjson.push(&bytes).map_err(bad)?,
             (Some(bytes), Framing::Whole) => {
                 whole.extend_from_slice(&bytes);
+                if whole.len() > MAX_MESSAGE {
+                    return Err(bad(TooLong("answer")));
+                }
                 Vec::new()
             }
-            (None, Framing::Sse) => sse.finish().into_iter().map(|e| e.data).collect(),
+            (None, Framing::Sse) => sse
+                .finish()
+                .map_err(bad)?
+                .into_iter()
+                .map(|e| e.data)
+                .collect(),
             (None, Framing::Ndjson) => ndjson.finish().into_iter().collect(),
             (None, Framing::Whole) => vec![String::from_utf8_lossy(&whole).into_owned()],
         };
+        let generated = gen.generated();
         for data in messages {
             let pieces = match protocol.parse(&data) {
                 Ok(Parsed::Pieces(p)) => p,
@@ -185,9 +218,11 @@ pub(crate) fn run(
                     return Err(RemoteError::bad_response(
                         client.engine(),
                         &client.at(),
-                        format!("error in the middle of the answer: {msg}"),
-                    )
-                    .redact(client.secret()))
+                        format!(
+                            "error in the middle of the answer: {}",
+                            quote(&msg, client.secret())
+                        ),
+                    ))
                 }
             };
             for piece in pieces {
@@ -219,7 +254,9 @@ pub(crate) fn run(
                 }
             }
         }
-        last_activity = Instant::now();
+        if gen.generated() > generated {
+            last_token = Some(Instant::now());
+        }
         if finish.is_some() {
             break 'read false;
         }

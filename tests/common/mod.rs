@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 pub mod gguf_craft;
 pub mod llama_server;
+pub mod scripted_engine;
 
 pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
