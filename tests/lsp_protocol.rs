@@ -164,13 +164,6 @@ fn bad_input_is_answered_and_the_next_request_is_served() {
     change(&mut s, uri, 2, (0, 2), (0, 2), "|");
     assert_eq!(text_of(&mut s, uri)["text"], "a|😀b");
 
-    // An invalid UTF-16 surrogate in an edit: the message is not valid JSON text; it is refused whole.
-    let bad = r#"{"jsonrpc":"2.0","method":"textDocument/didChange","params":{"textDocument":{"uri":"file:///tmp/emoji.py","version":3},"contentChanges":[{"range":{"start":{"line":0,"character":0},"end":{"line":0,"character":0}},"text":"\ud800"}]}}"#;
-    s.send_raw(&frame(bad.as_bytes())).unwrap();
-    let r = s.response(&Value::Null, T).unwrap();
-    assert!(r.get("error").is_some(), "{r}");
-    assert_eq!(text_of(&mut s, uri)["text"], "a|😀b");
-
     // NUL bytes in a document and in an edit.
     let uri = "file:///tmp/nul.txt";
     open(&mut s, uri, "plaintext", "a\u{0}b\n");
@@ -194,6 +187,106 @@ fn bad_input_is_answered_and_the_next_request_is_served() {
         t.elapsed()
     );
 
+    finish(s);
+}
+
+/// `didChange` with one raw `text` (JSON string contents, escapes as written) at `(line, character)`.
+fn raw_change(uri: &str, version: i32, (line, character): (u32, u32), text: &str) -> Vec<u8> {
+    let at = format!(r#"{{"line":{line},"character":{character}}}"#);
+    frame(format!(
+        r#"{{"jsonrpc":"2.0","method":"textDocument/didChange","params":{{"textDocument":{{"uri":"{uri}","version":{version}}},"contentChanges":[{{"range":{{"start":{at},"end":{at}}},"text":"{text}"}}]}}}}"#
+    ).as_bytes())
+}
+
+/// A lone UTF-16 surrogate (VS Code can send one: JavaScript strings are UTF-16) becomes U+FFFD, which takes the
+/// same room in every encoding: the document stays in step with the editor's, position for position.
+#[test]
+fn lone_surrogates_keep_the_document_in_step_with_the_editor() {
+    for (enc, after_fffd_and_a) in [("utf-16", 2), ("utf-32", 2), ("utf-8", 4)] {
+        let mut s = spawn(NO_MODEL);
+        s.initialize(capabilities(&[enc]), Value::Null).unwrap();
+        let uri = "file:///tmp/surrogate.py";
+        open(&mut s, uri, "python", "a😀b");
+        s.send_raw(&raw_change(uri, 2, (0, 0), r"\ud800")).unwrap();
+        // The editor's next edit counts the surrogate as one unit (in UTF-8: the 3 bytes of its encoding).
+        change(
+            &mut s,
+            uri,
+            3,
+            (0, after_fffd_and_a),
+            (0, after_fffd_and_a),
+            "|",
+        );
+        s.send_raw(&raw_change(uri, 4, (0, 0), r"x\udc00")).unwrap();
+        let doc = text_of(&mut s, uri);
+        assert_eq!(doc["text"], "x\u{fffd}\u{fffd}a|😀b", "{enc}");
+        assert_eq!(doc["version"], 4);
+        let log = s.stderr();
+        let warned = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("lone UTF-16 surrogate"))
+            .count();
+        assert_eq!(warned, 1, "one warning per session:\n{log}");
+        finish(s);
+    }
+}
+
+/// An edit the server cannot read at all leaves its copy behind the editor's: it drops the document and says so.
+#[test]
+fn an_edit_that_cannot_be_read_drops_the_document_and_says_so() {
+    let mut s = spawn(NO_MODEL);
+    s.initialize(capabilities(&["utf-8"]), Value::Null).unwrap();
+    let uri = "file:///tmp/latin1.py";
+    open(&mut s, uri, "python", "x = 1\n");
+    let mut bad = raw_change(uri, 2, (0, 0), "\u{1}");
+    let at = bad.iter().position(|&b| b == 1).unwrap();
+    bad[at] = 0xff; // a byte that is not UTF-8 (same length)
+    s.send_raw(&bad).unwrap();
+    let r = s.response(&Value::Null, T).unwrap();
+    assert_eq!(r["error"]["code"], -32700, "{r}");
+    let shown = s.wait_for("window/showMessage", T, |_| true).unwrap();
+    let text = shown["params"]["message"].as_str().unwrap();
+    assert!(
+        text.contains(uri) && text.contains("opened again"),
+        "{text}"
+    );
+    assert_eq!(shown["params"]["type"], 2, "a warning");
+    assert_eq!(text_of(&mut s, uri), Value::Null, "dropped, not kept stale");
+    open(&mut s, uri, "python", "y = 2\n");
+    assert_eq!(text_of(&mut s, uri)["text"], "y = 2\n");
+    finish(s);
+}
+
+#[test]
+fn framing_errors_and_dollar_requests_are_answered_and_serving_goes_on() {
+    let mut s = spawn(NO_MODEL);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+
+    // A request whose method starts with `$/`: MethodNotFound, with its id. Such a notification: ignored.
+    let id = s.request("$/unknownRequest", json!({}));
+    assert_eq!(error_code(&s.response(&json!(id), T).unwrap()), -32601);
+    s.notify("$/unknownNotification", json!({}));
+    still_serving(&mut s);
+
+    // A header block ended by "\n\n": the message is read, and so is the next one.
+    let ask = |id: i64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "codellama/debugDocument", "params": {"textDocument": {"uri": "file:///none"}}})
+        .to_string()
+    };
+    let mut bytes = format!("Content-Length: {}\n\n{}", ask(901).len(), ask(901)).into_bytes();
+    bytes.extend(frame(ask(902).as_bytes()));
+    s.send_raw(&bytes).unwrap();
+    assert_eq!(s.response(&json!(901), T).unwrap()["result"], Value::Null);
+    assert_eq!(s.response(&json!(902), T).unwrap()["result"], Value::Null);
+
+    // A message announced at 600 MB and never sent: answered at once, and the next message is served.
+    let t = Instant::now();
+    s.send_raw(b"Content-Length: 600000000\r\n\r\n{\"jsonrpc\": \"2.0\", ")
+        .unwrap();
+    s.send_raw(&frame(ask(903).as_bytes())).unwrap();
+    assert_eq!(error_code(&s.response(&Value::Null, T).unwrap()), -32600);
+    assert_eq!(s.response(&json!(903), T).unwrap()["result"], Value::Null);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     finish(s);
 }
 

@@ -206,7 +206,23 @@ impl Backend {
     }
 
     /// What an invalid message from the client was turned into (see `transport`): answered with its error.
+    /// A document notification that could not be read leaves the server's copy behind the editor's: the
+    /// copy is dropped (no suggestion is made on text the editor does not have) and the user is told.
     pub async fn invalid_message(&self, params: super::transport::InvalidMessage) -> Result<Value> {
+        if let Some(uri) = &params.document {
+            self.docs.close(uri);
+            self.completer.forget(uri);
+            tracing::error!(
+                uri,
+                "a document notification could not be read: the document is dropped"
+            );
+            let text = format!(
+                "Code Llama could not read an edit of {uri} ({}). It stops suggesting in this file until it is \
+                 closed and opened again.",
+                params.message
+            );
+            self.client.show_message(MessageType::Warning, text).await;
+        }
         Err(tower_lsp_server::jsonrpc::Error {
             code: params.code.into(),
             message: params.message.into(),

@@ -3,14 +3,31 @@
 //! tower-lsp-server stops reading for good after the first message it cannot decode (a malformed JSON body,
 //! a body that is not UTF-8, an object that is neither a request nor a response): the session would end on
 //! one bad message. This reader frames the input itself, passes valid messages through unchanged, and
-//! replaces each invalid one with a request to `codellama/invalidMessage` (id `null`), which the server
-//! answers with the JSON-RPC error (`-32700` parse error or `-32600` invalid request, id `null`) while the
-//! session goes on. It also tells the server when its input ends.
+//! replaces each invalid one with a request to `codellama/invalidMessage`, which the server answers with the
+//! JSON-RPC error (`-32700` parse error or `-32600` invalid request, id `null`) while the session goes on. It
+//! also tells the server when its input ends.
+//!
+//! - Header lines may end in `\n` as well as `\r\n`: a header block ended by `\n\n` is read, not merged with
+//!   the next message's.
+//! - After a header that cannot be used (no or a bad `Content-Length`, a message over [`MAX_MESSAGE`]) the
+//!   input is dropped up to the next `Content-Length` header, wherever it comes: a client that announced
+//!   gigabytes is answered at once and served again from its next message.
+//! - A request whose method starts with `$/` is answered `MethodNotFound` with its id, as LSP says (the
+//!   library answers nothing to those); such notifications pass and are ignored.
+//! - A lone UTF-16 surrogate (`"\ud800"`) is valid for JavaScript but cannot be UTF-8, so JSON parsers refuse
+//!   the whole message. Each is replaced by U+FFFD, which takes the same room in every position encoding
+//!   (1 UTF-16 unit, 1 code point, and 3 UTF-8 bytes like a surrogate's own encoding), so the server's copy
+//!   of the document stays position for position the editor's; a warning says so, once. A document
+//!   notification that still cannot be read (its body is not UTF-8) makes the server drop the document and
+//!   say so, rather than keep a copy that silently differs from the editor's (see `Backend::invalid_message`).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
+use regex::bytes::Regex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, ReadBuf};
@@ -23,21 +40,33 @@ pub const INVALID_MESSAGE_METHOD: &str = "codellama/invalidMessage";
 pub struct InvalidMessage {
     pub code: i64,
     pub message: String,
+    /// The document a refused `textDocument/didOpen` or `didChange` was for.
+    pub document: Option<String>,
 }
 
 /// Larger messages are refused (and skipped).
 const MAX_MESSAGE: usize = 512 << 20;
 /// Header blocks longer than this are garbage.
 const MAX_HEADER: usize = 8 << 10;
+/// While input is dropped, this many bytes are kept: the start of a header cut by the end of a read.
+const HEADER_TAIL: usize = 64;
+
+/// The start of a `Content-Length` header line. Raw line breaks never occur inside JSON strings, and the
+/// name cannot occur outside one, so this never matches inside a JSON body.
+static HEADER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i-u)content-length[ \t]*:[ \t]*[0-9]{1,20}[ \t]*\r?\n").expect("a valid regex")
+});
 
 pub struct CheckedInput<R> {
     inner: R,
     /// Raw bytes read, not yet framed.
     raw: Vec<u8>,
-    /// Bytes to skip from the input (the body of a refused, oversized message).
-    skip: usize,
+    /// Input is dropped up to the next header (after a header that could not be used).
+    discarding: bool,
     /// Framed, checked messages ready for the reader.
     out: VecDeque<u8>,
+    /// Whether replaced lone surrogates were reported already (a warning once, then at debug level).
+    surrogates_reported: bool,
     on_end: Option<Box<dyn FnOnce() + Send>>,
     ended: bool,
 }
@@ -47,8 +76,9 @@ impl<R> CheckedInput<R> {
         Self {
             inner,
             raw: Vec::new(),
-            skip: 0,
+            discarding: false,
             out: VecDeque::new(),
+            surrogates_reported: false,
             on_end: Some(on_end),
             ended: false,
         }
@@ -60,13 +90,19 @@ impl<R> CheckedInput<R> {
         self.out.extend(body);
     }
 
-    fn emit_invalid(&mut self, code: i64, message: String) {
+    fn emit_refused(&mut self, refused: Refused) {
+        let Refused {
+            code,
+            message,
+            id,
+            document,
+        } = refused;
         tracing::warn!("invalid message from the client ({code}): {message}");
         let replacement = json!({
             "jsonrpc": "2.0",
-            "id": null,
+            "id": id,
             "method": INVALID_MESSAGE_METHOD,
-            "params": {"code": code, "message": message},
+            "params": {"code": code, "message": message, "document": document},
         });
         self.emit(replacement.to_string().as_bytes());
     }
@@ -74,112 +110,274 @@ impl<R> CheckedInput<R> {
     /// Frames as many complete messages from `raw` as there are.
     fn frame(&mut self) {
         loop {
-            if self.skip > 0 {
-                let n = self.skip.min(self.raw.len());
-                self.raw.drain(..n);
-                self.skip -= n;
-                if self.skip > 0 {
+            if self.discarding {
+                let Some(next) = HEADER.find(&self.raw) else {
+                    let keep_from = self.raw.len().saturating_sub(HEADER_TAIL);
+                    self.raw.drain(..keep_from);
                     return;
-                }
+                };
+                self.raw.drain(..next.start());
+                self.discarding = false;
             }
-            let Some(end) = find(&self.raw, b"\r\n\r\n") else {
+            let Some(header) = Header::parse(&self.raw) else {
                 if self.raw.len() > MAX_HEADER {
                     self.resync(1, "a header longer than 8 KiB".into());
                     continue;
                 }
                 return;
             };
-            let headers = String::from_utf8_lossy(&self.raw[..end]).into_owned();
-            let length = headers.split("\r\n").find_map(|line| {
-                let (name, value) = line.split_once(':')?;
-                name.trim()
-                    .eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse::<usize>().ok())
-            });
-            let length = match length {
-                Some(Some(n)) => n,
-                Some(None) => {
-                    self.resync(end + 4, "a Content-Length that is not a number".into());
+            let length = match header.content_length {
+                Ok(n) if n > MAX_MESSAGE => {
+                    let why = format!("a message of {n} bytes (the limit is {MAX_MESSAGE})");
+                    self.refuse_header(header.len, -32600, why);
                     continue;
                 }
-                None => {
-                    self.resync(end + 4, "a message without Content-Length".into());
+                Ok(n) => n,
+                Err(why) => {
+                    self.resync(header.len, why);
                     continue;
                 }
             };
-            if length > MAX_MESSAGE {
-                self.raw.drain(..end + 4);
-                self.skip = length;
-                self.emit_invalid(
-                    -32600,
-                    format!("a message of {length} bytes (the limit is {MAX_MESSAGE})"),
-                );
-                continue;
-            }
-            if self.raw.len() < end + 4 + length {
+            if self.raw.len() < header.len + length {
                 return;
             }
-            let body: Vec<u8> = self.raw.drain(..end + 4 + length).skip(end + 4).collect();
+            let body: Vec<u8> = self
+                .raw
+                .drain(..header.len + length)
+                .skip(header.len)
+                .collect();
             match check(&body) {
-                Ok(()) => self.emit(&body),
-                Err((code, message)) => self.emit_invalid(code, message),
+                Ok(passed) => {
+                    self.report_surrogates(&passed);
+                    self.emit(&passed.body);
+                }
+                Err(refused) => self.emit_refused(refused),
             }
         }
     }
 
-    /// Drops `at_least` bytes and whatever follows up to the next `Content-Length`.
+    /// A parse error for a header that cannot be used; see [`CheckedInput::refuse_header`].
     fn resync(&mut self, at_least: usize, why: String) {
-        let from = at_least.min(self.raw.len());
-        let next = find(&self.raw[from..], b"Content-Length").map_or(self.raw.len(), |i| from + i);
-        self.raw.drain(..next);
-        self.emit_invalid(-32700, why);
+        self.refuse_header(at_least, -32700, why);
+    }
+
+    /// Answers `code`, drops `at_least` bytes and whatever follows up to the next header.
+    fn refuse_header(&mut self, at_least: usize, code: i64, why: String) {
+        self.raw.drain(..at_least.min(self.raw.len()));
+        self.discarding = true;
+        self.emit_refused(Refused::new(code, why));
+    }
+
+    fn report_surrogates(&mut self, passed: &Passed<'_>) {
+        if passed.lone_surrogates == 0 {
+            return;
+        }
+        let what = format!(
+            "{} lone UTF-16 surrogate(s) in a message from the client{}, which UTF-8 cannot hold, were replaced \
+             by U+FFFD (same length in every position encoding, so positions stay in step with the editor)",
+            passed.lone_surrogates,
+            passed
+                .document
+                .as_deref()
+                .map(|d| format!(" (for {d})"))
+                .unwrap_or_default()
+        );
+        if self.surrogates_reported {
+            tracing::debug!("{what}");
+        } else {
+            self.surrogates_reported = true;
+            tracing::warn!("{what}; later ones are logged at debug level");
+        }
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// A header block at the start of the input.
+struct Header {
+    /// Its length, the blank line included.
+    len: usize,
+    content_length: Result<usize, String>,
 }
 
-/// Whether the body is a message the LSP library can decode: `Err((code, why))` if not.
-pub fn check(body: &[u8]) -> Result<(), (i64, String)> {
-    let text =
-        std::str::from_utf8(body).map_err(|e| (-32700, format!("the body is not UTF-8: {e}")))?;
+impl Header {
+    /// The header block `raw` starts with, once its blank line has arrived. Lines end in `\n` or `\r\n`.
+    fn parse(raw: &[u8]) -> Option<Header> {
+        let mut content_length = Err("a message without Content-Length".to_string());
+        let mut at = 0;
+        loop {
+            let end = at + raw[at..].iter().position(|&b| b == b'\n')?;
+            let line = raw[at..end].strip_suffix(b"\r").unwrap_or(&raw[at..end]);
+            at = end + 1;
+            if line.is_empty() {
+                return Some(Header {
+                    len: at,
+                    content_length,
+                });
+            }
+            let line = String::from_utf8_lossy(line);
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                content_length = value.trim().parse::<usize>().map_err(|_| {
+                    format!("a Content-Length that is not a number: {:?}", value.trim())
+                });
+            }
+        }
+    }
+}
+
+/// A message the LSP library can decode.
+#[derive(Debug)]
+pub struct Passed<'a> {
+    /// The body, with lone surrogates replaced.
+    pub body: Cow<'a, [u8]>,
+    pub lone_surrogates: usize,
+    /// The document, for a document notification.
+    pub document: Option<String>,
+}
+
+/// Why a message cannot be passed on, and how to answer it.
+#[derive(Debug)]
+pub struct Refused {
+    pub code: i64,
+    pub message: String,
+    /// `null` unless the request's id could be read (a `$/` request).
+    pub id: Value,
+    /// The document a refused document notification was for: the server drops its copy.
+    pub document: Option<String>,
+}
+
+impl Refused {
+    fn new(code: i64, message: String) -> Self {
+        Self {
+            code,
+            message,
+            id: Value::Null,
+            document: None,
+        }
+    }
+}
+
+/// Checks that the body is a message the LSP library can decode, repairing lone surrogates.
+pub fn check(body: &[u8]) -> Result<Passed<'_>, Refused> {
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            let lossy = String::from_utf8_lossy(body);
+            return Err(Refused {
+                document: serde_json::from_str(&lossy)
+                    .ok()
+                    .as_ref()
+                    .and_then(document_of),
+                ..Refused::new(-32700, format!("the body is not UTF-8: {e}"))
+            });
+        }
+    };
     if text.is_empty() {
-        return Err((-32600, "an empty body".into()));
+        return Err(Refused::new(-32600, "an empty body".into()));
     }
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| (-32700, format!("the body is not JSON: {e}")))?;
+    let (value, body, lone_surrogates) = match serde_json::from_str::<Value>(text) {
+        Ok(value) => (value, Cow::Borrowed(body), 0),
+        Err(e) => {
+            let refused = || Refused::new(-32700, format!("the body is not JSON: {e}"));
+            let (repaired, n) = replace_lone_surrogates(text).ok_or_else(refused)?;
+            let value = serde_json::from_str(&repaired).map_err(|_| refused())?;
+            (value, Cow::Owned(repaired.into_bytes()), n)
+        }
+    };
+    check_message(&value)?;
+    Ok(Passed {
+        body,
+        lone_surrogates,
+        document: document_of(&value),
+    })
+}
+
+/// Whether a JSON value is a request, a notification or a response the library can take.
+fn check_message(value: &Value) -> Result<(), Refused> {
+    let invalid = |why: &str| Err(Refused::new(-32600, why.to_string()));
     let Some(obj) = value.as_object() else {
-        return Err((
-            -32600,
-            "the message is not a JSON object (batches are not supported)".into(),
-        ));
+        return invalid("the message is not a JSON object (batches are not supported)");
+    };
+    let refused = |why: &str| Refused {
+        document: document_of(value),
+        ..Refused::new(-32600, why.to_string())
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err((-32600, "the message lacks \"jsonrpc\": \"2.0\"".into()));
+        return Err(refused("the message lacks \"jsonrpc\": \"2.0\""));
     }
-    let id_ok = |id: Option<&Value>| match id {
+    let id = obj.get("id");
+    let id_ok = match id {
         None | Some(Value::Null) | Some(Value::String(_)) => true,
         Some(Value::Number(n)) => n.as_i64().is_some(),
         _ => false,
     };
-    if !id_ok(obj.get("id")) {
-        return Err((-32600, "the id is neither an integer nor a string".into()));
+    if !id_ok {
+        return Err(refused("the id is neither an integer nor a string"));
     }
     match obj.get("method") {
+        Some(Value::String(m)) if m.starts_with("$/") && id.is_some() => Err(Refused {
+            id: id.cloned().unwrap_or_default(),
+            ..Refused::new(
+                -32601,
+                format!("method not found: {m} (no request starting with $/ is supported)"),
+            )
+        }),
         Some(Value::String(_)) => Ok(()),
-        Some(_) => Err((-32600, "the method is not a string".into())),
-        None if obj.contains_key("result") && obj.contains_key("id") => Ok(()),
+        Some(_) => Err(refused("the method is not a string")),
+        None if obj.contains_key("result") && id.is_some() => Ok(()),
         None => match obj.get("error") {
-            Some(e) if e["code"].is_i64() && e["message"].is_string() && obj.contains_key("id") => {
-                Ok(())
-            }
-            _ => Err((
-                -32600,
-                "neither a request, a notification nor a response".into(),
-            )),
+            Some(e) if e["code"].is_i64() && e["message"].is_string() && id.is_some() => Ok(()),
+            _ => invalid("neither a request, a notification nor a response"),
         },
     }
+}
+
+/// The document a `textDocument/didOpen` or `didChange` notification is for.
+fn document_of(message: &Value) -> Option<String> {
+    let method = message["method"].as_str()?;
+    ["textDocument/didOpen", "textDocument/didChange"]
+        .contains(&method)
+        .then(|| message["params"]["textDocument"]["uri"].as_str())?
+        .map(str::to_string)
+}
+
+/// `json` with each `\uXXXX` escape of a lone UTF-16 surrogate replaced by `\uFFFD`, and how many there
+/// were; `None` when there are none. serde_json has no lenient mode for strings (only for raw bytes), so
+/// the escapes are found here; a backslash occurs only in escapes in JSON, which makes this a plain scan.
+fn replace_lone_surrogates(json: &str) -> Option<(String, usize)> {
+    let bytes = json.as_bytes();
+    let unit_at = |i: usize| -> Option<u16> {
+        let digits = bytes.get(i..i + 6)?.strip_prefix(b"\\u")?;
+        u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+    };
+    let (high, low) = (0xD800..0xDC00, 0xDC00..0xE000);
+    let (mut out, mut copied, mut replaced, mut i) = (String::new(), 0, 0, 0);
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        let Some(unit) = unit_at(i) else {
+            i += 2; // another escape (`\\`, `\"`, ...)
+            continue;
+        };
+        if high.contains(&unit) && unit_at(i + 6).is_some_and(|next| low.contains(&next)) {
+            i += 12; // a pair: one character
+            continue;
+        }
+        if high.contains(&unit) || low.contains(&unit) {
+            out.push_str(&json[copied..i]);
+            out.push_str("\\uFFFD");
+            copied = i + 6;
+            replaced += 1;
+        }
+        i += 6;
+    }
+    (replaced > 0).then(|| {
+        out.push_str(&json[copied..]);
+        (out, replaced)
+    })
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for CheckedInput<R> {
@@ -267,7 +465,7 @@ mod tests {
         let mut bodies = Vec::new();
         let mut rest = &out[..];
         while !rest.is_empty() {
-            let end = find(rest, b"\r\n\r\n").unwrap();
+            let end = rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
             let len: usize = std::str::from_utf8(&rest[16..end])
                 .unwrap()
                 .parse()
@@ -323,11 +521,97 @@ mod tests {
     }
 
     #[test]
-    fn lone_surrogates_are_refused() {
-        let body = r#"{"jsonrpc":"2.0","method":"x","params":{"t":"\ud800"}}"#;
-        assert_eq!(check(body.as_bytes()).unwrap_err().0, -32700);
-        let ok = r#"{"jsonrpc":"2.0","method":"x","params":{"t":"\ud83d\ude00"}}"#;
-        assert!(check(ok.as_bytes()).is_ok());
+    fn lone_surrogates_become_replacement_characters() {
+        let check_text = |json: &str| -> String {
+            let passed = check(json.as_bytes()).unwrap();
+            let v: Value = serde_json::from_slice(&passed.body).unwrap();
+            v["params"]["t"].as_str().unwrap().to_string()
+        };
+        let message =
+            |t: &str| format!(r#"{{"jsonrpc":"2.0","method":"x","params":{{"t":"{t}"}}}}"#);
+        // Lone high, lone low, a low before a high, one at the very end: each one U+FFFD.
+        assert_eq!(check_text(&message(r"a\ud800b")), "a\u{fffd}b");
+        assert_eq!(check_text(&message(r"\udc00")), "\u{fffd}");
+        assert_eq!(check_text(&message(r"\ude00\ud83d")), "\u{fffd}\u{fffd}");
+        // A pair stays one character; an escaped backslash before "ud800" is text, not an escape.
+        assert_eq!(check_text(&message(r"\ud83d\ude00\ud800")), "😀\u{fffd}");
+        assert_eq!(check_text(&message(r"\\ud800")), r"\ud800");
+        let two = message(r"\ud800\ud800");
+        assert_eq!(check(two.as_bytes()).unwrap().lone_surrogates, 2);
+        // A valid message is passed as it came.
+        let ok = message(r"\ud83d\ude00");
+        assert!(matches!(
+            check(ok.as_bytes()).unwrap().body,
+            Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn a_request_starting_with_dollar_slash_is_method_not_found_with_its_id() {
+        let r = check(br#"{"jsonrpc":"2.0","id":7,"method":"$/unknown"}"#).unwrap_err();
+        assert_eq!((r.code, r.id), (-32601, json!(7)));
+        assert!(check(br#"{"jsonrpc":"2.0","method":"$/unknown"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_header_ended_by_bare_newlines_is_read() {
+        let a = r#"{"jsonrpc":"2.0","method":"a"}"#;
+        let b = r#"{"jsonrpc":"2.0","method":"b"}"#;
+        let mut input = format!("Content-Length: {}\n\n{a}", a.len()).into_bytes();
+        input.extend(framed(b));
+        let out = run(input);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            (&out[0]["method"], &out[1]["method"]),
+            (&json!("a"), &json!("b"))
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_is_refused_and_the_next_header_is_served() {
+        let ok = r#"{"jsonrpc":"2.0","method":"ok"}"#;
+        // The client announced 600 MB but sent a few bytes: the next message is served at once.
+        let mut input = b"Content-Length: 600000000\r\n\r\n{\"jsonrpc\":".to_vec();
+        input.extend(framed(ok));
+        let out = run(input);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0]["params"]["code"], -32600);
+        assert_eq!(out[1]["method"], "ok");
+        // A header cut by the end of a read while input is dropped is still found.
+        let mut c = CheckedInput::new(std::io::Cursor::new(Vec::<u8>::new()), Box::new(|| ()));
+        c.raw
+            .extend_from_slice(b"Content-Length: 600000000\r\n\r\nxxxxxxxx Content-Len");
+        c.frame();
+        c.raw.extend_from_slice(&framed(ok)[11..]);
+        c.frame();
+        let framed_ok = framed(ok);
+        assert!(c
+            .out
+            .iter()
+            .copied()
+            .collect::<Vec<u8>>()
+            .ends_with(&framed_ok));
+        // What is dropped is not kept.
+        let mut c = CheckedInput::new(std::io::Cursor::new(Vec::<u8>::new()), Box::new(|| ()));
+        c.raw
+            .extend_from_slice(b"Content-Length: 600000000\r\n\r\n");
+        c.frame();
+        for _ in 0..100 {
+            c.raw.extend_from_slice(&[b'x'; 1 << 16]);
+            c.frame();
+        }
+        assert!(c.raw.len() <= HEADER_TAIL, "{} bytes kept", c.raw.len());
+    }
+
+    #[test]
+    fn a_document_notification_that_cannot_be_read_names_its_document() {
+        let body = b"{\"jsonrpc\":\"2.0\",\"method\":\"textDocument/didChange\",\"params\":{\"textDocument\":{\"uri\":\"file:///a.py\",\"version\":2},\"contentChanges\":[{\"text\":\"\xff\"}]}}";
+        let r = check(body).unwrap_err();
+        assert_eq!(
+            (r.code, r.document.as_deref()),
+            (-32700, Some("file:///a.py"))
+        );
+        assert_eq!(check(b"{\"x\": \"\xff\"}").unwrap_err().document, None);
     }
 
     #[test]
