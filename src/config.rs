@@ -457,6 +457,8 @@ config! {
 pub struct Applied {
     /// Keys whose value changed.
     pub changed: Vec<&'static str>,
+    /// Keys given a valid value, changed or not.
+    pub given: Vec<&'static str>,
     /// Unknown keys and bad values, one human-readable line each.
     pub problems: Vec<String>,
 }
@@ -518,6 +520,7 @@ impl Config {
         match self.set(key, value) {
             Ok(true) => {
                 if let Some(k) = Self::KEYS.iter().find(|k| **k == key) {
+                    applied.given.push(k);
                     if *self != before {
                         applied.changed.push(k);
                     }
@@ -555,6 +558,17 @@ impl Config {
         all.changed.extend(flags.changed);
         (config, all)
     }
+
+    /// The keys [`Config::model_key`] and [`Config::chat_model_key`] are made of.
+    pub const MODEL_KEYS: &'static [&'static str] = &[
+        "model",
+        "chat_model",
+        "backend",
+        "remote",
+        "context_window",
+        "threads",
+        "device",
+    ];
 
     /// The settings that decide which model is loaded and how; a change to any of them reloads the model.
     pub fn model_key(&self) -> ModelKey {

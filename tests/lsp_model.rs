@@ -1,7 +1,8 @@
 //! The real binary over stdio with real models: the small SmolLM2 GGUF (scripts/fetch-model) and the tiny
 //! Code Llama fixture (random weights, the real Code Llama tokenizer and FIM tokens). A whole session in
 //! every position encoding, cancellation, a newer request superseding a running one, typing ahead, a
-//! configuration change that reloads the model, and the client going away in the middle of a generation.
+//! configuration change that reloads the model (memory, the chat model, retries), and the client going away
+//! in the middle of a generation.
 
 mod common;
 mod lsp_support;
@@ -315,6 +316,145 @@ fn a_model_setting_change_reloads_the_model_and_serving_goes_on() {
     );
     let _ = inline(&mut s, uri, 1, 4);
     finish(s);
+}
+
+/// Sends settings and waits until the completion model is ready (`Ok`) or failed (`Err`).
+fn reconfigure(s: &mut LspProcess, settings: Value) -> Result<Value, String> {
+    s.drain();
+    s.received.clear();
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({ "settings": settings }),
+    );
+    s.wait_ready(LOAD)
+}
+
+/// The server's resident memory in MiB (VmRSS).
+fn rss_mib(s: &LspProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024
+}
+
+/// VmRSS once it is at most `at_most` MiB, waiting up to 10 s (a dropped model's memory goes back when its
+/// thread ends, shortly after the next model is ready); what it is then, when it does not get there.
+fn rss_within(s: &LspProcess, at_most: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = rss_mib(s);
+        if now <= at_most || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Switching models again and again, and failing to, keeps the resident size where it settled: each dropped
+/// model's memory goes back to the system. Before the fix, SmolLM2 <-> Qwen2.5-Coder-0.5B switches grew it from
+/// 697 to 1384 MB (Qwen loaded) in 20 switches, and SmolLM2 alone kept 463-954 MB; failed switches reloaded
+/// the old model each time.
+#[test]
+#[cfg(target_os = "linux")]
+fn switching_models_again_and_again_does_not_grow_memory() {
+    let (small, qwen) = (small(), common::qwen_model().display().to_string());
+    let mib = |path: &str| std::fs::metadata(path).unwrap().len() >> 20;
+    let half_qwen = mib(&qwen) / 2;
+    let mut s = start(&small, &[], &[]);
+    // VmRSS with Qwen loaded, then with SmolLM2 loaded again.
+    let switch = |s: &mut LspProcess| {
+        reconfigure(s, json!({ "model": qwen })).unwrap();
+        let with_qwen = rss_mib(s);
+        reconfigure(s, json!({ "model": small })).unwrap();
+        (
+            with_qwen,
+            rss_within(s, with_qwen.saturating_sub(half_qwen)),
+        )
+    };
+    let settled: Vec<(u64, u64)> = (0..3).map(|_| switch(&mut s)).collect();
+    let switched: Vec<(u64, u64)> = (0..8).map(|_| switch(&mut s)).collect();
+    eprintln!("VmRSS MiB (Qwen, then SmolLM2): settled {settled:?}, then {switched:?}");
+    let settled_qwen = settled.iter().map(|r| r.0).max().unwrap();
+    let settled_small = settled.iter().map(|r| r.1).max().unwrap();
+    for &(with_qwen, with_small) in &switched {
+        assert!(with_qwen <= settled_qwen + half_qwen, "grew: {switched:?}");
+        assert!(
+            with_small + half_qwen <= with_qwen,
+            "Qwen's memory was not given back: {switched:?}"
+        );
+    }
+
+    // A missing file, then the model that kept answering: taken back, not loaded again.
+    let loads = |s: &LspProcess| s.stderr().matches("loading the model (").count();
+    let before = loads(&s);
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let missing = format!("/nonexistent/model-{i}.gguf");
+        assert!(reconfigure(&mut s, json!({ "model": missing })).is_err());
+        reconfigure(&mut s, json!({ "model": small })).unwrap();
+        failed.push(rss_mib(&s));
+    }
+    eprintln!("VmRSS MiB after failed switches: {failed:?}");
+    assert!(
+        failed.iter().all(|&m| m <= settled_small + half_qwen),
+        "{failed:?}"
+    );
+    assert_eq!(loads(&s) - before, 30, "only the missing files were loaded");
+    let _ = inline(&mut s, "file:///tmp/none.py", 0, 0);
+    finish(s);
+}
+
+/// `chat_model` naming the completion model's file: one engine answers both. Changing `model` keeps the chat
+/// model loaded (before: it was loaded again), and going back to it loads nothing.
+#[test]
+fn changing_model_never_reloads_the_chat_model() {
+    let (small, tiny) = (small(), tiny());
+    let mut s = start(&small, &[], &["--chat-model", &small]);
+    reconfigure(&mut s, json!({ "model": tiny })).unwrap();
+    s.wait_for("codellama/status", LOAD, |p| {
+        p["role"] == "chat" && p["state"] == "ready"
+    })
+    .unwrap();
+    reconfigure(&mut s, json!({ "model": small })).unwrap();
+    let log = s.stderr();
+    let loads = |what: &str| log.matches(&format!("loading the {what} (")).count();
+    assert_eq!(
+        (loads("model"), loads("chat model")),
+        (2, 0),
+        "loads of the model and of the chat model:\n{log}"
+    );
+    finish(s);
+}
+
+/// The editor sends its settings again after the user fixed the file: the failed load is tried again.
+#[test]
+fn sending_the_same_model_after_a_failed_load_retries_it() {
+    let dir = std::env::temp_dir().join(format!("codellama-lsp-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.gguf");
+    let _ = std::fs::remove_file(&path);
+    let model = path.display().to_string();
+    let mut flags = vec!["--model", &model];
+    flags.extend_from_slice(FAST);
+    let mut s = spawn(&flags);
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    assert!(s.wait_ready(LOAD).is_err(), "the file is not there yet");
+    std::fs::copy(tiny(), &path).unwrap();
+    // Other settings do not retry; the same `model` does.
+    s.drain();
+    s.received.clear();
+    s.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"max_tokens": 8}}),
+    );
+    assert!(s.wait_ready(Duration::from_secs(2)).is_err(), "not retried");
+    reconfigure(&mut s, json!({ "model": model }))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    finish(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

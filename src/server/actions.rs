@@ -233,9 +233,9 @@ impl Actions {
         *lock(&self.inner.features)
     }
 
-    /// Loads the chat model `chat_model` names beside the completion model, or drops it when the setting is
-    /// cleared or names the completion model's file.
-    pub async fn configure(&self, config: &Config) {
+    /// Loads the chat model `chat_model` names beside the completion model (again, if its load failed), or
+    /// drops it when the setting is cleared or names the completion model's file.
+    pub async fn configure(&self, config: &Config, retry_failed: bool) {
         let key = config.chat_model_key();
         let separate = match (&key, config.backend, config.model.clone()) {
             (
@@ -256,8 +256,12 @@ impl Actions {
         };
         self.inner.separate_chat.store(separate, Ordering::SeqCst);
         match key {
-            Some(key) if separate => self.inner.chat.ensure(key),
-            _ => self.inner.chat.unload(),
+            Some(key) if separate => self.inner.chat.ensure(key, retry_failed),
+            Some(_) => self
+                .inner
+                .chat
+                .unload("chat_model names the completion model, which answers the actions"),
+            None => self.inner.chat.unload("the chat_model setting is empty"),
         }
     }
 

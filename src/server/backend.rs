@@ -51,7 +51,7 @@ impl Backend {
     ) -> Self {
         let status = Status::start(client.clone());
         let model = ModelHost::new(client.clone(), status.clone(), Role::Completion);
-        let chat = ModelHost::new(client.clone(), status.with_role("chat"), Role::Chat);
+        let chat = model.beside(status.with_role("chat"), Role::Chat);
         let docs = Arc::new(Documents::new());
         let actions = Actions::new(
             client.clone(),
@@ -146,7 +146,7 @@ impl Backend {
         };
         let pos = Pos::new(pos.line, pos.character);
         // A client that never sent `initialized` still gets a model.
-        self.model.ensure(env.config.model_key());
+        self.model.ensure(env.config.model_key(), false);
         // In a task of its own, so that nothing in it can take the server down; dropping this future
         // (`$/cancelRequest`) aborts the task, which cancels its generation.
         let (completer, uri, enc) = (self.completer.clone(), uri.0.clone(), self.encoding());
@@ -403,8 +403,8 @@ impl LanguageServer for Backend {
         let problems =
             std::mem::take(&mut *self.init_problems.lock().unwrap_or_else(|e| e.into_inner()));
         self.show_problems(problems).await;
-        self.model.ensure(self.config().model_key());
-        self.actions.configure(&self.config()).await;
+        self.model.ensure(self.config().model_key(), false);
+        self.actions.configure(&self.config(), false).await;
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -488,9 +488,13 @@ impl LanguageServer for Backend {
         let key = self.config().model_key();
         if key != before {
             tracing::info!("the model settings changed: loading again");
-            self.model.ensure(key);
         }
-        self.actions.configure(&self.config()).await;
+        // Kept alive until the chat host has seen the new settings: `chat_model` may name this model.
+        let _current = self.model.backend();
+        // Naming a model setting again, even unchanged, retries a load that failed: the file may be fixed now.
+        let retry = applied.given.iter().any(|k| Config::MODEL_KEYS.contains(k));
+        self.model.ensure(key, retry);
+        self.actions.configure(&self.config(), retry).await;
     }
 
     async fn inline_completion(
@@ -525,13 +529,13 @@ impl LanguageServer for Backend {
     async fn code_action_resolve(&self, action: CodeAction) -> Result<CodeAction> {
         let config = self.config();
         // A client that never sent `initialized` still gets a model.
-        self.model.ensure(config.model_key());
+        self.model.ensure(config.model_key(), false);
         self.actions.resolve(action, config, self.encoding()).await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LspAny>> {
         let config = self.config();
-        self.model.ensure(config.model_key());
+        self.model.ensure(config.model_key(), false);
         self.actions.execute(params, config, self.encoding()).await
     }
 

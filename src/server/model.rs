@@ -4,11 +4,15 @@
 //! `window/showMessage` while the server goes on answering (empty).
 //!
 //! One [`ModelHost`] serves completions; a second one holds the chat model when `chat_model` names a model of
-//! its own. A remote engine that cannot be reached is tried again when a request needs it, at most every
-//! [`RETRY_EVERY`], quietly: only the connection that works is announced.
+//! its own. The two share what they load: a host asked for a model the other one holds takes that engine
+//! instead of loading the file again, so changing `model` never reloads the chat model (and switching back to
+//! a model still held costs nothing). A configuration change that names a model setting retries a load that
+//! failed, even with the same value (the file may have been fixed). A remote engine that cannot be reached is
+//! tried again when a request needs it, at most every [`RETRY_EVERY`], quietly: only the connection that works
+//! is announced.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
@@ -58,8 +62,34 @@ struct Slot {
     attempted: Option<Instant>,
 }
 
+/// The in-process engines the hosts of one server hold, by the settings they were loaded with.
+#[derive(Default)]
+struct Engines(Mutex<Vec<(ModelKey, Weak<dyn Backend>)>>);
+
+impl Engines {
+    fn list(&self) -> MutexGuard<'_, Vec<(ModelKey, Weak<dyn Backend>)>> {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|(_, engine)| engine.strong_count() > 0);
+        list
+    }
+
+    /// The engine loaded for `key`, while some host still holds it.
+    fn get(&self, key: &ModelKey) -> Option<Arc<dyn Backend>> {
+        self.list()
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, engine)| engine.upgrade())
+    }
+
+    fn add(&self, key: ModelKey, engine: &Arc<dyn Backend>) {
+        self.list().push((key, Arc::downgrade(engine)));
+    }
+}
+
 pub struct ModelHost {
     slot: Mutex<Slot>,
+    /// Shared with the other host of the server (see [`ModelHost::beside`]).
+    engines: Arc<Engines>,
     status: Status,
     client: Client,
     role: Role,
@@ -79,8 +109,23 @@ struct Loaded {
 
 impl ModelHost {
     pub fn new(client: Client, status: Status, role: Role) -> Arc<Self> {
+        Self::with_engines(client, status, role, Arc::default())
+    }
+
+    /// A second host of the same server: each takes the engines the other holds instead of loading them again.
+    pub fn beside(&self, status: Status, role: Role) -> Arc<Self> {
+        Self::with_engines(self.client.clone(), status, role, self.engines.clone())
+    }
+
+    fn with_engines(
+        client: Client,
+        status: Status,
+        role: Role,
+        engines: Arc<Engines>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             slot: Mutex::new(Slot::default()),
+            engines,
             status,
             client,
             role,
@@ -112,26 +157,41 @@ impl ModelHost {
         backend
     }
 
-    /// Loads the model `key` names unless it is the one loaded or being loaded. Returns at once.
-    pub fn ensure(self: &Arc<Self>, key: ModelKey) {
-        let generation = {
+    /// Loads the model `key` names unless it is the one loaded or being loaded, or its load failed and
+    /// `retry_failed` is false. Returns at once.
+    pub fn ensure(self: &Arc<Self>, key: ModelKey, retry_failed: bool) {
+        let (generation, held) = {
             let mut slot = self.slot();
             if slot.wanted.as_ref() == Some(&key) {
-                return;
+                let failed = !slot.loading && slot.error.is_some();
+                if !(retry_failed && failed) {
+                    return;
+                }
+                tracing::info!(
+                    "the {} settings were given again: retrying {}, whose load failed",
+                    self.role.what(),
+                    key.label()
+                );
             }
             slot.generation += 1;
             slot.wanted = Some(key.clone());
             slot.loading = true;
             slot.error = None;
             slot.attempted = Some(Instant::now());
-            slot.generation
+            // Taken now, while the host that holds it cannot drop it: a load that is not needed is not started.
+            (slot.generation, self.engines.get(&key))
         };
         let host = self.clone();
-        tokio::spawn(async move { host.load(key, generation, false).await });
+        tokio::spawn(async move {
+            match held {
+                Some(engine) => host.take_held(key, generation, engine).await,
+                None => host.load(key, generation, false).await,
+            }
+        });
     }
 
-    /// Drops the model (and forgets a load in progress): the setting that named it was cleared.
-    pub fn unload(&self) {
+    /// Drops the model (and forgets a load in progress); `why` is for the log.
+    pub fn unload(&self, why: &str) {
         let old = {
             let mut slot = self.slot();
             if slot.wanted.is_none() {
@@ -142,9 +202,9 @@ impl ModelHost {
             old
         };
         tracing::info!(
-            "the {} setting was cleared: {} unloaded",
-            self.role.what(),
-            old.wanted.map(|k| k.label()).unwrap_or_default()
+            "{} unloaded as the {}: {why}",
+            old.wanted.map(|k| k.label()).unwrap_or_default(),
+            self.role.what()
         );
         self.status.set_model(None);
         self.loads_done.send_modify(|n| *n += 1);
@@ -271,7 +331,39 @@ impl ModelHost {
             }
         };
         let (result, progress) = result;
+        if let (ModelKey::Local { .. }, Ok(loaded)) = (&key, &result) {
+            self.engines.add(key.clone(), &loaded.backend);
+        }
+        self.install(&key, generation, result, progress, started, quiet)
+            .await;
+    }
 
+    /// Serves with an engine the other host holds for the same settings.
+    async fn take_held(self: Arc<Self>, key: ModelKey, generation: u64, engine: Arc<dyn Backend>) {
+        tracing::info!(
+            "the {} is {}, which is loaded already: shared, not loaded again",
+            self.role.what(),
+            key.label()
+        );
+        let held = Loaded {
+            backend: engine,
+            remote: None,
+        };
+        self.install(&key, generation, Ok(held), None, Instant::now(), false)
+            .await;
+    }
+
+    /// Makes the outcome of a load the host's model (unless a newer load was asked for) and reports it.
+    async fn install(
+        &self,
+        key: &ModelKey,
+        generation: u64,
+        result: Result<Loaded, String>,
+        progress: Option<OngoingProgress<Bounded, NotCancellable>>,
+        started: Instant,
+        quiet: bool,
+    ) {
+        let label = key.label();
         let (current, serving) = {
             let mut slot = self.slot();
             let current = slot.generation == generation;
@@ -315,7 +407,7 @@ impl ModelHost {
                     tracing::warn!("{}: {w}", info.path.display());
                 }
                 self.status.set_model(Some(name.clone()));
-                self.status.ready(Some(match &key {
+                self.status.ready(Some(match key {
                     ModelKey::Local { .. } => format!("{name} loaded in {ms} ms"),
                     ModelKey::Remote(_) => format!("{name} on {label}, connected in {ms} ms"),
                 }));
@@ -330,7 +422,7 @@ impl ModelHost {
             Err(e) if quiet => tracing::debug!("still cannot connect to {label}: {e}"),
             Err(e) => {
                 tracing::error!("could not load the {} ({label}): {e}", self.role.what());
-                let message = self.failure_message(&key, &e, serving);
+                let message = self.failure_message(key, &e, serving);
                 if !serving {
                     self.status.set_model(None);
                 }

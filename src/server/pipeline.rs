@@ -2,7 +2,7 @@
 //! inside the decode loop): the server's settings turned into a completion request, and prompt builders kept per
 //! model and prompt settings.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::completion::{self, CompletionRequest, Prepared};
 use crate::config::{Config, FimOrder as OrderSetting, FimTemplate as TemplateSetting};
@@ -31,7 +31,9 @@ pub struct Builders {
 }
 
 struct CachedBuilder {
-    backend: usize,
+    /// Not an address: a model loaded later can get a dropped model's address (and would be handed its
+    /// builder, for another vocabulary); a `Weak` keeps the address taken and keeps no model alive.
+    backend: Weak<dyn Backend>,
     config: PromptConfig,
     builder: Result<Arc<PromptBuilder>, String>,
 }
@@ -42,11 +44,11 @@ impl Builders {
         backend: &Arc<dyn Backend>,
         config: PromptConfig,
     ) -> Result<Arc<PromptBuilder>, String> {
-        let key = Arc::as_ptr(backend) as *const () as usize;
+        let key = Arc::downgrade(backend);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = last
             .as_ref()
-            .filter(|c| c.backend == key && c.config == config)
+            .filter(|c| c.backend.ptr_eq(&key) && c.config == config)
         {
             return c.builder.clone();
         }

@@ -194,6 +194,11 @@ impl LspProcess {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the response to request `id` (the whole message: `result` or `error`).
     pub fn response(&mut self, id: &Value, timeout: Duration) -> Result<Value, String> {
         let deadline = Instant::now() + timeout;
