@@ -81,8 +81,52 @@ pub enum EngineError {
 
 impl From<candle_core::Error> for EngineError {
     fn from(e: candle_core::Error) -> Self {
-        EngineError::Compute(e.to_string())
+        EngineError::Compute(without_backtrace(e).to_string())
+    }
+}
+
+/// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set and prints it as part of the
+/// message, build paths included; these messages reach users, so the backtraces are taken out.
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    use candle_core::Error;
+    match e {
+        Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        Error::Context { inner, context } => Error::Context {
+            inner: Box::new(without_backtrace(*inner)),
+            context,
+        },
+        Error::WithPath { inner, path } => Error::WithPath {
+            inner: Box::new(without_backtrace(*inner)),
+            path,
+        },
+        e => e,
     }
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_backtraces_stay_out_of_messages() {
+        let with_backtrace = |inner: candle_core::Error| candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let e = with_backtrace(candle_core::Error::Msg("shape mismatch".into()))
+            .context("loading blk.0")
+            .with_path("/m.gguf");
+        let e = with_backtrace(e);
+        assert!(
+            format!("{e}").contains("error.rs"),
+            "the test builds a backtrace"
+        );
+        let message = EngineError::from(e).to_string();
+        assert_eq!(
+            message,
+            "inference failed: path: \"/m.gguf\" loading blk.0\nshape mismatch"
+        );
+    }
+}
