@@ -101,6 +101,10 @@ pub enum Rule {
     /// [`Config::repeated_lines`] times keeps only its first copy; a line where a short chunk repeats back to
     /// back over [`Config::repeated_chunk_chars`] characters is dropped.
     Repetition,
+    /// A line that opens a Markdown code fence (```` ``` ````) outside a string ends the suggestion before
+    /// it: chat-trained models close their answer with one, and no source file of a known programming
+    /// language wants it (Markdown and other files keep it).
+    Fence,
     /// Trailing whitespace is removed from every line, and trailing blank lines are dropped.
     Trim,
     /// The suggestion's line breaks are the document's (`\r\n` or `\n`).
@@ -109,13 +113,14 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order they apply.
-    pub const ALL: [Rule; 10] = [
+    pub const ALL: [Rule; 11] = [
         Rule::SingleLine,
         Rule::Scope,
         Rule::MaxLines,
         Rule::NextLine,
         Rule::Brackets,
         Rule::Repetition,
+        Rule::Fence,
         Rule::RestOfLine,
         Rule::Trim,
         Rule::ClosingLine,
@@ -133,6 +138,7 @@ impl Rule {
             Rule::ClosingLine => "closing_line",
             Rule::Brackets => "brackets",
             Rule::Repetition => "repetition",
+            Rule::Fence => "fence",
             Rule::Trim => "trim",
             Rule::LineEndings => "line_endings",
         }

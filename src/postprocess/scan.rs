@@ -17,6 +17,7 @@ use super::scope::{Scope, Verdict};
 use super::single_line::SingleLine;
 use super::text::{advance, is_blank, is_word_char, leading_ws, line_at, Line};
 use super::{max_lines, next_line, Config, Rule};
+use crate::language::Language;
 
 /// The suggestion ends at byte `at` of the generated text, because of `rule`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +126,14 @@ impl Scanner {
         let content = &line.text[lead.len()..];
         let has_content = !is_blank(line.text);
         let in_literal = self.tracker.in_multiline_literal(an);
+        if on(Rule::Fence)
+            && index > 0
+            && content.starts_with("```")
+            && !in_literal
+            && an.language != Language::Other
+        {
+            return cut(before_line, Rule::Fence);
+        }
         // The scope judges the line at the first character after its first word.
         let judge_at = has_content.then(|| {
             let word = if content.starts_with(is_word_char) {
