@@ -121,6 +121,13 @@ fn an_engine_down_at_startup_is_connected_later_and_outages_are_reported_once() 
         message.contains("could not connect") && message.contains(&url),
         "{message}"
     );
+    // The message follows the status notification; wait for it before counting.
+    s.wait_for("window/showMessage", T, |p| {
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("could not connect"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
     assert_eq!(shown(&mut s, "could not connect").len(), 1);
     let t = Instant::now();
     assert_eq!(suggestion(&mut s), None);
@@ -252,6 +259,8 @@ fn engine_failures_during_a_session_are_shown_once_and_a_cancel_is_no_recovery()
         edit(&mut s);
         assert_eq!(suggestion(&mut s), None);
     }
+    s.wait_for("window/showMessage", T, |p| p["type"] == 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
     let errors = shown_of_type(&mut s, 1);
     assert_eq!(errors.len(), 1, "{errors:#?}\n{}", s.stderr());
     assert!(errors[0].contains("HTTP 500"), "{}", errors[0]);
