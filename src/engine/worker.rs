@@ -35,7 +35,6 @@ type Spawned = (
 );
 
 pub fn spawn(opts: LoadOptions, mut progress: Box<dyn FnMut(f32) + Send>) -> Result<Spawned> {
-    limit_candle_threads();
     let (job_tx, job_rx) = std::sync::mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -125,15 +124,6 @@ fn release_freed_memory() {
     // safe to call from any thread at any time.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Our kernels run on our own rayon pool. candle's CPU element-wise ops would otherwise start their own
-/// spinning worker threads, which on small machines steal the cores our pool is using; one thread is
-/// plenty for those small ops. A value the user set is kept.
-fn limit_candle_threads() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
 
