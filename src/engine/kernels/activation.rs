@@ -34,7 +34,7 @@ fn silu_mul_vector(g: &mut [f32], u: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::cpu::has_avx2() {
-            // SAFETY: AVX2, FMA and F16C were detected.
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`).
             return unsafe { x86::silu_mul(g, u) };
         }
     }
@@ -84,29 +84,37 @@ mod x86 {
 
     use super::*;
 
+    /// `g[i] = silu(g[i]) · u[i]`, eight lanes at a time. Panics unless `u` is as long as `g`.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
-        let n = g.len() / 8 * 8;
+        assert_eq!(g.len(), u.len(), "swiglu: gate and up differ in length");
         let one = _mm256_set1_ps(1.0);
-        for i in (0..n).step_by(8) {
-            let x = _mm256_loadu_ps(g.as_ptr().add(i));
+        let (g8, g_tail) = g.as_chunks_mut::<8>();
+        let (u8, u_tail) = u.as_chunks::<8>();
+        for (gv, uv) in g8.iter_mut().zip(u8) {
+            // SAFETY: `gv` is 8 values, one 256-bit load.
+            let x = unsafe { _mm256_loadu_ps(gv.as_ptr()) };
             let e = expf8(_mm256_sub_ps(_mm256_setzero_ps(), x));
             let y = _mm256_div_ps(x, _mm256_add_ps(one, e));
-            _mm256_storeu_ps(
-                g.as_mut_ptr().add(i),
-                _mm256_mul_ps(y, _mm256_loadu_ps(u.as_ptr().add(i))),
-            );
+            // SAFETY: `uv` is 8 values.
+            let up = unsafe { _mm256_loadu_ps(uv.as_ptr()) };
+            let v = _mm256_mul_ps(y, up);
+            // SAFETY: `gv` is 8 values, one 256-bit store.
+            unsafe { _mm256_storeu_ps(gv.as_mut_ptr(), v) };
         }
-        for i in n..g.len() {
-            let x = g[i];
-            g[i] = x / (1.0 + expf_poly(0.0 - x)) * u[i];
+        for (a, b) in g_tail.iter_mut().zip(u_tail) {
+            let x = *a;
+            *a = x / (1.0 + expf_poly(0.0 - x)) * b;
         }
     }
 
     /// Eight lanes of `expf_poly`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn expf8(x: __m256) -> __m256 {
+    pub fn expf8(x: __m256) -> __m256 {
         let shift = _mm256_set1_ps(SHIFT);
         let n = _mm256_sub_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), shift), shift);
         let b = _mm256_fnmadd_ps(
@@ -141,8 +149,10 @@ mod x86 {
         }
         let mut out = [0f32; 8];
         let (mut jv, mut nv) = ([0f32; 8], [0f32; 8]);
-        _mm256_storeu_ps(jv.as_mut_ptr(), j);
-        _mm256_storeu_ps(nv.as_mut_ptr(), n);
+        // SAFETY: `jv` holds 8 values, one 256-bit store.
+        unsafe { _mm256_storeu_ps(jv.as_mut_ptr(), j) };
+        // SAFETY: `nv` holds 8 values.
+        unsafe { _mm256_storeu_ps(nv.as_mut_ptr(), n) };
         for l in 0..8 {
             out[l] = if nv[l].abs() > 192.0 {
                 if nv[l] <= 0.0 {
@@ -154,7 +164,8 @@ mod x86 {
                 scale_by_power_of_two(jv[l], nv[l])
             };
         }
-        _mm256_loadu_ps(out.as_ptr())
+        // SAFETY: `out` holds 8 values, one 256-bit load.
+        unsafe { _mm256_loadu_ps(out.as_ptr()) }
     }
 }
 

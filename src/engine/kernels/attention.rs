@@ -8,8 +8,7 @@
 
 use half::f16;
 
-use super::tiled::OutPtr;
-use super::Exec;
+use super::{size, Exec, SharedOut};
 
 /// Query batches at least this long use the f32 ("tiled") numerics.
 pub const TILE_ROWS: usize = 64;
@@ -44,6 +43,35 @@ impl Layout {
     }
 }
 
+impl AttnShape {
+    /// Panics unless the shape is usable (heads and head size non-zero, query heads a multiple of KV
+    /// heads), positions `pos..pos + seq` fit the cache, and the caches hold
+    /// `n_kv_head × capacity × head_dim` values: the one check before the kernels index the caches
+    /// without checks.
+    fn check(&self, k_cache: &[f16], v_cache: &[f16], pos: usize, seq: usize) {
+        assert!(
+            self.head_dim > 0 && self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
+            "unusable attention shape {self:?}"
+        );
+        assert!(
+            pos.checked_add(seq).is_some_and(|end| end <= self.capacity),
+            "positions {pos}..+{seq} outside a cache of {}",
+            self.capacity
+        );
+        let cache = size(
+            size(self.n_kv_head, self.capacity, "KV cache"),
+            self.head_dim,
+            "KV cache",
+        );
+        assert!(
+            k_cache.len() >= cache && v_cache.len() >= cache,
+            "KV caches of {} and {} values for {self:?}",
+            k_cache.len(),
+            v_cache.len()
+        );
+    }
+}
+
 /// Writes `seq` new keys and values (f32, in `layout`) at positions `pos..`.
 #[allow(clippy::too_many_arguments)]
 pub fn store(
@@ -56,6 +84,7 @@ pub fn store(
     pos: usize,
     seq: usize,
 ) {
+    s.check(k_cache, v_cache, pos, seq);
     let hd = s.head_dim;
     for h in 0..s.n_kv_head {
         for i in 0..seq {
@@ -71,6 +100,8 @@ pub fn store(
 
 /// `out[i][h*hd..]` = attention of query `(h, i)` (at position `pos + i`) over positions `0..=pos+i`.
 /// `q` is in `layout`, `out` is `[seq][n_head * head_dim]`. Rows are spread over `exec`'s threads.
+/// Panics unless the shape fits the caches (`AttnShape::check`) and `q` and `out` hold
+/// `seq × n_head × head_dim` values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     exec: Exec,
@@ -83,24 +114,32 @@ pub fn attend(
     seq: usize,
     out: &mut [f32],
 ) {
+    s.check(k_cache, v_cache, pos, seq);
     let hd = s.head_dim;
     let group = s.n_head / s.n_kv_head;
     let scale = 1.0 / (hd as f32).sqrt();
     let low_precision = seq < TILE_ROWS;
-    let rows = s.n_head * seq;
-    assert!(out.len() >= rows * hd && q.len() >= rows * hd);
-    let out_ptr = OutPtr(out.as_mut_ptr());
+    let rows = size(s.n_head, seq, "attention rows");
+    let values = size(rows, hd, "attention");
+    assert!(
+        out.len() >= values && q.len() >= values,
+        "attention: {} queries and {} outputs for {values} values",
+        q.len(),
+        out.len()
+    );
+    let out = SharedOut::new(out);
     #[cfg(target_arch = "x86_64")]
-    if !low_precision && hd.is_multiple_of(8) && hd <= 256 && simd::available() {
+    if !low_precision && simd::fits(hd) && super::cpu::has_avx2() {
         // Blocks of query rows of one head: keys and values converted to f32 once per block.
         let blocks = seq.div_ceil(BLOCK_ROWS);
         exec.for_each(s.n_head * blocks, &|item| {
             let (h, blk) = (item / blocks, item % blocks);
             let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
-            // SAFETY: AVX2/FMA/F16C checked; each item writes the outputs of its own (head, rows).
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), the shape was checked above, and
+            // each item writes the outputs of its own (head, rows).
             unsafe {
                 simd::attend_block(
-                    q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out_ptr,
+                    q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out,
                 )
             }
         });
@@ -113,9 +152,7 @@ pub fn attend(
         let n = pos + i + 1;
         let qo = layout.offset(h, s.n_head, i, seq, hd);
         // SAFETY: every (h, i) writes its own head_dim values of the output.
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut({ out_ptr }.0.add(i * s.n_head * hd + h * hd), hd)
-        };
+        let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
         attend_row(
             &q[qo..qo + hd],
             &k_cache[base..base + n * hd],
@@ -145,8 +182,8 @@ fn attend_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if hd.is_multiple_of(8) && hd <= 256 && simd::available() {
-            // SAFETY: the CPU features were checked and `hd` is a multiple of the vector width.
+        if simd::fits(hd) && super::cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), all `attend_row` needs.
             return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
         }
     }
@@ -201,24 +238,41 @@ mod simd {
 
     use half::f16;
 
+    use super::super::activation::expf8;
     use super::super::float::x86::hsum;
+    use super::super::SharedOut;
 
-    pub fn available() -> bool {
-        std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
+    /// Whether heads of `hd` values suit the vector code (whole vectors of 8, at most 32 of them).
+    pub fn fits(hd: usize) -> bool {
+        hd > 0 && hd.is_multiple_of(8) && hd <= 256
+    }
+
+    /// 8 f16 as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load16(v: &[f16; 8]) -> __m256 {
+        // SAFETY: 8 f16 are 16 bytes, one unaligned 128-bit load.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().cast()) })
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load16(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    fn load(v: &[f32; 8]) -> __m256 {
+        // SAFETY: 8 f32, one unaligned 256-bit load.
+        unsafe { _mm256_loadu_ps(v.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn store(dst: &mut [f32; 8], v: __m256) {
+        // SAFETY: 8 f32, one unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) }
     }
 
     /// Rounds 8 lanes to f16 precision and back.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn round16(x: __m256) -> __m256 {
+    fn round16(x: __m256) -> __m256 {
         _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT))
     }
 
@@ -228,13 +282,12 @@ mod simd {
     /// downstream turns any last-bit difference into a different integer now and then).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot_like_ggml(kp: *const f16, q: &[__m256], hd: usize) -> f32 {
-        let chunks = hd / 64;
+    fn dot_like_ggml(k: &[[f16; 8]], q: &[__m256]) -> f32 {
+        let chunks = q.len() / 8;
         let mut acc = [_mm256_setzero_ps(); 8]; // accumulator j, half h at 2j + h
-        for c in 0..chunks {
-            for (a, slot) in acc.iter_mut().enumerate() {
-                let l = c * 8 + a; // 8-lane group within the row
-                *slot = _mm256_fmadd_ps(load16(kp.add(l * 8)), q[l], *slot);
+        for (kc, qc) in k.chunks_exact(8).zip(q.chunks_exact(8)).take(chunks) {
+            for ((slot, kl), ql) in acc.iter_mut().zip(kc).zip(qc) {
+                *slot = _mm256_fmadd_ps(load16(kl), *ql, *slot);
             }
         }
         // x0 = acc0 + acc2, x1 = acc1 + acc3, x0 += x1 (16 lanes as two halves)
@@ -246,10 +299,10 @@ mod simd {
         let t8 = _mm_add_ps(t6, _mm_shuffle_ps(t6, t6, 0b01_00_11_10));
         let mut total = (_mm_cvtss_f32(t8) + _mm_cvtss_f32(_mm_shuffle_ps(t8, t8, 1))) as f64;
         let mut qv = [0f32; 8];
-        for (l, ql) in q.iter().enumerate().skip(chunks * 8) {
-            _mm256_storeu_ps(qv.as_mut_ptr(), *ql);
-            for (e, qe) in qv.iter().enumerate() {
-                total += ((*kp.add(l * 8 + e)).to_f32() * qe) as f64;
+        for (kl, ql) in k.iter().zip(q).skip(chunks * 8) {
+            store(&mut qv, *ql);
+            for (ke, qe) in kl.iter().zip(&qv) {
+                total += (ke.to_f32() * qe) as f64;
             }
         }
         total as f32
@@ -258,7 +311,11 @@ mod simd {
     /// Prompt attention for query rows `rows` of head `h`, flash-attention style: keys and values are
     /// taken 64 positions at a time, converted once to f32 (keys transposed to `[head_dim][64]`, so eight
     /// scores come from one multiply-add per dimension), and every row keeps a running maximum, sum and
-    /// output, rescaled when the maximum grows. The block stays in L1 while all rows use it.
+    /// output, rescaled when the maximum grows. The block stays in L1 while all rows use it. Panics
+    /// unless `fits(head_dim)`; the caller checked the shape against the caches (`AttnShape::check`).
+    ///
+    /// # Safety
+    /// No other task writes the outputs of rows `rows` of head `h` at the same time.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn attend_block(
@@ -272,33 +329,37 @@ mod simd {
         h: usize,
         rows: std::ops::Range<usize>,
         scale: f32,
-        out: super::OutPtr,
+        out: SharedOut,
     ) {
         const KB: usize = 64;
         let hd = s.head_dim;
+        assert!(fits(hd), "head size {hd}");
         let lanes = hd / 8;
         let kvh = h / (s.n_head / s.n_kv_head);
-        let base = kvh * s.capacity * hd;
         let n_rows = rows.len();
-        let mut kt = vec![0f32; hd * KB];
-        let mut vb = vec![0f32; KB * hd];
-        let mut o = vec![0f32; n_rows * hd];
+        // This head's cached positions up to the last row's: the only cache reads below.
+        let keys = pos + rows.end;
+        let base = kvh * s.capacity * hd;
+        let (k_head, _) = k_cache[base..base + keys * hd].as_chunks::<8>();
+        let (v_head, _) = v_cache[base..base + keys * hd].as_chunks::<8>();
+        let mut kt = vec![[0f32; KB]; hd];
+        let mut vb = vec![[0f32; 8]; KB * lanes];
+        let mut o = vec![[0f32; 8]; n_rows * lanes];
         let mut m = vec![f32::NEG_INFINITY; n_rows];
         let mut l = vec![0f32; n_rows];
-        let mut sc = [0f32; KB];
-        let keys = pos + rows.end;
+        let mut sc = [[0f32; 8]; KB / 8];
         for k0 in (0..keys).step_by(KB) {
             let kn = KB.min(keys - k0);
-            for p in 0..kn {
-                let kp = k_cache.as_ptr().add(base + (k0 + p) * hd);
-                let vp = v_cache.as_ptr().add(base + (k0 + p) * hd);
-                for d in (0..hd).step_by(8) {
+            let k_block = k_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
+            let v_block = v_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
+            for (p, (k_pos, v_pos)) in k_block.zip(v_block).enumerate() {
+                for (c, (k8, v8)) in k_pos.iter().zip(v_pos).enumerate() {
                     let mut lanes8 = [0f32; 8];
-                    _mm256_storeu_ps(lanes8.as_mut_ptr(), load16(kp.add(d)));
+                    store(&mut lanes8, load16(k8));
                     for (e, v) in lanes8.iter().enumerate() {
-                        *kt.get_unchecked_mut((d + e) * KB + p) = *v;
+                        kt[c * 8 + e][p] = *v;
                     }
-                    _mm256_storeu_ps(vb.as_mut_ptr().add(p * hd + d), load16(vp.add(d)));
+                    store(&mut vb[p * lanes + c], load16(v8));
                 }
             }
             for (r, i) in rows.clone().enumerate() {
@@ -309,67 +370,68 @@ mod simd {
                 let kv = kn.min(n - k0);
                 let qo = layout.offset(h, s.n_head, i, seq, hd);
                 let mut acc = [_mm256_setzero_ps(); KB / 8];
-                for d in 0..hd {
-                    let qd = _mm256_set1_ps(*q.get_unchecked(qo + d));
-                    let row = kt.as_ptr().add(d * KB);
-                    for (c, a) in acc.iter_mut().enumerate() {
-                        *a = _mm256_fmadd_ps(qd, _mm256_loadu_ps(row.add(c * 8)), *a);
+                for (kt_d, qd) in kt.iter().zip(&q[qo..qo + hd]) {
+                    let qd = _mm256_set1_ps(*qd);
+                    for (a, k8) in acc.iter_mut().zip(kt_d.as_chunks::<8>().0) {
+                        *a = _mm256_fmadd_ps(qd, load(k8), *a);
                     }
                 }
                 let sv = _mm256_set1_ps(scale);
-                for (c, a) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(sc.as_mut_ptr().add(c * 8), _mm256_mul_ps(*a, sv));
+                for (c, a) in sc.iter_mut().zip(&acc) {
+                    store(c, _mm256_mul_ps(*a, sv));
                 }
-                let block_max = sc[..kv].iter().fold(f32::NEG_INFINITY, |x, y| x.max(*y));
+                let sc_flat = sc.as_flattened_mut();
+                let block_max = sc_flat[..kv]
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |x, y| x.max(*y));
                 let m_new = m[r].max(block_max);
                 let alpha = (m[r] - m_new).exp();
-                for v in sc[kv..].iter_mut() {
+                for v in sc_flat[kv..].iter_mut() {
                     *v = f32::NEG_INFINITY;
                 }
                 let mv = _mm256_set1_ps(m_new);
                 let mut total = _mm256_setzero_ps();
-                for c in 0..kv.div_ceil(8) {
-                    let e = crate::engine::kernels::activation::expf8(_mm256_sub_ps(
-                        _mm256_loadu_ps(sc.as_ptr().add(c * 8)),
-                        mv,
-                    ));
-                    _mm256_storeu_ps(sc.as_mut_ptr().add(c * 8), e);
+                for c in sc.iter_mut().take(kv.div_ceil(8)) {
+                    let e = expf8(_mm256_sub_ps(load(c), mv));
+                    store(c, e);
                     total = _mm256_add_ps(total, e);
                 }
                 l[r] = l[r] * alpha + hsum(total);
                 m[r] = m_new;
-                let orow = o.as_mut_ptr().add(r * hd);
+                let orow = &mut o[r * lanes..(r + 1) * lanes];
                 let av = _mm256_set1_ps(alpha);
                 let mut oacc = [_mm256_setzero_ps(); 32];
-                for (j, a) in oacc.iter_mut().enumerate().take(lanes) {
-                    *a = _mm256_mul_ps(_mm256_loadu_ps(orow.add(j * 8)), av);
+                for (a, o8) in oacc.iter_mut().zip(orow.iter()) {
+                    *a = _mm256_mul_ps(load(o8), av);
                 }
-                for (p, w) in sc[..kv].iter().enumerate() {
+                for (w, v_pos) in sc.as_flattened()[..kv].iter().zip(vb.chunks_exact(lanes)) {
                     let wv = _mm256_set1_ps(*w);
-                    let vp = vb.as_ptr().add(p * hd);
-                    for (j, a) in oacc.iter_mut().enumerate().take(lanes) {
-                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(j * 8)), wv, *a);
+                    for (a, v8) in oacc.iter_mut().zip(v_pos) {
+                        *a = _mm256_fmadd_ps(load(v8), wv, *a);
                     }
                 }
-                for (j, a) in oacc.iter().enumerate().take(lanes) {
-                    _mm256_storeu_ps(orow.add(j * 8), *a);
+                for (o8, a) in orow.iter_mut().zip(&oacc) {
+                    store(o8, *a);
                 }
             }
         }
-        for (r, i) in rows.enumerate() {
+        for ((r, i), o_row) in rows.enumerate().zip(o.chunks_exact(lanes)) {
             let inv = _mm256_set1_ps(if l[r] == 0.0 { 0.0 } else { 1.0 / l[r] });
-            let dst = { out }.0.add(i * s.n_head * hd + h * hd);
-            for j in 0..lanes {
-                _mm256_storeu_ps(
-                    dst.add(j * 8),
-                    _mm256_mul_ps(_mm256_loadu_ps(o.as_ptr().add(r * hd + j * 8)), inv),
-                );
+            // SAFETY: row i of head h is this call's alone (our caller's promise); `slice` checks the
+            // range against the output.
+            let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
+            for (d8, o8) in dst.as_chunks_mut::<8>().0.iter_mut().zip(o_row) {
+                store(d8, _mm256_mul_ps(load(o8), inv));
             }
         }
     }
 
+    /// One query row against `keys.len() / hd` cached positions (see `attend_row_scalar`). Panics
+    /// unless `fits(hd)`, the query and the output hold `hd` values and there are as many values as
+    /// keys.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_row(
+    pub fn attend_row(
         query: &[f32],
         keys: &[f16],
         values: &[f16],
@@ -378,25 +440,26 @@ mod simd {
         low_precision: bool,
         out: &mut [f32],
     ) {
+        assert!(fits(hd) && query.len() == hd && out.len() == hd);
+        assert_eq!(keys.len(), values.len());
         let lanes = hd / 8;
         let mut q = [_mm256_setzero_ps(); 32];
         let mut acc = [_mm256_setzero_ps(); 32];
-        debug_assert!(lanes <= 32);
-        for (l, qv) in q.iter_mut().enumerate().take(lanes) {
-            let v = _mm256_loadu_ps(query.as_ptr().add(l * 8));
+        for (qv, v) in q.iter_mut().zip(query.as_chunks::<8>().0) {
+            let v = load(v);
             *qv = if low_precision { round16(v) } else { v };
         }
-        let n = keys.len() / hd;
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
-        for p in 0..n {
-            let kp = keys.as_ptr().add(p * hd);
+        let (k8, _) = keys.as_chunks::<8>();
+        let (v8, _) = values.as_chunks::<8>();
+        for (kp, vp) in k8.chunks_exact(lanes).zip(v8.chunks_exact(lanes)) {
             let score = if low_precision {
-                dot_like_ggml(kp, &q[..lanes], hd)
+                dot_like_ggml(kp, &q[..lanes])
             } else {
                 let mut dot = _mm256_setzero_ps();
-                for (l, qv) in q.iter().enumerate().take(lanes) {
-                    dot = _mm256_fmadd_ps(load16(kp.add(l * 8)), *qv, dot);
+                for (qv, k) in q.iter().zip(kp) {
+                    dot = _mm256_fmadd_ps(load16(k), *qv, dot);
                 }
                 hsum(dot)
             } * scale;
@@ -414,16 +477,15 @@ mod simd {
                 vs = (score - m).exp();
             }
             let vsv = _mm256_set1_ps(vs);
-            let vp = values.as_ptr().add(p * hd);
-            for (l, a) in acc.iter_mut().enumerate().take(lanes) {
-                let y = _mm256_fmadd_ps(load16(vp.add(l * 8)), vsv, *a);
+            for (a, v) in acc.iter_mut().zip(vp) {
+                let y = _mm256_fmadd_ps(load16(v), vsv, *a);
                 *a = if low_precision { round16(y) } else { y };
             }
             sum = sum.mul_add(ms, vs);
         }
         let inv = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
-        for (l, a) in acc.iter().enumerate().take(lanes) {
-            _mm256_storeu_ps(out.as_mut_ptr().add(l * 8), _mm256_mul_ps(*a, inv));
+        for (o, a) in out.as_chunks_mut::<8>().0.iter_mut().zip(&acc) {
+            store(o, _mm256_mul_ps(*a, inv));
         }
     }
 }
@@ -517,6 +579,104 @@ mod tests {
                     assert!((got - want).abs() < 5e-3, "h{h} i{i} d{d}: {got} vs {want}");
                 }
             }
+        }
+    }
+
+    /// A shape with `n_head` 4, `n_kv_head` 2 and head size `hd`, for `pos + seq` positions, and caches
+    /// (of `cache_len` values each) and queries filled with varied values.
+    fn case(pos: usize, seq: usize, hd: usize) -> (AttnShape, Vec<f16>, Vec<f16>, Vec<f32>) {
+        let s = AttnShape {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: hd,
+            capacity: pos + seq,
+        };
+        let val = |i: usize| f16::from_f32(((i * 7919 % 113) as f32 - 56.0) / 40.0);
+        let n = s.n_kv_head * s.capacity * hd;
+        let kc: Vec<f16> = (0..n).map(val).collect();
+        let vc: Vec<f16> = (0..n).map(|i| val(i + 5)).collect();
+        let q = (0..s.n_head * seq * hd)
+            .map(|i| val(i + 11).to_f32())
+            .collect();
+        (s, kc, vc, q)
+    }
+
+    /// Caches shorter than the shape says, or positions past the capacity, are refused before the
+    /// kernels (which index the caches without checks) run: for decode and prompt batches alike.
+    #[test]
+    fn caches_that_do_not_fit_the_shape_are_refused() {
+        for (pos, seq) in [(3, 5), (10, 70)] {
+            let (s, kc, vc, q) = case(pos, seq, 64);
+            let mut out = vec![0f32; q.len()];
+            let short = &kc[..kc.len() - 64];
+            let attend_with = |k: &[f16], s: AttnShape, out: &mut [f32]| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    attend(Exec::Rayon, &q, Layout::HeadMajor, k, &vc, s, pos, seq, out)
+                }))
+            };
+            assert!(
+                attend_with(short, s, &mut out).is_err(),
+                "short keys, seq {seq}"
+            );
+            let small = AttnShape {
+                capacity: pos + seq - 1,
+                ..s
+            };
+            assert!(
+                attend_with(&kc, small, &mut out).is_err(),
+                "capacity, seq {seq}"
+            );
+            let odd = AttnShape { n_kv_head: 3, ..s };
+            assert!(attend_with(&kc, odd, &mut out).is_err(), "heads, seq {seq}");
+            assert!(
+                attend_with(&kc, s, &mut out[1..]).is_err(),
+                "output, seq {seq}"
+            );
+            assert!(attend_with(&kc, s, &mut out).is_ok(), "seq {seq}");
+        }
+    }
+
+    /// Run (in a child process) by `kernels::tests::the_cpu_cap_reaches_every_dispatch`: with the cap,
+    /// decode and prompt batches both take the scalar rows, bit for bit (the vector code sums in
+    /// another order).
+    #[test]
+    #[ignore = "run with CODELLAMA_LSP_CPU=scalar by the_cpu_cap_reaches_every_dispatch"]
+    fn capped_to_scalar() {
+        assert_eq!(super::super::cpu::level(), super::super::cpu::Level::Scalar);
+        for (pos, seq) in [(3, 5), (10, 70)] {
+            let (s, kc, vc, q) = case(pos, seq, 64);
+            let hd = s.head_dim;
+            let mut out = vec![0f32; q.len()];
+            attend(
+                Exec::Rayon,
+                &q,
+                Layout::HeadMajor,
+                &kc,
+                &vc,
+                s,
+                pos,
+                seq,
+                &mut out,
+            );
+            let mut want = vec![0f32; q.len()];
+            for h in 0..s.n_head {
+                let base = h / 2 * s.capacity * hd;
+                for i in 0..seq {
+                    let n = pos + i + 1;
+                    let qo = Layout::HeadMajor.offset(h, s.n_head, i, seq, hd);
+                    attend_row_scalar(
+                        &q[qo..qo + hd],
+                        &kc[base..base + n * hd],
+                        &vc[base..base + n * hd],
+                        hd,
+                        1.0 / (hd as f32).sqrt(),
+                        seq < TILE_ROWS,
+                        &mut want[(i * s.n_head + h) * hd..][..hd],
+                    );
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&out), bits(&want), "seq {seq}");
         }
     }
 }

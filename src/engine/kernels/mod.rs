@@ -5,20 +5,27 @@
 //! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C
 //! code on x86 so one binary serves every machine. The model's linear layers convert the other quantized
 //! types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not converted (an embedding table) goes
-//! through the block dot products of candle's `GgmlType` implementations. Work is split over weight rows on the current rayon pool (the engine
-//! installs its own pool sized by the `threads` setting). Callers never see which path ran.
+//! through the block dot products of candle's `GgmlType` implementations. Work is split over weight rows
+//! on the current rayon pool or the engine's own pool. Callers never see which path ran.
+//!
+//! This module is the crate's unsafe core, sealed behind safe entry points: `QMatrix` (its constructor
+//! checks sizes and alignment), `attention`, `activation`. Each checks the lengths of what it is given
+//! once per call, with real assertions, and only then enters SIMD code that indexes without checks; the
+//! per-type kernels, the repacked layout and the quantized activations are private to it.
 
 pub mod activation;
 mod amx;
 pub mod attention;
-pub mod cpu;
+mod cpu;
 mod float;
-pub mod packed;
+mod packed;
 mod q4_1;
 mod q8;
 mod q8_0;
-pub mod tiled;
+mod tiled;
 mod transcode;
+
+use std::marker::PhantomData;
 
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
@@ -30,7 +37,7 @@ use rayon::prelude::*;
 use super::gguf::TensorBytes;
 use super::pool::Pool;
 
-pub use q8::Q8Act;
+use q8::Q8Act;
 
 /// Where parallel work runs: the current rayon pool (inside candle ops), or the engine's spinning pool
 /// (the CPU forward pass).
@@ -61,6 +68,68 @@ impl Exec<'_> {
     }
 }
 
+/// An output buffer that tasks running at the same time write in disjoint parts. It borrows the buffer
+/// for `'a` and keeps its length, so each task's part is checked against it (or, in the kernels' inner
+/// loops, follows from a range checked once per call).
+#[derive(Clone, Copy)]
+struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buffer: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `SharedOut` is a `&mut [f32]` whose writes are split between threads; every write goes
+// through an `unsafe` method whose caller promises that no other thread touches the same elements.
+unsafe impl Send for SharedOut<'_> {}
+// SAFETY: as for `Send`: shared use only ever writes disjoint elements.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    fn new(out: &'a mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _buffer: PhantomData,
+        }
+    }
+
+    fn len(self) -> usize {
+        self.len
+    }
+
+    /// Elements `start..start + n`, checked against the buffer.
+    ///
+    /// # Safety
+    /// No other task reads or writes these elements while the returned slice lives.
+    unsafe fn slice(self, start: usize, n: usize) -> &'a mut [f32] {
+        assert!(
+            start <= self.len && n <= self.len - start,
+            "output elements {start}..+{n} outside a buffer of {}",
+            self.len
+        );
+        // SAFETY: the range lies inside the buffer borrowed for 'a (checked above) and the caller
+        // guarantees that nothing else accesses it meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.wrapping_add(start), n) }
+    }
+
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// `i < self.len()`, and no other task reads or writes element `i` at the same time.
+    unsafe fn write(self, i: usize, v: f32) {
+        debug_assert!(i < self.len);
+        // SAFETY: in bounds and not shared at this moment (the caller's promise).
+        unsafe { self.ptr.wrapping_add(i).write(v) }
+    }
+}
+
+/// `a · b`, panicking with `what` when the product does not fit in a `usize` (so a size check can never
+/// be passed by an overflowing multiplication).
+fn size(a: usize, b: usize, what: &str) -> usize {
+    a.checked_mul(b)
+        .unwrap_or_else(|| panic!("{what}: {a} × {b} overflows"))
+}
+
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
 pub enum WeightBytes {
@@ -88,12 +157,13 @@ impl WeightBytes {
     }
 }
 
-/// A weight matrix in its storage format.
+/// A weight matrix in its storage format. Its fields are private: `new` checks that the bytes hold
+/// exactly `rows × cols` values of `dtype`, suitably aligned, and every kernel relies on that.
 #[derive(Clone)]
 pub struct QMatrix {
-    pub dtype: GgmlDType,
-    pub rows: usize,
-    pub cols: usize,
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
     data: WeightBytes,
     /// A copy repacked for the CPU's fastest kernel, when it has one for this type.
     packed: Option<std::sync::Arc<packed::Packed>>,
@@ -107,13 +177,21 @@ impl QMatrix {
         cols: usize,
         data: WeightBytes,
     ) -> Result<Self, String> {
+        if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+            return Err(format!(
+                "{dtype:?} is an activation format, not a weight format"
+            ));
+        }
         if !cols.is_multiple_of(dtype.block_size()) {
             return Err(format!(
                 "row length {cols} is not a multiple of the {dtype:?} block size {}",
                 dtype.block_size()
             ));
         }
-        let want = rows * cols / dtype.block_size() * dtype.type_size();
+        let want = (cols / dtype.block_size())
+            .checked_mul(dtype.type_size())
+            .and_then(|row| row.checked_mul(rows))
+            .ok_or_else(|| format!("{rows}x{cols} {dtype:?} is too large to address"))?;
         let have = data.bytes().len();
         if want != have {
             return Err(format!(
@@ -126,11 +204,6 @@ impl QMatrix {
                 block_align(dtype)
             ));
         }
-        if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
-            return Err(format!(
-                "{dtype:?} is an activation format, not a weight format"
-            ));
-        }
         Ok(Self {
             dtype,
             rows,
@@ -138,6 +211,18 @@ impl QMatrix {
             data,
             packed: None,
         })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     /// Converts weights of a type without a kernel of ours (Q4_0, Q5_0, Q5_1, the K-quants) to Q4_1 or
@@ -156,25 +241,20 @@ impl QMatrix {
     /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's bytes go
     /// (a tied embedding table keeps its own handle on them). Returns whether it repacked.
     pub fn pack(&mut self) -> bool {
-        if !cpu::has_avx512_vnni() {
-            return false;
-        }
         let kind = match self.dtype {
             GgmlDType::Q4_1 => packed::PackedKind::Q4_1,
             GgmlDType::Q8_0 => packed::PackedKind::Q8_0,
             _ => return false,
         };
-        self.packed = Some(std::sync::Arc::new(packed::Packed::new(
-            kind,
-            self.rows,
-            self.cols,
-            self.bytes(),
-        )));
+        let Some(p) = packed::Packed::new(kind, self.rows, self.cols, self.bytes()) else {
+            return false;
+        };
+        self.packed = Some(std::sync::Arc::new(p));
         self.data.release();
         true
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         self.data.bytes()
     }
 
@@ -183,6 +263,7 @@ impl QMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
+        assert!(r < self.rows, "row {r} of a matrix of {} rows", self.rows);
         debug_assert!(
             self.packed.is_none(),
             "the bytes of a repacked matrix are gone"
@@ -196,10 +277,15 @@ impl QMatrix {
         self.matmul_on(Exec::Rayon, x, m, out)
     }
 
-    /// `matmul` with the work spread by `exec`.
+    /// `matmul` with the work spread by `exec`. Panics unless `x` holds `m × cols` values and `out`
+    /// `m × rows`: the one size check of the product, after which the kernels index without checks.
     pub fn matmul_on(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), m * self.cols, "matmul input size");
-        assert_eq!(out.len(), m * self.rows, "matmul output size");
+        assert_eq!(x.len(), size(m, self.cols, "matmul input"), "matmul input");
+        assert_eq!(
+            out.len(),
+            size(m, self.rows, "matmul output"),
+            "matmul output"
+        );
         match self.dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let dot = float::row_dot(self.dtype);
@@ -208,8 +294,8 @@ impl QMatrix {
                 })
             }
             _ if self.packed.is_some() => self.run_packed(exec, x, m, out),
-            GgmlDType::Q4_1 => self.tiled(exec, x, m, out, q4_1::kernel()),
-            GgmlDType::Q8_0 => self.tiled(exec, x, m, out, q8_0::kernel()),
+            GgmlDType::Q4_1 => self.tiled(exec, x, m, out, q4_1::fastest()),
+            GgmlDType::Q8_0 => self.tiled(exec, x, m, out, q8_0::fastest()),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, out),
@@ -250,28 +336,26 @@ impl QMatrix {
     fn run_packed(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
         let p = self.packed.as_ref().expect("packed weights");
         let xq = Q8Act::quantize(x, m, self.cols);
-        let out_ptr = tiled::OutPtr(out.as_mut_ptr());
+        let out = SharedOut::new(out);
         let groups = p.groups();
         let per_task = groups.div_ceil(exec.threads() * 4).max(2);
         exec.for_each(groups.div_ceil(per_task), &|t| {
             let range = t * per_task..((t + 1) * per_task).min(groups);
-            // SAFETY: `pack` checked the CPU; tasks cover disjoint groups of output columns.
-            unsafe { p.run(&xq, range, { out_ptr }.0) }
+            // SAFETY: tasks cover disjoint ranges of groups, so they write disjoint output columns.
+            unsafe { p.run(&xq, range, out) }
         });
     }
 
-    /// Our tiled kernels: activations quantized once, weight rows split over the rayon pool.
-    fn tiled(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32], kernel: tiled::RangeKernel) {
+    /// Our tiled kernels: activations quantized once, weight rows split over the threads.
+    fn tiled(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32], tiles: tiled::Tiles) {
         let xq = Q8Act::quantize(x, m, self.cols);
-        let product = tiled::Product {
-            w: self.bytes(),
-            row_bytes: self.row_bytes(),
-            n: self.rows,
-            x: &xq,
-            out: tiled::OutPtr(out.as_mut_ptr()),
-        };
+        let block_bytes = self.dtype.type_size();
+        let product = tiled::Product::new(self.bytes(), self.rows, block_bytes, &xq, out);
         let chunks = row_chunks(self.rows, exec.threads());
-        exec.for_each(chunks.len(), &|c| kernel(&product, chunks[c].clone()));
+        exec.for_each(chunks.len(), &|c| {
+            // SAFETY: the chunks are disjoint ranges of weight rows.
+            unsafe { tiles.run(&product, chunks[c].clone()) }
+        });
     }
 
     /// Block dot products from candle's `GgmlType` implementation of the weight type.
@@ -291,21 +375,23 @@ impl QMatrix {
         })
     }
 
-    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight rows.
+    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight
+    /// rows. `out` holds `m × rows` values (checked by `matmul_on`).
     fn for_each_dot<F>(&self, exec: Exec, m: usize, out: &mut [f32], dot: F)
     where
         F: Fn(&[u8], usize) -> f32 + Sync,
     {
         let rows = self.rows;
         let chunks = row_chunks(rows, exec.threads());
-        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let out = SharedOut::new(out);
         exec.for_each(chunks.len(), &|c| {
             for j in chunks[c].clone() {
                 let w = self.row(j);
                 for i in 0..m {
                     let v = dot(w, i);
-                    // SAFETY: each (i, j) is written by exactly one task; row ranges are disjoint.
-                    unsafe { *out_ptr.get().add(i * rows + j) = v };
+                    // SAFETY: i < m and j < rows index the `m × rows` output; the chunks are disjoint
+                    // ranges of j, so no other task writes element (i, j).
+                    unsafe { out.write(i * rows + j, v) };
                 }
             }
         });
@@ -325,17 +411,6 @@ fn row_chunks(rows: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for disjoint writes from rayon tasks that finish before the borrow ends.
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 fn block_align(dtype: GgmlDType) -> usize {
     match dtype {
         GgmlDType::F32 | GgmlDType::Q8K => 4,
@@ -346,14 +421,20 @@ fn block_align(dtype: GgmlDType) -> usize {
     }
 }
 
-/// Views raw bytes as blocks of `T`. `QMatrix::new` checked size and alignment.
+/// Views raw bytes as blocks of `T`: a whole number of blocks at the block type's alignment (what
+/// `QMatrix::new` checked for the matrix these rows come from), asserted again here once per row.
 fn blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
     let size = std::mem::size_of::<T>();
-    debug_assert_eq!(bytes.len() % size, 0);
-    debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-    // SAFETY: the GGML block types are plain `repr(C)` data valid for any bit pattern, the length is a
-    // whole number of blocks and the pointer is aligned (checked when the matrix was built).
-    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / size) }
+    assert!(
+        bytes.len().is_multiple_of(size)
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
+        "{} bytes at {:p} are not whole aligned blocks of {size}",
+        bytes.len(),
+        bytes.as_ptr()
+    );
+    // SAFETY: the GGML block types are plain `repr(C)` data valid for any bit pattern, and the bytes
+    // are a whole number of aligned blocks (asserted above).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) }
 }
 
 fn to_float<T: GgmlType>(row: &[u8], out: &mut [f32]) {
@@ -457,8 +538,8 @@ mod tests {
     #[test]
     fn tiled_implementations_agree() {
         for (dtype, impls) in [
-            (GgmlDType::Q4_1, q4_1::all()),
-            (GgmlDType::Q8_0, q8_0::all()),
+            (GgmlDType::Q4_1, q4_1::implementations()),
+            (GgmlDType::Q8_0, q8_0::implementations()),
         ] {
             for (rows, cols, m) in [(7, 96, 5), (13, 64, 1), (4, 32, 9), (33, 576, 3)] {
                 let w = quantize(dtype, &data(rows * cols, 3));
@@ -466,17 +547,12 @@ mod tests {
                 let xq = Q8Act::quantize(&x, m, cols);
                 let results: Vec<(&str, Vec<f32>)> = impls
                     .iter()
-                    .map(|(name, k)| {
+                    .map(|tiles| {
                         let mut out = vec![f32::NAN; m * rows];
-                        let p = tiled::Product {
-                            w: &w,
-                            row_bytes: w.len() / rows,
-                            n: rows,
-                            x: &xq,
-                            out: tiled::OutPtr(out.as_mut_ptr()),
-                        };
-                        k(&p, 0..rows);
-                        (*name, out)
+                        let p = tiled::Product::new(&w, rows, dtype.type_size(), &xq, &mut out);
+                        // SAFETY: one call covers all rows.
+                        unsafe { tiles.run(&p, 0..rows) };
+                        (tiles.name, out)
                     })
                     .collect();
                 let (_, reference) = results.last().unwrap();
@@ -548,11 +624,10 @@ mod tests {
                 let p = w.packed.as_ref().unwrap();
                 let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
                 let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
-                // SAFETY: AMX is available and the buffers hold m × rows values.
-                unsafe {
-                    p.run(&x, 0..p.groups(), a.as_mut_ptr());
-                    p.run_rows(&x, 0, 0..p.groups(), b.as_mut_ptr());
-                }
+                // SAFETY: one call covers all groups.
+                unsafe { p.run(&x, 0..p.groups(), SharedOut::new(&mut a)) };
+                // SAFETY: as above.
+                unsafe { p.run_rows(&x, 0, 0..p.groups(), SharedOut::new(&mut b)) };
                 assert_eq!(a, b, "{dtype:?} {rows}x{cols} m={m}");
             }
         }
@@ -570,5 +645,98 @@ mod tests {
         .unwrap();
         assert!(err.contains("expected 40 bytes"), "{err}");
         assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::Owned(vec![].into())).is_err());
+    }
+
+    /// A shape whose byte size overflows is an error, even when the wrapped size would match the data
+    /// (here 2⁶² + 2 rows of one Q4_1 block: 2⁶⁷ + 64 values, 5·2⁶⁴ + 40 bytes, which wrap to 40).
+    #[test]
+    fn rejects_sizes_that_overflow() {
+        let rows = (1usize << 62) + 2;
+        let err = QMatrix::new(
+            GgmlDType::Q4_1,
+            rows,
+            32,
+            WeightBytes::Owned(vec![0u8; 40].into()),
+        )
+        .err()
+        .expect("an overflowing shape is refused");
+        assert!(err.contains("too large"), "{err}");
+    }
+
+    /// The panic message of `f`, which must panic.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("a size check should have panicked");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    /// Products whose parts disagree in size are refused before any kernel runs.
+    #[test]
+    fn products_check_their_sizes() {
+        let (rows, cols, m) = (5, 64, 3);
+        let w = quantize(GgmlDType::Q8_0, &data(rows * cols, 1));
+        let xq = Q8Act::quantize(&data(m * cols, 2), m, cols);
+        let mut out = vec![0f32; m * rows];
+        let short = &w[..w.len() - 1];
+        let msg = panic_message(|| {
+            tiled::Product::new(short, rows, q8_0::BLOCK_BYTES, &xq, &mut out);
+        });
+        assert!(msg.contains("weight bytes"), "{msg}");
+        let msg = panic_message(|| {
+            tiled::Product::new(&w, rows, q8_0::BLOCK_BYTES, &xq, &mut out[1..]);
+        });
+        assert!(msg.contains("output size"), "{msg}");
+        let p = tiled::Product::new(&w, rows, q8_0::BLOCK_BYTES, &xq, &mut out);
+        for tiles in q8_0::implementations() {
+            // SAFETY: one call at a time (each panics before computing anything).
+            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows + 4) });
+            assert!(msg.contains("outside a product"), "{}: {msg}", tiles.name);
+        }
+        for tiles in q4_1::implementations() {
+            // SAFETY: as above.
+            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows) });
+            assert!(msg.contains("block size"), "{}: {msg}", tiles.name);
+        }
+        let mat = QMatrix::new(
+            GgmlDType::Q8_0,
+            rows,
+            cols,
+            WeightBytes::Owned(w.clone().into()),
+        )
+        .unwrap();
+        let msg = panic_message(|| mat.matmul(&[], usize::MAX / 2, &mut []));
+        assert!(msg.contains("overflows"), "{msg}");
+        let msg = panic_message(|| mat.matmul(&data(m * cols, 2), m, &mut out[1..]));
+        assert!(msg.contains("matmul output"), "{msg}");
+    }
+
+    /// `CODELLAMA_LSP_CPU=scalar` is read once per process, so a child process (this test binary,
+    /// running only the `capped_to_scalar` tests) checks that every dispatch with a result that tells
+    /// the paths apart honours it. (The activation quantizer and SwiGLU give bit-identical results on
+    /// every path, so no test can tell which ran.)
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn the_cpu_cap_reaches_every_dispatch() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "--test-threads=1",
+                "engine::kernels::attention::tests::capped_to_scalar",
+                "engine::kernels::float::tests::capped_to_scalar",
+            ])
+            .env("CODELLAMA_LSP_CPU", "scalar")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("2 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -6,66 +6,98 @@
 //! AVX2 (one block per register, `vpmaddubsw`), and portable scalar code. The minimum term is folded
 //! into the vector accumulator as `m·(sₐ/8)` in each of a block's 8 lanes, which sums back exactly.
 
-use std::ops::Range;
+use std::sync::OnceLock;
 
 use half::f16;
 
-use super::q8::QK;
-use super::tiled::{for_tiles, scalar_tile, Product};
+use super::q8::{Q8Act, QK};
+use super::tiled::{scalar_tile, tiles, Product, Tiles};
 
 pub const BLOCK_BYTES: usize = 20;
 
-super::tiled::variants!();
-
-pub fn range_scalar(p: &Product, rows: Range<usize>) {
-    for_tiles!(p, rows, 4, 4, tile_scalar)
+/// The fastest implementation this CPU runs.
+pub fn fastest() -> Tiles {
+    static FASTEST: OnceLock<Tiles> = OnceLock::new();
+    *FASTEST.get_or_init(|| {
+        let tiles = implementations()[0];
+        tracing::debug!("Q4_1 tiles: {}", tiles.name);
+        tiles
+    })
 }
 
-fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-    let x = p.x;
-    scalar_tile::<NR, MR>(p, j0, i0, BLOCK_BYTES, |blk, i, b| {
-        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
-        let a = x.block(i, b);
-        let mut isum = 0i32;
-        for j in 0..QK / 2 {
-            isum += (blk[4 + j] & 0x0F) as i32 * a[j] as i32;
-            isum += (blk[4 + j] >> 4) as i32 * a[j + QK / 2] as i32;
-        }
-        d * x.d[i * x.nb + b] * isum as f32 + m * x.s[i * x.nb + b]
-    })
+/// Every implementation this CPU runs, fastest first (the scalar one last).
+pub fn implementations() -> Vec<Tiles> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    all.extend(x86::implementations());
+    // SAFETY: portable code, and `tiles!` builds a correct tile set.
+    all.push(unsafe { Tiles::new("scalar", BLOCK_BYTES, tiles!(tile_scalar, 4, 4)) });
+    all
+}
+
+/// One block's dot product `d·dₐ·Σ q·qₐ + m·sₐ` (weight block `blk`, block `b` of activation row `i`).
+fn block_dot(blk: &[u8], x: &Q8Act, i: usize, b: usize) -> f32 {
+    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+    let m = f16::from_le_bytes([blk[2], blk[3]]).to_f32();
+    let a = x.block(i, b);
+    let mut isum = 0i32;
+    for j in 0..QK / 2 {
+        isum += (blk[4 + j] & 0x0F) as i32 * a[j] as i32;
+        isum += (blk[4 + j] >> 4) as i32 * a[j + QK / 2] as i32;
+    }
+    d * x.d(i)[b] * isum as f32 + m * x.s(i)[b]
+}
+
+/// # Safety
+/// As for every tile (`tiled::TileFn`).
+unsafe fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
+    let x = p.x();
+    // SAFETY: our caller's promise is the tile's.
+    unsafe { scalar_tile::<NR, MR>(p, j0, i0, |blk, i, b| block_dot(blk, x, i, b)) }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
+    use super::super::cpu;
     use super::super::float::x86::hsum;
-    use super::super::tiled::{for_tiles, Product};
-    use super::BLOCK_BYTES;
+    use super::super::tiled::{tiles, Product, Tiles};
+    use super::{block_dot, BLOCK_BYTES};
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn range_avx512(p: &Product, rows: Range<usize>) {
-        for_tiles!(p, rows, 4, 4, tile_avx512)
+    pub fn implementations() -> Vec<Tiles> {
+        let mut all = Vec::new();
+        if cpu::has_avx512_vnni() {
+            // SAFETY: the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (`has_avx512_vnni`).
+            all.push(unsafe { Tiles::new("avx512", BLOCK_BYTES, tiles!(tile_avx512, 4, 4)) });
+        }
+        if cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`).
+            all.push(unsafe { Tiles::new("avx2", BLOCK_BYTES, tiles!(tile_avx2, 4, 2)) });
+        }
+        all
     }
 
     /// `[a; 8] ++ [b; 8]`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn pair(a: f32, b: f32) -> __m512 {
+    fn pair(a: f32, b: f32) -> __m512 {
         _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
     }
 
-    #[inline]
+    /// Two blocks per 512-bit register.
+    ///
+    /// # Safety
+    /// As for every tile (`tiled::TileFn`), with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn tile_avx512<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-        let x = p.x;
-        let nb = x.nb;
-        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
-        let qa_row: [*const i8; MR] = std::array::from_fn(|r| x.qs.as_ptr().add((i0 + r) * x.cols));
-        let d_row: [*const f32; MR] = std::array::from_fn(|r| x.d.as_ptr().add((i0 + r) * nb));
-        let s_row: [*const f32; MR] = std::array::from_fn(|r| x.s.as_ptr().add((i0 + r) * nb));
+        let x = p.x();
+        let nb = x.nb();
+        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each), quants (32 · nb), scales (nb).
+        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
+        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
+        let s_row: [&[f32]; MR] = std::array::from_fn(|r| x.s(i0 + r));
         let low = _mm256_set1_epi8(0x0F);
         let mut acc = [[_mm512_setzero_ps(); MR]; NR];
         let mut b = 0;
@@ -74,26 +106,33 @@ mod x86 {
             let mut da = [_mm512_setzero_ps(); MR];
             let mut sa = [_mm512_setzero_ps(); MR];
             for r in 0..MR {
-                qa[r] = _mm512_loadu_si512(qa_row[r].add(b * 32) as *const _);
-                da[r] = pair(*d_row[r].add(b), *d_row[r].add(b + 1));
-                sa[r] = pair(*s_row[r].add(b) * 0.125, *s_row[r].add(b + 1) * 0.125);
+                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
+                // SAFETY: b + 2 <= nb, so quants 32·b .. 32·b + 64 are inside the row.
+                qa[r] = unsafe { _mm512_loadu_si512(q.cast()) };
+                da[r] = pair(d_row[r][b], d_row[r][b + 1]);
+                sa[r] = pair(s_row[r][b] * 0.125, s_row[r][b + 1] * 0.125);
             }
             for c in 0..NR {
-                let blk = w[c].add(b * BLOCK_BYTES);
-                let packed = _mm256_set_m128i(
-                    _mm_loadu_si128(blk.add(BLOCK_BYTES + 4) as *const __m128i),
-                    _mm_loadu_si128(blk.add(4) as *const __m128i),
-                );
+                // Blocks b and b + 1 of the row (b + 2 <= nb): 2 · BLOCK_BYTES bytes from `blk`.
+                let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);
+                // SAFETY: bytes 4..20 of block b + 1, inside the two blocks.
+                let hi_blk = unsafe { _mm_loadu_si128(blk.wrapping_add(BLOCK_BYTES + 4).cast()) };
+                // SAFETY: bytes 4..20 of block b.
+                let lo_blk = unsafe { _mm_loadu_si128(blk.wrapping_add(4).cast()) };
+                let packed = _mm256_set_m128i(hi_blk, lo_blk);
                 let lo = _mm256_and_si256(packed, low);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
                 // [lo0 lo1 hi0 hi1] -> [lo0 hi0 lo1 hi1]: block 0's 32 values, then block 1's.
                 let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
                 let wq = _mm512_shuffle_i64x2(z, z, 0b11_01_10_00);
-                let dm0 = (blk as *const i32).read_unaligned();
-                let dm1 = (blk.add(BLOCK_BYTES) as *const i32).read_unaligned();
+                // SAFETY: the first 4 bytes (d, m) of block b.
+                let dm0 = unsafe { blk.cast::<i32>().read_unaligned() };
+                // SAFETY: the first 4 bytes of block b + 1.
+                let dm1 = unsafe { blk.wrapping_add(BLOCK_BYTES).cast::<i32>().read_unaligned() };
                 let dm = _mm_cvtph_ps(_mm_set_epi32(0, 0, dm1, dm0)); // d0 m0 d1 m1
                 let mut f = [0f32; 4];
-                _mm_storeu_ps(f.as_mut_ptr(), dm);
+                // SAFETY: `f` holds 4 values, one 128-bit store.
+                unsafe { _mm_storeu_ps(f.as_mut_ptr(), dm) };
                 let dw = pair(f[0], f[2]);
                 let mw = pair(f[1], f[3]);
                 for r in 0..MR {
@@ -113,24 +152,26 @@ mod x86 {
             for r in 0..MR {
                 vals[c][r] = _mm512_reduce_add_ps(acc[c][r]);
                 if b < nb {
-                    vals[c][r] += last_block(w[c].add(b * BLOCK_BYTES), p, i0 + r, b);
+                    vals[c][r] += block_dot(&w[c][b * BLOCK_BYTES..], x, i0 + r, b);
                 }
             }
         }
-        p.store(j0, i0, &vals);
+        // SAFETY: the tile is inside the product and this task's alone (our caller's promise).
+        unsafe { p.store(j0, i0, &vals) }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn range_avx2(p: &Product, rows: Range<usize>) {
-        for_tiles!(p, rows, 4, 2, tile_avx2)
-    }
-
-    #[inline]
+    /// One block per 256-bit register.
+    ///
+    /// # Safety
+    /// As for every tile (`tiled::TileFn`), with AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_avx2<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-        let x = p.x;
-        let nb = x.nb;
-        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let x = p.x();
+        let nb = x.nb();
+        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
+        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
+        let s_row: [&[f32]; MR] = std::array::from_fn(|r| x.s(i0 + r));
         let low = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); MR]; NR];
@@ -139,18 +180,21 @@ mod x86 {
             let mut da = [_mm256_setzero_ps(); MR];
             let mut sa = [_mm256_setzero_ps(); MR];
             for r in 0..MR {
-                let i = i0 + r;
-                qa[r] =
-                    _mm256_loadu_si256(x.qs.as_ptr().add(i * x.cols + b * 32) as *const __m256i);
-                da[r] = _mm256_set1_ps(*x.d.get_unchecked(i * nb + b));
-                sa[r] = _mm256_set1_ps(*x.s.get_unchecked(i * nb + b) * 0.125);
+                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
+                // SAFETY: b < nb, so quants 32·b .. 32·b + 32 are inside the row.
+                qa[r] = unsafe { _mm256_loadu_si256(q.cast()) };
+                da[r] = _mm256_set1_ps(d_row[r][b]);
+                sa[r] = _mm256_set1_ps(s_row[r][b] * 0.125);
             }
             for c in 0..NR {
-                let blk = w[c].add(b * BLOCK_BYTES);
-                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()));
+                let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);
+                // SAFETY: b < nb: the first 4 bytes (d, m) of block b, inside the row.
+                let dm = unsafe { blk.cast::<i32>().read_unaligned() };
+                let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(dm));
                 let dw = _mm256_set1_ps(_mm_cvtss_f32(dm));
                 let mw = _mm256_set1_ps(_mm_cvtss_f32(_mm_shuffle_ps(dm, dm, 1)));
-                let packed = _mm_loadu_si128(blk.add(4) as *const __m128i);
+                // SAFETY: bytes 4..20 of block b, inside the row.
+                let packed = unsafe { _mm_loadu_si128(blk.wrapping_add(4).cast()) };
                 let q4 = _mm256_set_m128i(
                     _mm_and_si128(_mm_srli_epi16(packed, 4), low),
                     _mm_and_si128(packed, low),
@@ -172,21 +216,7 @@ mod x86 {
                 vals[c][r] = hsum(acc[c][r]);
             }
         }
-        p.store(j0, i0, &vals);
-    }
-
-    /// One block's dot product (the odd block at the end of a row).
-    unsafe fn last_block(blk: *const u8, p: &Product, i: usize, b: usize) -> f32 {
-        let x = p.x;
-        let w = std::slice::from_raw_parts(blk, BLOCK_BYTES);
-        let d = half::f16::from_le_bytes([w[0], w[1]]).to_f32();
-        let m = half::f16::from_le_bytes([w[2], w[3]]).to_f32();
-        let a = x.block(i, b);
-        let mut isum = 0i32;
-        for j in 0..16 {
-            isum +=
-                (w[4 + j] & 0x0F) as i32 * a[j] as i32 + (w[4 + j] >> 4) as i32 * a[j + 16] as i32;
-        }
-        d * x.d[i * x.nb + b] * isum as f32 + m * x.s[i * x.nb + b]
+        // SAFETY: the tile is inside the product and this task's alone (our caller's promise).
+        unsafe { p.store(j0, i0, &vals) }
     }
 }

@@ -9,28 +9,40 @@ use half::f16;
 
 pub const QK: usize = 32;
 
+/// Quantized activations. The fields are private so that the kernels can rely on their sizes:
+/// `m × cols` quants and `m × nb` of each per-block value, `cols = 32 · nb`.
 pub struct Q8Act {
     /// `m × cols` quants, row-major.
-    pub qs: Vec<i8>,
-    /// `m × blocks` scales.
-    pub d: Vec<f32>,
-    /// `m × blocks` values of `d · Σq`.
-    pub s: Vec<f32>,
-    /// `m × blocks` values of `Σq`.
-    pub qsum: Vec<i32>,
-    pub m: usize,
-    pub cols: usize,
+    qs: Vec<i8>,
+    /// `m × nb` scales.
+    d: Vec<f32>,
+    /// `m × nb` values of `d · Σq`.
+    s: Vec<f32>,
+    /// `m × nb` values of `Σq`.
+    qsum: Vec<i32>,
+    m: usize,
+    cols: usize,
     /// Blocks per row.
-    pub nb: usize,
+    nb: usize,
 }
 
 impl Q8Act {
+    /// The first `m` rows of `cols` values of `x`. Panics unless `cols` is a multiple of 32 and `x`
+    /// holds `m × cols` values.
     pub fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
-        assert_eq!(cols % QK, 0);
-        assert!(x.len() >= m * cols);
+        assert!(
+            cols.is_multiple_of(QK),
+            "row length {cols} is not a multiple of {QK}"
+        );
+        let len = super::size(m, cols, "activations");
+        assert!(
+            x.len() >= len,
+            "{} activations for {m} rows of {cols}",
+            x.len()
+        );
         let nb = cols / QK;
         let mut a = Q8Act {
-            qs: vec![0; m * cols],
+            qs: vec![0; len],
             d: vec![0.0; m * nb],
             s: vec![0.0; m * nb],
             qsum: vec![0; m * nb],
@@ -39,7 +51,7 @@ impl Q8Act {
             nb,
         };
         let quantize = quantizer();
-        for (blk, chunk) in x[..m * cols].chunks_exact(QK).enumerate() {
+        for (blk, chunk) in x[..len].chunks_exact(QK).enumerate() {
             let (d, sum) = quantize(chunk, &mut a.qs[blk * QK..(blk + 1) * QK]);
             a.d[blk] = f16::from_f32(d).to_f32();
             a.s[blk] = f16::from_f32(sum as f32 * d).to_f32();
@@ -48,10 +60,49 @@ impl Q8Act {
         a
     }
 
+    /// Activation rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Blocks per row.
+    pub fn nb(&self) -> usize {
+        self.nb
+    }
+
+    /// The quants of row `i`.
+    pub fn row(&self, i: usize) -> &[i8] {
+        &self.qs[i * self.cols..][..self.cols]
+    }
+
     /// The quants of block `b` of row `i`.
     pub fn block(&self, i: usize, b: usize) -> &[i8] {
-        let start = i * self.cols + b * QK;
-        &self.qs[start..start + QK]
+        &self.qs[i * self.cols + b * QK..][..QK]
+    }
+
+    /// All quants (`m × cols`, row-major).
+    pub fn quants(&self) -> &[i8] {
+        &self.qs
+    }
+
+    /// The scales of row `i`'s blocks.
+    pub fn d(&self, i: usize) -> &[f32] {
+        &self.d[i * self.nb..][..self.nb]
+    }
+
+    /// `d · Σq` of row `i`'s blocks.
+    pub fn s(&self, i: usize) -> &[f32] {
+        &self.s[i * self.nb..][..self.nb]
+    }
+
+    /// `Σq` of row `i`'s blocks.
+    pub fn qsum(&self, i: usize) -> &[i32] {
+        &self.qsum[i * self.nb..][..self.nb]
     }
 }
 
@@ -61,8 +112,8 @@ type Quantizer = fn(&[f32], &mut [i8]) -> (f32, i32);
 fn quantizer() -> Quantizer {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU features were detected above; blocks are exactly 32 values.
+        if super::cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (`has_avx2`), all `quantize_block` needs.
             return |x, out| unsafe { x86::quantize_block(x, out) };
         }
     }
@@ -88,16 +139,19 @@ mod x86 {
 
     use super::QK;
 
+    /// `super::quantize_block` on AVX2: the same results, bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn quantize_block(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-        assert!(x.len() >= QK && out.len() >= QK);
-        let p = x.as_ptr();
-        let v = [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ];
+        let x: &[f32; QK] = x[..QK].try_into().expect("a block of 32 values");
+        let out: &mut [i8; QK] = (&mut out[..QK]).try_into().expect("a block of 32 quants");
+        let v: [__m256; 4] = std::array::from_fn(|k| {
+            let run = &x[8 * k..];
+            // SAFETY: `x` is 32 values, so each of its four runs of 8 is inside it.
+            unsafe { _mm256_loadu_ps(run.as_ptr()) }
+        });
         let sign = _mm256_set1_ps(-0.0);
         let mut mx = _mm256_andnot_ps(sign, v[0]);
         for vi in &v[1..] {
@@ -132,7 +186,8 @@ mod x86 {
         let b = _mm256_packs_epi32(qi[2], qi[3]);
         let bytes = _mm256_packs_epi16(a, b);
         let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes);
+        // SAFETY: `out` is 32 bytes, one 256-bit store.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), bytes) };
         (amax / 127.0, sum)
     }
 }
@@ -160,12 +215,15 @@ mod tests {
         let q = Q8Act::quantize(&x, 2, 32);
         for i in 0..2 {
             for (k, v) in x[i * 32..(i + 1) * 32].iter().enumerate() {
-                assert!((q.block(i, 0)[k] as f32 * q.d[i] - v).abs() < 0.02, "{v}");
+                assert!(
+                    (q.block(i, 0)[k] as f32 * q.d(i)[0] - v).abs() < 0.02,
+                    "{v}"
+                );
             }
             let sum: f32 = x[i * 32..(i + 1) * 32].iter().sum();
-            assert!((q.s[i] - sum).abs() < 0.2, "{} vs {sum}", q.s[i]);
+            assert!((q.s(i)[0] - sum).abs() < 0.2, "{} vs {sum}", q.s(i)[0]);
             assert_eq!(
-                q.qsum[i],
+                q.qsum(i)[0],
                 q.block(i, 0).iter().map(|&v| v as i32).sum::<i32>()
             );
         }

@@ -5,59 +5,95 @@
 //! excess `128·Σa` is subtracted in integers (a sixteenth of it from each of the block's 8 lanes... of
 //! 4 products each, i.e. `16·Σa` per lane). AVX2 moves the weight's sign onto the activation instead.
 
-use std::ops::Range;
+use std::sync::OnceLock;
 
 use half::f16;
 
-use super::q8::QK;
-use super::tiled::{for_tiles, scalar_tile, Product};
+use super::q8::{Q8Act, QK};
+use super::tiled::{scalar_tile, tiles, Product, Tiles};
 
 pub const BLOCK_BYTES: usize = 34;
 
-super::tiled::variants!();
-
-pub fn range_scalar(p: &Product, rows: Range<usize>) {
-    for_tiles!(p, rows, 4, 4, tile_scalar)
+/// The fastest implementation this CPU runs.
+pub fn fastest() -> Tiles {
+    static FASTEST: OnceLock<Tiles> = OnceLock::new();
+    *FASTEST.get_or_init(|| {
+        let tiles = implementations()[0];
+        tracing::debug!("Q8_0 tiles: {}", tiles.name);
+        tiles
+    })
 }
 
-fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-    let x = p.x;
-    scalar_tile::<NR, MR>(p, j0, i0, BLOCK_BYTES, |blk, i, b| {
-        let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        let a = x.block(i, b);
-        let isum: i32 = (0..QK)
-            .map(|j| (blk[2 + j] as i8) as i32 * a[j] as i32)
-            .sum();
-        d * x.d[i * x.nb + b] * isum as f32
-    })
+/// Every implementation this CPU runs, fastest first (the scalar one last).
+pub fn implementations() -> Vec<Tiles> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    all.extend(x86::implementations());
+    // SAFETY: portable code, and `tiles!` builds a correct tile set.
+    all.push(unsafe { Tiles::new("scalar", BLOCK_BYTES, tiles!(tile_scalar, 4, 4)) });
+    all
+}
+
+/// One block's dot product `d·dₐ·Σ w·a` (weight block `blk`, block `b` of activation row `i`).
+fn block_dot(blk: &[u8], x: &Q8Act, i: usize, b: usize) -> f32 {
+    let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+    let a = x.block(i, b);
+    let isum: i32 = (0..QK)
+        .map(|j| (blk[2 + j] as i8) as i32 * a[j] as i32)
+        .sum();
+    d * x.d(i)[b] * isum as f32
+}
+
+/// # Safety
+/// As for every tile (`tiled::TileFn`).
+unsafe fn tile_scalar<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
+    let x = p.x();
+    // SAFETY: our caller's promise is the tile's.
+    unsafe { scalar_tile::<NR, MR>(p, j0, i0, |blk, i, b| block_dot(blk, x, i, b)) }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
-    use std::ops::Range;
 
+    use super::super::cpu;
     use super::super::float::x86::hsum;
-    use super::super::tiled::{for_tiles, Product};
-    use super::BLOCK_BYTES;
+    use super::super::tiled::{tiles, Product, Tiles};
+    use super::{block_dot, BLOCK_BYTES};
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub unsafe fn range_avx512(p: &Product, rows: Range<usize>) {
-        for_tiles!(p, rows, 4, 4, tile_avx512)
+    pub fn implementations() -> Vec<Tiles> {
+        let mut all = Vec::new();
+        if cpu::has_avx512_vnni() {
+            // SAFETY: the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (`has_avx512_vnni`).
+            all.push(unsafe { Tiles::new("avx512", BLOCK_BYTES, tiles!(tile_avx512, 4, 4)) });
+        }
+        if cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`).
+            all.push(unsafe { Tiles::new("avx2", BLOCK_BYTES, tiles!(tile_avx2, 4, 2)) });
+        }
+        all
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn pair(a: f32, b: f32) -> __m512 {
+    fn pair(a: f32, b: f32) -> __m512 {
         _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
     }
 
-    #[inline]
+    /// Two blocks per 512-bit register.
+    ///
+    /// # Safety
+    /// As for every tile (`tiled::TileFn`), with AVX-512 VNNI.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn tile_avx512<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-        let x = p.x;
-        let nb = x.nb;
-        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let x = p.x();
+        let nb = x.nb();
+        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each), quants (32 · nb), scales and sums
+        // (nb).
+        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
+        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
+        let sum_row: [&[i32]; MR] = std::array::from_fn(|r| x.qsum(i0 + r));
         let flip = _mm512_set1_epi8(-128);
         let mut acc = [[_mm512_setzero_ps(); MR]; NR];
         let mut b = 0;
@@ -66,27 +102,30 @@ mod x86 {
             let mut da = [_mm512_setzero_ps(); MR];
             let mut corr = [_mm512_setzero_si512(); MR];
             for r in 0..MR {
-                let i = i0 + r;
-                qa[r] = _mm512_loadu_si512(x.qs.as_ptr().add(i * x.cols + b * 32) as *const _);
-                da[r] = pair(
-                    *x.d.get_unchecked(i * nb + b),
-                    *x.d.get_unchecked(i * nb + b + 1),
-                );
+                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
+                // SAFETY: b + 2 <= nb, so quants 32·b .. 32·b + 64 are inside the row.
+                qa[r] = unsafe { _mm512_loadu_si512(q.cast()) };
+                da[r] = pair(d_row[r][b], d_row[r][b + 1]);
                 corr[r] = _mm512_mask_blend_epi32(
                     0xFF00,
-                    _mm512_set1_epi32(16 * *x.qsum.get_unchecked(i * nb + b)),
-                    _mm512_set1_epi32(16 * *x.qsum.get_unchecked(i * nb + b + 1)),
+                    _mm512_set1_epi32(16 * sum_row[r][b]),
+                    _mm512_set1_epi32(16 * sum_row[r][b + 1]),
                 );
             }
             for c in 0..NR {
-                let blk = w[c].add(b * BLOCK_BYTES);
-                let q0 = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let q1 = _mm256_loadu_si256(blk.add(BLOCK_BYTES + 2) as *const __m256i);
+                // Blocks b and b + 1 of the row (b + 2 <= nb): 2 · BLOCK_BYTES bytes from `blk`.
+                let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);
+                // SAFETY: the 32 quants of block b (bytes 2..34).
+                let q0 = unsafe { _mm256_loadu_si256(blk.wrapping_add(2).cast()) };
+                // SAFETY: the 32 quants of block b + 1.
+                let q1 = unsafe { _mm256_loadu_si256(blk.wrapping_add(BLOCK_BYTES + 2).cast()) };
                 let wq =
                     _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), flip);
-                let d0 = (blk as *const u16).read_unaligned() as i32;
-                let d1 = (blk.add(BLOCK_BYTES) as *const u16).read_unaligned() as i32;
-                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(d0 | (d1 << 16)));
+                // SAFETY: the scale (2 bytes) of block b.
+                let d0 = unsafe { blk.cast::<u16>().read_unaligned() } as i32;
+                // SAFETY: the scale of block b + 1.
+                let d1 = unsafe { blk.wrapping_add(BLOCK_BYTES).cast::<u16>().read_unaligned() };
+                let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(d0 | ((d1 as i32) << 16)));
                 let dw = pair(_mm_cvtss_f32(dd), _mm_cvtss_f32(_mm_shuffle_ps(dd, dd, 1)));
                 for r in 0..MR {
                     let dot = _mm512_sub_epi32(
@@ -107,42 +146,48 @@ mod x86 {
             for r in 0..MR {
                 vals[c][r] = _mm512_reduce_add_ps(acc[c][r]);
                 if b < nb {
-                    vals[c][r] += last_block(w[c].add(b * BLOCK_BYTES), p, i0 + r, b);
+                    vals[c][r] += block_dot(&w[c][b * BLOCK_BYTES..], x, i0 + r, b);
                 }
             }
         }
-        p.store(j0, i0, &vals);
+        // SAFETY: the tile is inside the product and this task's alone (our caller's promise).
+        unsafe { p.store(j0, i0, &vals) }
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn range_avx2(p: &Product, rows: Range<usize>) {
-        for_tiles!(p, rows, 4, 2, tile_avx2)
-    }
-
-    #[inline]
+    /// One block per 256-bit register.
+    ///
+    /// # Safety
+    /// As for every tile (`tiled::TileFn`), with AVX2, FMA and F16C.
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "b indexes the blocks of several rows at once"
+    )]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_avx2<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
-        let x = p.x;
-        let nb = x.nb;
-        let w: [*const u8; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let x = p.x();
+        let nb = x.nb();
+        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
+        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
+        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); MR]; NR];
         for b in 0..nb {
             let mut qa = [_mm256_setzero_si256(); MR];
             let mut da = [_mm256_setzero_ps(); MR];
             for r in 0..MR {
-                let i = i0 + r;
-                qa[r] =
-                    _mm256_loadu_si256(x.qs.as_ptr().add(i * x.cols + b * 32) as *const __m256i);
-                da[r] = _mm256_set1_ps(*x.d.get_unchecked(i * nb + b));
+                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
+                // SAFETY: b < nb, so quants 32·b .. 32·b + 32 are inside the row.
+                qa[r] = unsafe { _mm256_loadu_si256(q.cast()) };
+                da[r] = _mm256_set1_ps(d_row[r][b]);
             }
             for c in 0..NR {
-                let blk = w[c].add(b * BLOCK_BYTES);
-                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                    (blk as *const u16).read_unaligned() as i32,
-                )));
+                let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);
+                // SAFETY: b < nb: the scale (2 bytes) of block b, inside the row.
+                let d = unsafe { blk.cast::<u16>().read_unaligned() } as i32;
+                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d)));
                 let dw = _mm256_set1_ps(d);
-                let qw = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                // SAFETY: the 32 quants of block b (bytes 2..34).
+                let qw = unsafe { _mm256_loadu_si256(blk.wrapping_add(2).cast()) };
                 // |w| as unsigned bytes, and the activations carry w's sign, so maddubs computes Σ w·a.
                 let aw = _mm256_sign_epi8(qw, qw);
                 for r in 0..MR {
@@ -162,15 +207,7 @@ mod x86 {
                 vals[c][r] = hsum(acc[c][r]);
             }
         }
-        p.store(j0, i0, &vals);
-    }
-
-    unsafe fn last_block(blk: *const u8, p: &Product, i: usize, b: usize) -> f32 {
-        let x = p.x;
-        let w = std::slice::from_raw_parts(blk, BLOCK_BYTES);
-        let d = half::f16::from_le_bytes([w[0], w[1]]).to_f32();
-        let a = x.block(i, b);
-        let isum: i32 = (0..32).map(|j| (w[2 + j] as i8) as i32 * a[j] as i32).sum();
-        d * x.d[i * x.nb + b] * isum as f32
+        // SAFETY: the tile is inside the product and this task's alone (our caller's promise).
+        unsafe { p.store(j0, i0, &vals) }
     }
 }

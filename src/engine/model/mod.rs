@@ -406,7 +406,7 @@ impl Linear {
         if device.is_cpu() {
             let mut m = cpu_matrix(t, rows, cols, path)?;
             if m.transcode() {
-                tracing::debug!("{}: {:?} converted to {:?}", t.name, t.dtype, m.dtype);
+                tracing::debug!("{}: {:?} converted to {:?}", t.name, t.dtype, m.dtype());
             }
             m.pack();
             Ok(Linear::Cpu(Arc::new(m)))
@@ -418,7 +418,7 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         match self {
-            Linear::Cpu(m) => m.rows,
+            Linear::Cpu(m) => m.rows(),
             Linear::Device(q) => match &**q {
                 QMatMul::QTensor(t) => t.shape().dims()[0],
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
@@ -464,16 +464,16 @@ impl CustomOp1 for MatMulOp {
             candle_core::bail!("qmatmul expects contiguous activations");
         };
         let x = &data[start..end];
-        let k = self.0.cols;
+        let k = self.0.cols();
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("qmatmul: input {dims:?} does not end in {k}");
         }
         let m = x.len() / k;
-        let mut out = vec![0f32; m * self.0.rows];
+        let mut out = vec![0f32; m * self.0.rows()];
         self.0.matmul(x, m, &mut out);
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("non-empty dims") = self.0.rows;
+        *out_dims.last_mut().expect("non-empty dims") = self.0.rows();
         Ok((CpuStorage::F32(out), Shape::from(out_dims)))
     }
 }
