@@ -428,7 +428,7 @@ fn write_hf_dir(dir: &Path) {
             t.dtype,
             values.len() / cols,
             cols,
-            codellama_lsp::engine::kernels::WeightBytes::Owned(t.data.bytes().to_vec().into()),
+            codellama_lsp::engine::kernels::WeightBytes::copy_of(t.data.bytes()),
         )
         .unwrap();
         for (r, row) in values.chunks_mut(cols).enumerate() {
@@ -674,4 +674,25 @@ fn token_healing_rewrites_the_last_token_before_the_cursor() {
         );
         assert!(!healed_run.completion.is_empty(), "{prefix:?}");
     }
+}
+
+/// The CPU forward pass runs on the engine's own threads: a prompt long enough for candle's parallel
+/// element-wise ops (64K values) and a few tokens start none of candle's CPU worker threads
+/// (`candle-bp-N`, which would spin on the cores the engine uses), which is why the engine leaves
+/// candle's thread count alone.
+#[test]
+#[cfg(target_os = "linux")]
+fn the_cpu_pass_starts_no_candle_threads() {
+    let engine = start(&common::small_model());
+    let prompt: Vec<u32> = (100..300).collect();
+    let outcome = greedy(&engine, &prompt, 4);
+    assert_eq!(outcome.generated_ids.len(), 4);
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        !threads.iter().any(|name| name.starts_with("candle-bp")),
+        "{threads:?}"
+    );
 }

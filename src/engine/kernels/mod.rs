@@ -130,20 +130,59 @@ fn size(a: usize, b: usize, what: &str) -> usize {
         .unwrap_or_else(|| panic!("{what}: {a} × {b} overflows"))
 }
 
+/// Bytes at an address aligned to 64 (a cache line, a 512-bit vector), so that any block type can be
+/// viewed in place: weights owned rather than mapped, and repacked weights.
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl AlignedBytes {
+    fn zeroed(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        let mut a = Self::zeroed(bytes.len());
+        a.as_mut_slice().copy_from_slice(bytes);
+        a
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
 /// Where a weight matrix's bytes live.
 #[derive(Clone)]
 pub enum WeightBytes {
     /// As read from the model file.
     File(TensorBytes),
-    /// Computed at load (converted from another type).
-    Owned(std::sync::Arc<Vec<u8>>),
+    /// Computed at load (converted from another type), 64-byte aligned.
+    Owned(std::sync::Arc<AlignedBytes>),
 }
 
 impl WeightBytes {
+    /// An aligned copy of `bytes`.
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        WeightBytes::Owned(std::sync::Arc::new(AlignedBytes::copy_of(bytes)))
+    }
+
     pub fn bytes(&self) -> &[u8] {
         match self {
             WeightBytes::File(b) => b.bytes(),
-            WeightBytes::Owned(v) => v,
+            WeightBytes::Owned(v) => v.as_slice(),
         }
     }
 
@@ -152,7 +191,7 @@ impl WeightBytes {
     fn release(&mut self) {
         match self {
             WeightBytes::File(b) => b.release(),
-            WeightBytes::Owned(v) => *v = std::sync::Arc::new(Vec::new()),
+            WeightBytes::Owned(v) => *v = std::sync::Arc::new(AlignedBytes::zeroed(0)),
         }
     }
 }
@@ -508,7 +547,7 @@ mod tests {
             let w = data(rows * cols, 7);
             let x = data(m * cols, 11);
             let bytes = quantize(dtype, &w);
-            let mat = QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+            let mat = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
             let mut out = vec![0f32; m * rows];
             mat.matmul(&x, m, &mut out);
             let mut row = vec![0f32; cols];
@@ -577,11 +616,9 @@ mod tests {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
-                let plain =
-                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.clone().into()))
-                        .unwrap();
+                let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
                 let mut packed =
-                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+                    QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
                 assert!(packed.pack());
                 let mut row = vec![0f32; cols];
                 for r in 0..rows {
@@ -618,8 +655,7 @@ mod tests {
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for (rows, cols, m) in [(37, 96, 37), (16, 576, 16), (50, 64, 33)] {
                 let bytes = quantize(dtype, &data(rows * cols, 4));
-                let mut w =
-                    QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes.into())).unwrap();
+                let mut w = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
                 assert!(w.pack());
                 let p = w.packed.as_ref().unwrap();
                 let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
@@ -635,16 +671,11 @@ mod tests {
 
     #[test]
     fn rejects_wrong_sizes() {
-        let err = QMatrix::new(
-            GgmlDType::Q4_1,
-            2,
-            32,
-            WeightBytes::Owned(vec![0u8; 39].into()),
-        )
-        .err()
-        .unwrap();
+        let err = QMatrix::new(GgmlDType::Q4_1, 2, 32, WeightBytes::copy_of(&[0u8; 39]))
+            .err()
+            .unwrap();
         assert!(err.contains("expected 40 bytes"), "{err}");
-        assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::Owned(vec![].into())).is_err());
+        assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::copy_of(&[])).is_err());
     }
 
     /// A shape whose byte size overflows is an error, even when the wrapped size would match the data
@@ -652,14 +683,9 @@ mod tests {
     #[test]
     fn rejects_sizes_that_overflow() {
         let rows = (1usize << 62) + 2;
-        let err = QMatrix::new(
-            GgmlDType::Q4_1,
-            rows,
-            32,
-            WeightBytes::Owned(vec![0u8; 40].into()),
-        )
-        .err()
-        .expect("an overflowing shape is refused");
+        let err = QMatrix::new(GgmlDType::Q4_1, rows, 32, WeightBytes::copy_of(&[0u8; 40]))
+            .err()
+            .expect("an overflowing shape is refused");
         assert!(err.contains("too large"), "{err}");
     }
 
@@ -701,13 +727,7 @@ mod tests {
             let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows) });
             assert!(msg.contains("block size"), "{}: {msg}", tiles.name);
         }
-        let mat = QMatrix::new(
-            GgmlDType::Q8_0,
-            rows,
-            cols,
-            WeightBytes::Owned(w.clone().into()),
-        )
-        .unwrap();
+        let mat = QMatrix::new(GgmlDType::Q8_0, rows, cols, WeightBytes::copy_of(&w)).unwrap();
         let msg = panic_message(|| mat.matmul(&[], usize::MAX / 2, &mut []));
         assert!(msg.contains("overflows"), "{msg}");
         let msg = panic_message(|| mat.matmul(&data(m * cols, 2), m, &mut out[1..]));

@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use super::q8::{Q8Act, QK};
-use super::{cpu, size, SharedOut};
+use super::{cpu, size, AlignedBytes, SharedOut};
 
 /// Rows per group (lanes of a 512-bit register of i32).
 pub const GROUP: usize = 16;
@@ -161,7 +161,7 @@ impl Packed {
         // SAFETY: with g < groups and b < nb (the caller's promise) the offset is inside the buffer.
         unsafe {
             self.data
-                .ptr
+                .as_slice()
                 .as_ptr()
                 .add((g * nb + b) * self.kind.group_block_bytes())
         }
@@ -222,49 +222,6 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
             d * v as f32 + m
         }
         PackedKind::Q8_0 => d * ((base[32 + q * 64 + lane * 4 + e] ^ 0x80) as i8) as f32,
-    }
-}
-
-/// A zero-initialised byte buffer aligned to 64 bytes.
-struct AlignedBytes {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: plain bytes owned by this value (like a `Box<[u8]>`), shared only read-only.
-unsafe impl Send for AlignedBytes {}
-// SAFETY: as for `Send`: `&AlignedBytes` only ever reads them.
-unsafe impl Sync for AlignedBytes {}
-
-impl AlignedBytes {
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(64), 64).expect("valid layout")
-    }
-
-    fn zeroed(len: usize) -> Self {
-        // SAFETY: the layout has non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
-        let ptr = std::ptr::NonNull::new(raw)
-            .unwrap_or_else(|| std::alloc::handle_alloc_error(Self::layout(len)));
-        Self { ptr, len }
-    }
-
-    #[cfg(test)]
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: `len` initialised bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBytes {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with the same layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
     }
 }
 

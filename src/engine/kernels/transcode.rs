@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use half::f16;
 use rayon::prelude::*;
 
-use super::QMatrix;
+use super::{AlignedBytes, QMatrix};
 
 /// What weights of `dtype` are converted to, or `None` when our kernels take them as they are.
 pub fn target(dtype: GgmlDType) -> Option<GgmlDType> {
@@ -29,21 +29,24 @@ pub fn target(dtype: GgmlDType) -> Option<GgmlDType> {
 }
 
 /// The rows of `m` converted to `to` (one of `target`'s answers), in parallel.
-pub fn convert(m: &QMatrix, to: GgmlDType) -> Vec<u8> {
+pub fn convert(m: &QMatrix, to: GgmlDType) -> AlignedBytes {
     let out_row = m.cols / to.block_size() * to.type_size();
-    let mut out = vec![0u8; m.rows * out_row];
-    out.par_chunks_mut(out_row).enumerate().for_each_init(
-        || vec![0f32; m.cols],
-        |buf, (r, dst)| match (m.dtype, to) {
-            (GgmlDType::Q4_0, GgmlDType::Q4_1) => q4_0_to_q4_1(m.row(r), dst),
-            (GgmlDType::Q4K, GgmlDType::Q4_1) => q4k_to_q4_1(m.row(r), dst),
-            (GgmlDType::Q5_0, GgmlDType::Q8_0) => q5_0_to_q8_0(m.row(r), dst),
-            _ => {
-                m.dequantize_row(r, buf);
-                quantize_q8_0(buf, dst);
-            }
-        },
-    );
+    let mut out = AlignedBytes::zeroed(m.rows * out_row);
+    out.as_mut_slice()
+        .par_chunks_mut(out_row)
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; m.cols],
+            |buf, (r, dst)| match (m.dtype, to) {
+                (GgmlDType::Q4_0, GgmlDType::Q4_1) => q4_0_to_q4_1(m.row(r), dst),
+                (GgmlDType::Q4K, GgmlDType::Q4_1) => q4k_to_q4_1(m.row(r), dst),
+                (GgmlDType::Q5_0, GgmlDType::Q8_0) => q5_0_to_q8_0(m.row(r), dst),
+                _ => {
+                    m.dequantize_row(r, buf);
+                    quantize_q8_0(buf, dst);
+                }
+            },
+        );
     out
 }
 
@@ -129,7 +132,6 @@ mod tests {
     use super::super::tests::quantize;
     use super::super::WeightBytes;
     use super::*;
-    use std::sync::Arc;
 
     fn weights(rows: usize, cols: usize) -> Vec<f32> {
         (0..rows * cols)
@@ -159,8 +161,13 @@ mod tests {
             GgmlDType::Q3K,
             GgmlDType::Q2K,
         ] {
-            let bytes = Arc::new(quantize(dtype, &w));
-            let m = QMatrix::new(dtype, rows, cols, WeightBytes::Owned(bytes)).unwrap();
+            let m = QMatrix::new(
+                dtype,
+                rows,
+                cols,
+                WeightBytes::copy_of(&quantize(dtype, &w)),
+            )
+            .unwrap();
             let before = dequantized(&m);
             let mut t = m.clone();
             assert!(t.transcode(), "{dtype:?}");

@@ -1125,17 +1125,14 @@ fn vector(src: &dyn TensorSource, name: &str, n: usize, device: &Device) -> Resu
             detail: format!("expected {n} values, found shape {:?}", t.dims),
         });
     }
-    let m = QMatrix::new(
-        t.dtype,
-        1,
-        n,
-        WeightBytes::Owned(Arc::new(t.data.bytes().to_vec())),
-    )
-    .map_err(|detail| EngineError::BadTensor {
-        path: src.path().to_path_buf(),
-        name: name.to_string(),
-        detail,
-    })?;
+    let m =
+        QMatrix::new(t.dtype, 1, n, WeightBytes::copy_of(t.data.bytes())).map_err(|detail| {
+            EngineError::BadTensor {
+                path: src.path().to_path_buf(),
+                name: name.to_string(),
+                detail,
+            }
+        })?;
     let mut v = vec![0f32; n];
     m.dequantize_row(0, &mut v);
     Ok(Tensor::from_vec(v, n, device)?)
