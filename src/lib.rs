@@ -4,9 +4,10 @@
 //! `prompt`, `engine` and `postprocess` know nothing about LSP; only `server` speaks LSP.
 //! See ARCHITECTURE.md for the code map.
 //!
-//! `unsafe` lives in `engine::kernels` and `engine::pool` behind safe, checked entry points. Every
-//! unsafe operation, inside an `unsafe fn` too, sits in its own `unsafe {}` block with a `// SAFETY:`
-//! comment, and every `unsafe fn` states its contract under `# Safety`.
+//! `unsafe` lives in `engine::kernels` and `engine::pool`, behind safe entry points that check their
+//! input, and in the memory maps of model files. Every unsafe operation, inside an `unsafe fn` too, sits
+//! in its own `unsafe {}` block with a `// SAFETY:` comment, and every `unsafe fn` states its contract
+//! under `# Safety`.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(

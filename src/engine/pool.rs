@@ -273,7 +273,7 @@ mod tests {
             for caller in 0..2usize {
                 let pool = &pool;
                 scope.spawn(move || {
-                    for _ in 0..200 {
+                    for _ in 0..if cfg!(miri) { 10 } else { 200 } {
                         let seen: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                         let owner = AtomicUsize::new(0);
                         pool.for_each(n, &|i| {

@@ -96,6 +96,7 @@ impl Packed {
         })
     }
 
+    #[inline]
     pub fn kind(&self) -> PackedKind {
         self.kind
     }
@@ -155,22 +156,24 @@ impl Packed {
     ///
     /// # Safety
     /// `g < self.groups()` and `b` is less than the blocks per row (`cols / 32`).
+    #[inline]
     pub unsafe fn block(&self, g: usize, b: usize) -> *const u8 {
         let nb = self.cols / QK;
         debug_assert!(g < self.groups() && b < nb);
         // SAFETY: with g < groups and b < nb (the caller's promise) the offset is inside the buffer.
         unsafe {
             self.data
-                .as_slice()
                 .as_ptr()
                 .add((g * nb + b) * self.kind.group_block_bytes())
         }
     }
 
+    #[inline]
     pub fn groups(&self) -> usize {
         self.rows.div_ceil(GROUP)
     }
 
+    #[inline]
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -304,12 +307,18 @@ mod x86 {
         }
     }
 
-    /// Broadcasts of the eight 4-byte quads of block `b` of activation row `i`.
+    /// Broadcasts of the eight 4-byte quads of the 32 quants at `a`.
+    ///
+    /// # Safety
+    /// `a` points at 32 readable bytes.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn quads(x: &Q8Act, i: usize, b: usize) -> [__m512i; 8] {
-        let (quad, _) = x.block(i, b).as_chunks::<4>();
-        std::array::from_fn(|t| _mm512_set1_epi32(i32::from_ne_bytes(quad[t].map(|q| q as u8))))
+    unsafe fn quads(a: *const i8) -> [__m512i; 8] {
+        let a = a.cast::<i32>();
+        std::array::from_fn(|t| {
+            // SAFETY: quad t of the 32 bytes at `a` (the caller's promise).
+            _mm512_set1_epi32(unsafe { a.wrapping_add(t).read_unaligned() })
+        })
     }
 
     /// `R` activation rows against `G` groups of 16 weight rows at a time. Each (group, row) pair sums
@@ -328,17 +337,23 @@ mod x86 {
         out: SharedOut,
     ) {
         let nb = x.nb();
+        let rows = x.rows::<R>(i0);
         let low = _mm512_set1_epi8(0x0F);
         let mut g0 = groups.start;
         while g0 < groups.end {
             let ng = (groups.end - g0).min(G);
             let mut acc = [[_mm512_setzero_ps(); R]; G];
             for b in 0..nb {
-                let a: [[__m512i; 8]; R] = std::array::from_fn(|r| quads(x, i0 + r, b));
-                let da: [f32; R] = std::array::from_fn(|r| x.d(i0 + r)[b]);
-                let sa: [f32; R] = std::array::from_fn(|r| x.s(i0 + r)[b]);
+                // SAFETY: (each of the R) b < nb, so block b's 32 quants lie inside the row.
+                let a: [[__m512i; 8]; R] =
+                    std::array::from_fn(|r| unsafe { quads(rows.quants(r, b)) });
+                // SAFETY: (each) b < nb.
+                let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, b) });
+                // SAFETY: (each) b < nb.
+                let sa: [f32; R] = std::array::from_fn(|r| unsafe { rows.s(r, b) });
                 for (gi, acc) in acc.iter_mut().enumerate().take(ng) {
-                    // SAFETY: g0 + gi < groups.end <= p.groups() and b < nb, the blocks per row of `p` (`Packed::check`).
+                    // SAFETY: g0 + gi < groups.end <= p.groups() and b < nb, the blocks per row of
+                    // `p` (`Packed::check`).
                     let blk = unsafe { p.block(g0 + gi, b) };
                     // The group block: d[16] f16 (32 bytes), m[16] f16 (32), four 64-byte vectors.
                     // SAFETY: d, 32 bytes at the start of the 64-byte aligned block.
@@ -392,16 +407,22 @@ mod x86 {
         out: SharedOut,
     ) {
         let nb = x.nb();
+        let rows = x.rows::<R>(i0);
         let mut g0 = groups.start;
         while g0 < groups.end {
             let ng = (groups.end - g0).min(G);
             let mut acc = [[_mm512_setzero_ps(); R]; G];
             for b in 0..nb {
-                let a: [[__m512i; 8]; R] = std::array::from_fn(|r| quads(x, i0 + r, b));
-                let da: [f32; R] = std::array::from_fn(|r| x.d(i0 + r)[b]);
-                let qsum: [i32; R] = std::array::from_fn(|r| x.qsum(i0 + r)[b]);
+                // SAFETY: (each of the R) b < nb, so block b's 32 quants lie inside the row.
+                let a: [[__m512i; 8]; R] =
+                    std::array::from_fn(|r| unsafe { quads(rows.quants(r, b)) });
+                // SAFETY: (each) b < nb.
+                let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, b) });
+                // SAFETY: (each) b < nb.
+                let qsum: [i32; R] = std::array::from_fn(|r| unsafe { rows.qsum(r, b) });
                 for (gi, acc) in acc.iter_mut().enumerate().take(ng) {
-                    // SAFETY: g0 + gi < groups.end <= p.groups() and b < nb, the blocks per row of `p` (`Packed::check`).
+                    // SAFETY: g0 + gi < groups.end <= p.groups() and b < nb, the blocks per row of
+                    // `p` (`Packed::check`).
                     let blk = unsafe { p.block(g0 + gi, b) };
                     // The group block: d[16] f16 (32 bytes), then eight 64-byte vectors.
                     // SAFETY: d, 32 bytes at the start of the 64-byte aligned block.

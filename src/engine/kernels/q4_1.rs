@@ -93,11 +93,9 @@ mod x86 {
     unsafe fn tile_avx512<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
         let x = p.x();
         let nb = x.nb();
-        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each), quants (32 · nb), scales (nb).
-        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
-        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
-        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
-        let s_row: [&[f32]; MR] = std::array::from_fn(|r| x.s(i0 + r));
+        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each) and activations (nb blocks).
+        let w = p.rows::<NR>(j0);
+        let a = x.rows::<MR>(i0);
         let low = _mm256_set1_epi8(0x0F);
         let mut acc = [[_mm512_setzero_ps(); MR]; NR];
         let mut b = 0;
@@ -106,11 +104,18 @@ mod x86 {
             let mut da = [_mm512_setzero_ps(); MR];
             let mut sa = [_mm512_setzero_ps(); MR];
             for r in 0..MR {
-                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
-                // SAFETY: b + 2 <= nb, so quants 32·b .. 32·b + 64 are inside the row.
-                qa[r] = unsafe { _mm512_loadu_si512(q.cast()) };
-                da[r] = pair(d_row[r][b], d_row[r][b + 1]);
-                sa[r] = pair(s_row[r][b] * 0.125, s_row[r][b + 1] * 0.125);
+                // SAFETY: b + 2 <= nb, so the 64 quants of blocks b and b + 1 are inside the row.
+                qa[r] = unsafe { _mm512_loadu_si512(a.quants(r, b).cast()) };
+                // SAFETY: b < nb.
+                let d0 = unsafe { a.d(r, b) };
+                // SAFETY: b + 1 < nb.
+                let d1 = unsafe { a.d(r, b + 1) };
+                // SAFETY: b < nb.
+                let s0 = unsafe { a.s(r, b) };
+                // SAFETY: b + 1 < nb.
+                let s1 = unsafe { a.s(r, b + 1) };
+                da[r] = pair(d0, d1);
+                sa[r] = pair(s0 * 0.125, s1 * 0.125);
             }
             for c in 0..NR {
                 // Blocks b and b + 1 of the row (b + 2 <= nb): 2 · BLOCK_BYTES bytes from `blk`.
@@ -168,10 +173,8 @@ mod x86 {
     unsafe fn tile_avx2<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
         let x = p.x();
         let nb = x.nb();
-        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
-        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
-        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
-        let s_row: [&[f32]; MR] = std::array::from_fn(|r| x.s(i0 + r));
+        let w = p.rows::<NR>(j0);
+        let a = x.rows::<MR>(i0);
         let low = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); MR]; NR];
@@ -180,11 +183,12 @@ mod x86 {
             let mut da = [_mm256_setzero_ps(); MR];
             let mut sa = [_mm256_setzero_ps(); MR];
             for r in 0..MR {
-                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
-                // SAFETY: b < nb, so quants 32·b .. 32·b + 32 are inside the row.
-                qa[r] = unsafe { _mm256_loadu_si256(q.cast()) };
-                da[r] = _mm256_set1_ps(d_row[r][b]);
-                sa[r] = _mm256_set1_ps(s_row[r][b] * 0.125);
+                // SAFETY: b < nb, so the 32 quants of block b are inside the row.
+                qa[r] = unsafe { _mm256_loadu_si256(a.quants(r, b).cast()) };
+                // SAFETY: b < nb.
+                da[r] = _mm256_set1_ps(unsafe { a.d(r, b) });
+                // SAFETY: b < nb.
+                sa[r] = _mm256_set1_ps(unsafe { a.s(r, b) } * 0.125);
             }
             for c in 0..NR {
                 let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);

@@ -61,48 +61,115 @@ impl Q8Act {
     }
 
     /// Activation rows.
+    #[inline]
     pub fn m(&self) -> usize {
         self.m
     }
 
     /// Values per row.
+    #[inline]
     pub fn cols(&self) -> usize {
         self.cols
     }
 
     /// Blocks per row.
+    #[inline]
     pub fn nb(&self) -> usize {
         self.nb
     }
 
     /// The quants of row `i`.
+    #[inline]
     pub fn row(&self, i: usize) -> &[i8] {
         &self.qs[i * self.cols..][..self.cols]
     }
 
     /// The quants of block `b` of row `i`.
+    #[inline]
     pub fn block(&self, i: usize, b: usize) -> &[i8] {
         &self.qs[i * self.cols + b * QK..][..QK]
     }
 
+    /// Rows `i0..i0 + N` (panics unless they exist).
+    #[inline]
+    pub fn rows<const N: usize>(&self, i0: usize) -> Rows<'_, N> {
+        Rows {
+            quants: std::array::from_fn(|r| self.row(i0 + r)),
+            d: std::array::from_fn(|r| self.d(i0 + r)),
+            s: std::array::from_fn(|r| self.s(i0 + r)),
+            qsum: std::array::from_fn(|r| self.qsum(i0 + r)),
+        }
+    }
+
     /// All quants (`m × cols`, row-major).
+    #[inline]
     pub fn quants(&self) -> &[i8] {
         &self.qs
     }
 
     /// The scales of row `i`'s blocks.
+    #[inline]
     pub fn d(&self, i: usize) -> &[f32] {
         &self.d[i * self.nb..][..self.nb]
     }
 
     /// `d · Σq` of row `i`'s blocks.
+    #[inline]
     pub fn s(&self, i: usize) -> &[f32] {
         &self.s[i * self.nb..][..self.nb]
     }
 
     /// `Σq` of row `i`'s blocks.
+    #[inline]
     pub fn qsum(&self, i: usize) -> &[i32] {
         &self.qsum[i * self.nb..][..self.nb]
+    }
+}
+
+/// Rows `i0..i0 + N` of the activations, looked up (and checked) once per tile so that a kernel's block
+/// loop reads block `b` of each without checks: every row holds `nb` blocks.
+pub struct Rows<'a, const N: usize> {
+    quants: [&'a [i8]; N],
+    d: [&'a [f32]; N],
+    s: [&'a [f32]; N],
+    qsum: [&'a [i32]; N],
+}
+
+impl<const N: usize> Rows<'_, N> {
+    /// The start of block `b` of row `r` (32 quants when `b < nb`).
+    #[inline]
+    pub fn quants(&self, r: usize, b: usize) -> *const i8 {
+        self.quants[r].as_ptr().wrapping_add(b * QK)
+    }
+
+    /// The scale of block `b` of row `r`.
+    ///
+    /// # Safety
+    /// `b < nb`.
+    #[inline]
+    pub unsafe fn d(&self, r: usize, b: usize) -> f32 {
+        // SAFETY: row r holds nb scales and b < nb (the caller's promise).
+        unsafe { *self.d[r].get_unchecked(b) }
+    }
+
+    /// `d · Σq` of block `b` of row `r`.
+    ///
+    /// # Safety
+    /// `b < nb`.
+    #[inline]
+    pub unsafe fn s(&self, r: usize, b: usize) -> f32 {
+        // SAFETY: as for `d`.
+        unsafe { *self.s[r].get_unchecked(b) }
+    }
+
+    /// `Σq` of block `b` of row `r`.
+    ///
+    /// # Safety
+    /// `b < nb`.
+    #[inline]
+    pub unsafe fn qsum(&self, r: usize, b: usize) -> i32 {
+        // SAFETY: as for `d`.
+        unsafe { *self.qsum[r].get_unchecked(b) }
     }
 }
 

@@ -88,12 +88,9 @@ mod x86 {
     unsafe fn tile_avx512<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
         let x = p.x();
         let nb = x.nb();
-        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each), quants (32 · nb), scales and sums
-        // (nb).
-        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
-        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
-        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
-        let sum_row: [&[i32]; MR] = std::array::from_fn(|r| x.qsum(i0 + r));
+        // Rows of the tile: weights (nb blocks of BLOCK_BYTES each) and activations (nb blocks).
+        let w = p.rows::<NR>(j0);
+        let a = x.rows::<MR>(i0);
         let flip = _mm512_set1_epi8(-128);
         let mut acc = [[_mm512_setzero_ps(); MR]; NR];
         let mut b = 0;
@@ -102,14 +99,21 @@ mod x86 {
             let mut da = [_mm512_setzero_ps(); MR];
             let mut corr = [_mm512_setzero_si512(); MR];
             for r in 0..MR {
-                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
-                // SAFETY: b + 2 <= nb, so quants 32·b .. 32·b + 64 are inside the row.
-                qa[r] = unsafe { _mm512_loadu_si512(q.cast()) };
-                da[r] = pair(d_row[r][b], d_row[r][b + 1]);
+                // SAFETY: b + 2 <= nb, so the 64 quants of blocks b and b + 1 are inside the row.
+                qa[r] = unsafe { _mm512_loadu_si512(a.quants(r, b).cast()) };
+                // SAFETY: b < nb.
+                let d0 = unsafe { a.d(r, b) };
+                // SAFETY: b + 1 < nb.
+                let d1 = unsafe { a.d(r, b + 1) };
+                // SAFETY: b < nb.
+                let sum0 = unsafe { a.qsum(r, b) };
+                // SAFETY: b + 1 < nb.
+                let sum1 = unsafe { a.qsum(r, b + 1) };
+                da[r] = pair(d0, d1);
                 corr[r] = _mm512_mask_blend_epi32(
                     0xFF00,
-                    _mm512_set1_epi32(16 * sum_row[r][b]),
-                    _mm512_set1_epi32(16 * sum_row[r][b + 1]),
+                    _mm512_set1_epi32(16 * sum0),
+                    _mm512_set1_epi32(16 * sum1),
                 );
             }
             for c in 0..NR {
@@ -158,27 +162,22 @@ mod x86 {
     ///
     /// # Safety
     /// As for every tile (`tiled::TileFn`), with AVX2, FMA and F16C.
-    #[allow(
-        clippy::needless_range_loop,
-        reason = "b indexes the blocks of several rows at once"
-    )]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn tile_avx2<const NR: usize, const MR: usize>(p: &Product, j0: usize, i0: usize) {
         let x = p.x();
         let nb = x.nb();
-        let w: [&[u8]; NR] = std::array::from_fn(|c| p.row(j0 + c));
-        let qa_row: [&[i8]; MR] = std::array::from_fn(|r| x.row(i0 + r));
-        let d_row: [&[f32]; MR] = std::array::from_fn(|r| x.d(i0 + r));
+        let w = p.rows::<NR>(j0);
+        let a = x.rows::<MR>(i0);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); MR]; NR];
         for b in 0..nb {
             let mut qa = [_mm256_setzero_si256(); MR];
             let mut da = [_mm256_setzero_ps(); MR];
             for r in 0..MR {
-                let q = qa_row[r].as_ptr().wrapping_add(b * 32);
-                // SAFETY: b < nb, so quants 32·b .. 32·b + 32 are inside the row.
-                qa[r] = unsafe { _mm256_loadu_si256(q.cast()) };
-                da[r] = _mm256_set1_ps(d_row[r][b]);
+                // SAFETY: b < nb, so the 32 quants of block b are inside the row.
+                qa[r] = unsafe { _mm256_loadu_si256(a.quants(r, b).cast()) };
+                // SAFETY: b < nb.
+                da[r] = _mm256_set1_ps(unsafe { a.d(r, b) });
             }
             for c in 0..NR {
                 let blk = w[c].as_ptr().wrapping_add(b * BLOCK_BYTES);

@@ -47,13 +47,21 @@ impl<'a> Product<'a> {
         }
     }
 
+    #[inline]
     pub fn x(&self) -> &'a Q8Act {
         self.x
     }
 
     /// Weight row `j`.
+    #[inline]
     pub fn row(&self, j: usize) -> &'a [u8] {
         &self.w[j * self.row_bytes..][..self.row_bytes]
+    }
+
+    /// Weight rows `j0..j0 + N`.
+    #[inline]
+    pub fn rows<const N: usize>(&self, j0: usize) -> [&'a [u8]; N] {
+        std::array::from_fn(|c| self.row(j0 + c))
     }
 
     /// Stores a tile's results: `vals[c][r]` is output `(i0 + r, j0 + c)`.

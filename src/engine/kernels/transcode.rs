@@ -149,7 +149,8 @@ mod tests {
 
     #[test]
     fn conversions_keep_the_weights() {
-        let (rows, cols) = (8, 512);
+        // Fewer rows under Miri, which interprets candle's quantizers too.
+        let (rows, cols) = if cfg!(miri) { (2, 256) } else { (8, 512) };
         let w = weights(rows, cols);
         for dtype in [
             GgmlDType::Q4_0,
