@@ -5,7 +5,7 @@
 //! See ARCHITECTURE.md for the code map.
 //!
 //! `unsafe` lives in `engine::kernels` and `engine::pool`, behind safe entry points that check their
-//! input, and in the memory maps of model files. Every unsafe operation, inside an `unsafe fn` too, sits
+//! input, and in one `malloc_trim` call in `engine::worker`. Every unsafe operation, inside an `unsafe fn` too, sits
 //! in its own `unsafe {}` block with a `// SAFETY:` comment, and every `unsafe fn` states its contract
 //! under `# Safety`.
 
