@@ -181,6 +181,13 @@ def test_missing_binary_is_reported_with_install_instructions(editor):
     assert "ERROR server binary '/nonexistent/codellama-lsp' not found" in report, report
 
 
+def test_setup_without_options_uses_the_defaults(editor):
+    editor.lua("vim.notify = function() end")  # the default command is not on PATH here
+    editor.lua('require("codellama").setup()')
+    assert editor.lua('return require("codellama").config.cmd') == ["codellama-lsp", "serve"]
+    assert editor.lua('return require("codellama").config.keymaps.accept') == "<Tab>"
+
+
 def test_setup_validates_options(editor):
     with pytest.raises(Exception, match="cmd"):
         editor.setup(cmd="codellama-lsp serve")

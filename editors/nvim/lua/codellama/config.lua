@@ -63,7 +63,8 @@ end
 function M.resolve(opts)
   local compat = require('codellama.compat')
   compat.validate('opts', opts, 'table', true)
-  local cfg = M.merge(M.defaults, opts or {})
+  -- An empty table is also an empty list to vim.islist, which merge() would take as replacing the defaults.
+  local cfg = next(opts or {}) and M.merge(M.defaults, opts) or vim.deepcopy(M.defaults)
   compat.validate('cmd', cfg.cmd, 'table')
   compat.validate('filetypes', cfg.filetypes, 'table', true)
   compat.validate('settings', cfg.settings, 'table')
