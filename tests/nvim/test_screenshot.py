@@ -1,6 +1,6 @@
 """Ghost text as a user sees it: Neovim in a real terminal (tmux), keys typed through tmux, the screen captured with
-`tmux capture-pane -e -p`. Saves docs/screenshots/nvim-ghost-text.ansi.txt, and a PNG when ansi2html and chromium
-are available."""
+`tmux capture-pane -e -p`, the statusline component (model, latency, tokens per second) at the bottom. Saves
+docs/screenshots/nvim-ghost-text.ansi.txt, and a PNG when ansi2html and chromium are available."""
 import os
 import pathlib
 import shutil
@@ -32,6 +32,8 @@ def test_ghost_text_on_screen(tmp_path):
     try:
         wait_for(sock.exists, "nvim's socket", timeout=20)
         nv = pynvim.attach("socket", path=str(sock))
+        # The statusline component (model, last latency and speed) is in the capture too.
+        nv.command("set laststatus=2 statusline=%{v:lua.require'codellama'.statusline()}")
         nv.exec_lua('require("codellama").setup(...)', {"cmd": [BIN, "serve"], "settings": SETTINGS})
         wait_for(
             lambda: nv.exec_lua('local s = require("codellama").status; return s and s.state == "ready"'),
@@ -48,6 +50,7 @@ def test_ghost_text_on_screen(tmp_path):
             return tmux("capture-pane", "-p", "-t", "shot").stdout
 
         wait_for(lambda: first[:20] in screen(), f"{first[:20]!r} on the screen", timeout=10)
+        wait_for(lambda: " tok/s" in screen().splitlines()[-2], "the statusline with the latency", timeout=10)
         ansi = tmux("capture-pane", "-e", "-p", "-t", "shot").stdout
         SHOTS.mkdir(parents=True, exist_ok=True)
         (SHOTS / "nvim-ghost-text.ansi.txt").write_text(ansi)

@@ -17,17 +17,27 @@ function M.check()
     health.ok('Neovim ' .. version .. ': ghost text drawn by this plugin (extmarks)')
   end
 
-  local cfg = codellama.config
-  if not cfg then
-    health.error('setup() has not been called', { 'Add require("codellama").setup({}) to your config' })
+  -- How the server is started: setup(), or vim.lsp.enable('codellama') with lsp/codellama.lua (0.11+).
+  local cmd, settings
+  if codellama.config then
+    cmd, settings = codellama.config.cmd, codellama.config.settings
+    health.ok('started by setup()')
+  elseif vim.lsp.is_enabled and vim.lsp.is_enabled(codellama.NAME) then
+    local config = vim.lsp.config[codellama.NAME]
+    cmd, settings = config.cmd, config.init_options or {}
+    health.ok("started by vim.lsp.enable('codellama')")
+  else
+    health.error("neither setup() nor vim.lsp.enable('codellama') was called", {
+      "Add vim.lsp.enable('codellama') (Neovim 0.11+) or require('codellama').setup({}) to your config",
+    })
     return
   end
 
-  local exe = vim.fn.exepath(cfg.cmd[1])
+  local exe = type(cmd) == 'table' and vim.fn.exepath(cmd[1]) or ''
   if exe == '' then
-    health.error(("server binary '%s' not found"):format(cfg.cmd[1]), {
+    health.error(("server binary '%s' not found"):format(type(cmd) == 'table' and cmd[1] or tostring(cmd)), {
       'Install it with `cargo install --path .` in the codellama-lsp repository (it goes to ~/.cargo/bin)',
-      'or set cmd = { "/path/to/codellama-lsp", "serve" } in setup()',
+      'or set cmd = { "/path/to/codellama-lsp", "serve" } in setup() or vim.lsp.config("codellama", {...})',
     })
   else
     local ok, out = pcall(function()
@@ -40,11 +50,11 @@ function M.check()
     end
   end
 
-  local model = cfg.settings.model
+  local model = settings.model
   if model and model ~= '' then
     health.info('model: ' .. model)
   else
-    health.info("model: the server's default (set settings.model in setup())")
+    health.info("model: the server's default (set settings.model in setup(), or init_options.model)")
   end
 
   local client = codellama.get_client()

@@ -1,20 +1,30 @@
 -- codellama.nvim: inline suggestions, explanations and code generation from the codellama-lsp language server.
+-- The server starts through vim.lsp.enable('codellama') (lsp/codellama.lua, built by lsp_config() here) or setup();
+-- plugin/codellama.lua defines the commands and calls attach() for every buffer the client attaches to.
 local compat = require('codellama.compat')
 local ghost = require('codellama.ghost')
 local keymaps = require('codellama.keymaps')
+local status = require('codellama.status')
 
 local M = {}
 
 M.NAME = 'codellama'
 
+--- The options given to setup(), or nil when it was not called.
 ---@type codellama.Config?
 M.config = nil
 
---- Last `codellama/status` params from the server ({state, message?, progress?, model?, timings?}), or nil.
-M.status = nil
-
---- Last `codellama/status` about the chat model (params with role = "chat"), when `chat_model` names one; or nil.
-M.chat_status = nil
+-- M.status: the last `codellama/status` params from the server ({state, message?, progress?, model?, timings?}),
+-- or nil; M.chat_status: the same about the chat model (role = "chat"). Both are kept by codellama.status.
+setmetatable(M, {
+  __index = function(_, key)
+    if key == 'status' then
+      return status.current
+    elseif key == 'chat_status' then
+      return status.chat
+    end
+  end,
+})
 
 local notified_missing = false
 local client_commands -- handlers for the server's commands, defined with explain/generate below
@@ -29,32 +39,37 @@ function M.get_client(bufnr)
   return vim.lsp.get_clients({ name = M.NAME, bufnr = bufnr })[1]
 end
 
-local function on_status(params, client_id)
-  if params and params.role == 'chat' then
-    -- The chat model loads beside the completion model: its state is kept apart (its failure is shown by the
-    -- server with window/showMessage).
-    M.chat_status = vim.tbl_extend('force', { client_id = client_id }, params)
-    vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false, data = M.chat_status })
-    return
-  end
-  M.status = vim.tbl_extend('force', { client_id = client_id }, params or {})
-  if params and params.state == 'error' and params.message then
-    notify(params.message, vim.log.levels.ERROR)
-  end
-  vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false, data = M.status })
+local function apply_options(cfg)
+  ghost.options.enabled = cfg.inline.enabled
+  ghost.options.debounce_ms = cfg.inline.debounce_ms
+  ghost.options.hl_group = cfg.inline.hl_group
 end
 
---- A short text for a statusline: "Code Llama: loading 40%", "Code Llama: ready", ...
+local fallback_options -- the options without setup(), resolved on first use
+
+--- The plugin's options: setup()'s, else vim.g.codellama (a table of the same shape) over the defaults.
+---@return codellama.Config
+function M.options()
+  if M.config then
+    return M.config
+  end
+  if not fallback_options then
+    fallback_options = require('codellama.config').resolve(vim.g.codellama)
+    apply_options(fallback_options)
+  end
+  return fallback_options
+end
+
+--- A short text for a statusline: "Code Llama: loading 40%", "Code Llama: ready · <model> · 312 ms, 45 tok/s",
+--- "Code Llama: error: <message>"; "" while no server runs.
 function M.statusline()
-  local s = M.status
-  if not s then
-    return M.get_client() and 'Code Llama: starting' or ''
-  end
-  local text = 'Code Llama: ' .. s.state
-  if s.state == 'loading' and s.progress then
-    text = text .. (' %d%%'):format(s.progress)
-  end
-  return text
+  local client = M.get_client()
+  return status.statusline(client and client.id)
+end
+
+--- Opens the server's log (its window/logMessage lines) in a split; it grows while it stays open.
+function M.show_log()
+  status.open_log()
 end
 
 local function wanted(bufnr)
@@ -74,7 +89,26 @@ local function root_dir(bufnr)
   return root or vim.fn.getcwd()
 end
 
---- Starts the server (or attaches the running one) for a buffer.
+--- One server per Neovim: it holds the model in memory, whatever the project.
+local function reuse_client(client, config)
+  return client.name == config.name
+end
+
+--- The client's configuration (lsp/codellama.lua returns it): the server command, the handlers of its
+--- notifications and commands. Server settings go in `init_options` (snake_case, as the server names them); none
+--- here, as an empty table would go out as a JSON array.
+---@return vim.lsp.Config
+function M.lsp_config()
+  return {
+    cmd = { 'codellama-lsp', 'serve' },
+    root_markers = { '.git' },
+    handlers = status.handlers,
+    commands = client_commands,
+    reuse_client = reuse_client,
+  }
+end
+
+--- Starts the server (or attaches the running one) for a buffer, with setup()'s options.
 function M.start(bufnr)
   bufnr = bufnr or vim.api.nvim_get_current_buf()
   local cfg = assert(M.config, 'call require("codellama").setup() first')
@@ -89,30 +123,20 @@ function M.start(bufnr)
     end
     return nil
   end
-  return vim.lsp.start({
+  local config = vim.tbl_extend('force', M.lsp_config(), {
     name = M.NAME,
     cmd = cfg.cmd,
     root_dir = root_dir(bufnr),
     init_options = cfg.settings,
     settings = { codellama = cfg.settings },
-    commands = client_commands,
-    handlers = {
-      ['codellama/status'] = function(_, params, ctx)
-        on_status(params, ctx.client_id)
-      end,
-    },
-  }, {
-    bufnr = bufnr,
-    -- One server per Neovim: it holds the model in memory, whatever the project.
-    reuse_client = function(client, config)
-      return client.name == config.name
-    end,
   })
+  config.root_markers = nil -- root_dir is given
+  return vim.lsp.start(config, { bufnr = bufnr, reuse_client = reuse_client })
 end
 
 --- Sends new server settings (merged into the current ones) with workspace/didChangeConfiguration.
 function M.update_settings(settings)
-  local cfg = assert(M.config, 'call require("codellama").setup() first')
+  local cfg = M.options()
   cfg.settings = require('codellama.config').merge(cfg.settings, settings or {})
   local client = M.get_client()
   if client then
@@ -123,17 +147,17 @@ end
 
 --- Whether Neovim's own inline completion (0.12+) shows the suggestions.
 local function use_builtin()
-  return M.config.inline.builtin and compat.builtin_inline_completion() ~= nil
+  return M.options().inline.builtin and compat.builtin_inline_completion() ~= nil
 end
 
-local CMD = '<Cmd>lua require("codellama").%s<CR>'
+--- The <Plug> mappings (plugin/codellama.lua) that act on the shown suggestion.
 local ghost_keys = {
-  accept = CMD:format('accept()'),
-  accept_word = CMD:format('accept("word")'),
-  accept_line = CMD:format('accept("line")'),
-  dismiss = CMD:format('dismiss()'),
-  next = CMD:format('next()'),
-  prev = CMD:format('prev()'),
+  accept = '<Plug>(codellama-accept)',
+  accept_word = '<Plug>(codellama-accept-word)',
+  accept_line = '<Plug>(codellama-accept-line)',
+  dismiss = '<Plug>(codellama-dismiss)',
+  next = '<Plug>(codellama-next)',
+  prev = '<Plug>(codellama-prev)',
 }
 
 --- What a key does now (see keymaps.attach): act on the shown suggestion, or nil to fall back.
@@ -157,13 +181,19 @@ local function resolve_key(name)
   return nil
 end
 
-local function on_attach(bufnr, client_id)
+--- Ghost text and keys for a buffer the client attached to (called from LspAttach).
+function M.attach(bufnr, client_id)
+  local cfg = M.options()
   if use_builtin() then
-    compat.builtin_inline_completion().enable(M.config.inline.enabled, { bufnr = bufnr })
+    compat.builtin_inline_completion().enable(cfg.inline.enabled, { bufnr = bufnr })
   else
     ghost.attach(bufnr, client_id)
   end
-  keymaps.attach(bufnr, M.config.keymaps, resolve_key)
+  keymaps.attach(bufnr, cfg.keymaps, resolve_key)
+end
+
+function M.detach(bufnr)
+  ghost.detach(bufnr)
 end
 
 --- Accepts the shown suggestion (part: nil = all, "word", "line"). Returns false when none is shown.
@@ -190,6 +220,7 @@ end
 
 --- Turns inline suggestions on or off (nil: toggle).
 function M.toggle(enable)
+  M.options() -- resolved first: resolving sets ghost.options.enabled
   if enable == nil then
     enable = not ghost.options.enabled
   end
@@ -241,7 +272,7 @@ local function attached_client(bufnr)
 end
 
 local function not_ready_reason()
-  local state = M.status and M.status.state or 'starting'
+  local state = status.current and status.current.state or 'starting'
   return (state == 'ready' or state == 'generating') and 'the model returned nothing' or ('the server is ' .. state)
 end
 
@@ -333,34 +364,16 @@ function M.cancel()
   end
 end
 
-local function create_commands()
-  vim.api.nvim_create_user_command('CodellamaExplain', function(o)
-    M.explain(o.line1, o.line2)
-  end, { range = true, desc = 'Code Llama: explain the selected lines' })
-  vim.api.nvim_create_user_command('CodellamaGenerate', function(o)
-    if o.range > 0 then
-      M.generate(o.args, o.line1, o.line2)
-    else
-      M.generate(o.args)
-    end
-  end, { nargs = '+', range = true, desc = 'Code Llama: generate code from an instruction' })
-  vim.api.nvim_create_user_command('CodellamaCancel', M.cancel, { desc = 'Code Llama: stop generating' })
-  vim.api.nvim_create_user_command('CodellamaToggle', function()
-    M.toggle()
-  end, { desc = 'Code Llama: inline suggestions on/off' })
-  vim.api.nvim_create_user_command('CodellamaStatus', function()
-    print(M.statusline() ~= '' and M.statusline() or 'Code Llama: not running')
-  end, { desc = 'Code Llama: server status' })
-end
-
---- Configures the plugin and starts the server for matching buffers (now and on FileType).
+--- Configures the plugin and starts the server for matching buffers (now and on FileType). With Neovim 0.11+,
+--- vim.lsp.enable('codellama') does the same without setup() (see lsp/codellama.lua).
 ---@param opts table? see codellama.config.defaults
 function M.setup(opts)
   M.config = require('codellama.config').resolve(opts)
-  ghost.options.enabled = M.config.inline.enabled
-  ghost.options.debounce_ms = M.config.inline.debounce_ms
-  ghost.options.hl_group = M.config.inline.hl_group
-  vim.api.nvim_set_hl(0, 'CodellamaSuggestion', { link = 'Comment', default = true })
+  apply_options(M.config)
+  if not vim.g.loaded_codellama then
+    -- The plugin folder was added to 'runtimepath' after startup: its plugin/ file (commands, LspAttach) did not run.
+    vim.cmd.runtime('plugin/codellama.lua')
+  end
 
   local group = vim.api.nvim_create_augroup('codellama', { clear = true })
   vim.api.nvim_create_autocmd('FileType', {
@@ -371,25 +384,6 @@ function M.setup(opts)
       end
     end,
   })
-  vim.api.nvim_create_autocmd('LspAttach', {
-    group = group,
-    callback = function(ev)
-      local client = vim.lsp.get_client_by_id(ev.data.client_id)
-      if client and client.name == M.NAME then
-        on_attach(ev.buf, client.id)
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd('LspDetach', {
-    group = group,
-    callback = function(ev)
-      local client = vim.lsp.get_client_by_id(ev.data.client_id)
-      if client and client.name == M.NAME then
-        ghost.detach(ev.buf)
-      end
-    end,
-  })
-  create_commands()
   for _, bufnr in ipairs(vim.api.nvim_list_bufs()) do
     if vim.api.nvim_buf_is_loaded(bufnr) and wanted(bufnr) then
       M.start(bufnr)
