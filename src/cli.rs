@@ -11,42 +11,25 @@ use serde_json::json;
 
 use crate::actions;
 use crate::completion::{self, CompletionRequest};
-use crate::engine::{Engine, LoadOptions, SamplingParams};
-use crate::prompt::{FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+use crate::config::{ActionFlags, Config, ModelFlags, SuggestionFlags};
+use crate::engine::{Engine, SamplingParams};
+use crate::prompt::PromptBuilder;
 
-/// Options shared by every command that loads a model.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// A .gguf file, a Hugging Face model directory, or a Hub reference owner/repo[:file.gguf].
-    /// Default: Qwen2.5-Coder-0.5B-Instruct, fetched by scripts/fetch-model.
-    #[arg(long, env = "CODELLAMA_LSP_MODEL")]
-    pub model: Option<String>,
-    /// CPU threads for inference (default: all cores).
-    #[arg(long, env = "CODELLAMA_LSP_THREADS")]
-    pub threads: Option<usize>,
-    /// Tokens the model's context holds (default 4096, at most what the model was trained on).
-    #[arg(long, env = "CODELLAMA_LSP_CONTEXT_WINDOW")]
-    pub context_window: Option<usize>,
-    /// cpu (default), cuda, cuda:N or metal (needs a build with that feature).
-    #[arg(long, env = "CODELLAMA_LSP_DEVICE")]
-    pub device: Option<String>,
+/// The configuration a command runs with: the server's defaults, then `CODELLAMA_LSP_*`, then the command's flags
+/// (the same keys and parsing as the server's settings). The environment's problems are warnings, as in `serve`.
+pub fn config(flags: Vec<(&'static str, String)>) -> Result<Config> {
+    let (config, warnings) = Config::for_command(flags).map_err(anyhow::Error::msg)?;
+    for w in warnings {
+        eprintln!("codellama-lsp: {w}");
+    }
+    Ok(config)
 }
 
-impl ModelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            model: self.model.clone(),
-            context_window: self.context_window,
-            threads: self.threads,
-            device: self.device.clone(),
-        }
-    }
-
-    fn start(&self) -> Result<(Engine, u64)> {
-        let t = Instant::now();
-        let engine = Engine::start(self.load_options(), Box::new(|_| {}))?;
-        Ok((engine, t.elapsed().as_millis() as u64))
-    }
+/// Loads `model` (the completion model unless told otherwise) in-process with the configuration's settings.
+fn start(config: &Config, model: Option<String>) -> Result<(Engine, u64)> {
+    let t = Instant::now();
+    let engine = Engine::start(config.load_options(model), Box::new(|_| {}))?;
+    Ok((engine, t.elapsed().as_millis() as u64))
 }
 
 #[derive(Args, Debug)]
@@ -54,31 +37,18 @@ pub struct CompleteArgs {
     /// PATH:LINE:COLUMN, 1-based; the column counts characters.
     pub location: String,
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f32,
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub suggestion: SuggestionFlags,
     /// Seed for sampling when the temperature is above 0.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// No post-processing and no structure-aware stopping (only EOS/EOT and --max-tokens stop).
+    /// No post-processing, no structure-aware stopping (only EOS/EOT and --max-tokens stop) and no token healing.
     #[arg(long)]
     pub raw: bool,
-    /// Keep the prompt's last token before the cursor (turns token healing off; --raw does too).
-    #[arg(long)]
-    pub no_token_healing: bool,
     /// Print one JSON object: completion, prompt_ids, generated_ids, template, timings...
     #[arg(long)]
     pub json: bool,
-    /// auto, codellama, starcoder, deepseek, qwen, codegemma or none.
-    #[arg(long, default_value = "auto")]
-    pub fim_template: String,
-    /// spm (suffix first, the default) or psm.
-    #[arg(long, default_value = "spm")]
-    pub fim_order: String,
 }
 
 pub fn complete(args: CompleteArgs) -> Result<()> {
@@ -86,14 +56,15 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let cursor = cursor_offset(&text, line, column)?;
-    let (engine, load_ms) = args.model.start()?;
-    let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
-    let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], args.max_tokens);
+    let config = config([args.model.given(), args.suggestion.given()].concat())?;
+    let (engine, load_ms) = start(&config, config.model.clone())?;
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
+    let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], config.max_tokens);
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
-    req.token_healing = !args.no_token_healing;
+    req.token_healing = config.token_healing;
     req.sampling = SamplingParams {
-        temperature: args.temperature,
+        temperature: config.temperature,
         seed: args.seed,
         ..SamplingParams::default()
     };
@@ -107,21 +78,6 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
         println!("{}", c.completion);
     }
     Ok(())
-}
-
-pub fn prompt_builder(engine: &Engine, template: &str, order: &str) -> Result<PromptBuilder> {
-    let template = FimTemplate::parse(template).map_err(anyhow::Error::msg)?;
-    let order = match order.to_ascii_lowercase().as_str() {
-        "spm" => FimOrder::Spm,
-        "psm" => FimOrder::Psm,
-        other => bail!("unknown fim order {other:?} (use spm or psm)"),
-    };
-    let cfg = PromptConfig {
-        template,
-        order,
-        ..PromptConfig::default()
-    };
-    Ok(PromptBuilder::new(engine.tokenizer().clone(), &cfg)?)
 }
 
 /// `PATH:LINE:COLUMN`; the path itself may contain colons.
@@ -169,27 +125,21 @@ pub fn cursor_offset(text: &str, line: usize, column: usize) -> Result<usize> {
 #[derive(Args, Debug, Clone)]
 pub struct ChatArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Instruct model for explain/generate (a .gguf file, directory or Hub reference). Default: --model,
-    /// when that is an Instruct model.
-    #[arg(long, env = "CODELLAMA_LSP_CHAT_MODEL")]
-    pub chat_model: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = actions::DEFAULT_MAX_TOKENS)]
-    pub max_tokens: usize,
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub action: ActionFlags,
     /// Print one JSON object: the Markdown, the text and edit, the model's raw answer, timings...
     #[arg(long)]
     pub json: bool,
 }
 
 impl ChatArgs {
-    /// Loads the chat model (`--chat-model`, else `--model`).
-    fn start(&self) -> Result<(Engine, u64)> {
-        let mut model = self.model.clone();
-        if let Some(chat) = &self.chat_model {
-            model.model = Some(chat.clone());
-        }
-        model.start()
+    /// Loads the chat model (`--chat-model`, else `--model`); the configuration comes with it.
+    fn start(&self) -> Result<(Engine, u64, Config)> {
+        let config = config([self.model.given(), self.action.given()].concat())?;
+        let model = config.chat_model.clone().or_else(|| config.model.clone());
+        let (engine, load_ms) = start(&config, model)?;
+        Ok((engine, load_ms, config))
     }
 }
 
@@ -261,11 +211,11 @@ fn run_action(
 ) -> Result<()> {
     let path_text = path.display().to_string();
     let source = actions::Source::new(text, Some(&path_text), None);
-    let (engine, load_ms) = args.start()?;
+    let (engine, load_ms, config) = args.start()?;
     let out = actions::run(
         &engine,
         &source,
-        actions::ActionRequest::new(task, args.max_tokens),
+        actions::ActionRequest::new(task, config.action_max_tokens),
     )?;
     if !args.json {
         println!("{}", plain(&out));
@@ -322,14 +272,15 @@ pub fn parse_line_range(loc: &str) -> Result<(PathBuf, usize, usize)> {
 pub struct TokenizeArgs {
     pub text: String,
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
     /// Print a JSON array.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn tokenize(args: TokenizeArgs) -> Result<()> {
-    let tokenizer = load_tokenizer(args.model.model.as_deref())?;
+    let config = config(args.model.given())?;
+    let tokenizer = load_tokenizer(config.model.as_deref())?;
     let ids = tokenizer.encode_plain(&args.text);
     if args.json {
         println!("{}", serde_json::to_string(&ids)?);
@@ -365,7 +316,7 @@ fn load_tokenizer(model: Option<&str>) -> Result<Arc<crate::engine::Tokenizer>> 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
     /// Prompt lengths for the prefill measurements.
     #[arg(long, value_delimiter = ',', default_value = "128,512,1024,2048")]
     pub prefill: Vec<usize>,
@@ -397,13 +348,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         decode_tokens: args.decode_tokens,
         repeat: args.repeat,
     };
-    let mut model = args.model.clone();
-    let context = model
-        .context_window
-        .unwrap_or(0)
-        .max(workload.context_needed());
-    model.context_window = Some(context);
-    let (engine, load_ms) = model.start()?;
+    let mut config = config(args.model.given())?;
+    config.context_window = config.context_window.max(workload.context_needed());
+    let context = config.context_window;
+    let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
     let ours = bench::measure(&engine, &workload, 1)?;
     let peak_rss_mb = bench::peak_rss_mb();
@@ -488,22 +436,18 @@ mod tests {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
+    #[command(flatten)]
+    pub suggestion: SuggestionFlags,
     /// single-line, multi-line, random-span, random-span-light, or a path to a .jsonl(.gz) file.
     #[arg(long, default_value = "single-line")]
     pub dataset: String,
     /// Evaluate only the first N problems (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
-    #[arg(long, default_value_t = 128)]
-    pub max_tokens: usize,
     /// Score by exact match only (do not run the tests with Python).
     #[arg(long)]
     pub no_exec: bool,
-    #[arg(long, default_value = "auto")]
-    pub fim_template: String,
-    #[arg(long, default_value = "spm")]
-    pub fim_order: String,
     /// Print the summary as JSON (and every case with --verbose).
     #[arg(long)]
     pub json: bool,
@@ -518,10 +462,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     if args.limit > 0 {
         problems.truncate(args.limit);
     }
-    let (engine, _) = args.model.start()?;
-    let builder = prompt_builder(&engine, &args.fim_template, &args.fim_order)?;
+    let config = config([args.model.given(), args.suggestion.given()].concat())?;
+    let (engine, _) = start(&config, config.model.clone())?;
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
     let opts = eval::Options {
-        max_tokens: args.max_tokens,
+        max_tokens: config.max_tokens,
+        temperature: config.temperature,
+        token_healing: config.token_healing,
         single_line: args.dataset == "single-line",
         execute: !args.no_exec,
         timeout: std::time::Duration::from_secs(10),

@@ -7,17 +7,24 @@
 //! change). Unknown keys and bad values are reported and ignored; the previous value stays.
 //!
 //! The fields are declared once, in the [`config!`] invocation below, which generates the struct, its defaults,
-//! the JSON/env/CLI parsing, and the table in `docs/configuration.md` (`codellama-lsp config --markdown`).
+//! the JSON/env/CLI parsing (the shell commands' flags included: [`config_flags!`]), and what [`docs`] writes: the
+//! table in `docs/configuration.md`, the VS Code extension's settings and the Neovim help's.
 
-use std::fmt::Write as _;
+pub mod docs;
 
 use serde::{Serialize, Serializer};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use crate::backends::{RemoteConfig, RemoteKind};
+use crate::engine::LoadOptions;
+use crate::prompt::{self, PromptConfig};
 
 /// Prefix of the environment variables that set configuration keys.
 pub const ENV_PREFIX: &str = "CODELLAMA_LSP_";
+
+/// Variables with that prefix that are not settings: the model folder and the kernel choice (read where they are
+/// used), the test data, and the scripts' binary and cache folder. Not reported as unknown settings.
+const NOT_SETTINGS: &[&str] = &["MODELS", "CPU", "SHARED", "BIN", "CACHE"];
 
 /// How a configuration value is read from JSON (native values or their string form, as environment variables
 /// and command-line flags give them) and shown in the documentation.
@@ -26,6 +33,9 @@ pub trait Setting: Sized {
     const TYPE: &'static str;
     fn parse(value: &Value) -> Result<Self, String>;
     fn show(&self) -> String;
+    /// This value as the default of a JSON Schema property (VS Code's `contributes.configuration`): its `type`,
+    /// `default`, and `enum`, `items` or `minimum` where they apply.
+    fn schema(&self) -> Value;
 }
 
 fn as_text(value: &Value) -> Option<String> {
@@ -51,6 +61,9 @@ impl Setting for usize {
     fn show(&self) -> String {
         self.to_string()
     }
+    fn schema(&self) -> Value {
+        json!({"type": "integer", "minimum": 0, "default": self})
+    }
 }
 
 impl Setting for Option<usize> {
@@ -64,6 +77,9 @@ impl Setting for Option<usize> {
     }
     fn show(&self) -> String {
         self.map_or_else(|| "null (auto)".into(), |n| n.to_string())
+    }
+    fn schema(&self) -> Value {
+        json!({"type": ["integer", "null"], "minimum": 1, "default": self})
     }
 }
 
@@ -82,6 +98,9 @@ impl Setting for bool {
     }
     fn show(&self) -> String {
         self.to_string()
+    }
+    fn schema(&self) -> Value {
+        json!({"type": "boolean", "default": self})
     }
 }
 
@@ -105,6 +124,9 @@ impl Setting for f32 {
     fn show(&self) -> String {
         self.to_string()
     }
+    fn schema(&self) -> Value {
+        json!({"type": "number", "default": self})
+    }
 }
 
 impl Setting for String {
@@ -114,6 +136,9 @@ impl Setting for String {
     }
     fn show(&self) -> String {
         format!("{self:?}")
+    }
+    fn schema(&self) -> Value {
+        json!({"type": "string", "default": self})
     }
 }
 
@@ -128,6 +153,10 @@ impl Setting for Option<String> {
     fn show(&self) -> String {
         self.as_ref()
             .map_or_else(|| "null".into(), |s| format!("{s:?}"))
+    }
+    /// An editor's text box cannot hold null; an empty string means the same.
+    fn schema(&self) -> Value {
+        json!({"type": "string", "default": self.as_deref().unwrap_or("")})
     }
 }
 
@@ -156,6 +185,9 @@ impl Setting for Vec<String> {
     }
     fn show(&self) -> String {
         format!("{self:?}")
+    }
+    fn schema(&self) -> Value {
+        json!({"type": "array", "items": {"type": "string"}, "default": self})
     }
 }
 
@@ -189,6 +221,9 @@ macro_rules! choice {
             }
             fn show(&self) -> String {
                 format!("{:?}", self.as_str())
+            }
+            fn schema(&self) -> Value {
+                json!({"type": "string", "enum": Self::NAMES, "default": self.as_str()})
             }
         }
     };
@@ -258,6 +293,13 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Local,
+        BackendKind::Remote(RemoteKind::LlamaCpp),
+        BackendKind::Remote(RemoteKind::OpenAi),
+        BackendKind::Remote(RemoteKind::Ollama),
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Local => "local",
@@ -280,6 +322,10 @@ impl Setting for BackendKind {
     }
     fn show(&self) -> String {
         format!("{:?}", self.as_str())
+    }
+    fn schema(&self) -> Value {
+        let names = Self::ALL.map(BackendKind::as_str);
+        json!({"type": "string", "enum": names, "default": self.as_str()})
     }
 }
 
@@ -327,15 +373,36 @@ impl Setting for RemoteSettings {
     fn show(&self) -> String {
         Value::Object(self.0.clone()).to_string()
     }
+    fn schema(&self) -> Value {
+        json!({"type": "object", "default": self.0})
+    }
 }
 
-/// One configuration key as the documentation lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One configuration key as the documentation and the editors' settings list it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FieldDoc {
+    /// The key as the server reads it (snake_case).
     pub key: &'static str,
     pub ty: &'static str,
     pub default: String,
     pub doc: String,
+    /// Type, default and accepted values as a JSON Schema property.
+    pub schema: Value,
+}
+
+impl FieldDoc {
+    /// The VS Code setting: `codellama.` and the key in camelCase (`max_tokens`: `codellama.maxTokens`).
+    pub fn vscode_name(&self) -> String {
+        let mut out = String::from("codellama.");
+        let mut words = self.key.split('_');
+        out.extend(words.next());
+        for word in words {
+            let mut chars = word.chars();
+            out.extend(chars.next().map(|c| c.to_ascii_uppercase()));
+            out.push_str(chars.as_str());
+        }
+        out
+    }
 }
 
 macro_rules! config {
@@ -375,6 +442,7 @@ macro_rules! config {
                     ty: <$ty as Setting>::TYPE,
                     default: Setting::show(&defaults.$name),
                     doc: [$($doc.trim()),+].join(" "),
+                    schema: Setting::schema(&defaults.$name),
                 }),+]
             }
         }
@@ -452,6 +520,48 @@ config! {
     cache_size: usize = 64,
 }
 
+/// Declares the flags of a shell command that are configuration keys (`--max-tokens`), each documented as its
+/// key. `flag: key` gives a key another flag name (`explain --max-tokens` sets `action_max_tokens`). Values are read
+/// as environment variables are, on top of the server's defaults and `CODELLAMA_LSP_*` ([`Config::for_command`]).
+macro_rules! config_flags {
+    ($(#[doc = $doc:literal])+ $name:ident { $($flag:ident $(: $key:ident)?),+ $(,)? }) => {
+        $(#[doc = $doc])+
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct $name {
+            $(#[arg(long, value_name = "VALUE", help = Config::help(config_flags!(@key $flag $($key)?)))]
+            pub $flag: Option<String>,)+
+        }
+
+        impl $name {
+            /// The flags given, as (key, value) pairs.
+            pub fn given(&self) -> Vec<(&'static str, String)> {
+                let mut out = Vec::new();
+                $(if let Some(v) = &self.$flag {
+                    out.push((config_flags!(@key $flag $($key)?), v.clone()));
+                })+
+                out
+            }
+        }
+    };
+    (@key $flag:ident) => { stringify!($flag) };
+    (@key $flag:ident $key:ident) => { stringify!($key) };
+}
+
+config_flags! {
+    /// The model a shell command loads.
+    ModelFlags { model, threads, context_window, device }
+}
+
+config_flags! {
+    /// How `complete` and `eval` build the prompt and generate, as the server does.
+    SuggestionFlags { max_tokens, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing }
+}
+
+config_flags! {
+    /// The code-action commands (`explain`, `generate`): their model and length.
+    ActionFlags { chat_model, max_tokens: action_max_tokens }
+}
+
 /// What a layer of settings changed, and what was wrong with it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
@@ -503,7 +613,8 @@ impl Config {
         let pairs: Vec<(String, String)> = vars
             .into_iter()
             .filter_map(|(name, value)| {
-                let key = name.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+                let rest = name.strip_prefix(ENV_PREFIX)?;
+                let key = (!NOT_SETTINGS.contains(&rest)).then(|| rest.to_ascii_lowercase())?;
                 Some((key, value))
             })
             .collect();
@@ -547,6 +658,31 @@ impl Config {
         self.languages
             .iter_mut()
             .for_each(|l| *l = l.to_ascii_lowercase());
+    }
+
+    /// The configuration of a shell command: the server's defaults, then the environment, then its flags. A bad
+    /// flag is an error; the environment's problems come back beside the configuration (to print as warnings:
+    /// the server, too, reports and ignores them).
+    pub fn for_command(
+        flags: Vec<(&'static str, String)>,
+    ) -> Result<(Config, Vec<String>), String> {
+        let mut config = Config::default();
+        let env = config.apply_env(std::env::vars()).problems;
+        let problems = config.apply_pairs(flags, "command line").problems;
+        if problems.is_empty() {
+            Ok((config, env))
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// The help of the flag for `key`: its description and default.
+    fn help(key: &str) -> String {
+        Self::fields()
+            .into_iter()
+            .find(|f| f.key == key)
+            .map(|f| format!("{} [default: {}]", f.doc, f.default))
+            .unwrap_or_default()
     }
 
     /// The configuration from defaults, then the environment, then command-line flags.
@@ -619,6 +755,40 @@ impl Config {
         }
     }
 
+    /// How prompts are built with these settings.
+    pub fn prompt_config(&self) -> PromptConfig {
+        let template = match self.fim_template {
+            FimTemplate::Auto => None,
+            FimTemplate::CodeLlama => Some(prompt::FimTemplate::CodeLlama),
+            FimTemplate::StarCoder => Some(prompt::FimTemplate::StarCoder),
+            FimTemplate::DeepSeek => Some(prompt::FimTemplate::DeepSeek),
+            FimTemplate::Qwen => Some(prompt::FimTemplate::Qwen),
+            FimTemplate::CodeGemma => Some(prompt::FimTemplate::CodeGemma),
+            FimTemplate::None => Some(prompt::FimTemplate::Continuation),
+        };
+        let order = match self.fim_order {
+            // SPM where the template supports it (the builder falls back to PSM otherwise).
+            FimOrder::Auto | FimOrder::Spm => prompt::FimOrder::Spm,
+            FimOrder::Psm => prompt::FimOrder::Psm,
+        };
+        PromptConfig {
+            template,
+            order,
+            prefix_suffix_ratio: self.prefix_suffix_ratio,
+            extra_context_tokens: self.context_tokens,
+        }
+    }
+
+    /// How the in-process engine loads `model` (the completion model unless told otherwise).
+    pub fn load_options(&self, model: Option<String>) -> LoadOptions {
+        LoadOptions {
+            model,
+            context_window: Some(self.context_window),
+            threads: self.threads,
+            device: Some(self.device.clone()),
+        }
+    }
+
     /// Whether suggestions are on for documents of this language.
     pub fn language_enabled(&self, language_id: &str) -> bool {
         self.languages.is_empty()
@@ -626,26 +796,6 @@ impl Config {
                 .languages
                 .iter()
                 .any(|l| l.eq_ignore_ascii_case(language_id))
-    }
-
-    /// The configuration table in Markdown (for the README and `codellama-lsp config --markdown`).
-    pub fn markdown_table() -> String {
-        let mut out = String::new();
-        out.push_str("| Key | Type | Default | Environment variable | Description |\n");
-        out.push_str("|---|---|---|---|---|\n");
-        for f in Self::fields() {
-            let _ = writeln!(
-                out,
-                "| `{}` | {} | `{}` | `{}{}` | {} |",
-                f.key,
-                f.ty.replace('|', "\\|"),
-                f.default.replace('|', "\\|"),
-                ENV_PREFIX,
-                f.key.to_ascii_uppercase(),
-                f.doc.replace('|', "\\|")
-            );
-        }
-        out
     }
 }
 
@@ -713,7 +863,7 @@ mod tests {
             assert!(f.doc.len() > 20, "{} needs a real description", f.key);
             assert!(f.key.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
         }
-        let table = Config::markdown_table();
+        let table = docs::markdown();
         for key in Config::KEYS {
             assert!(table.contains(&format!("`{key}`")));
             assert!(table.contains(&format!("CODELLAMA_LSP_{}", key.to_ascii_uppercase())));
@@ -771,6 +921,7 @@ mod tests {
                 "python, rust".to_string(),
             ),
             ("CODELLAMA_LSP_THREADS".to_string(), "auto".to_string()),
+            ("CODELLAMA_LSP_CPU".to_string(), "avx2".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ]);
         assert!(a.problems.is_empty(), "{:?}", a.problems);
@@ -785,6 +936,37 @@ mod tests {
         c.apply_pairs(args.given(), "command line");
         assert_eq!(c.max_tokens, 8);
         assert_eq!(c.model.as_deref(), Some("/m.gguf"));
+    }
+
+    #[test]
+    fn command_flags_are_configuration_keys() {
+        use clap::{Args, Command, FromArgMatches};
+        fn check<F: Args + FromArgMatches>(given: fn(&F) -> Vec<(&'static str, String)>) {
+            let command = F::augment_args(Command::new("t"));
+            let mut argv = vec!["t".to_string()];
+            for arg in command.get_arguments() {
+                argv.extend([format!("--{}", arg.get_long().unwrap()), "1".into()]);
+            }
+            let flags = argv.len() / 2;
+            let matches = command.try_get_matches_from(argv).unwrap();
+            let pairs = given(&F::from_arg_matches(&matches).unwrap());
+            assert_eq!(pairs.len(), flags);
+            for (key, _) in pairs {
+                assert!(Config::KEYS.contains(&key), "{key} is no key");
+            }
+        }
+        check(ModelFlags::given);
+        check(SuggestionFlags::given);
+        check(ActionFlags::given);
+    }
+
+    #[test]
+    fn commands_read_flags_as_the_server_reads_settings() {
+        let flags = vec![("threads", "auto".into()), ("action_max_tokens", "9".into())];
+        let (c, _) = Config::for_command(flags).unwrap();
+        assert_eq!((c.threads, c.action_max_tokens), (None, 9));
+        let err = Config::for_command(vec![("context_window", "big".into())]).unwrap_err();
+        assert!(err.contains("context_window") && err.contains("big"), "{err}");
     }
 
     #[test]

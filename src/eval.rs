@@ -100,6 +100,9 @@ pub struct Summary {
 
 pub struct Options {
     pub max_tokens: usize,
+    /// The `temperature` and `token_healing` settings, as the editor would use them.
+    pub temperature: f32,
+    pub token_healing: bool,
     pub single_line: bool,
     pub execute: bool,
     pub timeout: Duration,
@@ -119,6 +122,8 @@ pub fn run(
         let t = Instant::now();
         let mut req = CompletionRequest::new(p.prompt.clone(), p.suffix.clone(), opts.max_tokens);
         req.language_id = Some("python".into());
+        req.token_healing = opts.token_healing;
+        req.sampling.temperature = opts.temperature;
         req.postprocess = postprocess::Config {
             mode: if opts.single_line {
                 Mode::SingleLine

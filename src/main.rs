@@ -82,12 +82,8 @@ fn main() -> ExitCode {
         Some(Command::Tokenize(a)) => cli::tokenize(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Eval(a)) => cli::eval(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Bench(b)) if b.lsp => {
-            let m = &b.engine.model;
             let settings = server::bench::LspBenchSettings {
-                model: m.model.clone(),
-                threads: m.threads,
-                context_window: m.context_window,
-                device: m.device.clone(),
+                model: b.engine.model.given(),
                 json: b.engine.json,
             };
             server::bench::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
@@ -113,7 +109,7 @@ fn serve(top: &ConfigArgs, sub: &ConfigArgs) -> anyhow::Result<ExitCode> {
 
 fn print_config(markdown: bool) {
     if markdown {
-        print!("{}", Config::markdown_table());
+        print!("{}", codellama_lsp::config::docs::markdown());
         return;
     }
     for f in Config::fields() {

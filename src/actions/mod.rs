@@ -43,9 +43,6 @@ pub use task::{ActionKind, Target, Task};
 
 use task::Plan;
 
-/// Tokens an action generates at most unless told otherwise.
-pub const DEFAULT_MAX_TOKENS: usize = 256;
-
 /// A change to the document: replace bytes `start..end` of the text the action was planned on with
 /// `new_text` (written with the document's line endings).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

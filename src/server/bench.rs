@@ -59,10 +59,8 @@ pub struct LspBenchArgs {
 /// The model flags `bench --lsp` shares with the engine benchmark.
 #[derive(Debug, Clone, Default)]
 pub struct LspBenchSettings {
-    pub model: Option<String>,
-    pub threads: Option<usize>,
-    pub context_window: Option<usize>,
-    pub device: Option<String>,
+    /// The model settings given as flags, as (key, value) pairs.
+    pub model: Vec<(&'static str, String)>,
     pub json: bool,
 }
 
@@ -72,17 +70,9 @@ pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::
     let file = args.file.clone().unwrap_or_else(default_file);
     let mut opts = LspBenchOptions::new(exe, file);
     opts.chars = args.chars;
-    if let Some(m) = &settings.model {
-        opts.settings.insert("model".into(), m.clone().into());
-    }
-    if let Some(t) = settings.threads {
-        opts.settings.insert("threads".into(), t.into());
-    }
-    if let Some(c) = settings.context_window {
-        opts.settings.insert("context_window".into(), c.into());
-    }
-    if let Some(d) = &settings.device {
-        opts.settings.insert("device".into(), d.clone().into());
+    // The server reads each value as it reads an environment variable's.
+    for (key, value) in &settings.model {
+        opts.settings.insert((*key).into(), value.clone().into());
     }
     for kv in &args.set {
         let (k, v) = kv

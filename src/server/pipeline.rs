@@ -5,10 +5,10 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::completion::{self, CompletionRequest, Prepared};
-use crate::config::{Config, FimOrder as OrderSetting, FimTemplate as TemplateSetting};
+use crate::config::Config;
 use crate::engine::{Backend, CancelToken, SamplingParams};
 use crate::language::Language;
-use crate::prompt::{ContextChunk, FimOrder, FimTemplate, PromptBuilder, PromptConfig};
+use crate::prompt::{ContextChunk, PromptBuilder, PromptConfig};
 
 /// What a completion is asked for.
 #[derive(Debug, Clone)]
@@ -72,29 +72,6 @@ impl Builders {
     }
 }
 
-fn prompt_config(config: &Config) -> PromptConfig {
-    let template = match config.fim_template {
-        TemplateSetting::Auto => None,
-        TemplateSetting::CodeLlama => Some(FimTemplate::CodeLlama),
-        TemplateSetting::StarCoder => Some(FimTemplate::StarCoder),
-        TemplateSetting::DeepSeek => Some(FimTemplate::DeepSeek),
-        TemplateSetting::Qwen => Some(FimTemplate::Qwen),
-        TemplateSetting::CodeGemma => Some(FimTemplate::CodeGemma),
-        TemplateSetting::None => Some(FimTemplate::Continuation),
-    };
-    let order = match config.fim_order {
-        // SPM where the template supports it (the builder falls back to PSM otherwise).
-        OrderSetting::Auto | OrderSetting::Spm => FimOrder::Spm,
-        OrderSetting::Psm => FimOrder::Psm,
-    };
-    PromptConfig {
-        template,
-        order,
-        prefix_suffix_ratio: config.prefix_suffix_ratio,
-        extra_context_tokens: config.context_tokens,
-    }
-}
-
 /// Builds the prompt and the generation request, not yet queued (tokenizes: run it off the async runtime).
 pub fn prepare(
     builders: &Builders,
@@ -104,7 +81,7 @@ pub fn prepare(
     cancel: CancelToken,
     supersede_key: &str,
 ) -> Result<Prepared, String> {
-    let builder = builders.get(backend, prompt_config(config))?;
+    let builder = builders.get(backend, config.prompt_config())?;
     let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
     req.path = input.path.map(str::to_string);
     // An id post-processing does not know says nothing: then the file name decides the language.
