@@ -10,7 +10,7 @@ import {
 } from 'vscode-languageclient/node';
 import { ExplanationView } from './explain';
 import { findServer, missingServerMessage, SERVER_BINARY } from './serverPath';
-import { documentSelector, toServerSettings } from './settings';
+import { documentSelector, toServerSettings, userValue } from './settings';
 import { STATUS_METHOD, StatusBar, StatusParams } from './status';
 
 const SECTION = 'codellama';
@@ -71,7 +71,7 @@ export class CodeLlama implements vscode.Disposable {
     const serverOptions: ServerOptions = { command, args: ['serve'], transport: TransportKind.stdio };
     const clientOptions: LanguageClientOptions = {
       documentSelector: documentSelector(cfg.get<string[]>('languages', [])),
-      initializationOptions: toServerSettings((key) => cfg.get(key)),
+      initializationOptions: toServerSettings((key) => userValue(cfg.inspect(key))),
       outputChannel: this.output,
       middleware: {
         provideInlineCompletionItems: (document, position, context, token, next) =>
@@ -117,7 +117,8 @@ export class CodeLlama implements vscode.Disposable {
       return;
     }
     if (this.client.isRunning()) {
-      const settings = toServerSettings((key) => this.config().get(key));
+      const cfg = this.config();
+      const settings = toServerSettings((key) => userValue(cfg.inspect(key)));
       await this.client.sendNotification(DidChangeConfigurationNotification.type, { settings: { [SECTION]: settings } });
     }
   }

@@ -1,37 +1,50 @@
-// The extension's `codellama.*` settings (camelCase, VS Code convention) and the server's keys (snake_case).
-// Only values the user has given are sent; for the rest the server's own defaults apply.
+// The extension's `codellama.*` settings are the server's keys in camelCase (VS Code's convention): `maxTokens` is
+// `max_tokens`. Their list is package.json's `contributes.configuration`, generated from the server's src/config.rs.
+// Only the values the user has set are sent; for the rest the server keeps its own default (or the environment's).
 
-/** camelCase setting name -> server key. `serverPath` and `enableInlineSuggestions` are client-only. */
-export const SERVER_KEYS: Readonly<Record<string, string>> = {
-  model: 'model',
-  chatModel: 'chat_model',
-  backend: 'backend',
-  remote: 'remote',
-  maxTokens: 'max_tokens',
-  actionMaxTokens: 'action_max_tokens',
-  contextWindow: 'context_window',
-  prefixSuffixRatio: 'prefix_suffix_ratio',
-  temperature: 'temperature',
-  threads: 'threads',
-  languages: 'languages',
-  fimTemplate: 'fim_template',
-  fimOrder: 'fim_order',
-  logLevel: 'log_level',
-};
+/** Settings of the extension itself, which the server never sees. */
+export const CLIENT_ONLY: readonly string[] = ['serverPath', 'enableInlineSuggestions'];
+
+/** `maxTokens` -> `max_tokens`. */
+export function serverKey(setting: string): string {
+  return setting.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+/** The settings the server reads (without the `codellama.` prefix), from `contributes.configuration.properties`. */
+export function serverSettingNames(properties: Readonly<Record<string, unknown>>): string[] {
+  return Object.keys(properties)
+    .map((name) => name.replace(/^codellama\./, ''))
+    .filter((name) => !CLIENT_ONLY.includes(name));
+}
+
+const contributed: Record<string, unknown> = require('../package.json').contributes.configuration.properties;
+
+/** The settings the server reads, as this extension contributes them. */
+export const SERVER_SETTINGS: readonly string[] = serverSettingNames(contributed);
 
 export type ServerSettings = Record<string, unknown>;
 
+/** What `WorkspaceConfiguration.inspect` says of one setting (the parts read here). */
+export interface Inspected {
+  globalValue?: unknown;
+  workspaceValue?: unknown;
+  workspaceFolderValue?: unknown;
+}
+
+/** The value the user set for a setting (folder, then workspace, then user settings); never the default. */
+export function userValue(inspected: Inspected | undefined): unknown {
+  return inspected?.workspaceFolderValue ?? inspected?.workspaceValue ?? inspected?.globalValue;
+}
+
 /**
- * Builds the settings object the server expects, from a getter over the `codellama` configuration section.
- * Unset values (undefined, null, empty strings) are left out, and `fimOrder: "auto"` means "the server's choice".
+ * Builds the settings object the server expects (snake_case keys) from a getter of the user's values over the
+ * `codellama` configuration section. Settings the user has not set (undefined) are left out.
  */
-export function toServerSettings(get: (key: string) => unknown): ServerSettings {
+export function toServerSettings(get: (setting: string) => unknown): ServerSettings {
   const out: ServerSettings = {};
-  for (const [key, serverKey] of Object.entries(SERVER_KEYS)) {
-    const value = get(key);
-    if (value === undefined || value === null || value === '') continue;
-    if (key === 'fimOrder' && value === 'auto') continue;
-    out[serverKey] = value;
+  for (const setting of SERVER_SETTINGS) {
+    const value = get(setting);
+    if (value !== undefined) out[serverKey(setting)] = value;
   }
   return out;
 }

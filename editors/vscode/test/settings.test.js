@@ -5,35 +5,41 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
-const { SERVER_KEYS, toServerSettings, documentSelector } = require('../out/settings');
+const { CLIENT_ONLY, SERVER_SETTINGS, serverKey, toServerSettings, userValue, documentSelector } = require('../out/settings');
 const { findServer, missingServerMessage } = require('../out/serverPath');
 
 const pkg = require('../package.json');
-const CLIENT_ONLY = ['serverPath', 'enableInlineSuggestions'];
 
-test('every contributed setting maps to a server key, and every server key has a setting', () => {
+test('every contributed setting but the client-only ones is a server key in camelCase', () => {
   const contributed = Object.keys(pkg.contributes.configuration.properties).map((k) => k.replace(/^codellama\./, ''));
-  assert.deepEqual(contributed.filter((k) => !CLIENT_ONLY.includes(k)).sort(), Object.keys(SERVER_KEYS).sort());
-  for (const serverKey of Object.values(SERVER_KEYS)) assert.match(serverKey, /^[a-z]+(_[a-z]+)*$/);
+  assert.deepEqual([...SERVER_SETTINGS, ...CLIENT_ONLY].sort(), contributed.sort());
+  for (const setting of SERVER_SETTINGS) assert.match(serverKey(setting), /^[a-z]+(_[a-z]+)*$/);
+  assert.equal(serverKey('prefixSuffixRatio'), 'prefix_suffix_ratio');
+  // The settings the drift issue found missing are there now.
+  for (const s of ['device', 'cacheSize', 'contextTokens', 'tokenHealing']) assert.ok(SERVER_SETTINGS.includes(s), s);
+  assert.ok(pkg.contributes.configuration.properties['codellama.logLevel'].enum.includes('off'));
 });
 
-test('settings are sent snake_case; unset values and fimOrder "auto" are left to the server', () => {
+test('settings are sent snake_case; only what the user set, client-only settings never', () => {
   const values = {
     serverPath: '/opt/codellama-lsp', model: 'codellama/CodeLlama-7b-hf:model.gguf', chatModel: '', maxTokens: 64,
-    contextWindow: null, prefixSuffixRatio: 3, temperature: 0, threads: 4, languages: ['python', 'rust'],
-    fimTemplate: 'auto', fimOrder: 'auto', logLevel: 'debug', enableInlineSuggestions: true,
+    prefixSuffixRatio: 3, temperature: 0, threads: null, languages: ['python', 'rust'], fimOrder: 'auto',
+    logLevel: 'debug', enableInlineSuggestions: true, tokenHealing: false, cacheSize: 0,
   };
   assert.deepEqual(toServerSettings((k) => values[k]), {
-    model: 'codellama/CodeLlama-7b-hf:model.gguf', max_tokens: 64, prefix_suffix_ratio: 3, temperature: 0,
-    threads: 4, languages: ['python', 'rust'], fim_template: 'auto', log_level: 'debug',
+    model: 'codellama/CodeLlama-7b-hf:model.gguf', chat_model: '', max_tokens: 64, prefix_suffix_ratio: 3,
+    temperature: 0, threads: null, languages: ['python', 'rust'], fim_order: 'auto', log_level: 'debug',
+    token_healing: false, cache_size: 0,
   });
-  assert.deepEqual(toServerSettings((k) => (k === 'fimOrder' ? 'spm' : undefined)), { fim_order: 'spm' });
+  assert.deepEqual(toServerSettings(() => undefined), {});
 });
 
-test('package.json defaults produce only keys with a meaning of their own', () => {
-  const props = pkg.contributes.configuration.properties;
-  const sent = toServerSettings((k) => props[`codellama.${k}`]?.default);
-  assert.deepEqual(sent, { backend: 'local', remote: {}, languages: [], fim_template: 'auto', log_level: 'info' });
+test('the user value is the most specific one set, never the default', () => {
+  assert.equal(userValue({ defaultValue: 64 }), undefined);
+  assert.equal(userValue({ defaultValue: 64, globalValue: 8 }), 8);
+  assert.equal(userValue({ globalValue: 8, workspaceValue: 16 }), 16);
+  assert.equal(userValue({ globalValue: 8, workspaceValue: 16, workspaceFolderValue: 32 }), 32);
+  assert.equal(userValue(undefined), undefined);
 });
 
 test('document selector: all files when no languages are configured, else those languages', () => {

@@ -15,9 +15,7 @@ M.defaults = {
   cmd = { 'codellama-lsp', 'serve' },
   --- Filetypes to start the server for; nil or {} = every buffer that has a filetype and is a normal file.
   filetypes = nil,
-  --- Server settings (snake_case, sent as init_options and on update_settings()): model, chat_model, backend,
-  --- remote, max_tokens, action_max_tokens, context_window, prefix_suffix_ratio, temperature, threads, fim_template,
-  --- fim_order, languages, log_level.
+  --- Server settings (snake_case keys, sent as init_options and on update_settings()): see :help codellama-settings.
   settings = {},
   --- Files or folders that mark a project root (for the LSP root_dir); the server is shared across roots.
   root_markers = { '.git' },
