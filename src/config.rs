@@ -628,7 +628,10 @@ impl Config {
 
     fn apply_one(&mut self, key: &str, value: &Value, origin: &str, applied: &mut Applied) {
         let before = self.clone();
-        match self.set(key, value) {
+        let ratio = (key == "prefix_suffix_ratio")
+            .then(|| ratio_from_text(value))
+            .flatten();
+        match self.set(key, ratio.as_ref().unwrap_or(value)) {
             Ok(true) => {
                 if let Some(k) = Self::KEYS.iter().find(|k| **k == key) {
                     applied.given.push(k);
@@ -816,11 +819,7 @@ fn section(value: &Value) -> Option<Map<String, Value>> {
         .map(|s| s.get("codellama").and_then(Value::as_object).unwrap_or(s))
         .or_else(|| obj.get("codellama").and_then(Value::as_object))
         .unwrap_or(obj);
-    let mut out = inner.clone();
-    if let Some(v) = out.get("prefix_suffix_ratio").and_then(ratio_from_text) {
-        out.insert("prefix_suffix_ratio".into(), v);
-    }
-    Some(out)
+    Some(inner.clone())
 }
 
 /// The part of the configuration that decides the loaded model.
@@ -962,11 +961,27 @@ mod tests {
 
     #[test]
     fn commands_read_flags_as_the_server_reads_settings() {
-        let flags = vec![("threads", "auto".into()), ("action_max_tokens", "9".into())];
+        let flags = vec![
+            ("threads", "auto".into()),
+            ("action_max_tokens", "9".into()),
+        ];
         let (c, _) = Config::for_command(flags).unwrap();
         assert_eq!((c.threads, c.action_max_tokens), (None, 9));
         let err = Config::for_command(vec![("context_window", "big".into())]).unwrap_err();
-        assert!(err.contains("context_window") && err.contains("big"), "{err}");
+        assert!(
+            err.contains("context_window") && err.contains("big"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn template_settings_name_the_templates_they_choose() {
+        for &name in FimTemplate::NAMES {
+            let mut c = Config::default();
+            c.apply_pairs([("fim_template", name.to_string())], "test");
+            let chosen = c.prompt_config().template.map(prompt::FimTemplate::name);
+            assert_eq!(chosen.unwrap_or("auto"), name);
+        }
     }
 
     #[test]
@@ -976,6 +991,10 @@ mod tests {
         assert_eq!(c.prefix_suffix_ratio, 1.0);
         c.apply_json(&json!({"prefix_suffix_ratio": -2}), "init");
         assert_eq!(c.prefix_suffix_ratio, 3.0);
+        // Flags and environment variables take the same "a:b" form.
+        let a = c.apply_pairs([("prefix_suffix_ratio", "2:1".to_string())], "flags");
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(c.prefix_suffix_ratio, 2.0);
         let key = c.model_key();
         c.apply_json(&json!({"max_tokens": 10, "temperature": 1}), "change");
         assert_eq!(key, c.model_key());

@@ -40,7 +40,11 @@ fn generated_settings_references_are_up_to_date() {
         if update {
             std::fs::write(&path, &expected).expect(part.path);
         } else {
-            stale.push(format!("{}: {}", part.path, first_difference(&current, &expected)));
+            stale.push(format!(
+                "{}: {}",
+                part.path,
+                first_difference(&current, &expected)
+            ));
         }
     }
     assert!(
@@ -56,7 +60,11 @@ fn package_json_stays_valid_json_with_every_setting() {
     let package: serde_json::Value = serde_json::from_str(&text).expect("package.json is JSON");
     let properties = &package["contributes"]["configuration"]["properties"];
     for f in Config::fields() {
-        assert!(properties[f.vscode_name()].is_object(), "{} missing", f.vscode_name());
+        assert!(
+            properties[f.vscode_name()].is_object(),
+            "{} missing",
+            f.vscode_name()
+        );
     }
 }
 
@@ -75,7 +83,10 @@ fn a_changed_setting_is_caught() {
         begin: "<!-- no such marker -->",
         ..part
     };
-    assert!(broken.splice(&current).unwrap_err().contains("no such marker"));
+    assert!(broken
+        .splice(&current)
+        .unwrap_err()
+        .contains("no such marker"));
 }
 
 #[test]
@@ -108,7 +119,10 @@ fn the_shell_commands_show_the_server_defaults() {
             format!("[default: {}]", defaults.max_tokens),
             format!("[default: {}]", defaults.context_window),
         ] {
-            assert!(help.contains(&shown), "{command} --help lacks {shown}:\n{help}");
+            assert!(
+                help.contains(&shown),
+                "{command} --help lacks {shown}:\n{help}"
+            );
         }
     }
 }
@@ -137,6 +151,9 @@ fn complete_reads_the_environment_as_the_server_does() {
     let out = run("many");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("CODELLAMA_LSP_THREADS: threads: expected a non-negative integer"), "{err}");
+    assert!(
+        err.contains("CODELLAMA_LSP_THREADS: threads: expected a non-negative integer"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -61,7 +61,11 @@ impl Generated {
 /// Byte offset just past the first line equal to `line` at or after `from`.
 fn line_end(text: &str, line: &str, from: usize) -> Option<usize> {
     let start = line_start(text, line, from)?;
-    Some(text[start..].find('\n').map_or(text.len(), |i| start + i + 1))
+    Some(
+        text[start..]
+            .find('\n')
+            .map_or(text.len(), |i| start + i + 1),
+    )
 }
 
 /// Byte offset of the first line equal to `line` at or after `from` (a line start).
@@ -103,7 +107,14 @@ fn vscode_only() -> Vec<(&'static str, Value)> {
 }
 
 /// Settings that name files or hardware of one machine: VS Code keeps them out of shared workspace settings.
-const MACHINE_SCOPED: &[&str] = &["model", "chat_model", "backend", "remote", "threads", "device"];
+const MACHINE_SCOPED: &[&str] = &[
+    "model",
+    "chat_model",
+    "backend",
+    "remote",
+    "threads",
+    "device",
+];
 
 /// The table of docs/configuration.md (also `codellama-lsp config --markdown`): the server's settings, then
 /// those of the VS Code extension alone.
@@ -175,7 +186,10 @@ pub fn vimdoc() -> String {
         let tag = format!("*codellama-{}*", f.key);
         match HELP_WIDTH.checked_sub(head.len() + tag.len()) {
             Some(pad) if pad > 0 => out.push_str(&format!("{head}{}{tag}\n", " ".repeat(pad))),
-            _ => out.push_str(&format!("{}{tag}\n{head}\n", " ".repeat(HELP_WIDTH - tag.len()))),
+            _ => out.push_str(&format!(
+                "{}{tag}\n{head}\n",
+                " ".repeat(HELP_WIDTH - tag.len())
+            )),
         }
         for line in wrap(&f.doc, HELP_WIDTH - 4) {
             out.push_str(&format!("    {line}\n"));
@@ -252,7 +266,10 @@ mod tests {
             assert_eq!(shown, default, "{}", f.key);
         }
         assert_eq!(object["codellama.logLevel"]["enum"][0], "off");
-        assert_eq!(object["codellama.serverPath"]["scope"], "machine-overridable");
+        assert_eq!(
+            object["codellama.serverPath"]["scope"],
+            "machine-overridable"
+        );
     }
 
     #[test]

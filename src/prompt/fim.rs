@@ -48,24 +48,6 @@ impl FimTemplate {
         }
     }
 
-    /// Parses a config value; `"auto"` is `None` (detect from the vocabulary).
-    pub fn parse(s: &str) -> Result<Option<Self>, String> {
-        Ok(Some(match s.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => return Ok(None),
-            "codellama" | "code_llama" => FimTemplate::CodeLlama,
-            "starcoder" | "smollm" => FimTemplate::StarCoder,
-            "deepseek" | "deepseek-coder" => FimTemplate::DeepSeek,
-            "qwen" | "qwen2.5-coder" => FimTemplate::Qwen,
-            "codegemma" => FimTemplate::CodeGemma,
-            "none" | "continuation" => FimTemplate::Continuation,
-            other => {
-                return Err(format!(
-                    "unknown fim_template {other:?} (use auto, codellama, starcoder, deepseek, qwen, codegemma or none)"
-                ))
-            }
-        }))
-    }
-
     /// The marker pieces (prefix, suffix, middle) of the template.
     fn marker_pieces(self) -> Option<[&'static str; 3]> {
         Some(match self {
@@ -246,25 +228,4 @@ pub fn assemble(
         }
     }
     ids
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_names_round_trip() {
-        for t in [
-            FimTemplate::CodeLlama,
-            FimTemplate::StarCoder,
-            FimTemplate::DeepSeek,
-            FimTemplate::Qwen,
-            FimTemplate::CodeGemma,
-            FimTemplate::Continuation,
-        ] {
-            assert_eq!(FimTemplate::parse(t.name()), Ok(Some(t)));
-        }
-        assert_eq!(FimTemplate::parse("auto"), Ok(None));
-        assert!(FimTemplate::parse("gpt").is_err());
-    }
 }
