@@ -529,7 +529,7 @@ pub struct EvalArgs {
     /// t_max_predict_ms: 500 ms), so that the figures do not depend on the machine's speed.
     #[arg(long)]
     pub no_time_limit: bool,
-    /// Print the summary as JSON (and every case with --verbose).
+    /// Print the summary as JSON on stdout (and every answer with --verbose); progress goes to stderr.
     #[arg(long)]
     pub json: bool,
     #[arg(long)]
@@ -590,20 +590,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 Some(false) => "no",
                 None => "-",
             };
-            if !args.json {
-                eprintln!(
-                    "[{}/{total}] {name} {engine} {} exact={} passed={} {:.0} ms{}",
-                    i + 1,
-                    r.task_id,
-                    yes_no(r.exact),
-                    yes_no(r.passed),
-                    r.ms,
-                    r.error
-                        .as_deref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
-                );
-            }
+            eprintln!(
+                "[{}/{total}] {name} {engine} {} exact={} passed={} {:.0} ms{}",
+                i + 1,
+                r.task_id,
+                yes_no(r.exact),
+                yes_no(r.passed),
+                r.ms,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
         };
         let runs: Vec<EngineRun> = match args.task {
             EvalTask::Infill => {
