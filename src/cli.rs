@@ -504,7 +504,7 @@ pub struct EvalArgs {
     /// .jsonl(.gz) files. Default: single-line (infill), humaneval (generate).
     #[arg(long, value_delimiter = ',')]
     pub dataset: Vec<String>,
-    /// Evaluate only the first N problems of each dataset (0: all).
+    /// Evaluate N problems of each dataset, spread evenly over it (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Most tokens per answer, for every engine. Default: 128 (llama.vscode's n_predict) for infill, 512
@@ -529,6 +529,9 @@ pub struct EvalArgs {
     /// t_max_predict_ms: 500 ms), so that the figures do not depend on the machine's speed.
     #[arg(long)]
     pub no_time_limit: bool,
+    /// Our pipeline without token healing at the cursor (the token_healing setting off).
+    #[arg(long)]
+    pub no_token_healing: bool,
     /// Print the summary as JSON on stdout (and every answer with --verbose); progress goes to stderr.
     #[arg(long)]
     pub json: bool,
@@ -605,14 +608,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         };
         let runs: Vec<EngineRun> = match args.task {
             EvalTask::Infill => {
-                let mut problems: Vec<eval::Problem> = eval::load(&path)?;
-                truncate(&mut problems, args.limit);
+                let problems = eval::spread(eval::load(&path)?, args.limit);
                 let total = problems.len();
                 let mut ours = Ours {
                     engine: &engine,
                     builder: &builder,
                     max_tokens,
                     postprocess: postprocess.clone(),
+                    token_healing: !args.no_token_healing,
                 };
                 let mut theirs = server
                     .as_ref()
@@ -627,8 +630,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 })?
             }
             EvalTask::Generate => {
-                let mut problems: Vec<eval::generate::Problem> = eval::load(&path)?;
-                truncate(&mut problems, args.limit);
+                let problems: Vec<eval::generate::Problem> =
+                    eval::spread(eval::load(&path)?, args.limit);
                 let total = problems.len();
                 vec![eval::generate::run(
                     &engine,
@@ -666,6 +669,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             "template": builder.template().name(),
             "max_tokens": max_tokens,
             "time_limit": !args.no_time_limit,
+            "token_healing": !args.no_token_healing,
             "llama_server": binary,
             "datasets": datasets,
         });
@@ -673,7 +677,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} ({}), {} threads, context {}, template {}, at most {max_tokens} tokens{}",
+        "{} ({}), {} threads, context {}, template {}, at most {max_tokens} tokens{}{}",
         info.name,
         info.path.display(),
         info.threads,
@@ -681,6 +685,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         builder.template().name(),
         if args.no_time_limit {
             ", no time limits"
+        } else {
+            ""
+        },
+        if args.no_token_healing {
+            ", no token healing"
         } else {
             ""
         }
@@ -712,10 +721,4 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn truncate<T>(problems: &mut Vec<T>, limit: usize) {
-    if limit > 0 {
-        problems.truncate(limit);
-    }
 }

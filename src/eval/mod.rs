@@ -127,6 +127,28 @@ pub fn dataset_path(name: &str) -> Result<PathBuf> {
     bail!("{file} not found under {roots:?}/evaldata (pass --dataset PATH)")
 }
 
+/// `limit` problems spread evenly over `problems`, the first included, in their order (0: all). The files
+/// list a task's holes together, so the first few hundred would cover only the first few tasks.
+pub fn spread<T>(problems: Vec<T>, limit: usize) -> Vec<T> {
+    let n = problems.len();
+    if limit == 0 || limit >= n {
+        return problems;
+    }
+    let mut next = 0;
+    let mut picked = 0;
+    problems
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            (picked < limit && i == next).then(|| {
+                picked += 1;
+                next = picked * n / limit;
+                p
+            })
+        })
+        .collect()
+}
+
 /// One engine's answer to one problem.
 #[derive(Debug, Clone, Serialize)]
 pub struct CaseResult {
@@ -207,6 +229,8 @@ pub struct Ours<'a> {
     pub builder: &'a PromptBuilder,
     pub max_tokens: usize,
     pub postprocess: postprocess::Config,
+    /// The `token_healing` setting.
+    pub token_healing: bool,
 }
 
 impl Infiller for Ours<'_> {
@@ -218,6 +242,7 @@ impl Infiller for Ours<'_> {
         let mut req = CompletionRequest::new(prefix, suffix, self.max_tokens);
         req.language_id = Some("python".into());
         req.postprocess = self.postprocess.clone();
+        req.token_healing = self.token_healing;
         Ok(completion::complete(self.engine, self.builder, &req)?.completion)
     }
 }
@@ -383,6 +408,17 @@ mod tests {
         assert_eq!(runs[1].summary.engine, "b");
         assert_eq!(runs[1].summary.exact_match, Some(1.0));
         assert_eq!(runs[1].summary.pass_at_1, None);
+    }
+
+    #[test]
+    fn a_limit_spreads_over_the_file() {
+        let ten: Vec<usize> = (0..10).collect();
+        assert_eq!(spread(ten.clone(), 3), [0, 3, 6]);
+        assert_eq!(spread(ten.clone(), 5), [0, 2, 4, 6, 8]);
+        assert_eq!(spread(ten.clone(), 1), [0]);
+        assert_eq!(spread(ten.clone(), 0), ten);
+        assert_eq!(spread(ten.clone(), 12), ten);
+        assert_eq!(spread((0..1033).collect::<Vec<_>>(), 100).len(), 100);
     }
 
     #[test]
