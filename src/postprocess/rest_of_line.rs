@@ -2,8 +2,10 @@
 //!
 //! With `let x: ║ = 5;` the model often writes `u32 = 5;`, which would leave `= 5; = 5;`. The overlap is the
 //! whole rest of the line, or a leading part of it that ends before a space or a closing bracket (`mut x`
-//! before `x = 1`, `for v in xs` before `for v in xs]`); it must start at a word boundary of the suggestion. Overlaps made only of closing brackets and quotes are
-//! left to the `brackets` rule, which knows whether they close something the suggestion opened.
+//! before `x = 1`, `for v in xs` before `for v in xs]`); it must start at a word boundary of the suggestion,
+//! unless the cursor itself splits a word and the overlap is the whole rest. Overlaps made only of closing
+//! brackets and quotes are left to the `brackets` rule, which knows whether they close something the
+//! suggestion opened.
 
 use super::analysis::Analysis;
 use super::text::is_word_char;
@@ -14,6 +16,10 @@ pub(crate) fn apply(an: &Analysis, suggestion: &str) -> String {
         return suggestion.to_string();
     }
     let body = suggestion.trim_end();
+    // The cursor splits a word (`string.lo║wer()`): the whole rest of the line may then start inside one
+    // of the suggestion's words too, where the document splits it.
+    let mid_word = an.before.chars().next_back().is_some_and(is_word_char)
+        && an.rest_of_line.chars().next().is_some_and(is_word_char);
     // Candidate overlaps: the whole (trimmed) rest, then its leading parts that end before whitespace or a
     // closer, longest first.
     let whole = rest.trim_end();
@@ -30,11 +36,15 @@ pub(crate) fn apply(an: &Analysis, suggestion: &str) -> String {
         let Some(kept) = body.strip_suffix(overlap) else {
             continue;
         };
+        // The whole rest of a line that starts inside a word, re-typed from inside a word: its closers
+        // close what the suggestion opened, as they do in the document.
+        let word_split = mid_word && overlap == whole;
         let boundary = match (kept.chars().next_back(), overlap.chars().next()) {
-            (Some(a), Some(b)) => !(is_word_char(a) && is_word_char(b)),
+            (Some(a), Some(b)) => !(is_word_char(a) && is_word_char(b)) || word_split,
             _ => true,
         };
-        if !boundary || (overlap.contains([')', ']', '}']) && opens_more_than_closes(kept)) {
+        let own_closers = overlap.contains([')', ']', '}']) && opens_more_than_closes(kept);
+        if !boundary || (own_closers && !word_split) {
             continue;
         }
         // The rest of the line brings its own leading space.
