@@ -37,11 +37,13 @@ fn infilling_is_scored_by_exact_match_and_execution() {
         "--limit",
         "2",
         "--no-llama",
+        "--no-token-healing",
         "--json",
         "--verbose",
     ]);
     let v: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["template"], "qwen");
+    assert_eq!(v["token_healing"], false);
     assert_eq!(v["context_window"], 2048);
     assert_eq!(v["max_tokens"], 128);
     let datasets = v["datasets"].as_array().unwrap();
@@ -96,6 +98,8 @@ fn both_engines_in_one_run_with_llama_server() {
         stdout.contains(&format!("llama.cpp: {}", server.display())),
         "{stdout}"
     );
+    // Our pipeline heals the token before the cursor unless told not to.
+    assert!(!stdout.contains("no token healing"), "{stdout}");
     let rows: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("single-line"))
