@@ -146,19 +146,27 @@ pub fn find_llama_server() -> Option<PathBuf> {
     })
 }
 
-/// A llama.cpp server started for the benchmark; stopped when dropped.
+/// A llama.cpp server started for a benchmark or an evaluation; stopped when dropped.
 pub struct LlamaServer {
     child: Child,
     pub url: String,
 }
 
 impl LlamaServer {
-    pub fn start(binary: &Path, model: &Path, threads: usize, context: usize) -> Result<Self> {
+    /// Starts `binary` on a loopback port with one slot; `extra` are further command-line options.
+    pub fn start(
+        binary: &Path,
+        model: &Path,
+        threads: usize,
+        context: usize,
+        extra: &[&str],
+    ) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut cmd = Command::new(binary);
         cmd.args(["-m", &model.display().to_string()])
             .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
             .args(["-c", &context.to_string(), "-np", "1"])
+            .args(extra)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -363,7 +363,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let llama_cpp = match &binary {
         Some(bin) => {
-            let server = LlamaServer::start(bin, &info.path, info.threads, context)?;
+            let server = LlamaServer::start(bin, &info.path, info.threads, context, &[])?;
             let backend = server.backend(&info.path)?;
             Some(bench::measure(&backend, &workload, 2)?)
         }
@@ -433,80 +433,264 @@ mod tests {
     }
 }
 
+/// What `eval` scores.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalTask {
+    /// HumanEval infilling through our completion pipeline and, in the same run, llama.cpp's `/infill`.
+    Infill,
+    /// The `generate` code action on HumanEval's signatures and docstrings.
+    Generate,
+    /// Cross-file holes cut from the Rust files of a folder (`--dataset DIR`, default `src`, this
+    /// checkout's own code when run from its root), answered under each `--context-budgets` value.
+    Crossfile,
+}
+
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelFlags,
     #[command(flatten)]
     pub suggestion: SuggestionFlags,
-    /// single-line, multi-line, random-span, random-span-light, or a path to a .jsonl(.gz) file.
-    #[arg(long, default_value = "single-line")]
-    pub dataset: String,
-    /// Evaluate only the first N problems (0: all).
+    #[arg(long, value_enum, default_value = "infill")]
+    pub task: EvalTask,
+    /// Comma-separated: single-line, multi-line, random-span, random-span-light, humaneval, or paths to
+    /// .jsonl(.gz) files; for crossfile, folders of Rust files. Default: single-line (infill), humaneval
+    /// (generate), src (crossfile).
+    #[arg(long, value_delimiter = ',')]
+    pub dataset: Vec<String>,
+    /// Evaluate N problems of each dataset, spread evenly over it (0: all).
     #[arg(long, default_value_t = 0)]
     pub limit: usize,
     /// Score by exact match only (do not run the tests with Python).
     #[arg(long)]
     pub no_exec: bool,
-    /// Print the summary as JSON (and every case with --verbose).
+    /// llama.cpp's server for the side-by-side infilling figures (default: $LLAMA_SERVER, the cache that
+    /// scripts/fetch-llama-server fills, or PATH).
+    #[arg(long)]
+    pub llama_server: Option<PathBuf>,
+    /// Score only our engine.
+    #[arg(long)]
+    pub no_llama: bool,
+    /// Lift both engines' stop-at-a-line-break time limits (ours: 1 s after the first line; llama.vscode's
+    /// t_max_predict_ms: 500 ms), so that the figures do not depend on the machine's speed.
+    #[arg(long)]
+    pub no_time_limit: bool,
+    /// Crossfile: the values of the `context_tokens` setting compared, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0,1024")]
+    pub context_budgets: Vec<usize>,
+    /// Print the summary as JSON on stdout (and every answer with --verbose); progress goes to stderr.
     #[arg(long)]
     pub json: bool,
     #[arg(long)]
     pub verbose: bool,
 }
 
+/// Options llama.vscode's default launch command gives llama-server (`llama-vscode.launch_completion` in
+/// its package.json), besides the model, context and port.
+const LLAMA_VSCODE_SERVER_ARGS: &[&str] = &["-b", "1024", "-ub", "1024", "--cache-reuse", "256"];
+
 pub fn eval(args: EvalArgs) -> Result<()> {
-    use crate::eval;
-    let path = eval::dataset_path(&args.dataset)?;
-    let mut problems = eval::load(&path)?;
-    if args.limit > 0 {
-        problems.truncate(args.limit);
-    }
+    use crate::bench::{find_llama_server, LlamaServer};
+    use crate::eval::{self, llama_vscode::LlamaVscode, EngineRun, Infiller, Ours, Scoring};
+    let datasets = match (args.dataset.is_empty(), args.task) {
+        (false, _) => args.dataset.clone(),
+        (true, EvalTask::Infill) => vec!["single-line".to_string()],
+        (true, EvalTask::Generate) => vec!["humaneval".to_string()],
+        (true, EvalTask::Crossfile) => vec!["src".to_string()],
+    };
     let config = config([args.model.given(), args.suggestion.given()].concat())?;
+    // Unless --max-tokens says otherwise: llama.vscode's n_predict for holes, room for a whole function
+    // for generate.
+    let max_tokens = match (&args.suggestion.max_tokens, args.task) {
+        (Some(_), _) => config.max_tokens,
+        (None, EvalTask::Infill | EvalTask::Crossfile) => 128,
+        (None, EvalTask::Generate) => 512,
+    };
     let (engine, _) = start(&config, config.model.clone())?;
+    let info = engine.info().clone();
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
-    let opts = eval::Options {
-        max_tokens: config.max_tokens,
-        temperature: config.temperature,
-        token_healing: config.token_healing,
-        single_line: args.dataset == "single-line",
+    let scoring = Scoring {
         execute: !args.no_exec,
         timeout: std::time::Duration::from_secs(10),
     };
-    let total = problems.len();
-    let (summary, results) = eval::run(&engine, &builder, &problems, &opts, &mut |i, r| {
-        if !args.json {
+    let binary = (args.task == EvalTask::Infill && !args.no_llama)
+        .then(|| args.llama_server.clone().or_else(find_llama_server))
+        .flatten();
+    let server = match &binary {
+        Some(bin) => Some(LlamaServer::start(
+            bin,
+            &info.path,
+            info.threads,
+            info.context_window,
+            LLAMA_VSCODE_SERVER_ARGS,
+        )?),
+        None => None,
+    };
+    let mut postprocess = crate::postprocess::Config::default();
+    if args.no_time_limit {
+        postprocess.max_time_after_newline = std::time::Duration::MAX;
+    }
+    let mut results = Vec::new();
+    for name in &datasets {
+        let path = eval::dataset_path(name)?;
+        let progress = |engine: &str, i: usize, total: usize, r: &eval::CaseResult| {
+            let yes_no = |b: Option<bool>| match b {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            };
             eprintln!(
-                "[{}/{total}] {} exact={} passed={:?} {:.0} ms",
+                "[{}/{total}] {name} {engine} {} exact={} passed={} {:.0} ms{}",
                 i + 1,
                 r.task_id,
-                r.exact,
-                r.passed,
-                r.ms
+                yes_no(r.exact),
+                yes_no(r.passed),
+                r.ms,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            );
+        };
+        let runs: Vec<EngineRun> = match args.task {
+            EvalTask::Infill => {
+                let problems = eval::spread(eval::load(&path)?, args.limit);
+                let total = problems.len();
+                let mut ours = Ours {
+                    engine: &engine,
+                    builder: &builder,
+                    max_tokens,
+                    postprocess: postprocess.clone(),
+                    token_healing: config.token_healing,
+                    temperature: config.temperature,
+                };
+                let mut theirs = server
+                    .as_ref()
+                    .map(|s| LlamaVscode::new(&s.url, max_tokens, !args.no_time_limit))
+                    .transpose()?;
+                let mut engines: Vec<&mut dyn Infiller> = vec![&mut ours];
+                if let Some(t) = theirs.as_mut() {
+                    engines.push(t);
+                }
+                eval::run(&mut engines, &problems, &scoring, &mut |e, i, r| {
+                    progress(e, i, total, r)
+                })?
+            }
+            EvalTask::Generate => {
+                let problems: Vec<eval::generate::Problem> =
+                    eval::spread(eval::load(&path)?, args.limit);
+                let total = problems.len();
+                vec![eval::generate::run(
+                    &engine,
+                    &problems,
+                    max_tokens,
+                    &scoring,
+                    &mut |i, r| progress("generate", i, total, r),
+                )?]
+            }
+            EvalTask::Crossfile => {
+                let problems = eval::spread(eval::crossfile::problems(&path)?, args.limit);
+                let total = problems.len();
+                let builders = args
+                    .context_budgets
+                    .iter()
+                    .map(|&tokens| {
+                        let cfg = crate::prompt::PromptConfig {
+                            extra_context_tokens: tokens,
+                            ..config.prompt_config()
+                        };
+                        let builder = PromptBuilder::new(engine.tokenizer().clone(), &cfg)?;
+                        Ok((format!("context_tokens={tokens}"), builder))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                eval::crossfile::run(
+                    &engine,
+                    &builders,
+                    &problems,
+                    max_tokens,
+                    &postprocess,
+                    &mut |e, i, r| progress(e, i, total, r),
+                )?
+            }
+        };
+        results.push((name.clone(), path, runs));
+    }
+    if args.json {
+        let datasets: Vec<_> = results
+            .iter()
+            .map(|(name, path, runs)| {
+                let engines: Vec<_> = runs
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(&r.summary).unwrap_or_default();
+                        if args.verbose {
+                            v["results"] = serde_json::to_value(&r.results).unwrap_or_default();
+                        }
+                        v
+                    })
+                    .collect();
+                json!({"dataset": name, "path": path, "engines": engines})
+            })
+            .collect();
+        let v = json!({
+            "model": info.name,
+            "path": info.path,
+            "threads": info.threads,
+            "context_window": info.context_window,
+            "template": builder.template().name(),
+            "max_tokens": max_tokens,
+            "time_limit": !args.no_time_limit,
+            "token_healing": config.token_healing,
+            "llama_server": binary,
+            "datasets": datasets,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    println!(
+        "{} ({}), {} threads, context {}, template {}, at most {max_tokens} tokens{}{}",
+        info.name,
+        info.path.display(),
+        info.threads,
+        info.context_window,
+        builder.template().name(),
+        if args.no_time_limit {
+            ", no time limits"
+        } else {
+            ""
+        },
+        if !config.token_healing {
+            ", no token healing"
+        } else {
+            ""
+        }
+    );
+    match (&binary, args.task) {
+        (Some(bin), _) => println!("llama.cpp: {} (/infill as llama.vscode calls it)", bin.display()),
+        (None, EvalTask::Infill) => println!(
+            "llama.cpp: not run (--no-llama, or no llama-server found: see scripts/fetch-llama-server)"
+        ),
+        (None, EvalTask::Generate | EvalTask::Crossfile) => {}
+    }
+    println!(
+        "{:<20} {:>8}  {:<24} {:>8} {:>8} {:>10} {:>11}",
+        "dataset", "problems", "engine", "exact", "pass@1", "similarity", "ms/problem"
+    );
+    let pct = |x: Option<f64>| x.map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
+    for (name, _, runs) in &results {
+        for r in runs {
+            let s = &r.summary;
+            println!(
+                "{:<20} {:>8}  {:<24} {:>8} {:>8} {:>10} {:>11.0}",
+                name,
+                s.cases,
+                s.engine,
+                pct(s.exact_match),
+                pct(s.pass_at_1),
+                pct(s.similarity),
+                s.mean_ms
             );
         }
-    })?;
-    if args.json {
-        let mut v = serde_json::to_value(&summary)?;
-        v["model"] = json!(engine.info().name);
-        v["dataset"] = json!(path);
-        if args.verbose {
-            v["results"] = serde_json::to_value(&results)?;
-        }
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!(
-            "{} on {} ({} problems, template {}): exact match {:.1}%, pass@1 {}, {:.0} ms per problem",
-            engine.info().name,
-            path.display(),
-            summary.cases,
-            summary.template,
-            summary.exact_match * 100.0,
-            summary
-                .pass_at_1
-                .map_or("not run".to_string(), |p| format!("{:.1}%", p * 100.0)),
-            summary.mean_ms
-        );
     }
     Ok(())
 }

@@ -51,7 +51,8 @@ enum Command {
     Tokenize(cli::TokenizeArgs),
     /// Measure prefill and decode speed of the in-process engine, or with --lsp the keystroke latency over LSP.
     Bench(BenchCommand),
-    /// Score completions on HumanEval infilling (exact match, and pass@1 when Python is available).
+    /// Score on HumanEval: infilling beside llama.cpp's /infill, or the generate code action (exact match,
+    /// pass@1 when Python is available, time per problem).
     Eval(cli::EvalArgs),
 }
 

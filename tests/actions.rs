@@ -754,6 +754,28 @@ fn generated_code_in_place() {
             "```python\nlog(\"ok\")\nreturn\n```",
             "if ok:\n    log(\"ok\")\n    return\n",
         ),
+        (
+            // Python after two blank lines: the top level, not the body above (HumanEval/32's layout).
+            "a.py",
+            "def g(x):\n    return x\n\n\n$0",
+            |c, _| Task::Generate {
+                instruction: "def f(x): twice g".into(),
+                target: Target::Cursor(c),
+            },
+            "```python\ndef f(x):\n    return 2 * g(x)\n```",
+            "def g(x):\n    return x\n\n\ndef f(x):\n    return 2 * g(x)",
+        ),
+        (
+            // After one blank line the block goes on.
+            "a.py",
+            "def g(x):\n    y = x\n\n$0",
+            |c, _| Task::Generate {
+                instruction: "return y".into(),
+                target: Target::Cursor(c),
+            },
+            "```python\nreturn y\n```",
+            "def g(x):\n    y = x\n\n    return y",
+        ),
     ];
     for (path, text, make, answer, want) in cases {
         let (text, cursor, sel) = marked(text);

@@ -330,12 +330,16 @@ impl Plan {
                 let here = lines.range(line);
                 let current = &text[here.clone()];
                 self.insertion.indent = if current.is_empty() {
-                    (0..line)
-                        .rev()
-                        .map(|l| lines.text(l))
-                        .find(|t| !is_blank(t))
-                        .map(|t| indent_below(t, self.language, self.style))
-                        .unwrap_or_default()
+                    match (0..line).rev().find(|&l| !is_blank(lines.text(l))) {
+                        // Python closes blocks by indentation alone, and PEP 8 puts two blank lines
+                        // around top-level definitions: an empty line after two blank lines is at the
+                        // top level, not in the block above.
+                        Some(above) if self.language == Language::Python && line - above > 2 => {
+                            String::new()
+                        }
+                        Some(above) => indent_below(lines.text(above), self.language, self.style),
+                        None => String::new(),
+                    }
                 } else {
                     current.to_string()
                 };
