@@ -72,6 +72,14 @@ pub enum EngineError {
     #[error("inference failed: {0}")]
     Compute(String),
 
+    /// `detail` is the backend's own reason (no such feature in this build, no driver, no such GPU).
+    #[error("device {name:?} cannot be used: {detail}\n  fix: {hint}")]
+    Device {
+        name: String,
+        detail: String,
+        hint: String,
+    },
+
     #[error("the request was cancelled")]
     Cancelled,
 
@@ -87,7 +95,7 @@ impl From<candle_core::Error> for EngineError {
 
 /// candle attaches a backtrace to its errors when `RUST_BACKTRACE` is set and prints it as part of the
 /// message, build paths included; these messages reach users, so the backtraces are taken out.
-fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+pub(super) fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
     use candle_core::Error;
     match e {
         Error::WithBacktrace { inner, .. } => without_backtrace(*inner),

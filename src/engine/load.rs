@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use super::error::{EngineError, Result};
+use super::error::{without_backtrace, EngineError, Result};
 use super::gguf::GgufFile;
 use super::model::{Llama, ModelConfig, SafetensorsSource};
 use super::resolve::{resolve, ModelSource};
@@ -37,8 +37,9 @@ pub struct LoadedModel {
 
 pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel> {
     let start = Instant::now();
-    let source = resolve(opts.model.as_deref())?;
+    // The device first: a missing GPU or driver is reported before any file is read or downloaded.
     let device = pick_device(opts.device.as_deref())?;
+    let source = resolve(opts.model.as_deref())?;
     let mut warnings = Vec::new();
     let (model, tokenizer, name, file_size) = match &source {
         ModelSource::Gguf(path) => {
@@ -170,23 +171,85 @@ pub fn default_threads() -> usize {
 
 fn pick_device(name: Option<&str>) -> Result<Device> {
     let name = name.unwrap_or("cpu").trim();
-    let unavailable = |what: &str| {
-        EngineError::Compute(format!(
-            "device {what:?} requested, but this build has no {what} support (rebuild with --features {what}) or no such device"
-        ))
-    };
-    match name {
-        "" | "cpu" => Ok(Device::Cpu),
-        "metal" => Device::new_metal(0).map_err(|_| unavailable("metal")),
-        other => {
-            if let Some(rest) = other.strip_prefix("cuda") {
-                let idx = rest.trim_start_matches(':').parse::<usize>().unwrap_or(0);
-                Device::new_cuda(idx).map_err(|_| unavailable("cuda"))
-            } else {
-                Err(EngineError::Compute(format!(
-                    "unknown device {other:?} (use cpu, cuda, cuda:N or metal)"
-                )))
+    let (device, feature) = match name {
+        "" | "cpu" => return Ok(Device::Cpu),
+        "metal" => (Device::new_metal(0), "metal"),
+        _ => match cuda_ordinal(name) {
+            Some(idx) => (Device::new_cuda(idx), "cuda"),
+            None => {
+                return Err(EngineError::Device {
+                    name: name.to_string(),
+                    detail: "not a device name".into(),
+                    hint: "use cpu, cuda, cuda:N (N a GPU number, from 0) or metal".into(),
+                })
             }
+        },
+    };
+    device.map_err(|e| EngineError::Device {
+        name: name.to_string(),
+        detail: without_backtrace(e).to_string(),
+        hint: format!(
+            "use a build with --features {feature} (scripts/build-cuda for cuda) on a machine with that \
+             GPU and its driver, or device cpu"
+        ),
+    })
+}
+
+/// `cuda` is the first GPU, `cuda:N` the N-th; anything else is not a CUDA device name.
+fn cuda_ordinal(name: &str) -> Option<usize> {
+    match name.strip_prefix("cuda")? {
+        "" => Some(0),
+        rest => rest.strip_prefix(':')?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device_error(name: &str) -> String {
+        match pick_device(Some(name)) {
+            Ok(d) => panic!("{name:?} gave a device: {d:?}"),
+            Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn cuda_names_are_parsed_strictly() {
+        assert_eq!(cuda_ordinal("cuda"), Some(0));
+        assert_eq!(cuda_ordinal("cuda:3"), Some(3));
+        for bad in ["cudax", "cuda:", "cuda:x", "cuda3", "cuda:-1", "gpu"] {
+            assert_eq!(cuda_ordinal(bad), None, "{bad:?}");
+            let msg = device_error(bad);
+            assert!(
+                msg.contains(&format!("device {bad:?}")) && msg.contains("not a device name"),
+                "{msg}"
+            );
+        }
+        assert!(matches!(pick_device(Some(" cpu ")), Ok(Device::Cpu)));
+    }
+
+    #[test]
+    fn a_bad_device_is_reported_before_the_model_is_looked_for() {
+        let opts = LoadOptions {
+            model: Some("/nonexistent/model.gguf".into()),
+            device: Some("cuda:x".into()),
+            ..LoadOptions::default()
+        };
+        match load_model(&opts, &mut |_| {}) {
+            Err(EngineError::Device { name, .. }) => assert_eq!(name, "cuda:x"),
+            Err(e) => panic!("expected the device error first, got: {e}"),
+            Ok(_) => panic!("loaded a model that does not exist"),
+        }
+    }
+
+    /// Without the feature, candle's own reason is in the message next to the fix.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_why_and_how_to_build_it() {
+        let msg = device_error("cuda:1");
+        assert!(msg.contains("device \"cuda:1\" cannot be used"), "{msg}");
+        assert!(msg.contains("cuda support"), "{msg}");
+        assert!(msg.contains("--features cuda"), "{msg}");
     }
 }
