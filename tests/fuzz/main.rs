@@ -373,3 +373,14 @@ fn sse_ndjson() {
 fn http_response() {
     fuzz(streams::http_response());
 }
+
+/// Inputs that once failed a target, kept as cases (`harness` prints them in hex).
+#[test]
+fn regressions() {
+    let many_data_lines = {
+        let piece = b"data:\n".repeat(42);
+        let step = [&[piece.len() as u8, 212][..], &piece].concat();
+        [&[0u8][..], &step, &step].concat()
+    };
+    streams::sse_ndjson_target(&many_data_lines);
+}

@@ -217,7 +217,7 @@ pub fn sse_ndjson() -> Target {
 
 /// The first byte picks the parser; then steps `[length, repeat, piece...]`, each pushing its piece once,
 /// or 2^(repeat - 200) times (at most 4096) when `repeat` is over 200.
-fn sse_ndjson_target(data: &[u8]) -> String {
+pub fn sse_ndjson_target(data: &[u8]) -> String {
     let Some((&mode, mut program)) = data.split_first() else {
         return "empty".into();
     };
@@ -254,13 +254,14 @@ fn sse_ndjson_target(data: &[u8]) -> String {
 }
 
 /// The messages of a stream and its error, if any (after which a connection is dropped). Checks after each
-/// push that what the parser holds stays within a few times [`MAX_MESSAGE`] (plus the piece it was given).
+/// push that what the parser holds stays within a few times [`MAX_MESSAGE`] (plus the piece it was given):
+/// a partial line, the event's data and its name, each up to the limit in a buffer up to twice its length.
 fn parse_stream<'a>(
     sse: bool,
     pushes: impl Iterator<Item = &'a [u8]>,
     largest_piece: usize,
 ) -> (Vec<String>, Option<String>) {
-    let bound = 4 * MAX_MESSAGE as isize + 4 * largest_piece as isize;
+    let bound = 6 * MAX_MESSAGE as isize + 4 * largest_piece as isize;
     let mut messages = Vec::new();
     let mut sse_parser = SseParser::new();
     let mut ndjson_parser = NdjsonParser::new();
@@ -285,7 +286,7 @@ fn parse_stream<'a>(
                 .iter()
                 .map(|m| m.capacity() as isize)
                 .sum::<isize>()
-            - (messages.capacity() * 24) as isize;
+            - (messages.capacity() * std::mem::size_of::<String>()) as isize;
         assert!(
             held <= bound,
             "the parser holds {held} bytes (bound {bound}) after {} messages",
