@@ -149,14 +149,16 @@ fn save_crash(target: &str, kind: &str, input: &[u8]) -> PathBuf {
 /// Aborts the process when one input runs longer than [`HANG`], after saving it (a hang cannot be
 /// unwound from outside the thread).
 struct Watchdog {
-    /// The running input and when it started.
-    current: Arc<Mutex<Option<(Instant, Vec<u8>)>>>,
+    current: Arc<Mutex<Option<Running>>>,
     done: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The running input and when it started.
+type Running = (Instant, Vec<u8>);
+
 impl Watchdog {
     fn start(name: &'static str) -> Self {
-        let current: Arc<Mutex<Option<(Instant, Vec<u8>)>>> = Arc::default();
+        let current: Arc<Mutex<Option<Running>>> = Arc::default();
         let done: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let (c, d) = (current.clone(), done.clone());
         std::thread::spawn(move || {
