@@ -511,6 +511,20 @@ fn decode_round_trips() {
     }
 }
 
+/// The one exception to the round trip (found by the fuzz tests): SentencePiece spells a space as "▁", so
+/// a "▁" in the text is encoded as that piece and comes back as a space; byte-level BPE keeps it.
+#[test]
+fn a_literal_sentencepiece_space_mark_decodes_as_a_space() {
+    let text = "a\u{2581}b \u{2581}";
+    for (source, tok) in codellamas() {
+        let ids = tok.encode(text, false);
+        assert_eq!(tok.encode("a b  ", false), ids, "{source}");
+        assert_eq!(tok.decode(&ids), "a b  ", "{source}");
+    }
+    let tok = smollm();
+    assert_eq!(tok.decode(&tok.encode_plain(text)), text, "smollm");
+}
+
 #[test]
 fn decode_keeps_leading_space() {
     for (source, tok) in codellamas() {

@@ -25,6 +25,11 @@
 //! and the empty string always encodes to `[]`. Byte-level BPE has no dummy prefix; the flag is ignored.
 //! `decode` never strips a leading space: callers that want SentencePiece's "strip the dummy space" do it
 //! themselves where the reference does.
+//!
+//! # Round trips
+//! `decode(encode(text, false))` is `text` for any text, with one exception in SentencePiece: it spells a
+//! space as "▁" (U+2581), so a "▁" in the text comes back as a space (as with Meta's tokenizer and
+//! llama.cpp). With the dummy prefix, one space more in front. The fuzz tests (`tests/fuzz`) check this.
 
 mod gguf;
 mod hf;

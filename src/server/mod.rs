@@ -9,6 +9,8 @@
 //! - [`status`]: the `codellama/status` notification.
 //! - [`bench`]: the keystroke latency benchmark, which drives the real binary over stdio.
 //! - [`stdio_client`]: a small JSON-RPC client for a server process (the benchmark and the tests use it).
+//! - [`transport`]: the input framing, checked message by message before the LSP library reads it (public
+//!   for the fuzz tests).
 
 pub mod actions;
 pub mod backend;
@@ -20,7 +22,7 @@ pub mod model;
 mod pipeline;
 pub mod status;
 pub mod stdio_client;
-mod transport;
+pub mod transport;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
