@@ -162,6 +162,20 @@ impl LlamaServer {
         extra: &[&str],
     ) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut server = Self::spawn_on(binary, model, threads, context, extra, port)?;
+        server.wait_ready(Duration::from_secs(120))?;
+        Ok(server)
+    }
+
+    /// Started on a given loopback port, without waiting for it to load (it answers 503 meanwhile).
+    pub fn spawn_on(
+        binary: &Path,
+        model: &Path,
+        threads: usize,
+        context: usize,
+        extra: &[&str],
+        port: u16,
+    ) -> Result<Self> {
         let mut cmd = Command::new(binary);
         cmd.args(["-m", &model.display().to_string()])
             .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
@@ -182,12 +196,10 @@ impl LlamaServer {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut server = Self {
+        Ok(Self {
             child,
             url: format!("http://127.0.0.1:{port}"),
-        };
-        server.wait_ready(Duration::from_secs(120))?;
-        Ok(server)
+        })
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {

@@ -86,6 +86,14 @@ fn main() -> ExitCode {
             let settings = server::bench::LspBenchSettings {
                 model: b.engine.model.given(),
                 json: b.engine.json,
+                llama_server: if b.engine.no_llama {
+                    None
+                } else {
+                    b.engine
+                        .llama_server
+                        .clone()
+                        .or_else(codellama_lsp::bench::find_llama_server)
+                },
             };
             server::bench::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
         }

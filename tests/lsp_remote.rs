@@ -8,12 +8,14 @@
 //!   that goes away and comes back is reported once each way, and the server keeps answering meanwhile.
 //! - An engine that fails mid-session in ways a real one cannot be made to (the scripted engine of
 //!   `common::scripted_engine`, a mock) is reported once, and a cancelled request is no sign of recovery.
+//! - A short soak (typing replayed with model switches and a flapping engine) answers every request once.
 
 mod common;
 mod lsp_support;
 
 use std::time::{Duration, Instant};
 
+use codellama_lsp::server::soak::{run_soak, SoakOptions};
 use codellama_lsp::server::stdio_client::LspProcess;
 use common::llama_server::{free_port, serial, Server};
 use common::scripted_engine::{answer, bytes, sse_head, ScriptedEngine};
@@ -310,4 +312,54 @@ fn engine_failures_during_a_session_are_shown_once_and_a_cancel_is_no_recovery()
     assert_eq!(parts, Vec::<&str>::new());
     finish(s);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The soak benchmark in short (`bench --lsp --soak`, `server::soak`): 45 s of replayed typing into two real
+/// files with SmolLM2, switches to the tiny Code Llama and back, and llama.cpp's server as the engine for a
+/// part of it, killed and started again twice. Every request is answered exactly once (a result or the
+/// cancelled error), and the resident memory stays bounded.
+#[test]
+fn a_short_soak_answers_every_request_once_in_bounded_memory() {
+    let _g = serial();
+    let repo = common::repo_dir();
+    let settings = json!({"context_window": 512, "max_tokens": 16, "threads": 2});
+    let opts = SoakOptions {
+        server: env!("CARGO_BIN_EXE_codellama-lsp").into(),
+        files: vec![
+            repo.join("examples/typing/inventory.py"),
+            repo.join("src/documents.rs"),
+        ],
+        duration: Duration::from_secs(45),
+        seed: 15,
+        settings: settings.as_object().unwrap().clone(),
+        model: common::small_model(),
+        alt_model: common::codellama_fixture("tiny-codellama-mha.gguf"),
+        llama_server: Some(common::llama_server::llama_server_binary()),
+        sample_every: Duration::from_secs(1),
+        timeout: LOAD,
+    };
+    let report = run_soak(&opts).unwrap();
+    eprintln!("{}", report.render());
+    let t = &report.tally;
+    assert!(t.answered_once(), "{}", t.render());
+    assert!(t.requests > 60 && t.pauses > 10, "{}", t.render());
+    assert!(t.cancelled > 0 && t.results > 0, "{}", t.render());
+    assert!(
+        report
+            .events
+            .iter()
+            .filter(|e| e.1.contains("killed"))
+            .count()
+            == 3
+            && !report.events.iter().any(|e| e.1.contains("failed")),
+        "{:?}",
+        report.events
+    );
+    // SmolLM2 at the start and the end; one model at a time, with room for the next loading beside it.
+    let (_, max) = report.rss_max();
+    assert!(
+        max < 1024 && report.rss_end() < report.rss_start() + 200,
+        "{:?}",
+        report.rss_mib
+    );
 }

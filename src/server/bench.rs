@@ -45,9 +45,26 @@ impl LspBenchOptions {
 /// The `bench --lsp` flags of its own (the model flags are the engine benchmark's).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LspBenchArgs {
-    /// With --lsp: the file to type into (default examples/typing/inventory.py).
+    /// With --lsp: the file to type into (default examples/typing/inventory.py); repeatable with --replay and
+    /// --soak (default: that file and src/documents.rs).
     #[arg(long)]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
+    /// With --lsp: replay realistic typing (bursts, pauses, deletions, jumps, a file switch) for --seconds.
+    #[arg(long)]
+    pub replay: bool,
+    /// With --replay: how long to type.
+    #[arg(long, default_value_t = 60.0)]
+    pub seconds: f64,
+    /// With --lsp: the soak benchmark, the replay for this many minutes with model switches (to --alt-model and
+    /// back) and a flapping llama.cpp server; VmRSS sampled. Fails unless every request is answered once.
+    #[arg(long, value_name = "MINUTES")]
+    pub soak: Option<f64>,
+    /// With --soak: the model file switched to and back (default models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    pub alt_model: Option<PathBuf>,
+    /// With --replay or --soak: the seed of the editing script.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// With --lsp: most characters to type.
     #[arg(long, default_value_t = 200)]
     pub chars: usize,
@@ -62,12 +79,14 @@ pub struct LspBenchSettings {
     /// The model settings given as flags, as (key, value) pairs.
     pub model: Vec<(&'static str, String)>,
     pub json: bool,
+    /// llama.cpp's server for the soak's remote engine.
+    pub llama_server: Option<PathBuf>,
 }
 
 /// `codellama-lsp bench --lsp`: runs the benchmark against the running executable and prints the figures.
 pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let file = args.file.clone().unwrap_or_else(default_file);
+    let file = args.file.first().cloned().unwrap_or_else(default_file);
     let mut opts = LspBenchOptions::new(exe, file);
     opts.chars = args.chars;
     // The server reads each value as it reads an environment variable's.
@@ -80,6 +99,9 @@ pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::
             .ok_or_else(|| anyhow::anyhow!("--set wants KEY=VALUE, got {kv:?}"))?;
         opts.settings.insert(k.trim().into(), v.trim().into());
     }
+    if args.replay || args.soak.is_some() {
+        return run_replay_cli(args, settings, opts);
+    }
     let report = run_lsp_bench(&opts)?;
     if settings.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -89,9 +111,113 @@ pub fn run_lsp_cli(args: &LspBenchArgs, settings: &LspBenchSettings) -> anyhow::
     Ok(())
 }
 
+/// `bench --lsp --replay` and `--soak`: the replay for `--seconds`, or the soak for `--soak` minutes.
+fn run_replay_cli(
+    args: &LspBenchArgs,
+    settings: &LspBenchSettings,
+    opts: LspBenchOptions,
+) -> anyhow::Result<()> {
+    let files = if args.file.is_empty() {
+        vec![default_file(), in_checkout("src/documents.rs")]
+    } else {
+        args.file.clone()
+    };
+    let Some(minutes) = args.soak else {
+        let tally = run_replay(&opts.server, &files, &opts.settings, args)?;
+        println!("{}", tally.render());
+        return if tally.answered_once() {
+            Ok(())
+        } else {
+            bail!("not every request was answered exactly once")
+        };
+    };
+    let named = opts.settings.get("model").and_then(Value::as_str);
+    let model = match crate::engine::resolve::resolve(named)? {
+        crate::engine::resolve::ModelSource::Gguf(p) => p,
+        crate::engine::resolve::ModelSource::HfDir(d) => {
+            bail!(
+                "the soak switches between GGUF files; {} is not one",
+                d.display()
+            )
+        }
+    };
+    let soak = super::soak::SoakOptions {
+        server: opts.server,
+        files,
+        duration: Duration::from_secs_f64(minutes * 60.0),
+        seed: args.seed,
+        settings: opts.settings,
+        model,
+        alt_model: args
+            .alt_model
+            .clone()
+            .unwrap_or_else(|| in_checkout("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+        llama_server: settings.llama_server.clone(),
+        sample_every: Duration::from_secs(10),
+        timeout: opts.timeout,
+    };
+    let report = super::soak::run_soak(&soak)?;
+    if settings.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.render());
+    }
+    if !report.tally.answered_once() {
+        bail!("not every request was answered exactly once");
+    }
+    Ok(())
+}
+
+/// The typing replay for `args.seconds` against a fresh server.
+fn run_replay(
+    server: &Path,
+    files: &[PathBuf],
+    settings: &Map<String, Value>,
+    args: &LspBenchArgs,
+) -> anyhow::Result<super::replay::Tally> {
+    use super::replay::{Replay, Script};
+    let texts = files
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|t| (p.clone(), t))
+                .with_context(|| format!("cannot read {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let script = Script::new(texts, args.seed).map_err(anyhow::Error::msg)?;
+    let timeout = Duration::from_secs(300);
+    let (mut lsp, model, _, load_ms) = start_server(server, settings, timeout)?;
+    println!(
+        "typing replay: {:.0} s over {}, seed {}; model {} loaded in {load_ms:.0} ms",
+        args.seconds,
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.seed,
+        model.as_deref().unwrap_or("default"),
+    );
+    let mut replay = Replay::new(script);
+    let end = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let fail = |e: String, lsp: &LspProcess| anyhow::anyhow!("{e}\nserver log:\n{}", lsp.stderr());
+    replay.run_until(&mut lsp, end).map_err(|e| fail(e, &lsp))?;
+    let tally = replay
+        .finish(&mut lsp, timeout)
+        .map_err(|e| fail(e, &lsp))?
+        .clone();
+    let _ = lsp.shutdown(Duration::from_secs(10));
+    Ok(tally)
+}
+
 /// The default file to type into, found from the working directory or beside the executable's checkout.
 pub fn default_file() -> PathBuf {
-    let rel = Path::new("examples/typing/inventory.py");
+    in_checkout("examples/typing/inventory.py")
+}
+
+/// A path of this repository, found from the working directory or beside the executable's checkout.
+fn in_checkout(rel: &str) -> PathBuf {
+    let rel = Path::new(rel);
     let mut candidates = vec![rel.to_path_buf()];
     if let Ok(exe) = std::env::current_exe() {
         candidates.extend(exe.ancestors().skip(1).take(4).map(|d| d.join(rel)));
@@ -214,9 +340,34 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Where to type: the body of the function definition nearest the middle of the file (the lines after its
-/// header, up to the next line indented no deeper than the header), or from the middle line on.
+/// Where to type: the body of the function definition nearest the middle of the file (see
+/// [`function_bodies`]), or from the middle line on.
 pub fn pick_region(text: &str) -> (usize, usize) {
+    let middle = text.split_inclusive('\n').count() / 2;
+    match function_bodies(text)
+        .into_iter()
+        .min_by_key(|b| b.header.abs_diff(middle))
+    {
+        Some(b) => (b.start, b.end),
+        None => {
+            let start: usize = text.split_inclusive('\n').take(middle).map(str::len).sum();
+            (start, text.len())
+        }
+    }
+}
+
+/// The body of one function definition: byte offsets of its lines after the header, and the header's line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Body {
+    pub header: usize,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// The bodies of the function definitions in `text`, in order: the lines after a header (`def`, `fn`,
+/// `function`, ...; a header may span lines, up to the one ending with ':' or '{') up to the next line indented
+/// no deeper than the header, trailing blank lines left out. Nested definitions are inside their parent's body.
+pub fn function_bodies(text: &str) -> Vec<Body> {
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
     let is_def = |l: &str| {
@@ -225,31 +376,63 @@ pub fn pick_region(text: &str) -> (usize, usize) {
             .iter()
             .any(|k| t.starts_with(k))
     };
-    let middle = lines.len() / 2;
-    let header = (0..lines.len())
-        .filter(|&i| is_def(lines[i]))
-        .min_by_key(|&i| i.abs_diff(middle));
-    let start_of = |line: usize| lines[..line].iter().map(|l| l.len()).sum::<usize>();
-    let Some(h) = header else {
-        let start = start_of(middle.min(lines.len()));
-        return (start, text.len());
-    };
-    // The header may span lines (Python signatures): the body starts after the line ending with ':' or '{'.
-    let mut body = h + 1;
-    while body < lines.len() && !lines[body - 1].trim_end().ends_with([':', '{']) {
-        body += 1;
+    let mut starts = Vec::with_capacity(lines.len() + 1);
+    starts.push(0);
+    for l in &lines {
+        starts.push(starts.last().copied().unwrap_or(0) + l.len());
     }
-    let mut end = body;
-    while end < lines.len()
-        && (lines[end].trim().is_empty() || indent(lines[end]) > indent(lines[h]))
-    {
-        end += 1;
+    let mut bodies = Vec::new();
+    for h in (0..lines.len()).filter(|&i| is_def(lines[i])) {
+        let mut body = h + 1;
+        while body < lines.len() && !lines[body - 1].trim_end().ends_with([':', '{']) {
+            body += 1;
+        }
+        let mut end = body;
+        while end < lines.len()
+            && (lines[end].trim().is_empty() || indent(lines[end]) > indent(lines[h]))
+        {
+            end += 1;
+        }
+        // Leave trailing blank lines in place.
+        while end > body && lines[end - 1].trim().is_empty() {
+            end -= 1;
+        }
+        bodies.push(Body {
+            header: h,
+            start: starts[body.min(lines.len())],
+            end: starts[end.min(lines.len())],
+        });
     }
-    // Leave trailing blank lines in place.
-    while end > body && lines[end - 1].trim().is_empty() {
-        end -= 1;
-    }
-    (start_of(body), start_of(end))
+    bodies
+}
+
+/// The server started as VS Code starts it (UTF-16 positions, progress), initialized with `settings` as
+/// `initializationOptions` and its model ready: the process, the model's name, and how long `initialize` and
+/// the load took (ms).
+pub fn start_server(
+    server: &Path,
+    settings: &Map<String, Value>,
+    timeout: Duration,
+) -> anyhow::Result<(LspProcess, Option<String>, f64, f64)> {
+    let mut cmd = Command::new(server);
+    cmd.arg("serve");
+    let mut lsp =
+        LspProcess::spawn(cmd).with_context(|| format!("cannot start {}", server.display()))?;
+    let capabilities = json!({
+        "general": {"positionEncodings": ["utf-16"]},
+        "window": {"workDoneProgress": true},
+        "textDocument": {"inlineCompletion": {}, "completion": {"completionItem": {}}},
+    });
+    let t = Instant::now();
+    lsp.initialize(capabilities, Value::Object(settings.clone()))
+        .map_err(anyhow::Error::msg)?;
+    let initialize_ms = ms(t);
+    let t = Instant::now();
+    let ready = lsp
+        .wait_ready(timeout)
+        .map_err(|e| anyhow::anyhow!("{e}\nserver log:\n{}", lsp.stderr()))?;
+    let model = ready["params"]["model"].as_str().map(str::to_string);
+    Ok((lsp, model, initialize_ms, ms(t)))
 }
 
 /// Runs the benchmark.
@@ -265,26 +448,8 @@ pub fn run_lsp_bench(opts: &LspBenchOptions) -> anyhow::Result<LspBenchReport> {
     let initial = format!("{before}{}", &text[end..]);
     let line = before.matches('\n').count() + 1;
 
-    let mut cmd = Command::new(&opts.server);
-    cmd.arg("serve");
-    let mut server = LspProcess::spawn(cmd)
-        .with_context(|| format!("cannot start {}", opts.server.display()))?;
-    let capabilities = json!({
-        "general": {"positionEncodings": ["utf-16"]},
-        "window": {"workDoneProgress": true},
-        "textDocument": {"inlineCompletion": {}, "completion": {"completionItem": {}}},
-    });
-    let t = Instant::now();
-    server
-        .initialize(capabilities, Value::Object(opts.settings.clone()))
-        .map_err(anyhow::Error::msg)?;
-    let initialize_ms = ms(t);
-    let t = Instant::now();
-    let ready = server
-        .wait_ready(opts.timeout)
-        .map_err(|e| anyhow::anyhow!("{e}\nserver log:\n{}", server.stderr()))?;
-    let load_ms = ms(t);
-    let model = ready["params"]["model"].as_str().map(str::to_string);
+    let (mut server, model, initialize_ms, load_ms) =
+        start_server(&opts.server, &opts.settings, opts.timeout)?;
 
     let uri = format!(
         "file://{}",
@@ -420,7 +585,7 @@ fn position_after(text: &str) -> (usize, usize) {
     (line, last.encode_utf16().count())
 }
 
-fn language_of(path: &Path) -> &'static str {
+pub(crate) fn language_of(path: &Path) -> &'static str {
     match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
         "py" => "python",
         "rs" => "rust",

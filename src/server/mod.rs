@@ -8,6 +8,8 @@
 //!   the completion model and the chat model.
 //! - [`status`]: the `codellama/status` notification.
 //! - [`bench`]: the keystroke latency benchmark, which drives the real binary over stdio.
+//! - [`replay`]: the typing replay (a seeded editing script played over LSP as VS Code would), and [`soak`]:
+//!   that replay for minutes with model reloads and a flapping remote engine, memory sampled.
 //! - [`stdio_client`]: a small JSON-RPC client for a server process (the benchmark and the tests use it).
 //! - [`transport`]: the input framing, checked message by message before the LSP library reads it (public
 //!   for the fuzz tests).
@@ -20,6 +22,8 @@ pub mod completion;
 mod logging;
 pub mod model;
 mod pipeline;
+pub mod replay;
+pub mod soak;
 pub mod status;
 pub mod stdio_client;
 pub mod transport;

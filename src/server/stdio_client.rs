@@ -186,6 +186,18 @@ impl LspProcess {
         }
     }
 
+    /// The next message the server sends, whatever it is, before `deadline` (`None` when none came). It is
+    /// not recorded: for drivers that keep their own account, such as the typing replay, which must see every
+    /// response, a second one for the same id included.
+    pub fn next_message(&mut self, deadline: Instant) -> Result<Option<Value>, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.incoming.recv_timeout(left) {
+            Ok(msg) => Ok(Some(msg)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err("the server closed its output".into()),
+        }
+    }
+
     fn stash(&mut self, msg: Value) {
         if msg.get("method").is_some() {
             self.received.push(msg);
