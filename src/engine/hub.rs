@@ -282,19 +282,22 @@ fn download(f: &HubFile, part: &Path, hooks: &mut Hooks<'_>) -> Result<(), HubEr
         )));
     }
     if let Some(want) = &f.sha256 {
-        let got: String = sha
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if &got != want {
+        let got = hex(sha.finish().as_ref());
+        if got != *want {
             return Err(corrupted(format!(
                 "its SHA-256 is {got}, the Hub announced {want}"
             )));
         }
     }
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, b| {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 fn http_error(url: &str, e: HttpError) -> HubError {

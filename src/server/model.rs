@@ -509,7 +509,7 @@ impl ModelHost {
         let (tx, mut rx) = unbounded_channel::<hub::Event>();
         let flag = cancel.clone();
         let default = spec.is_none();
-        let mut job = tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             let mut send = |event| {
                 let _ = tx.send(event);
             };
@@ -525,37 +525,43 @@ impl ModelHost {
         let mut progress: Option<OngoingProgress<Bounded, Cancellable>> = None;
         let mut file = String::new();
         let mut last = None;
-        let joined = loop {
-            tokio::select! {
-                joined = &mut job => break joined,
-                Some(event) = rx.recv() => match event {
-                    hub::Event::Start { file: f, resumed_from } => {
-                        file = f.file.clone();
-                        tracing::info!(
-                            "downloading {} from {} ({} bytes, from byte {resumed_from}) into {}",
-                            f.file, f.repo, f.size, f.cache_path().display()
-                        );
-                        if default {
-                            let text = default_download_message(&f, resumed_from);
-                            self.client.show_message(MessageType::Info, text).await;
-                        }
-                        self.status.downloading(&file, resumed_from, f.size);
-                        progress = self.begin_download_progress(&file, &cancel).await;
+        // Every event is handled before the outcome (the channel ends when the job does), so the last report
+        // is the 100 % one.
+        while let Some(event) = rx.recv().await {
+            match event {
+                hub::Event::Start {
+                    file: f,
+                    resumed_from,
+                } => {
+                    file = f.file.clone();
+                    tracing::info!(
+                        "downloading {} from {} ({} bytes, from byte {resumed_from}) into {}",
+                        f.file,
+                        f.repo,
+                        f.size,
+                        f.cache_path().display()
+                    );
+                    if default {
+                        let text = default_download_message(&f, resumed_from);
+                        self.client.show_message(MessageType::Info, text).await;
                     }
-                    hub::Event::Progress { done, total } => {
-                        let pct = percent(done, total);
-                        if last != Some(pct) {
-                            last = Some(pct);
-                            self.status.downloading(&file, done, total);
-                            if let Some(p) = &progress {
-                                let text = format!("downloading {file} ({})", of_mb(done, total));
-                                p.report_with_message(text, pct, None).await;
-                            }
+                    self.status.downloading(&file, resumed_from, f.size);
+                    progress = self.begin_download_progress(&file, &cancel).await;
+                }
+                hub::Event::Progress { done, total } => {
+                    let pct = percent(done, total);
+                    if last != Some(pct) {
+                        last = Some(pct);
+                        self.status.downloading(&file, done, total);
+                        if let Some(p) = &progress {
+                            let text = format!("downloading {file} ({})", of_mb(done, total));
+                            p.report_with_message(text, pct, None).await;
                         }
                     }
-                },
+                }
             }
-        };
+        }
+        let joined = job.await;
         *self.download.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let result = match joined {
             Ok(Ok(source)) => Ok(source.path().display().to_string()),
