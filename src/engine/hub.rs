@@ -111,7 +111,11 @@ fn repo_dir(repo: &str) -> PathBuf {
 pub fn probe(repo: &str, file: &str) -> Result<HubFile, HubError> {
     let url = format!("{}/{repo}/resolve/main/{file}", endpoint());
     let never = || false;
-    let (resp, hub_headers, final_url) = get(&url, "bytes=0-0", &never)?;
+    let Answer {
+        resp,
+        hub_headers,
+        url: final_url,
+    } = get(&url, "bytes=0-0", &never)?;
     let header = |name: &str| {
         hub_headers
             .iter()
@@ -231,7 +235,7 @@ fn download(f: &HubFile, part: &Path, hooks: &mut Hooks<'_>) -> Result<(), HubEr
     });
     if have < f.size {
         let cancelled = hooks.cancelled;
-        let (mut resp, _, _) = get(&f.url, &format!("bytes={have}-"), cancelled)?;
+        let mut resp = get(&f.url, &format!("bytes={have}-"), cancelled)?.resp;
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -316,14 +320,18 @@ fn redact_query(url: &str) -> &str {
     url.split('?').next().unwrap_or(url)
 }
 
-/// A GET of `range` (`bytes=A-` or `bytes=A-B`), following redirects. Returns the final response, the headers of the Hub's
-/// own answers along the way (they carry `x-repo-commit` and `x-linked-*` before a redirect to a CDN), and
-/// the final URL.
-fn get(
-    url: &str,
-    range: &str,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<(Response, Vec<(String, String)>, String), HubError> {
+/// A successful answer of [`get`].
+struct Answer {
+    resp: Response,
+    /// The headers of the Hub's own answers along the way (they carry `x-repo-commit` and `x-linked-*`
+    /// before a redirect to a CDN).
+    hub_headers: Vec<(String, String)>,
+    /// The final URL.
+    url: String,
+}
+
+/// A GET of `range` (`bytes=A-` or `bytes=A-B`), following redirects.
+fn get(url: &str, range: &str, cancelled: &dyn Fn() -> bool) -> Result<Answer, HubError> {
     let hub_host = url::Url::parse(&endpoint())
         .ok()
         .and_then(|u| u.host_str().map(str::to_string));
@@ -367,7 +375,13 @@ fn get(
             }
         }
         match resp.status {
-            200 | 206 => return Ok((resp, seen, url)),
+            200 | 206 => {
+                return Ok(Answer {
+                    resp,
+                    hub_headers: seen,
+                    url,
+                })
+            }
             301 | 302 | 303 | 307 | 308 => {
                 let location = resp.header("location").ok_or_else(|| {
                     HubError::Failed(format!("{} redirected nowhere", redact_query(&url)))

@@ -56,11 +56,9 @@ pub fn of_mb(done: u64, total: u64) -> String {
 
 /// `done` of `total` in whole percent (100 only once all has arrived).
 pub fn percent(done: u64, total: u64) -> u32 {
-    if total == 0 {
-        100
-    } else {
-        (done.min(total) * 100 / total) as u32
-    }
+    (done.min(total) * 100)
+        .checked_div(total)
+        .map_or(100, |p| p as u32)
 }
 
 fn round1(x: f64) -> f64 {
