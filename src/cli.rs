@@ -25,11 +25,79 @@ pub fn config(flags: Vec<(&'static str, String)>) -> Result<Config> {
     Ok(config)
 }
 
-/// Loads `model` (the completion model unless told otherwise) in-process with the configuration's settings.
+/// Loads `model` (the completion model unless told otherwise) in-process with the configuration's settings,
+/// downloading it first when it must come from the Hub.
 fn start(config: &Config, model: Option<String>) -> Result<(Engine, u64)> {
+    let mut opts = config.load_options(model);
+    opts.model = Some(fetch_with_display(opts.model.as_deref())?);
     let t = Instant::now();
-    let engine = Engine::start(config.load_options(model), Box::new(|_| {}))?;
+    let engine = Engine::start(opts, Box::new(|_| {}))?;
     Ok((engine, t.elapsed().as_millis() as u64))
+}
+
+/// Resolves `--model`, showing a Hub download on stderr: an indicatif bar on a terminal, otherwise a plain
+/// line every 10 % (a log file gets no escape codes). Returns the local path.
+fn fetch_with_display(spec: Option<&str>) -> Result<String> {
+    use crate::engine::hub::{Event, Hooks};
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stderr().is_terminal();
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut name = String::new();
+    let mut last_tenth = None;
+    let mut on_event = |event: Event| match event {
+        Event::Start { file, resumed_from } => {
+            name = file.file.clone();
+            let resumed = if resumed_from > 0 {
+                format!(", resuming at {} MB", resumed_from / 1_000_000)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "downloading {} from {} ({} MB{resumed}) into {}",
+                file.file,
+                file.repo,
+                file.size.div_ceil(1_000_000),
+                file.cache_path().display()
+            );
+            if terminal {
+                let b = indicatif::ProgressBar::new(file.size);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ({eta})",
+                ) {
+                    b.set_style(style.progress_chars("=> "));
+                }
+                b.set_message(format!("downloading {}", file.file));
+                b.set_position(resumed_from);
+                bar = Some(b);
+            }
+        }
+        Event::Progress { done, total } => match &bar {
+            Some(b) => b.set_position(done),
+            None => {
+                let tenth = crate::server::status::percent(done, total) / 10;
+                if last_tenth != Some(tenth) {
+                    last_tenth = Some(tenth);
+                    eprintln!(
+                        "downloading {name}: {}% ({})",
+                        tenth * 10,
+                        crate::server::status::of_mb(done, total)
+                    );
+                }
+            }
+        },
+    };
+    let never = || false;
+    let source = crate::engine::resolve::resolve_with(
+        spec,
+        &mut Hooks {
+            on_event: &mut on_event,
+            cancelled: &never,
+        },
+    );
+    if let Some(b) = bar {
+        b.finish();
+    }
+    Ok(source?.path().display().to_string())
 }
 
 #[derive(Args, Debug)]

@@ -633,3 +633,387 @@ fn other_open_documents_reach_the_prompt_when_asked() {
         );
     }
 }
+
+/// Stands in for the Hugging Face Hub, because this machine has no network: it answers as huggingface.co
+/// does for a file kept in LFS (`/{repo}/resolve/main/{file}` → 302 to a CDN address, with `x-repo-commit`,
+/// `x-linked-etag` (the SHA-256) and `x-linked-size` on the redirect; the CDN answers `Range` requests with
+/// 206 and `Content-Range`), serves real model bytes, and records where each CDN request started.
+struct HubStandIn {
+    url: String,
+    /// (first byte asked for, last byte asked for) of every CDN request.
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    /// Body bytes the CDN sent.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+impl HubStandIn {
+    /// Serves `body`, announcing `sha256`, pausing `pause` after every MiB sent.
+    fn start(body: std::sync::Arc<Vec<u8>>, sha256: String, pause: Duration) -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (r, n) = (ranges.clone(), sent.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (body, sha, ranges, sent) =
+                    (body.clone(), sha256.clone(), r.clone(), n.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut head = Vec::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                        head.push(line.trim().to_string());
+                        line.clear();
+                    }
+                    let path = head[0].split(' ').nth(1).unwrap_or("").to_string();
+                    let size = body.len() as u64;
+                    let (from, to) = head
+                        .iter()
+                        .find_map(|h| {
+                            h.to_ascii_lowercase()
+                                .strip_prefix("range: bytes=")
+                                .map(str::to_string)
+                        })
+                        .map(|r| {
+                            let (a, b) = r.split_once('-').unwrap();
+                            (a.parse().unwrap(), b.parse().unwrap_or(size - 1))
+                        })
+                        .unwrap_or((0, size - 1));
+                    let mut w = conn;
+                    if path.contains("/resolve/main/") {
+                        let head = format!(
+                            "HTTP/1.1 302 Found\r\nLocation: /cdn/{sha}?X-Amz-Signature=secret\r\nx-repo-commit: {COMMIT}\r\n\
+                             x-linked-etag: \"{sha}\"\r\nx-linked-size: {size}\r\nETag: \"{COMMIT}\"\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        let _ = w.write_all(head.as_bytes());
+                        return;
+                    }
+                    ranges.lock().unwrap().push((from, to));
+                    let head = format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{to}/{size}\r\nContent-Length: {}\r\n\r\n",
+                        to + 1 - from
+                    );
+                    let _ = w.write_all(head.as_bytes());
+                    for piece in body[from as usize..=to as usize].chunks(1 << 20) {
+                        if w.write_all(piece).is_err() {
+                            return;
+                        }
+                        sent.fetch_add(piece.len() as u64, Ordering::SeqCst);
+                        std::thread::sleep(pause);
+                    }
+                });
+            }
+        });
+        Self { url, ranges, sent }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// A fresh folder under the system's temporary directory.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("codellama-hub-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The server `exe` with `HF_ENDPOINT` on the stand-in and the Hugging Face cache in `home`.
+fn spawn_hub(
+    exe: &std::path::Path,
+    hub: &HubStandIn,
+    home: &std::path::Path,
+    flags: &[&str],
+) -> LspProcess {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("serve").args(flags).args(FAST);
+    cmd.env("CODELLAMA_LSP_LOG_LEVEL", "debug")
+        .env("HF_ENDPOINT", &hub.url)
+        .env("HF_HOME", home.join("hf"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env_remove("CODELLAMA_LSP_MODELS")
+        .env_remove("HF_TOKEN")
+        .current_dir(home);
+    let mut s = LspProcess::spawn(cmd).expect("the server binary starts");
+    s.initialize(capabilities(&[]), Value::Null).unwrap();
+    s
+}
+
+/// Everything `$/progress` said for the token whose `begin` message starts with "downloading".
+fn download_progress(s: &mut LspProcess) -> Vec<Value> {
+    s.drain();
+    let begin = s
+        .received
+        .iter()
+        .find(|m| {
+            m["method"] == "$/progress"
+                && m["params"]["value"]["kind"] == "begin"
+                && m["params"]["value"]["message"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("downloading"))
+        })
+        .cloned()
+        .expect("a download progress began");
+    let token = begin["params"]["token"].clone();
+    s.received
+        .iter()
+        .filter(|m| m["method"] == "$/progress" && m["params"]["token"] == token)
+        .map(|m| m["params"]["value"].clone())
+        .collect()
+}
+
+/// With no model configured and none installed, the server says in one message what it downloads and how
+/// large it is, reports the download (begin → increasing percentages → end, in the status bar too), and
+/// loads the file from the Hugging Face cache.
+#[test]
+fn the_default_model_is_downloaded_with_progress() {
+    let home = scratch("default");
+    // A copy of the binary, away from this checkout's models/ (where the default model lies).
+    let exe = home.join("bin/codellama-lsp");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_codellama-lsp"), &exe).unwrap();
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let size = body.len() as u64;
+    let hub = HubStandIn::start(body.clone(), sha256_hex(&body), Duration::from_millis(5));
+    let mut s = spawn_hub(&exe, &hub, &home, &[]);
+    let file = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+    let shown = s.wait_for("window/showMessage", LOAD, |_| true).unwrap();
+    let text = shown["params"]["message"].as_str().unwrap().to_string();
+    let mb = format!("{} MB", size.div_ceil(1_000_000));
+    for part in [
+        file,
+        mb.as_str(),
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF",
+        "scripts/fetch-model",
+        &hub.url,
+    ] {
+        assert!(text.contains(part), "{part:?} not in {text}");
+    }
+    s.wait_ready(LOAD)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    let values = download_progress(&mut s);
+    assert_eq!(values.first().unwrap()["cancellable"], true, "{values:?}");
+    assert_eq!(values.last().unwrap()["kind"], "end", "{values:?}");
+    let percents: Vec<u64> = values
+        .iter()
+        .filter(|v| v["kind"] == "report")
+        .map(|v| v["percentage"].as_u64().unwrap())
+        .collect();
+    assert!(percents.len() >= 5, "{percents:?}");
+    assert!(percents.windows(2).all(|w| w[0] < w[1]), "{percents:?}");
+    assert_eq!(percents.last(), Some(&100));
+    let downloading = s
+        .received
+        .iter()
+        .filter(|m| m["method"] == "codellama/status")
+        .filter(|m| {
+            m["params"]["message"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("downloading"))
+        })
+        .count();
+    assert!(
+        downloading >= 5,
+        "the status bar was told {downloading} times"
+    );
+    let cached = home
+        .join("hf/hub/models--Qwen--Qwen2.5-Coder-0.5B-Instruct-GGUF/snapshots")
+        .join(COMMIT)
+        .join(file);
+    assert_eq!(std::fs::read(&cached).unwrap().len() as u64, size);
+    assert!(
+        s.stderr().contains(&cached.display().to_string()),
+        "{}",
+        s.stderr()
+    );
+    // Each byte came once (and one for the size probe).
+    assert_eq!(hub.sent.load(std::sync::atomic::Ordering::SeqCst), size + 1);
+    finish(s);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// `window/workDoneProgress/cancel` stops a download: nothing under the final name, the server keeps
+/// running; the next attempt goes on from where it stopped (the bytes before are not asked for again).
+#[test]
+fn a_cancelled_download_leaves_no_file_and_resumes_later() {
+    let home = scratch("cancel");
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_codellama-lsp"));
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let (size, sha) = (body.len() as u64, sha256_hex(&body));
+    let spec = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf";
+    let repo_dir = home.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
+    let (blob, part) = (
+        repo_dir.join("blobs").join(&sha),
+        repo_dir.join(format!("blobs/{sha}.part")),
+    );
+    let snapshot = repo_dir.join("snapshots").join(COMMIT).join("smollm2.gguf");
+    {
+        // About 6 s for the whole file: time to cancel in the middle.
+        let slow = HubStandIn::start(body.clone(), sha.clone(), Duration::from_millis(60));
+        let mut s = spawn_hub(&exe, &slow, &home, &["--model", spec]);
+        let report = s
+            .wait_for("$/progress", LOAD, |p| {
+                p["value"]["kind"] == "report"
+                    && p["value"]["percentage"].as_u64().is_some_and(|n| n >= 10)
+            })
+            .unwrap();
+        s.notify(
+            "window/workDoneProgress/cancel",
+            json!({"token": report["params"]["token"]}),
+        );
+        let status = s.wait_ready(LOAD).unwrap_err();
+        assert!(status.contains("cancelled"), "{status}");
+        assert!(
+            !snapshot.exists() && !blob.exists(),
+            "a file under the final name"
+        );
+        let kept = std::fs::metadata(&part).unwrap().len();
+        assert!(kept > 0 && kept < size, "{kept} of {size}");
+        // Still serving: an answer to a request.
+        open(&mut s, "file:///tmp/x.py", "python", "x = ");
+        assert_eq!(
+            items(&inline(&mut s, "file:///tmp/x.py", 0, 4)),
+            Vec::<Value>::new()
+        );
+        finish(s);
+    }
+    let kept = std::fs::metadata(&part).unwrap().len();
+    let hub = HubStandIn::start(body.clone(), sha.clone(), Duration::ZERO);
+    let mut s = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    s.wait_ready(LOAD)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    let ranges = hub.ranges.lock().unwrap().clone();
+    assert_eq!(
+        ranges,
+        vec![(0, 0), (kept, size - 1)],
+        "the size probe, then the rest only"
+    );
+    assert_eq!(
+        hub.sent.load(std::sync::atomic::Ordering::SeqCst),
+        size - kept + 1
+    );
+    assert_eq!(std::fs::read(&snapshot).unwrap().len() as u64, size);
+    assert!(!part.exists());
+    finish(s);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// A body whose SHA-256 is not the one the Hub announced is refused, with a message naming the file, and
+/// removed.
+#[test]
+fn a_corrupted_download_is_refused() {
+    let home = scratch("corrupt");
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_codellama-lsp"));
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let announced = sha256_hex(b"another file");
+    let hub = HubStandIn::start(body, announced.clone(), Duration::ZERO);
+    let mut s = spawn_hub(
+        &exe,
+        &hub,
+        &home,
+        &[
+            "--model",
+            "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf",
+        ],
+    );
+    let err = s.wait_ready(LOAD).unwrap_err();
+    for part in ["smollm2.gguf", "corrupted", "SHA-256", announced.as_str()] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    let shown = s.wait_for("window/showMessage", T, |_| true).unwrap();
+    let text = shown["params"]["message"].as_str().unwrap();
+    assert!(
+        text.contains("smollm2.gguf from HuggingFaceTB/SmolLM2-135M-Instruct-GGUF is corrupted"),
+        "{text}"
+    );
+    let blobs = home.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF/blobs");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    finish(s);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+/// `complete` from the shell with a Hub reference: the download shows an indicatif bar on stderr when it is
+/// a terminal (`script` gives it one), and plain lines every 10 % otherwise.
+#[test]
+fn the_cli_shows_a_download_bar_on_a_terminal_and_lines_otherwise() {
+    let home = scratch("cli");
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let mb = body.len().div_ceil(1_000_000);
+    let hub = HubStandIn::start(body.clone(), sha256_hex(&body), Duration::from_millis(5));
+    let source = home.join("a.py");
+    std::fs::write(&source, "def add(a, b):\n    ").unwrap();
+    let run = |cache: &str, through_terminal: bool| {
+        let exe = env!("CARGO_BIN_EXE_codellama-lsp");
+        let args = format!(
+            "{exe} complete {}:2:5 --model HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf --max-tokens 4 --context-window 256",
+            source.display()
+        );
+        let mut cmd = if through_terminal {
+            let mut c = std::process::Command::new("script");
+            c.args(["-qec", &args, "/dev/null"]);
+            c
+        } else {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", &args]);
+            c
+        };
+        let out = cmd
+            .env("HF_ENDPOINT", &hub.url)
+            .env("HF_HOME", home.join(cache))
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let plain = run("plain", false);
+    assert!(
+        plain.contains(&format!(
+            "downloading smollm2.gguf from HuggingFaceTB/SmolLM2-135M-Instruct-GGUF ({mb} MB)"
+        )),
+        "{plain}"
+    );
+    for p in (0..=100).step_by(10) {
+        assert!(
+            plain.contains(&format!("downloading smollm2.gguf: {p}% (")),
+            "{p}% missing:\n{plain}"
+        );
+    }
+    assert!(
+        !plain.contains('\u{1b}') && !plain.contains('\r'),
+        "escape codes in a log:\n{plain}"
+    );
+    let terminal = run("terminal", true);
+    assert!(
+        terminal.contains("downloading smollm2.gguf ["),
+        "no bar:\n{terminal}"
+    );
+    assert!(
+        terminal.contains("=>") || terminal.contains("==="),
+        "no bar:\n{terminal}"
+    );
+    assert!(
+        !terminal.contains("smollm2.gguf: 10% ("),
+        "plain lines on a terminal:\n{terminal}"
+    );
+    let _ = std::fs::remove_dir_all(&home);
+}

@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod hub;
 pub mod kernels;
 mod load;
 pub mod model;

@@ -2,17 +2,22 @@
 //!
 //! Accepted forms: a local `.gguf` file; a Hugging Face model directory (`config.json`,
 //! `tokenizer.json`, `*.safetensors`); a Hub reference `owner/repo[:file.gguf]` fetched into the standard
-//! Hugging Face cache (found there offline once fetched). With nothing given, the default model that
-//! `scripts/fetch-model` installs (Qwen2.5-Coder-0.5B-Instruct) is used when present. Every failure lists what was tried.
+//! Hugging Face cache (found there offline once fetched; downloads go through `hub`, which reports progress
+//! and can be cancelled). With nothing given, the default model that `scripts/fetch-model` installs
+//! (Qwen2.5-Coder-0.5B-Instruct) is used when present, and fetched from the Hub into its cache otherwise.
+//! Every failure lists what was tried.
 
 use std::path::{Path, PathBuf};
 
 use super::error::{EngineError, Result};
+use super::hub::{self, Hooks, HubError};
 
 /// The file name of the default model fetched by `scripts/fetch-model`: Qwen2.5-Coder-0.5B-Instruct
 /// (Q4_K_M, 491 MB), trained to fill in the middle and to answer ChatML, so one file serves completions
 /// and code actions.
 pub const DEFAULT_MODEL_FILE: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+/// The Hub repository that holds [`DEFAULT_MODEL_FILE`].
+pub const DEFAULT_MODEL_REPO: &str = "Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
@@ -28,15 +33,28 @@ impl ModelSource {
     }
 }
 
-/// Resolves a model specification (`None`: the default small model).
+/// Resolves a model specification (`None`: the default small model), downloading without reports.
 pub fn resolve(spec: Option<&str>) -> Result<ModelSource> {
+    let mut ignore = |_: hub::Event| {};
+    let never = || false;
+    resolve_with(
+        spec,
+        &mut Hooks {
+            on_event: &mut ignore,
+            cancelled: &never,
+        },
+    )
+}
+
+/// [`resolve`], with a download's progress going to `hooks` (which may cancel it).
+pub fn resolve_with(spec: Option<&str>, hooks: &mut Hooks<'_>) -> Result<ModelSource> {
     match spec.map(str::trim).filter(|s| !s.is_empty()) {
-        None => default_model(),
-        Some(spec) => resolve_spec(spec),
+        None => default_model(hooks),
+        Some(spec) => resolve_spec(spec, hooks),
     }
 }
 
-fn resolve_spec(spec: &str) -> Result<ModelSource> {
+fn resolve_spec(spec: &str, hooks: &mut Hooks<'_>) -> Result<ModelSource> {
     let path = expand_home(spec);
     if path.is_file() {
         return Ok(ModelSource::Gguf(path));
@@ -45,7 +63,7 @@ fn resolve_spec(spec: &str) -> Result<ModelSource> {
         return local_dir(spec, &path);
     }
     if let Some((repo, file)) = parse_hub_ref(spec) {
-        return from_hub(spec, &repo, file.as_deref());
+        return from_hub(spec, &repo, file.as_deref(), hooks);
     }
     Err(EngineError::ModelNotFound {
         spec: spec.to_string(),
@@ -105,7 +123,12 @@ fn parse_hub_ref(spec: &str) -> Option<(String, Option<String>)> {
         .then(|| (repo.to_string(), file.filter(|f| !f.is_empty())))
 }
 
-fn from_hub(spec: &str, repo: &str, file: Option<&str>) -> Result<ModelSource> {
+fn from_hub(
+    spec: &str,
+    repo: &str,
+    file: Option<&str>,
+    hooks: &mut Hooks<'_>,
+) -> Result<ModelSource> {
     let cache = hf_hub::Cache::from_env();
     let cached_repo = cache.model(repo.to_string());
     if let Some(file) = file {
@@ -117,52 +140,55 @@ fn from_hub(spec: &str, repo: &str, file: Option<&str>) -> Result<ModelSource> {
             return Ok(ModelSource::HfDir(dir.to_path_buf()));
         }
     }
-    let download_error = |detail: String| EngineError::Download {
-        spec: spec.to_string(),
-        detail,
+    let download_error = |e: HubError| match e {
+        HubError::Cancelled => EngineError::Cancelled,
+        HubError::Failed(detail) => EngineError::Download {
+            spec: spec.to_string(),
+            detail,
+        },
     };
+    let mut get = |name: &str| {
+        hub::probe(repo, name)
+            .and_then(|f| hub::fetch(&f, hooks))
+            .map_err(|e| match e {
+                HubError::Failed(detail) => HubError::Failed(format!(
+                    "{repo}/{name} is not in the Hugging Face cache ({}) and fetching it failed: {detail}",
+                    cache.path().display()
+                )),
+                cancelled => cancelled,
+            })
+    };
+    if let Some(file) = file {
+        return get(file).map(ModelSource::Gguf).map_err(download_error);
+    }
+    // The listing only: hf-hub's JSON request is enough here (nothing large, nothing to report).
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
         .build()
-        .map_err(|e| download_error(e.to_string()))?;
-    let remote = api.model(repo.to_string());
-    match file {
-        Some(file) => remote.get(file).map(ModelSource::Gguf).map_err(|e| {
-            download_error(format!(
-                "{repo}/{file} not in the Hugging Face cache ({}) and fetching it failed: {e}",
-                cache.path().display()
-            ))
-        }),
-        None => {
-            let info = remote
-                .info()
-                .map_err(|e| download_error(format!("listing {repo} failed: {e}")))?;
-            let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
-            if let Some(gguf) = pick_gguf(&names) {
-                return remote
-                    .get(&gguf)
-                    .map(ModelSource::Gguf)
-                    .map_err(|e| download_error(e.to_string()));
-            }
-            let mut dir = None;
-            for name in names.iter().filter(|n| {
-                n.as_str() == "config.json"
-                    || n.as_str() == "tokenizer.json"
-                    || n.as_str() == "tokenizer_config.json"
-                    || n.ends_with(".safetensors")
-            }) {
-                let p = remote
-                    .get(name)
-                    .map_err(|e| download_error(e.to_string()))?;
-                dir = p.parent().map(Path::to_path_buf);
-            }
-            dir.map(ModelSource::HfDir).ok_or_else(|| {
-                download_error(format!(
-                    "{repo} has neither a .gguf file nor config.json + safetensors"
-                ))
-            })
-        }
+        .map_err(|e| download_error(HubError::Failed(e.to_string())))?;
+    let info = api
+        .model(repo.to_string())
+        .info()
+        .map_err(|e| download_error(HubError::Failed(format!("listing {repo} failed: {e}"))))?;
+    let names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
+    if let Some(gguf) = pick_gguf(&names) {
+        return get(&gguf).map(ModelSource::Gguf).map_err(download_error);
     }
+    let mut dir = None;
+    for name in names.iter().filter(|n| {
+        n.as_str() == "config.json"
+            || n.as_str() == "tokenizer.json"
+            || n.as_str() == "tokenizer_config.json"
+            || n.ends_with(".safetensors")
+    }) {
+        let p = get(name).map_err(download_error)?;
+        dir = p.parent().map(Path::to_path_buf);
+    }
+    dir.map(ModelSource::HfDir).ok_or_else(|| {
+        download_error(HubError::Failed(format!(
+            "{repo} has neither a .gguf file nor config.json + safetensors"
+        )))
+    })
 }
 
 /// Prefers a 4-bit K-quant, then Q8_0, then any GGUF in the listing.
@@ -208,20 +234,29 @@ pub fn default_model_candidates() -> Vec<PathBuf> {
     out
 }
 
-fn default_model() -> Result<ModelSource> {
+/// The default model: installed by `scripts/fetch-model`, or in the Hugging Face cache, or downloaded there.
+fn default_model(hooks: &mut Hooks<'_>) -> Result<ModelSource> {
     let candidates = default_model_candidates();
     if let Some(p) = candidates.iter().find(|p| p.is_file()) {
         return Ok(ModelSource::Gguf(p.clone()));
     }
-    Err(EngineError::ModelNotFound {
-        spec: format!("the default model {DEFAULT_MODEL_FILE}"),
-        tried: candidates
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        hint: "run scripts/fetch-model in the codellama-lsp checkout, or pass --model PATH.gguf"
-            .into(),
+    let spec = format!("{DEFAULT_MODEL_REPO}:{DEFAULT_MODEL_FILE}");
+    from_hub(&spec, DEFAULT_MODEL_REPO, Some(DEFAULT_MODEL_FILE), hooks).map_err(|e| match e {
+        EngineError::Download { detail, .. } => EngineError::ModelNotFound {
+            spec: format!("the default model {DEFAULT_MODEL_FILE}"),
+            tried: format!(
+                "{}, and the Hugging Face Hub ({}): {detail}",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                hub::endpoint()
+            ),
+            hint: "offline: run scripts/fetch-model in the codellama-lsp checkout; or pass --model PATH.gguf"
+                .into(),
+        },
+        other => other,
     })
 }
 

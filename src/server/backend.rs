@@ -200,8 +200,9 @@ impl Backend {
 }
 
 impl Backend {
-    /// `window/workDoneProgress/cancel`: the user cancelled a code action's progress.
+    /// `window/workDoneProgress/cancel`: the user cancelled a code action's progress or a model download.
     pub async fn work_done_progress_cancel(&self, params: WorkDoneProgressCancelParams) {
+        self.model.cancel_download(&params.token);
         self.actions.cancel_progress(&params.token);
     }
 

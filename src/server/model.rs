@@ -9,7 +9,8 @@
 //! a model still held costs nothing). A configuration change that names a model setting retries a load that
 //! failed, even with the same value (the file may have been fixed). A remote engine that cannot be reached is
 //! tried again when a request needs it, at most every [`RETRY_EVERY`], quietly: only the connection that works
-//! is announced.
+//! is announced. A model that must come from the Hugging Face Hub first is downloaded with a cancellable
+//! `$/progress` and `codellama/status` "downloading …" (see [`ModelHost::fetch`]).
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -18,12 +19,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::watch;
 use tower_lsp_server::gen_lsp_types::{MessageType, ProgressToken};
-use tower_lsp_server::{Bounded, Client, NotCancellable, OngoingProgress};
+use tower_lsp_server::{Bounded, Cancellable, Client, NotCancellable, OngoingProgress};
 
-use super::status::Status;
+use super::status::{of_mb, percent, Status};
 use crate::backends::{Notice, RemoteBackend};
 use crate::config::ModelKey;
-use crate::engine::{Backend, Engine, LoadOptions};
+use crate::engine::hub::{self, Hooks, HubFile};
+use crate::engine::resolve::{resolve_with, DEFAULT_MODEL_REPO};
+use crate::engine::{Backend, Engine, EngineError, LoadOptions};
 
 /// A remote engine that could not be reached is tried again at most this often.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -97,6 +100,8 @@ pub struct ModelHost {
     progress_supported: AtomicBool,
     /// Bumped whenever a load ends (for [`ModelHost::wait`]).
     loads_done: watch::Sender<u64>,
+    /// The running download's progress token and its cancel flag (`window/workDoneProgress/cancel`).
+    download: Mutex<Option<(ProgressToken, Arc<AtomicBool>)>>,
 }
 
 static NEXT_TOKEN: AtomicI32 = AtomicI32::new(1);
@@ -131,11 +136,21 @@ impl ModelHost {
             role,
             progress_supported: Default::default(),
             loads_done: watch::channel(0).0,
+            download: Mutex::default(),
         })
     }
 
     fn slot(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `window/workDoneProgress/cancel` for this host's download, if `token` is its progress.
+    pub fn cancel_download(&self, token: &ProgressToken) {
+        let download = self.download.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((t, cancel)) = download.as_ref().filter(|(t, _)| t == token) {
+            tracing::info!("the download reported as {t:?} was cancelled by the client");
+            cancel.store(true, Ordering::Relaxed);
+        }
     }
 
     pub fn set_progress_supported(&self, yes: bool) {
@@ -438,12 +453,19 @@ impl ModelHost {
     /// Loads an in-process model on a blocking thread, reporting progress as it goes.
     async fn load_local(
         &self,
-        opts: LoadOptions,
+        mut opts: LoadOptions,
         label: &str,
     ) -> (
         Result<Loaded, String>,
         Option<OngoingProgress<Bounded, NotCancellable>>,
     ) {
+        // Begun before the file is resolved: a model that cannot be found ends this progress as "failed". A
+        // download on the way has a cancellable progress of its own.
+        let progress = self.begin_progress_soon(&format!("loading {label}")).await;
+        match self.fetch(opts.model.clone()).await {
+            Ok(path) => opts.model = Some(path),
+            Err(e) => return (Err(e), progress),
+        }
         let (tx, mut rx) = unbounded_channel::<f32>();
         let mut load = tokio::task::spawn_blocking(move || {
             Engine::start(
@@ -453,8 +475,6 @@ impl ModelHost {
                 }),
             )
         });
-        // The load runs already; a client slow to accept the progress token does not hold it up.
-        let progress = self.begin_progress_soon(&format!("loading {label}")).await;
         let mut last_percent = 0;
         let result = loop {
             tokio::select! {
@@ -479,6 +499,113 @@ impl ModelHost {
             Err(e) => Err(format!("the loader stopped unexpectedly: {e}")),
         };
         (result, progress)
+    }
+
+    /// Resolves the model to a local path, downloading it from the Hub when it must: reported with a
+    /// cancellable `$/progress` and `codellama/status` "downloading FILE (X of Y MB)", and, for the default
+    /// model (nothing configured, nothing installed), one message saying what is downloaded and how large.
+    async fn fetch(&self, spec: Option<String>) -> Result<String, String> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = unbounded_channel::<hub::Event>();
+        let flag = cancel.clone();
+        let default = spec.is_none();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut send = |event| {
+                let _ = tx.send(event);
+            };
+            let cancelled = move || flag.load(Ordering::Relaxed);
+            resolve_with(
+                spec.as_deref(),
+                &mut Hooks {
+                    on_event: &mut send,
+                    cancelled: &cancelled,
+                },
+            )
+        });
+        let mut progress: Option<OngoingProgress<Bounded, Cancellable>> = None;
+        let mut file = String::new();
+        let mut last = None;
+        // Every event is handled before the outcome (the channel ends when the job does), so the last report
+        // is the 100 % one.
+        while let Some(event) = rx.recv().await {
+            match event {
+                hub::Event::Start {
+                    file: f,
+                    resumed_from,
+                } => {
+                    file = f.file.clone();
+                    tracing::info!(
+                        "downloading {} from {} ({} bytes, from byte {resumed_from}) into {}",
+                        f.file,
+                        f.repo,
+                        f.size,
+                        f.cache_path().display()
+                    );
+                    if default {
+                        let text = default_download_message(&f, resumed_from);
+                        self.client.show_message(MessageType::Info, text).await;
+                    }
+                    self.status.downloading(&file, resumed_from, f.size);
+                    progress = self.begin_download_progress(&file, &cancel).await;
+                }
+                hub::Event::Progress { done, total } => {
+                    let pct = percent(done, total);
+                    if last != Some(pct) {
+                        last = Some(pct);
+                        self.status.downloading(&file, done, total);
+                        if let Some(p) = &progress {
+                            let text = format!("downloading {file} ({})", of_mb(done, total));
+                            p.report_with_message(text, pct, None).await;
+                        }
+                    }
+                }
+            }
+        }
+        let joined = job.await;
+        *self.download.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let result = match joined {
+            Ok(Ok(source)) => Ok(source.path().display().to_string()),
+            Ok(Err(EngineError::Cancelled)) => Err(format!(
+                "the download of {file} was cancelled; what arrived is kept beside the cache and the next \
+                 attempt goes on from there"
+            )),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("the download stopped unexpectedly: {e}")),
+        };
+        if let Some(p) = progress {
+            let end = match &result {
+                Ok(_) => "downloaded",
+                Err(_) if cancel.load(Ordering::Relaxed) => "cancelled",
+                Err(_) => "failed",
+            };
+            p.finish_with_message(end).await;
+        }
+        result
+    }
+
+    /// A cancellable `$/progress` for a download, registered so that its cancel sets `cancel`.
+    async fn begin_download_progress(
+        &self,
+        file: &str,
+        cancel: &Arc<AtomicBool>,
+    ) -> Option<OngoingProgress<Bounded, Cancellable>> {
+        let begin = async {
+            let token = self.create_token("download").await?;
+            *self.download.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((token.clone(), cancel.clone()));
+            let progress = self
+                .client
+                .progress(token, "Code Llama")
+                .with_message(format!("downloading {file}"))
+                .with_percentage(0)
+                .with_cancel_button()
+                .begin()
+                .await;
+            Some(progress)
+        };
+        tokio::time::timeout(Duration::from_secs(5), begin)
+            .await
+            .unwrap_or(None)
     }
 
     fn failure_message(&self, key: &ModelKey, error: &str, serving: bool) -> String {
@@ -524,17 +651,7 @@ impl ModelHost {
         &self,
         message: &str,
     ) -> Option<OngoingProgress<Bounded, NotCancellable>> {
-        if !self.progress_supported.load(Ordering::Relaxed) {
-            return None;
-        }
-        let token = ProgressToken::String(format!(
-            "codellama/load/{}",
-            NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
-        ));
-        if let Err(e) = self.client.create_work_done_progress(token.clone()).await {
-            tracing::debug!("the client refused a progress token: {e}");
-            return None;
-        }
+        let token = self.create_token("load").await?;
         let progress = self
             .client
             .progress(token, "Code Llama")
@@ -544,4 +661,40 @@ impl ModelHost {
             .await;
         Some(progress)
     }
+
+    /// A progress token `codellama/KIND/N` the client accepted, when it takes them.
+    async fn create_token(&self, kind: &str) -> Option<ProgressToken> {
+        if !self.progress_supported.load(Ordering::Relaxed) {
+            return None;
+        }
+        let token = ProgressToken::String(format!(
+            "codellama/{kind}/{}",
+            NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+        ));
+        if let Err(e) = self.client.create_work_done_progress(token.clone()).await {
+            tracing::debug!("the client refused a progress token: {e}");
+            return None;
+        }
+        Some(token)
+    }
+}
+
+/// The one message shown when the default model is downloaded: what, from where, how large, and what to do
+/// offline.
+fn default_download_message(f: &HubFile, resumed_from: u64) -> String {
+    let resumed = if resumed_from > 0 {
+        format!(", going on from {} MB", resumed_from / 1_000_000)
+    } else {
+        String::new()
+    };
+    format!(
+        "Code Llama: no model is configured and the default one is not installed, so it is downloading the default \
+         model, Qwen2.5-Coder 0.5B Instruct ({}, {} MB{resumed}) from the Hugging Face Hub ({}/{DEFAULT_MODEL_REPO}) \
+         into {}. Offline or behind a firewall? Cancel it and run scripts/fetch-model in a codellama-lsp checkout, \
+         or set codellama.model (--model) to a .gguf file.",
+        f.file,
+        f.size.div_ceil(1_000_000),
+        hub::endpoint(),
+        f.cache_path().display()
+    )
 }

@@ -49,6 +49,18 @@ impl StatusTimings {
     }
 }
 
+/// "12 of 491 MB".
+pub fn of_mb(done: u64, total: u64) -> String {
+    format!("{} of {} MB", done / 1_000_000, total.div_ceil(1_000_000))
+}
+
+/// `done` of `total` in whole percent (100 only once all has arrived).
+pub fn percent(done: u64, total: u64) -> u32 {
+    (done.min(total) * 100)
+        .checked_div(total)
+        .map_or(100, |p| p as u32)
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -148,6 +160,16 @@ impl Status {
             message: Some(format!("loading {model}")),
             progress: Some(progress.min(100)),
             model: Some(model.to_string()),
+            ..StatusParams::new(State::Loading)
+        });
+    }
+
+    /// Downloading the model's file from the Hub (reported as loading: "downloading FILE (X of Y MB)").
+    pub fn downloading(&self, file: &str, done: u64, total: u64) {
+        self.send(StatusParams {
+            message: Some(format!("downloading {file} ({})", of_mb(done, total))),
+            progress: Some(percent(done, total)),
+            model: Some(file.to_string()),
             ..StatusParams::new(State::Loading)
         });
     }

@@ -73,7 +73,9 @@ export class StatusBar implements vscode.Disposable {
 
   private render(): void {
     const { icon, label } = this.describe();
-    this.item.text = `${icon} Code Llama${this.state === 'loading' && this.progress !== undefined ? ` ${Math.round(this.progress)}%` : ''}`;
+    const downloading = this.state === 'loading' && this.message?.startsWith('downloading');
+    const percent = this.state === 'loading' && this.progress !== undefined ? ` ${Math.round(this.progress)}%` : '';
+    this.item.text = `${icon} Code Llama${downloading ? ': downloading' : ''}${percent}`;
     // The e2e test waits on this label; keep "Code Llama: <state>" stable.
     this.item.accessibilityInformation = { label: `Code Llama: ${this.state}` };
     this.item.backgroundColor =
@@ -93,7 +95,10 @@ export class StatusBar implements vscode.Disposable {
       case 'starting':
         return { icon: '$(loading~spin)', label: 'starting the server' };
       case 'loading':
-        return { icon: '$(loading~spin)', label: 'loading the model' };
+        // The server reports a Hub download as loading with the message "downloading FILE (X of Y MB)".
+        return this.message?.startsWith('downloading')
+          ? { icon: '$(cloud-download)', label: 'downloading the model' }
+          : { icon: '$(loading~spin)', label: 'loading the model' };
       case 'ready':
         return this.inlineEnabled
           ? { icon: '$(check)', label: 'ready' }

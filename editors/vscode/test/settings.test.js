@@ -77,3 +77,15 @@ test('the missing-binary message says how to install the server', () => {
   assert.match(msg, /cargo install --path \./);
   assert.match(msg, /codellama\.serverPath/);
 });
+
+test('the status item shows a model download with its percentage', () => {
+  require('./vscode-mock');
+  const { StatusBar } = require('../out/status');
+  const bar = new StatusBar();
+  bar.update({ state: 'loading', message: 'downloading qwen.gguf (12 of 491 MB)', progress: 2 });
+  assert.equal(bar.item.text, '$(cloud-download) Code Llama: downloading 2%');
+  assert.match(bar.item.tooltip.value, /downloading the model/);
+  assert.match(bar.item.tooltip.value, /12 of 491 MB/);
+  bar.update({ state: 'loading', message: 'loading qwen.gguf', progress: 40 });
+  assert.equal(bar.item.text, '$(loading~spin) Code Llama 40%');
+});
