@@ -119,12 +119,16 @@ impl<R> CheckedInput<R> {
                 self.raw.drain(..next.start());
                 self.discarding = false;
             }
-            let Some(header) = Header::parse(&self.raw) else {
-                if self.raw.len() > MAX_HEADER {
+            // The same limit whether the header arrived whole or in pieces (found by the fuzzer's
+            // whole-versus-pieces check): a complete header block over the limit is refused like an
+            // incomplete one.
+            let header = match Header::parse(&self.raw) {
+                Some(h) if h.len <= MAX_HEADER => h,
+                None if self.raw.len() <= MAX_HEADER => return,
+                _ => {
                     self.resync(1, "a header longer than 8 KiB".into());
                     continue;
                 }
-                return;
             };
             let length = match header.content_length {
                 Ok(n) if n > MAX_MESSAGE => {
@@ -436,8 +440,37 @@ mod tests {
         v
     }
 
+    /// A reader that hands out at most `piece` bytes per read, as a pipe may.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self
+                .piece
+                .min(buf.remaining())
+                .min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
     /// The bodies that come out, for the given input.
     fn run(input: Vec<u8>) -> Vec<Value> {
+        run_in_pieces(input, usize::MAX)
+    }
+
+    /// The bodies that come out, for the given input read `piece` bytes at a time.
+    fn run_in_pieces(input: Vec<u8>, piece: usize) -> Vec<Value> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -445,7 +478,11 @@ mod tests {
         let flag = ended.clone();
         let out = rt.block_on(async move {
             let mut r = CheckedInput::new(
-                std::io::Cursor::new(input),
+                Pieces {
+                    data: input,
+                    at: 0,
+                    piece,
+                },
                 Box::new(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
             );
             let mut all = Vec::new();
@@ -474,6 +511,27 @@ mod tests {
             rest = &rest[end + 4 + len..];
         }
         bodies
+    }
+
+    #[test]
+    fn a_header_over_the_limit_is_refused_whole_or_in_pieces() {
+        let ok = r#"{"jsonrpc":"2.0","method":"ok"}"#;
+        let big = r#"{"jsonrpc":"2.0","method":"big"}"#;
+        let mut input = b"X-Padding: ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', MAX_HEADER));
+        input.extend(b"\r\n");
+        input.extend(framed(big));
+        input.extend(framed(ok));
+        let whole = run(input.clone());
+        for piece in [1, 7, 4096] {
+            assert_eq!(
+                run_in_pieces(input.clone(), piece),
+                whole,
+                "pieces of {piece}"
+            );
+        }
+        assert_eq!(whole[0]["params"]["code"], -32700, "{whole:?}");
+        assert_eq!(whole.last().unwrap()["method"], "ok", "{whole:?}");
     }
 
     #[test]
