@@ -176,15 +176,7 @@ fn run_replay(
     args: &LspBenchArgs,
 ) -> anyhow::Result<super::replay::Tally> {
     use super::replay::{Replay, Script};
-    let texts = files
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|t| (p.clone(), t))
-                .with_context(|| format!("cannot read {}", p.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let script = Script::new(texts, args.seed).map_err(anyhow::Error::msg)?;
+    let script = Script::read(files, args.seed)?;
     let timeout = Duration::from_secs(300);
     let (mut lsp, model, _, load_ms) = start_server(server, settings, timeout)?;
     println!(

@@ -169,6 +169,20 @@ pub struct Script {
 }
 
 impl Script {
+    /// A script over the files at these paths, read from disk.
+    pub fn read(paths: &[PathBuf], seed: u64) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let files = paths
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map(|t| (p.clone(), t))
+                    .with_context(|| format!("cannot read {}", p.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::new(files, seed).map_err(anyhow::Error::msg)
+    }
+
     /// A script over these files (path and text; at least one function body each).
     pub fn new(files: Vec<(PathBuf, String)>, seed: u64) -> Result<Self, String> {
         if files.is_empty() {

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -244,16 +243,7 @@ impl Engine {
 
 /// Runs the soak.
 pub fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
-    let files = opts
-        .files
-        .iter()
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .map(|t| (p.clone(), t))
-                .with_context(|| format!("cannot read {}", p.display()))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let script = Script::new(files, opts.seed).map_err(anyhow::Error::msg)?;
+    let script = Script::read(&opts.files, opts.seed)?;
     let model_of = |alt: bool| {
         let p = if alt { &opts.alt_model } else { &opts.model };
         p.display().to_string()
