@@ -179,12 +179,10 @@ fn the_tiny_codellama_prompt_uses_its_fim_tokens() {
         "def f(x):\n    return x\n",
     );
     let _ = inline(&mut s, "file:///tmp/t.py", 1, 4);
-    s.drain();
-    let log = s.stderr();
-    assert!(
-        log.contains("fill-in-the-middle template: codellama"),
-        "{log}"
-    );
+    s.wait_stderr(T, |log| {
+        log.contains("fill-in-the-middle template: codellama")
+    })
+    .unwrap();
     finish(s);
 }
 
@@ -219,8 +217,9 @@ fn a_newer_request_for_the_document_supersedes_the_running_one() {
     );
     assert!(b["result"]["items"].is_array(), "{b}");
     // The first stopped before its first token; only the second generated.
-    std::thread::sleep(Duration::from_millis(200));
-    let log = s.stderr();
+    let log = s
+        .wait_stderr(T, |log| log.matches(" completion ").count() >= 2)
+        .unwrap();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(" completion ")).collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(
@@ -302,11 +301,8 @@ fn a_model_setting_change_reloads_the_model_and_serving_goes_on() {
     );
     // Answered throughout: by the old engine while the new one loads.
     let _ = inline(&mut s, uri, 1, 4);
-    let deadline = Instant::now() + LOAD;
-    while !s.stderr().contains("context window 192") {
-        assert!(Instant::now() < deadline, "not reloaded:\n{}", s.stderr());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    s.wait_stderr(LOAD, |log| log.contains("context window 192"))
+        .unwrap();
     s.wait_for("$/progress", Duration::from_millis(500), |_| false)
         .ok(); // collect what came meanwhile
     assert_eq!(
@@ -402,6 +398,10 @@ fn switching_models_again_and_again_does_not_grow_memory() {
         failed.iter().all(|&m| m <= settled_small + half_qwen),
         "{failed:?}"
     );
+    s.wait_stderr(T, |log| {
+        log.matches("loading the model (").count() >= before + 30
+    })
+    .unwrap();
     assert_eq!(loads(&s) - before, 30, "only the missing files were loaded");
     let _ = inline(&mut s, "file:///tmp/none.py", 0, 0);
     finish(s);
@@ -419,7 +419,9 @@ fn changing_model_never_reloads_the_chat_model() {
     })
     .unwrap();
     reconfigure(&mut s, json!({ "model": small })).unwrap();
-    let log = s.stderr();
+    let log = s
+        .wait_stderr(T, |log| log.matches("loading the model (").count() >= 2)
+        .unwrap();
     let loads = |what: &str| log.matches(&format!("loading the {what} (")).count();
     assert_eq!(
         (loads("model"), loads("chat model")),
@@ -519,8 +521,8 @@ fn cancel_request_stops_the_running_generation() {
     let stopped = t.elapsed();
     eprintln!("the generation stopped {stopped:?} after $/cancelRequest");
     assert!(stopped < Duration::from_secs(5), "{stopped:?}");
-    let log = s.stderr();
-    assert!(log.contains("stop=Cancelled"), "{log}");
+    s.wait_stderr(T, |log| log.contains("stop=Cancelled"))
+        .unwrap();
     // And the next request is served.
     let _ = inline(&mut s, uri, 150, 0);
     finish(s);
@@ -612,16 +614,9 @@ fn other_open_documents_reach_the_prompt_when_asked() {
             "from stats import mean\n\nx = ",
         );
         inline(&mut s, "file:///tmp/ctx/app.py", 2, 4);
-        let deadline = Instant::now() + LOAD;
-        while !s.stderr().contains("prompt_tokens") {
-            assert!(
-                Instant::now() < deadline,
-                "no completion line:\n{}",
-                s.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let log = s.stderr();
+        let log = s
+            .wait_stderr(LOAD, |log| log.contains("prompt_tokens"))
+            .unwrap();
         let line = log
             .lines()
             .find(|l| l.contains("prompt_tokens"))

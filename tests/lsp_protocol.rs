@@ -221,7 +221,9 @@ fn lone_surrogates_keep_the_document_in_step_with_the_editor() {
         let doc = text_of(&mut s, uri);
         assert_eq!(doc["text"], "x\u{fffd}\u{fffd}a|😀b", "{enc}");
         assert_eq!(doc["version"], 4);
-        let log = s.stderr();
+        let log = s
+            .wait_stderr(T, |log| log.contains("lone UTF-16 surrogate"))
+            .unwrap();
         let warned = log
             .lines()
             .filter(|l| l.contains("WARN") && l.contains("lone UTF-16 surrogate"))

@@ -146,6 +146,26 @@ impl LspProcess {
             .clone()
     }
 
+    /// Waits until what the server wrote to stderr satisfies `pred`, and returns it. Stderr is read by its
+    /// own thread, so a line the server logged before a message on stdout can still be on its way.
+    pub fn wait_stderr(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr();
+            if pred(&log) {
+                return Ok(log);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("the log never matched within {timeout:?}:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Writes raw bytes to the server's stdin (for malformed input).
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
