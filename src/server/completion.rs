@@ -443,25 +443,15 @@ fn word_before(text: &str) -> String {
     text[start..].to_string()
 }
 
-/// The path of a `file:` URI, percent-decoded.
+/// The path of a `file:` URI, percent-decoded, in the platform's form (`url` knows Windows drive letters and
+/// UNC hosts; a hand-written decoder made `file:///c%3A/x.py` into `/c:/x.py`).
 pub fn file_path(uri: &str) -> Option<String> {
-    let rest = uri.strip_prefix("file://")?;
-    let bytes = rest.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
+    let url = url::Url::parse(uri).ok()?;
+    if url.scheme() != "file" {
+        return None;
     }
-    Some(String::from_utf8_lossy(&out).into_owned())
+    let path = url.to_file_path().ok()?;
+    Some(path.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -481,6 +471,20 @@ mod tests {
         assert_eq!(file_path("file:///bad%zz%").as_deref(), Some("/bad%zz%"));
         assert_eq!(file_path("file:///%日本").as_deref(), Some("/%日本"));
         assert_eq!(file_path("untitled:Untitled-1"), None);
+    }
+
+    /// VS Code sends drive letters with the colon escaped.
+    #[cfg(windows)]
+    #[test]
+    fn windows_file_paths() {
+        assert_eq!(
+            file_path("file:///c%3A/src/app.py").as_deref(),
+            Some(r"c:\src\app.py")
+        );
+        assert_eq!(
+            file_path("file://server/share/a.py").as_deref(),
+            Some(r"\\server\share\a.py")
+        );
     }
 
     #[test]
