@@ -52,7 +52,15 @@ test('a missing server binary gives an error that says how to install it', async
     assert.match(state.messages.error[0], /cargo install --path \./);
     assert.match(state.messages.error[0], /codellama\.serverPath/);
     assert.equal(ext.status.state, 'error');
-    assert.equal(state.statusItems[0].accessibilityInformation.label, 'Code Llama: error');
+    const item = state.statusItems[0];
+    assert.equal(item.accessibilityInformation.label, 'Code Llama: error');
+    assert.equal(item.text, '$(error) Code Llama: error');
+    // A click shows the log, which says the same.
+    assert.match(item.tooltip.value, /Click to show the server's log/);
+    await state.commands.get(item.command)();
+    const [log] = state.outputChannels;
+    assert.equal(log.shown, 1);
+    assert.ok(log.lines.some((l) => l.includes('/nonexistent/codellama-lsp')), log.lines.join('\n'));
   } finally {
     ext.dispose();
   }
@@ -97,7 +105,7 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
     assert.equal(ext.status.state, 'ready', ext.status.item.tooltip?.value);
     assert.equal(ext.status.item.accessibilityInformation.label, 'Code Llama: ready');
-    assert.match(ext.status.item.text, /Code Llama/);
+    assert.match(ext.status.item.text, /^\$\(check\) \S/);
   });
 
   const provider = state.inlineProviders[0].provider;
@@ -211,4 +219,59 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     assert.equal(result?.applied, true, JSON.stringify(result));
     assert.notEqual(other.getText(), 'def mul(a, b):\n    ');
   });
+});
+
+test('the status item: loading with its percentage, ready with the model, the last suggestion\'s latency and speed, an error; the log', needsServer, async (t) => {
+  mock.reset();
+  Object.assign(state.settings, {
+    'codellama.serverPath': BIN,
+    'codellama.model': MODEL,
+    'codellama.maxTokens': 16,
+    'codellama.temperature': 0,
+    'codellama.threads': 2,
+  });
+  const doc = openDocument('def add(a, b):\n    ');
+  const ext = new CodeLlama();
+  t.after(() => ext.stop().finally(() => ext.dispose()));
+  const item = ext.status.item;
+  await ext.start();
+  await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
+  assert.equal(ext.status.state, 'ready', item.tooltip.value);
+
+  // On the way: the model loading, with its percentage.
+  assert.ok(item.texts.some((text) => /^\$\(loading~spin\) Code Llama: loading \d+%$/.test(text)), item.texts.join('\n'));
+  // Ready: the model's name as the server gave it (the tooltip has it whole), no timings before a suggestion.
+  const name = /Model: `([^`]+)`/.exec(item.tooltip.value)?.[1];
+  assert.ok(name, item.tooltip.value);
+  assert.equal(item.text, `$(check) ${name.length > 32 ? `${name.slice(0, 31)}…` : name}`);
+  assert.equal(item.command, 'codellama.toggleInlineSuggestions');
+
+  // After a real completion: its latency and tokens per second.
+  const provider = state.inlineProviders[0].provider;
+  const result = await provider.provideInlineCompletionItems(
+    doc, new vscode.Position(1, 4), { triggerKind: vscode.InlineCompletionTriggerKind.Invoke }, token());
+  assert.ok((Array.isArray(result) ? result : result?.items)?.length >= 1, JSON.stringify(result));
+  const speed = / · (\d+) ms · (\d+) tok\/s$/;
+  await waitFor('latency and tok/s in the status text', () => ext.status.state === 'ready' && speed.test(item.text));
+  const [, ms, tokPerS] = speed.exec(item.text);
+  assert.ok(Number(ms) > 0 && Number(tokPerS) > 0, item.text);
+  assert.ok(item.text.startsWith(`$(check) ${name.slice(0, 31)}`), item.text);
+  assert.match(item.tooltip.value, /\| total \| [\d.]+ ms \|/);
+
+  // The log command shows the client's output channel, where the server's stderr goes.
+  await state.commands.get('codellama.showLog')();
+  assert.equal(ext.client.outputChannel.shown, 1);
+  assert.ok(ext.client.outputChannel.lines.some((l) => /ready in \d+ ms/.test(l)), ext.client.outputChannel.lines.join('\n'));
+
+  // A model that does not exist: error state, the reason in the tooltip, and a click shows the log.
+  const missingModel = path.join(os.tmpdir(), 'codellama-no-such-model.gguf');
+  await vscode.workspace.getConfiguration('codellama').update('model', missingModel);
+  await waitFor('codellama/status error', () => ext.status.state === 'error', 30000);
+  assert.equal(item.text, '$(error) Code Llama: error');
+  const unescaped = item.tooltip.value.replace(/\\(.)/g, '$1'); // the tooltip's Markdown escapes
+  assert.ok(unescaped.includes(missingModel), item.tooltip.value);
+  assert.match(item.tooltip.value, /Click to show the server's log/);
+  assert.equal(item.command, 'codellama.showLog');
+  await state.commands.get(item.command)();
+  assert.equal(ext.client.outputChannel.shown, 2);
 });
