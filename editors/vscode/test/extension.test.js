@@ -4,7 +4,9 @@
 const mock = require('./vscode-mock');
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const { CodeLlama } = require('../out/extension');
@@ -274,4 +276,69 @@ test('the status item: loading with its percentage, ready with the model, the la
   assert.equal(item.command, 'codellama.showLog');
   await state.commands.get(item.command)();
   assert.equal(ext.client.outputChannel.shown, 2);
+});
+
+/**
+ * Stands in for the Hugging Face Hub, because this machine has no network: answers as huggingface.co does for a
+ * file kept in LFS (`/{repo}/resolve/main/{file}` → 302 to a CDN address with `x-repo-commit`, `x-linked-etag` (the
+ * SHA-256) and `x-linked-size`; the CDN answers `Range` requests with 206), serving real model bytes slowly enough
+ * for the percentages to be seen (as tests/lsp_model.rs's HubStandIn does for the server alone).
+ */
+async function hubStandIn(body, pauseMs) {
+  const sha = crypto.createHash('sha256').update(body).digest('hex');
+  const server = http.createServer(async (req, res) => {
+    if (req.url.includes('/resolve/main/')) {
+      res.writeHead(302, {
+        location: `/cdn/${sha}`, 'x-repo-commit': '0123456789abcdef0123456789abcdef01234567',
+        'x-linked-etag': `"${sha}"`, 'x-linked-size': body.length, 'content-length': 0,
+      });
+      res.end();
+      return;
+    }
+    const [, from, to] = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '') ?? [, '0', ''];
+    const [start, end] = [Number(from), to ? Number(to) : body.length - 1];
+    res.writeHead(206, { 'content-range': `bytes ${start}-${end}/${body.length}`, 'content-length': end + 1 - start });
+    for (let at = start; at <= end && !res.destroyed; at += 1 << 20) {
+      res.write(body.subarray(at, Math.min(at + (1 << 20), end + 1)));
+      await new Promise((r) => setTimeout(r, pauseMs));
+    }
+    res.end();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, close() {
+    server.closeAllConnections();
+    server.close();
+  } };
+}
+
+test('the status item shows a real model download from the Hub with its percentage, then the model', needsServer, async (t) => {
+  mock.reset();
+  const hub = await hubStandIn(fs.readFileSync(MODEL), 15);
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-vscode-hub-'));
+  // The server is started with the extension host's environment.
+  const saved = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_HOME: process.env.HF_HOME };
+  Object.assign(process.env, { HF_ENDPOINT: hub.url, HF_HOME: home });
+  Object.assign(state.settings, {
+    'codellama.serverPath': BIN,
+    'codellama.model': 'someone/tiny-model:tiny.gguf',
+    'codellama.threads': 2,
+  });
+  const ext = new CodeLlama();
+  t.after(async () => {
+    await ext.stop().finally(() => ext.dispose());
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    hub.close();
+    fs.rmSync(home, { recursive: true, force: true });
+  });
+  const item = ext.status.item;
+  await ext.start();
+  await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error', 120000);
+  assert.equal(ext.status.state, 'ready', item.tooltip.value);
+  const percents = item.texts
+    .map((text) => /^\$\(cloud-download\) Code Llama: downloading (\d+)%$/.exec(text)?.[1])
+    .filter((p) => p !== undefined)
+    .map(Number);
+  assert.ok(percents.length >= 3 && percents.some((p) => p > 0 && p < 100), item.texts.join('\n'));
+  assert.deepEqual(percents, [...percents].sort((a, b) => a - b), 'percentages only go up');
+  assert.match(item.text, /^\$\(check\) \S/);
 });
