@@ -55,6 +55,8 @@ export class StatusBar implements vscode.Disposable {
       this.render();
       return;
     }
+    // A model (re)loading: the last suggestion's timings were another model's.
+    if (params.state === 'loading') this.timings = undefined;
     this.state = params.state;
     this.message = params.message;
     this.progress = params.progress;

@@ -276,6 +276,12 @@ test('the status item: loading with its percentage, ready with the model, the la
   assert.equal(item.command, 'codellama.showLog');
   await state.commands.get(item.command)();
   assert.equal(ext.client.outputChannel.shown, 2);
+
+  // The model back: ready with its name, and no timings until its own first suggestion.
+  await vscode.workspace.getConfiguration('codellama').update('model', MODEL);
+  await waitFor('codellama/status ready again', () => ext.status.state === 'ready', 30000);
+  assert.equal(item.text, `$(check) ${name.length > 32 ? `${name.slice(0, 31)}…` : name}`);
+  assert.doesNotMatch(item.tooltip.value, /last completion/);
 });
 
 /**
