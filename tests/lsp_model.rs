@@ -513,18 +513,26 @@ fn cancel_request_stops_the_running_generation() {
     s.cancel(id);
     let r = s.response(&json!(id), T).unwrap();
     assert_eq!(r["error"]["code"], -32800, "{r}");
-    // The model thread stops: "ready" comes back quickly, and the log says the generation was cancelled.
+    // The model thread stops: "ready" comes back quickly (the generation's, not the load's, which has a
+    // message), and the log says the generation was cancelled.
+    let ready = s
+        .wait_for("codellama/status", T, |p| {
+            p["state"] == "ready" && p.get("message").is_none()
+        })
+        .unwrap();
+    let stopped = t.elapsed();
+    eprintln!("the generation stopped {stopped:?} after $/cancelRequest");
+    assert!(stopped < Duration::from_secs(5), "{stopped:?}");
+    // No suggestion was shown: the status bars keep the last answered one's timings, not this one's.
+    assert!(ready["params"].get("timings").is_none(), "{ready}");
+    s.wait_stderr(T, |log| log.contains("stop=Cancelled"))
+        .unwrap();
+    // And the next request is served, with its timings.
+    let _ = inline(&mut s, uri, 150, 0);
     s.wait_for("codellama/status", T, |p| {
         p["state"] == "ready" && p["timings"].is_object()
     })
     .unwrap();
-    let stopped = t.elapsed();
-    eprintln!("the generation stopped {stopped:?} after $/cancelRequest");
-    assert!(stopped < Duration::from_secs(5), "{stopped:?}");
-    s.wait_stderr(T, |log| log.contains("stop=Cancelled"))
-        .unwrap();
-    // And the next request is served.
-    let _ = inline(&mut s, uri, 150, 0);
     finish(s);
 }
 

@@ -415,10 +415,11 @@ impl Job {
             stop = ?completion.stop_reason,
             "completion"
         );
-        status.set_timings(StatusTimings::new(t, total_ms));
         if completion.stop_reason == StopReason::Cancelled {
+            // Nobody sees this one: the status keeps the timings of the last suggestion that was answered.
             return None;
         }
+        status.set_timings(StatusTimings::new(t, total_ms));
         Some(completion.completion.into())
     }
 }

@@ -1,6 +1,7 @@
 //! The `codellama/status` notification: what the server is doing, for the editor plugins' status display.
 //!
-//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings?, role? }`.
+//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings?, role? }`;
+//! `timings` come with the "ready" after a generation whose suggestion was answered (not one cancelled).
 //! Notifications go through one task so they reach the client in the order they were made, and "ready" is
 //! only sent once no generation is running any more. Those about the chat model's loading carry
 //! `role: "chat"`; all others are about the completion model and the server.

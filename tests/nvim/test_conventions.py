@@ -128,6 +128,14 @@ def test_statusline_goes_from_loading_to_ready_to_latency(editor):
     drawn = editor.lua("return vim.api.nvim_eval_statusline(vim.o.statusline, {}).str")
     assert drawn.startswith(ready) and " ms, " in drawn and drawn.endswith(" tok/s"), drawn
 
+    # The model reloaded (a new context window): ready again, without the timings of the model before.
+    editor.lua("_G.shown = {}; vim.lsp.get_clients({ name = 'codellama' })[1]:notify("
+               "'workspace/didChangeConfiguration', { settings = { codellama = ... } })",
+               {**SETTINGS, "context_window": 1024})
+    wait_for(lambda: re.fullmatch(r"Code Llama: loading \d+%", editor.lua("return _G.shown[1] or ''")), "loading",
+             timeout=30)
+    wait_for(lambda: editor.lua("return _G.shown")[-1] == ready, "the ready text without timings", timeout=30)
+
 
 @requires_server
 def test_statusline_shows_the_error_of_a_bad_model_path(editor, tmp_path):

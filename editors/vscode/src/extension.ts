@@ -11,7 +11,7 @@ import {
 import { ExplanationView } from './explain';
 import { findServer, missingServerMessage, SERVER_BINARY } from './serverPath';
 import { documentSelector, toServerSettings, userValue } from './settings';
-import { STATUS_METHOD, StatusBar, StatusParams } from './status';
+import { SHOW_LOG_COMMAND, STATUS_METHOD, StatusBar, StatusParams } from './status';
 
 const SECTION = 'codellama';
 /** Settings that need a new client (command line or document selector), not just didChangeConfiguration. */
@@ -43,6 +43,7 @@ export class CodeLlama implements vscode.Disposable {
       vscode.commands.registerCommand('codellama.generateFromInstruction', () => this.generateFromInstruction()),
       vscode.commands.registerCommand('codellama.toggleInlineSuggestions', () => this.toggleInlineSuggestions()),
       vscode.commands.registerCommand('codellama.restartServer', () => this.restart()),
+      vscode.commands.registerCommand(SHOW_LOG_COMMAND, () => this.showLog()),
       vscode.workspace.onDidChangeConfiguration((e) => this.onConfigurationChanged(e)),
     );
   }
@@ -62,6 +63,7 @@ export class CodeLlama implements vscode.Disposable {
     const command = findServer(serverPath);
     if (!command) {
       const message = missingServerMessage(serverPath || SERVER_BINARY);
+      this.output.error(message);
       this.status.setState('error', message);
       void vscode.window.showErrorMessage(message, 'Open Settings').then((choice) => {
         if (choice) void vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.serverPath`);
@@ -93,9 +95,15 @@ export class CodeLlama implements vscode.Disposable {
       await client.start();
     } catch (err) {
       const message = `Code Llama: could not start ${command}: ${err instanceof Error ? err.message : String(err)}`;
+      this.output.error(message);
       this.status.setState('error', message);
       void vscode.window.showErrorMessage(message);
     }
+  }
+
+  /** The server's log: its stderr and the client's own messages (the client's output channel is this one). */
+  showLog(): void {
+    this.output.show(true);
   }
 
   async stop(): Promise<void> {

@@ -23,6 +23,11 @@ export interface StatusParams {
 }
 
 export const STATUS_METHOD = 'codellama/status';
+/** What a click on the item does: normally toggle inline suggestions; after an error, show the server's log. */
+export const TOGGLE_COMMAND = 'codellama.toggleInlineSuggestions';
+export const SHOW_LOG_COMMAND = 'codellama.showLog';
+/** The model's name is cut to this many characters in the status bar (the tooltip has it whole). */
+const MODEL_WIDTH = 32;
 
 /** The status bar item: what the server is doing, the model, and the last completion's timings. */
 export class StatusBar implements vscode.Disposable {
@@ -39,7 +44,6 @@ export class StatusBar implements vscode.Disposable {
   constructor() {
     this.item = vscode.window.createStatusBarItem('codellama.status', vscode.StatusBarAlignment.Right, 100);
     this.item.name = 'Code Llama';
-    this.item.command = 'codellama.toggleInlineSuggestions';
     this.render();
     this.item.show();
   }
@@ -51,6 +55,8 @@ export class StatusBar implements vscode.Disposable {
       this.render();
       return;
     }
+    // A model (re)loading: the last suggestion's timings were another model's.
+    if (params.state === 'loading') this.timings = undefined;
     this.state = params.state;
     this.message = params.message;
     this.progress = params.progress;
@@ -60,6 +66,10 @@ export class StatusBar implements vscode.Disposable {
   }
 
   setState(state: ServerState, message?: string): void {
+    if (state === 'starting') {
+      // A new server: what the last one said about its model and completions no longer holds.
+      this.model = this.timings = this.chat = undefined;
+    }
     this.state = state;
     this.message = message;
     this.progress = undefined;
@@ -71,23 +81,57 @@ export class StatusBar implements vscode.Disposable {
     this.render();
   }
 
+  /** After an error, or once the server has stopped, the log says why: a click shows it. */
+  private failed(): boolean {
+    return this.state === 'error' || this.state === 'stopped';
+  }
+
   private render(): void {
     const { icon, label } = this.describe();
-    const downloading = this.state === 'loading' && this.message?.startsWith('downloading');
-    const percent = this.state === 'loading' && this.progress !== undefined ? ` ${Math.round(this.progress)}%` : '';
-    this.item.text = `${icon} Code Llama${downloading ? ': downloading' : ''}${percent}`;
+    this.item.text = `${icon} ${this.summary()}`;
     // The e2e test waits on this label; keep "Code Llama: <state>" stable.
     this.item.accessibilityInformation = { label: `Code Llama: ${this.state}` };
     this.item.backgroundColor =
       this.state === 'error' ? new vscode.ThemeColor('statusBarItem.errorBackground') : undefined;
+    this.item.command = this.failed() ? SHOW_LOG_COMMAND : TOGGLE_COMMAND;
     const md = new vscode.MarkdownString(undefined, true);
     md.appendMarkdown(`**Code Llama**: ${label}`);
     if (this.message) md.appendMarkdown(`\n\n${escapeMarkdown(this.message)}`);
     if (this.model) md.appendMarkdown(`\n\nModel: \`${this.model.replace(/`/g, "'")}\``);
     if (this.chat) md.appendMarkdown(`\n\n${escapeMarkdown(this.chat)}`);
     if (this.timings) md.appendMarkdown(`\n\n${timingsMarkdown(this.timings)}`);
-    md.appendMarkdown(`\n\nClick to ${this.inlineEnabled ? 'disable' : 'enable'} inline suggestions.`);
+    md.appendMarkdown(
+      this.failed()
+        ? "\n\nClick to show the server's log."
+        : `\n\nClick to ${this.inlineEnabled ? 'disable' : 'enable'} inline suggestions.`,
+    );
     this.item.tooltip = md;
+  }
+
+  /**
+   * The item's text after its icon: "Code Llama: loading 40%", "Code Llama: downloading 12%", and once the model
+   * is loaded its name with the last suggestion's latency and speed: "SmolLM2 135M · 312 ms · 45 tok/s".
+   */
+  private summary(): string {
+    switch (this.state) {
+      case 'loading': {
+        const verb = this.downloading() ? 'downloading' : 'loading';
+        return `Code Llama: ${verb}${this.progress !== undefined ? ` ${Math.round(this.progress)}%` : ''}`;
+      }
+      case 'ready':
+      case 'generating': {
+        const parts = [this.model ? shorten(this.model, MODEL_WIDTH) : 'Code Llama'];
+        if (this.timings) parts.push(...speed(this.timings));
+        return parts.join(' · ');
+      }
+      default:
+        return `Code Llama: ${this.state}`;
+    }
+  }
+
+  /** The server reports a Hub download as loading with the message "downloading FILE (X of Y MB)". */
+  private downloading(): boolean {
+    return this.state === 'loading' && this.message?.startsWith('downloading') === true;
   }
 
   private describe(): { icon: string; label: string } {
@@ -95,8 +139,7 @@ export class StatusBar implements vscode.Disposable {
       case 'starting':
         return { icon: '$(loading~spin)', label: 'starting the server' };
       case 'loading':
-        // The server reports a Hub download as loading with the message "downloading FILE (X of Y MB)".
-        return this.message?.startsWith('downloading')
+        return this.downloading()
           ? { icon: '$(cloud-download)', label: 'downloading the model' }
           : { icon: '$(loading~spin)', label: 'loading the model' };
       case 'ready':
@@ -130,8 +173,19 @@ export function chatLine(p: StatusParams): string {
   }
 }
 
+/** Tokens per second while decoding, or undefined when nothing was decoded (as Neovim's statusline counts them). */
+export function tokensPerSecond(t: Timings): number | undefined {
+  return t.decode_ms > 0 && t.generated_tokens > 0 ? (t.generated_tokens * 1000) / t.decode_ms : undefined;
+}
+
+/** ["312 ms", "45 tok/s"]: the last suggestion's latency (request to answer, in the server) and decoding speed. */
+export function speed(t: Timings): string[] {
+  const tokPerS = tokensPerSecond(t);
+  return [`${Math.round(t.total_ms)} ms`, ...(tokPerS === undefined ? [] : [`${Math.round(tokPerS)} tok/s`])];
+}
+
 export function timingsMarkdown(t: Timings): string {
-  const tokPerS = t.decode_ms > 0 ? ((t.generated_tokens * 1000) / t.decode_ms).toFixed(1) : '–';
+  const tokPerS = tokensPerSecond(t)?.toFixed(1) ?? '–';
   return [
     '| last completion | |',
     '|---|---:|',
@@ -141,6 +195,11 @@ export function timingsMarkdown(t: Timings): string {
     `| decode | ${t.decode_ms} ms |`,
     `| total | ${t.total_ms} ms |`,
   ].join('\n');
+}
+
+/** `s` cut to `width` characters, with an ellipsis when cut. */
+function shorten(s: string, width: number): string {
+  return s.length > width ? `${s.slice(0, width - 1)}…` : s;
 }
 
 function escapeMarkdown(s: string): string {

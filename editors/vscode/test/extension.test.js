@@ -4,7 +4,9 @@
 const mock = require('./vscode-mock');
 const test = require('node:test');
 const assert = require('node:assert/strict');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const os = require('node:os');
 const path = require('node:path');
 const { CodeLlama } = require('../out/extension');
@@ -52,7 +54,15 @@ test('a missing server binary gives an error that says how to install it', async
     assert.match(state.messages.error[0], /cargo install --path \./);
     assert.match(state.messages.error[0], /codellama\.serverPath/);
     assert.equal(ext.status.state, 'error');
-    assert.equal(state.statusItems[0].accessibilityInformation.label, 'Code Llama: error');
+    const item = state.statusItems[0];
+    assert.equal(item.accessibilityInformation.label, 'Code Llama: error');
+    assert.equal(item.text, '$(error) Code Llama: error');
+    // A click shows the log, which says the same.
+    assert.match(item.tooltip.value, /Click to show the server's log/);
+    await state.commands.get(item.command)();
+    const [log] = state.outputChannels;
+    assert.equal(log.shown, 1);
+    assert.ok(log.lines.some((l) => l.includes('/nonexistent/codellama-lsp')), log.lines.join('\n'));
   } finally {
     ext.dispose();
   }
@@ -97,7 +107,7 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
     assert.equal(ext.status.state, 'ready', ext.status.item.tooltip?.value);
     assert.equal(ext.status.item.accessibilityInformation.label, 'Code Llama: ready');
-    assert.match(ext.status.item.text, /Code Llama/);
+    assert.match(ext.status.item.text, /^\$\(check\) \S/);
   });
 
   const provider = state.inlineProviders[0].provider;
@@ -211,4 +221,130 @@ test('the real server: capabilities, ready status, inline completion, settings, 
     assert.equal(result?.applied, true, JSON.stringify(result));
     assert.notEqual(other.getText(), 'def mul(a, b):\n    ');
   });
+});
+
+test('the status item: loading with its percentage, ready with the model, the last suggestion\'s latency and speed, an error; the log', needsServer, async (t) => {
+  mock.reset();
+  Object.assign(state.settings, {
+    'codellama.serverPath': BIN,
+    'codellama.model': MODEL,
+    'codellama.maxTokens': 16,
+    'codellama.temperature': 0,
+    'codellama.threads': 2,
+  });
+  const doc = openDocument('def add(a, b):\n    ');
+  const ext = new CodeLlama();
+  t.after(() => ext.stop().finally(() => ext.dispose()));
+  const item = ext.status.item;
+  await ext.start();
+  await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
+  assert.equal(ext.status.state, 'ready', item.tooltip.value);
+
+  // On the way: the model loading, with its percentage.
+  assert.ok(item.texts.some((text) => /^\$\(loading~spin\) Code Llama: loading \d+%$/.test(text)), item.texts.join('\n'));
+  // Ready: the model's name as the server gave it (the tooltip has it whole), no timings before a suggestion.
+  const name = /Model: `([^`]+)`/.exec(item.tooltip.value)?.[1];
+  assert.ok(name, item.tooltip.value);
+  assert.equal(item.text, `$(check) ${name.length > 32 ? `${name.slice(0, 31)}…` : name}`);
+  assert.equal(item.command, 'codellama.toggleInlineSuggestions');
+
+  // After a real completion: its latency and tokens per second.
+  const provider = state.inlineProviders[0].provider;
+  const result = await provider.provideInlineCompletionItems(
+    doc, new vscode.Position(1, 4), { triggerKind: vscode.InlineCompletionTriggerKind.Invoke }, token());
+  assert.ok((Array.isArray(result) ? result : result?.items)?.length >= 1, JSON.stringify(result));
+  const speed = / · (\d+) ms · (\d+) tok\/s$/;
+  await waitFor('latency and tok/s in the status text', () => ext.status.state === 'ready' && speed.test(item.text));
+  const [, ms, tokPerS] = speed.exec(item.text);
+  assert.ok(Number(ms) > 0 && Number(tokPerS) > 0, item.text);
+  assert.ok(item.text.startsWith(`$(check) ${name.slice(0, 31)}`), item.text);
+  assert.match(item.tooltip.value, /\| total \| [\d.]+ ms \|/);
+
+  // The log command shows the client's output channel, where the server's stderr goes.
+  await state.commands.get('codellama.showLog')();
+  assert.equal(ext.client.outputChannel.shown, 1);
+  assert.ok(ext.client.outputChannel.lines.some((l) => /ready in \d+ ms/.test(l)), ext.client.outputChannel.lines.join('\n'));
+
+  // A model that does not exist: error state, the reason in the tooltip, and a click shows the log.
+  const missingModel = path.join(os.tmpdir(), 'codellama-no-such-model.gguf');
+  await vscode.workspace.getConfiguration('codellama').update('model', missingModel);
+  await waitFor('codellama/status error', () => ext.status.state === 'error', 30000);
+  assert.equal(item.text, '$(error) Code Llama: error');
+  const unescaped = item.tooltip.value.replace(/\\(.)/g, '$1'); // the tooltip's Markdown escapes
+  assert.ok(unescaped.includes(missingModel), item.tooltip.value);
+  assert.match(item.tooltip.value, /Click to show the server's log/);
+  assert.equal(item.command, 'codellama.showLog');
+  await state.commands.get(item.command)();
+  assert.equal(ext.client.outputChannel.shown, 2);
+
+  // The model back: ready with its name, and no timings until its own first suggestion.
+  await vscode.workspace.getConfiguration('codellama').update('model', MODEL);
+  await waitFor('codellama/status ready again', () => ext.status.state === 'ready', 30000);
+  assert.equal(item.text, `$(check) ${name.length > 32 ? `${name.slice(0, 31)}…` : name}`);
+  assert.doesNotMatch(item.tooltip.value, /last completion/);
+});
+
+/**
+ * Stands in for the Hugging Face Hub, because this machine has no network: answers as huggingface.co does for a
+ * file kept in LFS (`/{repo}/resolve/main/{file}` → 302 to a CDN address with `x-repo-commit`, `x-linked-etag` (the
+ * SHA-256) and `x-linked-size`; the CDN answers `Range` requests with 206), serving real model bytes slowly enough
+ * for the percentages to be seen (as tests/lsp_model.rs's HubStandIn does for the server alone).
+ */
+async function hubStandIn(body, pauseMs) {
+  const sha = crypto.createHash('sha256').update(body).digest('hex');
+  const server = http.createServer(async (req, res) => {
+    if (req.url.includes('/resolve/main/')) {
+      res.writeHead(302, {
+        location: `/cdn/${sha}`, 'x-repo-commit': '0123456789abcdef0123456789abcdef01234567',
+        'x-linked-etag': `"${sha}"`, 'x-linked-size': body.length, 'content-length': 0,
+      });
+      res.end();
+      return;
+    }
+    const [, from, to] = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '') ?? [, '0', ''];
+    const [start, end] = [Number(from), to ? Number(to) : body.length - 1];
+    res.writeHead(206, { 'content-range': `bytes ${start}-${end}/${body.length}`, 'content-length': end + 1 - start });
+    for (let at = start; at <= end && !res.destroyed; at += 1 << 20) {
+      res.write(body.subarray(at, Math.min(at + (1 << 20), end + 1)));
+      await new Promise((r) => setTimeout(r, pauseMs));
+    }
+    res.end();
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return { url: `http://127.0.0.1:${server.address().port}`, close() {
+    server.closeAllConnections();
+    server.close();
+  } };
+}
+
+test('the status item shows a real model download from the Hub with its percentage, then the model', needsServer, async (t) => {
+  mock.reset();
+  const hub = await hubStandIn(fs.readFileSync(MODEL), 15);
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-vscode-hub-'));
+  // The server is started with the extension host's environment.
+  const saved = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_HOME: process.env.HF_HOME };
+  Object.assign(process.env, { HF_ENDPOINT: hub.url, HF_HOME: home });
+  Object.assign(state.settings, {
+    'codellama.serverPath': BIN,
+    'codellama.model': 'someone/tiny-model:tiny.gguf',
+    'codellama.threads': 2,
+  });
+  const ext = new CodeLlama();
+  t.after(async () => {
+    await ext.stop().finally(() => ext.dispose());
+    for (const [k, v] of Object.entries(saved)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    hub.close();
+    fs.rmSync(home, { recursive: true, force: true });
+  });
+  const item = ext.status.item;
+  await ext.start();
+  await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error', 120000);
+  assert.equal(ext.status.state, 'ready', item.tooltip.value);
+  const percents = item.texts
+    .map((text) => /^\$\(cloud-download\) Code Llama: downloading (\d+)%$/.exec(text)?.[1])
+    .filter((p) => p !== undefined)
+    .map(Number);
+  assert.ok(percents.length >= 3 && percents.some((p) => p > 0 && p < 100), item.texts.join('\n'));
+  assert.deepEqual(percents, [...percents].sort((a, b) => a - b), 'percentages only go up');
+  assert.match(item.text, /^\$\(check\) \S/);
 });

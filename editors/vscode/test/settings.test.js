@@ -87,5 +87,5 @@ test('the status item shows a model download with its percentage', () => {
   assert.match(bar.item.tooltip.value, /downloading the model/);
   assert.match(bar.item.tooltip.value, /12 of 491 MB/);
   bar.update({ state: 'loading', message: 'loading qwen.gguf', progress: 40 });
-  assert.equal(bar.item.text, '$(loading~spin) Code Llama 40%');
+  assert.equal(bar.item.text, '$(loading~spin) Code Llama: loading 40%');
 });

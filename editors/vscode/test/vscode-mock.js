@@ -149,6 +149,7 @@ function createMock() {
     inlineProviders: [],
     codeActionProviders: [],
     statusItems: [],
+    outputChannels: [],
     webviews: [],
     messages: { error: [], warning: [], info: [] },
     inputBoxValue: undefined,
@@ -201,11 +202,17 @@ function createMock() {
     createOutputChannel(name) {
       const lines = [];
       const log = (...a) => lines.push(a.join(' '));
-      return { name, lines, append: log, appendLine: log, replace: log, clear() {}, show() {}, hide() {}, dispose() {},
-        trace: log, debug: log, info: log, warn: log, error: log, logLevel: 2, onDidChangeLogLevel: () => new Disposable() };
+      const channel = { name, lines, shown: 0, append: log, appendLine: log, replace: log, clear() {}, show() { channel.shown++; },
+        hide() {}, dispose() {}, trace: log, debug: log, info: log, warn: log, error: log, logLevel: 2,
+        onDidChangeLogLevel: () => new Disposable() };
+      state.outputChannels.push(channel);
+      return channel;
     },
     createStatusBarItem(id, alignment, priority) {
-      const item = { id, alignment, priority, text: '', tooltip: undefined, show() { this.visible = true; }, hide() { this.visible = false; }, dispose() {} };
+      // `texts`: every text the item showed, in order (a state can pass between two polls of a test).
+      let text = '';
+      const item = { id, alignment, priority, texts: [], tooltip: undefined, show() { this.visible = true; }, hide() { this.visible = false; }, dispose() {},
+        get text() { return text; }, set text(t) { text = t; this.texts.push(t); } };
       state.statusItems.push(item);
       return item;
     },
@@ -279,6 +286,7 @@ function createMock() {
     state.inlineProviders.length = 0;
     state.codeActionProviders.length = 0;
     state.statusItems.length = 0;
+    state.outputChannels.length = 0;
     state.webviews.length = 0;
     state.appliedEdits.length = 0;
     state.messages = { error: [], warning: [], info: [] };

@@ -45,7 +45,8 @@ function M.on_status(params, client_id)
     end
     M.current = params
     model_name = params.model or (params.state ~= 'error' and model_name or nil)
-    last_timings = params.timings or last_timings
+    -- A model (re)loading: the last suggestion's timings were another model's.
+    last_timings = params.timings or (params.state ~= 'loading' and last_timings or nil)
     if params.state == 'error' and params.message then
       notify_error(params.message)
     end
