@@ -5,7 +5,9 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn, execFileSync } = require('node:child_process');
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
@@ -26,6 +28,8 @@ const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 // it, so that accepting a word, a line and the rest are three different edits.
 const ORIGINAL = 'def fib(n):\n    \n';
 const TYPED = 'if';
+// The model comes as a user's would: a Hub reference, downloaded (from the stand-in Hub below) with progress.
+const HUB_MODEL = 'HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf';
 // VS Code binds acceptNextWord to Ctrl+Right (Cmd+Right on macOS); acceptNextLine has no default key, so the
 // profile binds one, as a user would.
 const ACCEPT_WORD = 'Control+ArrowRight';
@@ -54,7 +58,7 @@ function makeProfile(tmp) {
   fs.writeFileSync(path.join(dirs.ws, 'sample.py'), ORIGINAL);
   // model is machine-scoped: code-server's extension host is "remote" and ignores it in User settings. No serverPath:
   // the bundled server must be found.
-  writeJson(path.join(dirs.user, 'Machine', 'settings.json'), { 'codellama.model': MODEL });
+  writeJson(path.join(dirs.user, 'Machine', 'settings.json'), { 'codellama.model': HUB_MODEL });
   writeJson(path.join(dirs.user, 'User', 'keybindings.json'), [
     { key: 'ctrl+alt+l', command: 'editor.action.inlineSuggest.acceptNextLine', when: 'inlineSuggestionVisible' },
   ]);
@@ -80,16 +84,55 @@ function makeProfile(tmp) {
 }
 
 /**
- * code-server's environment: the user's, minus every PATH entry that holds a codellama-lsp and with an empty
- * CARGO_HOME, so that the only server the extension can find is the one in the .vsix.
+ * Stands in for the Hugging Face Hub, because CI has no network. It answers as huggingface.co does for a file kept
+ * in LFS (as tests/lsp_model.rs's HubStandIn does): `/{repo}/resolve/main/{file}` is a 302 to a CDN address with
+ * `x-repo-commit`, `x-linked-etag` (the SHA-256) and `x-linked-size`; the CDN answers `Range` requests with 206. It
+ * sends 1 MiB per 300 ms until `fast()`, so that the download is on screen long enough for its screenshot.
  */
-function serverlessEnv(tmp) {
+function startHub(body) {
+  const sha = crypto.createHash('sha256').update(body).digest('hex');
+  const hub = { sent: 0, slow: true, fast() { this.slow = false; } };
+  hub.server = http.createServer(async (req, res) => {
+    if (req.url.includes('/resolve/main/')) {
+      res.writeHead(302, {
+        Location: `/cdn/${sha}`, 'x-repo-commit': '0123456789abcdef0123456789abcdef01234567',
+        'x-linked-etag': `"${sha}"`, 'x-linked-size': String(body.length), ETag: '"0123456789abcdef"', 'Content-Length': 0,
+      });
+      res.end();
+      return;
+    }
+    const m = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
+    const from = m ? Number(m[1]) : 0;
+    const to = m && m[2] ? Number(m[2]) : body.length - 1;
+    res.writeHead(206, { 'Content-Range': `bytes ${from}-${to}/${body.length}`, 'Content-Length': to + 1 - from });
+    for (let at = from; at <= to && !res.destroyed; at += 1 << 20) {
+      const piece = body.subarray(at, Math.min(at + (1 << 20), to + 1));
+      if (!res.write(piece)) await new Promise((resolve) => res.once('drain', resolve));
+      hub.sent += piece.length;
+      if (hub.slow) await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    res.end();
+  });
+  return new Promise((resolve) => hub.server.listen(0, '127.0.0.1', () => {
+    hub.url = `http://127.0.0.1:${hub.server.address().port}`;
+    resolve(hub);
+  }));
+}
+
+/**
+ * code-server's environment: the user's, minus every PATH entry that holds a codellama-lsp and with an empty
+ * CARGO_HOME, so that the only server the extension can find is the one in the .vsix; the Hub is the stand-in, the
+ * Hugging Face cache is empty, and the model is only what the settings say.
+ */
+function serverlessEnv(tmp, hub) {
   const dirs = (process.env.PATH ?? '').split(path.delimiter);
   const PATH = dirs.filter((d) => d && !fs.existsSync(path.join(d, 'codellama-lsp'))).join(path.delimiter);
-  return {
-    ...process.env, PATH, CARGO_HOME: path.join(tmp, 'cargo'),
+  const env = {
+    ...process.env, PATH, CARGO_HOME: path.join(tmp, 'cargo'), HF_ENDPOINT: hub.url, HF_HOME: path.join(tmp, 'hf'),
     XDG_CONFIG_HOME: path.join(tmp, 'config'), XDG_DATA_HOME: path.join(tmp, 'data'),
   };
+  for (const name of ['CODELLAMA_LSP_MODEL', 'CODELLAMA_LSP_MODELS', 'HF_TOKEN']) delete env[name];
+  return env;
 }
 
 function startCodeServer(dirs, port, env) {
@@ -153,18 +196,27 @@ function groupExecutables(pgid) {
   return exes;
 }
 
-/** Waits until `file` differs from `before` (the editor saved) and returns its text. */
+/**
+ * Saves, waits until `file` differs from `before` and has stopped changing (a read can land between the editor's
+ * truncate and write), and returns its text.
+ */
 async function savedText(page, file, before) {
   await page.keyboard.press('Control+S');
   const deadline = Date.now() + 15000;
-  while (fs.readFileSync(file, 'utf8') === before && Date.now() < deadline) await page.waitForTimeout(100);
-  return fs.readFileSync(file, 'utf8');
+  let [previous, text] = [before, fs.readFileSync(file, 'utf8')];
+  while ((text === before || text !== previous) && Date.now() < deadline) {
+    await page.waitForTimeout(100);
+    [previous, text] = [text, fs.readFileSync(file, 'utf8')];
+  }
+  return text;
 }
 
-test('the platform .vsix runs its own server: ghost text, accept word, line, rest; explain', { timeout: 420000 }, async () => {
+test('the platform .vsix runs its own server: model download, ghost text, accept word, line, rest; explain', { timeout: 420000 }, async () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-vscode-e2e-'));
   const dirs = makeProfile(tmp);
-  const env = serverlessEnv(tmp);
+  const model = fs.readFileSync(MODEL);
+  const hub = await startHub(model);
+  const env = serverlessEnv(tmp, hub);
   assert.ok(!env.PATH.split(path.delimiter).some((d) => fs.existsSync(path.join(d, 'codellama-lsp'))));
   execFileSync(CODE_SERVER, ['--user-data-dir', dirs.user, '--extensions-dir', dirs.ext, '--install-extension', VSIX],
     { stdio: 'inherit', env });
@@ -187,6 +239,18 @@ test('the platform .vsix runs its own server: ghost text, accept word, line, res
     await row.dblclick();
     await page.locator('.monaco-editor .view-lines').first().waitFor({ timeout: 30000 });
 
+    // The model downloads: our status item counts the percentage, and the server's $/progress (which
+    // vscode-languageclient shows in the status bar) names the file.
+    const downloading = page.locator('[aria-label="Code Llama: loading"]', { hasText: /\d+%/ }).first();
+    await downloading.waitFor({ timeout: 90000 });
+    const progress = page.locator('.statusbar-item', { hasText: /downloading smollm2\.gguf/ }).first();
+    await progress.waitFor({ timeout: 10000 });
+    const percent = async () => Number(/(\d+)%/.exec(await downloading.textContent())?.[1] ?? 100);
+    for (let last = await percent(); last < 20; last = await percent()) await page.waitForTimeout(200);
+    await page.screenshot({ path: path.join(SCREENSHOTS, 'vscode-download.png') });
+    console.log(`# while downloading: ${JSON.stringify(await progress.innerText())}, ${JSON.stringify(await downloading.innerText())}`);
+    hub.fast();
+
     // The extension's status bar item says when the model is loaded: no fixed sleeps.
     const ready = page.locator('[aria-label="Code Llama: ready"]').first();
     const error = page.locator('[aria-label="Code Llama: error"]').first();
@@ -194,6 +258,7 @@ test('the platform .vsix runs its own server: ghost text, accept word, line, res
       throw new Error('the status bar shows Code Llama: error');
     })]);
 
+    assert.ok(hub.sent >= model.length, `the Hub sent ${hub.sent} of ${model.length} bytes`);
     const servers = groupExecutables(server.child.pid).filter((exe) => path.basename(exe) === 'codellama-lsp');
     assert.deepEqual(servers, [bundled], 'the one codellama-lsp that code-server started is the bundled one');
     console.log(`# the server running: ${servers[0]}`);
@@ -306,6 +371,8 @@ test('the platform .vsix runs its own server: ghost text, accept word, line, res
   } finally {
     await browser?.close().catch(() => {});
     await stop(server.child);
+    hub.server.closeAllConnections();
+    hub.server.close();
     fs.rmSync(tmp, { recursive: true, force: true, maxRetries: 3 });
   }
 });
