@@ -239,10 +239,17 @@ test('the platform .vsix runs its own server: model download, ghost text, accept
     await row.dblclick();
     await page.locator('.monaco-editor .view-lines').first().waitFor({ timeout: 30000 });
 
+    // The extension's status bar item says what the server does (no fixed sleeps); an error ends the wait at once.
+    const error = page.locator('[aria-label="Code Llama: error"]').first();
+    const unlessError = (locator, timeout) => Promise.race([
+      locator.waitFor({ timeout }),
+      error.waitFor({ timeout }).then(() => { throw new Error('the status bar shows Code Llama: error (its log is below)'); }),
+    ]);
+
     // The model downloads: our status item counts the percentage, and the server's $/progress (which
     // vscode-languageclient shows in the status bar) names the file.
     const downloading = page.locator('[aria-label="Code Llama: loading"]', { hasText: /\d+%/ }).first();
-    await downloading.waitFor({ timeout: 90000 });
+    await unlessError(downloading, 90000);
     const progress = page.locator('.statusbar-item', { hasText: /downloading smollm2\.gguf/ }).first();
     await progress.waitFor({ timeout: 10000 });
     const percent = async () => Number(/(\d+)%/.exec(await downloading.textContent())?.[1] ?? 100);
@@ -251,12 +258,7 @@ test('the platform .vsix runs its own server: model download, ghost text, accept
     console.log(`# while downloading: ${JSON.stringify(await progress.innerText())}, ${JSON.stringify(await downloading.innerText())}`);
     hub.fast();
 
-    // The extension's status bar item says when the model is loaded: no fixed sleeps.
-    const ready = page.locator('[aria-label="Code Llama: ready"]').first();
-    const error = page.locator('[aria-label="Code Llama: error"]').first();
-    await Promise.race([ready.waitFor({ timeout: 120000 }), error.waitFor({ timeout: 120000 }).then(() => {
-      throw new Error('the status bar shows Code Llama: error');
-    })]);
+    await unlessError(page.locator('[aria-label="Code Llama: ready"]').first(), 120000);
 
     assert.ok(hub.sent >= model.length, `the Hub sent ${hub.sent} of ${model.length} bytes`);
     const servers = groupExecutables(server.child.pid).filter((exe) => path.basename(exe) === 'codellama-lsp');
