@@ -104,7 +104,10 @@ export class CodeLlama implements vscode.Disposable {
     try {
       await client.start();
       const mismatch = versionMismatchMessage(server, client.initializeResult?.serverInfo?.version, this.extension.version);
-      if (mismatch) void vscode.window.showWarningMessage(mismatch);
+      if (mismatch) {
+        this.output.warn(mismatch);
+        void vscode.window.showWarningMessage(mismatch);
+      }
     } catch (err) {
       const message = `Code Llama: could not start ${command}: ${err instanceof Error ? err.message : String(err)}`;
       this.output.error(message);

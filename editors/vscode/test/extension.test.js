@@ -89,6 +89,7 @@ test('with no serverPath the bundled server runs, and a version unlike the exten
   const [warning] = state.messages.warning;
   assert.match(warning, /is version \d+\.\d+\.\d+, but the extension is version 99\.0\.0/);
   assert.match(warning, /Reinstall the extension/);
+  assert.ok(ext.output.lines.some((line) => line.includes(warning)), 'the warning is in the log too');
   assert.equal(state.messages.error.length, 0);
 });
 
