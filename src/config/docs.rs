@@ -88,9 +88,10 @@ fn vscode_only() -> Vec<(&'static str, Value)> {
             json!({
                 "type": "string",
                 "default": "",
-                "markdownDescription": "Path to the `codellama-lsp` binary. Empty: `codellama-lsp` on `PATH`, then \
-                    `~/.cargo/bin/codellama-lsp`. Install it with `cargo install --path .` from the codellama-lsp \
-                    repository.",
+                "markdownDescription": "Path to the `codellama-lsp` binary. Empty: the server this extension brings \
+                    (the `.vsix` for your platform, built by `scripts/package-vscode`), then `codellama-lsp` on \
+                    `PATH`, then `~/.cargo/bin/codellama-lsp` (`cargo install --path .` in the codellama-lsp \
+                    repository).",
                 "scope": "machine-overridable",
             }),
         ),

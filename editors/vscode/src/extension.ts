@@ -9,7 +9,14 @@ import {
   TransportKind,
 } from 'vscode-languageclient/node';
 import { ExplanationView } from './explain';
-import { findServer, missingServerMessage, SERVER_BINARY } from './serverPath';
+import {
+  ExtensionInfo,
+  findServer,
+  missingServerMessage,
+  SERVER_BINARY,
+  thisExtension,
+  versionMismatchMessage,
+} from './serverPath';
 import { documentSelector, toServerSettings, userValue } from './settings';
 import { SHOW_LOG_COMMAND, STATUS_METHOD, StatusBar, StatusParams } from './status';
 
@@ -33,7 +40,8 @@ export class CodeLlama implements vscode.Disposable {
   private readonly output = vscode.window.createOutputChannel('Code Llama', { log: true });
   private readonly disposables: vscode.Disposable[] = [];
 
-  constructor() {
+  /** `extension`: where to find the bundled server and which server version to expect (tests pass another). */
+  constructor(private readonly extension: ExtensionInfo = thisExtension()) {
     this.status.setInlineEnabled(this.inlineEnabled());
     this.disposables.push(
       this.status,
@@ -60,8 +68,8 @@ export class CodeLlama implements vscode.Disposable {
   async start(): Promise<void> {
     const cfg = this.config();
     const serverPath = cfg.get<string>('serverPath', '');
-    const command = findServer(serverPath);
-    if (!command) {
+    const server = findServer(serverPath, this.extension.root);
+    if (!server) {
       const message = missingServerMessage(serverPath || SERVER_BINARY);
       this.output.error(message);
       this.status.setState('error', message);
@@ -70,6 +78,8 @@ export class CodeLlama implements vscode.Disposable {
       });
       return;
     }
+    const command = server.path;
+    this.output.info(`server: ${command} (found by ${server.source})`);
     const serverOptions: ServerOptions = { command, args: ['serve'], transport: TransportKind.stdio };
     const clientOptions: LanguageClientOptions = {
       documentSelector: documentSelector(cfg.get<string[]>('languages', [])),
@@ -93,6 +103,11 @@ export class CodeLlama implements vscode.Disposable {
     });
     try {
       await client.start();
+      const mismatch = versionMismatchMessage(server, client.initializeResult?.serverInfo?.version, this.extension.version);
+      if (mismatch) {
+        this.output.warn(mismatch);
+        void vscode.window.showWarningMessage(mismatch);
+      }
     } catch (err) {
       const message = `Code Llama: could not start ${command}: ${err instanceof Error ? err.message : String(err)}`;
       this.output.error(message);

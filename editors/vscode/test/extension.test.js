@@ -68,6 +68,31 @@ test('a missing server binary gives an error that says how to install it', async
   }
 });
 
+test('with no serverPath the bundled server runs, and a version unlike the extension\'s gets one warning', needsServer, async (t) => {
+  mock.reset();
+  state.settings['codellama.model'] = MODEL;
+  // An installed platform extension as scripts/package-vscode lays it out: server/codellama-lsp beside package.json.
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-ext-'));
+  fs.mkdirSync(path.join(root, 'server'));
+  fs.symlinkSync(BIN, path.join(root, 'server', 'codellama-lsp'));
+  // The real server reports its crate version; an extension one release ahead must say so.
+  const ext = new CodeLlama({ root, version: '99.0.0' });
+  t.after(() => ext.stop().finally(() => {
+    ext.dispose();
+    fs.rmSync(root, { recursive: true, force: true });
+  }));
+  await ext.start();
+  assert.ok(ext.client?.isRunning(), ext.status.item.tooltip?.value);
+  const log = ext.output.lines.join('\n');
+  assert.match(log, new RegExp(`server: ${path.join(root, 'server', 'codellama-lsp')} \\(found by bundled\\)`));
+  assert.equal(state.messages.warning.length, 1, state.messages.warning.join('\n'));
+  const [warning] = state.messages.warning;
+  assert.match(warning, /is version \d+\.\d+\.\d+, but the extension is version 99\.0\.0/);
+  assert.match(warning, /Reinstall the extension/);
+  assert.ok(ext.output.lines.some((line) => line.includes(warning)), 'the warning is in the log too');
+  assert.equal(state.messages.error.length, 0);
+});
+
 test('the real server: capabilities, ready status, inline completion, settings, explain, generate', needsServer, async (t) => {
   mock.reset();
   Object.assign(state.settings, {
@@ -83,6 +108,11 @@ test('the real server: capabilities, ready status, inline completion, settings, 
   await ext.start();
   const client = ext.client;
   assert.ok(client?.isRunning(), `${BIN} serve did not start as a language server: ${ext.status.item.tooltip?.value}`);
+
+  await t.test("the server's version is the extension's: no warning", () => {
+    assert.equal(client.initializeResult.serverInfo.version, require('../package.json').version);
+    assert.deepEqual(state.messages.warning, []);
+  });
 
   await t.test('settings go snake_case in initializationOptions', () => {
     // Only what the user set: the server's defaults (and environment) apply to the rest.

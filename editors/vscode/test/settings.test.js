@@ -6,7 +6,9 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { CLIENT_ONLY, SERVER_SETTINGS, serverKey, toServerSettings, userValue, documentSelector } = require('../out/settings');
-const { findServer, missingServerMessage } = require('../out/serverPath');
+const {
+  bundledServer, findServer, missingServerMessage, thisExtension, versionMismatchMessage,
+} = require('../out/serverPath');
 
 const pkg = require('../package.json');
 
@@ -47,35 +49,70 @@ test('document selector: all files when no languages are configured, else those 
   assert.deepEqual(documentSelector(['python']), [{ scheme: 'file', language: 'python' }, { scheme: 'untitled', language: 'python' }]);
 });
 
-test('findServer: explicit path, PATH lookup, ~/.cargo/bin fallback, and nothing', () => {
+test('findServer: serverPath, then the bundled server, then PATH, then ~/.cargo/bin, else nothing', () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'codellama-find-'));
+  const executable = (file) => {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, '#!/bin/sh\n', { mode: 0o755 });
+    return file;
+  };
   try {
+    const extRoot = path.join(tmp, 'extension');
     const bin = path.join(tmp, 'bin');
-    const cargoBin = path.join(tmp, 'home', '.cargo', 'bin');
     fs.mkdirSync(bin, { recursive: true });
-    fs.mkdirSync(cargoBin, { recursive: true });
     const env = { PATH: bin, HOME: path.join(tmp, 'home') };
-    assert.equal(findServer('', env), undefined);
-    const inCargo = path.join(cargoBin, 'codellama-lsp');
-    fs.writeFileSync(inCargo, '#!/bin/sh\n', { mode: 0o755 });
-    assert.equal(findServer('', env), inCargo);
-    const onPath = path.join(bin, 'codellama-lsp');
-    fs.writeFileSync(onPath, '#!/bin/sh\n', { mode: 0o755 });
-    assert.equal(findServer(undefined, env), onPath);
-    assert.equal(findServer(onPath, env), onPath);
-    assert.equal(findServer(path.join(tmp, 'missing'), env), undefined);
+    assert.equal(findServer('', extRoot, env), undefined);
+    const inCargo = executable(path.join(tmp, 'home', '.cargo', 'bin', 'codellama-lsp'));
+    assert.deepEqual(findServer('', extRoot, env), { path: inCargo, source: 'cargo' });
+    const onPath = executable(path.join(bin, 'codellama-lsp'));
+    assert.deepEqual(findServer(undefined, extRoot, env), { path: onPath, source: 'PATH' });
+    // The platform .vsix's own server wins over PATH and ~/.cargo/bin: it is the extension's version.
+    const bundled = executable(path.join(extRoot, 'server', 'codellama-lsp'));
+    assert.equal(bundledServer(extRoot), bundled);
+    assert.deepEqual(findServer('', extRoot, env), { path: bundled, source: 'bundled' });
+    // ...and serverPath wins over everything, as a path or as a name looked up on PATH.
+    const chosen = executable(path.join(tmp, 'opt', 'codellama-lsp'));
+    assert.deepEqual(findServer(chosen, extRoot, env), { path: chosen, source: 'serverPath' });
+    assert.deepEqual(findServer('codellama-lsp', extRoot, env), { path: onPath, source: 'serverPath' });
+    // A serverPath that names nothing runnable is not silently replaced by another server.
+    assert.equal(findServer(path.join(tmp, 'missing'), extRoot, env), undefined);
     const notExecutable = path.join(tmp, 'plain');
     fs.writeFileSync(notExecutable, '', { mode: 0o644 });
-    assert.equal(findServer(notExecutable, env), undefined);
+    assert.equal(findServer(notExecutable, extRoot, env), undefined);
+    // A bundled file that lost its executable bit is skipped, not run.
+    fs.chmodSync(bundled, 0o644);
+    assert.deepEqual(findServer('', extRoot, env), { path: onPath, source: 'PATH' });
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
 
-test('the missing-binary message says how to install the server', () => {
+test('the missing-binary message says how to get the server', () => {
   const msg = missingServerMessage('codellama-lsp');
+  assert.match(msg, /\.vsix for your platform/);
   assert.match(msg, /cargo install --path \./);
   assert.match(msg, /codellama\.serverPath/);
+});
+
+test('the version-mismatch message names the server, both versions and the way out; none when they match', () => {
+  const onPath = { path: '/usr/local/bin/codellama-lsp', source: 'PATH' };
+  assert.equal(versionMismatchMessage(onPath, '0.1.0', '0.1.0'), undefined);
+  const msg = versionMismatchMessage(onPath, '0.0.9', '0.1.0');
+  assert.match(msg, /\/usr\/local\/bin\/codellama-lsp \(found by PATH\) is version 0\.0\.9/);
+  assert.match(msg, /extension is version 0\.1\.0/);
+  assert.match(msg, /codellama\.serverPath/);
+  assert.match(versionMismatchMessage(onPath, undefined, '0.1.0'), /reports no version/);
+  const bundled = { path: '/ext/server/codellama-lsp', source: 'bundled' };
+  assert.match(versionMismatchMessage(bundled, '0.0.9', '0.1.0'), /Reinstall the extension/);
+});
+
+test("the extension's version is the server crate's (the bundled server must match it)", () => {
+  const cargo = fs.readFileSync(path.join(__dirname, '../../../Cargo.toml'), 'utf8');
+  const crateVersion = cargo.match(/^\[package\][^[]*?^version\s*=\s*"([^"]+)"/m)?.[1];
+  assert.ok(crateVersion, 'Cargo.toml [package] version');
+  assert.equal(pkg.version, crateVersion);
+  assert.equal(thisExtension().version, pkg.version);
+  assert.equal(thisExtension().root, path.resolve(__dirname, '..'));
 });
 
 test('the status item shows a model download with its percentage', () => {
