@@ -172,7 +172,10 @@ pub fn measure_speculation(
             req.raw = true;
             // Both measured runs find the prompt cached but its last token (recomputed alone: computed
             // in a prompt chunk instead, its logits differ in the last bits, and so may the output).
-            let prompt = completion::prepare(backend, builder, &req)?.prompt().ids.clone();
+            let prompt = completion::prepare(backend, builder, &req)?
+                .prompt()
+                .ids
+                .clone();
             backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
             let mut run = |speculative: bool| {
                 req.speculative = speculative;

@@ -131,6 +131,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
     req.token_healing = config.token_healing;
+    req.speculative = config.speculative;
     req.sampling = SamplingParams {
         temperature: config.temperature,
         seed: args.seed,
@@ -665,6 +666,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                     max_tokens,
                     postprocess: postprocess.clone(),
                     token_healing: config.token_healing,
+                    speculative: config.speculative,
                     temperature: config.temperature,
                 };
                 let mut theirs = server

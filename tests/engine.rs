@@ -774,7 +774,11 @@ fn speculative_decoding_gives_the_plain_greedy_output() {
                 // max_tokens reached at every position of the first tokens: inside drafts too.
                 for &m in sweep.iter().filter(|&&m| m <= off.generated_ids.len()) {
                     let short = decode_with(&engine, &prompt, m, true, &[]);
-                    assert_eq!(short.generated_ids, off.generated_ids[..m], "{what} max {m}");
+                    assert_eq!(
+                        short.generated_ids,
+                        off.generated_ids[..m],
+                        "{what} max {m}"
+                    );
                     assert_eq!(short.stop_reason, StopReason::MaxTokens, "{what} max {m}");
                 }
             }

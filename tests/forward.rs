@@ -223,11 +223,16 @@ fn a_short_batch_gives_the_logits_of_single_steps_bit_for_bit() {
         batch.truncate(prompt.len());
         let mut rows = Vec::new();
         for chunk in [&steps[..4], &steps[4..5], &steps[5..]] {
-            rows.extend(logits(model.forward(chunk, &mut batch, Logits::All).unwrap()));
+            rows.extend(logits(
+                model.forward(chunk, &mut batch, Logits::All).unwrap(),
+            ));
         }
         for (i, step) in stepwise.iter().enumerate() {
             let row = &rows[i * vocab..(i + 1) * vocab];
-            let same = row.iter().zip(step).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = row
+                .iter()
+                .zip(step)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{}: row {i} differs", path.display());
         }
     }

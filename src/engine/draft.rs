@@ -71,9 +71,7 @@ impl PromptLookup {
 
 /// The n-gram's ids packed into one number (n ≤ 4, so distinct n-grams of one size get distinct keys).
 fn key(ngram: &[u32]) -> u128 {
-    ngram
-        .iter()
-        .fold(0u128, |k, &t| (k << 32) | u128::from(t))
+    ngram.iter().fold(0u128, |k, &t| (k << 32) | u128::from(t))
 }
 
 #[cfg(test)]
@@ -102,7 +100,10 @@ mod tests {
         assert!(PromptLookup::new(&[5]).draft(4).is_empty());
         let mut p = PromptLookup::new(&[1, 2, 1, 3]);
         p.push(1);
-        assert!(p.draft(4).is_empty(), "\"3 1\" never occurred; \"1\" alone is too short");
+        assert!(
+            p.draft(4).is_empty(),
+            "\"3 1\" never occurred; \"1\" alone is too short"
+        );
         assert!(PromptLookup::new(&[]).draft(4).is_empty());
     }
 

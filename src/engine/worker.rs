@@ -1,7 +1,9 @@
 //! The model thread: owns the weights, the KV cache and the list of tokens the cache holds; serves one
 //! request at a time from its queue. A request shares the longest common token prefix with what the cache
-//! holds and computes only the rest. A panic inside a request is caught, the cache is reset, and the
-//! thread goes on serving.
+//! holds and computes only the rest. With greedy sampling, tokens drafted by prompt lookup (`draft`) are
+//! verified in one forward pass: the model's own choices decide, row by row, how many are kept, and the
+//! cache forgets the rest. A panic inside a request is caught, the cache is reset, and the thread goes on
+//! serving.
 
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
