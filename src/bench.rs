@@ -9,6 +9,9 @@
 //! neither engine reuses a cached prefix. Each figure is the median of `repeat` runs. llama.cpp's times
 //! are the ones its server measures itself (`timings.prompt_ms`, `timings.predicted_ms`), so HTTP and
 //! streaming are not counted against it.
+//!
+//! Speculative decoding is measured on real code instead ([`measure_speculation`]): random ids never
+//! repeat, so nothing could be drafted from them.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::backends::{RemoteBackend, RemoteConfig, RemoteKind};
+use crate::completion::{self, CompletionRequest};
 use crate::engine::{Backend, GenerateRequest};
+use crate::prompt::PromptBuilder;
 
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -95,6 +100,105 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figur
         decode.push(figure(depth, samples));
     }
     Ok(Figures { prefill, decode })
+}
+
+/// Greedy completions of real code with speculative decoding off and on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Speculation {
+    pub completions: usize,
+    /// Completions whose generated ids were the same both ways.
+    pub identical: usize,
+    /// Generated tokens (speculation off; the same on when every output is identical).
+    pub tokens_off: usize,
+    pub tokens_on: usize,
+    pub decode_ms_off: f64,
+    pub decode_ms_on: f64,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl Speculation {
+    pub fn print(&self) {
+        let rate = |tokens: usize, ms: f64| tokens as f64 / (ms / 1e3);
+        let (off, on) = (
+            rate(self.tokens_off, self.decode_ms_off),
+            rate(self.tokens_on, self.decode_ms_on),
+        );
+        println!(
+            "speculative decoding: {} completions, identical outputs {}/{}",
+            self.completions, self.identical, self.completions
+        );
+        println!(
+            "effective decode tok/s: off {off:.1}, on {on:.1}, speedup {:.2}x",
+            on / off
+        );
+        println!(
+            "drafted {} tokens, accepted {} ({:.0}%), {:.2} tokens per forward pass",
+            self.drafted,
+            self.accepted,
+            100.0 * self.accepted as f64 / self.drafted.max(1) as f64,
+            self.tokens_on as f64 / (self.tokens_on - self.accepted).max(1) as f64,
+        );
+    }
+}
+
+/// Fills `points` holes of `HOLE_LINES` lines spread over each file (the cursor on the empty line where
+/// they were, as when writing them), twice each after a warm-up: speculation off and on, taking turns at going first so
+/// that load on the machine hits both alike. Raw completions (only end of generation and `max_tokens`
+/// stop) so that the decode is long enough to time.
+pub fn measure_speculation(
+    backend: &dyn Backend,
+    builder: &PromptBuilder,
+    files: &[PathBuf],
+    points: usize,
+    max_tokens: usize,
+) -> Result<Speculation> {
+    const HOLE_LINES: usize = 3;
+    let mut s = Speculation::default();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        if lines.len() < 2 * HOLE_LINES {
+            bail!("{} has too few lines for a hole", path.display());
+        }
+        for p in 0..points {
+            // From a quarter of the file to its end, so that no prefix is short.
+            let at = lines.len() / 4 + p * (lines.len() - lines.len() / 4 - HOLE_LINES) / points;
+            let prefix = lines[..at].concat();
+            let suffix = lines[at + HOLE_LINES..].concat();
+            let mut req = CompletionRequest::new(prefix, suffix, max_tokens);
+            req.path = Some(path.display().to_string());
+            req.raw = true;
+            // Both measured runs find the prompt cached but its last token (recomputed alone: computed
+            // in a prompt chunk instead, its logits differ in the last bits, and so may the output).
+            let prompt = completion::prepare(backend, builder, &req)?
+                .prompt()
+                .ids
+                .clone();
+            backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
+            let mut run = |speculative: bool| {
+                req.speculative = speculative;
+                completion::complete(backend, builder, &req)
+            };
+            let (off, on) = if s.completions % 2 == 0 {
+                let off = run(false)?;
+                (off, run(true)?)
+            } else {
+                let on = run(true)?;
+                (run(false)?, on)
+            };
+            s.completions += 1;
+            s.identical += usize::from(off.generated_ids == on.generated_ids);
+            s.tokens_off += off.generated_ids.len();
+            s.tokens_on += on.generated_ids.len();
+            s.decode_ms_off += off.timings.decode_ms;
+            s.decode_ms_on += on.timings.decode_ms;
+            s.drafted += on.timings.drafted_tokens;
+            s.accepted += on.timings.accepted_tokens;
+        }
+    }
+    Ok(s)
 }
 
 fn figure(tokens: usize, mut samples: Vec<f64>) -> Figure {

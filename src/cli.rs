@@ -131,6 +131,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
     req.token_healing = config.token_healing;
+    req.speculative = config.speculative;
     req.sampling = SamplingParams {
         temperature: config.temperature,
         seed: args.seed,
@@ -406,10 +407,20 @@ pub struct BenchArgs {
     /// Measure only our engine.
     #[arg(long)]
     pub no_llama: bool,
+    /// Instead of the synthetic workload: speculative decoding off and on, on holes cut from these code
+    /// files (comma-separated), `--decode-tokens` tokens each.
+    #[arg(long, value_delimiter = ',')]
+    pub code: Vec<PathBuf>,
+    /// Holes per file for `--code`.
+    #[arg(long, default_value_t = 8)]
+    pub points: usize,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{self, LlamaServer, Workload};
+    if !args.code.is_empty() {
+        return bench_speculation(args);
+    }
     let workload = Workload {
         prefill: args.prefill.clone(),
         decode_depth: args.decode_depth.clone(),
@@ -452,6 +463,31 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         report.print();
+    }
+    Ok(())
+}
+
+/// `bench --code`: speculative decoding off and on, on real code.
+fn bench_speculation(args: BenchArgs) -> Result<()> {
+    let config = config(args.model.given())?;
+    let (engine, load_ms) = start(&config, config.model.clone())?;
+    let info = engine.info().clone();
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
+    let figures = crate::bench::measure_speculation(
+        &engine,
+        &builder,
+        &args.code,
+        args.points,
+        args.decode_tokens,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        println!(
+            "model {}, {} threads, load {load_ms} ms",
+            info.name, info.threads
+        );
+        figures.print();
     }
     Ok(())
 }
@@ -630,6 +666,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                     max_tokens,
                     postprocess: postprocess.clone(),
                     token_healing: config.token_healing,
+                    speculative: config.speculative,
                     temperature: config.temperature,
                 };
                 let mut theirs = server

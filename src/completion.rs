@@ -37,6 +37,8 @@ pub struct CompletionRequest {
     /// Token healing at the cursor (the `token_healing` setting); never in raw mode, and only with a
     /// backend that can constrain the first tokens.
     pub token_healing: bool,
+    /// Speculative decoding (greedy sampling only; the same output, sooner).
+    pub speculative: bool,
 }
 
 impl CompletionRequest {
@@ -54,6 +56,7 @@ impl CompletionRequest {
             postprocess: postprocess::Config::default(),
             extra: Vec::new(),
             token_healing: true,
+            speculative: true,
         }
     }
 
@@ -148,6 +151,7 @@ pub fn prepare(
     gen.cancel = req.cancel.clone();
     gen.supersede_key = req.supersede_key.clone();
     gen.heal = prompt.heal.clone();
+    gen.speculative = req.speculative;
     let stopper = (!req.raw).then(|| {
         let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
         Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))

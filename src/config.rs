@@ -511,6 +511,11 @@ config! {
     /// writes it again, constrained to the same text, so a cursor after indentation or inside a word does
     /// not put the model off (only with the in-process engine).
     token_healing: bool = true,
+    /// Speculative decoding when sampling is greedy (temperature 0): the tokens that followed the last few
+    /// tokens where they occurred before (in the document, other open files or the suggestion) are
+    /// checked by the model in one pass, so repeated code comes sooner. The suggestion is the same either
+    /// way (only with the in-process engine).
+    speculative: bool = true,
     /// Language ids (as the editor names them, e.g. "python", "rust") that get suggestions. Empty: all.
     languages: Vec<String> = Vec::new(),
     /// Log level for stderr and the client's log: "off", "error", "warn", "info", "debug" (one line per
@@ -554,7 +559,7 @@ config_flags! {
 
 config_flags! {
     /// How `complete` and `eval` build the prompt and generate, as the server does.
-    SuggestionFlags { max_tokens, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing }
+    SuggestionFlags { max_tokens, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing, speculative }
 }
 
 config_flags! {

@@ -696,3 +696,151 @@ fn the_cpu_pass_starts_no_candle_threads() {
         "{threads:?}"
     );
 }
+
+/// Greedy generation with speculation on or off, past the end-of-generation tokens (longer outputs).
+fn decode_with(
+    engine: &Engine,
+    prompt: &[u32],
+    max_tokens: usize,
+    speculative: bool,
+    stops: &[String],
+) -> codellama_lsp::engine::Outcome {
+    let mut req = GenerateRequest::new(prompt.to_vec(), max_tokens);
+    req.speculative = speculative;
+    req.stop_at_eog = false;
+    req.stop_strings = stops.to_vec();
+    engine.generate(req).expect("generation")
+}
+
+/// FIM prompts (or continuation prompts, for a model without FIM tokens) for holes of three lines cut
+/// from a real Python file, the cursor on the empty line where they were.
+fn code_holes(lines_at: &[usize]) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(common::repo_dir().join("examples/typing/inventory.py"))
+        .expect("example file");
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    lines_at
+        .iter()
+        .map(|&at| (lines[..at].concat(), lines[at + 3..].concat()))
+        .collect()
+}
+
+/// Speculative decoding changes the speed, never the output: on real code, with real models, greedy
+/// generation with drafts verified in one forward pass gives the plain loop's tokens, text and stop
+/// reason, including when `max_tokens` or a stop string ends the generation inside an accepted draft,
+/// and with token healing (no drafts until the healed text is spelled). Some drafts are rejected and
+/// some accepted, so both paths of the verification run.
+#[test]
+fn speculative_decoding_gives_the_plain_greedy_output() {
+    use codellama_lsp::completion::{self, CompletionRequest};
+    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+
+    for (model, sweep) in [
+        (common::small_model(), (1..=24).collect::<Vec<_>>()),
+        (common::qwen_model(), vec![1, 2, 3, 5, 8, 13, 21]),
+    ] {
+        let engine = Engine::start(
+            LoadOptions {
+                model: Some(model.display().to_string()),
+                context_window: Some(1024),
+                ..LoadOptions::default()
+            },
+            Box::new(|_| {}),
+        )
+        .expect("engine starts");
+        let builder =
+            PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+        let (mut drafted, mut accepted) = (0, 0);
+        for (i, (prefix, suffix)) in code_holes(&[60, 150, 240]).into_iter().enumerate() {
+            let mut req = CompletionRequest::new(&prefix, &suffix, 48);
+            req.raw = true;
+            let prompt = completion::prepare(&engine, &builder, &req)
+                .unwrap()
+                .prompt()
+                .ids
+                .clone();
+            // Every compared run finds the prompt cached but its last token, recomputed alone (computed
+            // in a prompt chunk instead, its logits may differ in the last bits).
+            decode_with(&engine, &prompt, 1, false, &[]);
+            let off = decode_with(&engine, &prompt, 48, false, &[]);
+            let on = decode_with(&engine, &prompt, 48, true, &[]);
+            let what = format!("{} hole {i}", model.display());
+            assert_eq!(on.generated_ids, off.generated_ids, "{what}");
+            assert_eq!(on.text, off.text, "{what}");
+            assert_eq!(on.stop_reason, off.stop_reason, "{what}");
+            assert_eq!(off.timings.drafted_tokens, 0, "{what}");
+            drafted += on.timings.drafted_tokens;
+            accepted += on.timings.accepted_tokens;
+            if i == 0 {
+                // max_tokens reached at every position of the first tokens: inside drafts too.
+                for &m in sweep.iter().filter(|&&m| m <= off.generated_ids.len()) {
+                    let short = decode_with(&engine, &prompt, m, true, &[]);
+                    assert_eq!(
+                        short.generated_ids,
+                        off.generated_ids[..m],
+                        "{what} max {m}"
+                    );
+                    assert_eq!(short.stop_reason, StopReason::MaxTokens, "{what} max {m}");
+                }
+            }
+            // Stop strings taken from the output itself, at several places.
+            for at in [3, 9, 20] {
+                let Some(&id) = off.generated_ids.get(at) else {
+                    continue;
+                };
+                let stop = engine.tokenizer().decode(&[id]).trim().to_string();
+                if stop.is_empty() || stop.contains('\u{FFFD}') {
+                    continue;
+                }
+                let stops = [stop];
+                let off = decode_with(&engine, &prompt, 48, false, &stops);
+                let on = decode_with(&engine, &prompt, 48, true, &stops);
+                assert_eq!(off.stop_reason, StopReason::StopString, "{what} {stops:?}");
+                assert_eq!(
+                    (on.generated_ids, on.text, on.stop_reason),
+                    (off.generated_ids, off.text, off.stop_reason),
+                    "{what} {stops:?}"
+                );
+            }
+            // The whole pipeline, with token healing and the streaming stop rules.
+            let mut req = CompletionRequest::new(format!("{prefix}    "), &suffix, 48);
+            req.speculative = false;
+            let healed_prompt = completion::prepare(&engine, &builder, &req).unwrap();
+            decode_with(&engine, &healed_prompt.prompt().ids, 1, false, &[]);
+            let off = completion::complete(&engine, &builder, &req).unwrap();
+            req.speculative = true;
+            let on = completion::complete(&engine, &builder, &req).unwrap();
+            assert_eq!(
+                (on.generated_ids, on.completion),
+                (off.generated_ids, off.completion),
+                "{what} healed"
+            );
+        }
+        assert!(accepted > 0, "{}: no draft was accepted", model.display());
+        assert!(
+            drafted > accepted,
+            "{}: no draft was rejected ({drafted} drafted)",
+            model.display()
+        );
+    }
+}
+
+/// A context that fills up in the middle of speculative decoding stops where plain decoding stops: drafts
+/// never run past the cache's last position.
+#[test]
+fn speculative_decoding_stops_at_a_full_context_like_plain_decoding() {
+    let engine = start(&common::small_model());
+    let text = std::fs::read_to_string(common::repo_dir().join("examples/typing/inventory.py"))
+        .expect("example file");
+    let ids = engine.tokenizer().encode(&text, true);
+    let prompt = &ids[..230];
+    decode_with(&engine, prompt, 1, false, &[]);
+    let off = decode_with(&engine, prompt, 100, false, &[]);
+    let on = decode_with(&engine, prompt, 100, true, &[]);
+    assert_eq!(off.stop_reason, StopReason::ContextFull);
+    assert_eq!(off.generated_ids.len(), 256 - 230 + 1);
+    assert_eq!(
+        (on.generated_ids, on.stop_reason),
+        (off.generated_ids, off.stop_reason)
+    );
+    assert!(on.timings.accepted_tokens > 0, "{:?}", on.timings);
+}

@@ -195,3 +195,45 @@ fn fused_cpu_path_equals_tensor_path() {
         }
     }
 }
+
+/// The logits `Logits::All` gives for a short batch after a prompt are, row for row and bit for bit, the
+/// ones one-token steps give: speculative decoding verifies drafts this way and must not change a greedy
+/// token. Also after rolling the cache back over part of a batch, as a rejected draft does.
+#[test]
+fn a_short_batch_gives_the_logits_of_single_steps_bit_for_bit() {
+    for path in [common::small_model(), common::qwen_model()] {
+        let f = GgufFile::open(&path).unwrap();
+        let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
+        let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+        model.set_threads(2).unwrap();
+        let prompt: Vec<u32> = (0..90).map(|i| 100 + (i * 37) % 900).collect();
+        let steps = [11u32, 500, 7, 900, 42, 3, 77, 1000, 5];
+        let logits = |t: candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut single = model.new_cache(256).unwrap();
+        model.forward(&prompt, &mut single, Logits::Last).unwrap();
+        let stepwise: Vec<Vec<f32>> = steps
+            .iter()
+            .map(|&t| logits(model.forward(&[t], &mut single, Logits::Last).unwrap()))
+            .collect();
+        let vocab = stepwise[0].len();
+        let mut batch = model.new_cache(256).unwrap();
+        model.forward(&prompt, &mut batch, Logits::Last).unwrap();
+        // A rejected draft of three, rolled back, then the steps in batches of 4, 1 and 4.
+        model.forward(&[1, 2, 3], &mut batch, Logits::All).unwrap();
+        batch.truncate(prompt.len());
+        let mut rows = Vec::new();
+        for chunk in [&steps[..4], &steps[4..5], &steps[5..]] {
+            rows.extend(logits(
+                model.forward(chunk, &mut batch, Logits::All).unwrap(),
+            ));
+        }
+        for (i, step) in stepwise.iter().enumerate() {
+            let row = &rows[i * vocab..(i + 1) * vocab];
+            let same = row
+                .iter()
+                .zip(step)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{}: row {i} differs", path.display());
+        }
+    }
+}

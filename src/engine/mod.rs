@@ -4,6 +4,7 @@
 //! are produced; every request carries a cancellation handle checked between tokens, prefill chunks and
 //! layers. A prompt that shares a prefix with the previous one reuses the cached keys and values.
 
+mod draft;
 pub mod error;
 pub mod gguf;
 pub mod hub;
@@ -89,6 +90,9 @@ pub struct GenerateRequest {
     /// are constrained to spell it; it is not part of the reported text or token events. Only backends
     /// whose [`Backend::heals_tokens`] is true honour it.
     pub heal: String,
+    /// Speculative decoding: when sampling is greedy, tokens drafted from the prompt are verified in one
+    /// forward pass. The output is the same either way; only the speed differs.
+    pub speculative: bool,
 }
 
 impl GenerateRequest {
@@ -104,6 +108,7 @@ impl GenerateRequest {
             cancel: CancelToken::new(),
             supersede_key: None,
             heal: String::new(),
+            speculative: true,
         }
     }
 }
@@ -129,6 +134,9 @@ pub struct Timings {
     /// Prompt tokens whose keys and values were already in the cache.
     pub reused_tokens: usize,
     pub generated_tokens: usize,
+    /// Speculative decoding: tokens drafted and verified, and how many of them the model agreed with.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,9 +1,11 @@
 //! The model thread: owns the weights, the KV cache and the list of tokens the cache holds; serves one
 //! request at a time from its queue. A request shares the longest common token prefix with what the cache
-//! holds and computes only the rest. A panic inside a request is caught, the cache is reset, and the
-//! thread goes on serving.
+//! holds and computes only the rest. With greedy sampling, tokens drafted by prompt lookup (`draft`) are
+//! verified in one forward pass: the model's own choices decide, row by row, how many are kept, and the
+//! cache forgets the rest. A panic inside a request is caught, the cache is reset, and the thread goes on
+//! serving.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::draft::PromptLookup;
 use super::error::{EngineError, Result};
 use super::load::{default_threads, load_model, LoadOptions};
 use super::model::{KvCache, Llama, Logits};
@@ -20,6 +23,13 @@ use super::{ms_since, Event, GenerateRequest, ModelInfo, Outcome, StopReason, Ti
 
 /// Prompt tokens computed per forward call; cancellation is also checked between layers.
 const PREFILL_CHUNK: usize = 256;
+
+/// The most drafted tokens verified in one forward pass. The token fed and three drafted ones fill one
+/// tile of four activation rows of the packed matrix kernels, so the weights are read once (a fifth row
+/// costs a second pass over them); measured with Qwen2.5-Coder 0.5B at 2 threads, a pass of 4 tokens
+/// costs 1.7 single steps, 9 tokens 3.6, and holes cut from real code accepted 62% of 3-token drafts
+/// (1.5x fewer passes per token) against 40% of 8-token ones (1.1x).
+const MAX_DRAFT: usize = 3;
 
 pub struct Job {
     pub req: GenerateRequest,
@@ -232,12 +242,14 @@ impl Worker {
             self.cached.extend_from_slice(chunk);
         }
         timings.prefill_ms = ms_since(t_prefill);
-        let mut logits = logits.ok_or(EngineError::EmptyPrompt)?;
+        let logits = logits.ok_or(EngineError::EmptyPrompt)?;
+        let mut scores = logits.to_vec1::<f32>()?;
 
         let t_decode = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut decoder = IncrementalDecoder::new();
         let mut heal = Healing::new(&req.heal);
+        let mut drafts = Speculation::new(req);
         let mut out = Outcome {
             generated_ids: Vec::new(),
             text: String::new(),
@@ -250,7 +262,6 @@ impl Worker {
                 out.stop_reason = StopReason::Cancelled;
                 break;
             }
-            let mut scores = logits.to_vec1::<f32>()?;
             heal.constrain(&self.tokenizer, &mut scores);
             let tok = sampler.sample(&scores);
             if req.stop_ids.contains(&tok) || (req.stop_at_eog && self.eog.contains(&tok)) {
@@ -283,17 +294,123 @@ impl Worker {
             if out.generated_ids.len() >= req.max_tokens {
                 break;
             }
-            if self.cache.len() >= self.cache.capacity() {
+            if self.cached.len() >= self.cache.capacity() {
                 out.stop_reason = StopReason::ContextFull;
                 break;
             }
-            logits = self.model.forward(&[tok], &mut self.cache, Logits::Last)?;
-            self.cached.push(tok);
+            let wanted = req.max_tokens - out.generated_ids.len();
+            scores = self.advance(tok, &mut drafts, heal.is_done(), wanted)?;
         }
+        // Verified positions past the last token taken are forgotten.
+        self.cache.truncate(self.cached.len());
         timings.decode_ms = ms_since(t_decode);
         timings.generated_tokens = out.generated_ids.len();
+        timings.drafted_tokens = drafts.drafted;
+        timings.accepted_tokens = drafts.accepted;
         out.timings = timings;
         Ok(out)
+    }
+
+    /// Feeds `tok` (the token just taken) and returns the logits that follow it. If a verified draft
+    /// guessed `tok`, they were computed already; otherwise the cache forgets the rest of that draft and
+    /// `tok` runs through the model, with a new draft behind it when there is one (at most `wanted - 1`
+    /// tokens: the `wanted`-th token is sampled from the last row and never fed).
+    fn advance(
+        &mut self,
+        tok: u32,
+        drafts: &mut Speculation,
+        healed: bool,
+        wanted: usize,
+    ) -> Result<Vec<f32>> {
+        if let Some(row) = drafts.take(tok) {
+            self.cached.push(tok);
+            return Ok(row);
+        }
+        self.cache.truncate(self.cached.len());
+        let room = self.cache.capacity() - self.cached.len() - 1;
+        let draft = if healed {
+            drafts.draft(room.min(wanted - 1))
+        } else {
+            Vec::new()
+        };
+        let scores = if draft.is_empty() {
+            self.model
+                .forward(&[tok], &mut self.cache, Logits::Last)?
+                .to_vec1::<f32>()?
+        } else {
+            let input: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
+            let rows = self
+                .model
+                .forward(&input, &mut self.cache, Logits::All)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            drafts.verified(&draft, rows)
+        };
+        self.cached.push(tok);
+        Ok(scores)
+    }
+}
+
+/// Speculative decoding's state in one request: the prompt-lookup index and the logits computed for the
+/// tokens of the current draft, which are used only if the model's own choices agree with the draft.
+struct Speculation {
+    lookup: Option<PromptLookup>,
+    /// `(draft token, the logits after it)`, in order; the cache holds these tokens past `cached`.
+    pending: VecDeque<(u32, Vec<f32>)>,
+    drafted: usize,
+    accepted: usize,
+}
+
+impl Speculation {
+    /// On only for greedy sampling: a sampled token cannot be checked against a draft by its argmax.
+    fn new(req: &GenerateRequest) -> Self {
+        let on = req.speculative && req.sampling.is_greedy();
+        Self {
+            lookup: on.then(|| PromptLookup::new(&req.prompt)),
+            pending: VecDeque::new(),
+            drafted: 0,
+            accepted: 0,
+        }
+    }
+
+    /// The logits after `tok` if the current draft's next token is `tok`; otherwise the draft is over.
+    fn take(&mut self, tok: u32) -> Option<Vec<f32>> {
+        if let Some(lookup) = self.lookup.as_mut() {
+            lookup.push(tok);
+        }
+        match self.pending.pop_front() {
+            Some((t, row)) if t == tok => {
+                self.accepted += 1;
+                Some(row)
+            }
+            _ => {
+                self.pending.clear();
+                None
+            }
+        }
+    }
+
+    /// A new draft of at most `max` tokens to follow the history.
+    fn draft(&self, max: usize) -> Vec<u32> {
+        let max = max.min(MAX_DRAFT);
+        match &self.lookup {
+            Some(lookup) if max > 0 => lookup.draft(max).to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keeps the logits computed for `[tok, draft...]` (`rows`, one per token) and returns the first
+    /// row, the one that follows `tok`.
+    fn verified(&mut self, draft: &[u32], mut rows: Vec<f32>) -> Vec<f32> {
+        let vocab = rows.len() / (draft.len() + 1);
+        self.drafted += draft.len();
+        self.pending = draft
+            .iter()
+            .zip(rows[vocab..].chunks_exact(vocab))
+            .map(|(&t, row)| (t, row.to_vec()))
+            .collect();
+        rows.truncate(vocab);
+        rows
     }
 }
 
@@ -339,6 +456,11 @@ impl<'a> Healing<'a> {
                 *score = f32::NEG_INFINITY;
             }
         }
+    }
+
+    /// Whether the healed text is spelled (from then on nothing is constrained).
+    fn is_done(&self) -> bool {
+        self.rest.is_empty()
     }
 
     /// Records a sampled token (its bytes) and returns the part of its decoded text that follows the

@@ -241,8 +241,9 @@ pub struct Ours<'a> {
     pub builder: &'a PromptBuilder,
     pub max_tokens: usize,
     pub postprocess: postprocess::Config,
-    /// The `token_healing` and `temperature` settings.
+    /// The `token_healing`, `speculative` and `temperature` settings.
     pub token_healing: bool,
+    pub speculative: bool,
     pub temperature: f32,
 }
 
@@ -256,6 +257,7 @@ impl Infiller for Ours<'_> {
         req.language_id = Some("python".into());
         req.postprocess = self.postprocess.clone();
         req.token_healing = self.token_healing;
+        req.speculative = self.speculative;
         req.sampling.temperature = self.temperature;
         Ok(completion::complete(self.engine, self.builder, &req)?.completion)
     }
