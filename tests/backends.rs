@@ -943,7 +943,7 @@ fn failures_during_a_session_are_noticed_once_and_a_cancel_is_no_recovery() {
         (
             "a bogus chunk size",
             RemoteErrorKind::BadResponse,
-            "bad chunk size",
+            "chunk size",
             bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ndata: x\r\n"),
         ),
         (

@@ -171,9 +171,7 @@ fn wait_until_healthy(client: &Client) -> Result<(), RemoteError> {
         match client.json("GET", "/health", None) {
             Ok(_) => return Ok(()),
             Err(e)
-                if e.kind() == super::RemoteErrorKind::BadResponse
-                    && e.message().contains("HTTP 503")
-                    && Instant::now() < deadline =>
+                if e.status() == Some(503) && Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(250));
             }
