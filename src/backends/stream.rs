@@ -98,8 +98,8 @@ pub(crate) struct Call<'a> {
     pub body: serde_json::Value,
 }
 
-/// A generation's outcome, and the rest of an answer the engine finished (its last bytes, read by
-/// [`drain`] after the outcome is delivered so that the connection can be used again).
+/// A generation's outcome, and the rest of an answer the engine will finish at the same token limit as
+/// ours (read by [`drain`] after the outcome is delivered, so that the connection can be used again).
 pub(crate) struct Finished {
     pub outcome: Outcome,
     pub rest: Option<Response>,
@@ -358,12 +358,16 @@ pub(crate) async fn run(
         stats.generated_tokens.unwrap_or(text_pieces)
     };
     out.timings = timings;
-    // Dropping the response closes the connection: an engine still generating stops. One that finished
-    // (or will, at the same token limit) sends the last bytes of its answer, read later by `drain`.
-    let engine_done = !stopped_by_us || out.stop_reason == StopReason::MaxTokens;
+    // Dropping the response closes the connection: an engine still generating stops. The end of an answer
+    // the engine finished follows its last event at once and is read now, so that the connection is back
+    // in the pool before the next request; one that stops at our token limit is read in the background.
+    if !stopped_by_us {
+        drain(resp).await;
+        return finished(out);
+    }
     Ok(Finished {
+        rest: (out.stop_reason == StopReason::MaxTokens).then_some(resp),
         outcome: out,
-        rest: engine_done.then_some(resp),
     })
 }
 
