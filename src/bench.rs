@@ -314,8 +314,13 @@ impl LlamaServer {
             }
             let health = format!("{}/health", self.url);
             let healthy = crate::backends::http::wait(async move {
-                let client = crate::backends::http::client_builder(Duration::from_secs(2)).build()?;
-                let resp = client.get(health).timeout(Duration::from_secs(2)).send().await?;
+                let client =
+                    crate::backends::http::client_builder(Duration::from_secs(2)).build()?;
+                let resp = client
+                    .get(health)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await?;
                 Ok::<_, reqwest::Error>(resp.status().is_success())
             });
             if healthy.unwrap_or(false) {

@@ -226,7 +226,13 @@ fn the_engine_is_reached_through_the_proxy_the_environment_names() {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codellama-lsp"));
     cmd.args(["serve", "--max-tokens", "32", "--context-window", "2048"])
         .args(["--backend", "openai", "--remote", &settings]);
-    for var in ["NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"] {
+    for var in [
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "http_proxy",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("HTTP_PROXY", proxy.url());

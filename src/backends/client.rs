@@ -54,7 +54,9 @@ impl Client {
         );
         if let Some(key) = &api_key {
             let mut value = HeaderValue::from_str(&key.bearer()).map_err(|_| {
-                RemoteError::config("the API key has a character a header cannot carry (a line break?)")
+                RemoteError::config(
+                    "the API key has a character a header cannot carry (a line break?)",
+                )
             })?;
             // Never printed by reqwest's own logging either.
             value.set_sensitive(true);
@@ -63,7 +65,9 @@ impl Client {
         let http = http::client_builder(cfg.connect_timeout)
             .default_headers(headers)
             .build()
-            .map_err(|e| RemoteError::config(format!("cannot set up HTTP: {}", http::describe(&e))))?;
+            .map_err(|e| {
+                RemoteError::config(format!("cannot set up HTTP: {}", http::describe(&e)))
+            })?;
         Ok(Self {
             kind: cfg.kind,
             endpoint,
@@ -106,14 +110,13 @@ impl Client {
     ) -> Result<Response, RemoteError> {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
-        let mut reopened = false;
         let resp = loop {
             let mut req = self.http.request(method.clone(), self.endpoint.url(path));
             if let Some(b) = body {
                 let bytes = serde_json::to_vec(b).expect("JSON values serialize");
                 req = req.header(CONTENT_TYPE, "application/json").body(bytes);
             }
-            let sent = tokio::time::timeout_at(deadline.into(), req.send()).await;
+            let sent = tokio::time::timeout_at(deadline.into(), http::send(req)).await;
             match sent {
                 Ok(Ok(resp)) => break resp,
                 Err(_) => return Err(self.timeout(waiting_for)),
@@ -129,17 +132,6 @@ impl Client {
                     delay *= 2;
                     attempt += 1;
                 }
-                // A keep-alive connection the engine closed just as we reused it (servers close idle
-                // ones when they like): the request never reached it; once more on a new connection.
-                Ok(Err(e)) if !reopened && http::cause(&e) == Cause::Closed => {
-                    tracing::debug!(
-                        "{} at {}: {} before any answer; trying a new connection",
-                        self.engine(),
-                        self.at(),
-                        http::describe(&e)
-                    );
-                    reopened = true;
-                }
                 Ok(Err(e)) => return Err(self.transport_error(e, waiting_for)),
             }
         };
@@ -153,7 +145,9 @@ impl Client {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         // The error body, briefly (bounded in time and size).
         let short = Instant::now() + Duration::from_secs(2);
-        let body = read_limited(resp, 64 * 1024, short).await.unwrap_or_default();
+        let body = read_limited(resp, 64 * 1024, short)
+            .await
+            .unwrap_or_default();
         let detail = format!(
             "HTTP {status}{}",
             error_detail(&body)
@@ -183,7 +177,12 @@ impl Client {
     }
 
     /// A JSON request answered by one JSON document, within `first_token_timeout`, from a blocking thread.
-    pub fn json(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, RemoteError> {
+    pub fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RemoteError> {
         let method = Method::from_bytes(method.as_bytes()).expect("a method name of ours");
         let (this, path, body) = (self.clone(), path.to_string(), body.cloned());
         http::wait(async move { this.json_async(method, &path, body.as_ref()).await })
@@ -197,7 +196,13 @@ impl Client {
     ) -> Result<Value, RemoteError> {
         let deadline = Instant::now() + self.first_token_timeout;
         let resp = self
-            .request(method.clone(), path, body, deadline, "waiting for the answer")
+            .request(
+                method.clone(),
+                path,
+                body,
+                deadline,
+                "waiting for the answer",
+            )
             .await?;
         let bytes = match read_limited(resp, MAX_JSON_BODY, deadline).await {
             Ok(b) => b,
@@ -206,7 +211,10 @@ impl Client {
                 return Err(RemoteError::bad_response(
                     self.engine(),
                     &self.at(),
-                    format!("the answer to {method} {path} is larger than {} MiB", MAX_JSON_BODY >> 20),
+                    format!(
+                        "the answer to {method} {path} is larger than {} MiB",
+                        MAX_JSON_BODY >> 20
+                    ),
                 ))
             }
             Err(Read::Failed(e)) => return Err(self.transport_error(e, "reading the answer")),
@@ -288,7 +296,11 @@ enum Read {
 }
 
 /// A whole body of at most `limit` bytes, by `deadline`.
-async fn read_limited(mut resp: Response, limit: usize, deadline: Instant) -> Result<Vec<u8>, Read> {
+async fn read_limited(
+    mut resp: Response,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, Read> {
     let mut out = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline.into(), resp.chunk()).await {

@@ -57,6 +57,23 @@ pub fn client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
         .pool_idle_timeout(Duration::from_secs(60))
 }
 
+/// Sends `req`, and once more on a new connection when the connection closed under it before any answer: a
+/// keep-alive connection the server closed just as we reused it (servers close idle connections when they
+/// like, and some close after every answer without saying so). The request never reached the server then.
+pub async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+    let again = req.try_clone();
+    match (req.send().await, again) {
+        (Err(e), Some(again)) if cause(&e) == Cause::Closed && !e.is_timeout() => {
+            tracing::debug!(
+                "{} before any answer; trying a new connection",
+                describe(&e)
+            );
+            again.send().await
+        }
+        (result, _) => result,
+    }
+}
+
 /// Where the server is: a base URL that request paths are appended to.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -75,7 +92,12 @@ impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let host = self.url.host_str().unwrap_or_default();
         let port = self.url.port_or_known_default().unwrap_or_default();
-        write!(f, "{}://{host}:{port}{}", self.url.scheme(), self.base_path())
+        write!(
+            f,
+            "{}://{host}:{port}{}",
+            self.url.scheme(),
+            self.base_path()
+        )
     }
 }
 
@@ -156,7 +178,9 @@ pub enum Cause {
 
 /// The error and its sources, outermost first.
 fn chain(e: &reqwest::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| s.source())
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
+        s.source()
+    })
 }
 
 /// The kind of the first I/O error under `e`.
@@ -185,10 +209,7 @@ pub fn describe(e: &reqwest::Error) -> String {
     match io_kind(e) {
         Some(K::ConnectionRefused) => "connection refused".into(),
         _ if e.is_connect() && e.is_timeout() => "no answer in time (`connect_timeout_ms`)".into(),
-        _ => chain(e)
-            .last()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        _ => chain(e).last().map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 

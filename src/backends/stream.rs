@@ -153,10 +153,12 @@ pub(crate) async fn run(
     let cancelled = || cancel.is_cancelled() || events.is_closed();
     let gone = given_up(&cancel, events);
     tokio::pin!(gone);
-    let finished = |outcome| Ok(Finished {
-        outcome,
-        rest: None,
-    });
+    let finished = |outcome| {
+        Ok(Finished {
+            outcome,
+            rest: None,
+        })
+    };
     if cancelled() {
         return finished(Outcome::cancelled(timings));
     }

@@ -396,7 +396,7 @@ async fn follow(url: &str, range: &str) -> Result<Answer, HubError> {
         if let (Some(t), true) = (&token, parsed.host_str() == hub_host.as_deref()) {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
-        let resp = req.send().await.map_err(|e| transfer_error(&url, e))?;
+        let resp = http::send(req).await.map_err(|e| transfer_error(&url, e))?;
         for name in ["x-repo-commit", "x-linked-etag", "x-linked-size", "etag"] {
             if let Some(v) = header_text(resp.headers(), name) {
                 if !seen.iter().any(|(n, _)| n == name) {

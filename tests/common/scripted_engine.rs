@@ -138,8 +138,11 @@ impl ScriptedEngine {
                         let _ = match builtin(&request_line) {
                             Some(bytes) => conn.stream.write_all(&bytes),
                             None => {
-                                let reply =
-                                    script.lock().unwrap().pop_front().unwrap_or(fallback.clone());
+                                let reply = script
+                                    .lock()
+                                    .unwrap()
+                                    .pop_front()
+                                    .unwrap_or(fallback.clone());
                                 answered.fetch_add(1, Ordering::SeqCst);
                                 reply(&mut conn)
                             }
