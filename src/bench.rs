@@ -312,19 +312,19 @@ impl LlamaServer {
             if let Some(status) = self.child.try_wait()? {
                 bail!("llama-server exited during start-up ({status})");
             }
-            let addr = self.url.trim_start_matches("http://");
-            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
-                use std::io::{Read, Write};
-                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = write!(
-                    s,
-                    "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-                );
-                let mut reply = String::new();
-                let _ = s.read_to_string(&mut reply);
-                if reply.starts_with("HTTP/1.1 200") {
-                    return Ok(());
-                }
+            let health = format!("{}/health", self.url);
+            let healthy = crate::backends::http::wait(async move {
+                let client =
+                    crate::backends::http::client_builder(Duration::from_secs(2)).build()?;
+                let resp = client
+                    .get(health)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await?;
+                Ok::<_, reqwest::Error>(resp.status().is_success())
+            });
+            if healthy.unwrap_or(false) {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -86,12 +86,11 @@ fn fetch_with_display(spec: Option<&str>) -> Result<String> {
             }
         },
     };
-    let never = || false;
     let source = crate::engine::resolve::resolve_with(
         spec,
         &mut Hooks {
             on_event: &mut on_event,
-            cancelled: &never,
+            cancel: &crate::engine::CancelToken::new(),
         },
     );
     if let Some(b) = bar {

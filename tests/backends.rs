@@ -30,7 +30,8 @@ use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
 
 use common::llama_server::{free_port, serial, Server};
 use common::scripted_engine::{
-    answer, bytes, flood, openai_event, sse_head, trickle, Conn, Reply, ScriptedEngine,
+    answer, answer_keeping_alive, bytes, flood, openai_event, sse_head, trickle, Conn, Reply,
+    ScriptedEngine,
 };
 
 const API_KEY: &str = "sk-correct-horse-battery-staple";
@@ -724,6 +725,28 @@ fn key_prefixes_in(text: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The scripted engine stands in for an engine that keeps connections alive because it counts the
+/// connections it accepts (llama.cpp's server does not say).
+#[test]
+fn requests_reuse_the_connection_of_an_answer_the_engine_finished() {
+    let engine = ScriptedEngine::start(Vec::new(), answer_keeping_alive(&["a", "b"]));
+    let backend = scripted(RemoteKind::OpenAi, &engine, |_| {});
+    let before = engine.accepted();
+    for _ in 0..3 {
+        let out = wait(
+            backend.submit(GenerateRequest::new(vec![1604, 3987], 8)),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out.text, "ab");
+    }
+    assert_eq!(
+        engine.accepted() - before,
+        1,
+        "three requests, one connection"
+    );
+}
+
 #[test]
 fn keep_alives_and_trickles_do_not_hold_a_request_past_its_timeouts() {
     let ms = Duration::from_millis;
@@ -943,7 +966,7 @@ fn failures_during_a_session_are_noticed_once_and_a_cancel_is_no_recovery() {
         (
             "a bogus chunk size",
             RemoteErrorKind::BadResponse,
-            "bad chunk size",
+            "chunk size",
             bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ndata: x\r\n"),
         ),
         (

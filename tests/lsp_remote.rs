@@ -210,6 +210,42 @@ fn shown_of_type(s: &mut LspProcess, kind: u64) -> Vec<String> {
 /// failures a real engine cannot be made to produce on demand): the user sees one error, not one per
 /// keystroke; a cancelled request is no sign of recovery; a working request again is; and the API key, which
 /// the engine quotes in a malformed event, shows nowhere, not even in part.
+/// The proxy the environment names carries the requests: the engine's host name resolves nowhere, and the
+/// scripted engine (a mock: no real proxy is installed here) answers as the proxy, which receives each
+/// request with its whole URL.
+#[test]
+fn the_engine_is_reached_through_the_proxy_the_environment_names() {
+    let proxy = ScriptedEngine::start(vec![answer(&["return a + b"])], answer(&["x"]));
+    let settings = json!({
+        "url": "http://engine.invalid:8000",
+        "tokenizer": common::small_model().display().to_string(),
+        "prompt_format": "ids",
+        "retries": 0,
+    })
+    .to_string();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_codellama-lsp"));
+    cmd.args(["serve", "--max-tokens", "32", "--context-window", "2048"])
+        .args(["--backend", "openai", "--remote", &settings]);
+    for var in [
+        "NO_PROXY",
+        "no_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "http_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HTTP_PROXY", proxy.url());
+    let mut s = LspProcess::spawn(cmd).expect("the server binary starts");
+    s.initialize(capabilities(&["utf-16"]), Value::Null)
+        .unwrap();
+    open(&mut s, URI, "python", TEXT);
+    s.wait_ready(LOAD)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    assert_eq!(suggestion(&mut s).as_deref(), Some("return a + b"));
+    assert!(proxy.accepted() >= 2, "connect and the completion");
+}
+
 #[test]
 fn engine_failures_during_a_session_are_shown_once_and_a_cancel_is_no_recovery() {
     let key = "QZXJsecretKey0123456789";

@@ -1,35 +1,28 @@
-//! Requests to one engine: connection retries with backoff, the API key, timeouts, and HTTP errors turned
-//! into [`RemoteError`]s of the right kind.
+//! Requests to one engine: one shared `reqwest::Client` (its keep-alive connections are reused from one
+//! request to the next), connection retries with backoff, the API key, deadlines, and HTTP errors turned
+//! into [`RemoteError`]s of the right kind. Async; [`Client::json`] waits for one answer from a blocking
+//! thread (connecting, the eval harness) on the same runtime ([`http::wait`]).
 
 use std::time::{Duration, Instant};
 
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use reqwest::{Method, Response};
 use serde_json::Value;
 
 use super::config::{ApiKey, RemoteConfig, RemoteKind};
 use super::error::{quote, RemoteError};
-use super::http::{check_until, Connection, Endpoint, HttpError, Interrupt, Response};
+use super::http::{self, Cause, Endpoint};
 
 /// Largest non-streamed answer accepted (Ollama's verbose model information carries the whole vocabulary).
 const MAX_JSON_BODY: usize = 256 << 20;
 
-/// Why a request did not produce a response.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    Cancelled,
-    Remote(RemoteError),
-}
-
-impl From<RemoteError> for Failure {
-    fn from(e: RemoteError) -> Self {
-        Failure::Remote(e)
-    }
-}
-
+#[derive(Clone)]
 pub(crate) struct Client {
     pub kind: RemoteKind,
     pub endpoint: Endpoint,
     api_key: Option<ApiKey>,
-    pub connect_timeout: Duration,
+    http: reqwest::Client,
+    connect_timeout: Duration,
     pub first_token_timeout: Duration,
     pub request_timeout: Duration,
     retries: u32,
@@ -53,10 +46,33 @@ impl Client {
             let base = endpoint.base_path().trim_end_matches("/v1").to_string();
             endpoint = endpoint.with_base_path(&base);
         }
+        let api_key = cfg.load_api_key()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream, application/x-ndjson"),
+        );
+        if let Some(key) = &api_key {
+            let mut value = HeaderValue::from_str(&key.bearer()).map_err(|_| {
+                RemoteError::config(
+                    "the API key has a character a header cannot carry (a line break?)",
+                )
+            })?;
+            // Never printed by reqwest's own logging either.
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let http = http::client_builder(cfg.connect_timeout)
+            .default_headers(headers)
+            .build()
+            .map_err(|e| {
+                RemoteError::config(format!("cannot set up HTTP: {}", http::describe(&e)))
+            })?;
         Ok(Self {
             kind: cfg.kind,
             endpoint,
-            api_key: cfg.load_api_key()?,
+            api_key,
+            http,
             connect_timeout: cfg.connect_timeout,
             first_token_timeout: cfg.first_token_timeout,
             request_timeout: cfg.request_timeout,
@@ -81,105 +97,64 @@ impl Client {
         self.api_key.as_ref().map(ApiKey::secret)
     }
 
-    /// Opens a connection, retrying connection failures `retries` times with doubling backoff.
-    fn connect(&self, cancelled: &dyn Fn() -> bool) -> Result<Connection, Failure> {
+    /// Sends a request and waits, until `deadline`, for the response headers; connection failures are
+    /// retried `retries` times with doubling backoff, and non-2xx statuses become errors. `waiting_for`
+    /// says what for, in messages. Cancelling is dropping the future.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        deadline: Instant,
+        waiting_for: &str,
+    ) -> Result<Response, RemoteError> {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
-        loop {
-            if cancelled() {
-                return Err(Failure::Cancelled);
+        let resp = loop {
+            let mut req = self.http.request(method.clone(), self.endpoint.url(path));
+            if let Some(b) = body {
+                let bytes = serde_json::to_vec(b).expect("JSON values serialize");
+                req = req.header(CONTENT_TYPE, "application/json").body(bytes);
             }
-            match Connection::open(&self.endpoint, self.connect_timeout) {
-                Ok(c) => return Ok(c),
-                Err(HttpError::Connect(detail)) if attempt < self.retries => {
+            let sent = tokio::time::timeout_at(deadline.into(), http::send(req)).await;
+            match sent {
+                Ok(Ok(resp)) => break resp,
+                Err(_) => return Err(self.timeout(waiting_for)),
+                Ok(Err(e)) if e.is_connect() && attempt < self.retries => {
                     tracing::debug!(
-                        "{} at {}: {detail}; retrying in {} ms",
+                        "{} at {}: {}; retrying in {} ms",
                         self.engine(),
                         self.at(),
+                        http::describe(&e),
                         delay.as_millis()
                     );
-                    let until = Instant::now() + delay;
-                    while Instant::now() < until {
-                        if cancelled() {
-                            return Err(Failure::Cancelled);
-                        }
-                        std::thread::sleep(Duration::from_millis(10).min(delay));
-                    }
+                    tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
                 }
-                Err(HttpError::Connect(detail)) => {
-                    let detail = if self.retries > 0 {
-                        format!("{detail} ({} attempts)", self.retries + 1)
-                    } else {
-                        detail
-                    };
-                    return Err(RemoteError::unreachable(self.engine(), &self.at(), &detail).into());
-                }
-                Err(HttpError::Tls(detail)) => {
-                    return Err(RemoteError::unreachable(
-                        self.engine(),
-                        &self.at(),
-                        &format!("TLS: {detail}"),
-                    )
-                    .into())
-                }
-                Err(e) => return Err(self.transport_error(e, "while connecting").into()),
+                Ok(Err(e)) => return Err(self.transport_error(e, waiting_for)),
             }
-        }
-    }
-
-    /// Sends a request and waits for the response headers; non-2xx statuses become errors.
-    /// `deadline` bounds the wait for the headers; `waiting_for` says what for, in messages.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        cancelled: &dyn Fn() -> bool,
-        deadline: Instant,
-        waiting_for: &str,
-    ) -> Result<Response, Failure> {
-        let conn = self.connect(cancelled)?;
-        let bearer = self.api_key.as_ref().map(ApiKey::bearer);
-        let mut headers: Vec<(&str, &str)> = vec![(
-            "Accept",
-            "application/json, text/event-stream, application/x-ndjson",
-        )];
-        if let Some(b) = &bearer {
-            headers.push(("Authorization", b));
-        }
-        let bytes = body.map(|b| serde_json::to_vec(b).expect("JSON values serialize"));
-        if bytes.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        let check = check_until(cancelled, deadline);
-        let mut resp = conn
-            .send(
-                &self.endpoint,
-                method,
-                path,
-                &headers,
-                bytes.as_deref(),
-                &check,
-            )
-            .map_err(|e| self.wait_failure(e, waiting_for))?;
-        if (200..300).contains(&resp.status) {
+        };
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
             return Ok(resp);
         }
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         // The error body, briefly (bounded in time and size).
-        let short_deadline = Instant::now() + Duration::from_secs(2);
-        let body = resp
-            .read_all(&check_until(&|| false, short_deadline), 64 * 1024)
+        let short = Instant::now() + Duration::from_secs(2);
+        let body = read_limited(resp, 64 * 1024, short)
+            .await
             .unwrap_or_default();
         let detail = format!(
-            "HTTP {}{}",
-            resp.status,
+            "HTTP {status}{}",
             error_detail(&body)
                 .map(|d| format!(": {}", quote(&d, self.secret())))
                 .unwrap_or_default()
         );
-        let err = match resp.status {
+        let err = match status {
             401 | 403 => {
                 RemoteError::unauthorized(self.engine(), &self.at(), self.has_key(), &detail)
             }
@@ -188,7 +163,7 @@ impl Client {
                 &self.at(),
                 format!(
                     "{detail}, a redirect to {} (redirects are not followed, so that the API key goes nowhere else; set `url` to the final address)",
-                    quote(resp.header("location").unwrap_or("?"), self.secret())
+                    quote(location.as_deref().unwrap_or("?"), self.secret())
                 ),
             ),
             404 => RemoteError::bad_response(
@@ -198,89 +173,147 @@ impl Client {
             ),
             _ => RemoteError::bad_response(self.engine(), &self.at(), detail),
         };
-        Err(err.redact(self.secret()).into())
+        Err(err.with_status(status).redact(self.secret()))
     }
 
-    /// A JSON request answered by one JSON document, within `first_token_timeout`.
+    /// A JSON request answered by one JSON document, within `first_token_timeout`, from a blocking thread.
     pub fn json(
         &self,
         method: &str,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, RemoteError> {
-        let never = || false;
+        let method = Method::from_bytes(method.as_bytes()).expect("a method name of ours");
+        let (this, path, body) = (self.clone(), path.to_string(), body.cloned());
+        http::wait(async move { this.json_async(method, &path, body.as_ref()).await })
+    }
+
+    async fn json_async(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, RemoteError> {
         let deadline = Instant::now() + self.first_token_timeout;
-        let mut resp = match self.request(
-            method,
-            path,
-            body,
-            &never,
-            deadline,
-            "waiting for the answer",
-        ) {
-            Ok(r) => r,
-            Err(Failure::Remote(e)) => return Err(e),
-            Err(Failure::Cancelled) => unreachable!("nothing cancels this request"),
-        };
-        let check = check_until(&|| false, deadline);
-        let bytes = resp.read_all(&check, MAX_JSON_BODY).map_err(|e| {
-            match self.wait_failure(e, "reading the answer") {
-                Failure::Remote(e) => e,
-                Failure::Cancelled => unreachable!("nothing cancels this request"),
+        let resp = self
+            .request(
+                method.clone(),
+                path,
+                body,
+                deadline,
+                "waiting for the answer",
+            )
+            .await?;
+        let bytes = match read_limited(resp, MAX_JSON_BODY, deadline).await {
+            Ok(b) => b,
+            Err(Read::TimedOut) => return Err(self.timeout("reading the answer")),
+            Err(Read::TooLarge) => {
+                return Err(RemoteError::bad_response(
+                    self.engine(),
+                    &self.at(),
+                    format!(
+                        "the answer to {method} {path} is larger than {} MiB",
+                        MAX_JSON_BODY >> 20
+                    ),
+                ))
             }
-        })?;
+            Err(Read::Failed(e)) => return Err(self.transport_error(e, "reading the answer")),
+        };
         serde_json::from_slice(&bytes).map_err(|e| {
             RemoteError::bad_response(
                 self.engine(),
                 &self.at(),
                 format!(
-                    "{} {path} did not return JSON ({e}): {}",
-                    method,
+                    "{method} {path} did not return JSON ({e}): {}",
                     quote(&String::from_utf8_lossy(&bytes), self.secret())
                 ),
             )
         })
     }
 
-    /// An error while waiting for or reading a response.
-    pub fn wait_failure(&self, e: HttpError, waiting_for: &str) -> Failure {
-        match e {
-            HttpError::Interrupted(Interrupt::Cancelled) => Failure::Cancelled,
-            HttpError::Interrupted(Interrupt::TimedOut) => Failure::Remote(RemoteError::timeout(
-                self.engine(),
-                &self.at(),
-                self.first_token_timeout.as_secs_f64(),
-                waiting_for,
-            )),
-            other => Failure::Remote(self.transport_error(other, waiting_for)),
-        }
+    /// Nothing came within `first_token_timeout` while `waiting_for`.
+    pub fn timeout(&self, waiting_for: &str) -> RemoteError {
+        RemoteError::timeout(
+            self.engine(),
+            &self.at(),
+            self.first_token_timeout.as_secs_f64(),
+            waiting_for,
+        )
     }
 
-    fn transport_error(&self, e: HttpError, when: &str) -> RemoteError {
-        match e {
-            // A plain close needs no detail; a reset or other failure says what it was.
-            HttpError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                RemoteError::disconnected(self.engine(), &self.at(), &format!("while {when}"))
+    /// A failed connection or transfer while `when`.
+    pub fn transport_error(&self, e: reqwest::Error, when: &str) -> RemoteError {
+        let detail = http::describe(&e);
+        let https = self.endpoint.is_https();
+        match http::cause(&e) {
+            Cause::Connect if http::is_tls_failure(&e) => {
+                RemoteError::unreachable(self.engine(), &self.at(), &format!("TLS: {detail}"))
             }
-            HttpError::Io(io) => RemoteError::disconnected(
+            Cause::Connect if https && e.is_timeout() => {
+                RemoteError::unreachable(
+                    self.engine(),
+                    &self.at(),
+                    &format!(
+                        "no answer to the connection or the TLS handshake within {} ms (`connect_timeout_ms`){}",
+                        self.connect_timeout.as_millis(),
+                        self.attempts()
+                    ),
+                )
+            }
+            Cause::Connect => RemoteError::unreachable(
                 self.engine(),
                 &self.at(),
-                &format!("while {when} ({io})"),
+                &format!("{detail}{}", self.attempts()),
             ),
-            HttpError::Protocol(p) => {
-                RemoteError::bad_response(self.engine(), &self.at(), quote(&p, self.secret()))
-            }
-            HttpError::Connect(d) | HttpError::Tls(d) => {
-                RemoteError::unreachable(self.engine(), &self.at(), &d)
-            }
-            HttpError::Interrupted(_) => RemoteError::timeout(
+            Cause::Closed => RemoteError::disconnected(
                 self.engine(),
                 &self.at(),
-                self.first_token_timeout.as_secs_f64(),
-                when,
+                &format!("while {when} ({detail})"),
             ),
+            Cause::Protocol => {
+                RemoteError::bad_response(self.engine(), &self.at(), quote(&detail, self.secret()))
+            }
         }
         .redact(self.secret())
+    }
+}
+
+impl Client {
+    /// " (N attempts)" where connecting is retried.
+    fn attempts(&self) -> String {
+        match self.retries {
+            0 => String::new(),
+            n => format!(" ({} attempts)", n + 1),
+        }
+    }
+}
+
+/// Why [`read_limited`] stopped.
+enum Read {
+    TimedOut,
+    TooLarge,
+    Failed(reqwest::Error),
+}
+
+/// A whole body of at most `limit` bytes, by `deadline`.
+async fn read_limited(
+    mut resp: Response,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, Read> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline.into(), resp.chunk()).await {
+            Err(_) => return Err(Read::TimedOut),
+            Ok(Err(e)) => return Err(Read::Failed(e)),
+            Ok(Ok(None)) => return Ok(out),
+            Ok(Ok(Some(piece))) => {
+                out.extend_from_slice(&piece);
+                if out.len() > limit {
+                    return Err(Read::TooLarge);
+                }
+            }
+        }
     }
 }
 
@@ -355,6 +388,7 @@ mod tests {
         cfg.api_key_file = Some(dir.join("key"));
         let client = Client::new(&cfg).unwrap();
         assert!(!format!("{client:?}").contains("sk-very-secret"));
+        assert!(!format!("{:?}", client.http).contains("sk-very-secret"));
         assert_eq!(client.endpoint.target("/v1/completions"), "/v1/completions");
         std::fs::remove_dir_all(&dir).ok();
     }

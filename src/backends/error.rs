@@ -3,8 +3,8 @@
 //! once, stop asking), the settings or the tokenizer are wrong (refuse to connect).
 //!
 //! Generation results travel as [`EngineError`]s (the [`Backend`](crate::engine::Backend) contract), where
-//! a remote failure is an [`EngineError::Compute`] carrying this error's message; [`RemoteErrorKind::of`]
-//! recovers the kind from such an error.
+//! a remote failure is an [`EngineError::Remote`] carrying this error whole; [`RemoteErrorKind::of`] reads
+//! its kind back.
 
 use crate::engine::EngineError;
 
@@ -27,25 +27,13 @@ pub enum RemoteErrorKind {
     Tokenizer,
 }
 
-/// Phrases that start or contain each kind's message, so that [`RemoteErrorKind::of`] can tell them apart
-/// after the error has been turned into an [`EngineError`]. Every message is built by [`RemoteError`]'s
-/// constructors below, which put exactly one of these in.
-const MARKERS: &[(RemoteErrorKind, &str)] = &[
-    (RemoteErrorKind::Unreachable, "cannot reach "),
-    (RemoteErrorKind::Unauthorized, " rejected the API key"),
-    (RemoteErrorKind::Unauthorized, " requires an API key"),
-    (RemoteErrorKind::Timeout, " timed out after "),
-    (RemoteErrorKind::Disconnected, " closed the connection "),
-    (RemoteErrorKind::Tokenizer, "remote tokenizer: "),
-    (RemoteErrorKind::Config, "remote backend settings: "),
-    (RemoteErrorKind::BadResponse, " answered unexpectedly: "),
-];
-
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct RemoteError {
     kind: RemoteErrorKind,
     message: String,
+    /// The HTTP status of an answer that was an error (`None`: no answer, or a broken one).
+    status: Option<u16>,
 }
 
 impl RemoteError {
@@ -57,19 +45,37 @@ impl RemoteError {
         &self.message
     }
 
-    pub(crate) fn config(detail: impl std::fmt::Display) -> Self {
+    /// The HTTP status, when the engine answered with an error status.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    pub(crate) fn with_status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    fn new(kind: RemoteErrorKind, message: String) -> Self {
         Self {
-            kind: RemoteErrorKind::Config,
-            message: format!("remote backend settings: {detail}"),
+            kind,
+            message,
+            status: None,
         }
+    }
+
+    pub(crate) fn config(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            RemoteErrorKind::Config,
+            format!("remote backend settings: {detail}"),
+        )
     }
 
     /// `engine` names the server kind ("llama.cpp server"), `at` its URL.
     pub(crate) fn unreachable(engine: &str, at: &str, detail: &str) -> Self {
-        Self {
-            kind: RemoteErrorKind::Unreachable,
-            message: format!("cannot reach {engine} at {at}: {detail}; start it or fix `url`"),
-        }
+        Self::new(
+            RemoteErrorKind::Unreachable,
+            format!("cannot reach {engine} at {at}: {detail}; start it or fix `url`"),
+        )
     }
 
     pub(crate) fn unauthorized(engine: &str, at: &str, have_key: bool, detail: &str) -> Self {
@@ -78,49 +84,44 @@ impl RemoteError {
         } else {
             format!("{engine} at {at} requires an API key ({detail}); name it with `api_key_env` or `api_key_file`")
         };
-        Self {
-            kind: RemoteErrorKind::Unauthorized,
-            message,
-        }
+        Self::new(RemoteErrorKind::Unauthorized, message)
     }
 
     /// Nothing useful (a token, for a streamed answer) within `first_token_timeout`.
     pub(crate) fn timeout(engine: &str, at: &str, secs: f64, waiting_for: &str) -> Self {
-        Self {
-            kind: RemoteErrorKind::Timeout,
-            message: format!("{engine} at {at} timed out after {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
-        }
+        Self::new(
+            RemoteErrorKind::Timeout,
+            format!("{engine} at {at} timed out after {secs:.1} s while {waiting_for} (`first_token_timeout_ms`); is it overloaded?"),
+        )
     }
 
     /// The whole answer took longer than `request_timeout`.
     pub(crate) fn request_timeout(engine: &str, at: &str, secs: f64, generated: usize) -> Self {
-        Self {
-            kind: RemoteErrorKind::Timeout,
-            message: format!("{engine} at {at} timed out after {secs:.1} s with the answer still incomplete after {generated} tokens (`request_timeout_ms`)"),
-        }
+        Self::new(
+            RemoteErrorKind::Timeout,
+            format!("{engine} at {at} timed out after {secs:.1} s with the answer still incomplete after {generated} tokens (`request_timeout_ms`)"),
+        )
     }
 
     pub(crate) fn disconnected(engine: &str, at: &str, detail: &str) -> Self {
-        Self {
-            kind: RemoteErrorKind::Disconnected,
-            message: format!(
-                "{engine} at {at} closed the connection {detail}; did it crash or restart?"
-            ),
-        }
+        Self::new(
+            RemoteErrorKind::Disconnected,
+            format!("{engine} at {at} closed the connection {detail}; did it crash or restart?"),
+        )
     }
 
     pub(crate) fn bad_response(engine: &str, at: &str, detail: impl std::fmt::Display) -> Self {
-        Self {
-            kind: RemoteErrorKind::BadResponse,
-            message: format!("{engine} at {at} answered unexpectedly: {detail}"),
-        }
+        Self::new(
+            RemoteErrorKind::BadResponse,
+            format!("{engine} at {at} answered unexpectedly: {detail}"),
+        )
     }
 
     pub(crate) fn tokenizer(detail: impl std::fmt::Display) -> Self {
-        Self {
-            kind: RemoteErrorKind::Tokenizer,
-            message: format!("remote tokenizer: {detail}"),
-        }
+        Self::new(
+            RemoteErrorKind::Tokenizer,
+            format!("remote tokenizer: {detail}"),
+        )
     }
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes quote a rejected key).
@@ -154,7 +155,7 @@ pub(crate) fn quote(text: &str, secret: Option<&str>) -> String {
 
 impl From<RemoteError> for EngineError {
     fn from(e: RemoteError) -> Self {
-        EngineError::Compute(e.message)
+        EngineError::Remote(e)
     }
 }
 
@@ -163,28 +164,9 @@ impl RemoteErrorKind {
     /// did not come from a remote server (a bad prompt, a cancelled request...).
     pub fn of(err: &EngineError) -> Option<Self> {
         match err {
-            EngineError::Compute(msg) => Self::of_message(msg),
+            EngineError::Remote(e) => Some(e.kind),
             _ => None,
         }
-    }
-
-    /// The marker found earliest in the message wins: each message puts its marker right after the engine
-    /// and URL (or at the very start), before any detail quoted from the server.
-    fn of_message(msg: &str) -> Option<Self> {
-        MARKERS
-            .iter()
-            .filter_map(|(kind, marker)| msg.find(marker).map(|at| (at, *kind)))
-            .filter(|(at, kind)| {
-                *at == 0
-                    || !matches!(
-                        kind,
-                        RemoteErrorKind::Unreachable
-                            | RemoteErrorKind::Tokenizer
-                            | RemoteErrorKind::Config
-                    )
-            })
-            .min_by_key(|(at, _)| *at)
-            .map(|(_, kind)| kind)
     }
 }
 
@@ -193,7 +175,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_is_recognised_after_conversion() {
+    fn every_kind_survives_the_conversion() {
         let at = "http://127.0.0.1:8080";
         let e = "llama.cpp server";
         let cases = [
@@ -218,8 +200,11 @@ mod tests {
         );
         assert_eq!(RemoteErrorKind::of(&EngineError::Cancelled), None);
         assert_eq!(
-            RemoteErrorKind::of(&EngineError::Compute("out of memory".into())),
-            None
+            RemoteErrorKind::of(&EngineError::Compute(
+                "cannot reach llama.cpp server at http://x: refused".into()
+            )),
+            None,
+            "a message is not parsed"
         );
     }
 

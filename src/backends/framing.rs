@@ -3,6 +3,11 @@
 //! piece may end in the middle of a line, or of a UTF-8 sequence) and hand back complete messages only.
 //! What they hold while a message is incomplete is bounded by [`MAX_MESSAGE`]: a longer line or event is
 //! a [`TooLong`] error, never more memory.
+//!
+//! Why our own and not an SSE crate (eventsource-stream, the one reqwest users reach for): it buffers an
+//! unfinished line or event without limit, so an engine that never ends a line could grow our memory
+//! without bound (the scripted engine's 100 MB line, and the fuzz target's memory check, would fail),
+//! and NDJSON needs the same bounded line splitter anyway.
 
 /// Longest line, and longest event, a stream may send: 1 MiB. A streamed message carries a token or two and
 /// its counts; one near this size comes from a broken engine, and holding more of it would let the engine

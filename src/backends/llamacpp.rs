@@ -170,11 +170,7 @@ fn wait_until_healthy(client: &Client) -> Result<(), RemoteError> {
     loop {
         match client.json("GET", "/health", None) {
             Ok(_) => return Ok(()),
-            Err(e)
-                if e.kind() == super::RemoteErrorKind::BadResponse
-                    && e.message().contains("HTTP 503")
-                    && Instant::now() < deadline =>
-            {
+            Err(e) if e.status() == Some(503) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(250));
             }
             Err(e) => return Err(e),

@@ -6,17 +6,18 @@
 //! - [`RemoteBackend::connect`] reads the settings ([`RemoteConfig`]), asks the engine about itself (context
 //!   size, model), finds the tokenizer (see [`tokenizer`]) and checks it against the engine where the engine
 //!   can tell.
-//! - [`Backend::submit`] runs each request on its own thread: one HTTP request with a streamed answer
-//!   ([`stream`]). Stop ids, stop strings and the stop policy apply to what arrives exactly as in the
-//!   in-process decode loop. Cancelling (or superseding) a request, or a stop rule firing, closes the
-//!   connection within [`http::TICK`], and the engine stops generating.
-//! - Failures become [`EngineError::Compute`] with a message that names the engine, its URL and the fix;
-//!   [`RemoteErrorKind::of`] tells unreachable / unauthorized / timeout / bad response apart, and
+//! - [`Backend::submit`] runs each request as a task on the HTTP runtime ([`http::runtime`]): one HTTP
+//!   request with a streamed answer ([`stream`]) on the backend's one `reqwest::Client`, whose keep-alive
+//!   connections are reused. Stop ids, stop strings and the stop policy apply to what arrives exactly as
+//!   in the in-process decode loop. Cancelling (or superseding) a request, or a stop rule firing, drops the
+//!   response at once, which closes the connection, and the engine stops generating.
+//! - Failures become [`EngineError::Remote`] carrying a [`RemoteError`]: a message that names the engine,
+//!   its URL and the fix, and its kind (unreachable / unauthorized / timeout / bad response...);
 //!   [`RemoteBackend::take_notice`] reports a failure once, not once per keystroke.
 //!
-//! One file per protocol (`llamacpp`, `openai`, `ollama`), plus the shared pieces: `http` (a small
-//! blocking HTTP/1.1 client), `framing` (SSE and NDJSON), `client` (retries, API key, error mapping),
-//! `stream` (the decode-loop rules), `tokenizer` (where the tokenizer comes from).
+//! One file per protocol (`llamacpp`, `openai`, `ollama`), plus the shared pieces: `http` (the runtime and
+//! reqwest's settings), `framing` (SSE and NDJSON), `client` (retries, API key, error mapping), `stream`
+//! (the decode-loop rules), `tokenizer` (where the tokenizer comes from).
 
 pub mod client;
 pub mod config;
@@ -31,6 +32,8 @@ pub mod tokenizer;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -296,11 +299,11 @@ impl Shared {
         Ok(())
     }
 
-    fn generate(
+    async fn generate(
         &self,
         req: &mut GenerateRequest,
         events: &UnboundedSender<Event>,
-    ) -> Result<Outcome, RemoteError> {
+    ) -> Result<stream::Finished, RemoteError> {
         let tok = &self.tokenizer;
         let (path, body, proto): (&str, serde_json::Value, &dyn stream::StreamProtocol) =
             match &self.protocol {
@@ -338,13 +341,13 @@ impl Shared {
             path,
             body,
         };
-        stream::run(call, req, tok, &self.eog, events)
+        stream::run(call, req, tok, &self.eog, events).await
     }
 
     /// Keeps the engine's health from a request's result: the first failure after working requests is a
     /// notice, and so is the first answer after a failure. A cancelled request says nothing either way (it
     /// may never have reached the engine).
-    fn note(&self, result: &Result<Outcome, RemoteError>) {
+    fn note(&self, result: Result<&Outcome, &RemoteError>) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(out) if out.stop_reason == StopReason::Cancelled => {}
@@ -384,38 +387,38 @@ impl Backend for RemoteBackend {
             return Generation { events: rx, cancel };
         }
         let shared = self.shared.clone();
-        let events = tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("codellama-remote".into())
-            .spawn(move || {
-                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    shared.generate(&mut req, &events)
-                }));
-                let result = match result {
-                    Ok(r) => {
-                        shared.note(&r);
-                        r.map_err(EngineError::from)
-                    }
-                    Err(panic) => {
-                        let msg = panic
-                            .downcast_ref::<String>()
-                            .map(String::as_str)
-                            .or_else(|| panic.downcast_ref::<&str>().copied())
-                            .unwrap_or("unknown panic");
-                        tracing::error!("remote request thread panicked: {msg}");
-                        Err(EngineError::Compute(format!("internal error: {msg}")))
-                    }
-                };
-                if let Err(e) = &result {
-                    tracing::debug!("remote request failed: {e}");
+        http::runtime().spawn(async move {
+            let run = AssertUnwindSafe(shared.generate(&mut req, &tx)).catch_unwind();
+            let (result, rest) = match run.await {
+                Ok(Ok(f)) => {
+                    shared.note(Ok(&f.outcome));
+                    (Ok(f.outcome), f.rest)
                 }
-                let _ = events.send(Event::Finished(result));
-            });
-        if let Err(e) = spawned {
-            let _ = tx.send(Event::Finished(Err(EngineError::Compute(format!(
-                "cannot start a request thread: {e}"
-            )))));
-        }
+                Ok(Err(e)) => {
+                    shared.note(Err(&e));
+                    (Err(EngineError::from(e)), None)
+                }
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("unknown panic");
+                    tracing::error!("remote request task panicked: {msg}");
+                    (
+                        Err(EngineError::Compute(format!("internal error: {msg}"))),
+                        None,
+                    )
+                }
+            };
+            if let Err(e) = &result {
+                tracing::debug!("remote request failed: {e}");
+            }
+            let _ = tx.send(Event::Finished(result));
+            if let Some(rest) = rest {
+                stream::drain(rest).await;
+            }
+        });
         Generation { events: rx, cancel }
     }
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::engine::{GenerateRequest, Tokenizer};
 
 use super::client::Client;
-use super::error::{RemoteError, RemoteErrorKind};
+use super::error::RemoteError;
 use super::stream::{Finish, Framing, Parsed, Piece, Stats, StreamProtocol};
 use super::Facts;
 
@@ -143,7 +143,7 @@ pub(crate) fn probe(
         Some(&json!({"model": model, "verbose": want_tokenizer})),
     ) {
         Ok(v) => v,
-        Err(e) if e.kind() == RemoteErrorKind::BadResponse && e.message().contains("HTTP 404") => {
+        Err(e) if e.status() == Some(404) => {
             return Err(RemoteError::config(format!(
                 "Ollama at {} has no model {model:?} (run `ollama pull {model}`)",
                 client.at()

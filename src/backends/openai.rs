@@ -14,7 +14,7 @@ use crate::engine::{GenerateRequest, Tokenizer};
 
 use super::client::Client;
 use super::config::PromptFormat;
-use super::error::{RemoteError, RemoteErrorKind};
+use super::error::RemoteError;
 use super::stream::{Finish, Framing, Parsed, Piece, Stats, StreamProtocol};
 use super::Facts;
 
@@ -178,10 +178,7 @@ pub(crate) fn accepts_token_ids(
     let body = json!({"model": model, "prompt": [probe_id], "max_tokens": 1, "temperature": 0.0});
     match client.json("POST", COMPLETIONS_PATH, Some(&body)) {
         Ok(_) => Ok(true),
-        Err(e)
-            if e.kind() == RemoteErrorKind::BadResponse
-                && (e.message().contains("HTTP 400") || e.message().contains("HTTP 422")) =>
-        {
+        Err(e) if matches!(e.status(), Some(400 | 422)) => {
             tracing::warn!("{e}");
             Ok(false)
         }

@@ -2,13 +2,18 @@
 //! stop rules to what arrives exactly as the in-process engine's decode loop does (`engine/worker.rs`):
 //! stop ids and end-of-generation ids end the answer and are left out, the text is cut before the first stop
 //! string, the stop policy sees the text after every token, and nothing is streamed past a stop. When we
-//! decide to stop, the connection is dropped, which tells the engine to stop generating too. Waiting is
+//! decide to stop, or the request is cancelled (its token, or nobody listening any more), the response is
+//! dropped, which closes the connection and tells the engine to stop generating too; an answer the engine
+//! finished is read to its end instead, so that its connection goes back to the keep-alive pool. Waiting is
 //! bounded three ways, and only tokens count as progress: the first token within `first_token_timeout` of
 //! the request, each later one within the same time of the one before, the whole answer within
 //! `request_timeout`.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{Method, Response};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -17,10 +22,9 @@ use crate::engine::{
     ms_since, stop_string_cut, Event, GenerateRequest, Outcome, StopReason, Timings, Tokenizer,
 };
 
-use super::client::{Client, Failure};
+use super::client::Client;
 use super::error::{quote, RemoteError, RemoteErrorKind};
 use super::framing::{NdjsonParser, SseParser, TooLong, MAX_MESSAGE};
-use super::http::check_until;
 
 /// `Event::Token::id` for engines that stream text only (OpenAI-compatible servers, Ollama): the id is
 /// not known. `Outcome::generated_ids` stays empty for those engines.
@@ -80,7 +84,7 @@ pub(crate) enum Parsed {
 }
 
 /// Protocol-specific parts of a streamed generation.
-pub(crate) trait StreamProtocol {
+pub(crate) trait StreamProtocol: Sync {
     fn framing(&self) -> Framing;
     /// Parses one message (an SSE `data` field or an NDJSON line). `Err`: the engine reported an error.
     fn parse(&self, data: &str) -> Result<Parsed, String>;
@@ -94,14 +98,46 @@ pub(crate) struct Call<'a> {
     pub body: serde_json::Value,
 }
 
+/// A generation's outcome, and the rest of an answer the engine will finish at the same token limit as
+/// ours (read by [`drain`] after the outcome is delivered, so that the connection can be used again).
+pub(crate) struct Finished {
+    pub outcome: Outcome,
+    pub rest: Option<Response>,
+}
+
+/// The end of an answer the engine has finished is read within this long and this many bytes; beyond
+/// them the connection is closed instead of reused.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = 64 << 10;
+
+/// Reads the end of a finished answer, so that its keep-alive connection returns to the pool.
+pub(crate) async fn drain(mut rest: Response) {
+    let mut read = 0;
+    let until = tokio::time::Instant::now() + DRAIN_TIME;
+    while let Ok(Ok(Some(piece))) = tokio::time::timeout_at(until, rest.chunk()).await {
+        read += piece.len();
+        if read > DRAIN_BYTES {
+            return;
+        }
+    }
+}
+
+/// Completes once the request is cancelled or nobody listens for its events any more.
+async fn given_up(cancel: &crate::engine::CancelToken, events: &UnboundedSender<Event>) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = events.closed() => {}
+    }
+}
+
 /// Runs `req` (already validated) and returns its outcome. Tokens go to `events` as they are accepted.
-pub(crate) fn run(
-    call: Call,
+pub(crate) async fn run(
+    call: Call<'_>,
     req: &mut GenerateRequest,
     tokenizer: &Tokenizer,
     eog: &HashSet<u32>,
     events: &UnboundedSender<Event>,
-) -> Result<Outcome, RemoteError> {
+) -> Result<Finished, RemoteError> {
     let Call {
         client,
         protocol,
@@ -115,8 +151,16 @@ pub(crate) fn run(
     };
     let cancel = req.cancel.clone();
     let cancelled = || cancel.is_cancelled() || events.is_closed();
+    let gone = given_up(&cancel, events);
+    tokio::pin!(gone);
+    let finished = |outcome| {
+        Ok(Finished {
+            outcome,
+            rest: None,
+        })
+    };
     if cancelled() {
-        return Ok(Outcome::cancelled(timings));
+        return finished(Outcome::cancelled(timings));
     }
     // The first token is due within `first_token_timeout` of the request, each later one within the same
     // time of the one before, and the whole answer within `request_timeout`. Only tokens count: keep-alive
@@ -135,30 +179,30 @@ pub(crate) fn run(
             e
         }
     };
-    let mut resp = match client.request(
-        "POST",
+    let sent = client.request(
+        Method::POST,
         path,
         Some(&body),
-        &cancelled,
         first_deadline.min(whole_deadline),
         "waiting for the first token",
-    ) {
-        Ok(r) => r,
-        Err(Failure::Cancelled) => {
+    );
+    let mut resp = tokio::select! {
+        biased;
+        _ = &mut gone => {
             timings.queue_ms = ms_since(t_start);
-            return Ok(Outcome::cancelled(timings));
+            return finished(Outcome::cancelled(timings));
         }
-        Err(Failure::Remote(e)) => return Err(over_time(e, 0)),
+        r = sent => r.map_err(|e| over_time(e, 0))?,
     };
-    let t_sent = resp.sent_at;
-    timings.queue_ms = (t_sent - t_start).as_secs_f64() * 1e3;
+    // When the request was written is not known here; the waiting time starts with the request.
+    let t_sent = t_start;
 
     let mut gen = Decoding::new(req, tokenizer, eog, events);
     let mut sse = SseParser::new();
     let mut ndjson = NdjsonParser::new();
     // A server that ignores `stream: true` answers with one JSON document: read it whole.
-    let framing = match resp.header("content-type") {
-        Some(t) if t.trim_start().starts_with("application/json") => Framing::Whole,
+    let framing = match resp.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()) {
+        Some(t) if t.trim_ascii_start().starts_with(b"application/json") => Framing::Whole,
         _ => protocol.framing(),
     };
     let mut whole = Vec::new();
@@ -171,13 +215,22 @@ pub(crate) fn run(
     // Streams until the engine finishes, our rules stop the answer, or something fails.
     let stopped_by_us = 'read: loop {
         let token_deadline = last_token.map_or(first_deadline, |t| t + client.first_token_timeout);
-        let check = check_until(&cancelled, token_deadline.min(whole_deadline));
-        let chunk = match resp.read_chunk(&check) {
-            Ok(c) => c,
-            Err(e) => match client.wait_failure(e, &waiting_for(&gen)) {
-                Failure::Cancelled => break 'read true,
-                Failure::Remote(e) => return Err(over_time(e, gen.generated())),
-            },
+        let deadline = token_deadline.min(whole_deadline);
+        let read = tokio::select! {
+            biased;
+            _ = &mut gone => break 'read true,
+            r = tokio::time::timeout_at(deadline.into(), resp.chunk()) => r,
+        };
+        let chunk = match read {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let e = client.transport_error(e, &waiting_for(&gen));
+                return Err(over_time(e, gen.generated()));
+            }
+            Err(_) => {
+                let e = client.timeout(&waiting_for(&gen));
+                return Err(over_time(e, gen.generated()));
+            }
         };
         let ended = chunk.is_none();
         let messages: Vec<String> = match (chunk, framing) {
@@ -271,8 +324,6 @@ pub(crate) fn run(
             ));
         }
     };
-    // Dropping the response closes the connection: an engine still generating stops.
-    drop(resp);
     let t_end = Instant::now();
     let t_first = t_first.unwrap_or(t_end);
     timings.prefill_ms = (t_first - t_sent).as_secs_f64() * 1e3;
@@ -309,7 +360,17 @@ pub(crate) fn run(
         stats.generated_tokens.unwrap_or(text_pieces)
     };
     out.timings = timings;
-    Ok(out)
+    // Dropping the response closes the connection: an engine still generating stops. The end of an answer
+    // the engine finished follows its last event at once and is read now, so that the connection is back
+    // in the pool before the next request; one that stops at our token limit is read in the background.
+    if !stopped_by_us {
+        drain(resp).await;
+        return finished(out);
+    }
+    Ok(Finished {
+        rest: (out.stop_reason == StopReason::MaxTokens).then_some(resp),
+        outcome: out,
+    })
 }
 
 /// What the stream waits for, in messages.

@@ -72,6 +72,10 @@ pub enum EngineError {
     #[error("inference failed: {0}")]
     Compute(String),
 
+    /// A remote engine failed (`backends`): typed, so the server can tell its kinds apart.
+    #[error("inference failed: {0}")]
+    Remote(crate::backends::RemoteError),
+
     /// `detail` is the backend's own reason (no such feature in this build, no driver, no such GPU).
     #[error("device {name:?} cannot be used: {detail}\n  fix: {hint}")]
     Device {

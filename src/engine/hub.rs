@@ -1,21 +1,27 @@
 //! Downloads from the Hugging Face Hub into its standard cache (`$HF_HOME/hub`, the layout hf-hub and the
 //! Python `huggingface_hub` share: `blobs/<etag>`, `snapshots/<commit>/<file>`, `refs/main`), so a file
 //! fetched here is found offline by `hf_hub::Cache` afterwards. A download reports its bytes as they
-//! arrive, stops within a tick when the caller cancels it, goes on from a `.part` file left by an earlier
+//! arrive, stops as soon as the caller cancels it, goes on from a `.part` file left by an earlier
 //! attempt (a `Range` request for the rest only), and is checked against the size and SHA-256 the Hub
 //! announces (`x-linked-size`, `x-linked-etag`) before it takes its final name.
 //!
 //! Why our own transfer and not hf-hub's `download_with_progress`: hf-hub 0.4's sync API does resume a
 //! `.part` file and reports through its `Progress` trait, but nothing can stop a transfer from outside (the
-//! trait only observes), and it never checks the bytes against the announced size or hash. The HTTP client
-//! the project already has for inference servers (`backends::http`) reads in ticks that ask whether to go
-//! on, which is what cancellation needs; hf-hub still provides the cache paths and repository listings.
+//! trait only observes), and it never checks the bytes against the announced size or hash. The transfer
+//! runs on the HTTP stack of the remote engines (`backends::http`: reqwest, proxies from the environment)
+//! as a task that hands the bytes to the calling thread, which writes and hashes them; cancelling drops
+//! the task's response. hf-hub still provides the cache paths and repository listings.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use crate::backends::http::{Connection, Endpoint, HttpError, Interrupt, Response};
+use reqwest::header::{HeaderMap, AUTHORIZATION, LOCATION, RANGE};
+use reqwest::Response;
+
+use crate::backends::http;
+use crate::engine::CancelToken;
 
 /// The Hub's address unless `HF_ENDPOINT` names another (a mirror, or a local stand-in in tests).
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -85,10 +91,10 @@ pub enum Event {
     Progress { done: u64, total: u64 },
 }
 
-/// The caller's side of a download: where events go and whether to stop.
+/// The caller's side of a download: where events go, and the token that stops it.
 pub struct Hooks<'a> {
     pub on_event: &'a mut dyn FnMut(Event),
-    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+    pub cancel: &'a CancelToken,
 }
 
 /// The configured Hub address (`HF_ENDPOINT`), without a trailing slash.
@@ -110,18 +116,17 @@ fn repo_dir(repo: &str) -> PathBuf {
 /// Asks the Hub what `repo`'s `file` is (size, hash, commit) with a one-byte request, as hf-hub does.
 pub fn probe(repo: &str, file: &str) -> Result<HubFile, HubError> {
     let url = format!("{}/{repo}/resolve/main/{file}", endpoint());
-    let never = || false;
     let Answer {
         resp,
         hub_headers,
         url: final_url,
-    } = get(&url, "bytes=0-0", &never)?;
+    } = http::wait(get(url.clone(), "bytes=0-0", CancelToken::new()))?;
     let header = |name: &str| {
         hub_headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.clone())
-            .or_else(|| resp.header(name).map(str::to_string))
+            .or_else(|| header_text(resp.headers(), name))
     };
     let commit = header("x-repo-commit").ok_or_else(|| {
         HubError::Failed(format!(
@@ -234,31 +239,22 @@ fn download(f: &HubFile, part: &Path, hooks: &mut Hooks<'_>) -> Result<(), HubEr
         total: f.size,
     });
     if have < f.size {
-        let cancelled = hooks.cancelled;
-        let mut resp = get(&f.url, &format!("bytes={have}-"), cancelled)?.resp;
+        let cancel = hooks.cancel.clone();
+        let resp = http::wait(get(f.url.clone(), format!("bytes={have}-"), cancel.clone()))?.resp;
         let mut out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(part)
             .map_err(|e| io(part, e))?;
-        if resp.status == 200 && have > 0 {
+        if resp.status() == reqwest::StatusCode::OK && have > 0 {
             // The server ignored the range: start over.
             out.set_len(0).map_err(|e| io(part, e))?;
             sha = ring::digest::Context::new(&ring::digest::SHA256);
             have = 0;
         }
-        let last_data = std::cell::Cell::new(Instant::now());
-        let check = || {
-            if cancelled() {
-                Err(Interrupt::Cancelled)
-            } else if last_data.get().elapsed() > STALL_TIMEOUT {
-                Err(Interrupt::TimedOut)
-            } else {
-                Ok(())
-            }
-        };
-        while let Some(piece) = resp.read_chunk(&check).map_err(|e| http_error(&f.url, e))? {
-            last_data.set(Instant::now());
+        let mut pieces = pump(resp, f.url.clone(), cancel);
+        while let Some(piece) = pieces.blocking_recv() {
+            let piece = piece?;
             out.write_all(&piece).map_err(|e| io(part, e))?;
             sha.update(&piece);
             have += piece.len() as u64;
@@ -304,15 +300,59 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-fn http_error(url: &str, e: HttpError) -> HubError {
-    match e {
-        HttpError::Interrupted(Interrupt::Cancelled) => HubError::Cancelled,
-        HttpError::Interrupted(Interrupt::TimedOut) => HubError::Failed(format!(
-            "{url}: nothing arrived for {} s",
-            STALL_TIMEOUT.as_secs()
-        )),
-        e => HubError::Failed(format!("{}: {e}", redact_query(url))),
-    }
+/// The body of `resp` as it arrives, read by a task on the HTTP runtime for the calling thread: pieces,
+/// then an error if the transfer failed, stalled for [`STALL_TIMEOUT`] or was cancelled. Dropping the
+/// receiver (the caller gave up) ends the task and closes the connection.
+fn pump(
+    mut resp: Response,
+    url: String,
+    cancel: CancelToken,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, HubError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    http::runtime().spawn(async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(HubError::Cancelled),
+                r = tokio::time::timeout(STALL_TIMEOUT, resp.chunk()) => match r {
+                    Ok(Ok(Some(piece))) => Ok(piece.to_vec()),
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => Err(transfer_error(&url, e)),
+                    Err(_) => Err(HubError::Failed(format!(
+                        "{}: nothing arrived for {} s",
+                        redact_query(&url),
+                        STALL_TIMEOUT.as_secs()
+                    ))),
+                },
+            };
+            let failed = next.is_err();
+            if tx.send(next).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn transfer_error(url: &str, e: reqwest::Error) -> HubError {
+    HubError::Failed(format!("{}: {}", redact_query(url), http::describe(&e)))
+}
+
+/// A response header as text.
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+}
+
+/// The one client of the downloads (its connections are reused from the probe to the transfer).
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        http::client_builder(CONNECT_TIMEOUT)
+            .build()
+            .expect("the HTTP client's settings are valid")
+    })
 }
 
 /// A CDN address without its query (signed URLs carry credentials there).
@@ -330,51 +370,43 @@ struct Answer {
     url: String,
 }
 
-/// A GET of `range` (`bytes=A-` or `bytes=A-B`), following redirects.
-fn get(url: &str, range: &str, cancelled: &dyn Fn() -> bool) -> Result<Answer, HubError> {
+/// A GET of `range` (`bytes=A-` or `bytes=A-B`), following redirects, until the answer's head.
+async fn get(url: String, range: impl AsRef<str>, cancel: CancelToken) -> Result<Answer, HubError> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(HubError::Cancelled),
+        r = tokio::time::timeout(STALL_TIMEOUT, follow(&url, range.as_ref())) => r.unwrap_or_else(|_| {
+            Err(HubError::Failed(format!("the Hub did not answer within {} s", STALL_TIMEOUT.as_secs())))
+        }),
+    }
+}
+
+async fn follow(url: &str, range: &str) -> Result<Answer, HubError> {
     let hub_host = url::Url::parse(&endpoint())
         .ok()
         .and_then(|u| u.host_str().map(str::to_string));
     let token = hf_hub::Cache::from_env().token();
-    let asked = Instant::now();
-    let check = || {
-        if cancelled() {
-            Err(Interrupt::Cancelled)
-        } else if asked.elapsed() > STALL_TIMEOUT {
-            Err(Interrupt::TimedOut)
-        } else {
-            Ok(())
-        }
-    };
     let mut url = url.to_string();
-    let mut seen = Vec::new();
+    let mut seen: Vec<(String, String)> = Vec::new();
     for _ in 0..MAX_REDIRECTS {
         let parsed = url::Url::parse(&url)
             .map_err(|e| HubError::Failed(format!("{} is not a URL: {e}", redact_query(&url))))?;
-        let origin = format!(
-            "{}://{}",
-            parsed.scheme(),
-            &parsed[url::Position::BeforeHost..url::Position::AfterPort]
-        );
-        let ep = Endpoint::parse(&origin).map_err(HubError::Failed)?;
-        let target = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
-        let auth = token.as_ref().map(|t| format!("Bearer {t}"));
-        let mut headers = vec![("Range", range)];
+        let mut req = client().get(parsed.clone()).header(RANGE, range);
         // The token goes to the Hub only, never to the CDN it redirects to.
-        if let (Some(a), true) = (&auth, parsed.host_str() == hub_host.as_deref()) {
-            headers.push(("Authorization", a.as_str()));
+        if let (Some(t), true) = (&token, parsed.host_str() == hub_host.as_deref()) {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
-        let resp = Connection::open(&ep, CONNECT_TIMEOUT)
-            .and_then(|c| c.send(&ep, "GET", target, &headers, None, &check))
-            .map_err(|e| http_error(&url, e))?;
+        let resp = http::send(req).await.map_err(|e| transfer_error(&url, e))?;
         for name in ["x-repo-commit", "x-linked-etag", "x-linked-size", "etag"] {
-            if let Some(v) = resp.header(name) {
+            if let Some(v) = header_text(resp.headers(), name) {
                 if !seen.iter().any(|(n, _)| n == name) {
-                    seen.push((name.to_string(), v.to_string()));
+                    seen.push((name.to_string(), v));
                 }
             }
         }
-        match resp.status {
+        let status = resp.status();
+        let reason = status.canonical_reason().unwrap_or("");
+        match status.as_u16() {
             200 | 206 => {
                 return Ok(Answer {
                     resp,
@@ -383,20 +415,19 @@ fn get(url: &str, range: &str, cancelled: &dyn Fn() -> bool) -> Result<Answer, H
                 })
             }
             301 | 302 | 303 | 307 | 308 => {
-                let location = resp.header("location").ok_or_else(|| {
+                let location = header_text(resp.headers(), LOCATION.as_str()).ok_or_else(|| {
                     HubError::Failed(format!("{} redirected nowhere", redact_query(&url)))
                 })?;
                 url = parsed
-                    .join(location)
+                    .join(&location)
                     .map_err(|e| HubError::Failed(format!("bad redirect {location:?}: {e}")))?
                     .to_string();
             }
             401 | 403 => {
                 return Err(HubError::Failed(format!(
-                    "{} answered {} {}: a gated or private repository needs a token (HF_TOKEN, or `huggingface-cli login`)",
+                    "{} answered {} {reason}: a gated or private repository needs a token (HF_TOKEN, or `huggingface-cli login`)",
                     redact_query(&url),
-                    resp.status,
-                    resp.reason
+                    status.as_u16(),
                 )))
             }
             404 => {
@@ -407,9 +438,8 @@ fn get(url: &str, range: &str, cancelled: &dyn Fn() -> bool) -> Result<Answer, H
             }
             s => {
                 return Err(HubError::Failed(format!(
-                    "{} answered {s} {}",
+                    "{} answered {s} {reason}",
                     redact_query(&url),
-                    resp.reason
                 )))
             }
         }

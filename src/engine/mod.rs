@@ -50,19 +50,28 @@ pub struct ModelInfo {
     pub warnings: Vec<String>,
 }
 
-/// A shared flag; setting it stops the request it was given to within one token.
+/// A shared flag; setting it stops the request it was given to within one token. The model thread reads
+/// the flag; async waiters (remote requests, downloads) are woken by the `CancellationToken` beside it.
 #[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+    wake: tokio_util::sync::CancellationToken,
+}
 
 impl CancelToken {
     pub fn new() -> Self {
         Self::default()
     }
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.flag.store(true, Ordering::SeqCst);
+        self.wake.cancel();
     }
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Completes once [`CancelToken::cancel`] has been called.
+    pub async fn cancelled(&self) {
+        self.wake.cancelled().await
     }
 }
 

@@ -36,12 +36,11 @@ impl ModelSource {
 /// Resolves a model specification (`None`: the default small model), downloading without reports.
 pub fn resolve(spec: Option<&str>) -> Result<ModelSource> {
     let mut ignore = |_: hub::Event| {};
-    let never = || false;
     resolve_with(
         spec,
         &mut Hooks {
             on_event: &mut ignore,
-            cancelled: &never,
+            cancel: &super::CancelToken::new(),
         },
     )
 }

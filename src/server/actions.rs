@@ -921,11 +921,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves once the token is cancelled (checked every 20 ms; only used while waiting for a model to load).
+/// Resolves once the token is cancelled (only used while waiting for a model to load).
 async fn until_cancelled(token: &CancelToken) {
-    while !token.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    token.cancelled().await
 }
 
 /// The byte range of an LSP range in the document (in order).

@@ -26,7 +26,7 @@ use crate::backends::{Notice, RemoteBackend};
 use crate::config::ModelKey;
 use crate::engine::hub::{self, Hooks, HubFile};
 use crate::engine::resolve::{resolve_with, DEFAULT_MODEL_REPO};
-use crate::engine::{Backend, Engine, EngineError, LoadOptions};
+use crate::engine::{Backend, CancelToken, Engine, EngineError, LoadOptions};
 
 /// A remote engine that could not be reached is tried again at most this often.
 pub const RETRY_EVERY: Duration = Duration::from_secs(5);
@@ -101,7 +101,7 @@ pub struct ModelHost {
     /// Bumped whenever a load ends (for [`ModelHost::wait`]).
     loads_done: watch::Sender<u64>,
     /// The running download's progress token and its cancel flag (`window/workDoneProgress/cancel`).
-    download: Mutex<Option<(ProgressToken, Arc<AtomicBool>)>>,
+    download: Mutex<Option<(ProgressToken, CancelToken)>>,
 }
 
 static NEXT_TOKEN: AtomicI32 = AtomicI32::new(1);
@@ -149,7 +149,7 @@ impl ModelHost {
         let download = self.download.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((t, cancel)) = download.as_ref().filter(|(t, _)| t == token) {
             tracing::info!("the download reported as {t:?} was cancelled by the client");
-            cancel.store(true, Ordering::Relaxed);
+            cancel.cancel();
         }
     }
 
@@ -505,20 +505,19 @@ impl ModelHost {
     /// cancellable `$/progress` and `codellama/status` "downloading FILE (X of Y MB)", and, for the default
     /// model (nothing configured, nothing installed), one message saying what is downloaded and how large.
     async fn fetch(&self, spec: Option<String>) -> Result<String, String> {
-        let cancel = Arc::new(AtomicBool::new(false));
+        let cancel = CancelToken::new();
         let (tx, mut rx) = unbounded_channel::<hub::Event>();
-        let flag = cancel.clone();
+        let token = cancel.clone();
         let default = spec.is_none();
         let job = tokio::task::spawn_blocking(move || {
             let mut send = |event| {
                 let _ = tx.send(event);
             };
-            let cancelled = move || flag.load(Ordering::Relaxed);
             resolve_with(
                 spec.as_deref(),
                 &mut Hooks {
                     on_event: &mut send,
-                    cancelled: &cancelled,
+                    cancel: &token,
                 },
             )
         });
@@ -575,7 +574,7 @@ impl ModelHost {
         if let Some(p) = progress {
             let end = match &result {
                 Ok(_) => "downloaded",
-                Err(_) if cancel.load(Ordering::Relaxed) => "cancelled",
+                Err(_) if cancel.is_cancelled() => "cancelled",
                 Err(_) => "failed",
             };
             p.finish_with_message(end).await;
@@ -587,7 +586,7 @@ impl ModelHost {
     async fn begin_download_progress(
         &self,
         file: &str,
-        cancel: &Arc<AtomicBool>,
+        cancel: &CancelToken,
     ) -> Option<OngoingProgress<Bounded, Cancellable>> {
         let begin = async {
             let token = self.create_token("download").await?;

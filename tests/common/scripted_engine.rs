@@ -5,8 +5,9 @@
 //!
 //! A small `std::net::TcpListener` thread answers `GET /v1/models` (OpenAI-compatible) and `POST /api/show`
 //! (Ollama) so that a backend can connect, and answers every other request with the next scripted
-//! [`Reply`] (or the fallback once the script is used up), writing exactly the reply's bytes. Every
-//! connection runs on its own thread and gives up after [`LIMIT`], so no test can hang on it.
+//! [`Reply`] (or the fallback once the script is used up), writing exactly the reply's bytes, then closes
+//! the connection unless the reply keeps it open ([`Conn::keep_open`]). It counts the connections it
+//! accepts. Every connection runs on its own thread and gives up after [`LIMIT`], so no test can hang on it.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -26,9 +27,15 @@ pub struct Conn {
     stream: TcpStream,
     started: Instant,
     written: Arc<AtomicUsize>,
+    keep_open: bool,
 }
 
 impl Conn {
+    /// After this reply, the connection stays open for the client's next request (keep-alive).
+    pub fn keep_open(&mut self) {
+        self.keep_open = true;
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.started.elapsed() > LIMIT {
             return Err(std::io::ErrorKind::TimedOut.into());
@@ -71,6 +78,8 @@ pub struct ScriptedEngine {
     written: Arc<AtomicUsize>,
     /// Connections whose client closed them while a [`ScriptedEngine::hang`] reply waited.
     closed: Arc<AtomicUsize>,
+    /// Connections accepted.
+    accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -85,13 +94,15 @@ impl ScriptedEngine {
             answered: Arc::default(),
             written: Arc::default(),
             closed: Arc::default(),
+            accepted: Arc::default(),
             stop: Arc::default(),
         };
-        let (script, answered, written, stop) = (
+        let (script, answered, written, stop, accepted) = (
             engine.script.clone(),
             engine.answered.clone(),
             engine.written.clone(),
             engine.stop.clone(),
+            engine.accepted.clone(),
         );
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -103,6 +114,7 @@ impl ScriptedEngine {
                     }
                     Err(_) => return,
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (script, answered, written, fallback) = (
                     script.clone(),
                     answered.clone(),
@@ -116,18 +128,26 @@ impl ScriptedEngine {
                         stream,
                         started: Instant::now(),
                         written,
+                        keep_open: true,
                     };
-                    let Some(request_line) = read_request(&mut conn.stream) else {
-                        return;
-                    };
-                    let _ = match builtin(&request_line) {
-                        Some(bytes) => conn.stream.write_all(&bytes),
-                        None => {
-                            let reply = script.lock().unwrap().pop_front().unwrap_or(fallback);
-                            answered.fetch_add(1, Ordering::SeqCst);
-                            reply(&mut conn)
-                        }
-                    };
+                    // One request after another for as long as the replies keep the connection open.
+                    while std::mem::take(&mut conn.keep_open) {
+                        let Some(request_line) = read_request(&mut conn.stream) else {
+                            return;
+                        };
+                        let _ = match builtin(&request_line) {
+                            Some(bytes) => conn.stream.write_all(&bytes),
+                            None => {
+                                let reply = script
+                                    .lock()
+                                    .unwrap()
+                                    .pop_front()
+                                    .unwrap_or(fallback.clone());
+                                answered.fetch_add(1, Ordering::SeqCst);
+                                reply(&mut conn)
+                            }
+                        };
+                    }
                 });
             }
         });
@@ -145,6 +165,10 @@ impl ScriptedEngine {
 
     pub fn answered(&self) -> usize {
         self.answered.load(Ordering::SeqCst)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     pub fn bytes_written(&self) -> usize {
@@ -194,6 +218,14 @@ fn read_request(s: &mut TcpStream) -> Option<String> {
         data.extend_from_slice(&buf[..n]);
     };
     let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    // A request sent to a proxy names the whole URL ("GET http://host:port/v1/models"): the path only.
+    let head = match head.split_once(" http://") {
+        Some((method, rest)) if !method.contains('\n') => {
+            let path_at = rest.find('/').unwrap_or(rest.len());
+            format!("{method} {}", &rest[path_at..])
+        }
+        _ => head,
+    };
     let length: usize = head
         .lines()
         .find_map(|l| {
@@ -253,6 +285,28 @@ pub fn answer(tokens: &[&str]) -> Reply {
     b.extend(openai_event("", Some("length")));
     b.extend(b"data: [DONE]\n\n");
     bytes(b)
+}
+
+/// [`answer`] as a server that keeps connections alive sends it: its length announced, no
+/// `Connection: close`, and the connection left open for the next request.
+pub fn answer_keeping_alive(tokens: &[&str]) -> Reply {
+    let mut body = Vec::new();
+    for t in tokens {
+        body.extend(openai_event(t, None));
+    }
+    body.extend(openai_event("", Some("length")));
+    body.extend(b"data: [DONE]\n\n");
+    let mut b = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    b.extend(body);
+    Arc::new(move |c: &mut Conn| {
+        c.write(&b)?;
+        c.keep_open();
+        Ok(())
+    })
 }
 
 /// The head, `first` at once, then `piece` every `every` until the client goes away.

@@ -1,6 +1,6 @@
-//! Fuzz targets for byte streams: the LSP input framing (`server::transport`), the SSE and NDJSON parsers
-//! of remote engines (`backends::framing`) and the HTTP client's response parsing, chunked bodies
-//! included (`backends::http`, through a real socket to a local server that writes the fuzz input).
+//! Fuzz targets for byte streams: the LSP input framing (`server::transport`) and the SSE and NDJSON
+//! parsers of remote engines (`backends::framing`). HTTP itself is parsed by hyper (through reqwest),
+//! which is fuzzed upstream.
 //!
 //! Streams arrive in pieces of any size, so each target also checks that the pieces do not matter: the
 //! same bytes read whole and read in random pieces give the same result. The SSE/NDJSON target checks
@@ -10,16 +10,12 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use codellama_lsp::backends::framing::{NdjsonParser, SseParser, MAX_MESSAGE};
-use codellama_lsp::backends::http::{Connection, Endpoint, Interrupt};
 use codellama_lsp::server::transport::CheckedInput;
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -363,113 +359,3 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-// ---------------------------------------------------------------------------------------------------------
-// HTTP responses.
-
-pub fn http_response() -> Target {
-    let seeds: Vec<Vec<u8>> = [
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ndata: a\r\n2\r\n\n\n\r\n0\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n",
-        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
-        "HTTP/1.0 500 Internal Server Error\r\nContent-Type: text/html\r\n\r\n<html>error</html>",
-        "HTTP/1.1 204 No Content\r\n\r\n",
-    ]
-    .iter()
-    .flat_map(|r| [[&[0u8][..], r.as_bytes()].concat(), [&[1u8][..], r.as_bytes()].concat()])
-    .collect();
-    Target {
-        name: "http_response",
-        run: http_response_target,
-        seeds,
-        dictionary: &[
-            b"HTTP/1.1 ",
-            b"200 OK",
-            b"\r\n",
-            b"Transfer-Encoding: chunked\r\n",
-            b"Content-Length: ",
-            b"0\r\n\r\n",
-            b"ffffffffffffffff",
-            b"10000000000000000",
-            b";",
-            b"Content-Encoding: gzip\r\n",
-            b"-1",
-        ],
-        max_len: 64 << 10,
-        hot_prefix: 256,
-    }
-}
-
-/// A server on 127.0.0.1 that answers each connection with the bytes in its slot, then closes it.
-struct ReplyServer {
-    port: u16,
-    reply: Arc<Mutex<Vec<u8>>>,
-}
-
-fn reply_server() -> &'static ReplyServer {
-    static S: OnceLock<ReplyServer> = OnceLock::new();
-    S.get_or_init(|| {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("a local port");
-        let port = listener.local_addr().expect("its address").port();
-        let reply: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let slot = reply.clone();
-        std::thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-                // Read the request first: closing with unread bytes would reset the connection.
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let bytes = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                let _ = stream.write_all(&bytes);
-            }
-        });
-        ReplyServer { port, reply }
-    })
-}
-
-/// The first byte: read the body with `read_all` (a 4 KiB limit) or piece by piece; the rest is the answer.
-fn http_response_target(data: &[u8]) -> String {
-    let Some((&mode, answer)) = data.split_first() else {
-        return "empty".into();
-    };
-    let server = reply_server();
-    *server.reply.lock().unwrap_or_else(|p| p.into_inner()) = answer.to_vec();
-    let ep = Endpoint::parse(&format!("http://127.0.0.1:{}", server.port)).expect("a local URL");
-    let go = || -> Result<(), Interrupt> { Ok(()) };
-    let conn = Connection::open(&ep, Duration::from_secs(5)).expect("the local server accepts");
-    let mut response = match conn.send(&ep, "GET", "/", &[], None, &go) {
-        Ok(r) => r,
-        Err(e) => return format!("head: {e}"),
-    };
-    let body = match mode % 2 {
-        0 => response.read_all(&go, 4096),
-        _ => {
-            let mut body = Vec::new();
-            loop {
-                match response.read_chunk(&go) {
-                    Ok(Some(piece)) => body.extend(piece),
-                    Ok(None) => break Ok(body),
-                    Err(e) => break Err(e),
-                }
-            }
-        }
-    };
-    match body {
-        Ok(body) => {
-            assert!(
-                body.len() <= answer.len(),
-                "a body of {} bytes from an answer of {}",
-                body.len(),
-                answer.len()
-            );
-            format!("{} body {}", response.status, body.len().min(2))
-        }
-        Err(e) => format!("{} body: {e}", response.status),
-    }
-}
