@@ -215,9 +215,23 @@ fn shown_of_type(s: &mut LspProcess, kind: u64) -> Vec<String> {
 /// request with its whole URL.
 #[test]
 fn the_engine_is_reached_through_the_proxy_the_environment_names() {
+    // Through the proxy (the scripted engine answers as one) to an engine elsewhere.
     let proxy = ScriptedEngine::start(vec![answer(&["return a + b"])], answer(&["x"]));
+    let mut s = serve_with_proxy("http://engine.invalid:8000", &proxy.url());
+    assert_eq!(suggestion(&mut s).as_deref(), Some("return a + b"));
+    assert!(proxy.accepted() >= 2, "connect and the completion");
+    // An engine on this machine is reached directly: the proxy named here listens nowhere.
+    let engine = ScriptedEngine::start(vec![answer(&["return a + b"])], answer(&["x"]));
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut s = serve_with_proxy(&engine.url(), &dead);
+    assert_eq!(suggestion(&mut s).as_deref(), Some("return a + b"));
+}
+
+/// The server for the OpenAI-style engine at `url`, with `HTTP_PROXY` set to `proxy` and no other proxy
+/// variable; initialized and ready.
+fn serve_with_proxy(url: &str, proxy: &str) -> LspProcess {
     let settings = json!({
-        "url": "http://engine.invalid:8000",
+        "url": url,
         "tokenizer": common::small_model().display().to_string(),
         "prompt_format": "ids",
         "retries": 0,
@@ -235,15 +249,14 @@ fn the_engine_is_reached_through_the_proxy_the_environment_names() {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("HTTP_PROXY", proxy.url());
+    cmd.env("HTTP_PROXY", proxy);
     let mut s = LspProcess::spawn(cmd).expect("the server binary starts");
     s.initialize(capabilities(&["utf-16"]), Value::Null)
         .unwrap();
     open(&mut s, URI, "python", TEXT);
     s.wait_ready(LOAD)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
-    assert_eq!(suggestion(&mut s).as_deref(), Some("return a + b"));
-    assert!(proxy.accepted() >= 2, "connect and the completion");
+    s
 }
 
 #[test]

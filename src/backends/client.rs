@@ -62,12 +62,13 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let http = http::client_builder(cfg.connect_timeout)
-            .default_headers(headers)
-            .build()
-            .map_err(|e| {
-                RemoteError::config(format!("cannot set up HTTP: {}", http::describe(&e)))
-            })?;
+        let mut builder = http::client_builder(cfg.connect_timeout).default_headers(headers);
+        if endpoint.is_loopback() {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().map_err(|e| {
+            RemoteError::config(format!("cannot set up HTTP: {}", http::describe(&e)))
+        })?;
         Ok(Self {
             kind: cfg.kind,
             endpoint,

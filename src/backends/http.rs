@@ -131,6 +131,17 @@ impl Endpoint {
         self.url.scheme() == "https"
     }
 
+    /// An engine on this machine (`localhost`, 127.0.0.0/8, ::1): reached directly, never through a proxy
+    /// from the environment (a proxy set for the internet would otherwise get, and fail, every keystroke).
+    pub fn is_loopback(&self) -> bool {
+        match self.url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+    }
+
     /// The base path without a trailing slash ("" for the root).
     pub fn base_path(&self) -> &str {
         self.url.path().trim_end_matches('/')
