@@ -246,7 +246,7 @@ fn a_short_batch_gives_the_logits_of_single_steps_bit_for_bit() {
 fn q8_0_kv_cache_refuses_heads_that_are_not_blocks() {
     let mut model = load("tiny-codellama-gqa.gguf");
     let hd = model.cfg.head_dim;
-    assert!(hd % 32 != 0, "the fixture's heads of {hd} values");
+    assert!(!hd.is_multiple_of(32), "the fixture's heads of {hd} values");
     let err = model
         .set_kv_cache_type(KvType::Q8_0)
         .unwrap_err()
