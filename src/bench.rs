@@ -357,6 +357,10 @@ pub struct Report {
     pub threads: usize,
     pub load_ms: u64,
     pub peak_rss_mb: Option<f64>,
+    pub kv_cache_type: &'static str,
+    /// Keys and values of every layer for the whole context window.
+    pub kv_cache_mb: f64,
+    pub context_window: usize,
     pub ours: Figures,
     /// `None` when no llama.cpp server binary was available (or `--no-llama`).
     pub llama_cpp: Option<Figures>,
@@ -366,12 +370,15 @@ pub struct Report {
 impl Report {
     pub fn print(&self) {
         println!(
-            "model {} ({:.1} MB), {} threads, load {} ms, peak RSS {:.0} MB",
+            "model {} ({:.1} MB), {} threads, load {} ms, peak RSS {:.0} MB, KV cache {} {:.1} MB for {} positions",
             self.model,
             self.file_size as f64 / 1e6,
             self.threads,
             self.load_ms,
-            self.peak_rss_mb.unwrap_or(0.0)
+            self.peak_rss_mb.unwrap_or(0.0),
+            self.kv_cache_type,
+            self.kv_cache_mb,
+            self.context_window
         );
         match (&self.llama_cpp, &self.llama_cpp_binary) {
             (Some(_), Some(bin)) => println!("llama.cpp: {}", bin.display()),

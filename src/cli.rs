@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::actions;
 use crate::completion::{self, CompletionRequest};
 use crate::config::{ActionFlags, Config, ModelFlags, SuggestionFlags};
-use crate::engine::{Engine, SamplingParams};
+use crate::engine::{Engine, KvType, SamplingParams};
 use crate::prompt::PromptBuilder;
 
 /// The configuration a command runs with: the server's defaults, then `CODELLAMA_LSP_*`, then the command's flags
@@ -431,6 +431,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let context = config.context_window;
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
+    let kv_type = config.kv_cache_type.kv_type();
+    let cfg = &info.config;
+    let kv_values = cfg.n_layer * cfg.n_head_kv * cfg.head_dim * info.context_window;
     let ours = bench::measure(&engine, &workload, 1)?;
     let peak_rss_mb = bench::peak_rss_mb();
     drop(engine);
@@ -441,7 +444,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     };
     let llama_cpp = match &binary {
         Some(bin) => {
-            let server = LlamaServer::start(bin, &info.path, info.threads, context, &[])?;
+            // The same cache type on both sides (llama.cpp quantizes its cache only with flash attention).
+            let kv = kv_type.name();
+            let extra: &[&str] = match kv_type {
+                KvType::F16 => &[],
+                KvType::Q8_0 => &["-ctk", kv, "-ctv", kv, "-fa", "on"],
+            };
+            let server = LlamaServer::start(bin, &info.path, info.threads, context, extra)?;
             let backend = server.backend(&info.path)?;
             Some(bench::measure(&backend, &workload, 2)?)
         }
@@ -454,6 +463,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         threads: info.threads,
         load_ms,
         peak_rss_mb,
+        kv_cache_type: kv_type.name(),
+        kv_cache_mb: 2.0 * kv_type.bytes(kv_values) as f64 / 1e6,
+        context_window: info.context_window,
         ours,
         llama_cpp,
         llama_cpp_binary: binary,

@@ -16,7 +16,7 @@ use serde::{Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
 use crate::backends::{RemoteConfig, RemoteKind};
-use crate::engine::LoadOptions;
+use crate::engine::{KvType, LoadOptions};
 use crate::prompt::{self, PromptConfig};
 
 /// Prefix of the environment variables that set configuration keys.
@@ -257,6 +257,26 @@ choice! {
 }
 
 choice! {
+    /// What the in-process model's KV cache stores keys and values as.
+    KvCacheType {
+        /// 2 bytes per value.
+        F16 = "f16",
+        /// 34 bytes per 32 values (8-bit quants and a scale per block of 32), on the CPU.
+        Q8_0 = "q8_0",
+    }
+}
+
+impl KvCacheType {
+    /// The engine's name for it.
+    pub fn kv_type(self) -> KvType {
+        match self {
+            KvCacheType::F16 => KvType::F16,
+            KvCacheType::Q8_0 => KvType::Q8_0,
+        }
+    }
+}
+
+choice! {
     /// How much the server logs, to stderr and to the client (`window/logMessage`).
     LogLevel {
         Off = "off",
@@ -488,6 +508,10 @@ config! {
     /// Tokens the model sees at once (prompt plus suggestion); the KV cache is allocated for this many.
     /// At most the model's trained context.
     context_window: usize = 2048,
+    /// What the in-process model's KV cache stores keys and values as: "f16", or "q8_0" (about half the
+    /// memory and the bytes read per generated token at long contexts; CPU only; suggestions may differ
+    /// slightly from f16's).
+    kv_cache_type: KvCacheType = KvCacheType::F16,
     /// How the prompt budget is shared between the text before the cursor and the text after it
     /// (prefix:suffix; 3 means 3:1). Also accepted as a string "3:1".
     prefix_suffix_ratio: f32 = 3.0,
@@ -554,7 +578,7 @@ macro_rules! config_flags {
 
 config_flags! {
     /// The model a shell command loads.
-    ModelFlags { model, threads, context_window, device }
+    ModelFlags { model, threads, context_window, kv_cache_type, device }
 }
 
 config_flags! {
@@ -710,6 +734,7 @@ impl Config {
         "backend",
         "remote",
         "context_window",
+        "kv_cache_type",
         "threads",
         "device",
     ];
@@ -739,6 +764,7 @@ impl Config {
         ModelKey::Local {
             model,
             context_window: self.context_window,
+            kv_cache_type: self.kv_cache_type.kv_type(),
             threads: self.threads,
             device: self.device.clone(),
         }
@@ -794,6 +820,7 @@ impl Config {
             context_window: Some(self.context_window),
             threads: self.threads,
             device: Some(self.device.clone()),
+            kv_cache_type: self.kv_cache_type.kv_type(),
         }
     }
 
@@ -834,6 +861,7 @@ pub enum ModelKey {
     Local {
         model: Option<String>,
         context_window: usize,
+        kv_cache_type: KvType,
         threads: Option<usize>,
         device: String,
     },
@@ -858,6 +886,22 @@ impl ModelKey {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn kv_cache_type_is_read_and_reloads_the_model() {
+        let mut c = Config::default();
+        let before = c.model_key();
+        let applied = c.apply_json(&json!({"kv_cache_type": "Q8_0"}), "test");
+        assert_eq!(
+            (applied.changed, c.kv_cache_type),
+            (vec!["kv_cache_type"], KvCacheType::Q8_0)
+        );
+        assert_ne!(c.model_key(), before);
+        assert_eq!(c.load_options(None).kv_cache_type, KvType::Q8_0);
+        let bad = c.apply_json(&json!({"kv_cache_type": "q4_0"}), "test");
+        assert!(bad.problems[0].contains("\"q4_0\""), "{:?}", bad.problems);
+        assert_eq!(c.kv_cache_type, KvCacheType::Q8_0);
+    }
 
     #[test]
     fn every_field_is_documented_and_has_a_flag_and_variable() {

@@ -69,6 +69,11 @@ pub enum EngineError {
     #[error("download failed for {spec}: {detail}\n  fix: check the network or pass a local .gguf path with --model")]
     Download { spec: String, detail: String },
 
+    #[error(
+        "kv_cache_type {name:?} cannot be used: {detail}\n  fix: set kv_cache_type to \"f16\""
+    )]
+    KvCacheType { name: &'static str, detail: String },
+
     #[error("inference failed: {0}")]
     Compute(String),
 

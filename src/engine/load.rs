@@ -12,7 +12,7 @@ use super::gguf::GgufFile;
 use super::model::{Llama, ModelConfig, SafetensorsSource};
 use super::resolve::{resolve, ModelSource};
 use super::tokenizer::Tokenizer;
-use super::ModelInfo;
+use super::{KvType, ModelInfo};
 
 /// Default number of positions the KV cache holds when no window is configured.
 pub const DEFAULT_CONTEXT_WINDOW: usize = 4096;
@@ -27,6 +27,8 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// `"cpu"` (default), `"cuda"`, `"cuda:N"` or `"metal"`, when built with that feature.
     pub device: Option<String>,
+    /// What the KV cache stores keys and values as (f16 by default; q8_0 on the CPU).
+    pub kv_cache_type: KvType,
 }
 
 pub struct LoadedModel {
@@ -41,7 +43,7 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
     let device = pick_device(opts.device.as_deref())?;
     let source = resolve(opts.model.as_deref())?;
     let mut warnings = Vec::new();
-    let (model, tokenizer, name, file_size) = match &source {
+    let (mut model, tokenizer, name, file_size) = match &source {
         ModelSource::Gguf(path) => {
             let f = GgufFile::open(path)?;
             let cfg = ModelConfig::from_gguf(&f, &mut warnings)?;
@@ -57,6 +59,7 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
         }
         ModelSource::HfDir(dir) => load_hf_dir(dir, &device, progress)?,
     };
+    model.set_kv_cache_type(opts.kv_cache_type)?;
     let path = source.path().to_path_buf();
     let name = name.unwrap_or_else(|| file_stem(&path));
     let context_window = opts

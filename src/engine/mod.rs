@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 pub use error::{EngineError, Result};
+pub use kernels::attention::KvType;
 pub use load::{load_model, LoadOptions, LoadedModel};
 pub use model::ModelConfig;
 pub use sampler::SamplingParams;

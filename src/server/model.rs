@@ -310,6 +310,7 @@ impl ModelHost {
             ModelKey::Local {
                 model,
                 context_window,
+                kv_cache_type,
                 threads,
                 device,
             } => {
@@ -318,6 +319,7 @@ impl ModelHost {
                     context_window: Some(*context_window),
                     threads: *threads,
                     device: Some(device.clone()),
+                    kv_cache_type: *kv_cache_type,
                 };
                 self.load_local(opts, &label).await
             }

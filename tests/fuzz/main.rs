@@ -61,7 +61,7 @@ fn gguf_target(data: &[u8]) -> String {
         model: Some(path.display().to_string()),
         context_window: Some(16),
         threads: Some(1),
-        device: None,
+        ..LoadOptions::default()
     };
     let loaded = match load_model(&opts, &mut |_| {}) {
         Ok(loaded) => loaded,

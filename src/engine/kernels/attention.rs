@@ -1,13 +1,24 @@
-//! Causal grouped-query attention over an f16 KV cache, computed one query row at a time with an online
-//! softmax (no score matrix is materialised, so memory does not grow with the context).
+//! Causal grouped-query attention over the KV cache, computed one query row at a time with an online
+//! softmax (no score matrix is materialised, so memory does not grow with the context). The cache of a
+//! layer (`KvLayer`) holds its keys and values as f16, or as q8_0 (blocks of 32 signed bytes and an f16
+//! scale: 34 bytes per 32 values instead of 64, which halves the cache's memory and the bytes decode reads).
 //!
-//! Numerics follow llama.cpp's CPU flash-attention kernels, whose greedy outputs our tests compare with:
-//! keys and values are stored as f16; for short query batches (decode) the query is rounded to f16 and
-//! the weighted sum of values is accumulated in f16; for batches of `TILE_ROWS` or more queries (prompt
-//! processing) queries and accumulators stay f32. Scores and the softmax are f32 throughout.
-
+//! Numerics follow llama.cpp's CPU flash-attention kernels, whose greedy outputs our tests compare with.
+//! With an f16 cache, for short query batches (decode) the query is rounded to f16 and the weighted sum of
+//! values is accumulated in f16; for batches of `TILE_ROWS` or more queries (prompt processing) queries and
+//! accumulators stay f32. With a q8_0 cache every batch takes one path: the query is quantized to q8_0,
+//! scores are q8_0 dot products (integer sums per block, scaled and summed in llama.cpp's AVX2 order), and
+//! values are dequantized and accumulated in f32. Scores and the softmax are f32 throughout.
+//!
+//! Before a q8_0 cache stores them, keys and values are rotated by an orthonormal Walsh–Hadamard transform
+//! (as llama.cpp does for quantized caches, heads of a multiple of 64 values): the transform spreads the
+//! few huge components some models have in their keys (Qwen2's key biases) over the whole head, so that
+//! they no longer set the scale of a block and flush its other values to zero. The query gets the same
+//! rotation as the keys, which leaves every score as it was, and the output is rotated back.
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 
+use super::q8::{Q8Act, QK};
 use super::{size, Exec, SharedOut};
 
 /// Query batches at least this long use the f32 ("tiled") numerics.
@@ -15,6 +26,187 @@ pub const TILE_ROWS: usize = 64;
 
 /// Query rows of one head processed together in prompt processing.
 const BLOCK_ROWS: usize = 32;
+
+/// What the KV cache stores per value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// 2 bytes per value.
+    #[default]
+    F16,
+    /// Blocks of 32 values as 32 signed bytes and one f16 scale (`value = q · d`): 34 bytes per 32.
+    Q8_0,
+}
+
+impl KvType {
+    /// The name the `kv_cache_type` setting and llama.cpp's `--cache-type-k` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+
+    /// Whether heads of `head_dim` values can be stored (q8_0 needs whole blocks of 32).
+    pub fn fits(self, head_dim: usize) -> bool {
+        head_dim > 0 && (self == KvType::F16 || head_dim.is_multiple_of(QK))
+    }
+
+    /// Bytes that `values` cached values take (whole blocks for q8_0).
+    pub fn bytes(self, values: usize) -> usize {
+        match self {
+            KvType::F16 => values * 2,
+            KvType::Q8_0 => values.div_ceil(QK) * (QK + 2),
+        }
+    }
+}
+
+/// The keys and the values of one layer, `[kv_heads][capacity][head_dim]` each, in a `KvType`. The fields
+/// are private so that the kernels can rely on their sizes. Allocated zeroed, which the allocator maps
+/// lazily: only the positions written become resident.
+pub struct KvLayer {
+    data: KvData,
+    /// Values in each of the keys and the values.
+    values: usize,
+}
+
+enum KvData {
+    /// f16 bits.
+    F16 {
+        k: Vec<u16>,
+        v: Vec<u16>,
+    },
+    Q8_0 {
+        k: Q8Values,
+        v: Q8Values,
+    },
+}
+
+/// q8_0 values: the quants of every 32 values in `qs`, their scale (f16 bits) in `d`. Planar rather than
+/// interleaved 34-byte blocks, so that both are plain vectors (zeroed lazily) and a row's quants are
+/// contiguous for 32-byte loads.
+struct Q8Values {
+    qs: Vec<i8>,
+    d: Vec<u16>,
+}
+
+impl Q8Values {
+    fn zeroed(values: usize) -> Self {
+        Q8Values {
+            qs: vec![0; values],
+            d: vec![0; values / QK],
+        }
+    }
+
+    /// Positions `first..first + n` of rows of `hd` values (`hd` a multiple of 32).
+    fn rows(&self, first: usize, n: usize, hd: usize) -> Q8Rows<'_> {
+        let nb = hd / QK;
+        Q8Rows {
+            qs: &self.qs[first * hd..(first + n) * hd],
+            d: self.d[first * nb..(first + n) * nb].reinterpret_cast(),
+        }
+    }
+
+    /// Quantizes `rows` (rows of `hd` values, a multiple of 32) into positions `first..`.
+    fn write(&mut self, first: usize, rows: &Q8Act, row: usize, hd: usize) {
+        let nb = hd / QK;
+        self.qs[first * hd..(first + 1) * hd].copy_from_slice(rows.row(row));
+        for (dst, d) in self.d[first * nb..(first + 1) * nb]
+            .iter_mut()
+            .zip(rows.d(row))
+        {
+            // `d` was rounded through f16 when quantized: this conversion is exact.
+            *dst = f16::from_f32(*d).to_bits();
+        }
+    }
+}
+
+/// Values per Walsh–Hadamard rotation of the keys (and queries) of a q8_0 cache with heads of `hd`
+/// values: 64, doubled while it divides the head (llama.cpp's `n_rot_k`); `None` when 64 does not.
+fn key_rotation(hd: usize) -> Option<usize> {
+    let mut n = 64;
+    if !hd.is_multiple_of(n) {
+        return None;
+    }
+    while hd.is_multiple_of(2 * n) {
+        n *= 2;
+    }
+    Some(n)
+}
+
+/// The same for the values (and the output): always 64 (llama.cpp's `n_rot_v`, smaller rotations
+/// being better for values).
+fn value_rotation(hd: usize) -> Option<usize> {
+    hd.is_multiple_of(64).then_some(64)
+}
+
+/// Rotates every run of `n` values (a power of two) of `x` by the orthonormal Walsh–Hadamard transform,
+/// its own inverse: scaled by 1/√n first, then butterflies `(u + v, u − v)` over strides 1, 2, 4, …, in
+/// llama.cpp's order so that the rotated values are the same to the bit.
+fn rotate(x: &mut [f32], n: usize) {
+    let scale = 1.0 / (n as f32).sqrt();
+    for run in x.chunks_exact_mut(n) {
+        run.iter_mut().for_each(|v| *v *= scale);
+        let mut len = 1;
+        while len < n {
+            for pair in run.chunks_exact_mut(2 * len) {
+                let (lo, hi) = pair.split_at_mut(len);
+                for (u, v) in lo.iter_mut().zip(hi) {
+                    (*u, *v) = (*u + *v, *u - *v);
+                }
+            }
+            len *= 2;
+        }
+    }
+}
+
+/// `x` rotated by `rotation`, when there is one.
+fn rotated(x: &[f32], rotation: Option<usize>) -> std::borrow::Cow<'_, [f32]> {
+    match rotation {
+        Some(n) => {
+            let mut x = x.to_vec();
+            rotate(&mut x, n);
+            std::borrow::Cow::Owned(x)
+        }
+        None => std::borrow::Cow::Borrowed(x),
+    }
+}
+
+/// Cached q8_0 rows: `qs.len() / 32 == d.len()`.
+#[derive(Clone, Copy)]
+struct Q8Rows<'a> {
+    qs: &'a [i8],
+    d: &'a [f16],
+}
+
+impl KvLayer {
+    /// Room for `values` keys and as many values. Panics unless q8_0 gets whole blocks of 32.
+    pub fn zeroed(ty: KvType, values: usize) -> Self {
+        let data = match ty {
+            KvType::F16 => KvData::F16 {
+                k: vec![0; values],
+                v: vec![0; values],
+            },
+            KvType::Q8_0 => {
+                assert!(
+                    values.is_multiple_of(QK),
+                    "a q8_0 cache of {values} values (not whole blocks of {QK})"
+                );
+                KvData::Q8_0 {
+                    k: Q8Values::zeroed(values),
+                    v: Q8Values::zeroed(values),
+                }
+            }
+        };
+        KvLayer { data, values }
+    }
+
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            KvData::F16 { .. } => KvType::F16,
+            KvData::Q8_0 { .. } => KvType::Q8_0,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -45,38 +237,44 @@ impl Layout {
 
 impl AttnShape {
     /// Panics unless the shape is usable (heads and head size non-zero, query heads a multiple of KV
-    /// heads), positions `pos..pos + seq` fit the cache, and the caches hold
-    /// `n_kv_head × capacity × head_dim` values: the one check before the kernels index the caches
-    /// without checks.
-    fn check(&self, k_cache: &[f16], v_cache: &[f16], pos: usize, seq: usize) {
+    /// heads, a head size the cache's type can store), positions `pos..pos + seq` fit the cache, and the
+    /// cache holds `n_kv_head × capacity × head_dim` values: the one check before the kernels index the
+    /// cache without checks.
+    fn check(&self, cache: &KvLayer, pos: usize, seq: usize) {
         assert!(
-            self.head_dim > 0 && self.n_kv_head > 0 && self.n_head.is_multiple_of(self.n_kv_head),
-            "unusable attention shape {self:?}"
+            self.n_kv_head > 0
+                && self.n_head.is_multiple_of(self.n_kv_head)
+                && cache.kv_type().fits(self.head_dim),
+            "unusable attention shape {self:?} for a {} cache",
+            cache.kv_type().name()
         );
         assert!(
             pos.checked_add(seq).is_some_and(|end| end <= self.capacity),
             "positions {pos}..+{seq} outside a cache of {}",
             self.capacity
         );
-        let cache = size(
+        let values = size(
             size(self.n_kv_head, self.capacity, "KV cache"),
             self.head_dim,
             "KV cache",
         );
         assert!(
-            k_cache.len() >= cache && v_cache.len() >= cache,
-            "KV caches of {} and {} values for {self:?}",
-            k_cache.len(),
-            v_cache.len()
+            cache.values >= values,
+            "a KV cache of {} values for {self:?}",
+            cache.values
         );
+    }
+
+    /// The scale of the scores, 1/√head_dim.
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
     }
 }
 
-/// Writes `seq` new keys and values (f32, in `layout`) at positions `pos..`.
-#[allow(clippy::too_many_arguments)]
+/// Writes `seq` new keys and values (f32, in `layout`) at positions `pos..`. Panics unless the shape fits
+/// the cache (`AttnShape::check`) and `k` and `v` hold `seq × n_kv_head × head_dim` values.
 pub fn store(
-    k_cache: &mut [f16],
-    v_cache: &mut [f16],
+    cache: &mut KvLayer,
     k: &[f32],
     v: &[f32],
     layout: Layout,
@@ -84,15 +282,48 @@ pub fn store(
     pos: usize,
     seq: usize,
 ) {
-    s.check(k_cache, v_cache, pos, seq);
+    s.check(cache, pos, seq);
     let hd = s.head_dim;
-    for h in 0..s.n_kv_head {
-        for i in 0..seq {
-            let src = layout.offset(h, s.n_kv_head, i, seq, hd);
-            let dst = (h * s.capacity + pos + i) * hd;
-            for d in 0..hd {
-                k_cache[dst + d] = f16::from_f32(k[src + d]);
-                v_cache[dst + d] = f16::from_f32(v[src + d]);
+    let n_rows = size(s.n_kv_head, seq, "KV rows");
+    let values = size(n_rows, hd, "KV rows");
+    assert!(
+        k.len() >= values && v.len() >= values,
+        "{} keys and {} values to store, {values} expected",
+        k.len(),
+        v.len()
+    );
+    // Row `(h, i)` of the input and where it goes.
+    let rows = (0..s.n_kv_head).flat_map(|h| {
+        (0..seq).map(move |i| {
+            (
+                layout.offset(h, s.n_kv_head, i, seq, hd),
+                h * s.capacity + pos + i,
+            )
+        })
+    });
+    match &mut cache.data {
+        KvData::F16 { k: kc, v: vc } => {
+            let (kc, vc): (&mut [f16], &mut [f16]) =
+                (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
+            for (src, dst) in rows {
+                for d in 0..hd {
+                    kc[dst * hd + d] = f16::from_f32(k[src + d]);
+                    vc[dst * hd + d] = f16::from_f32(v[src + d]);
+                }
+            }
+        }
+        KvData::Q8_0 { k: kc, v: vc } => {
+            // Every row of `hd` values is whole blocks, in either layout: rotate and quantize the batch at
+            // once, the way llama.cpp's copy into a q8_0 cache does (`quantize_row_q8_0`).
+            let (k, v) = (&k[..values], &v[..values]);
+            let (k, v) = (rotated(k, key_rotation(hd)), rotated(v, value_rotation(hd)));
+            let (kq, vq) = (
+                Q8Act::quantize(&k, n_rows, hd),
+                Q8Act::quantize(&v, n_rows, hd),
+            );
+            for (src, dst) in rows {
+                kc.write(dst, &kq, src / hd, hd);
+                vc.write(dst, &vq, src / hd, hd);
             }
         }
     }
@@ -100,10 +331,57 @@ pub fn store(
 
 /// `out[i][h*hd..]` = attention of query `(h, i)` (at position `pos + i`) over positions `0..=pos+i`.
 /// `q` is in `layout`, `out` is `[seq][n_head * head_dim]`. Rows are spread over `exec`'s threads.
-/// Panics unless the shape fits the caches (`AttnShape::check`) and `q` and `out` hold
+/// Panics unless the shape fits the cache (`AttnShape::check`) and `q` and `out` hold
 /// `seq × n_head × head_dim` values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
+    exec: Exec,
+    q: &[f32],
+    layout: Layout,
+    cache: &KvLayer,
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    out: &mut [f32],
+) {
+    s.check(cache, pos, seq);
+    let rows = size(s.n_head, seq, "attention rows");
+    let values = size(rows, s.head_dim, "attention");
+    assert!(
+        out.len() >= values && q.len() >= values,
+        "attention: {} queries and {} outputs for {values} values",
+        q.len(),
+        out.len()
+    );
+    let out = SharedOut::new(out);
+    match &cache.data {
+        KvData::F16 { k, v } => attend_f16(
+            exec,
+            q,
+            layout,
+            k.reinterpret_cast(),
+            v.reinterpret_cast(),
+            s,
+            pos,
+            seq,
+            out,
+        ),
+        KvData::Q8_0 { k, v } => attend_q8(exec, q, layout, k, v, s, pos, seq, out),
+    }
+}
+
+/// Spreads the `rows` query rows over `exec` when the work is worth waking threads for.
+fn for_rows(exec: Exec, rows: usize, keys: usize, row: &(dyn Fn(usize) + Sync)) {
+    if keys * rows > 4096 {
+        exec.for_each(rows, row);
+    } else {
+        (0..rows).for_each(row);
+    }
+}
+
+/// `attend` over an f16 cache (the shape was checked).
+#[allow(clippy::too_many_arguments)]
+fn attend_f16(
     exec: Exec,
     q: &[f32],
     layout: Layout,
@@ -112,22 +390,12 @@ pub fn attend(
     s: AttnShape,
     pos: usize,
     seq: usize,
-    out: &mut [f32],
+    out: SharedOut,
 ) {
-    s.check(k_cache, v_cache, pos, seq);
     let hd = s.head_dim;
     let group = s.n_head / s.n_kv_head;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.scale();
     let low_precision = seq < TILE_ROWS;
-    let rows = size(s.n_head, seq, "attention rows");
-    let values = size(rows, hd, "attention");
-    assert!(
-        out.len() >= values && q.len() >= values,
-        "attention: {} queries and {} outputs for {values} values",
-        q.len(),
-        out.len()
-    );
-    let out = SharedOut::new(out);
     #[cfg(target_arch = "x86_64")]
     if !low_precision && simd::fits(hd) && super::cpu::has_avx2() {
         // Blocks of query rows of one head: keys and values converted to f32 once per block.
@@ -135,8 +403,8 @@ pub fn attend(
         exec.for_each(s.n_head * blocks, &|item| {
             let (h, blk) = (item / blocks, item % blocks);
             let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
-            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), the shape was checked above, and
-            // each item writes the outputs of its own (head, rows).
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), the shape was checked by `attend`,
+            // and each item writes the outputs of its own (head, rows).
             unsafe {
                 simd::attend_block(
                     q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out,
@@ -163,11 +431,136 @@ pub fn attend(
             dst,
         );
     };
-    if (pos + seq) * rows > 4096 {
-        exec.for_each(rows, &row);
-    } else {
-        (0..rows).for_each(row);
+    for_rows(exec, s.n_head * seq, pos + seq, &row);
+}
+
+/// `attend` over a q8_0 cache (the shape was checked): one row at a time for every batch size, as
+/// llama.cpp does for quantized caches.
+#[allow(clippy::too_many_arguments)]
+fn attend_q8(
+    exec: Exec,
+    q: &[f32],
+    layout: Layout,
+    k: &Q8Values,
+    v: &Q8Values,
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    out: SharedOut,
+) {
+    let hd = s.head_dim;
+    let group = s.n_head / s.n_kv_head;
+    let scale = s.scale();
+    // Each query row is `hd` contiguous values in either layout: rotate them like the keys and quantize
+    // them all at once.
+    let rows = s.n_head * seq;
+    let queries = Q8Act::quantize(&rotated(&q[..rows * hd], key_rotation(hd)), rows, hd);
+    let row = |r: usize| {
+        let (h, i) = (r / seq, r % seq);
+        let first = h / group * s.capacity;
+        let n = pos + i + 1;
+        let qr = layout.offset(h, s.n_head, i, seq, hd) / hd;
+        let query = (queries.row(qr), queries.d(qr));
+        // SAFETY: every (h, i) writes its own head_dim values of the output.
+        let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
+        attend_row_q8(
+            query,
+            k.rows(first, n, hd),
+            v.rows(first, n, hd),
+            scale,
+            dst,
+        );
+        if let Some(n) = value_rotation(hd) {
+            rotate(dst, n);
+        }
+    };
+    for_rows(exec, rows, pos + seq, &row);
+}
+
+/// One quantized query row (quants and per-block scales) against the cached rows `keys` and `values`.
+fn attend_row_q8(
+    query: (&[i8], &[f32]),
+    keys: Q8Rows,
+    values: Q8Rows,
+    scale: f32,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::fits(out.len()) && super::cpu::has_avx2() {
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), all `attend_row_q8` needs.
+            return unsafe { simd::attend_row_q8(query, keys, values, scale, out) };
+        }
     }
+    attend_row_q8_scalar(query, keys, values, scale, out)
+}
+
+/// The scalar `attend_row_q8`, bit for bit the same as the vector one: llama.cpp's online softmax over
+/// q8_0 keys and values with an f32 accumulator. Panics unless the query and the output hold `hd`
+/// values (a multiple of 32) and the rows are whole rows of `hd`.
+fn attend_row_q8_scalar(
+    (qq, qd): (&[i8], &[f32]),
+    keys: Q8Rows,
+    values: Q8Rows,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let hd = out.len();
+    let nb = hd / QK;
+    assert!(hd.is_multiple_of(QK) && qq.len() == hd && qd.len() == nb);
+    assert!(keys.qs.len() == values.qs.len() && keys.qs.len().is_multiple_of(hd));
+    let mut m = f32::NEG_INFINITY;
+    let mut sum = 0f32;
+    let mut acc = vec![0f32; hd];
+    let key_rows = keys.qs.chunks_exact(hd).zip(keys.d.chunks_exact(nb));
+    let value_rows = values.qs.chunks_exact(hd).zip(values.d.chunks_exact(nb));
+    for ((kq, kd), (vq, vd)) in key_rows.zip(value_rows) {
+        let score = dot_q8_0(kq, kd, qq, qd) * scale;
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if score > m {
+            ms = (m - score).exp();
+            m = score;
+            acc.iter_mut().for_each(|a| *a *= ms);
+        } else {
+            vs = (score - m).exp();
+        }
+        for ((a32, q32), d) in acc.chunks_exact_mut(QK).zip(vq.chunks_exact(QK)).zip(vd) {
+            let d = d.to_f32();
+            for (a, q) in a32.iter_mut().zip(q32) {
+                // `q · d` is exact in f32 (8 by 11 significant bits), as in llama.cpp's dequantization.
+                *a = (*q as f32 * d).mul_add(vs, *a);
+            }
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = a * inv;
+    }
+}
+
+/// `k · q` over q8_0 blocks in the order of llama.cpp's AVX2 `ggml_vec_dot_q8_0_q8_0`: eight lanes, lane
+/// `j` of block `b` the exact integer sum of values `4j..4j + 4`, multiplied by both scales and added
+/// with one rounding (a fused multiply-add), then the lanes summed pairwise.
+fn dot_q8_0(kq: &[i8], kd: &[f16], qq: &[i8], qd: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    for ((k32, q32), (kd, qd)) in kq
+        .chunks_exact(QK)
+        .zip(qq.chunks_exact(QK))
+        .zip(kd.iter().zip(qd))
+    {
+        let d = kd.to_f32() * qd;
+        for ((lane, k4), q4) in lanes
+            .iter_mut()
+            .zip(k32.chunks_exact(4))
+            .zip(q32.chunks_exact(4))
+        {
+            let sum: i32 = k4.iter().zip(q4).map(|(a, b)| *a as i32 * *b as i32).sum();
+            *lane = d.mul_add(sum as f32, *lane);
+        }
+    }
+    let half: [f32; 4] = std::array::from_fn(|i| lanes[i] + lanes[i + 4]);
+    (half[0] + half[2]) + (half[1] + half[3])
 }
 
 /// One query row against `n = keys.len() / hd` cached positions.
@@ -241,6 +634,7 @@ mod simd {
     use super::super::activation::expf8;
     use super::super::float::x86::hsum;
     use super::super::SharedOut;
+    use super::QK;
 
     /// Whether heads of `hd` values suit the vector code (whole vectors of 8, at most 32 of them).
     pub fn fits(hd: usize) -> bool {
@@ -488,164 +882,426 @@ mod simd {
             store(o, _mm256_mul_ps(*a, inv));
         }
     }
+
+    /// `super::attend_row_q8_scalar` on AVX2, bit for bit: the scores as llama.cpp's AVX2
+    /// `ggml_vec_dot_q8_0_q8_0` computes them (per block, `|k|` times `q` with `k`'s sign in byte pairs,
+    /// then pairs of pairs, so lane `j` holds the exact sum of values `4j..4j + 4`). Panics unless
+    /// `fits(hd)`, `hd` is a multiple of 32, the query and the output hold `hd` values and the rows are
+    /// whole rows of `hd`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn attend_row_q8(
+        (qq, qd): (&[i8], &[f32]),
+        keys: super::Q8Rows,
+        values: super::Q8Rows,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = out.len();
+        let (nb, lanes) = (hd / QK, hd / 8);
+        assert!(fits(hd) && hd.is_multiple_of(QK) && qq.len() == hd && qd.len() == nb);
+        assert!(keys.qs.len() == values.qs.len() && keys.qs.len().is_multiple_of(hd));
+        let (k_blocks, _) = keys.qs.as_chunks::<QK>();
+        let (v_runs, _) = values.qs.as_chunks::<8>();
+        let mut q = [_mm256_setzero_si256(); 8];
+        for (qv, block) in q.iter_mut().zip(qq.as_chunks::<QK>().0) {
+            *qv = load_i8x32(block);
+        }
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 32];
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        let rows = k_blocks
+            .chunks_exact(nb)
+            .zip(keys.d.chunks_exact(nb))
+            .zip(v_runs.chunks_exact(lanes).zip(values.d.chunks_exact(nb)));
+        for ((kb, kd), (vr, vd)) in rows {
+            let mut dot = _mm256_setzero_ps();
+            for (((block, kd), qv), qd) in kb.iter().zip(kd).zip(&q).zip(qd) {
+                let x = load_i8x32(block);
+                let ax = _mm256_sign_epi8(x, x);
+                let sy = _mm256_sign_epi8(*qv, x);
+                let pairs = _mm256_maddubs_epi16(ax, sy);
+                let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+                dot = _mm256_fmadd_ps(_mm256_set1_ps(scale16(*kd) * qd), quads, dot);
+            }
+            let score = hsum(dot) * scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if score > m {
+                ms = (m - score).exp();
+                m = score;
+                let msv = _mm256_set1_ps(ms);
+                for a in acc.iter_mut().take(lanes) {
+                    *a = _mm256_mul_ps(*a, msv);
+                }
+            } else {
+                vs = (score - m).exp();
+            }
+            let vsv = _mm256_set1_ps(vs);
+            for ((a4, runs), d) in acc.chunks_exact_mut(4).zip(vr.chunks_exact(4)).zip(vd) {
+                let d = _mm256_cvtph_ps(_mm_set1_epi16(d.to_bits() as i16));
+                for (a, run) in a4.iter_mut().zip(runs) {
+                    let x = _mm256_mul_ps(load_i8x8(run), d);
+                    *a = _mm256_fmadd_ps(x, vsv, *a);
+                }
+            }
+            sum = sum.mul_add(ms, vs);
+        }
+        let inv = _mm256_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+        for (o, a) in out.as_chunks_mut::<8>().0.iter_mut().zip(&acc) {
+            store(o, _mm256_mul_ps(*a, inv));
+        }
+    }
+
+    /// An f16 scale as f32, in one instruction (`half`'s conversion checks the CPU on every call).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn scale16(d: f16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32)))
+    }
+
+    /// 32 quants.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_i8x32(v: &[i8; QK]) -> __m256i {
+        // SAFETY: 32 bytes, one unaligned 256-bit load.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    }
+
+    /// 8 quants as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn load_i8x8(v: &[i8; 8]) -> __m256 {
+        // SAFETY: 8 bytes, one unaligned 64-bit load.
+        let bytes = unsafe { _mm_loadl_epi64(v.as_ptr().cast()) };
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Against a plain softmax(qkᵀ/√d)·v in f64 on the same f16-rounded keys and values.
-    #[test]
-    fn matches_reference_softmax_attention() {
-        // Short batches (decode numerics) and long ones (the two-pass prompt path); smaller ones under
-        // Miri, which interprets every f16 conversion.
-        let long = if cfg!(miri) {
-            (0, TILE_ROWS, 8)
-        } else {
-            (10, 70, 16)
-        };
-        for (pos, seq, hd) in [(3, 5, 8), long] {
-            check_against_reference(pos, seq, hd);
-        }
-    }
-
-    fn check_against_reference(pos: usize, seq: usize, hd: usize) {
-        let s = AttnShape {
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: hd,
-            capacity: pos + seq + 3,
-        };
-        let val = |i: usize| ((i * 7919 % 113) as f32 - 56.0) / 40.0;
-        let k: Vec<f32> = (0..s.n_kv_head * (pos + seq) * s.head_dim)
-            .map(val)
-            .collect();
-        let v: Vec<f32> = (0..k.len()).map(|i| val(i + 5)).collect();
-        let q: Vec<f32> = (0..s.n_head * seq * s.head_dim)
-            .map(|i| val(i + 11))
-            .collect();
-        let mut kc = vec![f16::ZERO; s.n_kv_head * s.capacity * s.head_dim];
-        let mut vc = kc.clone();
-        // Store everything as one batch at position 0 (keys for pos.. come from the same formula).
-        let per = |src: &[f32], h: usize, p: usize| {
-            src[(h * (pos + seq) + p) * s.head_dim..][..s.head_dim].to_vec()
-        };
-        for h in 0..s.n_kv_head {
-            for p in 0..pos + seq {
-                let (kk, vv) = (per(&k, h, p), per(&v, h, p));
-                let one = AttnShape { n_kv_head: 1, ..s };
-                let off = h * s.capacity * s.head_dim;
-                store(
-                    &mut kc[off..],
-                    &mut vc[off..],
-                    &kk,
-                    &vv,
-                    Layout::HeadMajor,
-                    one,
-                    p,
-                    1,
-                );
-            }
-        }
-        let mut out = vec![0f32; seq * s.n_head * s.head_dim];
-        attend(
-            Exec::Rayon,
-            &q,
-            Layout::HeadMajor,
-            &kc,
-            &vc,
-            s,
-            pos,
-            seq,
-            &mut out,
-        );
-        for h in 0..s.n_head {
-            let kvh = h / 2;
-            for i in 0..seq {
-                let qi = &q[(h * seq + i) * s.head_dim..][..s.head_dim];
-                let n = pos + i + 1;
-                let scores: Vec<f64> = (0..n)
-                    .map(|p| {
-                        let kk = &kc[(kvh * s.capacity + p) * s.head_dim..][..s.head_dim];
-                        kk.iter()
-                            .zip(qi)
-                            .map(|(a, b)| a.to_f64() * *b as f64)
-                            .sum::<f64>()
-                            / (hd as f64).sqrt()
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
-                let w: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
-                let z: f64 = w.iter().sum();
-                for d in 0..s.head_dim {
-                    let want: f64 = (0..n)
-                        .map(|p| w[p] / z * vc[(kvh * s.capacity + p) * s.head_dim + d].to_f64())
-                        .sum();
-                    let got = out[i * s.n_head * s.head_dim + h * s.head_dim + d] as f64;
-                    assert!((got - want).abs() < 5e-3, "h{h} i{i} d{d}: {got} vs {want}");
+    impl KvLayer {
+        /// Cached key (or value) number `i`, as the kernels read it.
+        fn value(&self, key: bool, i: usize) -> f32 {
+            match &self.data {
+                KvData::F16 { k, v } => f16::from_bits(if key { k[i] } else { v[i] }).to_f32(),
+                KvData::Q8_0 { k, v } => {
+                    let c = if key { k } else { v };
+                    c.qs[i] as f32 * f16::from_bits(c.d[i / QK]).to_f32()
                 }
             }
         }
     }
 
-    /// A shape with `n_head` 4, `n_kv_head` 2 and head size `hd`, for `pos + seq` positions, and caches
-    /// (of `cache_len` values each) and queries filled with varied values.
-    fn case(pos: usize, seq: usize, hd: usize) -> (AttnShape, Vec<f16>, Vec<f16>, Vec<f32>) {
+    fn val(i: usize) -> f32 {
+        ((i * 7919 % 113) as f32 - 56.0) / 40.0
+    }
+
+    /// A shape with `n_head` 4, `n_kv_head` 2 and head size `hd`, with `spare` unused positions, a cache
+    /// of `ty` holding varied keys and values at positions `0..pos + seq` (stored as one batch), and
+    /// queries for `seq` rows, head-major.
+    fn case(
+        ty: KvType,
+        pos: usize,
+        seq: usize,
+        hd: usize,
+        spare: usize,
+    ) -> (AttnShape, KvLayer, Vec<f32>) {
         let s = AttnShape {
             n_head: 4,
             n_kv_head: 2,
             head_dim: hd,
-            capacity: pos + seq,
+            capacity: pos + seq + spare,
         };
-        let val = |i: usize| f16::from_f32(((i * 7919 % 113) as f32 - 56.0) / 40.0);
-        let n = s.n_kv_head * s.capacity * hd;
-        let kc: Vec<f16> = (0..n).map(val).collect();
-        let vc: Vec<f16> = (0..n).map(|i| val(i + 5)).collect();
-        let q = (0..s.n_head * seq * hd)
-            .map(|i| val(i + 11).to_f32())
-            .collect();
-        (s, kc, vc, q)
+        let n = pos + seq;
+        let k: Vec<f32> = (0..s.n_kv_head * n * hd).map(val).collect();
+        let v: Vec<f32> = (0..k.len()).map(|i| val(i + 5)).collect();
+        let q = (0..s.n_head * seq * hd).map(|i| val(i + 11)).collect();
+        let mut cache = KvLayer::zeroed(ty, s.n_kv_head * s.capacity * hd);
+        store(&mut cache, &k, &v, Layout::HeadMajor, s, 0, n);
+        (s, cache, q)
     }
 
-    /// Caches shorter than the shape says, or positions past the capacity, are refused before the
-    /// kernels (which index the caches without checks) run: for decode and prompt batches alike.
+    fn run(
+        exec: Exec,
+        q: &[f32],
+        cache: &KvLayer,
+        s: AttnShape,
+        pos: usize,
+        seq: usize,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; seq * s.n_head * s.head_dim];
+        attend(exec, q, Layout::HeadMajor, cache, s, pos, seq, &mut out);
+        out
+    }
+
+    /// Against a plain softmax(qkᵀ/√d)·v in f64 on the keys and values as cached (and for q8_0, on the
+    /// query as quantized).
+    #[test]
+    fn matches_reference_softmax_attention() {
+        // Short batches (decode numerics) and long ones (the two-pass prompt path); smaller ones under
+        // Miri, which interprets every f16 conversion.
+        let long = if cfg!(miri) { (0, TILE_ROWS) } else { (10, 70) };
+        for ty in [KvType::F16, KvType::Q8_0] {
+            for hd in [32, 64] {
+                for (pos, seq) in [(3, 5), long] {
+                    check_against_reference(ty, pos, seq, hd);
+                }
+            }
+        }
+    }
+
+    fn check_against_reference(ty: KvType, pos: usize, seq: usize, hd: usize) {
+        let (s, cache, q) = case(ty, pos, seq, hd, 3);
+        let out = run(Exec::Rayon, &q, &cache, s, pos, seq);
+        // A q8_0 cache holds rotated keys and values: the reference takes the query rotated and
+        // quantized as the kernel does, and rotates its result back.
+        let (q, out_rotation) = match ty {
+            KvType::F16 => (q, None),
+            KvType::Q8_0 => {
+                let a = Q8Act::quantize(&rotated(&q, key_rotation(hd)), q.len() / hd, hd);
+                let d: Vec<f32> = (0..a.m()).flat_map(|r| a.d(r).to_vec()).collect();
+                let q = a.quants().iter().enumerate();
+                (
+                    q.map(|(i, x)| *x as f32 * d[i / QK]).collect(),
+                    value_rotation(hd),
+                )
+            }
+        };
+        for h in 0..s.n_head {
+            let base = h / 2 * s.capacity * hd;
+            for i in 0..seq {
+                let want = exact_row(&q[(h * seq + i) * hd..][..hd], &cache, base, pos + i + 1);
+                let want = rotated(&want, out_rotation);
+                for (d, want) in want.iter().enumerate() {
+                    let got = out[(i * s.n_head + h) * hd + d];
+                    assert!(
+                        (got - want).abs() < 5e-3,
+                        "{ty:?} hd {hd} h{h} i{i} d{d}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// softmax(q·kᵀ/√d)·v in f64 over the `n` cached positions from `base` (as cached: rotated for q8_0).
+    fn exact_row(q: &[f32], cache: &KvLayer, base: usize, n: usize) -> Vec<f32> {
+        let hd = q.len();
+        let scores: Vec<f64> = (0..n)
+            .map(|p| {
+                (0..hd)
+                    .map(|d| cache.value(true, base + p * hd + d) as f64 * q[d] as f64)
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let w: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+        let z: f64 = w.iter().sum();
+        (0..hd)
+            .map(|d| {
+                let v = (0..n).map(|p| w[p] / z * cache.value(false, base + p * hd + d) as f64);
+                v.sum::<f64>() as f32
+            })
+            .collect()
+    }
+
+    /// q8_0 attention stays within the error its rounding allows of exact attention over the f16 cache's
+    /// keys and values, and so of f16 attention. q8_0 rounds rotated values: each is within
+    /// `e = max|x| / 254` of the rotated original (half a step of its block), so a score moves by at most
+    /// `Δ = Σ (|q| e_k + |k| e_q + e_k e_q) / √d`, the softmax weights by at most a factor `exp(±2Δ)`, and
+    /// the rotated output by at most `(exp(2Δ) − 1) · max|v| + e_v`. Against the f16 kernel add its own
+    /// error, within 5e-3 of exact per value (`matches_reference_softmax_attention`), at most √64 times
+    /// that after the rotation.
+    #[test]
+    fn q8_0_is_within_its_rounding_of_f16() {
+        let hd = 64;
+        let cases: &[(usize, usize)] = if cfg!(miri) {
+            &[(3, 5)]
+        } else {
+            &[(3, 5), (200, 1), (40, 70)]
+        };
+        for &(pos, seq) in cases {
+            let (s, f16_cache, q) = case(KvType::F16, pos, seq, hd, 0);
+            let (_, q8_cache, _) = case(KvType::Q8_0, pos, seq, hd, 0);
+            let f16_out = run(Exec::Rayon, &q, &f16_cache, s, pos, seq);
+            let got = run(Exec::Rayon, &q, &q8_cache, s, pos, seq);
+            let values = s.n_kv_head * s.capacity * hd;
+            let cached = |key: bool| -> Vec<f32> {
+                let x: Vec<f32> = (0..values).map(|j| f16_cache.value(key, j)).collect();
+                let rotation = if key {
+                    key_rotation(hd)
+                } else {
+                    value_rotation(hd)
+                };
+                rotated(&x, rotation).into_owned()
+            };
+            let (keys, vals) = (cached(true), cached(false));
+            let q_rot = rotated(&q, key_rotation(hd));
+            // Half a quantization step of the block holding value `i` of `x`.
+            let step = |x: &[f32], i: usize| {
+                let b = i / QK * QK;
+                x[b..b + QK].iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0
+            };
+            for h in 0..s.n_head {
+                let base = h / 2 * s.capacity * hd;
+                for i in 0..seq {
+                    let qo = (h * seq + i) * hd;
+                    let n = pos + i + 1;
+                    let delta = (0..n)
+                        .map(|p| {
+                            let k0 = base + p * hd;
+                            let per_value = (0..hd).map(|d| {
+                                let (ek, eq) = (step(&keys, k0 + d), step(&q_rot[qo..qo + hd], d));
+                                q_rot[qo + d].abs() * ek + keys[k0 + d].abs() * eq + ek * eq
+                            });
+                            per_value.sum::<f32>() * s.scale()
+                        })
+                        .fold(0f32, f32::max);
+                    let history = base..base + n * hd;
+                    let v_max = vals[history.clone()]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs()));
+                    let e_v = history.map(|j| step(&vals, j)).fold(0f32, f32::max);
+                    let bound = ((2.0 * delta).exp() - 1.0) * v_max + e_v + 1e-4;
+                    let exact = exact_row(&q[qo..qo + hd], &f16_cache, base, n);
+                    let o = (i * s.n_head + h) * hd..(i * s.n_head + h + 1) * hd;
+                    let rot = |x: &[f32]| rotated(x, value_rotation(hd)).into_owned();
+                    let (got, f16_out) = (rot(&got[o.clone()]), rot(&f16_out[o]));
+                    for (d, ((g, e), f)) in got.iter().zip(rot(&exact)).zip(f16_out).enumerate() {
+                        let what = format!("pos {pos} seq {seq} h{h} i{i} d{d}: q8_0 {g}");
+                        assert!((g - e).abs() <= bound, "{what}, exact {e} (bound {bound})");
+                        let bound = bound + 8.0 * 5e-3;
+                        assert!((g - f).abs() <= bound, "{what}, f16 {f} (bound {bound})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The rotation is orthonormal and its own inverse, and spreads a lone spike over the whole run.
+    #[test]
+    fn the_rotation_is_its_own_inverse() {
+        let x: Vec<f32> = (0..128).map(val).collect();
+        let mut y = x.clone();
+        rotate(&mut y, 64);
+        let norm = |v: &[f32]| v.iter().map(|a| a * a).sum::<f32>();
+        assert!((norm(&y) - norm(&x)).abs() < 1e-4 * norm(&x));
+        rotate(&mut y, 64);
+        assert!(x.iter().zip(&y).all(|(a, b)| (a - b).abs() < 1e-6));
+        let mut spike = vec![0f32; 64];
+        spike[5] = 64.0;
+        rotate(&mut spike, 64);
+        assert!(spike.iter().all(|v| v.abs() == 8.0));
+        assert_eq!(
+            (
+                key_rotation(64),
+                key_rotation(128),
+                key_rotation(96),
+                key_rotation(32)
+            ),
+            (Some(64), Some(128), None, None)
+        );
+        assert_eq!((value_rotation(128), value_rotation(32)), (Some(64), None));
+    }
+
+    /// The scalar and the AVX2 q8_0 rows agree bit for bit, for every head size the vector code takes and
+    /// histories from one position to several hundred.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn q8_0_rows_are_the_same_in_scalar_and_simd() {
+        if !super::super::cpu::has_avx2() {
+            eprintln!("skipped: no AVX2 on this CPU (or capped by CODELLAMA_LSP_CPU)");
+            return;
+        }
+        let lengths: &[usize] = if cfg!(miri) { &[1, 3] } else { &[1, 7, 300] };
+        for hd in [32, 64, 128, 256] {
+            for &n in lengths {
+                let (s, cache, q) = case(KvType::Q8_0, n - 1, 1, hd, 0);
+                let KvData::Q8_0 { k, v } = &cache.data else {
+                    unreachable!("a q8_0 cache")
+                };
+                let queries = Q8Act::quantize(&q, s.n_head, hd);
+                for h in 0..s.n_head {
+                    let query = (queries.row(h), queries.d(h));
+                    let (keys, values) = (k.rows(h / 2 * n, n, hd), v.rows(h / 2 * n, n, hd));
+                    let (mut scalar, mut vector) = (vec![0f32; hd], vec![0f32; hd]);
+                    attend_row_q8_scalar(query, keys, values, s.scale(), &mut scalar);
+                    // SAFETY: the CPU has AVX2, FMA and F16C (checked above).
+                    unsafe { simd::attend_row_q8(query, keys, values, s.scale(), &mut vector) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&scalar), bits(&vector), "hd {hd} n {n} h{h}");
+                }
+            }
+        }
+    }
+
+    /// Caches shorter than the shape says, positions past the capacity, head sizes the cache type cannot
+    /// hold and short outputs are refused before the kernels (which index the cache without checks) run:
+    /// for decode and prompt batches alike.
     #[test]
     fn caches_that_do_not_fit_the_shape_are_refused() {
         // Small heads and a short history under Miri, which interprets every f16 conversion.
         let (hd, long) = if cfg!(miri) {
-            (8, (0, TILE_ROWS))
+            (32, (0, TILE_ROWS))
         } else {
             (64, (10, 70))
         };
-        for (pos, seq) in [(3, 5), long] {
-            let (s, kc, vc, q) = case(pos, seq, hd);
-            let mut out = vec![0f32; q.len()];
-            let short = &kc[..kc.len() - hd];
-            let attend_with = |k: &[f16], s: AttnShape, out: &mut [f32]| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    attend(Exec::Rayon, &q, Layout::HeadMajor, k, &vc, s, pos, seq, out)
-                }))
-            };
-            assert!(
-                attend_with(short, s, &mut out).is_err(),
-                "short keys, seq {seq}"
-            );
-            let small = AttnShape {
-                capacity: pos + seq - 1,
-                ..s
-            };
-            assert!(
-                attend_with(&kc, small, &mut out).is_err(),
-                "capacity, seq {seq}"
-            );
-            let odd = AttnShape { n_kv_head: 3, ..s };
-            assert!(attend_with(&kc, odd, &mut out).is_err(), "heads, seq {seq}");
-            assert!(
-                attend_with(&kc, s, &mut out[1..]).is_err(),
-                "output, seq {seq}"
-            );
-            assert!(attend_with(&kc, s, &mut out).is_ok(), "seq {seq}");
+        for ty in [KvType::F16, KvType::Q8_0] {
+            for (pos, seq) in [(3, 5), long] {
+                let (s, cache, q) = case(ty, pos, seq, hd, 0);
+                let mut out = vec![0f32; q.len()];
+                let attend_with = |cache: &KvLayer, s: AttnShape, out: &mut [f32]| {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        attend(Exec::Rayon, &q, Layout::HeadMajor, cache, s, pos, seq, out)
+                    }))
+                };
+                let what = format!("{ty:?}, seq {seq}");
+                let short = KvLayer::zeroed(ty, s.n_kv_head * s.capacity * hd - QK);
+                assert!(attend_with(&short, s, &mut out).is_err(), "short, {what}");
+                let small = AttnShape {
+                    capacity: pos + seq - 1,
+                    ..s
+                };
+                assert!(
+                    attend_with(&cache, small, &mut out).is_err(),
+                    "capacity, {what}"
+                );
+                let odd = AttnShape { n_kv_head: 3, ..s };
+                assert!(attend_with(&cache, odd, &mut out).is_err(), "heads, {what}");
+                assert!(
+                    attend_with(&cache, s, &mut out[1..]).is_err(),
+                    "output, {what}"
+                );
+                assert!(attend_with(&cache, s, &mut out).is_ok(), "{what}");
+            }
         }
+        let s = AttnShape {
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 48,
+            capacity: 4,
+        };
+        assert!(!KvType::Q8_0.fits(48) && KvType::F16.fits(48));
+        let mut cache = KvLayer::zeroed(KvType::Q8_0, 4 * 48);
+        let kv = vec![0.5f32; 48];
+        let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store(&mut cache, &kv, &kv, Layout::TokenMajor, s, 0, 1)
+        }));
+        assert!(stored.is_err(), "a q8_0 head of 48 values");
+    }
+
+    /// The cache takes 64 bytes per 32 values as f16 and 34 as q8_0, and allocates exactly that.
+    #[test]
+    fn q8_0_takes_34_bytes_per_32_values() {
+        let values = 2 * 1024 * 128;
+        assert_eq!(KvType::F16.bytes(values), values * 2);
+        assert_eq!(KvType::Q8_0.bytes(values), values / 32 * 34);
+        let KvData::Q8_0 { k, .. } = KvLayer::zeroed(KvType::Q8_0, values).data else {
+            unreachable!("a q8_0 cache")
+        };
+        assert_eq!(k.qs.len() + 2 * k.d.len(), KvType::Q8_0.bytes(values));
     }
 
     /// Run (in a child process) by `kernels::tests::the_cpu_cap_reaches_every_dispatch`: with the cap,
@@ -656,20 +1312,13 @@ mod tests {
     fn capped_to_scalar() {
         assert_eq!(super::super::cpu::level(), super::super::cpu::Level::Scalar);
         for (pos, seq) in [(3, 5), (10, 70)] {
-            let (s, kc, vc, q) = case(pos, seq, 64);
+            let (s, cache, q) = case(KvType::F16, pos, seq, 64, 0);
+            let KvData::F16 { k, v } = &cache.data else {
+                unreachable!("an f16 cache")
+            };
+            let (kc, vc): (&[f16], &[f16]) = (k.reinterpret_cast(), v.reinterpret_cast());
             let hd = s.head_dim;
-            let mut out = vec![0f32; q.len()];
-            attend(
-                Exec::Rayon,
-                &q,
-                Layout::HeadMajor,
-                &kc,
-                &vc,
-                s,
-                pos,
-                seq,
-                &mut out,
-            );
+            let out = run(Exec::Rayon, &q, &cache, s, pos, seq);
             let mut want = vec![0f32; q.len()];
             for h in 0..s.n_head {
                 let base = h / 2 * s.capacity * hd;
@@ -681,7 +1330,7 @@ mod tests {
                         &kc[base..base + n * hd],
                         &vc[base..base + n * hd],
                         hd,
-                        1.0 / (hd as f32).sqrt(),
+                        s.scale(),
                         seq < TILE_ROWS,
                         &mut want[(i * s.n_head + h) * hd..][..hd],
                     );

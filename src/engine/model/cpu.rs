@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use half::slice::HalfBitsSliceExt;
 
 use super::{rms_norm_rows, rope, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig};
 use crate::engine::error::{EngineError, Result};
@@ -156,24 +155,13 @@ impl CpuModel {
                 sin,
                 cfg.rope_interleaved,
             );
-            let LayerKv::Cpu { k: kc, v: vc } = &mut cache.layers[layer] else {
+            let LayerKv::Cpu(kv) = &mut cache.layers[layer] else {
                 return Err(EngineError::Compute(
                     "CPU forward pass over a GPU cache".into(),
                 ));
             };
-            let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
-            attention::store(kc, vc, &k, &v, Layout::TokenMajor, shape, pos, seq);
-            attention::attend(
-                exec,
-                &q,
-                Layout::TokenMajor,
-                kc,
-                vc,
-                shape,
-                pos,
-                seq,
-                &mut att,
-            );
+            attention::store(kv, &k, &v, Layout::TokenMajor, shape, pos, seq);
+            attention::attend(exec, &q, Layout::TokenMajor, kv, shape, pos, seq, &mut att);
             b.wo.matmul_on(exec, &att, seq, &mut tmp);
             add(&mut x, &tmp);
             rms_norm_rows(&x, &b.ffn_norm, cfg.rms_eps, &mut h);

@@ -18,12 +18,11 @@ use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D
 
 use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, TensorData, WeightFile};
-use super::kernels::attention::{self, AttnShape, Layout as KvLayout};
+use super::kernels::attention::{self, AttnShape, KvLayer, KvType, Layout as KvLayout};
 use super::kernels::{Exec, QMatrix, WeightBytes};
 use super::pool::Pool;
 
 mod cpu;
-use half::slice::HalfBitsSliceExt;
 
 /// The architectures the forward pass runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -682,6 +681,8 @@ pub struct Llama {
     pool: Pool,
     /// Run the tensor forward pass even on the CPU (used to check one path against the other).
     tensor_path: bool,
+    /// What `new_cache` stores keys and values as.
+    kv_type: KvType,
 }
 
 /// Tensor names of one checkpoint format.
@@ -869,6 +870,7 @@ impl Llama {
             cpu,
             pool,
             tensor_path: false,
+            kv_type: KvType::F16,
         })
     }
 
@@ -889,9 +891,35 @@ impl Llama {
         self.tensor_path = yes;
     }
 
-    /// A cache for `capacity` positions (at most the trained context length).
+    /// Makes `new_cache` store keys and values as `ty`. q8_0 needs the CPU (the GPU path keeps an f16
+    /// cache in candle tensors) and heads of whole blocks of 32 values.
+    pub fn set_kv_cache_type(&mut self, ty: KvType) -> Result<()> {
+        let refuse = |detail: String| {
+            Err(EngineError::KvCacheType {
+                name: ty.name(),
+                detail,
+            })
+        };
+        if ty != KvType::F16 && !self.device.is_cpu() {
+            return refuse(format!(
+                "it is only implemented for the CPU, not {:?}",
+                self.device
+            ));
+        }
+        if !ty.fits(self.cfg.head_dim) {
+            return refuse(format!(
+                "the model's heads of {} values are not whole blocks of 32",
+                self.cfg.head_dim
+            ));
+        }
+        self.kv_type = ty;
+        Ok(())
+    }
+
+    /// A cache for `capacity` positions (at most the trained context length), of the type
+    /// `set_kv_cache_type` chose.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::new(&self.cfg, capacity, &self.device)
+        KvCache::new(&self.cfg, capacity, &self.device, self.kv_type)
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache, and
@@ -1007,7 +1035,7 @@ impl Llama {
             capacity: cache.capacity,
         };
         let total = pos + seq;
-        if let LayerKv::Cpu { k: kc, v: vc } = &mut cache.layers[layer] {
+        if let LayerKv::Cpu(cache_kv) = &mut cache.layers[layer] {
             let half = hd / 2;
             let (cos_t, sin_t) = (
                 &cache.cos_table[pos * half..(pos + seq) * half],
@@ -1035,15 +1063,13 @@ impl Llama {
                 sin_t,
                 inter,
             );
-            let (kc, vc) = (kc.reinterpret_cast_mut(), vc.reinterpret_cast_mut());
-            attention::store(kc, vc, &kv, &vv, KvLayout::HeadMajor, shape, pos, seq);
+            attention::store(cache_kv, &kv, &vv, KvLayout::HeadMajor, shape, pos, seq);
             let mut out = vec![0f32; seq * nh * hd];
             attention::attend(
                 Exec::Rayon,
                 &qv,
                 KvLayout::HeadMajor,
-                kc,
-                vc,
+                cache_kv,
                 shape,
                 pos,
                 seq,
@@ -1152,18 +1178,21 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    fn new(cfg: &ModelConfig, capacity: usize, device: &Device) -> Result<Self> {
+    fn new(cfg: &ModelConfig, capacity: usize, device: &Device, ty: KvType) -> Result<Self> {
         let capacity = capacity.clamp(1, cfg.context_length.max(1));
         let shape = (cfg.n_head_kv, capacity, cfg.head_dim);
+        if ty != KvType::F16 && !device.is_cpu() {
+            // `Llama::set_kv_cache_type` refuses this with the reason.
+            return Err(EngineError::Compute(format!(
+                "a {} KV cache on {device:?}",
+                ty.name()
+            )));
+        }
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {
             layers.push(if device.is_cpu() {
                 // Zeroed memory is mapped lazily, so only positions actually used become resident.
-                let n = cfg.n_head_kv * capacity * cfg.head_dim;
-                LayerKv::Cpu {
-                    k: vec![0u16; n],
-                    v: vec![0u16; n],
-                }
+                LayerKv::Cpu(KvLayer::zeroed(ty, cfg.n_head_kv * capacity * cfg.head_dim))
             } else {
                 LayerKv::Device {
                     k: Tensor::zeros(shape, DType::F16, device)?,
@@ -1202,9 +1231,10 @@ impl KvCache {
     }
 }
 
-/// One layer's keys and values, `[kv_heads][capacity][head_dim]`, stored as f16 (bits on the CPU).
+/// One layer's keys and values, `[kv_heads][capacity][head_dim]`: on the CPU in the cache's type, on a
+/// GPU as f16 tensors.
 enum LayerKv {
-    Cpu { k: Vec<u16>, v: Vec<u16> },
+    Cpu(KvLayer),
     Device { k: Tensor, v: Tensor },
 }
 
