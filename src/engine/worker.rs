@@ -227,6 +227,7 @@ impl Worker {
                 return Ok(Outcome::cancelled(timings));
             }
             let cancel = req.cancel.clone();
+            timings.computed_tokens += chunk.len();
             match self
                 .model
                 .forward_cancellable(chunk, &mut self.cache, Logits::Last, &|| {
@@ -234,6 +235,7 @@ impl Worker {
                 }) {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
+                    timings.discarded_tokens = chunk.len();
                     timings.prefill_ms = ms_since(t_prefill);
                     return Ok(Outcome::cancelled(timings));
                 }
