@@ -272,7 +272,11 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
-            format!("{p50:.0} / {p95:.0}")
+            if t.suggestion_ms.is_empty() {
+                "- (no suggestion in a pause)".to_string()
+            } else {
+                format!("{p50:.0} / {p95:.0}")
+            }
         }),
         ("pauses with a suggestion", |t| {
             pct_of(t.pauses_with_suggestion, t.pauses)

@@ -291,6 +291,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn totals_count_cancelled_generations_apart() {
+        let t = |reused, computed, discarded| StatusTimings {
+            reused_tokens: reused,
+            computed_tokens: computed,
+            discarded_tokens: discarded,
+            ..StatusTimings::new(&Timings::default(), 0.0)
+        };
+        let mut totals = PromptTotals::default();
+        totals.add(&t(100, 20, 0), false);
+        totals.add(&t(90, 256, 200), true);
+        totals.add(&t(0, 0, 0), true);
+        assert_eq!(
+            totals,
+            PromptTotals {
+                generations: 3,
+                cancelled: 2,
+                reused_tokens: 190,
+                computed_tokens: 276,
+                cancelled_computed_tokens: 256,
+                discarded_tokens: 200,
+            }
+        );
+    }
+
+    #[test]
     fn wire_format() {
         let p = StatusParams {
             progress: Some(42),
