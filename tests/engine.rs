@@ -169,6 +169,17 @@ fn a_superseded_prefill_finishes_the_chunk_the_next_request_shares() {
         "the cancelled request finished its chunk"
     );
     assert_eq!(b.timings.reused_tokens, 256, "and the next one reused it");
+    // A keystroke changes the prompt's end: the tokens before its last 16 are computed apart, so they
+    // too are finished for the next request.
+    let base: Vec<u32> = prompt[..200].iter().map(|t| t + 3).collect();
+    let typed = |c: u32| [&base[..], &[c]].concat();
+    let first = submit(typed(5));
+    std::thread::sleep(Duration::from_millis(100));
+    let second = submit(typed(6));
+    let (a, b) = (first.wait().unwrap(), second.wait().unwrap());
+    assert_eq!(a.stop_reason, StopReason::Cancelled);
+    assert_eq!(a.timings.discarded_tokens, 0);
+    assert_eq!(b.timings.reused_tokens, 201 - 16);
     // A newer request with another prompt: the chunk in progress is dropped, without waiting.
     let mut other = prompt.clone();
     other.reverse();

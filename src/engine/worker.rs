@@ -32,6 +32,9 @@ const PREFILL_CHUNK: usize = 256;
 /// (1.5x fewer passes per token) against 40% of 8-token ones (1.1x).
 const MAX_DRAFT: usize = 3;
 
+/// Prompt tokens at the end computed as a chunk of their own (see `Worker::generate`).
+const TAIL_CHUNK: usize = 16;
+
 /// How long a cancelled prefill goes on waiting for the request that replaces it (an editor cancels the
 /// running request, then asks again after the keystroke): when that one shares the chunk in progress, the
 /// chunk is finished for it instead of thrown away.
@@ -234,7 +237,11 @@ impl Worker {
         timings.reused_tokens = reuse;
         let mut logits = None;
         let cancelled_at = Cell::new(None);
-        for chunk in req.prompt[reuse..].chunks(PREFILL_CHUNK) {
+        // The prompt's last tokens are what the next keystroke changes: computed on their own, they leave
+        // the chunks before them shareable with the request that replaces this one.
+        let todo = &req.prompt[reuse..];
+        let (body, tail) = todo.split_at(todo.len().saturating_sub(TAIL_CHUNK));
+        for chunk in body.chunks(PREFILL_CHUNK).chain(tail.chunks(PREFILL_CHUNK)) {
             if req.cancel.is_cancelled() {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
