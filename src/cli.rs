@@ -600,10 +600,6 @@ pub struct EvalArgs {
     pub verbose: bool,
 }
 
-/// Options llama.vscode's default launch command gives llama-server (`llama-vscode.launch_completion` in
-/// its package.json), besides the model, context and port.
-const LLAMA_VSCODE_SERVER_ARGS: &[&str] = &["-b", "1024", "-ub", "1024", "--cache-reuse", "256"];
-
 pub fn eval(args: EvalArgs) -> Result<()> {
     use crate::bench::{find_llama_server, LlamaServer};
     use crate::eval::{self, llama_vscode::LlamaVscode, EngineRun, Infiller, Ours, Scoring};
@@ -637,7 +633,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             &info.path,
             info.threads,
             info.context_window,
-            LLAMA_VSCODE_SERVER_ARGS,
+            crate::eval::llama_vscode::SERVER_ARGS,
         )?),
         None => None,
     };

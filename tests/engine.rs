@@ -138,6 +138,62 @@ fn a_superseded_request_is_answered_without_touching_the_model() {
     assert_ne!(b.stop_reason, StopReason::Cancelled);
 }
 
+/// While the user types, each keystroke cancels the running request and sends one whose prompt shares
+/// almost all of it. A prefill chunk in progress is then finished for the newer request instead of
+/// thrown away; a chunk the newer request does not share is given up at once.
+#[test]
+fn a_superseded_prefill_finishes_the_chunk_the_next_request_shares() {
+    // Two threads: a 256-token chunk of Qwen 0.5B then takes well over the test's 100 ms pauses.
+    let opts = LoadOptions {
+        model: Some(common::qwen_model().display().to_string()),
+        context_window: Some(1024),
+        threads: Some(2),
+        ..LoadOptions::default()
+    };
+    let engine = Engine::start(opts, Box::new(|_| {})).expect("engine starts");
+    let prompt: Vec<u32> = (0..600).map(|i| 1000 + 7 * i).collect();
+    let submit = |prompt: Vec<u32>| {
+        let mut req = GenerateRequest::new(prompt, 2);
+        req.supersede_key = Some("doc".into());
+        engine.submit(req)
+    };
+    // Inside the first 256-token chunk, the next keystroke.
+    let first = submit(prompt[..500].to_vec());
+    std::thread::sleep(Duration::from_millis(100));
+    let second = submit(prompt.clone());
+    let (a, b) = (first.wait().unwrap(), second.wait().unwrap());
+    assert_eq!(a.stop_reason, StopReason::Cancelled);
+    assert_eq!(
+        (a.timings.computed_tokens, a.timings.discarded_tokens),
+        (256, 0),
+        "the cancelled request finished its chunk"
+    );
+    assert_eq!(b.timings.reused_tokens, 256, "and the next one reused it");
+    // A keystroke changes the prompt's end: the tokens before its last 16 are computed apart, so they
+    // too are finished for the next request.
+    let base: Vec<u32> = prompt[..200].iter().map(|t| t + 3).collect();
+    let typed = |c: u32| [&base[..], &[c]].concat();
+    let first = submit(typed(5));
+    std::thread::sleep(Duration::from_millis(100));
+    let second = submit(typed(6));
+    let (a, b) = (first.wait().unwrap(), second.wait().unwrap());
+    assert_eq!(a.stop_reason, StopReason::Cancelled);
+    assert_eq!(a.timings.discarded_tokens, 0);
+    assert_eq!(b.timings.reused_tokens, 201 - 16);
+    // A newer request with another prompt: the chunk in progress is dropped, without waiting.
+    let mut other = prompt.clone();
+    other.reverse();
+    let third = submit(prompt[..500].iter().map(|t| t + 1).collect());
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let fourth = submit(other);
+    let c = third.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(c.stop_reason, StopReason::Cancelled);
+    assert_eq!(c.timings.discarded_tokens, 256);
+    assert_eq!(fourth.wait().unwrap().timings.reused_tokens, 0);
+}
+
 #[test]
 fn a_request_cancelled_before_it_runs_costs_nothing() {
     let engine = start(&common::codellama_fixture("tiny-codellama-mha.gguf"));

@@ -525,6 +525,64 @@ fn qwen_gets_other_documents_in_its_repository_format() {
     assert_eq!(alone.ids[0], pre);
 }
 
+/// Qwen knows only PSM, where the suffix follows the prefix: typing at the cursor would change the prompt
+/// before the suffix, and the engine would compute the suffix again at every keystroke. The text from a
+/// line that moves in steps of 16 goes after the middle marker instead, so typing only changes the end.
+#[test]
+fn typing_in_a_psm_prompt_changes_only_its_end() {
+    let tok = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let b = PromptBuilder::new(tok.clone(), &PromptConfig::default()).unwrap();
+    assert_eq!(b.order(), FimOrder::Psm);
+    let above: String = (0..20).map(|i| format!("x{i} = {i}\n")).collect();
+    let below = "\n\ndef tail():\n    return [x0, x1, x2]\n";
+    let build = |typed: &str| {
+        let prefix = format!("{above}def f(a):\n    {typed}");
+        let input = FimInput {
+            prefix: &prefix,
+            suffix: below,
+            ..FimInput::default()
+        };
+        b.fim(&input, 64, 4096).unwrap().ids
+    };
+    let (pre, suf, mid) = (151659, 151661, 151660);
+    let enc = |t: &str| tok.encode(t, false);
+    let lines: Vec<String> = (0..20).map(|i| format!("x{i} = {i}\n")).collect();
+    let mut want = vec![pre];
+    want.extend(enc(&lines[..16].concat()));
+    want.push(suf);
+    want.extend(enc(below));
+    want.push(mid);
+    want.extend(enc(&format!(
+        "{}def f(a):\n    return a",
+        lines[16..].concat()
+    )));
+    assert_eq!(build("return a"), want);
+    // Each keystroke keeps everything up to the middle, the suffix included.
+    let end_of_suffix = want.iter().position(|&t| t == mid).unwrap() + 1;
+    for (a, b2) in [
+        ("ret", "retu"),
+        ("return a", "return a "),
+        ("return a +", "return a"),
+    ] {
+        let (x, y) = (build(a), build(b2));
+        let shared = x.iter().zip(&y).take_while(|(p, q)| p == q).count();
+        assert!(
+            shared > end_of_suffix,
+            "{a:?} -> {b2:?}: {shared} shared of {}",
+            x.len()
+        );
+    }
+    // Near the top of the file there is no step to start from: the plain layout.
+    let input = FimInput {
+        prefix: "def f(a):\n    return ",
+        suffix: below,
+        ..FimInput::default()
+    };
+    assert_eq!(*b.fim(&input, 64, 4096).unwrap().ids.last().unwrap(), mid);
+}
+
 /// Token healing finds the last token before the cursor whatever the text ends with (multi-byte
 /// characters, line breaks only, nothing), and heals only whole characters.
 #[test]

@@ -3,6 +3,8 @@
 //! into [`RemoteError`]s of the right kind. Async; [`Client::json`] waits for one answer from a blocking
 //! thread (connecting, the eval harness) on the same runtime ([`http::wait`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION};
@@ -233,6 +235,51 @@ impl Client {
     }
 
     /// Nothing came within `first_token_timeout` while `waiting_for`.
+    /// [`Client::json`] that gives up once `cancelled` is set (`Ok(None)`): the request's future is
+    /// dropped, which closes the connection the way a browser's `AbortController` does.
+    pub fn json_cancellable(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Option<Value>, RemoteError> {
+        let method = Method::from_bytes(method.as_bytes()).expect("a method name of ours");
+        let (this, path, body) = (self.clone(), path.to_string(), body.cloned());
+        http::wait(async move {
+            let watch = async {
+                while !cancelled.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::select! {
+                answer = this.json_async(method, &path, body.as_ref()) => answer.map(Some),
+                () = watch => Ok(None),
+            }
+        })
+    }
+
+    /// The text answer to `GET path` (at most 1 MiB), within `first_token_timeout`.
+    pub fn text(&self, path: &str) -> Result<String, RemoteError> {
+        let (this, path) = (self.clone(), path.to_string());
+        http::wait(async move {
+            let deadline = Instant::now() + this.first_token_timeout;
+            let resp = this
+                .request(Method::GET, &path, None, deadline, "waiting for the answer")
+                .await?;
+            match read_limited(resp, 1 << 20, deadline).await {
+                Ok(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+                Err(Read::TimedOut) => Err(this.timeout("reading the answer")),
+                Err(Read::TooLarge) => Err(RemoteError::bad_response(
+                    this.engine(),
+                    &this.at(),
+                    format!("the answer to GET {path} is larger than 1 MiB"),
+                )),
+                Err(Read::Failed(e)) => Err(this.transport_error(e, "reading the answer")),
+            }
+        })
+    }
+
     pub fn timeout(&self, waiting_for: &str) -> RemoteError {
         RemoteError::timeout(
             self.engine(),

@@ -143,6 +143,10 @@ pub struct Timings {
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values were already in the cache.
     pub reused_tokens: usize,
+    /// Prompt tokens this request ran through the model (a cancelled request: those it started).
+    pub computed_tokens: usize,
+    /// Of those, the ones whose work was lost: a prefill chunk cancelled part of the way through.
+    pub discarded_tokens: usize,
     pub generated_tokens: usize,
     /// Speculative decoding: tokens drafted and verified, and how many of them the model agreed with.
     pub drafted_tokens: usize,

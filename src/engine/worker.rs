@@ -5,11 +5,12 @@
 //! cache forgets the rest. A panic inside a request is caught, the cache is reset, and the thread goes on
 //! serving.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -30,6 +31,14 @@ const PREFILL_CHUNK: usize = 256;
 /// costs 1.7 single steps, 9 tokens 3.6, and holes cut from real code accepted 62% of 3-token drafts
 /// (1.5x fewer passes per token) against 40% of 8-token ones (1.1x).
 const MAX_DRAFT: usize = 3;
+
+/// Prompt tokens at the end computed as a chunk of their own (see `Worker::generate`).
+const TAIL_CHUNK: usize = 16;
+
+/// How long a cancelled prefill goes on waiting for the request that replaces it (an editor cancels the
+/// running request, then asks again after the keystroke): when that one shares the chunk in progress, the
+/// chunk is finished for it instead of thrown away.
+const TAKEOVER_WAIT: Duration = Duration::from_millis(150);
 
 pub struct Job {
     pub req: GenerateRequest,
@@ -117,6 +126,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         tokenizer: loaded.tokenizer,
         cache,
         cached: Vec::new(),
+        early: VecDeque::new(),
     };
     pool.install(|| worker.serve(jobs));
 }
@@ -144,19 +154,23 @@ struct Worker {
     /// The tokens whose keys and values are in `cache` (always `cache.len()` of them).
     cached: Vec<u32>,
     eog: HashSet<u32>,
+    /// Jobs taken from the queue while a cancelled prefill looked for the request replacing it; served
+    /// first, in order.
+    early: VecDeque<Job>,
 }
 
 impl Worker {
     fn serve(&mut self, jobs: Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
+        while let Some(job) = self.early.pop_front().or_else(|| jobs.recv().ok()) {
             let Job {
                 mut req,
                 events,
                 queued,
             } = job;
             let queue_ms = queued.elapsed().as_secs_f64() * 1e3;
-            let result =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.generate(&mut req, &events)));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.generate(&mut req, &events, &jobs)
+            }));
             let result = match result {
                 Ok(r) => r,
                 Err(panic) => {
@@ -205,6 +219,7 @@ impl Worker {
         &mut self,
         req: &mut GenerateRequest,
         events: &UnboundedSender<Event>,
+        jobs: &Receiver<Job>,
     ) -> Result<Outcome> {
         let mut timings = Timings {
             prompt_tokens: req.prompt.len(),
@@ -221,19 +236,30 @@ impl Worker {
         self.cached.truncate(reuse);
         timings.reused_tokens = reuse;
         let mut logits = None;
-        for chunk in req.prompt[reuse..].chunks(PREFILL_CHUNK) {
+        let cancelled_at = Cell::new(None);
+        // The prompt's last tokens are what the next keystroke changes: computed on their own, they leave
+        // the chunks before them shareable with the request that replaces this one.
+        let todo = &req.prompt[reuse..];
+        let (body, tail) = todo.split_at(todo.len().saturating_sub(TAIL_CHUNK));
+        for chunk in body.chunks(PREFILL_CHUNK).chain(tail.chunks(PREFILL_CHUNK)) {
             if req.cancel.is_cancelled() {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
             }
-            let cancel = req.cancel.clone();
+            timings.computed_tokens += chunk.len();
+            let through = &req.prompt[..self.cached.len() + chunk.len()];
+            let early = RefCell::new(&mut self.early);
+            let stop = || {
+                req.cancel.is_cancelled()
+                    && !taken_over(&mut early.borrow_mut(), jobs, through, &cancelled_at)
+            };
             match self
                 .model
-                .forward_cancellable(chunk, &mut self.cache, Logits::Last, &|| {
-                    cancel.is_cancelled()
-                }) {
+                .forward_cancellable(chunk, &mut self.cache, Logits::Last, &stop)
+            {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
+                    timings.discarded_tokens = chunk.len();
                     timings.prefill_ms = ms_since(t_prefill);
                     return Ok(Outcome::cancelled(timings));
                 }
@@ -411,6 +437,27 @@ impl Speculation {
             .collect();
         rows.truncate(vocab);
         rows
+    }
+}
+
+/// Whether a cancelled prefill should finish its chunk (the prompt `through` its end) for the request that
+/// replaces it: yes when the newest request not cancelled starts with all of it; while none has come, for
+/// [`TAKEOVER_WAIT`] after the cancel was first seen (`cancelled_at`). Jobs read from the queue to find out
+/// go to `early`.
+fn taken_over(
+    early: &mut VecDeque<Job>,
+    jobs: &Receiver<Job>,
+    through: &[u32],
+    cancelled_at: &Cell<Option<Instant>>,
+) -> bool {
+    early.extend(jobs.try_iter());
+    match early.iter().rev().find(|j| !j.req.cancel.is_cancelled()) {
+        Some(next) => next.req.prompt.starts_with(through),
+        None => {
+            let since = cancelled_at.get().unwrap_or_else(Instant::now);
+            cancelled_at.set(Some(since));
+            since.elapsed() < TAKEOVER_WAIT
+        }
     }
 }
 

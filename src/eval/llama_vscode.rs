@@ -11,6 +11,8 @@
 //! the cursor, which llama.vscode's automatic trigger skips (its manual trigger does not); no extra
 //! context chunks (one file) and no result cache.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -198,6 +200,44 @@ fn remove_leading_spaces(text: &str, n: usize) -> String {
     text[start..].to_string()
 }
 
+/// Options llama.vscode's default launch command gives llama-server (`llama-vscode.launch_completion` in
+/// its package.json), besides the model, context and port.
+pub const SERVER_ARGS: &[&str] = &["-b", "1024", "-ub", "1024", "--cache-reuse", "256"];
+
+/// One `/infill` answer: the suggestion llama.vscode shows, and the prompt tokens the server computed for
+/// it (`timings.prompt_n`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Infilled {
+    pub suggestion: String,
+    pub computed_tokens: usize,
+}
+
+/// The server's prompt token counters since it started (`/metrics`, which needs `--metrics`): computed,
+/// aborted requests included, and taken from the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PromptCounters {
+    pub computed_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+impl PromptCounters {
+    /// Reads `llamacpp:prompt_tokens_total` and `llamacpp:prompt_tokens_cached_total` from Prometheus text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let value = |name: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map(|v| v as usize)
+                .with_context(|| format!("/metrics has no number for {name}"))
+        };
+        Ok(Self {
+            computed_tokens: value("llamacpp:prompt_tokens_total")?,
+            cached_tokens: value("llamacpp:prompt_tokens_cached_total")?,
+        })
+    }
+}
+
 /// A llama.cpp server asked the way llama.vscode asks it.
 pub struct LlamaVscode {
     client: Client,
@@ -219,25 +259,49 @@ impl LlamaVscode {
     }
 }
 
+impl LlamaVscode {
+    /// One `/infill` for a cursor between `prefix` and `suffix`; `None` once `cancelled` is set: the
+    /// connection is dropped, which is how llama.vscode aborts the request a new keystroke replaces.
+    pub fn infill_cancellable(
+        &self,
+        prefix: &str,
+        suffix: &str,
+        cancelled: Arc<AtomicBool>,
+    ) -> Result<Option<Infilled>> {
+        let req = Request::new(prefix, suffix);
+        let body = req.body(self.max_tokens, self.time_limit);
+        let Some(answer) = self
+            .client
+            .json_cancellable("POST", "/infill", Some(&body), cancelled)
+            .context("POST /infill")?
+        else {
+            return Ok(None);
+        };
+        let Some(content) = answer.get("content").and_then(Value::as_str) else {
+            bail!("/infill answered without a `content` string: {answer}");
+        };
+        let timing = |k: &str| answer["timings"][k].as_u64().unwrap_or(0) as usize;
+        Ok(Some(Infilled {
+            suggestion: req.suggestion(content),
+            computed_tokens: timing("prompt_n"),
+        }))
+    }
+
+    /// The server's prompt token counters (it must run with `--metrics`).
+    pub fn counters(&self) -> Result<PromptCounters> {
+        let text = self.client.text("/metrics").context("GET /metrics")?;
+        PromptCounters::parse(&text)
+    }
+}
+
 impl Infiller for LlamaVscode {
     fn name(&self) -> &str {
         "llama.cpp /infill"
     }
 
     fn infill(&mut self, prefix: &str, suffix: &str) -> Result<String> {
-        let req = Request::new(prefix, suffix);
-        let answer = self
-            .client
-            .json(
-                "POST",
-                "/infill",
-                Some(&req.body(self.max_tokens, self.time_limit)),
-            )
-            .context("POST /infill")?;
-        let Some(content) = answer.get("content").and_then(Value::as_str) else {
-            bail!("/infill answered without a `content` string: {answer}");
-        };
-        Ok(req.suggestion(content))
+        let answer = self.infill_cancellable(prefix, suffix, Arc::default())?;
+        Ok(answer.expect("nothing cancels it").suggestion)
     }
 }
 
@@ -301,6 +365,19 @@ mod tests {
         // On the last line nothing is compared with the lines below.
         let r = Request::new("x = 1\n", "");
         assert_eq!(r.suggestion("y = 2\nz = 3"), "y = 2\nz = 3");
+    }
+
+    #[test]
+    fn prompt_counters_from_prometheus_text() {
+        let text = "# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.\n\
+                    # TYPE llamacpp:prompt_tokens_total counter\n\
+                    llamacpp:prompt_tokens_total 1234\n\
+                    llamacpp:prompt_tokens_cached_total 5678\n\
+                    llamacpp:prompt_seconds_total 9.5\n";
+        let c = PromptCounters::parse(text).unwrap();
+        assert_eq!((c.computed_tokens, c.cached_tokens), (1234, 5678));
+        let e = PromptCounters::parse("llamacpp:prompt_tokens_total 3\n").unwrap_err();
+        assert!(e.to_string().contains("prompt_tokens_cached_total"), "{e}");
     }
 
     #[test]

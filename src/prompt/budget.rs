@@ -10,6 +10,12 @@ use serde::Serialize;
 /// The prefix's head moves in steps of this many lines.
 pub const HEAD_STEP_LINES: usize = 32;
 
+/// In PSM prompts the text before the cursor from the start of a line whose index is a multiple of this
+/// goes after the middle marker, as if the model had written it (llama.cpp's `/infill` does the same with
+/// the cursor's line): typing then changes only the prompt's end, and the suffix stays in the model's cache
+/// until the cursor crosses such a line.
+pub const MIDDLE_STEP_LINES: usize = 16;
+
 /// Lines dropped to fit the budget.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Truncation {
@@ -62,6 +68,21 @@ pub fn fit_prefix(prefix: &str, budget: usize, count: &dyn Fn(&str) -> usize) ->
             return (starts[line], line);
         }
         line += HEAD_STEP_LINES.min(n_lines - line).max(1);
+    }
+}
+
+/// Where the middle starts in `prefix` (see [`MIDDLE_STEP_LINES`]): the start of the last line whose
+/// index is a positive multiple of the step, when that is after `kept` (where the kept prefix starts);
+/// otherwise `prefix.len()`, no middle.
+pub fn middle_start(prefix: &str, kept: usize) -> usize {
+    let line = prefix.matches('\n').count() / MIDDLE_STEP_LINES * MIDDLE_STEP_LINES;
+    let start = line
+        .checked_sub(1)
+        .and_then(|n| prefix.match_indices('\n').nth(n))
+        .map(|(i, _)| i + 1);
+    match start {
+        Some(at) if at > kept => at,
+        _ => prefix.len(),
     }
 }
 
@@ -190,6 +211,23 @@ mod tests {
 
     fn numbered(n: usize) -> String {
         (0..n).map(|i| format!("line {i:03}\n")).collect()
+    }
+
+    #[test]
+    fn the_middle_starts_at_a_line_that_moves_in_steps() {
+        let text = numbered(40);
+        let line = |i: usize| text.find(&format!("line {i:03}")).unwrap();
+        // Typing on lines 16..32 keeps the middle at line 16; from line 32 on it starts there.
+        for cursor in [line(16), line(20) + 3, line(31) + 8] {
+            assert_eq!(middle_start(&text[..cursor], 0), line(16), "{cursor}");
+        }
+        assert_eq!(middle_start(&text[..line(33) + 2], 0), line(32));
+        // Above the first step, or where the kept prefix starts after the step's line: no middle.
+        let top = &text[..line(15) + 4];
+        assert_eq!(middle_start(top, 0), top.len());
+        let cut = &text[..line(20)];
+        assert_eq!(middle_start(cut, line(16)), cut.len());
+        assert_eq!(middle_start("", 0), 0);
     }
 
     #[test]

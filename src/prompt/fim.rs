@@ -190,16 +190,26 @@ pub fn repo_context(
     ids
 }
 
-/// Assembles the prompt ids. `prefix`/`suffix` are already cut to the budget; `head` (repository-level
-/// context, or nothing) goes right after BOS.
+/// The prompt's text: `prefix` and `suffix` already cut to the budget, and `middle`, the end of the text
+/// before the cursor placed after the middle marker in PSM, as if the model had written it (empty otherwise).
+pub struct Parts<'a> {
+    pub prefix: &'a str,
+    pub middle: &'a str,
+    pub suffix: &'a str,
+}
+
+/// Assembles the prompt ids; `head` (repository-level context, or nothing) goes right after BOS.
 pub fn assemble(
     tok: &Tokenizer,
     template: FimTemplate,
     markers: Option<&Markers>,
     order: FimOrder,
     head: &[u32],
-    prefix: &str,
-    suffix: &str,
+    Parts {
+        prefix,
+        middle,
+        suffix,
+    }: Parts,
 ) -> Vec<u32> {
     let mut ids = Vec::new();
     if tok.add_bos() {
@@ -225,6 +235,7 @@ pub fn assemble(
             ids.push(m.suffix);
             ids.extend(enc_suffix);
             ids.push(m.middle);
+            ids.extend(tok.encode(middle, false));
         }
     }
     ids

@@ -204,10 +204,22 @@ impl PromptBuilder {
         for _ in 0..4 {
             let (pstart, pdrop) = budget::fit_prefix(prefix_text, pb, &count);
             let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
-            let prefix = if extra.is_empty() {
-                std::borrow::Cow::Borrowed(&prefix_text[pstart..])
+            // Only where PSM is all the model knows: elsewhere SPM keeps the cache valid while typing,
+            // and a PSM prompt asked for stays the reference layout.
+            let mid = if self.markers.is_some() && !self.template.supports_spm() {
+                budget::middle_start(prefix_text, pstart)
             } else {
-                std::borrow::Cow::Owned(format!("{extra}{}", &prefix_text[pstart..]))
+                prefix_text.len()
+            };
+            let prefix = if extra.is_empty() {
+                std::borrow::Cow::Borrowed(&prefix_text[pstart..mid])
+            } else {
+                std::borrow::Cow::Owned(format!("{extra}{}", &prefix_text[pstart..mid]))
+            };
+            let parts = fim::Parts {
+                prefix: &prefix,
+                middle: &prefix_text[mid..],
+                suffix: &suffix[..slen],
             };
             let ids = fim::assemble(
                 &self.tokenizer,
@@ -215,8 +227,7 @@ impl PromptBuilder {
                 self.markers.as_ref(),
                 order,
                 &repo_ids,
-                &prefix,
-                &suffix[..slen],
+                parts,
             );
             let limit = context_window - max_tokens;
             if ids.len() <= limit {

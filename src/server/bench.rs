@@ -123,24 +123,29 @@ fn run_replay_cli(
         args.file.clone()
     };
     let Some(minutes) = args.soak else {
-        let tally = run_replay(&opts.server, &files, &opts.settings, args)?;
-        println!("{}", tally.render());
+        let tally = match &settings.llama_server {
+            Some(binary) => {
+                let model = gguf_model(&opts.settings, "llama.cpp's server")?;
+                let [ours, llama] =
+                    run_replay_pair(&opts.server, &files, &opts.settings, args, binary, &model)?;
+                println!("ours:\n{}\n", ours.render());
+                println!("llama.cpp:\n{}\n", llama.render());
+                println!("{}", replay_table(&ours, &llama));
+                ours
+            }
+            None => {
+                let tally = run_replay(&opts.server, &files, &opts.settings, args)?;
+                println!("{}", tally.render());
+                tally
+            }
+        };
         return if tally.answered_once() {
             Ok(())
         } else {
             bail!("not every request was answered exactly once")
         };
     };
-    let named = opts.settings.get("model").and_then(Value::as_str);
-    let model = match crate::engine::resolve::resolve(named)? {
-        crate::engine::resolve::ModelSource::Gguf(p) => p,
-        crate::engine::resolve::ModelSource::HfDir(d) => {
-            bail!(
-                "the soak switches between GGUF files; {} is not one",
-                d.display()
-            )
-        }
-    };
+    let model = gguf_model(&opts.settings, "the soak")?;
     let soak = super::soak::SoakOptions {
         server: opts.server,
         files,
@@ -166,6 +171,151 @@ fn run_replay_cli(
         bail!("not every request was answered exactly once");
     }
     Ok(())
+}
+
+/// The GGUF file the `model` setting names (`who` needs one).
+fn gguf_model(settings: &Map<String, Value>, who: &str) -> anyhow::Result<PathBuf> {
+    let named = settings.get("model").and_then(Value::as_str);
+    match crate::engine::resolve::resolve(named)? {
+        crate::engine::resolve::ModelSource::Gguf(p) => Ok(p),
+        crate::engine::resolve::ModelSource::HfDir(d) => {
+            bail!("{who} needs a GGUF file; {} is not one", d.display())
+        }
+    }
+}
+
+/// How long one server types before the other takes the same steps.
+const SLICE: Duration = Duration::from_secs(20);
+
+/// The typing replay against our server and llama.cpp's (driven as llama.vscode drives it) in turns of
+/// [`SLICE`]: ours types until a pause ends, llama.cpp's then gets the same steps, and so on for
+/// `args.seconds` each, so that both see the same script and the machine's noise hits both.
+fn run_replay_pair(
+    server: &Path,
+    files: &[PathBuf],
+    settings: &Map<String, Value>,
+    args: &LspBenchArgs,
+    llama_server: &Path,
+    model: &Path,
+) -> anyhow::Result<[super::replay::Tally; 2]> {
+    use super::replay::{Replay, Script};
+    use super::replay_llama::LlamaVscodeTarget;
+    use crate::eval::llama_vscode::{LlamaVscode, SERVER_ARGS};
+    let setting = |k: &str, default: usize| {
+        settings
+            .get(k)
+            .and_then(|v| v.as_str().and_then(|s| s.parse().ok()).or(v.as_u64()))
+            .map_or(default, |v| v as usize)
+    };
+    let timeout = Duration::from_secs(300);
+    let (mut lsp, name, _, load_ms) = start_server(server, settings, timeout)?;
+    let args_with_metrics: Vec<&str> = SERVER_ARGS.iter().copied().chain(["--metrics"]).collect();
+    let llama = crate::bench::LlamaServer::start(
+        llama_server,
+        model,
+        // Ours defaults to one thread per core too.
+        setting(
+            "threads",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
+        setting("context_window", 2048),
+        &args_with_metrics,
+    )?;
+    // llama.vscode's defaults: n_predict 128, t_max_predict_ms 500.
+    let mut target = LlamaVscodeTarget::new(LlamaVscode::new(&llama.url, 128, true)?)?;
+    println!(
+        "typing replay, ours and llama.cpp's server ({}) in turns of {} s: {:.0} s each over {}, seed {}; model {} loaded in {load_ms:.0} ms",
+        llama_server.display(),
+        SLICE.as_secs(),
+        args.seconds,
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.seed,
+        name.as_deref().unwrap_or("default"),
+    );
+    let mut ours = Replay::new(Script::read(files, args.seed)?);
+    let mut theirs = Replay::new(Script::read(files, args.seed)?);
+    let fail = |e: String, lsp: &LspProcess| anyhow::anyhow!("{e}\nserver log:\n{}", lsp.stderr());
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < 2.0 * args.seconds {
+        let steps = ours
+            .run_slice(&mut lsp, Instant::now() + SLICE)
+            .map_err(|e| fail(e, &lsp))?;
+        ours.settle(&mut lsp, timeout).map_err(|e| fail(e, &lsp))?;
+        theirs
+            .run_steps(&mut target, steps)
+            .map_err(anyhow::Error::msg)?;
+        theirs
+            .settle(&mut target, timeout)
+            .map_err(anyhow::Error::msg)?;
+    }
+    let ours = ours
+        .finish(&mut lsp, timeout)
+        .map_err(|e| fail(e, &lsp))?
+        .clone();
+    let mut theirs = theirs
+        .finish(&mut target, timeout)
+        .map_err(anyhow::Error::msg)?
+        .clone();
+    theirs.totals = target.totals()?;
+    let _ = lsp.shutdown(Duration::from_secs(10));
+    Ok([ours, theirs])
+}
+
+/// Ours next to llama.cpp's, as a Markdown table.
+fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
+    type Row = (&'static str, fn(&super::replay::Tally) -> String);
+    let rows: [Row; 8] = [
+        ("keystrokes (requests)", |t| t.keystrokes.to_string()),
+        ("burst end → suggestion p50 / p95 (ms)", |t| {
+            let (p50, p95) = t.suggestion_percentiles();
+            if t.suggestion_ms.is_empty() {
+                "- (no suggestion in a pause)".to_string()
+            } else {
+                format!("{p50:.0} / {p95:.0}")
+            }
+        }),
+        ("pauses with a suggestion", |t| {
+            pct_of(t.pauses_with_suggestion, t.pauses)
+        }),
+        ("pauses ≥ 1 s with a suggestion", |t| {
+            pct_of(t.long_pauses_with_suggestion, t.long_pauses)
+        }),
+        ("prompt tokens reused", |t| {
+            t.totals.reused_tokens.to_string()
+        }),
+        ("prompt tokens computed", |t| {
+            t.totals.computed_tokens.to_string()
+        }),
+        ("of them for cancelled requests", |t| {
+            t.totals.cancelled_computed_tokens.to_string()
+        }),
+        ("of them lost part-way through a step", |t| {
+            t.totals.discarded_tokens.to_string()
+        }),
+    ];
+    let mut out =
+        String::from("| typing replay | ours | llama.cpp (llama.vscode's way) |\n|---|---|---|\n");
+    for (name, f) in rows {
+        let theirs = if name.starts_with("of them lost") {
+            "not reported".to_string()
+        } else {
+            f(llama)
+        };
+        out.push_str(&format!("| {name} | {} | {theirs} |\n", f(ours)));
+    }
+    out
+}
+
+fn pct_of(a: usize, b: usize) -> String {
+    if b == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.0}% ({a}/{b})", 100.0 * a as f64 / b as f64)
+    }
 }
 
 /// The typing replay for `args.seconds` against a fresh server.

@@ -403,6 +403,8 @@ impl Job {
             uri = self.uri,
             prompt_tokens = t.prompt_tokens,
             reused_tokens = t.reused_tokens,
+            computed_tokens = t.computed_tokens,
+            discarded_tokens = t.discarded_tokens,
             generated_tokens = t.generated_tokens,
             prepare_ms = format!("{prepare_ms:.1}"),
             queue_ms = format!("{:.1}", t.queue_ms),
@@ -415,11 +417,13 @@ impl Job {
             stop = ?completion.stop_reason,
             "completion"
         );
+        let timings = StatusTimings::new(t, total_ms);
+        status.count(&timings, completion.stop_reason == StopReason::Cancelled);
         if completion.stop_reason == StopReason::Cancelled {
             // Nobody sees this one: the status keeps the timings of the last suggestion that was answered.
             return None;
         }
-        status.set_timings(StatusTimings::new(t, total_ms));
+        status.set_timings(timings);
         Some(completion.completion.into())
     }
 }

@@ -23,6 +23,7 @@ mod logging;
 pub mod model;
 mod pipeline;
 pub mod replay;
+pub mod replay_llama;
 pub mod soak;
 pub mod status;
 pub mod stdio_client;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::bench::{function_bodies, language_of, percentile};
+use super::status::PromptTotals;
 use super::stdio_client::LspProcess;
 use crate::documents::{Document, Pos, PositionEncoding};
 
@@ -353,13 +354,25 @@ pub struct Tally {
     /// from that keystroke to the suggestion (ms).
     pub pauses_with_suggestion: usize,
     pub suggestion_ms: Vec<f64>,
-    /// From the `codellama/status` timings: generations reported (cancelled ones too), prompt and reused tokens.
-    pub generations: usize,
-    pub prompt_tokens: usize,
-    pub reused_tokens: usize,
+    /// Pauses of at least [`LONG_PAUSE`], and of them those with a suggestion.
+    pub long_pauses: usize,
+    pub long_pauses_with_suggestion: usize,
+    /// Prompt tokens over every generation, cancelled ones included, as the server last reported them.
+    pub totals: PromptTotals,
     /// `window/showMessage` errors and warnings, and the first distinct texts.
     pub shown: usize,
     pub shown_texts: Vec<String>,
+}
+
+/// Pauses this long are the ones the issue's goal counts ("≥ 90% of pauses of 1 s get a suggestion").
+pub const LONG_PAUSE: Duration = Duration::from_secs(1);
+
+fn pct(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
 }
 
 impl Tally {
@@ -368,22 +381,22 @@ impl Tally {
         self.unanswered == 0 && self.answered_twice == 0 && self.unknown_answers == 0
     }
 
-    /// The human-readable account.
-    pub fn render(&self) -> String {
+    /// p50 and p95 of the times from a burst's last keystroke to its suggestion (ms).
+    pub fn suggestion_percentiles(&self) -> (f64, f64) {
         let mut ms = self.suggestion_ms.clone();
         ms.sort_by(f64::total_cmp);
-        let pct = |a: usize, b: usize| {
-            if b == 0 {
-                0.0
-            } else {
-                100.0 * a as f64 / b as f64
-            }
-        };
+        (percentile(&ms, 0.5), percentile(&ms, 0.95))
+    }
+
+    /// The human-readable account.
+    pub fn render(&self) -> String {
+        let (p50, p95) = self.suggestion_percentiles();
+        let t = &self.totals;
         format!(
             "requests: {req} for {keys} keystrokes; results {res} ({sug} non-empty), cancelled {can}, other errors {err}\n\
              answered once: {once}; answered twice: {twice}; unanswered: {un}; answers to unknown ids: {unk}\n\
-             pauses: {p}, with a suggestion before the next keystroke: {pp:.1}% ({pw}); last keystroke to suggestion: p50 {p50:.0} ms, p95 {p95:.0} ms\n\
-             prompt tokens of the {g} generations codellama/status reported: {pt}, reused {ru} ({rp:.1}%), computed {cp}; thrown away by cancelled requests: not reported by the server\n\
+             pauses: {p}, with a suggestion before the next keystroke: {pp:.1}% ({pw}); of {lp} pauses ≥ 1 s: {lpp:.1}%; last keystroke to suggestion: p50 {p50:.0} ms, p95 {p95:.0} ms\n\
+             prompt tokens over {g} generations ({gc} cancelled): reused {ru}, computed {cp} ({rp:.1}% reused); computed for cancelled requests {cc}, of it lost part-way through a prefill step {ds}\n\
              errors/warnings shown: {shown}{texts}",
             req = self.requests,
             keys = self.keystrokes,
@@ -398,13 +411,15 @@ impl Tally {
             p = self.pauses,
             pp = pct(self.pauses_with_suggestion, self.pauses),
             pw = self.pauses_with_suggestion,
-            p50 = percentile(&ms, 0.5),
-            p95 = percentile(&ms, 0.95),
-            g = self.generations,
-            pt = self.prompt_tokens,
-            ru = self.reused_tokens,
-            rp = pct(self.reused_tokens, self.prompt_tokens),
-            cp = self.prompt_tokens - self.reused_tokens.min(self.prompt_tokens),
+            lp = self.long_pauses,
+            lpp = pct(self.long_pauses_with_suggestion, self.long_pauses),
+            g = t.generations,
+            gc = t.cancelled,
+            ru = t.reused_tokens,
+            cp = t.computed_tokens,
+            rp = pct(t.reused_tokens, t.reused_tokens + t.computed_tokens),
+            cc = t.cancelled_computed_tokens,
+            ds = t.discarded_tokens,
             shown = self.shown,
             texts = self
                 .shown_texts
@@ -417,6 +432,132 @@ impl Tally {
 
 /// Distinct shown texts kept in the tally.
 const SHOWN_TEXTS: usize = 8;
+
+/// What a server answered to a completion request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// A result; `true` when it holds a suggestion.
+    Result(bool),
+    Cancelled,
+    Error,
+}
+
+/// What a server under replay reports.
+#[derive(Debug, Clone)]
+pub enum Report {
+    Answer {
+        id: i64,
+        answer: Answer,
+    },
+    /// Its prompt token totals so far.
+    Totals(PromptTotals),
+    /// An error or warning shown to the user.
+    Shown(String),
+    /// Anything else (other notifications).
+    Other,
+}
+
+/// A server the replay plays against: ours over LSP, or llama.cpp's as llama.vscode drives it.
+pub trait Target {
+    /// A step that asks for nothing: `Open` and `Reset`.
+    fn document(&mut self, step: &Step) -> Result<(), String>;
+    /// A `Step::Key`: cancels `running` (the previous request, still unanswered) as the editor does, applies
+    /// the edit and asks for a completion at the cursor. Returns the new request's id.
+    fn keystroke(&mut self, step: &Step, running: Option<i64>) -> Result<i64, String>;
+    /// The next report, or `None` once `until` has passed.
+    fn next_report(&mut self, until: Instant) -> Result<Option<Report>, String>;
+}
+
+impl Target for LspProcess {
+    fn document(&mut self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::Open {
+                uri,
+                language,
+                text,
+            } => self.notify(
+                "textDocument/didOpen",
+                json!({"textDocument": {"uri": uri, "languageId": language, "version": 1, "text": text}}),
+            ),
+            Step::Reset { uri, version, text } => self.notify(
+                "textDocument/didChange",
+                json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}),
+            ),
+            Step::Key { .. } | Step::Pause(_) => {}
+        }
+        Ok(())
+    }
+
+    fn keystroke(&mut self, step: &Step, running: Option<i64>) -> Result<i64, String> {
+        let Step::Key {
+            uri,
+            version,
+            start,
+            end,
+            text,
+            cursor,
+            ..
+        } = step
+        else {
+            return Err(format!("not a keystroke: {step:?}"));
+        };
+        // VS Code cancels the running request when the user types on.
+        if let Some(id) = running {
+            self.cancel(id);
+        }
+        let pos = |p: &Pos| json!({"line": p.line, "character": p.character});
+        self.notify(
+            "textDocument/didChange",
+            json!({
+                "textDocument": {"uri": uri, "version": version},
+                "contentChanges": [{"range": {"start": pos(start), "end": pos(end)}, "text": text}],
+            }),
+        );
+        Ok(self.request(
+            "textDocument/inlineCompletion",
+            json!({"textDocument": {"uri": uri}, "position": pos(cursor), "context": {"triggerKind": 2}}),
+        ))
+    }
+
+    fn next_report(&mut self, until: Instant) -> Result<Option<Report>, String> {
+        let Some(msg) = self.next_message(until)? else {
+            return Ok(None);
+        };
+        Ok(Some(lsp_report(&msg)))
+    }
+}
+
+/// What an LSP message from our server means to the replay.
+fn lsp_report(msg: &Value) -> Report {
+    match msg.get("method").and_then(Value::as_str) {
+        Some("codellama/status") => {
+            let totals = msg["params"].get("totals").cloned();
+            return match totals.map(serde_json::from_value::<PromptTotals>) {
+                Some(Ok(t)) => Report::Totals(t),
+                _ => Report::Other,
+            };
+        }
+        Some("window/showMessage") if msg["params"]["type"].as_u64().is_some_and(|k| k <= 2) => {
+            let text = msg["params"]["message"].as_str().unwrap_or("").to_string();
+            return Report::Shown(text);
+        }
+        Some(_) => return Report::Other,
+        None => {}
+    }
+    let Some(id) = msg.get("id").and_then(Value::as_i64) else {
+        return Report::Other;
+    };
+    let answer = match msg.get("error") {
+        Some(e) if e["code"].as_i64() == Some(CANCELLED) => Answer::Cancelled,
+        Some(_) => Answer::Error,
+        None => Answer::Result(
+            msg["result"]["items"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+        ),
+    };
+    Report::Answer { id, answer }
+}
 
 /// The script played against a server, and the account of its requests.
 pub struct Replay {
@@ -444,55 +585,56 @@ impl Replay {
         }
     }
 
-    /// Plays the script until `deadline` (the step under way is finished).
-    pub fn run_until(&mut self, server: &mut LspProcess, deadline: Instant) -> Result<(), String> {
+    /// Plays the script until `deadline` (the step under way is finished). Returns the steps played.
+    pub fn run_until(
+        &mut self,
+        server: &mut dyn Target,
+        deadline: Instant,
+    ) -> Result<usize, String> {
+        let mut steps = 0;
         while Instant::now() < deadline {
+            let step = self.script.next_step();
+            self.play(server, step)?;
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    /// Plays the script until `deadline` and on to the end of that burst's pause, so that another server can
+    /// take the next steps. Returns the steps played.
+    pub fn run_slice(
+        &mut self,
+        server: &mut dyn Target,
+        deadline: Instant,
+    ) -> Result<usize, String> {
+        let mut steps = 0;
+        loop {
+            let step = self.script.next_step();
+            let pause = matches!(step, Step::Pause(_));
+            self.play(server, step)?;
+            steps += 1;
+            if pause && Instant::now() >= deadline {
+                return Ok(steps);
+            }
+        }
+    }
+
+    /// Plays the next `n` steps.
+    pub fn run_steps(&mut self, server: &mut dyn Target, n: usize) -> Result<(), String> {
+        for _ in 0..n {
             let step = self.script.next_step();
             self.play(server, step)?;
         }
         Ok(())
     }
 
-    fn play(&mut self, server: &mut LspProcess, step: Step) -> Result<(), String> {
+    fn play(&mut self, server: &mut dyn Target, step: Step) -> Result<(), String> {
         match step {
-            Step::Open {
-                uri,
-                language,
-                text,
-            } => server.notify(
-                "textDocument/didOpen",
-                json!({"textDocument": {"uri": uri, "languageId": language, "version": 1, "text": text}}),
-            ),
-            Step::Reset { uri, version, text } => server.notify(
-                "textDocument/didChange",
-                json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}),
-            ),
-            Step::Key {
-                delay,
-                uri,
-                version,
-                start,
-                end,
-                text,
-                cursor,
-            } => {
+            Step::Open { .. } | Step::Reset { .. } => server.document(&step)?,
+            Step::Key { delay, .. } => {
                 self.pump(server, Instant::now() + delay)?;
-                // VS Code cancels the running request when the user types on.
-                if let Some(id) = self.last.filter(|id| self.pending.contains_key(id)) {
-                    server.cancel(id);
-                }
-                let pos = |p: Pos| json!({"line": p.line, "character": p.character});
-                server.notify(
-                    "textDocument/didChange",
-                    json!({
-                        "textDocument": {"uri": uri, "version": version},
-                        "contentChanges": [{"range": {"start": pos(start), "end": pos(end)}, "text": text}],
-                    }),
-                );
-                let id = server.request(
-                    "textDocument/inlineCompletion",
-                    json!({"textDocument": {"uri": uri}, "position": pos(cursor), "context": {"triggerKind": 2}}),
-                );
+                let running = self.last.filter(|id| self.pending.contains_key(id));
+                let id = server.keystroke(&step, running)?;
                 let now = Instant::now();
                 self.pending.insert(id, now);
                 (self.last, self.last_key, self.last_answer) = (Some(id), now, None);
@@ -501,52 +643,45 @@ impl Replay {
             }
             Step::Pause(d) => {
                 self.pump(server, Instant::now() + d)?;
-                self.tally.pauses += 1;
+                let t = &mut self.tally;
+                t.pauses += 1;
+                let long = d >= LONG_PAUSE;
+                t.long_pauses += usize::from(long);
                 if let Some((at, true)) = self.last_answer {
-                    self.tally.pauses_with_suggestion += 1;
+                    t.pauses_with_suggestion += 1;
+                    t.long_pauses_with_suggestion += usize::from(long);
                     let ms = at.duration_since(self.last_key).as_secs_f64() * 1e3;
-                    self.tally.suggestion_ms.push(ms);
+                    t.suggestion_ms.push(ms);
                 }
             }
         }
         Ok(())
     }
 
-    /// Takes what the server sends until `until`.
-    pub fn pump(&mut self, server: &mut LspProcess, until: Instant) -> Result<(), String> {
-        while let Some(msg) = server.next_message(until)? {
-            self.account(&msg);
+    /// Takes what the server reports until `until`.
+    pub fn pump(&mut self, server: &mut dyn Target, until: Instant) -> Result<(), String> {
+        while let Some(report) = server.next_report(until)? {
+            self.account(report);
         }
         Ok(())
     }
 
-    fn account(&mut self, msg: &Value) {
+    fn account(&mut self, report: Report) {
         let t = &mut self.tally;
-        match msg.get("method").and_then(Value::as_str) {
-            Some("codellama/status") => {
-                if let Some(timings) = msg["params"].get("timings").filter(|v| v.is_object()) {
-                    let n = |k: &str| timings[k].as_u64().unwrap_or(0) as usize;
-                    t.generations += 1;
-                    t.prompt_tokens += n("prompt_tokens");
-                    t.reused_tokens += n("reused_tokens");
+        let (id, answer) = match report {
+            Report::Answer { id, answer } => (id, answer),
+            Report::Totals(totals) => {
+                t.totals = totals;
+                return;
+            }
+            Report::Shown(text) => {
+                t.shown += 1;
+                if t.shown_texts.len() < SHOWN_TEXTS && !t.shown_texts.contains(&text) {
+                    t.shown_texts.push(text);
                 }
                 return;
             }
-            Some("window/showMessage") => {
-                if msg["params"]["type"].as_u64().is_some_and(|k| k <= 2) {
-                    t.shown += 1;
-                    let text = msg["params"]["message"].as_str().unwrap_or("").to_string();
-                    if t.shown_texts.len() < SHOWN_TEXTS && !t.shown_texts.contains(&text) {
-                        t.shown_texts.push(text);
-                    }
-                }
-                return;
-            }
-            Some(_) => return,
-            None => {}
-        }
-        let Some(id) = msg.get("id").and_then(Value::as_i64) else {
-            return;
+            Report::Other => return,
         };
         if self.pending.remove(&id).is_none() {
             if self.answered.contains(&id) {
@@ -557,20 +692,17 @@ impl Replay {
             return;
         }
         self.answered.insert(id);
-        let non_empty = match msg.get("error") {
-            Some(e) if e["code"].as_i64() == Some(CANCELLED) => {
+        let non_empty = match answer {
+            Answer::Cancelled => {
                 t.cancelled += 1;
                 false
             }
-            Some(_) => {
+            Answer::Error => {
                 t.errors += 1;
                 false
             }
-            None => {
+            Answer::Result(some) => {
                 t.results += 1;
-                let some = msg["result"]["items"]
-                    .as_array()
-                    .is_some_and(|a| !a.is_empty());
                 t.suggestions += usize::from(some);
                 some
             }
@@ -580,9 +712,9 @@ impl Replay {
         }
     }
 
-    /// Waits up to `timeout` for the requests still running, then a second more for second answers, and
-    /// counts the requests left unanswered.
-    pub fn finish(&mut self, server: &mut LspProcess, timeout: Duration) -> Result<&Tally, String> {
+    /// Waits up to `timeout` for the requests still running (for a server to finish before another one
+    /// plays).
+    pub fn settle(&mut self, server: &mut dyn Target, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while !self.pending.is_empty() && Instant::now() < deadline {
             self.pump(
@@ -590,6 +722,13 @@ impl Replay {
                 deadline.min(Instant::now() + Duration::from_millis(100)),
             )?;
         }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the requests still running, then a second more for second answers, and
+    /// counts the requests left unanswered.
+    pub fn finish(&mut self, server: &mut dyn Target, timeout: Duration) -> Result<&Tally, String> {
+        self.settle(server, timeout)?;
         self.pump(server, Instant::now() + Duration::from_secs(1))?;
         self.tally.unanswered = self.pending.len();
         Ok(&self.tally)

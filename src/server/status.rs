@@ -1,7 +1,8 @@
 //! The `codellama/status` notification: what the server is doing, for the editor plugins' status display.
 //!
-//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings?, role? }`;
-//! `timings` come with the "ready" after a generation whose suggestion was answered (not one cancelled).
+//! `{ state: "loading"|"ready"|"generating"|"error", message?, progress? (0-100), model?, timings?, totals?, role? }`;
+//! `timings` come with the "ready" after a generation whose suggestion was answered (not one cancelled), and
+//! `totals` (prompt tokens over every generation, cancelled ones included) with every "ready" after one.
 //! Notifications go through one task so they reach the client in the order they were made, and "ready" is
 //! only sent once no generation is running any more. Those about the chat model's loading carry
 //! `role: "chat"`; all others are about the completion model and the server.
@@ -32,9 +33,38 @@ pub struct StatusTimings {
     pub decode_ms: f64,
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
+    /// Prompt tokens run through the model, and of those the ones whose work a cancel lost.
+    pub computed_tokens: usize,
+    pub discarded_tokens: usize,
     pub generated_tokens: usize,
     /// From the request's arrival to its answer.
     pub total_ms: f64,
+}
+
+/// Prompt tokens over many generations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTotals {
+    pub generations: usize,
+    pub cancelled: usize,
+    pub reused_tokens: usize,
+    pub computed_tokens: usize,
+    /// Computed for generations that were then cancelled (superseded or `$/cancelRequest`).
+    pub cancelled_computed_tokens: usize,
+    /// Computed and lost: prefill chunks cancelled part of the way through.
+    pub discarded_tokens: usize,
+}
+
+impl PromptTotals {
+    fn add(&mut self, t: &StatusTimings, cancelled: bool) {
+        self.generations += 1;
+        self.cancelled += usize::from(cancelled);
+        self.reused_tokens += t.reused_tokens;
+        self.computed_tokens += t.computed_tokens;
+        if cancelled {
+            self.cancelled_computed_tokens += t.computed_tokens;
+        }
+        self.discarded_tokens += t.discarded_tokens;
+    }
 }
 
 impl StatusTimings {
@@ -44,6 +74,8 @@ impl StatusTimings {
             decode_ms: round1(t.decode_ms),
             prompt_tokens: t.prompt_tokens,
             reused_tokens: t.reused_tokens,
+            computed_tokens: t.computed_tokens,
+            discarded_tokens: t.discarded_tokens,
             generated_tokens: t.generated_tokens,
             total_ms: round1(total_ms),
         }
@@ -77,6 +109,10 @@ pub struct StatusParams {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings: Option<StatusTimings>,
+    /// With the "ready" after a generation: prompt tokens over every generation since the server started,
+    /// the cancelled ones too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<PromptTotals>,
     /// `"chat"` for the chat model's loading; absent for the completion model and generations.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -90,6 +126,7 @@ impl StatusParams {
             progress: None,
             model: None,
             timings: None,
+            totals: None,
             role: None,
         }
     }
@@ -111,6 +148,7 @@ pub const METHOD: &str = "codellama/status";
 pub struct Status {
     tx: UnboundedSender<StatusParams>,
     generating: Arc<AtomicUsize>,
+    totals: Arc<std::sync::Mutex<PromptTotals>>,
     model: Arc<std::sync::Mutex<Option<String>>>,
     role: Option<&'static str>,
 }
@@ -127,6 +165,7 @@ impl Status {
         Self {
             tx,
             generating: Arc::new(AtomicUsize::new(0)),
+            totals: Arc::default(),
             model: Arc::default(),
             role: None,
         }
@@ -138,6 +177,7 @@ impl Status {
         Self {
             tx: self.tx.clone(),
             generating: self.generating.clone(),
+            totals: self.totals.clone(),
             model: Arc::default(),
             role: Some(role),
         }
@@ -217,16 +257,29 @@ pub struct GenerationStatus {
 }
 
 impl GenerationStatus {
+    /// Adds the generation's timings to the totals (`cancelled`: it was cancelled).
+    pub fn count(&self, timings: &StatusTimings, cancelled: bool) {
+        lock(&self.status.totals).add(timings, cancelled);
+    }
+
+    /// The timings the "ready" carries.
     pub fn set_timings(&mut self, timings: StatusTimings) {
         self.timings = Some(timings);
     }
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Drop for GenerationStatus {
     fn drop(&mut self) {
         if self.status.generating.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // The totals as they are now, with the generations that ended while this one ran.
+            let totals = *lock(&self.status.totals);
             self.status.send(StatusParams {
                 timings: self.timings.take(),
+                totals: Some(totals),
                 ..StatusParams::new(State::Ready)
             });
         }
@@ -236,6 +289,31 @@ impl Drop for GenerationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_count_cancelled_generations_apart() {
+        let t = |reused, computed, discarded| StatusTimings {
+            reused_tokens: reused,
+            computed_tokens: computed,
+            discarded_tokens: discarded,
+            ..StatusTimings::new(&Timings::default(), 0.0)
+        };
+        let mut totals = PromptTotals::default();
+        totals.add(&t(100, 20, 0), false);
+        totals.add(&t(90, 256, 200), true);
+        totals.add(&t(0, 0, 0), true);
+        assert_eq!(
+            totals,
+            PromptTotals {
+                generations: 3,
+                cancelled: 2,
+                reused_tokens: 190,
+                computed_tokens: 276,
+                cancelled_computed_tokens: 256,
+                discarded_tokens: 200,
+            }
+        );
+    }
 
     #[test]
     fn wire_format() {
