@@ -228,11 +228,7 @@ fn run_replay_pair(
         llama_server.display(),
         SLICE.as_secs(),
         args.seconds,
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        shown(files),
         args.seed,
         name.as_deref().unwrap_or("default"),
     );
@@ -332,11 +328,7 @@ fn run_replay(
     println!(
         "typing replay: {:.0} s over {}, seed {}; model {} loaded in {load_ms:.0} ms",
         args.seconds,
-        files
-            .iter()
-            .map(|f| f.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        shown(files),
         args.seed,
         model.as_deref().unwrap_or("default"),
     );
@@ -350,6 +342,12 @@ fn run_replay(
         .clone();
     let _ = lsp.shutdown(Duration::from_secs(10));
     Ok(tally)
+}
+
+/// The replayed files, for the header line.
+fn shown(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    names.join(", ")
 }
 
 /// The default file to type into, found from the working directory or beside the executable's checkout.

@@ -93,7 +93,8 @@ test('with no serverPath the bundled server runs, and a version unlike the exten
   assert.equal(state.messages.error.length, 0);
 });
 
-test('the real server: capabilities, ready status, inline completion, settings, explain, generate', needsServer, async (t) => {
+// The extension against the real server and the small model, with a Python document open; stopped after the test.
+function realServerSession(t) {
   mock.reset();
   Object.assign(state.settings, {
     'codellama.serverPath': BIN,
@@ -105,6 +106,11 @@ test('the real server: capabilities, ready status, inline completion, settings, 
   const doc = openDocument('def add(a, b):\n    ');
   const ext = new CodeLlama();
   t.after(() => ext.stop().finally(() => ext.dispose()));
+  return { doc, ext };
+}
+
+test('the real server: capabilities, ready status, inline completion, settings, explain, generate', needsServer, async (t) => {
+  const { doc, ext } = realServerSession(t);
   await ext.start();
   const client = ext.client;
   assert.ok(client?.isRunning(), `${BIN} serve did not start as a language server: ${ext.status.item.tooltip?.value}`);
@@ -254,17 +260,7 @@ test('the real server: capabilities, ready status, inline completion, settings, 
 });
 
 test('the status item: loading with its percentage, ready with the model, the last suggestion\'s latency and speed, an error; the log', needsServer, async (t) => {
-  mock.reset();
-  Object.assign(state.settings, {
-    'codellama.serverPath': BIN,
-    'codellama.model': MODEL,
-    'codellama.maxTokens': 16,
-    'codellama.temperature': 0,
-    'codellama.threads': 2,
-  });
-  const doc = openDocument('def add(a, b):\n    ');
-  const ext = new CodeLlama();
-  t.after(() => ext.stop().finally(() => ext.dispose()));
+  const { doc, ext } = realServerSession(t);
   const item = ext.status.item;
   await ext.start();
   await waitFor('codellama/status ready', () => ext.status.state === 'ready' || ext.status.state === 'error');
