@@ -41,8 +41,8 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::engine::{
-    Backend, CancelToken, EngineError, Event, GenerateRequest, Generation, ModelConfig, ModelInfo,
-    Outcome, StopReason, Tokenizer,
+    Backend, EngineError, Event, GenerateRequest, Generation, ModelConfig, ModelInfo, Outcome,
+    StopReason, Supersede, Tokenizer,
 };
 
 pub use config::{ApiKey, PromptFormat, RemoteConfig, RemoteKind};
@@ -105,7 +105,7 @@ struct Shared {
     tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
     eog: HashSet<u32>,
-    latest: Mutex<HashMap<String, CancelToken>>,
+    running: Supersede,
     health: Mutex<Health>,
 }
 
@@ -244,7 +244,7 @@ impl RemoteBackend {
                 protocol,
                 tokenizer: Arc::new(tok),
                 info: Arc::new(info),
-                latest: Mutex::new(HashMap::new()),
+                running: Supersede::default(),
                 health: Mutex::new(Health::default()),
             }),
         })
@@ -376,12 +376,9 @@ impl Backend for RemoteBackend {
     fn submit(&self, mut req: GenerateRequest) -> Generation {
         let (tx, rx) = unbounded_channel();
         let cancel = req.cancel.clone();
-        if let Some(key) = &req.supersede_key {
-            let mut latest = self.shared.latest.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = latest.insert(key.clone(), cancel.clone()) {
-                old.cancel();
-            }
-        }
+        self.shared
+            .running
+            .begin(req.supersede_key.as_deref(), &cancel);
         if let Err(e) = self.shared.validate(&req) {
             let _ = tx.send(Event::Finished(Err(e)));
             return Generation { events: rx, cancel };

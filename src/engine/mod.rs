@@ -76,6 +76,29 @@ impl CancelToken {
     }
 }
 
+/// The running request of each `supersede_key` (a document, an action): a newer request with the same key
+/// cancels it. Keys whose request is over (nobody but this map holds its token any more) are dropped when the
+/// next request arrives, so the map never holds more than the keys with a request in flight plus one.
+#[derive(Debug, Default)]
+pub struct Supersede(Mutex<HashMap<String, CancelToken>>);
+
+impl Supersede {
+    /// `cancel` becomes the running request of `key`; the one before it, if any, is cancelled.
+    pub fn begin(&self, key: Option<&str>, cancel: &CancelToken) {
+        let Some(key) = key else { return };
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|_, token| Arc::strong_count(&token.flag) > 1);
+        if let Some(old) = running.insert(key.to_string(), cancel.clone()) {
+            old.cancel();
+        }
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// Decides, from the text generated so far, whether the answer is complete. `Some(n)` stops generation
 /// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here.
 pub trait StopPolicy: Send {
@@ -249,7 +272,7 @@ pub struct Engine {
     jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
     tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
-    latest: Mutex<HashMap<String, CancelToken>>,
+    running: Supersede,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -262,7 +285,7 @@ impl Engine {
             jobs: Mutex::new(Some(jobs)),
             tokenizer,
             info,
-            latest: Mutex::new(HashMap::new()),
+            running: Supersede::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -279,12 +302,7 @@ impl Engine {
     pub fn submit(&self, req: GenerateRequest) -> Generation {
         let (tx, rx) = unbounded_channel();
         let cancel = req.cancel.clone();
-        if let Some(key) = &req.supersede_key {
-            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = latest.insert(key.clone(), cancel.clone()) {
-                old.cancel();
-            }
-        }
+        self.running.begin(req.supersede_key.as_deref(), &cancel);
         let job = worker::Job {
             req,
             events: tx.clone(),
@@ -320,5 +338,30 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_request_cancels_the_older_and_finished_ones_are_forgotten() {
+        let running = Supersede::default();
+        let first = CancelToken::new();
+        running.begin(Some("file:///a.py"), &first);
+        let second = CancelToken::new();
+        running.begin(Some("file:///a.py"), &second);
+        assert!(first.is_cancelled() && !second.is_cancelled());
+        let other = CancelToken::new();
+        running.begin(Some("file:///b.py"), &other);
+        assert!(!second.is_cancelled(), "another key cancels nothing");
+        running.begin(None, &CancelToken::new());
+        assert_eq!(running.keys(), 2);
+        // Both requests end (their tokens dropped): the next request leaves only its own key.
+        drop((first, second, other));
+        let third = CancelToken::new();
+        running.begin(Some("file:///c.py"), &third);
+        assert_eq!(running.keys(), 1);
     }
 }
