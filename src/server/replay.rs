@@ -46,18 +46,22 @@ pub enum Step {
         version: i32,
         text: String,
     },
-    /// One keystroke, `delay` after the previous step: `text` replaces `start..end`; the cursor ends at `cursor`.
-    Key {
-        delay: Duration,
-        uri: String,
-        version: i32,
-        start: Pos,
-        end: Pos,
-        text: String,
-        cursor: Pos,
-    },
+    /// One keystroke.
+    Key(Keystroke),
     /// The burst ended; the user waits this long.
     Pause(Duration),
+}
+
+/// One keystroke, `delay` after the previous step: `text` replaces `start..end`; the cursor ends at `cursor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keystroke {
+    pub delay: Duration,
+    pub uri: String,
+    pub version: i32,
+    pub start: Pos,
+    pub end: Pos,
+    pub text: String,
+    pub cursor: Pos,
 }
 
 /// A file being edited: its real text, the editor's copy, and this round's removed bodies.
@@ -148,7 +152,7 @@ impl File {
         );
         self.doc.edit(Some((a, b)), text, ENC);
         self.doc.version += 1;
-        Step::Key {
+        Step::Key(Keystroke {
             delay,
             uri: self.uri.clone(),
             version: self.doc.version,
@@ -156,7 +160,7 @@ impl File {
             end: b,
             text: text.to_string(),
             cursor: self.doc.byte_position(start + text.len(), ENC),
-        }
+        })
     }
 }
 
@@ -461,9 +465,9 @@ pub enum Report {
 pub trait Target {
     /// A step that asks for nothing: `Open` and `Reset`.
     fn document(&mut self, step: &Step) -> Result<(), String>;
-    /// A `Step::Key`: cancels `running` (the previous request, still unanswered) as the editor does, applies
-    /// the edit and asks for a completion at the cursor. Returns the new request's id.
-    fn keystroke(&mut self, step: &Step, running: Option<i64>) -> Result<i64, String>;
+    /// Cancels `running` (the previous request, still unanswered) as the editor does, applies the keystroke's
+    /// edit and asks for a completion at the cursor. Returns the new request's id.
+    fn keystroke(&mut self, key: &Keystroke, running: Option<i64>) -> Result<i64, String>;
     /// The next report, or `None` once `until` has passed.
     fn next_report(&mut self, until: Instant) -> Result<Option<Report>, String>;
 }
@@ -483,13 +487,13 @@ impl Target for LspProcess {
                 "textDocument/didChange",
                 json!({"textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": text}]}),
             ),
-            Step::Key { .. } | Step::Pause(_) => {}
+            Step::Key(_) | Step::Pause(_) => {}
         }
         Ok(())
     }
 
-    fn keystroke(&mut self, step: &Step, running: Option<i64>) -> Result<i64, String> {
-        let Step::Key {
+    fn keystroke(&mut self, key: &Keystroke, running: Option<i64>) -> Result<i64, String> {
+        let Keystroke {
             uri,
             version,
             start,
@@ -497,10 +501,7 @@ impl Target for LspProcess {
             text,
             cursor,
             ..
-        } = step
-        else {
-            return Err(format!("not a keystroke: {step:?}"));
-        };
+        } = key;
         // VS Code cancels the running request when the user types on.
         if let Some(id) = running {
             self.cancel(id);
@@ -631,10 +632,10 @@ impl Replay {
     fn play(&mut self, server: &mut dyn Target, step: Step) -> Result<(), String> {
         match step {
             Step::Open { .. } | Step::Reset { .. } => server.document(&step)?,
-            Step::Key { delay, .. } => {
-                self.pump(server, Instant::now() + delay)?;
+            Step::Key(key) => {
+                self.pump(server, Instant::now() + key.delay)?;
                 let running = self.last.filter(|id| self.pending.contains_key(id));
-                let id = server.keystroke(&step, running)?;
+                let id = server.keystroke(&key, running)?;
                 let now = Instant::now();
                 self.pending.insert(id, now);
                 (self.last, self.last_key, self.last_answer) = (Some(id), now, None);
@@ -754,15 +755,9 @@ mod tests {
             Step::Open { uri, text, .. } | Step::Reset { uri, text, .. } => {
                 docs.insert(uri.clone(), Document::new(text, "", 1));
             }
-            Step::Key {
-                uri,
-                start,
-                end,
-                text,
-                ..
-            } => docs.get_mut(uri).expect("opened before typing").edit(
-                Some((*start, *end)),
-                text,
+            Step::Key(k) => docs.get_mut(&k.uri).expect("opened before typing").edit(
+                Some((k.start, k.end)),
+                &k.text,
                 ENC,
             ),
             Step::Pause(_) => {}
@@ -794,8 +789,8 @@ mod tests {
             match &step {
                 Step::Reset { .. } => resets += 1,
                 Step::Open { .. } => opens += 1,
-                Step::Key { text, .. } if text.is_empty() => backspaces += 1,
-                Step::Key { .. } => keys += 1,
+                Step::Key(k) if k.text.is_empty() => backspaces += 1,
+                Step::Key(_) => keys += 1,
                 Step::Pause(d) => assert!((0.3..=2.0).contains(&d.as_secs_f64())),
             }
             apply(&mut docs, &step);

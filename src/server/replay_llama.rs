@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::replay::{Answer, Report, Step, Target};
+use super::replay::{Answer, Keystroke, Report, Step, Target};
 use super::status::PromptTotals;
 use crate::documents::{Document, PositionEncoding};
 use crate::eval::llama_vscode::{Infilled, LlamaVscode, PromptCounters};
@@ -100,23 +100,20 @@ impl Target for LlamaVscodeTarget {
             Step::Open { uri, text, .. } | Step::Reset { uri, text, .. } => {
                 self.docs.insert(uri.clone(), Document::new(text, "", 1));
             }
-            Step::Key { .. } | Step::Pause(_) => {}
+            Step::Key(_) | Step::Pause(_) => {}
         }
         Ok(())
     }
 
-    fn keystroke(&mut self, step: &Step, running: Option<i64>) -> Result<i64, String> {
-        let Step::Key {
+    fn keystroke(&mut self, key: &Keystroke, running: Option<i64>) -> Result<i64, String> {
+        let Keystroke {
             uri,
             start,
             end,
             text,
             cursor,
             ..
-        } = step
-        else {
-            return Err(format!("not a keystroke: {step:?}"));
-        };
+        } = key;
         if let Some(flag) = running.and_then(|id| self.running.get(&id)) {
             flag.store(true, Ordering::Relaxed);
         }
