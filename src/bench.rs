@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::backends::{RemoteBackend, RemoteConfig, RemoteKind};
-use crate::completion::{self, CompletionRequest};
-use crate::engine::{Backend, GenerateRequest};
-use crate::prompt::PromptBuilder;
+use codellama_engine::{Backend, GenerateRequest};
+use codellama_remote::{RemoteBackend, RemoteConfig, RemoteKind};
+use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::prompt::PromptBuilder;
 
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -313,9 +313,9 @@ impl LlamaServer {
                 bail!("llama-server exited during start-up ({status})");
             }
             let health = format!("{}/health", self.url);
-            let healthy = crate::backends::http::wait(async move {
+            let healthy = codellama_engine::http::wait(async move {
                 let client =
-                    crate::backends::http::client_builder(Duration::from_secs(2)).build()?;
+                    codellama_engine::http::client_builder(Duration::from_secs(2)).build()?;
                 let resp = client
                     .get(health)
                     .timeout(Duration::from_secs(2))

@@ -9,11 +9,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
-use crate::actions;
-use crate::completion::{self, CompletionRequest};
-use crate::config::{ActionFlags, Config, ModelFlags, SuggestionFlags};
-use crate::engine::{Engine, KvType, SamplingParams};
-use crate::prompt::PromptBuilder;
+use codellama_engine::{Engine, KvType, SamplingParams};
+use codellama_server::config::{ActionFlags, Config, ModelFlags, SuggestionFlags};
+use codellama_text::actions;
+use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::prompt::PromptBuilder;
 
 /// The configuration a command runs with: the server's defaults, then `CODELLAMA_LSP_*`, then the command's flags
 /// (the same keys and parsing as the server's settings). The environment's problems are warnings, as in `serve`.
@@ -38,7 +38,7 @@ fn start(config: &Config, model: Option<String>) -> Result<(Engine, u64)> {
 /// Resolves `--model`, showing a Hub download on stderr: an indicatif bar on a terminal, otherwise a plain
 /// line every 10 % (a log file gets no escape codes). Returns the local path.
 fn fetch_with_display(spec: Option<&str>) -> Result<String> {
-    use crate::engine::hub::{Event, Hooks};
+    use codellama_engine::hub::{Event, Hooks};
     use std::io::IsTerminal as _;
     let terminal = std::io::stderr().is_terminal();
     let mut bar: Option<indicatif::ProgressBar> = None;
@@ -74,23 +74,23 @@ fn fetch_with_display(spec: Option<&str>) -> Result<String> {
         Event::Progress { done, total } => match &bar {
             Some(b) => b.set_position(done),
             None => {
-                let tenth = crate::server::status::percent(done, total) / 10;
+                let tenth = codellama_server::status::percent(done, total) / 10;
                 if last_tenth != Some(tenth) {
                     last_tenth = Some(tenth);
                     eprintln!(
                         "downloading {name}: {}% ({})",
                         tenth * 10,
-                        crate::server::status::of_mb(done, total)
+                        codellama_server::status::of_mb(done, total)
                     );
                 }
             }
         },
     };
-    let source = crate::engine::resolve::resolve_with(
+    let source = codellama_engine::resolve::resolve_with(
         spec,
         &mut Hooks {
             on_event: &mut on_event,
-            cancel: &crate::engine::CancelToken::new(),
+            cancel: &codellama_engine::CancelToken::new(),
         },
     );
     if let Some(b) = bar {
@@ -362,12 +362,12 @@ pub fn tokenize(args: TokenizeArgs) -> Result<()> {
 }
 
 /// The tokenizer alone, without loading weights.
-fn load_tokenizer(model: Option<&str>) -> Result<Arc<crate::engine::Tokenizer>> {
-    use crate::engine::resolve::{resolve, ModelSource};
-    use crate::engine::{EngineError, Tokenizer};
+fn load_tokenizer(model: Option<&str>) -> Result<Arc<codellama_engine::Tokenizer>> {
+    use codellama_engine::resolve::{resolve, ModelSource};
+    use codellama_engine::{EngineError, Tokenizer};
     let (path, tokenizer) = match resolve(model)? {
         ModelSource::Gguf(p) => {
-            let f = crate::engine::gguf::GgufFile::open(&p)?;
+            let f = codellama_engine::gguf::GgufFile::open(&p)?;
             let t = Tokenizer::from_gguf(&f.content);
             (p, t)
         }
@@ -637,7 +637,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         )?),
         None => None,
     };
-    let mut postprocess = crate::postprocess::Config::default();
+    let mut postprocess = codellama_text::postprocess::Config::default();
     if args.no_time_limit {
         postprocess.max_time_after_newline = std::time::Duration::MAX;
     }
@@ -707,7 +707,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                     .context_budgets
                     .iter()
                     .map(|&tokens| {
-                        let cfg = crate::prompt::PromptConfig {
+                        let cfg = codellama_text::prompt::PromptConfig {
                             extra_context_tokens: tokens,
                             ..config.prompt_config()
                         };

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 
 use codellama_lsp::cli;
-use codellama_lsp::config::{Config, ConfigArgs};
-use codellama_lsp::server;
+use codellama_lsp::lsp_bench;
+use codellama_server::config::{Config, ConfigArgs};
 
 #[derive(Parser)]
 #[command(
@@ -63,7 +63,7 @@ struct BenchCommand {
     #[arg(long)]
     lsp: bool,
     #[command(flatten)]
-    lsp_args: server::bench::LspBenchArgs,
+    lsp_args: lsp_bench::keystrokes::LspBenchArgs,
     #[command(flatten)]
     engine: cli::BenchArgs,
 }
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         Some(Command::Tokenize(a)) => cli::tokenize(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Eval(a)) => cli::eval(a).map(|()| ExitCode::SUCCESS),
         Some(Command::Bench(b)) if b.lsp => {
-            let settings = server::bench::LspBenchSettings {
+            let settings = lsp_bench::keystrokes::LspBenchSettings {
                 model: b.engine.model.given(),
                 json: b.engine.json,
                 llama_server: if b.engine.no_llama {
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                         .or_else(codellama_lsp::bench::find_llama_server)
                 },
             };
-            server::bench::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
+            lsp_bench::keystrokes::run_lsp_cli(&b.lsp_args, &settings).map(|()| ExitCode::SUCCESS)
         }
         Some(Command::Bench(b)) => cli::bench(b.engine).map(|()| ExitCode::SUCCESS),
     };
@@ -113,12 +113,12 @@ fn serve(top: &ConfigArgs, sub: &ConfigArgs) -> anyhow::Result<ExitCode> {
     for p in &applied.problems {
         eprintln!("codellama-lsp: {p}");
     }
-    server::serve(config)
+    codellama_server::serve(config)
 }
 
 fn print_config(markdown: bool) {
     if markdown {
-        print!("{}", codellama_lsp::config::docs::markdown());
+        print!("{}", codellama_server::config::docs::markdown());
         return;
     }
     for f in Config::fields() {

@@ -9,14 +9,14 @@ mod common;
 
 use std::ops::Range;
 
-use codellama_lsp::actions::{
+use codellama_engine::gguf::GgufFile;
+use codellama_engine::tokenizer::Tokenizer;
+use codellama_text::actions::{
     self, answer, comment, doc, function, indent::IndentStyle, ActionError, ActionKind, NoCode,
     Source, Target, Task,
 };
-use codellama_lsp::engine::gguf::GgufFile;
-use codellama_lsp::engine::tokenizer::Tokenizer;
-use codellama_lsp::language::Language;
-use codellama_lsp::prompt::chat::{self, ChatFormat, Message, Role};
+use codellama_text::language::Language;
+use codellama_text::prompt::chat::{self, ChatFormat, Message, Role};
 
 /// The text without markers, the cursor (`$0`, else the selection start) and the selection.
 fn marked(text: &str) -> (String, usize, Range<usize>) {
@@ -206,7 +206,7 @@ fn copied_context_is_dropped() {
 
 #[test]
 fn stop_after_code_block() {
-    use codellama_lsp::engine::StopPolicy;
+    use codellama_engine::StopPolicy;
     use std::time::Duration;
     let mut p = answer::StopAfterCodeBlock;
     let d = Duration::ZERO;

@@ -7,11 +7,11 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use codellama_lsp::actions::{
+use codellama_engine::{CancelToken, Engine, GenerateRequest, LoadOptions};
+use codellama_text::actions::{
     self, ActionError, ActionKind, ActionRequest, ChatModel, Source, Target, Task,
 };
-use codellama_lsp::engine::{CancelToken, Engine, GenerateRequest, LoadOptions};
-use codellama_lsp::prompt::chat::ChatFormat;
+use codellama_text::prompt::chat::ChatFormat;
 
 fn start(model: &std::path::Path) -> Engine {
     let opts = LoadOptions {

@@ -17,16 +17,15 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use codellama_lsp::backends::{
-    Notice, PromptFormat, RemoteBackend, RemoteConfig, RemoteErrorKind, RemoteKind,
-    UNKNOWN_TOKEN_ID,
-};
-use codellama_lsp::completion::{self, CompletionRequest};
-use codellama_lsp::engine::{
+use codellama_engine::{
     Backend, Engine, EngineError, Event, GenerateRequest, Generation, LoadOptions, Outcome,
-    StopReason,
+    RemoteErrorKind, StopReason,
 };
-use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+use codellama_remote::{
+    Notice, PromptFormat, RemoteBackend, RemoteConfig, RemoteKind, UNKNOWN_TOKEN_ID,
+};
+use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
 use common::llama_server::{free_port, serial, Server};
 use common::scripted_engine::{
@@ -665,10 +664,10 @@ fn bad_requests_are_refused_before_any_network_traffic() {
 
 #[test]
 fn code_llama_fim_ids_become_the_usual_text_form() {
-    use codellama_lsp::backends::prompt_as_text;
-    use codellama_lsp::engine::gguf::GgufFile;
+    use codellama_engine::gguf::GgufFile;
+    use codellama_remote::prompt_as_text;
     let file = GgufFile::open(&common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
-    let tok = codellama_lsp::engine::Tokenizer::from_gguf(&file.content).unwrap();
+    let tok = codellama_engine::Tokenizer::from_gguf(&file.content).unwrap();
     // BOS, <PRE>, "def remove_non_ascii(s: str) -> str:\n    """ ", <SUF>, "\n    return result\n", <MID>
     let psm = [
         1, 32007, 822, 3349, 29918, 5464, 29918, 294, 18869, 29898, 29879, 29901, 851, 29897, 1599,

@@ -1,4 +1,4 @@
-//! The settings references are generated from src/config.rs (`codellama_lsp::config::docs`): docs/configuration.md,
+//! The settings references are generated from crates/server/src/config.rs (`codellama_server::config::docs`): docs/configuration.md,
 //! the VS Code extension's settings in editors/vscode/package.json and the Neovim help. A checked-in file that
 //! differs fails here; `UPDATE_GENERATED=1 cargo test --release --test config_docs` rewrites them.
 
@@ -6,8 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use codellama_lsp::config::docs::{self, Generated};
-use codellama_lsp::config::Config;
+use codellama_server::config::docs::{self, Generated};
+use codellama_server::config::Config;
 
 fn repo_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -49,7 +49,7 @@ fn generated_settings_references_are_up_to_date() {
     }
     assert!(
         stale.is_empty(),
-        "out of date with src/config.rs (run `UPDATE_GENERATED=1 cargo test --release --test config_docs`):\n{}",
+        "out of date with crates/server/src/config.rs (run `UPDATE_GENERATED=1 cargo test --release --test config_docs`):\n{}",
         stale.join("\n")
     );
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::Value;
-use codellama_lsp::engine::{
+use codellama_engine::{
     load_model, CancelToken, Engine, EngineError, Event, GenerateRequest, LoadOptions, StopReason,
 };
 use common::gguf_craft::Crafted;
@@ -22,7 +22,7 @@ fn start(path: &Path) -> Engine {
     Engine::start(opts, Box::new(|_| {})).expect("engine starts")
 }
 
-fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> codellama_lsp::engine::Outcome {
+fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> codellama_engine::Outcome {
     let mut req = GenerateRequest::new(prompt.to_vec(), n);
     req.stop_at_eog = false;
     engine.generate(req).expect("generation")
@@ -470,7 +470,7 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 /// Writes into `dir` a Hugging Face checkpoint of the tiny GGUF's weights (Q/K rows un-permuted back to
 /// the Hugging Face layout, as `convert_hf_to_gguf.py` would have received them).
 fn write_hf_dir(dir: &Path) {
-    use codellama_lsp::engine::gguf::GgufFile;
+    use codellama_engine::gguf::GgufFile;
     let gguf_path = common::codellama_fixture(TINY);
     let f = GgufFile::open(&gguf_path).unwrap();
     let n_head = 4;
@@ -480,11 +480,11 @@ fn write_hf_dir(dir: &Path) {
         let dims = info.shape.dims().to_vec();
         let mut values = vec![0f32; dims.iter().product()];
         let cols = *dims.last().unwrap();
-        let m = codellama_lsp::engine::kernels::QMatrix::new(
+        let m = codellama_engine::kernels::QMatrix::new(
             t.dtype,
             values.len() / cols,
             cols,
-            codellama_lsp::engine::kernels::WeightBytes::copy_of(t.data.bytes()),
+            codellama_engine::kernels::WeightBytes::copy_of(t.data.bytes()),
         )
         .unwrap();
         for (r, row) in values.chunks_mut(cols).enumerate() {
@@ -562,8 +562,8 @@ fn hugging_face_directory_matches_the_gguf() {
 fn code_llama_python_gguf_completes_by_continuation() {
     use candle_core::quantized::{gguf_file, QTensor};
     use candle_core::Device;
-    use codellama_lsp::completion::{self, CompletionRequest};
-    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+    use codellama_text::completion::{self, CompletionRequest};
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
     let mut reader =
         std::fs::File::open(common::codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
@@ -677,8 +677,8 @@ fn unpermute(w: &[f32], n_head: usize, rows: usize, cols: usize) -> Vec<f32> {
 /// after it. With the cursor after indentation the suggestion does not indent a second time.
 #[test]
 fn token_healing_rewrites_the_last_token_before_the_cursor() {
-    use codellama_lsp::completion::{self, CompletionRequest};
-    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+    use codellama_text::completion::{self, CompletionRequest};
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
     let engine = {
         let opts = LoadOptions {
@@ -760,7 +760,7 @@ fn decode_with(
     max_tokens: usize,
     speculative: bool,
     stops: &[String],
-) -> codellama_lsp::engine::Outcome {
+) -> codellama_engine::Outcome {
     let mut req = GenerateRequest::new(prompt.to_vec(), max_tokens);
     req.speculative = speculative;
     req.stop_at_eog = false;
@@ -787,8 +787,8 @@ fn code_holes(lines_at: &[usize]) -> Vec<(String, String)> {
 /// some accepted, so both paths of the verification run.
 #[test]
 fn speculative_decoding_gives_the_plain_greedy_output() {
-    use codellama_lsp::completion::{self, CompletionRequest};
-    use codellama_lsp::prompt::{PromptBuilder, PromptConfig};
+    use codellama_text::completion::{self, CompletionRequest};
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
     for (model, sweep) in [
         (common::small_model(), (1..=24).collect::<Vec<_>>()),

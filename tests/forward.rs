@@ -5,10 +5,10 @@
 mod common;
 
 use candle_core::Device;
-use codellama_lsp::engine::gguf::GgufFile;
-use codellama_lsp::engine::model::{Llama, Logits, ModelConfig};
-use codellama_lsp::engine::sampler::argmax;
-use codellama_lsp::engine::{KvType, Tokenizer};
+use codellama_engine::gguf::GgufFile;
+use codellama_engine::model::{Llama, Logits, ModelConfig};
+use codellama_engine::sampler::argmax;
+use codellama_engine::{KvType, Tokenizer};
 
 fn load(name: &str) -> Llama {
     let f = GgufFile::open(&common::codellama_fixture(name)).expect("open fixture");

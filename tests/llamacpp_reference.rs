@@ -17,9 +17,9 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use codellama_lsp::engine::gguf::GgufFile;
-use codellama_lsp::engine::model::{Llama, Logits, ModelConfig};
-use codellama_lsp::engine::sampler::argmax;
+use codellama_engine::gguf::GgufFile;
+use codellama_engine::model::{Llama, Logits, ModelConfig};
+use codellama_engine::sampler::argmax;
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()

@@ -11,7 +11,7 @@ mod lsp_support;
 
 use std::time::{Duration, Instant};
 
-use codellama_lsp::server::stdio_client::LspProcess;
+use codellama_test_support::LspProcess;
 use lsp_support::*;
 use serde_json::{json, Value};
 

@@ -10,7 +10,7 @@ mod lsp_support;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::Value as GgufValue;
-use codellama_lsp::server::stdio_client::LspProcess;
+use codellama_test_support::LspProcess;
 use common::gguf_craft::Crafted;
 use lsp_support::*;
 use serde_json::{json, Value};
@@ -201,7 +201,8 @@ fn a_newer_request_for_the_document_supersedes_the_running_one() {
     s.initialize(capabilities(&[]), Value::Null).unwrap();
     s.wait_ready(LOAD).unwrap();
     let uri = "file:///tmp/supersede.py";
-    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    let text =
+        std::fs::read_to_string(codellama_lsp::lsp_bench::keystrokes::default_file()).unwrap();
     open(&mut s, uri, "python", &text);
     let first = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
     s.wait_for("codellama/status", T, |p| p["state"] == "generating")
@@ -472,7 +473,8 @@ fn the_client_going_away_mid_generation_ends_the_server_cleanly() {
     s.initialize(capabilities(&[]), Value::Null).unwrap();
     s.wait_ready(LOAD).unwrap();
     let uri = "file:///tmp/gone.py";
-    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    let text =
+        std::fs::read_to_string(codellama_lsp::lsp_bench::keystrokes::default_file()).unwrap();
     open(&mut s, uri, "python", &text);
     let _ = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
     s.wait_for("codellama/status", T, |p| p["state"] == "generating")
@@ -504,7 +506,8 @@ fn cancel_request_stops_the_running_generation() {
     s.initialize(capabilities(&[]), Value::Null).unwrap();
     s.wait_ready(LOAD).unwrap();
     let uri = "file:///tmp/cancel.py";
-    let text = std::fs::read_to_string(codellama_lsp::server::bench::default_file()).unwrap();
+    let text =
+        std::fs::read_to_string(codellama_lsp::lsp_bench::keystrokes::default_file()).unwrap();
     open(&mut s, uri, "python", &text);
     let id = s.request("textDocument/inlineCompletion", inline_params(uri, 150, 0));
     s.wait_for("codellama/status", T, |p| p["state"] == "generating")

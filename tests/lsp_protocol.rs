@@ -6,7 +6,7 @@ mod lsp_support;
 
 use std::time::{Duration, Instant};
 
-use codellama_lsp::server::stdio_client::frame;
+use codellama_test_support::frame;
 use lsp_support::*;
 use serde_json::{json, Value};
 
@@ -90,7 +90,7 @@ fn error_code(msg: &Value) -> i64 {
 }
 
 /// Asks something simple and checks the server still answers.
-fn still_serving(s: &mut codellama_lsp::server::stdio_client::LspProcess) {
+fn still_serving(s: &mut codellama_test_support::LspProcess) {
     let r = s.call(
         "codellama/debugDocument",
         json!({"textDocument": {"uri": "file:///none"}}),

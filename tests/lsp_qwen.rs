@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
-use codellama_lsp::server::stdio_client::LspProcess;
+use codellama_test_support::LspProcess;
 use lsp_support::*;
 use serde_json::{json, Value};
 

@@ -15,8 +15,8 @@ mod lsp_support;
 
 use std::time::{Duration, Instant};
 
-use codellama_lsp::server::soak::{run_soak, SoakOptions};
-use codellama_lsp::server::stdio_client::LspProcess;
+use codellama_lsp::lsp_bench::soak::{run_soak, SoakOptions};
+use codellama_test_support::LspProcess;
 use common::llama_server::{free_port, serial, Server};
 use common::scripted_engine::{answer, bytes, sse_head, ScriptedEngine};
 use lsp_support::*;
@@ -376,7 +376,7 @@ fn a_short_soak_answers_every_request_once_in_bounded_memory() {
         server: env!("CARGO_BIN_EXE_codellama-lsp").into(),
         files: vec![
             repo.join("examples/typing/inventory.py"),
-            repo.join("src/documents.rs"),
+            repo.join("crates/text/src/documents.rs"),
         ],
         duration: Duration::from_secs(45),
         seed: 15,

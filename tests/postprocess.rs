@@ -28,8 +28,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use codellama_lsp::language::Language;
-use codellama_lsp::postprocess::{
+use codellama_text::language::Language;
+use codellama_text::postprocess::{
     finalize, Config, Context, Rule, StopReason, StreamDecision, StreamStopper,
 };
 

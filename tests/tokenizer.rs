@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
-use codellama_lsp::engine::tokenizer::{
+use codellama_engine::tokenizer::{
     FimFamily, IncrementalDecoder, Tokenizer, TokenizerError, TokenizerKind,
 };
 use serde_json::Value;

@@ -17,10 +17,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::{CaseResult, EngineRun};
-use crate::completion::{self, CompletionRequest};
-use crate::engine::Backend;
-use crate::postprocess;
-use crate::prompt::{ContextChunk, PromptBuilder};
+use codellama_engine::Backend;
+use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::postprocess;
+use codellama_text::prompt::{ContextChunk, PromptBuilder};
 
 /// Files offered as context per hole (the server offers at most this many open documents).
 const MAX_CONTEXT_FILES: usize = 8;
@@ -30,7 +30,7 @@ const MAX_CONTEXT_FILES: usize = 8;
 pub struct Problem {
     /// `path:line`.
     pub id: String,
-    /// The file's path relative to the repository's parent folder (`src/prompt/mod.rs`).
+    /// The file's path relative to the repository's parent folder (`crates/text/src/prompt/mod.rs`).
     pub path: String,
     pub prefix: String,
     pub suffix: String,

@@ -12,8 +12,8 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 
 use super::{execute, CaseResult, EngineRun, Scoring};
-use crate::actions::{self, ActionError, ActionRequest, Source, Target, Task};
-use crate::engine::Backend;
+use codellama_engine::Backend;
+use codellama_text::actions::{self, ActionError, ActionRequest, Source, Target, Task};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Problem {

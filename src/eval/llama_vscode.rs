@@ -19,8 +19,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::Infiller;
-use crate::backends::client::Client;
-use crate::backends::{RemoteConfig, RemoteKind};
+use codellama_remote::client::Client;
+use codellama_remote::{RemoteConfig, RemoteKind};
 
 /// Lines before the cursor's line sent as `input_prefix` (`llama-vscode.n_prefix`).
 const N_PREFIX: usize = 256;

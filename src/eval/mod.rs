@@ -27,10 +27,10 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::completion::{self, CompletionRequest};
-use crate::engine::Backend;
-use crate::postprocess;
-use crate::prompt::PromptBuilder;
+use codellama_engine::Backend;
+use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::postprocess;
+use codellama_text::prompt::PromptBuilder;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Problem {

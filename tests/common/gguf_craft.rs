@@ -7,7 +7,7 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
-use codellama_lsp::engine::gguf::GgufFile;
+use codellama_engine::gguf::GgufFile;
 
 const ALIGNMENT: u64 = 32;
 

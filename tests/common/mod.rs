@@ -85,8 +85,8 @@ pub const STEP: (&str, u32) = ("<step>", 32015);
 /// converter chose, and `tokenizer.json` with `<step>` as a non-special added token beside a
 /// `tokenizer_config.json`. User-defined and added tokens are the ones a tokenizer would cut out of raw
 /// text.
-pub fn codellama70b_tokenizers() -> Vec<(String, codellama_lsp::engine::tokenizer::Tokenizer)> {
-    use codellama_lsp::engine::tokenizer::Tokenizer;
+pub fn codellama70b_tokenizers() -> Vec<(String, codellama_engine::tokenizer::Tokenizer)> {
+    use codellama_engine::tokenizer::Tokenizer;
 
     let (step, id) = STEP;
     let mut out: Vec<(String, Tokenizer)> = [1, 3, 4]
@@ -133,9 +133,9 @@ pub fn codellama70b_tokenizers() -> Vec<(String, codellama_lsp::engine::tokenize
 pub fn codellama70b_gguf_tokenizer(
     token_type: i32,
     template: Option<&str>,
-) -> codellama_lsp::engine::tokenizer::Tokenizer {
+) -> codellama_engine::tokenizer::Tokenizer {
     use candle_core::quantized::gguf_file::Value;
-    use codellama_lsp::engine::gguf::GgufFile;
+    use codellama_engine::gguf::GgufFile;
 
     let (step, id) = STEP;
     let mut f = GgufFile::open(&codellama_fixture("tiny-codellama-mha.gguf")).unwrap();
@@ -155,7 +155,7 @@ pub fn codellama70b_gguf_tokenizer(
             Value::String(template.into()),
         );
     }
-    codellama_lsp::engine::tokenizer::Tokenizer::from_gguf(&f.content).unwrap()
+    codellama_engine::tokenizer::Tokenizer::from_gguf(&f.content).unwrap()
 }
 
 /// Turns the tiny Code Llama GGUF's tokenizer metadata into Code Llama – Python's: Llama 2's 32000

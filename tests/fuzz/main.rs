@@ -17,11 +17,11 @@ use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
-use codellama_lsp::documents::{Document, Documents, PositionEncoding};
-use codellama_lsp::engine::gguf::GgufFile;
-use codellama_lsp::engine::model::Logits;
-use codellama_lsp::engine::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerKind};
-use codellama_lsp::engine::{load_model, LoadOptions};
+use codellama_engine::gguf::GgufFile;
+use codellama_engine::model::Logits;
+use codellama_engine::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerKind};
+use codellama_engine::{load_model, LoadOptions};
+use codellama_text::documents::{Document, Documents, PositionEncoding};
 
 use common::gguf_craft::{Crafted, CraftedTensor};
 use harness::{fuzz, Target};

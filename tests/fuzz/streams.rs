@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use codellama_lsp::backends::framing::{NdjsonParser, SseParser, MAX_MESSAGE};
-use codellama_lsp::server::transport::CheckedInput;
+use codellama_remote::framing::{NdjsonParser, SseParser, MAX_MESSAGE};
+use codellama_server::transport::CheckedInput;
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::harness::{Rng, Target};

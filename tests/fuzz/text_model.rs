@@ -5,7 +5,7 @@
 //! start). Slow and plainly right, which is what a reference is for. Also how fuzz bytes become
 //! positions and inserted text.
 
-use codellama_lsp::documents::{Pos, PositionEncoding};
+use codellama_text::documents::{Pos, PositionEncoding};
 
 pub struct TextModel {
     chars: Vec<char>,

@@ -4,8 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use codellama_lsp::documents::{Document, Pos, PositionEncoding};
-use codellama_lsp::server::stdio_client::LspProcess;
+use codellama_test_support::LspProcess;
+use codellama_text::documents::{Document, Pos, PositionEncoding};
 use serde_json::{json, Value};
 
 pub const T: Duration = Duration::from_secs(30);

@@ -1,5 +1,5 @@
 // The extension's `codellama.*` settings are the server's keys in camelCase (VS Code's convention): `maxTokens` is
-// `max_tokens`. Their list is package.json's `contributes.configuration`, generated from the server's src/config.rs.
+// `max_tokens`. Their list is package.json's `contributes.configuration`, generated from the server's crates/server/src/config.rs.
 // Only the values the user has set are sent; for the rest the server keeps its own default (or the environment's).
 
 /** Settings of the extension itself, which the server never sees. */

@@ -1,0 +1,777 @@
+//! CPU matrix kernels over weights kept in their file format (GGUF quantized blocks, f16/bf16/f32).
+//!
+//! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
+//! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
+//! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C
+//! code on x86 so one binary serves every machine. The model's linear layers convert the other quantized
+//! types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not converted (an embedding table) goes
+//! through the block dot products of candle's `GgmlType` implementations. Work is split over weight rows
+//! on the current rayon pool or the engine's own pool. Callers never see which path ran.
+//!
+//! This module is the crate's unsafe core, sealed behind safe entry points: `QMatrix` (its constructor
+//! checks sizes and alignment), `attention`, `activation`. Each checks the lengths of what it is given
+//! once per call, with real assertions, and only then enters SIMD code that indexes without checks; the
+//! per-type kernels, the repacked layout and the quantized activations are private to it.
+
+pub mod activation;
+mod amx;
+pub mod attention;
+mod cpu;
+mod float;
+mod packed;
+mod q4_1;
+mod q8;
+mod q8_0;
+mod tiled;
+mod transcode;
+
+use std::marker::PhantomData;
+
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use super::gguf::TensorBytes;
+use super::pool::Pool;
+
+use q8::Q8Act;
+
+/// Where parallel work runs: the current rayon pool (inside candle ops), or the engine's spinning pool
+/// (the CPU forward pass).
+#[derive(Clone, Copy)]
+pub enum Exec<'a> {
+    Rayon,
+    Pool(&'a Pool),
+}
+
+impl Exec<'_> {
+    pub fn threads(&self) -> usize {
+        match self {
+            Exec::Rayon => rayon::current_num_threads().max(1),
+            Exec::Pool(p) => p.threads(),
+        }
+    }
+
+    /// Runs `f(i)` for every `i < n`, spread over the threads (each thread takes the next index).
+    pub fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        if n <= 1 || self.threads() == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        match self {
+            Exec::Rayon => (0..n).into_par_iter().for_each(f),
+            Exec::Pool(p) => p.for_each(n, f),
+        }
+    }
+}
+
+/// An output buffer that tasks running at the same time write in disjoint parts. It borrows the buffer
+/// for `'a` and keeps its length, so each task's part is checked against it (or, in the kernels' inner
+/// loops, follows from a range checked once per call).
+#[derive(Clone, Copy)]
+struct SharedOut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buffer: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `SharedOut` is a `&mut [f32]` whose writes are split between threads; every write goes
+// through an `unsafe` method whose caller promises that no other thread touches the same elements.
+unsafe impl Send for SharedOut<'_> {}
+// SAFETY: as for `Send`: shared use only ever writes disjoint elements.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    fn new(out: &'a mut [f32]) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            _buffer: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn len(self) -> usize {
+        self.len
+    }
+
+    /// Elements `start..start + n`, checked against the buffer.
+    ///
+    /// # Safety
+    /// No other task reads or writes these elements while the returned slice lives.
+    #[inline]
+    unsafe fn slice(self, start: usize, n: usize) -> &'a mut [f32] {
+        assert!(
+            start <= self.len && n <= self.len - start,
+            "output elements {start}..+{n} outside a buffer of {}",
+            self.len
+        );
+        // SAFETY: the range lies inside the buffer borrowed for 'a (checked above) and the caller
+        // guarantees that nothing else accesses it meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.wrapping_add(start), n) }
+    }
+
+    /// Writes element `i`.
+    ///
+    /// # Safety
+    /// `i < self.len()`, and no other task reads or writes element `i` at the same time.
+    #[inline]
+    unsafe fn write(self, i: usize, v: f32) {
+        debug_assert!(i < self.len);
+        // SAFETY: in bounds and not shared at this moment (the caller's promise).
+        unsafe { self.ptr.wrapping_add(i).write(v) }
+    }
+}
+
+/// `a · b`, panicking with `what` when the product does not fit in a `usize` (so a size check can never
+/// be passed by an overflowing multiplication).
+fn size(a: usize, b: usize, what: &str) -> usize {
+    a.checked_mul(b)
+        .unwrap_or_else(|| panic!("{what}: {a} × {b} overflows"))
+}
+
+/// Bytes at an address aligned to 64 (a cache line, a 512-bit vector), so that any block type can be
+/// viewed in place: weights owned rather than mapped, and repacked weights.
+pub struct AlignedBytes {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl AlignedBytes {
+    fn zeroed(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        let mut a = Self::zeroed(bytes.len());
+        a.as_mut_slice().copy_from_slice(bytes);
+        a
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.lines)[..self.len]
+    }
+
+    /// The first byte (for kernels that index from it after checking sizes once).
+    #[inline]
+    fn as_ptr(&self) -> *const u8 {
+        self.lines.as_ptr().cast()
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.lines)[..self.len]
+    }
+}
+
+/// Where a weight matrix's bytes live.
+#[derive(Clone)]
+pub enum WeightBytes {
+    /// As read from the model file.
+    File(TensorBytes),
+    /// Computed at load (converted from another type), 64-byte aligned.
+    Owned(std::sync::Arc<AlignedBytes>),
+}
+
+impl WeightBytes {
+    /// An aligned copy of `bytes`.
+    pub fn copy_of(bytes: &[u8]) -> Self {
+        WeightBytes::Owned(std::sync::Arc::new(AlignedBytes::copy_of(bytes)))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            WeightBytes::File(b) => b.bytes(),
+            WeightBytes::Owned(v) => v.as_slice(),
+        }
+    }
+
+    /// Lets the bytes go once a repacked copy serves the matrix (a buffer another matrix shares, such as
+    /// a tied embedding table, stays for that one).
+    fn release(&mut self) {
+        match self {
+            WeightBytes::File(b) => b.release(),
+            WeightBytes::Owned(v) => *v = std::sync::Arc::new(AlignedBytes::zeroed(0)),
+        }
+    }
+}
+
+/// A weight matrix in its storage format. Its fields are private: `new` checks that the bytes hold
+/// exactly `rows × cols` values of `dtype`, suitably aligned, and every kernel relies on that.
+#[derive(Clone)]
+pub struct QMatrix {
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    data: WeightBytes,
+    /// A copy repacked for the CPU's fastest kernel, when it has one for this type.
+    packed: Option<std::sync::Arc<packed::Packed>>,
+}
+
+impl QMatrix {
+    /// Wraps `data` as `rows × cols` elements of `dtype`; checks sizes and alignment.
+    pub fn new(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        data: WeightBytes,
+    ) -> Result<Self, String> {
+        if matches!(dtype, GgmlDType::Q8_1 | GgmlDType::Q8K) {
+            return Err(format!(
+                "{dtype:?} is an activation format, not a weight format"
+            ));
+        }
+        if !cols.is_multiple_of(dtype.block_size()) {
+            return Err(format!(
+                "row length {cols} is not a multiple of the {dtype:?} block size {}",
+                dtype.block_size()
+            ));
+        }
+        let want = (cols / dtype.block_size())
+            .checked_mul(dtype.type_size())
+            .and_then(|row| row.checked_mul(rows))
+            .ok_or_else(|| format!("{rows}x{cols} {dtype:?} is too large to address"))?;
+        let have = data.bytes().len();
+        if want != have {
+            return Err(format!(
+                "expected {want} bytes for {rows}x{cols} {dtype:?}, found {have}"
+            ));
+        }
+        if !(data.bytes().as_ptr() as usize).is_multiple_of(block_align(dtype)) {
+            return Err(format!(
+                "{dtype:?} data is not aligned to {} bytes",
+                block_align(dtype)
+            ));
+        }
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+            packed: None,
+        })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Converts weights of a type without a kernel of ours (Q4_0, Q5_0, Q5_1, the K-quants) to Q4_1 or
+    /// Q8_0, which have one (see `transcode`); the file's bytes are let go. Returns whether it converted.
+    pub fn transcode(&mut self) -> bool {
+        let Some(to) = transcode::target(self.dtype) else {
+            return false;
+        };
+        let bytes = transcode::convert(self, to);
+        self.data.release();
+        self.data = WeightBytes::Owned(std::sync::Arc::new(bytes));
+        self.dtype = to;
+        true
+    }
+
+    /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's bytes go
+    /// (a tied embedding table keeps its own handle on them). Returns whether it repacked.
+    pub fn pack(&mut self) -> bool {
+        let kind = match self.dtype {
+            GgmlDType::Q4_1 => packed::PackedKind::Q4_1,
+            GgmlDType::Q8_0 => packed::PackedKind::Q8_0,
+            _ => return false,
+        };
+        let Some(p) = packed::Packed::new(kind, self.rows, self.cols, self.bytes()) else {
+            return false;
+        };
+        self.packed = Some(std::sync::Arc::new(p));
+        self.data.release();
+        true
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+
+    fn row(&self, r: usize) -> &[u8] {
+        assert!(r < self.rows, "row {r} of a matrix of {} rows", self.rows);
+        debug_assert!(
+            self.packed.is_none(),
+            "the bytes of a repacked matrix are gone"
+        );
+        let n = self.row_bytes();
+        &self.bytes()[r * n..(r + 1) * n]
+    }
+
+    /// `out[i * rows + j] = dot(x[i], W[j])` for `i < m`.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_on(Exec::Rayon, x, m, out)
+    }
+
+    /// `matmul` with the work spread by `exec`. Panics unless `x` holds `m × cols` values and `out`
+    /// `m × rows`: the one size check of the product, after which the kernels index without checks.
+    pub fn matmul_on(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), size(m, self.cols, "matmul input"), "matmul input");
+        assert_eq!(
+            out.len(),
+            size(m, self.rows, "matmul output"),
+            "matmul output"
+        );
+        match self.dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let dot = float::row_dot(self.dtype);
+                self.for_each_dot(exec, m, out, |row, i| {
+                    dot(row, &x[i * self.cols..(i + 1) * self.cols])
+                })
+            }
+            _ if self.packed.is_some() => self.run_packed(exec, x, m, out),
+            GgmlDType::Q4_1 => self.tiled(exec, x, m, out, q4_1::fastest()),
+            GgmlDType::Q8_0 => self.tiled(exec, x, m, out, q8_0::fastest()),
+            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, out),
+            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, out),
+            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, out),
+            GgmlDType::Q2K => self.generic::<BlockQ2K>(exec, x, m, out),
+            GgmlDType::Q3K => self.generic::<BlockQ3K>(exec, x, m, out),
+            GgmlDType::Q4K => self.generic::<BlockQ4K>(exec, x, m, out),
+            GgmlDType::Q5K => self.generic::<BlockQ5K>(exec, x, m, out),
+            GgmlDType::Q6K => self.generic::<BlockQ6K>(exec, x, m, out),
+            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(exec, x, m, out),
+            GgmlDType::Q8K => self.generic::<BlockQ8K>(exec, x, m, out),
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values); used for embedding lookups.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols);
+        let row = self.row(r);
+        match self.dtype {
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                float::to_f32(self.dtype, row, out)
+            }
+            GgmlDType::Q4_0 => to_float::<BlockQ4_0>(row, out),
+            GgmlDType::Q4_1 => to_float::<candle_core::quantized::k_quants::BlockQ4_1>(row, out),
+            GgmlDType::Q5_0 => to_float::<BlockQ5_0>(row, out),
+            GgmlDType::Q5_1 => to_float::<BlockQ5_1>(row, out),
+            GgmlDType::Q8_0 => to_float::<BlockQ8_0>(row, out),
+            GgmlDType::Q8_1 => to_float::<BlockQ8_1>(row, out),
+            GgmlDType::Q2K => to_float::<BlockQ2K>(row, out),
+            GgmlDType::Q3K => to_float::<BlockQ3K>(row, out),
+            GgmlDType::Q4K => to_float::<BlockQ4K>(row, out),
+            GgmlDType::Q5K => to_float::<BlockQ5K>(row, out),
+            GgmlDType::Q6K => to_float::<BlockQ6K>(row, out),
+            GgmlDType::Q8K => to_float::<BlockQ8K>(row, out),
+        }
+    }
+
+    /// The repacked kernels: groups of 16 weight rows split over the threads.
+    fn run_packed(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+        let p = self.packed.as_ref().expect("packed weights");
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let out = SharedOut::new(out);
+        let groups = p.groups();
+        let per_task = groups.div_ceil(exec.threads() * 4).max(2);
+        exec.for_each(groups.div_ceil(per_task), &|t| {
+            let range = t * per_task..((t + 1) * per_task).min(groups);
+            // SAFETY: tasks cover disjoint ranges of groups, so they write disjoint output columns.
+            unsafe { p.run(&xq, range, out) }
+        });
+    }
+
+    /// Our tiled kernels: activations quantized once, weight rows split over the threads.
+    fn tiled(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32], tiles: tiled::Tiles) {
+        let xq = Q8Act::quantize(x, m, self.cols);
+        let block_bytes = self.dtype.type_size();
+        let product = tiled::Product::new(self.bytes(), self.rows, block_bytes, &xq, out);
+        let chunks = row_chunks(self.rows, exec.threads());
+        exec.for_each(chunks.len(), &|c| {
+            // SAFETY: the chunks are disjoint ranges of weight rows.
+            unsafe { tiles.run(&product, chunks[c].clone()) }
+        });
+    }
+
+    /// Block dot products from candle's `GgmlType` implementation of the weight type.
+    fn generic<T: GgmlType>(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+        let vbs = T::VecDotType::BLCK_SIZE;
+        let per_row = self.cols / vbs;
+        let mut xq = vec![T::VecDotType::zeros(); m * per_row];
+        for i in 0..m {
+            T::VecDotType::from_float(
+                &x[i * self.cols..(i + 1) * self.cols],
+                &mut xq[i * per_row..(i + 1) * per_row],
+            );
+        }
+        let cols = self.cols;
+        self.for_each_dot(exec, m, out, |row, i| {
+            T::vec_dot(cols, blocks::<T>(row), &xq[i * per_row..(i + 1) * per_row])
+        })
+    }
+
+    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight
+    /// rows. `out` holds `m × rows` values (checked by `matmul_on`).
+    fn for_each_dot<F>(&self, exec: Exec, m: usize, out: &mut [f32], dot: F)
+    where
+        F: Fn(&[u8], usize) -> f32 + Sync,
+    {
+        let rows = self.rows;
+        let chunks = row_chunks(rows, exec.threads());
+        let out = SharedOut::new(out);
+        exec.for_each(chunks.len(), &|c| {
+            for j in chunks[c].clone() {
+                let w = self.row(j);
+                for i in 0..m {
+                    let v = dot(w, i);
+                    // SAFETY: i < m and j < rows index the `m × rows` output; the chunks are disjoint
+                    // ranges of j, so no other task writes element (i, j).
+                    unsafe { out.write(i * rows + j, v) };
+                }
+            }
+        });
+    }
+}
+
+/// Weight-row ranges for the worker threads: about four per thread, multiples of 4 rows, at least 16.
+fn row_chunks(rows: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let chunk = if threads == 1 {
+        rows.max(1)
+    } else {
+        rows.div_ceil(threads * 4).next_multiple_of(4).max(16)
+    };
+    (0..rows)
+        .step_by(chunk)
+        .map(|s| s..(s + chunk).min(rows))
+        .collect()
+}
+
+fn block_align(dtype: GgmlDType) -> usize {
+    match dtype {
+        GgmlDType::F32 | GgmlDType::Q8K => 4,
+        GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => 2,
+        GgmlDType::F16 | GgmlDType::BF16 => 2,
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => 2,
+        GgmlDType::Q8_0 | GgmlDType::Q8_1 => 2,
+    }
+}
+
+/// Views raw bytes as blocks of `T`: a whole number of blocks at the block type's alignment (what
+/// `QMatrix::new` checked for the matrix these rows come from), asserted again here once per row.
+fn blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
+    let size = std::mem::size_of::<T>();
+    assert!(
+        bytes.len().is_multiple_of(size)
+            && (bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()),
+        "{} bytes at {:p} are not whole aligned blocks of {size}",
+        bytes.len(),
+        bytes.as_ptr()
+    );
+    // SAFETY: the GGML block types are plain `repr(C)` data valid for any bit pattern, and the bytes
+    // are a whole number of aligned blocks (asserted above).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / size) }
+}
+
+fn to_float<T: GgmlType>(row: &[u8], out: &mut [f32]) {
+    T::to_float(blocks::<T>(row), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantizes `w` (rows × cols, f32) into `dtype` blocks with candle's reference quantizers.
+    pub(super) fn quantize(dtype: GgmlDType, w: &[f32]) -> Vec<u8> {
+        fn q<T: GgmlType>(w: &[f32]) -> Vec<u8> {
+            let mut blocks = vec![T::zeros(); w.len() / T::BLCK_SIZE];
+            T::from_float(w, &mut blocks);
+            let size = std::mem::size_of::<T>() * blocks.len();
+            // SAFETY: plain-data blocks viewed as bytes.
+            unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const u8, size) }.to_vec()
+        }
+        match dtype {
+            GgmlDType::F32 => w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            GgmlDType::F16 => w
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlDType::BF16 => w
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            GgmlDType::Q4_1 => q::<candle_core::quantized::k_quants::BlockQ4_1>(w),
+            GgmlDType::Q4_0 => q::<BlockQ4_0>(w),
+            GgmlDType::Q8_0 => q::<BlockQ8_0>(w),
+            GgmlDType::Q5_1 => q::<BlockQ5_1>(w),
+            GgmlDType::Q4K => q::<BlockQ4K>(w),
+            GgmlDType::Q6K => q::<BlockQ6K>(w),
+            GgmlDType::Q5_0 => q::<BlockQ5_0>(w),
+            GgmlDType::Q5K => q::<BlockQ5K>(w),
+            GgmlDType::Q3K => q::<BlockQ3K>(w),
+            GgmlDType::Q2K => q::<BlockQ2K>(w),
+            other => panic!("no test quantizer for {other:?}"),
+        }
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every kernel agrees with dequantize-then-f64-dot within the activation quantization error.
+    #[test]
+    fn matmul_matches_dequantized_reference() {
+        // Fewer rows under Miri, which interprets candle's quantizers too.
+        let (rows, cols, m) = if cfg!(miri) {
+            (5, 256, 2)
+        } else {
+            (37, 512, 3)
+        };
+        for dtype in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_1,
+            GgmlDType::Q4_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let w = data(rows * cols, 7);
+            let x = data(m * cols, 11);
+            let bytes = quantize(dtype, &w);
+            let mat = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+            let mut out = vec![0f32; m * rows];
+            mat.matmul(&x, m, &mut out);
+            let mut row = vec![0f32; cols];
+            for j in 0..rows {
+                mat.dequantize_row(j, &mut row);
+                for i in 0..m {
+                    let want: f64 = row
+                        .iter()
+                        .zip(&x[i * cols..(i + 1) * cols])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum();
+                    let got = out[i * rows + j] as f64;
+                    let tol = match dtype {
+                        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => 1e-3,
+                        _ => 0.08,
+                    };
+                    assert!(
+                        (got - want).abs() <= tol * (1.0 + want.abs()),
+                        "{dtype:?} row {j} input {i}: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The SIMD tiles agree with the scalar tile for every tile shape and an odd number of blocks.
+    #[test]
+    fn tiled_implementations_agree() {
+        for (dtype, impls) in [
+            (GgmlDType::Q4_1, q4_1::implementations()),
+            (GgmlDType::Q8_0, q8_0::implementations()),
+        ] {
+            for (rows, cols, m) in [(7, 96, 5), (13, 64, 1), (4, 32, 9), (33, 576, 3)] {
+                let w = quantize(dtype, &data(rows * cols, 3));
+                let x = data(m * cols, 5);
+                let xq = Q8Act::quantize(&x, m, cols);
+                let results: Vec<(&str, Vec<f32>)> = impls
+                    .iter()
+                    .map(|tiles| {
+                        let mut out = vec![f32::NAN; m * rows];
+                        let p = tiled::Product::new(&w, rows, dtype.type_size(), &xq, &mut out);
+                        // SAFETY: one call covers all rows.
+                        unsafe { tiles.run(&p, 0..rows) };
+                        (tiles.name, out)
+                    })
+                    .collect();
+                let (_, reference) = results.last().unwrap();
+                for (name, out) in &results {
+                    for (a, b) in out.iter().zip(reference) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                            "{dtype:?} {name} {rows}x{cols} m={m}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Repacked weights hold the same values and give the same products as the file's layout.
+    #[test]
+    fn packed_layout_matches_the_file_layout() {
+        if !cpu::has_avx512_vnni() {
+            return; // no repacking on this CPU: nothing to compare
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
+                let bytes = quantize(dtype, &data(rows * cols, 9));
+                let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+                let mut packed =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+                assert!(packed.pack());
+                let mut row = vec![0f32; cols];
+                for r in 0..rows {
+                    plain.dequantize_row(r, &mut row);
+                    for (c, v) in row.iter().enumerate() {
+                        let p = packed::unpack_value(packed.packed.as_ref().unwrap(), r, c);
+                        assert!(
+                            (p - v).abs() <= 1e-6 * (1.0 + v.abs()),
+                            "{dtype:?} ({r},{c}): {p} vs {v}"
+                        );
+                    }
+                }
+                let x = data(m * cols, 21);
+                let (mut a, mut b) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
+                plain.matmul(&x, m, &mut a);
+                packed.matmul(&x, m, &mut b);
+                for (u, v) in a.iter().zip(&b) {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
+                        "{dtype:?} {rows}x{cols} m={m}: {u} vs {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Prompt-sized products on AMX tiles equal the VNNI kernels bit for bit (same integer sums, same
+    /// float operations per block).
+    #[test]
+    fn amx_tiles_equal_the_vnni_kernels() {
+        if !amx::available() {
+            return; // no AMX on this CPU: the VNNI kernels run everywhere, tested above
+        }
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols, m) in [(37, 96, 37), (16, 576, 16), (50, 64, 33)] {
+                let bytes = quantize(dtype, &data(rows * cols, 4));
+                let mut w = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+                assert!(w.pack());
+                let p = w.packed.as_ref().unwrap();
+                let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
+                let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
+                // SAFETY: one call covers all groups.
+                unsafe { p.run(&x, 0..p.groups(), SharedOut::new(&mut a)) };
+                // SAFETY: as above.
+                unsafe { p.run_rows(&x, 0, 0..p.groups(), SharedOut::new(&mut b)) };
+                assert_eq!(a, b, "{dtype:?} {rows}x{cols} m={m}");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes() {
+        let err = QMatrix::new(GgmlDType::Q4_1, 2, 32, WeightBytes::copy_of(&[0u8; 39]))
+            .err()
+            .unwrap();
+        assert!(err.contains("expected 40 bytes"), "{err}");
+        assert!(QMatrix::new(GgmlDType::Q4_1, 2, 30, WeightBytes::copy_of(&[])).is_err());
+    }
+
+    /// A shape whose byte size overflows is an error, even when the wrapped size would match the data
+    /// (here 2⁶² + 2 rows of one Q4_1 block: 2⁶⁷ + 64 values, 5·2⁶⁴ + 40 bytes, which wrap to 40).
+    #[test]
+    fn rejects_sizes_that_overflow() {
+        let rows = (1usize << 62) + 2;
+        let err = QMatrix::new(GgmlDType::Q4_1, rows, 32, WeightBytes::copy_of(&[0u8; 40]))
+            .err()
+            .expect("an overflowing shape is refused");
+        assert!(err.contains("too large"), "{err}");
+    }
+
+    /// The panic message of `f`, which must panic.
+    fn panic_message(f: impl FnOnce()) -> String {
+        let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .expect_err("a size check should have panicked");
+        payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    /// Products whose parts disagree in size are refused before any kernel runs.
+    #[test]
+    fn products_check_their_sizes() {
+        let (rows, cols, m) = (5, 64, 3);
+        let w = quantize(GgmlDType::Q8_0, &data(rows * cols, 1));
+        let xq = Q8Act::quantize(&data(m * cols, 2), m, cols);
+        let mut out = vec![0f32; m * rows];
+        let short = &w[..w.len() - 1];
+        let msg = panic_message(|| {
+            tiled::Product::new(short, rows, q8_0::BLOCK_BYTES, &xq, &mut out);
+        });
+        assert!(msg.contains("weight bytes"), "{msg}");
+        let msg = panic_message(|| {
+            tiled::Product::new(&w, rows, q8_0::BLOCK_BYTES, &xq, &mut out[1..]);
+        });
+        assert!(msg.contains("output size"), "{msg}");
+        let p = tiled::Product::new(&w, rows, q8_0::BLOCK_BYTES, &xq, &mut out);
+        for tiles in q8_0::implementations() {
+            // SAFETY: one call at a time (each panics before computing anything).
+            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows + 4) });
+            assert!(msg.contains("outside a product"), "{}: {msg}", tiles.name);
+        }
+        for tiles in q4_1::implementations() {
+            // SAFETY: as above.
+            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows) });
+            assert!(msg.contains("block size"), "{}: {msg}", tiles.name);
+        }
+        let mat = QMatrix::new(GgmlDType::Q8_0, rows, cols, WeightBytes::copy_of(&w)).unwrap();
+        let msg = panic_message(|| mat.matmul(&[], usize::MAX / 2, &mut []));
+        assert!(msg.contains("overflows"), "{msg}");
+        let msg = panic_message(|| mat.matmul(&data(m * cols, 2), m, &mut out[1..]));
+        assert!(msg.contains("matmul output"), "{msg}");
+    }
+
+    /// `CODELLAMA_LSP_CPU=scalar` is read once per process, so a child process (this test binary,
+    /// running only the `capped_to_scalar` tests) checks that every dispatch with a result that tells
+    /// the paths apart honours it. (The activation quantizer and SwiGLU give bit-identical results on
+    /// every path, so no test can tell which ran.)
+    #[test]
+    #[cfg_attr(miri, ignore = "Miri starts no processes")]
+    fn the_cpu_cap_reaches_every_dispatch() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "--test-threads=1",
+                "kernels::attention::tests::capped_to_scalar",
+                "kernels::float::tests::capped_to_scalar",
+            ])
+            .env("CODELLAMA_LSP_CPU", "scalar")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("2 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

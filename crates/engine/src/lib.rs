@@ -1,0 +1,376 @@
+//! The in-process model engine: loads llama-architecture models (GGUF or a Hugging Face directory),
+//! tokenizes exactly as the model was trained, and generates tokens on one dedicated model thread that
+//! owns the weights and the KV cache. Callers submit requests over a channel and receive tokens as they
+//! are produced; every request carries a cancellation handle checked between tokens, prefill chunks and
+//! layers. A prompt that shares a prefix with the previous one reuses the cached keys and values.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block
+)]
+
+mod draft;
+pub mod error;
+pub mod gguf;
+pub mod http;
+pub mod hub;
+pub mod kernels;
+mod load;
+pub mod model;
+pub mod pool;
+pub mod remote_error;
+pub mod resolve;
+pub mod sampler;
+pub mod tokenizer;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub use error::{EngineError, Result};
+pub use kernels::attention::KvType;
+pub use load::{load_model, LoadOptions, LoadedModel};
+pub use model::ModelConfig;
+pub use remote_error::{RemoteError, RemoteErrorKind};
+pub use sampler::SamplingParams;
+pub use tokenizer::Tokenizer;
+pub use worker::stop_string_cut;
+
+/// What callers may know about the loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// `general.name`, or the file name.
+    pub name: String,
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    /// Positions the KV cache holds (the configured window, at most the trained context).
+    pub context_window: usize,
+    pub file_size: u64,
+    pub load_ms: u64,
+    pub threads: usize,
+    pub device: String,
+    /// Problems found while loading that did not stop it (e.g. a missing rope base).
+    pub warnings: Vec<String>,
+}
+
+/// A shared flag; setting it stops the request it was given to within one token. The model thread reads
+/// the flag; async waiters (remote requests, downloads) are woken by the `CancellationToken` beside it.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    flag: Arc<AtomicBool>,
+    wake: tokio_util::sync::CancellationToken,
+}
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.wake.cancel();
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+    /// Completes once [`CancelToken::cancel`] has been called.
+    pub async fn cancelled(&self) {
+        self.wake.cancelled().await
+    }
+}
+
+/// The running request of each `supersede_key` (a document, an action): a newer request with the same key
+/// cancels it. Keys whose request is over (nobody but this map holds its token any more) are dropped when the
+/// next request arrives, so the map never holds more than the keys with a request in flight plus one.
+#[derive(Debug, Default)]
+pub struct Supersede(Mutex<HashMap<String, CancelToken>>);
+
+impl Supersede {
+    /// `cancel` becomes the running request of `key`; the one before it, if any, is cancelled.
+    pub fn begin(&self, key: Option<&str>, cancel: &CancelToken) {
+        let Some(key) = key else { return };
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|_, token| Arc::strong_count(&token.flag) > 1);
+        if let Some(old) = running.insert(key.to_string(), cancel.clone()) {
+            old.cancel();
+        }
+    }
+
+    #[cfg(test)]
+    fn keys(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Decides, from the text generated so far, whether the answer is complete. `Some(n)` stops generation
+/// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here.
+pub trait StopPolicy: Send {
+    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize>;
+}
+
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop at the model's end-of-generation tokens (EOS, EOT...). Off only for raw benchmarking.
+    pub stop_at_eog: bool,
+    /// Extra token ids that end the generation (excluded from the output).
+    pub stop_ids: Vec<u32>,
+    /// Strings that end the generation; the text is cut before the first one.
+    pub stop_strings: Vec<String>,
+    pub policy: Option<Box<dyn StopPolicy>>,
+    pub cancel: CancelToken,
+    /// A newer request with the same key cancels this one (e.g. one key per document).
+    pub supersede_key: Option<String>,
+    /// Token healing: text the generation must begin with, which the prompt left out. The first tokens
+    /// are constrained to spell it; it is not part of the reported text or token events. Only backends
+    /// whose [`Backend::heals_tokens`] is true honour it.
+    pub heal: String,
+    /// Speculative decoding: when sampling is greedy, tokens drafted from the prompt are verified in one
+    /// forward pass. The output is the same either way; only the speed differs.
+    pub speculative: bool,
+}
+
+impl GenerateRequest {
+    pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
+        Self {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop_at_eog: true,
+            stop_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            policy: None,
+            cancel: CancelToken::new(),
+            supersede_key: None,
+            heal: String::new(),
+            speculative: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EndOfGeneration,
+    StopString,
+    Policy,
+    MaxTokens,
+    ContextFull,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Time spent waiting for the model thread.
+    pub queue_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache.
+    pub reused_tokens: usize,
+    /// Prompt tokens this request ran through the model (a cancelled request: those it started).
+    pub computed_tokens: usize,
+    /// Of those, the ones whose work was lost: a prefill chunk cancelled part of the way through.
+    pub discarded_tokens: usize,
+    pub generated_tokens: usize,
+    /// Speculative decoding: tokens drafted and verified, and how many of them the model agreed with.
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Generated ids, stop token excluded.
+    pub generated_ids: Vec<u32>,
+    /// Their text, cut at a stop string or where the stop policy said.
+    pub text: String,
+    pub stop_reason: StopReason,
+    pub stop_token: Option<u32>,
+    pub timings: Timings,
+}
+
+impl Outcome {
+    /// A request cancelled before it generated anything.
+    pub fn cancelled(timings: Timings) -> Self {
+        Self {
+            generated_ids: Vec::new(),
+            text: String::new(),
+            stop_reason: StopReason::Cancelled,
+            stop_token: None,
+            timings,
+        }
+    }
+}
+
+/// Milliseconds since `t`, as `Timings` counts them.
+pub fn ms_since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+pub enum Event {
+    Token { id: u32, text: String },
+    Finished(Result<Outcome>),
+}
+
+/// A submitted request: its events as they come, and its cancellation handle.
+pub struct Generation {
+    pub events: UnboundedReceiver<Event>,
+    pub cancel: CancelToken,
+}
+
+impl Generation {
+    /// Waits (blocking the calling thread) for the outcome; not for use on an async runtime.
+    pub fn wait(mut self) -> Result<Outcome> {
+        while let Some(ev) = self.events.blocking_recv() {
+            if let Event::Finished(r) = ev {
+                return r;
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+
+    /// Waits asynchronously for the outcome.
+    pub async fn finish(mut self) -> Result<Outcome> {
+        while let Some(ev) = self.events.recv().await {
+            if let Event::Finished(r) = ev {
+                return r;
+            }
+        }
+        Err(EngineError::Stopped)
+    }
+}
+
+/// Something that runs generation requests: the in-process engine, or a remote inference server
+/// (`backends`). Prompt building, post-processing and the language server only talk to this.
+pub trait Backend: Send + Sync {
+    /// Queues a request; tokens arrive on the returned generation's channel. Never blocks.
+    fn submit(&self, req: GenerateRequest) -> Generation;
+    fn tokenizer(&self) -> &Arc<Tokenizer>;
+    fn info(&self) -> &Arc<ModelInfo>;
+    /// Whether the backend constrains the first tokens to [`GenerateRequest::heal`] (a remote engine
+    /// cannot, so prompts for it are built without healing).
+    fn heals_tokens(&self) -> bool {
+        false
+    }
+}
+
+impl Backend for Engine {
+    fn submit(&self, req: GenerateRequest) -> Generation {
+        Engine::submit(self, req)
+    }
+    fn tokenizer(&self) -> &Arc<Tokenizer> {
+        Engine::tokenizer(self)
+    }
+    fn info(&self) -> &Arc<ModelInfo> {
+        Engine::info(self)
+    }
+    fn heals_tokens(&self) -> bool {
+        true
+    }
+}
+
+/// Handle to the model thread. Dropping it stops the thread after the current request.
+pub struct Engine {
+    jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
+    tokenizer: Arc<Tokenizer>,
+    info: Arc<ModelInfo>,
+    running: Supersede,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Starts the model thread and loads the model in it; returns once the model is ready.
+    /// `progress` receives the loaded fraction (0..=1).
+    pub fn start(opts: LoadOptions, progress: Box<dyn FnMut(f32) + Send>) -> Result<Self> {
+        let (jobs, tokenizer, info, thread) = worker::spawn(opts, progress)?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            tokenizer,
+            info,
+            running: Supersede::default(),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn info(&self) -> &Arc<ModelInfo> {
+        &self.info
+    }
+
+    /// Queues a request; tokens arrive on the returned generation's channel.
+    pub fn submit(&self, req: GenerateRequest) -> Generation {
+        let (tx, rx) = unbounded_channel();
+        let cancel = req.cancel.clone();
+        self.running.begin(req.supersede_key.as_deref(), &cancel);
+        let job = worker::Job {
+            req,
+            events: tx.clone(),
+            queued: std::time::Instant::now(),
+        };
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|jobs| jobs.send(job).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            let _ = tx.send(Event::Finished(Err(EngineError::Stopped)));
+        }
+        Generation { events: rx, cancel }
+    }
+
+    /// Submits and waits (blocking).
+    pub fn generate(&self, req: GenerateRequest) -> Result<Outcome> {
+        self.submit(req).wait()
+    }
+
+    /// Stops the model thread and waits for it.
+    pub fn shutdown(&self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_request_cancels_the_older_and_finished_ones_are_forgotten() {
+        let running = Supersede::default();
+        let first = CancelToken::new();
+        running.begin(Some("file:///a.py"), &first);
+        let second = CancelToken::new();
+        running.begin(Some("file:///a.py"), &second);
+        assert!(first.is_cancelled() && !second.is_cancelled());
+        let other = CancelToken::new();
+        running.begin(Some("file:///b.py"), &other);
+        assert!(!second.is_cancelled(), "another key cancels nothing");
+        running.begin(None, &CancelToken::new());
+        assert_eq!(running.keys(), 2);
+        // Both requests end (their tokens dropped): the next request leaves only its own key.
+        drop((first, second, other));
+        let third = CancelToken::new();
+        running.begin(Some("file:///c.py"), &third);
+        assert_eq!(running.keys(), 1);
+    }
+}

@@ -1,0 +1,255 @@
+//! One completion end to end, with no LSP in sight: document text and cursor → FIM prompt → engine →
+//! suggestion. The CLI's `complete`, the language server, `eval` and the benchmarks all go through here,
+//! so they behave the same.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::language::Language;
+use crate::postprocess::{self, StreamDecision, StreamStopper};
+use crate::prompt::{BuiltPrompt, ContextChunk, FimInput, PromptBuilder, Truncation};
+use codellama_engine::{
+    Backend, CancelToken, GenerateRequest, Generation, Outcome, SamplingParams, StopPolicy,
+    StopReason, Timings,
+};
+
+/// Everything a completion needs besides the engine and prompt builder.
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub prefix: String,
+    pub suffix: String,
+    pub path: Option<String>,
+    pub language_id: Option<String>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// No post-processing and no structure-aware stopping: only EOS/EOT and `max_tokens` stop.
+    pub raw: bool,
+    pub cancel: CancelToken,
+    /// A newer request with the same key cancels this one (the server uses the document URI).
+    pub supersede_key: Option<String>,
+    /// Post-processing rules and limits.
+    pub postprocess: postprocess::Config,
+    /// Other open documents, most recently used first (used when the prompt builder allows context).
+    pub extra: Vec<ContextChunk>,
+    /// Token healing at the cursor (the `token_healing` setting); never in raw mode, and only with a
+    /// backend that can constrain the first tokens.
+    pub token_healing: bool,
+    /// Speculative decoding (greedy sampling only; the same output, sooner).
+    pub speculative: bool,
+}
+
+impl CompletionRequest {
+    pub fn new(prefix: impl Into<String>, suffix: impl Into<String>, max_tokens: usize) -> Self {
+        Self {
+            prefix: prefix.into(),
+            suffix: suffix.into(),
+            path: None,
+            language_id: None,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            raw: false,
+            cancel: CancelToken::new(),
+            supersede_key: None,
+            postprocess: postprocess::Config::default(),
+            extra: Vec::new(),
+            token_healing: true,
+            speculative: true,
+        }
+    }
+
+    /// The language, from the LSP language id or else the file name.
+    pub fn language(&self) -> Language {
+        match (&self.language_id, &self.path) {
+            (Some(id), _) => Language::from_language_id(id),
+            (None, Some(p)) => Language::from_path(Path::new(p)),
+            (None, None) => Language::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Completion {
+    /// The suggestion to show (empty: nothing worth showing).
+    pub completion: String,
+    /// What the model generated, before post-processing.
+    pub raw_text: String,
+    pub prompt_ids: Vec<u32>,
+    /// Generated ids before post-processing, stop token excluded.
+    pub generated_ids: Vec<u32>,
+    pub template: String,
+    pub truncated: Truncation,
+    /// Paths of the other documents shown to the model before the text around the cursor.
+    pub context_paths: Vec<String>,
+    pub stop_reason: StopReason,
+    pub timings: Timings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompletionError {
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
+    #[error(transparent)]
+    Engine(#[from] codellama_engine::EngineError),
+}
+
+/// A completion submitted to the engine, waiting for its outcome.
+pub struct Pending {
+    generation: Generation,
+    prompt: BuiltPrompt,
+    /// `None` in raw mode.
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+}
+
+/// The post-processing rules, run inside the decode loop so the engine stops as soon as the suggestion
+/// is complete.
+struct StreamPolicy(Arc<Mutex<StreamStopper>>);
+
+impl StopPolicy for StreamPolicy {
+    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize> {
+        match self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(text, elapsed)
+        {
+            StreamDecision::Continue => None,
+            StreamDecision::Stop { at, .. } => Some(at),
+        }
+    }
+}
+
+/// A completion whose prompt is built, not yet queued: the language server builds it off its async runtime
+/// and queues it only if no newer request for the document came meanwhile.
+pub struct Prepared {
+    request: GenerateRequest,
+    prompt: BuiltPrompt,
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+}
+
+/// Builds the prompt and the generation request (tokenizes, so it takes a few milliseconds; nothing is
+/// queued yet).
+pub fn prepare(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Prepared, CompletionError> {
+    let input = FimInput {
+        prefix: &req.prefix,
+        suffix: &req.suffix,
+        path: req.path.as_deref(),
+        language_id: req.language_id.as_deref(),
+        extra: &req.extra,
+        heal: req.token_healing && !req.raw && engine.heals_tokens(),
+    };
+    let prompt = builder.fim(&input, req.max_tokens, engine.info().context_window)?;
+    let mut gen = GenerateRequest::new(prompt.ids.clone(), req.max_tokens);
+    gen.sampling = req.sampling.clone();
+    gen.stop_ids = prompt.stop_ids.clone();
+    gen.cancel = req.cancel.clone();
+    gen.supersede_key = req.supersede_key.clone();
+    gen.heal = prompt.heal.clone();
+    gen.speculative = req.speculative;
+    let stopper = (!req.raw).then(|| {
+        let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
+        Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))
+    });
+    gen.policy = stopper
+        .as_ref()
+        .map(|s| Box::new(StreamPolicy(s.clone())) as Box<dyn StopPolicy>);
+    Ok(Prepared {
+        request: gen,
+        prompt,
+        stopper,
+    })
+}
+
+impl Prepared {
+    pub fn prompt(&self) -> &BuiltPrompt {
+        &self.prompt
+    }
+
+    /// Queues the generation (never blocks on the model).
+    pub fn submit(self, engine: &dyn Backend) -> Pending {
+        Pending {
+            generation: engine.submit(self.request),
+            prompt: self.prompt,
+            stopper: self.stopper,
+        }
+    }
+}
+
+/// Builds the prompt and queues the generation (never blocks on the model).
+pub fn submit(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Pending, CompletionError> {
+    Ok(prepare(engine, builder, req)?.submit(engine))
+}
+
+impl Pending {
+    pub fn cancel_token(&self) -> &CancelToken {
+        &self.generation.cancel
+    }
+
+    /// Waits on the calling thread (CLI, benchmarks).
+    pub fn wait(self) -> Result<Completion, CompletionError> {
+        let Pending {
+            generation,
+            prompt,
+            stopper,
+        } = self;
+        let outcome = generation.wait()?;
+        Ok(finish(prompt, outcome, stopper))
+    }
+
+    /// Waits asynchronously (the language server).
+    pub async fn finish(self) -> Result<Completion, CompletionError> {
+        let Pending {
+            generation,
+            prompt,
+            stopper,
+        } = self;
+        let outcome = generation.finish().await?;
+        Ok(finish(prompt, outcome, stopper))
+    }
+}
+
+fn finish(
+    prompt: BuiltPrompt,
+    outcome: Outcome,
+    stopper: Option<Arc<Mutex<StreamStopper>>>,
+) -> Completion {
+    let completion = match (&stopper, outcome.stop_reason) {
+        (_, StopReason::Cancelled) => String::new(),
+        (None, _) => outcome.text.clone(),
+        (Some(s), _) => s
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .finalize(&outcome.text)
+            .unwrap_or_default(),
+    };
+    Completion {
+        completion,
+        raw_text: outcome.text,
+        prompt_ids: prompt.ids,
+        generated_ids: outcome.generated_ids,
+        template: prompt.template,
+        truncated: prompt.truncated,
+        context_paths: prompt.context_paths,
+        stop_reason: outcome.stop_reason,
+        timings: outcome.timings,
+    }
+}
+
+/// Convenience: submit and wait.
+pub fn complete(
+    engine: &dyn Backend,
+    builder: &PromptBuilder,
+    req: &CompletionRequest,
+) -> Result<Completion, CompletionError> {
+    submit(engine, builder, req)?.wait()
+}
