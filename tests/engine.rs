@@ -771,7 +771,7 @@ fn decode_with(
 /// FIM prompts (or continuation prompts, for a model without FIM tokens) for holes of three lines cut
 /// from a real Python file, the cursor on the empty line where they were.
 fn code_holes(lines_at: &[usize]) -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(common::repo_dir().join("examples/typing/inventory.py"))
+    let text = std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py"))
         .expect("example file");
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     lines_at
@@ -885,7 +885,7 @@ fn speculative_decoding_gives_the_plain_greedy_output() {
 #[test]
 fn speculative_decoding_stops_at_a_full_context_like_plain_decoding() {
     let engine = start(&common::small_model());
-    let text = std::fs::read_to_string(common::repo_dir().join("examples/typing/inventory.py"))
+    let text = std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py"))
         .expect("example file");
     let ids = engine.tokenizer().encode(&text, true);
     let prompt = &ids[..230];

@@ -653,7 +653,7 @@ fn explain_and_generate_give_sensible_answers() {
 /// fresh clone after scripts/fetch-model) and parses its `--json` output.
 fn cli_complete(location: &Path, line: usize, column: usize, flags: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_codellama-lsp"))
-        .current_dir(common::repo_dir())
+        .current_dir(common::checkout())
         .env_remove("CODELLAMA_LSP_MODEL")
         .env_remove("CODELLAMA_LSP_MODELS")
         .arg("complete")
@@ -675,7 +675,7 @@ fn cli_complete(location: &Path, line: usize, column: usize, flags: &[&str]) -> 
 fn cli_complete_uses_qwen_and_writes_working_code() {
     let _one = one_model_at_a_time();
     // `    return fib|` in the recursive case; the file prints fibonacci(10).
-    let file = common::repo_dir().join("examples/fib.py");
+    let file = common::checkout().join("examples/fib.py");
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.split('\n').collect();
     assert_eq!(lines[4], "    return fib", "examples/fib.py changed");

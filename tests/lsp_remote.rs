@@ -370,7 +370,7 @@ fn engine_failures_during_a_session_are_shown_once_and_a_cancel_is_no_recovery()
 #[test]
 fn a_short_soak_answers_every_request_once_in_bounded_memory() {
     let _g = serial();
-    let repo = common::repo_dir();
+    let repo = common::checkout();
     let settings = json!({"context_window": 512, "max_tokens": 16, "threads": 2});
     let opts = SoakOptions {
         server: env!("CARGO_BIN_EXE_codellama-lsp").into(),

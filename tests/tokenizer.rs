@@ -352,7 +352,7 @@ fn byte_level_tokenizers_match_llama_cpp_prompt_ids() {
 /// Checked with the vocabulary-only GGUF they come with and with the Qwen2.5-Coder model's tokenizer.
 #[test]
 fn qwen2_matches_llama_cpp_vocab_tests() {
-    let dir = common::repo_dir().join("models/llama.cpp-vocab");
+    let dir = common::checkout().join("models/llama.cpp-vocab");
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .unwrap_or_else(|e| panic!("{}/{name}: {e} (run scripts/fetch-model)", dir.display()))

@@ -24,7 +24,7 @@ pub fn llama_server_binary() -> PathBuf {
         assert!(p.is_file(), "LLAMA_SERVER={} does not exist", p.display());
         return p;
     }
-    let cached = super::repo_dir()
+    let cached = super::checkout()
         .join(".cache/llama.cpp")
         .join(LLAMA_CPP_VERSION)
         .join("build/bin/llama-server");

@@ -1,67 +1,12 @@
-//! Paths shared by the integration tests: the `../shared` folder beside the repository (override with
-//! `CODELLAMA_LSP_SHARED`) and the small offline model fetched by `scripts/fetch-model`.
+//! What the integration tests share: the fixture paths of `codellama_test_support::fixtures`, tokenizers
+//! and chat templates built from them, crafted GGUF files, a llama.cpp server and a scripted engine.
 #![allow(dead_code)]
-
-use std::path::PathBuf;
 
 pub mod gguf_craft;
 pub mod llama_server;
 pub mod scripted_engine;
 
-pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("CODELLAMA_LSP_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => repo_dir().join("../shared"),
-    }
-}
-
-pub fn codellama_fixture(name: &str) -> PathBuf {
-    shared_dir().join("fixtures/codellama").join(name)
-}
-
-pub fn reference(name: &str) -> PathBuf {
-    shared_dir().join("reference").join(name)
-}
-
-/// A model that `scripts/fetch-model` installs. Panics with the fix when it has not been fetched.
-fn fetched_model(file: &str) -> PathBuf {
-    let p = repo_dir().join("models").join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-model",
-        p.display()
-    );
-    p
-}
-
-/// The SmolLM2 test model (llama architecture, no FIM tokens, 135M: the fastest real model).
-pub fn small_model() -> PathBuf {
-    fetched_model("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-/// The default model, Qwen2.5-Coder-0.5B-Instruct (qwen2 architecture, FIM-trained).
-pub fn qwen_model() -> PathBuf {
-    fetched_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-}
-
-/// Qwen2.5-Coder-1.5B-Instruct when `scripts/fetch-model qwen-1.5b` has fetched it. Without it the
-/// caller's test says it skipped (it is 1.1 GB; `scripts/test` fetches it, so CI runs those tests).
-pub fn qwen_1_5b_model() -> Option<PathBuf> {
-    let p = repo_dir().join("models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf");
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is missing (run scripts/fetch-model qwen-1.5b)",
-            p.display()
-        );
-        None
-    }
-}
+pub use codellama_test_support::fixtures::*;
 
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path)

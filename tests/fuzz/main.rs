@@ -49,7 +49,7 @@ fn gguf() {
 /// A file in `target/fuzz-work` for this process and `name`: left behind if the process dies, so the
 /// input that killed it is at hand.
 fn work_file(name: &str) -> PathBuf {
-    let dir = common::repo_dir().join("target/fuzz-work");
+    let dir = common::checkout().join("target/fuzz-work");
     std::fs::create_dir_all(&dir).expect("target/fuzz-work");
     dir.join(format!("{name}-{}", std::process::id()))
 }

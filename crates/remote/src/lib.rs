@@ -473,14 +473,7 @@ mod tests {
     use std::time::Duration;
 
     fn smollm2() -> GgufFile {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            path.exists(),
-            "{} is missing: run scripts/fetch-model",
-            path.display()
-        );
-        GgufFile::open(&path).unwrap()
+        GgufFile::open(&codellama_test_support::fixtures::small_model()).unwrap()
     }
 
     fn tokenizer() -> Tokenizer {

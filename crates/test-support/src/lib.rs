@@ -2,9 +2,11 @@
 //! the integration tests use to drive the real binary. Requests the server sends (such as
 //! `window/workDoneProgress/create`) are recorded and answered with `null`, or with the result set for their
 //! method with [`LspProcess::answer`] (e.g. `{"applied": true}` for `workspace/applyEdit`). The server's stderr
-//! is kept.
+//! is kept. [`fixtures`] says where tests find models and fixtures.
 
 #![forbid(unsafe_code)]
+
+pub mod fixtures;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
