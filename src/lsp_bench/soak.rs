@@ -209,7 +209,7 @@ impl Sampler {
 
 /// The remote engine of the schedule: started and killed on one port. A start does not wait for the engine to
 /// load (the server sees it answer 503 meanwhile), so that typing goes on.
-struct Engine {
+struct FlappingEngine {
     binary: PathBuf,
     model: PathBuf,
     threads: usize,
@@ -217,7 +217,7 @@ struct Engine {
     running: Option<LlamaServer>,
 }
 
-impl Engine {
+impl FlappingEngine {
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -253,7 +253,7 @@ pub fn run_soak(opts: &SoakOptions) -> anyhow::Result<SoakReport> {
     let (mut server, _, _, _) = start_server(&opts.server, &settings, opts.timeout)?;
 
     let mut engine = match &opts.llama_server {
-        Some(binary) => Some(Engine {
+        Some(binary) => Some(FlappingEngine {
             binary: binary.clone(),
             model: opts.model.clone(),
             threads: settings.get("threads").and_then(Value::as_u64).unwrap_or(2) as usize,

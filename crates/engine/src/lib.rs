@@ -226,14 +226,9 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Waits (blocking the calling thread) for the outcome; not for use on an async runtime.
-    pub fn wait(mut self) -> Result<Outcome> {
-        while let Some(ev) = self.events.blocking_recv() {
-            if let Event::Finished(r) = ev {
-                return r;
-            }
-        }
-        Err(EngineError::Stopped)
+    /// [`Self::finish`], blocking the calling thread (CLI, eval); not for use on an async runtime.
+    pub fn wait(self) -> Result<Outcome> {
+        futures_executor::block_on(self.finish())
     }
 
     /// Waits asynchronously for the outcome.

@@ -94,7 +94,7 @@ pub enum TokenizerError {
 }
 
 /// Where the merging happens.
-enum Engine {
+enum Merger {
     /// GGUF `llama`: our SentencePiece merge loop over scores.
     Spm(SpmModel),
     /// GGUF `gpt2`: our byte-level merge loop over ranked merges, after the named pre-tokenizer.
@@ -114,7 +114,7 @@ struct Settings {
 pub struct Tokenizer {
     vocab: Vocab,
     specials: Specials,
-    engine: Engine,
+    merger: Merger,
     settings: Settings,
 }
 
@@ -156,10 +156,10 @@ impl Tokenizer {
             return Vec::new();
         }
         let dummy_prefix = dummy_prefix && self.kind() == TokenizerKind::SentencePiece;
-        let ids = match &self.engine {
-            Engine::Spm(model) => model.encode(&self.vocab, text, dummy_prefix),
-            Engine::ByteBpe(model) => model.encode(&self.vocab, text),
-            Engine::Hf(model) => model.encode(&self.vocab, text, dummy_prefix),
+        let ids = match &self.merger {
+            Merger::Spm(model) => model.encode(&self.vocab, text, dummy_prefix),
+            Merger::ByteBpe(model) => model.encode(&self.vocab, text),
+            Merger::Hf(model) => model.encode(&self.vocab, text, dummy_prefix),
         };
         debug_assert!(
             !ids.iter().any(|&id| self.is_protected(id)),

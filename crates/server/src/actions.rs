@@ -113,21 +113,26 @@ struct Features {
 
 impl Features {
     fn of(caps: &ClientCapabilities) -> Self {
-        let caps = serde_json::to_value(caps).unwrap_or_default();
-        let flag = |path: &str| caps.pointer(path).and_then(Value::as_bool).unwrap_or(false);
-        let resolve_edit = caps
-            .pointer("/textDocument/codeAction/resolveSupport/properties")
-            .and_then(Value::as_array)
-            .is_some_and(|p| p.iter().any(|p| p == "edit"))
-            && flag("/textDocument/codeAction/dataSupport");
+        let code_action = caps
+            .text_document
+            .as_ref()
+            .and_then(|t| t.code_action.as_ref());
+        let workspace = caps.workspace.as_ref();
+        let resolve_edit = code_action.is_some_and(|c| {
+            c.data_support == Some(true)
+                && c.resolve_support
+                    .as_ref()
+                    .is_some_and(|r| r.properties.iter().any(|p| p == "edit"))
+        });
         Self {
-            literals: caps
-                .pointer("/textDocument/codeAction/codeActionLiteralSupport")
-                .is_some(),
+            literals: code_action.is_some_and(|c| c.code_action_literal_support.is_some()),
             resolve_edit,
-            document_changes: flag("/workspace/workspaceEdit/documentChanges"),
-            apply_edit: flag("/workspace/applyEdit"),
-            progress: flag("/window/workDoneProgress"),
+            document_changes: workspace
+                .and_then(|w| w.workspace_edit.as_ref())
+                .and_then(|e| e.document_changes)
+                == Some(true),
+            apply_edit: workspace.and_then(|w| w.apply_edit) == Some(true),
+            progress: caps.window.as_ref().and_then(|w| w.work_done_progress) == Some(true),
         }
     }
 }
@@ -181,7 +186,7 @@ pub struct Actions {
 }
 
 /// One action to run against a document.
-struct Job {
+struct ActionRun {
     uri: String,
     /// The version the caller saw (a code action's listing); `None`: whatever is current.
     version: Option<i32>,
@@ -384,7 +389,7 @@ impl Actions {
         })?;
         let ran = self
             .run(
-                Job {
+                ActionRun {
                     uri: data.uri.clone(),
                     version: Some(data.version),
                     doing: doing(data.task.kind()),
@@ -419,7 +424,7 @@ impl Actions {
                 let data: ActionData = serde_json::from_value(first).map_err(|e| {
                     invalid_params(format!("{APPLY_ACTION} takes a code action's data: {e}"))
                 })?;
-                let job = Job {
+                let job = ActionRun {
                     uri: data.uri.clone(),
                     version: Some(data.version),
                     doing: doing(data.task.kind()),
@@ -466,7 +471,7 @@ impl Actions {
                 )))
             }
         };
-        let job = Job {
+        let job = ActionRun {
             uri: args.uri,
             version: None,
             task: Task::Explain { selection },
@@ -504,7 +509,7 @@ impl Actions {
                 )))
             }
         };
-        let job = Job {
+        let job = ActionRun {
             uri: args.uri.clone(),
             version: None,
             task: Task::Generate {
@@ -580,28 +585,43 @@ impl Actions {
         }
         let lsp = |byte| {
             let p = ran.doc.byte_position(byte, enc);
-            json!({"line": p.line, "character": p.character})
+            Position {
+                line: p.line,
+                character: p.character,
+            }
         };
-        let text_edit = json!({
-            "range": {"start": lsp(edit.start), "end": lsp(edit.end)},
-            "newText": edit.new_text,
-        });
-        let edit = if self.features().document_changes {
-            json!({"documentChanges": [{
-                "textDocument": {"uri": uri, "version": ran.doc.version},
-                "edits": [text_edit],
-            }]})
+        let text_edit = TextEdit {
+            range: Range {
+                start: lsp(edit.start),
+                end: lsp(edit.end),
+            },
+            new_text: edit.new_text.clone(),
+        };
+        let uri = Uri::from(uri);
+        Ok(if self.features().document_changes {
+            let document = OptionalVersionedTextDocumentIdentifier {
+                version: Some(ran.doc.version),
+                text_document_identifier: TextDocumentIdentifier { uri },
+            };
+            WorkspaceEdit {
+                document_changes: Some(vec![DocumentChange::TextDocumentEdit(TextDocumentEdit {
+                    text_document: document,
+                    edits: vec![Edit::TextEdit(text_edit)],
+                })]),
+                ..WorkspaceEdit::default()
+            }
         } else {
-            json!({"changes": {uri: [text_edit]}})
-        };
-        serde_json::from_value(edit)
-            .map_err(|e| internal(format!("building the workspace edit: {e}")))
+            WorkspaceEdit {
+                changes: Some(HashMap::from([(uri, vec![text_edit])])),
+                ..WorkspaceEdit::default()
+            }
+        })
     }
 
     /// Runs one action to the end: checks the document, waits for the chat model, generates (reporting
     /// progress) and reduces the answer. In a task of its own, so that nothing in it can take the server down;
     /// dropping this future (`$/cancelRequest`) aborts the task and stops the generation.
-    async fn run(&self, job: Job, config: &Config) -> Result<Ran> {
+    async fn run(&self, job: ActionRun, config: &Config) -> Result<Ran> {
         let doc = self.document(&job.uri)?;
         if let Some(v) = job.version.filter(|v| *v != doc.version) {
             return Err(content_modified(format!(
@@ -631,7 +651,7 @@ impl Actions {
 
     async fn run_in_task(
         &self,
-        job: Job,
+        job: ActionRun,
         doc: Document,
         max_tokens: usize,
         temperature: f32,

@@ -245,7 +245,7 @@ impl Completer {
         );
         drop(flights);
 
-        let job = Job {
+        let run = CompletionRun {
             completer: self.clone(),
             env: env.clone(),
             backend,
@@ -259,7 +259,7 @@ impl Completer {
             arrived,
         };
         tokio::spawn(async move {
-            let answer = job.run().await;
+            let answer = run.run().await;
             let _ = tx.send(Some(answer));
         });
         (rx, self.waiter(uri, id))
@@ -308,7 +308,7 @@ impl Drop for Waiter {
 }
 
 /// One generation, run in its own task.
-struct Job {
+struct CompletionRun {
     completer: Completer,
     env: Env,
     backend: Arc<dyn Backend>,
@@ -322,7 +322,7 @@ struct Job {
     arrived: Instant,
 }
 
-impl Job {
+impl CompletionRun {
     async fn run(self) -> Answer {
         let answer = self.generate().await;
         if let Some(text) = &answer {

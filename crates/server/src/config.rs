@@ -349,14 +349,20 @@ impl Setting for BackendKind {
     }
 }
 
-/// The `remote` settings object (see docs/teams.md), checked when it is set: known keys, values of
-/// the right types. Its kind comes from `backend`.
+/// The `remote` settings object (see docs/teams.md), parsed once when it is set (known keys, values of
+/// the right types). Its kind comes from `backend`, so [`Config::remote_config`] puts it in.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct RemoteSettings(pub Map<String, Value>);
+pub struct RemoteSettings {
+    /// As the client wrote it (shown and serialized back as such).
+    pub written: Map<String, Value>,
+    /// The settings it holds, with the placeholder kind `llama.cpp`: the keys and their types do not
+    /// depend on the kind.
+    parsed: RemoteConfig,
+}
 
 impl Serialize for RemoteSettings {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
+        self.written.serialize(s)
     }
 }
 
@@ -382,19 +388,23 @@ impl Setting for RemoteSettings {
         if obj.contains_key("kind") {
             return Err("`kind` is not a key of `remote`: set `backend` instead".into());
         }
-        // The keys and their types do not depend on the kind: check them with any.
-        RemoteConfig::from_settings(
+        // The keys and their types do not depend on the kind: parse them with any.
+        let parsed = RemoteConfig::from_settings(
             RemoteKind::LlamaCpp.as_str(),
             Some(&Value::Object(obj.clone())),
         )
-        .map_err(|e| e.to_string())?;
-        Ok(RemoteSettings(obj))
+        .map_err(|e| e.to_string())?
+        .expect("llama.cpp is a remote kind");
+        Ok(RemoteSettings {
+            written: obj,
+            parsed,
+        })
     }
     fn show(&self) -> String {
-        Value::Object(self.0.clone()).to_string()
+        Value::Object(self.written.clone()).to_string()
     }
     fn schema(&self) -> Value {
-        json!({"type": "object", "default": self.0})
+        json!({"type": "object", "default": self.written})
     }
 }
 
@@ -775,18 +785,10 @@ impl Config {
         let BackendKind::Remote(kind) = self.backend else {
             return None;
         };
-        let remote = Value::Object(self.remote.0.clone());
-        match RemoteConfig::from_settings(kind.as_str(), Some(&remote)) {
-            Ok(config) => config,
-            // `remote` was checked when it was set; whatever is wrong, the defaults are a working start.
-            Err(e) => {
-                tracing::warn!("remote settings: {e}; using the defaults");
-                Some(RemoteConfig {
-                    kind,
-                    ..RemoteConfig::default()
-                })
-            }
-        }
+        Some(RemoteConfig {
+            kind,
+            ..self.remote.parsed.clone()
+        })
     }
 
     /// How prompts are built with these settings.
@@ -1083,13 +1085,13 @@ mod tests {
             let a = c.apply_json(&bad, "change");
             assert_eq!(a.problems.len(), 1, "{bad}: {:?}", a.problems);
         }
-        assert_eq!(c.remote.0["url"], "http://gpu:8080");
+        assert_eq!(c.remote.written["url"], "http://gpu:8080");
         // Environment variables and flags give the object as JSON text.
         c.apply_pairs(
             [("remote", r#"{"model": "codellama:7b-code"}"#.to_string())],
             "flags",
         );
-        assert_eq!(c.remote.0["model"], "codellama:7b-code");
+        assert_eq!(c.remote.written["model"], "codellama:7b-code");
         c.apply_pairs([("backend", "local".to_string())], "flags");
         assert!(matches!(c.model_key(), ModelKey::Local { .. }));
         assert_eq!(c.chat_model_key(), None, "same model as written");

@@ -1,7 +1,7 @@
 //! The language server: LSP over stdio (tower-lsp-server), in front of the documents, the prompt builder,
 //! the engine and post-processing. Only this crate speaks LSP.
 //!
-//! - [`backend`]: capabilities, document sync, configuration, the completion requests.
+//! - [`lsp`]: capabilities, document sync, configuration, the completion requests.
 //! - [`completion`]: typing-ahead cache, one generation per document, cancellation.
 //! - [`actions`]: code actions (explain, generate, document) and the `codellama.*` commands.
 //! - [`model`]: background loading (or connecting to a remote engine) and reloading, progress and failures;
@@ -14,11 +14,11 @@
 #![forbid(unsafe_code)]
 
 pub mod actions;
-pub mod backend;
 pub mod cache;
 pub mod completion;
 pub mod config;
 mod logging;
+pub mod lsp;
 pub mod model;
 mod pipeline;
 pub mod status;
@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tower_lsp_server::{LspService, Server};
 
 use crate::config::Config;
-use backend::Backend;
 use completion::Completer;
+use lsp::LspServer;
 use transport::CheckedInput;
 
 /// How many requests and notifications are handled at once. Completions wait on the model without holding a
@@ -67,13 +67,16 @@ pub async fn run(
     let shutdown = Arc::new(AtomicBool::new(false));
     let (service, socket) = {
         let (completer, shutdown) = (completer.clone(), shutdown.clone());
-        LspService::build(move |client| Backend::new(client, config, completer, shutdown))
-            .custom_method("codellama/debugDocument", Backend::debug_document)
+        LspService::build(move |client| LspServer::new(client, config, completer, shutdown))
+            .custom_method("codellama/debugDocument", LspServer::debug_document)
             .custom_method(
                 "window/workDoneProgress/cancel",
-                Backend::work_done_progress_cancel,
+                LspServer::work_done_progress_cancel,
             )
-            .custom_method(transport::INVALID_MESSAGE_METHOD, Backend::invalid_message)
+            .custom_method(
+                transport::INVALID_MESSAGE_METHOD,
+                LspServer::invalid_message,
+            )
             .finish()
     };
     let eof = Arc::new(AtomicBool::new(false));

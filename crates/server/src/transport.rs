@@ -19,7 +19,7 @@
 //!   (1 UTF-16 unit, 1 code point, and 3 UTF-8 bytes like a surrogate's own encoding), so the server's copy
 //!   of the document stays position for position the editor's; a warning says so, once. A document
 //!   notification that still cannot be read (its body is not UTF-8) makes the server drop the document and
-//!   say so, rather than keep a copy that silently differs from the editor's (see `Backend::invalid_message`).
+//!   say so, rather than keep a copy that silently differs from the editor's (see `LspServer::invalid_message`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;

@@ -195,15 +195,9 @@ impl Pending {
         &self.generation.cancel
     }
 
-    /// Waits on the calling thread (CLI, benchmarks).
+    /// [`Self::finish`], blocking the calling thread (CLI, benchmarks).
     pub fn wait(self) -> Result<Completion, CompletionError> {
-        let Pending {
-            generation,
-            prompt,
-            stopper,
-        } = self;
-        let outcome = generation.wait()?;
-        Ok(finish(prompt, outcome, stopper))
+        futures_executor::block_on(self.finish())
     }
 
     /// Waits asynchronously (the language server).

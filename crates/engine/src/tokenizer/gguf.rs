@@ -9,7 +9,7 @@ use super::merge::{ByteBpeModel, SpmModel};
 use super::pretokenize::PreTokenizer;
 use super::special::{self, SpecialKeys};
 use super::vocab::{parse_byte_piece, TokenType, Vocab};
-use super::{Engine, Settings, Tokenizer, TokenizerError, TokenizerKind};
+use super::{Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
 
 const MODEL: &str = "tokenizer.ggml.model";
 const PRE: &str = "tokenizer.ggml.pre";
@@ -48,14 +48,14 @@ pub(super) fn load(metadata: &HashMap<String, Value>) -> Result<Tokenizer, Token
         .as_ref()
         .map_or(kind == TokenizerKind::SentencePiece, PreTokenizer::add_bos);
     let settings = settings(&meta, kind, default_add_bos)?;
-    let engine = match pre {
-        None => Engine::Spm(SpmModel::new(&vocab, scores(&meta, vocab.len())?)),
-        Some(pre) => Engine::ByteBpe(ByteBpeModel::new(&vocab, meta.strings(MERGES)?, pre)),
+    let merger = match pre {
+        None => Merger::Spm(SpmModel::new(&vocab, scores(&meta, vocab.len())?)),
+        Some(pre) => Merger::ByteBpe(ByteBpeModel::new(&vocab, meta.strings(MERGES)?, pre)),
     };
     Ok(Tokenizer {
         vocab,
         specials,
-        engine,
+        merger,
         settings,
     })
 }

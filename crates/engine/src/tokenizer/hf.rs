@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::special::{self, SpecialKeys};
 use super::vocab::{parse_byte_piece, TokenType, Vocab, SPACE_MARK};
-use super::{Engine, Settings, Tokenizer, TokenizerError, TokenizerKind};
+use super::{Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
 
 /// Well-known end-of-sequence pieces, tried when no configuration names EOS.
 const EOS_PIECES: [&str; 5] = [
@@ -104,7 +104,7 @@ pub(super) fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
     Ok(Tokenizer {
         vocab,
         specials,
-        engine: Engine::Hf(Box::new(HfModel { inner })),
+        merger: Merger::Hf(Box::new(HfModel { inner })),
         settings,
     })
 }

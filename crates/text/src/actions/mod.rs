@@ -295,15 +295,9 @@ impl PendingAction {
         &self.prompt
     }
 
-    /// Waits on the calling thread (CLI); not for use on an async runtime.
-    pub fn wait(mut self) -> Result<ActionOutput, ActionError> {
-        let mut stream = Stream::default();
-        while let Some(ev) = self.generation.events.blocking_recv() {
-            if let Some(result) = stream.on_event(ev, &mut self.progress) {
-                return finish(&self.plan, self.prompt, result?);
-            }
-        }
-        Err(EngineError::Stopped.into())
+    /// [`Self::finish`], blocking the calling thread (CLI); not for use on an async runtime.
+    pub fn wait(self) -> Result<ActionOutput, ActionError> {
+        futures_executor::block_on(self.finish())
     }
 
     /// Waits asynchronously (the language server).

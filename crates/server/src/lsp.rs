@@ -26,7 +26,7 @@ use codellama_text::prompt::ContextChunk;
 /// them is used).
 const MAX_CONTEXT_DOCUMENTS: usize = 8;
 
-pub struct Backend {
+pub struct LspServer {
     client: Client,
     docs: Arc<Documents>,
     config: RwLock<Arc<Config>>,
@@ -42,7 +42,7 @@ pub struct Backend {
     init_problems: Mutex<Vec<String>>,
 }
 
-impl Backend {
+impl LspServer {
     pub fn new(
         client: Client,
         config: Config,
@@ -181,7 +181,7 @@ pub struct DebugDocumentParams {
     pub text_document: TextDocumentIdentifier,
 }
 
-impl Backend {
+impl LspServer {
     /// `codellama/debugDocument` (not advertised; for tests and for debugging a client): the server's copy
     /// of a document, `{uri, version, languageId, positionEncoding, text}`, or `null` when it is not open.
     pub async fn debug_document(&self, params: DebugDocumentParams) -> Result<Value> {
@@ -199,7 +199,7 @@ impl Backend {
     }
 }
 
-impl Backend {
+impl LspServer {
     /// `window/workDoneProgress/cancel`: the user cancelled a code action's progress or a model download.
     pub async fn work_done_progress_cancel(&self, params: WorkDoneProgressCancelParams) {
         self.model.cancel_download(&params.token);
@@ -310,7 +310,7 @@ fn longest_backtick_run(text: &str) -> usize {
     text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
 }
 
-impl LanguageServer for Backend {
+impl LanguageServer for LspServer {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         let caps = &params.capabilities;
         let offered: Vec<String> = caps
