@@ -47,7 +47,7 @@ fn identical_greedy(model: &Llama, reference: &str) -> usize {
         let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
         let mut got = Vec::new();
         for _ in 0..want.len() {
-            let t = argmax(&logits.to_vec1::<f32>().unwrap());
+            let t = argmax(&logits);
             got.push(t);
             logits = model.forward(&[t], &mut cache, Logits::Last).unwrap();
         }

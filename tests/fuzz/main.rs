@@ -83,8 +83,8 @@ fn gguf_target(data: &[u8]) -> String {
     let second = model.forward(&[last], &mut cache, Logits::Last);
     format!(
         "loaded: {:?} {:?}",
-        first.map(|t| t.dims().to_vec()),
-        second.map(|t| t.dims().to_vec())
+        first.map(|t| t.len()),
+        second.map(|t| t.len())
     )
 }
 

@@ -268,8 +268,7 @@ impl Worker {
             self.cached.extend_from_slice(chunk);
         }
         timings.prefill_ms = ms_since(t_prefill);
-        let logits = logits.ok_or(EngineError::EmptyPrompt)?;
-        let mut scores = logits.to_vec1::<f32>()?;
+        let mut scores = logits.ok_or(EngineError::EmptyPrompt)?;
 
         let t_decode = Instant::now();
         let mut sampler = Sampler::new(req.sampling.clone());
@@ -360,16 +359,10 @@ impl Worker {
             Vec::new()
         };
         let scores = if draft.is_empty() {
-            self.model
-                .forward(&[tok], &mut self.cache, Logits::Last)?
-                .to_vec1::<f32>()?
+            self.model.forward(&[tok], &mut self.cache, Logits::Last)?
         } else {
             let input: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
-            let rows = self
-                .model
-                .forward(&input, &mut self.cache, Logits::All)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            let rows = self.model.forward(&input, &mut self.cache, Logits::All)?;
             drafts.verified(&draft, rows)
         };
         self.cached.push(tok);

@@ -923,8 +923,9 @@ impl Llama {
     }
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache, and
-    /// returns the logits (`[vocab]` for `Logits::Last`, `[seq, vocab]` for `Logits::All`).
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+    /// returns the logits as a plain buffer on the CPU, where sampling reads them: `vocab` values for
+    /// `Logits::Last`, `seq` rows of `vocab` for `Logits::All`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
         self.forward_cancellable(tokens, cache, logits, &|| false)
     }
 
@@ -935,7 +936,7 @@ impl Llama {
         cache: &mut KvCache,
         logits: Logits,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Tensor> {
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let (seq, pos) = (tokens.len(), cache.len);
         if seq == 0 {
@@ -954,12 +955,7 @@ impl Llama {
             });
         }
         if let (Some(cpu), false) = (&self.cpu, self.tensor_path) {
-            let out = cpu.forward(&self.cfg, &self.pool, tokens, cache, logits, cancelled)?;
-            let vocab = self.cfg.vocab_size;
-            return Ok(match logits {
-                Logits::Last => Tensor::from_vec(out, vocab, &self.device)?,
-                Logits::All => Tensor::from_vec(out, (seq, vocab), &self.device)?,
-            });
+            return cpu.forward(&self.cfg, &self.pool, tokens, cache, logits, cancelled);
         }
         let (cos, sin) = (
             cache.cos.narrow(0, pos, seq)?,
@@ -985,11 +981,7 @@ impl Llama {
             Logits::All => x,
         };
         let x = rms_norm(&x, &self.norm, cfg.rms_eps)?;
-        let out = self.output.forward(&x)?;
-        Ok(match logits {
-            Logits::Last => out.squeeze(0)?,
-            Logits::All => out,
-        })
+        Ok(self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
     /// Grouped-query attention for one layer; query heads `g·group .. (g+1)·group` share KV head `g`,
