@@ -312,22 +312,21 @@ fn cancelling_closes_the_stream_and_the_engine_stops() {
     assert_eq!(next.stop_reason, StopReason::MaxTokens);
 }
 
+/// As the server does on a keystroke: the running request is cancelled and the newer one queued at once.
 #[test]
-fn a_newer_request_for_the_same_document_supersedes_the_older_one() {
+fn a_request_cancelled_for_a_newer_one_ends_and_the_newer_one_is_served() {
     let _g = serial();
     let server = Server::start(&[]);
     let backend = connect(RemoteKind::LlamaCpp, &server);
     let mut first = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94, 727], 1000);
     first.stop_at_eog = false;
-    first.supersede_key = Some("file:///a.py".into());
     let mut first = backend.submit(first);
     assert!(matches!(
         recv_timeout(&mut first, Duration::from_secs(60)),
         Some(Event::Token { .. })
     ));
-    let mut second = GenerateRequest::new(vec![1604, 3987, 46477, 24], 3);
-    second.supersede_key = Some("file:///a.py".into());
-    let second = backend.submit(second);
+    first.cancel.cancel();
+    let second = backend.submit(GenerateRequest::new(vec![1604, 3987, 46477, 24], 3));
     let a = wait(first, Duration::from_secs(5)).unwrap();
     assert_eq!(a.stop_reason, StopReason::Cancelled);
     let b = wait(second, Duration::from_secs(60)).unwrap();

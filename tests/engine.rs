@@ -121,23 +121,6 @@ fn cancellation_stops_within_a_token_and_the_engine_serves_on() {
     assert_eq!(next.stop_reason, StopReason::MaxTokens);
 }
 
-#[test]
-fn a_superseded_request_is_answered_without_touching_the_model() {
-    let engine = start(&common::small_model());
-    let mut first = GenerateRequest::new(vec![1604, 3987, 46477, 24], 100);
-    first.stop_at_eog = false;
-    first.supersede_key = Some("doc".into());
-    let first = engine.submit(first);
-    let mut second = GenerateRequest::new(vec![1604, 3987, 46477, 24, 94], 2);
-    second.supersede_key = Some("doc".into());
-    let second = engine.submit(second);
-    let a = first.wait().unwrap();
-    assert_eq!(a.stop_reason, StopReason::Cancelled);
-    assert!(a.generated_ids.len() <= 1);
-    let b = second.wait().unwrap();
-    assert_ne!(b.stop_reason, StopReason::Cancelled);
-}
-
 /// While the user types, each keystroke cancels the running request and sends one whose prompt shares
 /// almost all of it. A prefill chunk in progress is then finished for the newer request instead of
 /// thrown away; a chunk the newer request does not share is given up at once.
@@ -152,9 +135,11 @@ fn a_superseded_prefill_finishes_the_chunk_the_next_request_shares() {
     };
     let engine = Engine::start(opts, Box::new(|_| {})).expect("engine starts");
     let prompt: Vec<u32> = (0..600).map(|i| 1000 + 7 * i).collect();
+    // As the server does: a keystroke's request cancels the one before it, then is queued.
+    let previous = std::cell::RefCell::new(CancelToken::new());
     let submit = |prompt: Vec<u32>| {
-        let mut req = GenerateRequest::new(prompt, 2);
-        req.supersede_key = Some("doc".into());
+        let req = GenerateRequest::new(prompt, 2);
+        previous.replace(req.cancel.clone()).cancel();
         engine.submit(req)
     };
     // Inside the first 256-token chunk, the next keystroke.

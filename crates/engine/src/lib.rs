@@ -25,7 +25,6 @@ pub mod sampler;
 pub mod tokenizer;
 mod worker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,29 +84,6 @@ impl CancelToken {
     }
 }
 
-/// The running request of each `supersede_key` (a document, an action): a newer request with the same key
-/// cancels it. Keys whose request is over (nobody but this map holds its token any more) are dropped when the
-/// next request arrives, so the map never holds more than the keys with a request in flight plus one.
-#[derive(Debug, Default)]
-pub struct Supersede(Mutex<HashMap<String, CancelToken>>);
-
-impl Supersede {
-    /// `cancel` becomes the running request of `key`; the one before it, if any, is cancelled.
-    pub fn begin(&self, key: Option<&str>, cancel: &CancelToken) {
-        let Some(key) = key else { return };
-        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        running.retain(|_, token| Arc::strong_count(&token.flag) > 1);
-        if let Some(old) = running.insert(key.to_string(), cancel.clone()) {
-            old.cancel();
-        }
-    }
-
-    #[cfg(test)]
-    fn keys(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
 /// Decides, from the text generated so far, whether the answer is complete. `Some(n)` stops generation
 /// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here.
 pub trait StopPolicy: Send {
@@ -126,8 +102,6 @@ pub struct GenerateRequest {
     pub stop_strings: Vec<String>,
     pub policy: Option<Box<dyn StopPolicy>>,
     pub cancel: CancelToken,
-    /// A newer request with the same key cancels this one (e.g. one key per document).
-    pub supersede_key: Option<String>,
     /// Token healing: text the generation must begin with, which the prompt left out. The first tokens
     /// are constrained to spell it; it is not part of the reported text or token events. Only backends
     /// whose [`Backend::heals_tokens`] is true honour it.
@@ -148,7 +122,6 @@ impl GenerateRequest {
             stop_strings: Vec::new(),
             policy: None,
             cancel: CancelToken::new(),
-            supersede_key: None,
             heal: String::new(),
             speculative: true,
         }
@@ -276,7 +249,6 @@ pub struct Engine {
     jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
     tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
-    running: Supersede,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -289,7 +261,6 @@ impl Engine {
             jobs: Mutex::new(Some(jobs)),
             tokenizer,
             info,
-            running: Supersede::default(),
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -306,7 +277,6 @@ impl Engine {
     pub fn submit(&self, req: GenerateRequest) -> Generation {
         let (tx, rx) = unbounded_channel();
         let cancel = req.cancel.clone();
-        self.running.begin(req.supersede_key.as_deref(), &cancel);
         let job = worker::Job {
             req,
             events: tx.clone(),
@@ -342,30 +312,5 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_newer_request_cancels_the_older_and_finished_ones_are_forgotten() {
-        let running = Supersede::default();
-        let first = CancelToken::new();
-        running.begin(Some("file:///a.py"), &first);
-        let second = CancelToken::new();
-        running.begin(Some("file:///a.py"), &second);
-        assert!(first.is_cancelled() && !second.is_cancelled());
-        let other = CancelToken::new();
-        running.begin(Some("file:///b.py"), &other);
-        assert!(!second.is_cancelled(), "another key cancels nothing");
-        running.begin(None, &CancelToken::new());
-        assert_eq!(running.keys(), 2);
-        // Both requests end (their tokens dropped): the next request leaves only its own key.
-        drop((first, second, other));
-        let third = CancelToken::new();
-        running.begin(Some("file:///c.py"), &third);
-        assert_eq!(running.keys(), 1);
     }
 }

@@ -42,7 +42,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use codellama_engine::{
     Backend, EngineError, Event, GenerateRequest, Generation, ModelConfig, ModelInfo, Outcome,
-    StopReason, Supersede, Tokenizer,
+    StopReason, Tokenizer,
 };
 
 use codellama_engine::http;
@@ -106,7 +106,6 @@ struct Shared {
     tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
     eog: HashSet<u32>,
-    running: Supersede,
     health: Mutex<Health>,
 }
 
@@ -245,7 +244,6 @@ impl RemoteBackend {
                 protocol,
                 tokenizer: Arc::new(tok),
                 info: Arc::new(info),
-                running: Supersede::default(),
                 health: Mutex::new(Health::default()),
             }),
         })
@@ -377,9 +375,6 @@ impl Backend for RemoteBackend {
     fn submit(&self, mut req: GenerateRequest) -> Generation {
         let (tx, rx) = unbounded_channel();
         let cancel = req.cancel.clone();
-        self.shared
-            .running
-            .begin(req.supersede_key.as_deref(), &cancel);
         if let Err(e) = self.shared.validate(&req) {
             let _ = tx.send(Event::Finished(Err(e)));
             return Generation { events: rx, cancel };

@@ -339,11 +339,7 @@ impl CompletionRun {
         let context = self.env.context.clone();
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
-        let (completer, cancel, uri) = (
-            self.completer.clone(),
-            self.cancel.clone(),
-            self.uri.clone(),
-        );
+        let (completer, cancel) = (self.completer.clone(), self.cancel.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             let input = Input {
                 prefix: &prefix,
@@ -352,14 +348,7 @@ impl CompletionRun {
                 language_id: &language_id,
                 context: &context,
             };
-            pipeline::prepare(
-                &completer.inner.builders,
-                &backend,
-                &config,
-                &input,
-                cancel,
-                &uri,
-            )
+            pipeline::prepare(&completer.inner.builders, &backend, &config, &input, cancel)
         })
         .await;
         let prepared = match prepared {

@@ -79,7 +79,6 @@ pub fn prepare(
     config: &Config,
     input: &Input<'_>,
     cancel: CancelToken,
-    supersede_key: &str,
 ) -> Result<Prepared, String> {
     let builder = builders.get(backend, config.prompt_config())?;
     let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
@@ -95,9 +94,6 @@ pub fn prepare(
         ..SamplingParams::default()
     };
     req.cancel = cancel;
-    // The server queues a document's requests in the order they came (see `completion`), so the engine's
-    // superseding by key can only ever cancel an older one.
-    req.supersede_key = Some(supersede_key.to_string());
     let prepared = completion::prepare(&**backend, &builder, &req).map_err(|e| e.to_string())?;
     if prepared.prompt().ids.is_empty() {
         // Continuation at the top of an empty document: nothing to continue.

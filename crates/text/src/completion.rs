@@ -28,8 +28,6 @@ pub struct CompletionRequest {
     /// No post-processing and no structure-aware stopping: only EOS/EOT and `max_tokens` stop.
     pub raw: bool,
     pub cancel: CancelToken,
-    /// A newer request with the same key cancels this one (the server uses the document URI).
-    pub supersede_key: Option<String>,
     /// Post-processing rules and limits.
     pub postprocess: postprocess::Config,
     /// Other open documents, most recently used first (used when the prompt builder allows context).
@@ -52,7 +50,6 @@ impl CompletionRequest {
             sampling: SamplingParams::default(),
             raw: false,
             cancel: CancelToken::new(),
-            supersede_key: None,
             postprocess: postprocess::Config::default(),
             extra: Vec::new(),
             token_healing: true,
@@ -149,7 +146,6 @@ pub fn prepare(
     gen.sampling = req.sampling.clone();
     gen.stop_ids = prompt.stop_ids.clone();
     gen.cancel = req.cancel.clone();
-    gen.supersede_key = req.supersede_key.clone();
     gen.heal = prompt.heal.clone();
     gen.speculative = req.speculative;
     let stopper = (!req.raw).then(|| {

@@ -126,8 +126,6 @@ pub struct ActionRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub cancel: CancelToken,
-    /// A newer request with the same key cancels this one.
-    pub supersede_key: Option<String>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -138,7 +136,6 @@ impl ActionRequest {
             max_tokens,
             sampling: SamplingParams::default(),
             cancel: CancelToken::new(),
-            supersede_key: None,
             progress: None,
         }
     }
@@ -262,7 +259,6 @@ pub fn submit(
     gen.sampling = req.sampling;
     gen.stop_ids = prompt.stop_ids.clone();
     gen.cancel = req.cancel;
-    gen.supersede_key = req.supersede_key;
     gen.policy = Some(match plan.kind {
         ActionKind::Generate | ActionKind::GenerateFromComment => {
             Box::new(answer::StopAfterCodeBlock) as Box<dyn StopPolicy>
