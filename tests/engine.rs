@@ -458,23 +458,23 @@ fn write_hf_dir(dir: &Path) {
     use codellama_engine::gguf::GgufFile;
     let gguf_path = common::codellama_fixture(TINY);
     let f = GgufFile::open(&gguf_path).unwrap();
+    let mut file = std::fs::File::open(&gguf_path).unwrap();
     let n_head = 4;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (gguf_name, info) in &f.content.tensor_infos {
-        let t = f.tensor(gguf_name).unwrap();
         let dims = info.shape.dims().to_vec();
-        let mut values = vec![0f32; dims.iter().product()];
         let cols = *dims.last().unwrap();
-        let m = codellama_engine::kernels::QMatrix::new(
-            t.dtype,
-            values.len() / cols,
-            cols,
-            codellama_engine::kernels::WeightBytes::copy_of(t.data.bytes()),
-        )
-        .unwrap();
-        for (r, row) in values.chunks_mut(cols).enumerate() {
-            m.dequantize_row(r, row);
-        }
+        // candle's own dequantization, so that this check does not lean on our kernels.
+        let mut values = f
+            .content
+            .tensor(&mut file, gguf_name, &candle_core::Device::Cpu)
+            .unwrap()
+            .dequantize(&candle_core::Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let hf = hf_name(gguf_name);
         if gguf_name.ends_with("attn_q.weight") || gguf_name.ends_with("attn_k.weight") {
             values = unpermute(&values, n_head, dims[0], cols);

@@ -699,7 +699,7 @@ fn cli_complete_uses_qwen_and_writes_working_code() {
 fn cli_raw_greedy_ids_match_llama_cpp() {
     let _one = one_model_at_a_time();
     // 16 tokens of the Python, Rust, JavaScript and Go prompts: all ten reference prompts agree that
-    // far (two differ from token 29 on, see tests/llamacpp_reference.rs).
+    // far (two differ from token 29 on, see crates/engine/src/tests/llamacpp_reference.rs).
     const TOKENS: usize = 16;
     let reference = common::read_json(&common::reference("qwen25coder-0.5b-llamacpp.json"));
     let ids = |v: &Value| -> Vec<u64> {

@@ -8,12 +8,6 @@ pub mod scripted_engine;
 
 pub use codellama_test_support::fixtures::*;
 
-pub fn read_json(path: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
-}
-
 /// Code Llama 70B – Instruct's chat template, as published in the `tokenizer_config.json` of
 /// codellama/CodeLlama-70b-Instruct-hf (text-generation-inference's template tests carry a copy with
 /// `.strip()` spelled `| trim`).

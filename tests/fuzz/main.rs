@@ -18,9 +18,8 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::GgmlDType;
 use codellama_engine::gguf::GgufFile;
-use codellama_engine::model::Logits;
 use codellama_engine::tokenizer::{IncrementalDecoder, Tokenizer, TokenizerKind};
-use codellama_engine::{load_model, LoadOptions};
+use codellama_engine::{Engine, GenerateRequest, LoadOptions};
 use codellama_text::documents::{Document, Documents, PositionEncoding};
 
 use common::gguf_craft::{Crafted, CraftedTensor};
@@ -63,8 +62,8 @@ fn gguf_target(data: &[u8]) -> String {
         threads: Some(1),
         ..LoadOptions::default()
     };
-    let loaded = match load_model(&opts, &mut |_| {}) {
-        Ok(loaded) => loaded,
+    let engine = match Engine::start(opts, Box::new(|_| {})) {
+        Ok(engine) => engine,
         Err(e) => {
             let message = e.to_string();
             let name = path.display().to_string();
@@ -75,16 +74,14 @@ fn gguf_target(data: &[u8]) -> String {
             return message.replace(&name, "FILE");
         }
     };
-    // What loads must run: one step of two tokens, and one more on the cache.
-    let model = &loaded.model;
-    let last = (model.cfg.vocab_size - 1) as u32;
-    let mut cache = model.new_cache(16).expect("a cache of 16 positions");
-    let first = model.forward(&[0, last], &mut cache, Logits::All);
-    let second = model.forward(&[last], &mut cache, Logits::Last);
+    // What loads must run: a prompt of two tokens (the last of the vocabulary among them) and two more.
+    let last = (engine.info().config.vocab_size - 1) as u32;
+    let mut req = GenerateRequest::new(vec![0, last], 2);
+    req.stop_at_eog = false;
+    let outcome = engine.submit(req).wait();
     format!(
-        "loaded: {:?} {:?}",
-        first.map(|t| t.len()),
-        second.map(|t| t.len())
+        "loaded: {:?}",
+        outcome.map(|o| (o.generated_ids.len(), o.stop_reason))
     )
 }
 

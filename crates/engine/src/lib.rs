@@ -15,13 +15,15 @@ pub mod error;
 pub mod gguf;
 pub mod http;
 pub mod hub;
-pub mod kernels;
+mod kernels;
 mod load;
-pub mod model;
-pub mod pool;
+mod model;
+mod pool;
 pub mod remote_error;
 pub mod resolve;
 pub mod sampler;
+#[cfg(test)]
+mod tests;
 pub mod tokenizer;
 mod worker;
 
@@ -36,7 +38,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub use error::{EngineError, Result};
 pub use kernels::attention::KvType;
 pub use load::{load_model, LoadOptions, LoadedModel};
-pub use model::ModelConfig;
+pub use model::{Arch, ModelConfig};
 pub use remote_error::{RemoteError, RemoteErrorKind};
 pub use sampler::SamplingParams;
 pub use tokenizer::Tokenizer;

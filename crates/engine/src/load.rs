@@ -32,7 +32,7 @@ pub struct LoadOptions {
 }
 
 pub struct LoadedModel {
-    pub model: Llama,
+    pub(crate) model: Llama,
     pub tokenizer: Arc<Tokenizer>,
     pub info: ModelInfo,
 }

@@ -194,7 +194,7 @@ impl RemoteBackend {
             }
         }
         let config = loaded.config.unwrap_or_else(|| ModelConfig {
-            arch: codellama_engine::model::Arch::Llama,
+            arch: codellama_engine::Arch::Llama,
             n_layer: 0,
             n_embd: 0,
             n_head: 0,

@@ -60,3 +60,10 @@ pub fn qwen_1_5b_model() -> Option<PathBuf> {
         None
     }
 }
+
+/// A JSON fixture (goldens, references); panics naming the file when it is missing or malformed.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
+}

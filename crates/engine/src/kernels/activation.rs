@@ -10,11 +10,6 @@
 /// Lanes of llama.cpp's widest vector path; values past the last full group of 16 use libm.
 const VECTOR: usize = 16;
 
-/// `gate[i] = silu(gate[i]) · up[i]`.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    swiglu_rows(gate, up, gate.len())
-}
-
 /// `swiglu` over rows of `row` values (the vector/tail split restarts at every row, as llama.cpp runs
 /// the activation row by row).
 pub fn swiglu_rows(gate: &mut [f32], up: &[f32], row: usize) {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::error::{EngineError, Result};
 use super::gguf::{GgufFile, TensorData, WeightFile};
@@ -412,16 +412,6 @@ impl Linear {
         } else {
             let q = qtensor_from_ggml(t.dtype, t.data.bytes(), t.dims.clone(), device)?;
             Ok(Linear::Device(Arc::new(QMatMul::from_qtensor(q)?)))
-        }
-    }
-
-    pub fn out_features(&self) -> usize {
-        match self {
-            Linear::Cpu(m) => m.rows(),
-            Linear::Device(q) => match &**q {
-                QMatMul::QTensor(t) => t.shape().dims()[0],
-                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dims()[0],
-            },
         }
     }
 
@@ -874,10 +864,6 @@ impl Llama {
         })
     }
 
-    pub fn device(&self) -> &Device {
-        &self.device
-    }
-
     /// Uses `threads` compute threads for the CPU forward pass.
     pub fn set_threads(&mut self, threads: usize) -> Result<()> {
         if threads.max(1) != self.pool.threads() {
@@ -887,6 +873,7 @@ impl Llama {
     }
 
     /// Forces the tensor forward pass on the CPU too (slower; for checking the fused path).
+    #[cfg(test)]
     pub fn use_tensor_path(&mut self, yes: bool) {
         self.tensor_path = yes;
     }
@@ -1205,12 +1192,9 @@ impl KvCache {
         })
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn capacity(&self) -> usize {
@@ -1250,11 +1234,6 @@ fn rope_tables(cfg: &ModelConfig, capacity: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
-}
-
-/// The index of the largest logit (greedy decoding).
-pub fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
 }
 
 /// Safetensors weights of a Hugging Face checkpoint: the headers read at open (and checked by the

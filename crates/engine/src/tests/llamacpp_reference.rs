@@ -12,14 +12,13 @@
 //! replicate bit for bit, and K-quant weights are converted at load (Q4_K to Q4_1, with its scales
 //! rounded to f16), so near-ties can still flip.
 
-mod common;
-
 use std::path::Path;
 
+use crate::gguf::GgufFile;
+use crate::model::{Llama, Logits, ModelConfig};
+use crate::sampler::argmax;
 use candle_core::Device;
-use codellama_engine::gguf::GgufFile;
-use codellama_engine::model::{Llama, Logits, ModelConfig};
-use codellama_engine::sampler::argmax;
+use codellama_test_support::fixtures;
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
@@ -37,7 +36,7 @@ fn load(path: &Path) -> Llama {
 
 /// Greedy continuations of every reference prompt; returns how many are identical to llama.cpp's.
 fn identical_greedy(model: &Llama, reference: &str) -> usize {
-    let reference = common::read_json(&common::reference(reference));
+    let reference = fixtures::read_json(&fixtures::reference(reference));
     let cases = reference["greedy"].as_array().unwrap();
     let mut matched = 0;
     let mut report = Vec::new();
@@ -72,7 +71,7 @@ fn identical_greedy(model: &Llama, reference: &str) -> usize {
 
 #[test]
 fn smollm2_greedy_matches_llama_cpp() {
-    let model = load(&common::small_model());
+    let model = load(&fixtures::small_model());
     let cfg = &model.cfg;
     assert_eq!(
         (cfg.n_layer, cfg.n_head, cfg.n_head_kv, cfg.context_length),
@@ -84,7 +83,7 @@ fn smollm2_greedy_matches_llama_cpp() {
 
 #[test]
 fn qwen_0_5b_greedy_matches_llama_cpp() {
-    let model = load(&common::qwen_model());
+    let model = load(&fixtures::qwen_model());
     let cfg = &model.cfg;
     assert_eq!(
         (
@@ -102,7 +101,7 @@ fn qwen_0_5b_greedy_matches_llama_cpp() {
 
 #[test]
 fn qwen_1_5b_greedy_matches_llama_cpp() {
-    let Some(path) = common::qwen_1_5b_model() else {
+    let Some(path) = fixtures::qwen_1_5b_model() else {
         return;
     };
     // Measured 7/10: this file is mostly Q4_K, which we convert to Q4_1 at load (scales rounded to

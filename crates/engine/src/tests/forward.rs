@@ -2,16 +2,15 @@
 //! numpy reference, also matched by llama.cpp) token for token, cache reuse giving the cold result, and
 //! greedy output with a q8_0 KV cache against an f16 one on real models and real code.
 
-mod common;
-
+use crate::gguf::GgufFile;
+use crate::model::{Llama, Logits, ModelConfig};
+use crate::sampler::argmax;
+use crate::{KvType, Tokenizer};
 use candle_core::Device;
-use codellama_engine::gguf::GgufFile;
-use codellama_engine::model::{Llama, Logits, ModelConfig};
-use codellama_engine::sampler::argmax;
-use codellama_engine::{KvType, Tokenizer};
+use codellama_test_support::fixtures;
 
 fn load(name: &str) -> Llama {
-    let f = GgufFile::open(&common::codellama_fixture(name)).expect("open fixture");
+    let f = GgufFile::open(&fixtures::codellama_fixture(name)).expect("open fixture");
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).expect("config");
     Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).expect("load")
 }
@@ -38,7 +37,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn tiny_codellama_greedy_matches_golden() {
-    let golden = common::read_json(&common::codellama_fixture(
+    let golden = fixtures::read_json(&fixtures::codellama_fixture(
         "tiny-codellama-greedy-golden.json",
     ));
     let cases = golden.as_array().unwrap();
@@ -53,7 +52,7 @@ fn tiny_codellama_greedy_matches_golden() {
 
 #[test]
 fn first_step_logits_match_reference_values() {
-    let golden = common::read_json(&common::codellama_fixture(
+    let golden = fixtures::read_json(&fixtures::codellama_fixture(
         "tiny-codellama-greedy-golden.json",
     ));
     for case in golden.as_array().unwrap() {
@@ -135,14 +134,14 @@ fn all_logits_agree_with_stepwise_decoding() {
 /// rounding difference would be amplified by the 8-bit activations.
 #[test]
 fn fused_cpu_path_equals_tensor_path() {
-    let small = common::small_model();
+    let small = fixtures::small_model();
     for path in [
-        common::codellama_fixture("tiny-codellama-mha.gguf"),
-        common::codellama_fixture("tiny-codellama-gqa.gguf"),
-        common::codellama_fixture("tiny-codellama-mha-q8_0.gguf"),
+        fixtures::codellama_fixture("tiny-codellama-mha.gguf"),
+        fixtures::codellama_fixture("tiny-codellama-gqa.gguf"),
+        fixtures::codellama_fixture("tiny-codellama-mha-q8_0.gguf"),
         small,
         // qwen2: q/k/v biases and half-split rotary pairs.
-        common::qwen_model(),
+        fixtures::qwen_model(),
     ] {
         let f = GgufFile::open(&path).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
@@ -177,7 +176,7 @@ fn fused_cpu_path_equals_tensor_path() {
 /// token. Also after rolling the cache back over part of a batch, as a rejected draft does.
 #[test]
 fn a_short_batch_gives_the_logits_of_single_steps_bit_for_bit() {
-    for path in [common::small_model(), common::qwen_model()] {
+    for path in [fixtures::small_model(), fixtures::qwen_model()] {
         let f = GgufFile::open(&path).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
         let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
@@ -247,7 +246,7 @@ fn greedy_with(model: &mut Llama, ty: KvType, prompt: &[u32], n: usize) -> Vec<u
 /// Real code of about `tokens` tokens: HumanEval-X problems of `language` with their solutions, one
 /// after another, then the next problem's prompt (so the model writes a function body).
 fn long_code(tokenizer: &Tokenizer, language: &str, tokens: usize) -> Vec<u32> {
-    let path = common::shared_dir().join(format!(
+    let path = fixtures::shared_dir().join(format!(
         "evaldata/humaneval-x/humaneval_{language}.jsonl.gz"
     ));
     let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -279,7 +278,7 @@ fn q8_0_agreement(
     let tokenizer = Tokenizer::from_gguf(&f.content).unwrap();
     let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
     model.set_threads(2).unwrap();
-    let reference = common::read_json(&common::reference(reference));
+    let reference = fixtures::read_json(&fixtures::reference(reference));
     let mut prompts: Vec<(String, Vec<u32>, usize)> = reference["greedy"]
         .as_array()
         .unwrap()
@@ -326,7 +325,7 @@ fn identical(agreement: &[(String, usize, usize)]) -> (usize, usize) {
 #[test]
 fn q8_0_kv_cache_keeps_greedy_output_smollm2() {
     let agreement = q8_0_agreement(
-        &common::small_model(),
+        &fixtures::small_model(),
         "smollm2-llamacpp.json",
         &["python", "rust"],
     );
@@ -341,7 +340,7 @@ fn q8_0_kv_cache_keeps_greedy_output_smollm2() {
 #[test]
 fn q8_0_kv_cache_keeps_greedy_output_qwen() {
     let agreement = q8_0_agreement(
-        &common::qwen_model(),
+        &fixtures::qwen_model(),
         "qwen25coder-0.5b-llamacpp.json",
         &["python", "rust"],
     );
