@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use codellama_engine::{Backend, GenerateRequest};
+use codellama_engine::{Backend, Drafting, GenerateRequest};
 use codellama_remote::{RemoteBackend, RemoteConfig, RemoteKind};
 use codellama_text::completion::{self, CompletionRequest};
 use codellama_text::prompt::PromptBuilder;
@@ -102,49 +102,76 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figur
     Ok(Figures { prefill, decode })
 }
 
-/// Greedy completions of real code with speculative decoding off and on.
+/// Greedy completions of real code under several ways of drafting (the first one, speculation off, is the
+/// reference every other output is compared with).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Speculation {
     pub completions: usize,
-    /// Completions whose generated ids were the same both ways.
+    pub modes: Vec<SpeculationMode>,
+}
+
+/// One way of drafting over all the completions.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpeculationMode {
+    pub name: &'static str,
+    /// Completions whose generated ids were those of the first mode.
     pub identical: usize,
-    /// Generated tokens (speculation off; the same on when every output is identical).
-    pub tokens_off: usize,
-    pub tokens_on: usize,
-    pub decode_ms_off: f64,
-    pub decode_ms_on: f64,
+    pub tokens: usize,
+    pub decode_ms: f64,
+    /// Prefill of the last prompt token (and the draft model's catching up with the prompt).
+    pub prefill_ms: f64,
     pub drafted: usize,
     pub accepted: usize,
 }
 
+/// The ways `bench --code` compares: off and prompt lookup, and with a draft model the draft model alone and
+/// both.
+pub fn speculation_modes(draft_model: bool) -> Vec<(&'static str, Drafting)> {
+    let lookup = Drafting {
+        prompt_lookup: true,
+        draft_model: false,
+    };
+    let mut modes = vec![("off", Drafting::OFF), ("prompt lookup", lookup)];
+    if draft_model {
+        let model = Drafting {
+            prompt_lookup: false,
+            draft_model: true,
+        };
+        modes.extend([("draft model", model), ("both", Drafting::ON)]);
+    }
+    modes
+}
+
 impl Speculation {
     pub fn print(&self) {
-        let rate = |tokens: usize, ms: f64| tokens as f64 / (ms / 1e3);
-        let (off, on) = (
-            rate(self.tokens_off, self.decode_ms_off),
-            rate(self.tokens_on, self.decode_ms_on),
-        );
+        let rate = |m: &SpeculationMode| m.tokens as f64 / (m.decode_ms / 1e3);
+        println!("speculative decoding: {} completions", self.completions);
+        let Some(off) = self.modes.first() else {
+            return;
+        };
         println!(
-            "speculative decoding: {} completions, identical outputs {}/{}",
-            self.completions, self.identical, self.completions
+            "{:<14} {:>9} {:>8} {:>9} {:>9} {:>10} {:>14}",
+            "drafts", "identical", "tok/s", "speedup", "accepted", "tok/pass", "prefill ms/req"
         );
-        println!(
-            "effective decode tok/s: off {off:.1}, on {on:.1}, speedup {:.2}x",
-            on / off
-        );
-        println!(
-            "drafted {} tokens, accepted {} ({:.0}%), {:.2} tokens per forward pass",
-            self.drafted,
-            self.accepted,
-            100.0 * self.accepted as f64 / self.drafted.max(1) as f64,
-            self.tokens_on as f64 / (self.tokens_on - self.accepted).max(1) as f64,
-        );
+        for m in &self.modes {
+            println!(
+                "{:<14} {:>5}/{:<3} {:>8.1} {:>8.2}x {:>8.0}% {:>10.2} {:>14.0}",
+                m.name,
+                m.identical,
+                self.completions,
+                rate(m),
+                rate(m) / rate(off),
+                100.0 * m.accepted as f64 / m.drafted.max(1) as f64,
+                m.tokens as f64 / (m.tokens - m.accepted).max(1) as f64,
+                m.prefill_ms / self.completions.max(1) as f64,
+            );
+        }
     }
 }
 
 /// Fills `points` holes of `HOLE_LINES` lines spread over each file (the cursor on the empty line where
-/// they were, as when writing them), twice each after a warm-up: speculation off and on, taking turns at going first so
-/// that load on the machine hits both alike. Raw completions (only end of generation and `max_tokens`
+/// they were, as when writing them), once per mode after a warm-up, the modes taking turns at going first so
+/// that load on the machine hits them alike. Raw completions (only end of generation and `max_tokens`
 /// stop) so that the decode is long enough to time.
 pub fn measure_speculation(
     backend: &dyn Backend,
@@ -152,9 +179,19 @@ pub fn measure_speculation(
     files: &[PathBuf],
     points: usize,
     max_tokens: usize,
+    modes: &[(&'static str, Drafting)],
 ) -> Result<Speculation> {
     const HOLE_LINES: usize = 3;
-    let mut s = Speculation::default();
+    let mut s = Speculation {
+        completions: 0,
+        modes: modes
+            .iter()
+            .map(|&(name, _)| SpeculationMode {
+                name,
+                ..SpeculationMode::default()
+            })
+            .collect(),
+    };
     for path in files {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -170,32 +207,30 @@ pub fn measure_speculation(
             let mut req = CompletionRequest::new(prefix, suffix, max_tokens);
             req.path = Some(path.display().to_string());
             req.raw = true;
-            // Both measured runs find the prompt cached but its last token (recomputed alone: computed
-            // in a prompt chunk instead, its logits differ in the last bits, and so may the output).
+            // Every measured run finds the prompt cached but its last token (recomputed alone: computed
+            // in a prompt chunk instead, its logits differ in the last bits, and so may the output). The
+            // warm-up drafts with every source, so the draft model has read the prompt too.
             let prompt = completion::prepare(backend, builder, &req)?
                 .prompt()
                 .ids
                 .clone();
             backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
-            let mut run = |speculative: bool| {
-                req.speculative = speculative;
-                completion::complete(backend, builder, &req)
-            };
-            let (off, on) = if s.completions % 2 == 0 {
-                let off = run(false)?;
-                (off, run(true)?)
-            } else {
-                let on = run(true)?;
-                (run(false)?, on)
-            };
+            let mut outs = vec![None; modes.len()];
+            for k in 0..modes.len() {
+                let i = (k + s.completions) % modes.len();
+                req.speculative = modes[i].1;
+                outs[i] = Some(completion::complete(backend, builder, &req)?);
+            }
+            let outs: Vec<_> = outs.into_iter().flatten().collect();
             s.completions += 1;
-            s.identical += usize::from(off.generated_ids == on.generated_ids);
-            s.tokens_off += off.generated_ids.len();
-            s.tokens_on += on.generated_ids.len();
-            s.decode_ms_off += off.timings.decode_ms;
-            s.decode_ms_on += on.timings.decode_ms;
-            s.drafted += on.timings.drafted_tokens;
-            s.accepted += on.timings.accepted_tokens;
+            for (m, out) in s.modes.iter_mut().zip(&outs) {
+                m.identical += usize::from(out.generated_ids == outs[0].generated_ids);
+                m.tokens += out.generated_ids.len();
+                m.decode_ms += out.timings.decode_ms;
+                m.prefill_ms += out.timings.prefill_ms;
+                m.drafted += out.timings.drafted_tokens;
+                m.accepted += out.timings.accepted_tokens;
+            }
         }
     }
     Ok(s)

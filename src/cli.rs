@@ -26,12 +26,19 @@ pub fn config(flags: Vec<(&'static str, String)>) -> Result<Config> {
 }
 
 /// Loads `model` (the completion model unless told otherwise) in-process with the configuration's settings,
-/// downloading it first when it must come from the Hub.
+/// downloading it (and the draft model) first when it must come from the Hub. A draft model that cannot be used
+/// is a warning: the command goes on without it.
 fn start(config: &Config, model: Option<String>) -> Result<(Engine, u64)> {
     let mut opts = config.load_options(model);
     opts.model = Some(fetch_with_display(opts.model.as_deref())?);
+    if let Some(draft) = opts.draft_model.take() {
+        opts.draft_model = Some(fetch_with_display(Some(&draft))?);
+    }
     let t = Instant::now();
     let engine = Engine::start(opts, Box::new(|_| {}))?;
+    if let Some(Err(e)) = engine.draft() {
+        eprintln!("codellama-lsp: {e}");
+    }
     Ok((engine, t.elapsed().as_millis() as u64))
 }
 
@@ -130,7 +137,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
     req.token_healing = config.token_healing;
-    req.speculative = config.speculative;
+    req.speculative = config.speculative.into();
     req.sampling = SamplingParams {
         temperature: config.temperature,
         seed: args.seed,
@@ -406,8 +413,9 @@ pub struct BenchArgs {
     /// Measure only our engine.
     #[arg(long)]
     pub no_llama: bool,
-    /// Instead of the synthetic workload: speculative decoding off and on, on holes cut from these code
-    /// files (comma-separated), `--decode-tokens` tokens each.
+    /// Instead of the synthetic workload: speculative decoding off and with prompt lookup (with
+    /// `--draft-model`, also the draft model alone and both), on holes cut from these code files
+    /// (comma-separated), `--decode-tokens` tokens each.
     #[arg(long, value_delimiter = ',')]
     pub code: Vec<PathBuf>,
     /// Holes per file for `--code`.
@@ -478,26 +486,43 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `bench --code`: speculative decoding off and on, on real code.
+/// `bench --code`: speculative decoding off and with each source of drafts, on real code.
 fn bench_speculation(args: BenchArgs) -> Result<()> {
     let config = config(args.model.given())?;
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
+    let draft = match engine.draft() {
+        Some(Err(e)) => bail!("{e}"),
+        Some(Ok(draft)) => Some(draft.clone()),
+        None => None,
+    };
+    let rss_mb = crate::bench::peak_rss_mb();
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
+    let modes = crate::bench::speculation_modes(draft.is_some());
     let figures = crate::bench::measure_speculation(
         &engine,
         &builder,
         &args.code,
         args.points,
         args.decode_tokens,
+        &modes,
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
+        let rss = rss_mb.map_or_else(String::new, |mb| format!(", peak RSS {mb:.0} MB"));
         println!(
-            "model {}, {} threads, load {load_ms} ms",
+            "model {}, {} threads, load {load_ms} ms{rss}",
             info.name, info.threads
         );
+        if let Some(d) = draft {
+            println!(
+                "draft model {} ({} MB), its load {} ms of those",
+                d.name,
+                d.file_size / 1_000_000,
+                d.load_ms
+            );
+        }
         figures.print();
     }
     Ok(())

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file::Value;
 use codellama_engine::{
-    load_model, CancelToken, Engine, EngineError, Event, GenerateRequest, LoadOptions, StopReason,
+    load_model, CancelToken, Drafting, Engine, EngineError, Event, GenerateRequest, LoadOptions,
+    StopReason,
 };
 use common::gguf_craft::Crafted;
 
@@ -743,11 +744,11 @@ fn decode_with(
     engine: &Engine,
     prompt: &[u32],
     max_tokens: usize,
-    speculative: bool,
+    speculative: impl Into<Drafting>,
     stops: &[String],
 ) -> codellama_engine::Outcome {
     let mut req = GenerateRequest::new(prompt.to_vec(), max_tokens);
-    req.speculative = speculative;
+    req.speculative = speculative.into();
     req.stop_at_eog = false;
     req.stop_strings = stops.to_vec();
     engine.generate(req).expect("generation")
@@ -844,11 +845,11 @@ fn speculative_decoding_gives_the_plain_greedy_output() {
             }
             // The whole pipeline, with token healing and the streaming stop rules.
             let mut req = CompletionRequest::new(format!("{prefix}    "), &suffix, 48);
-            req.speculative = false;
+            req.speculative = Drafting::OFF;
             let healed_prompt = completion::prepare(&engine, &builder, &req).unwrap();
             decode_with(&engine, &healed_prompt.prompt().ids, 1, false, &[]);
             let off = completion::complete(&engine, &builder, &req).unwrap();
-            req.speculative = true;
+            req.speculative = Drafting::ON;
             let on = completion::complete(&engine, &builder, &req).unwrap();
             assert_eq!(
                 (on.generated_ids, on.completion),
@@ -884,4 +885,104 @@ fn speculative_decoding_stops_at_a_full_context_like_plain_decoding() {
         (off.generated_ids, off.stop_reason)
     );
     assert!(on.timings.accepted_tokens > 0, "{:?}", on.timings);
+}
+
+/// A draft model changes the speed, never the output: Qwen2.5-Coder 0.5B drafting for 1.5B on holes cut
+/// from real code gives, token for token, what plain greedy decoding gives, alone and with prompt lookup,
+/// for the whole length and when `max_tokens` ends inside a draft; some guesses are accepted and some
+/// rejected, so the draft model's cache is rolled back too.
+#[test]
+fn a_draft_model_gives_the_plain_greedy_output() {
+    use codellama_text::completion::{self, CompletionRequest};
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
+
+    let Some(main) = common::qwen_1_5b_model() else {
+        return;
+    };
+    let engine = Engine::start(
+        LoadOptions {
+            model: Some(main.display().to_string()),
+            draft_model: Some(common::qwen_model().display().to_string()),
+            context_window: Some(1024),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    )
+    .expect("engine starts");
+    let draft = engine.draft().expect("a draft model was named");
+    assert!(draft.is_ok(), "{draft:?}");
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let model_only = Drafting {
+        prompt_lookup: false,
+        draft_model: true,
+    };
+    let (mut drafted, mut accepted) = (0, 0);
+    for (i, (prefix, suffix)) in code_holes(&[40, 110, 190, 260]).into_iter().enumerate() {
+        let mut req = CompletionRequest::new(&prefix, &suffix, 40);
+        req.raw = true;
+        let prompt = completion::prepare(&engine, &builder, &req)
+            .unwrap()
+            .prompt()
+            .ids
+            .clone();
+        decode_with(&engine, &prompt, 1, true, &[]);
+        let off = decode_with(&engine, &prompt, 40, false, &[]);
+        for (how, drafting) in [("draft model", model_only), ("both", Drafting::ON)] {
+            let on = decode_with(&engine, &prompt, 40, drafting, &[]);
+            assert_eq!(on.generated_ids, off.generated_ids, "hole {i}, {how}");
+            assert_eq!(
+                (on.text.as_str(), on.stop_reason),
+                (off.text.as_str(), off.stop_reason),
+                "hole {i}, {how}"
+            );
+            if drafting == model_only {
+                drafted += on.timings.drafted_tokens;
+                accepted += on.timings.accepted_tokens;
+            }
+        }
+        if i == 0 {
+            for m in (1..=9).filter(|&m| m <= off.generated_ids.len()) {
+                let short = decode_with(&engine, &prompt, m, model_only, &[]);
+                assert_eq!(short.generated_ids, off.generated_ids[..m], "max {m}");
+            }
+        }
+    }
+    assert!(accepted > 0, "no guess of the draft model was accepted");
+    assert!(
+        drafted > accepted,
+        "no guess was rejected ({drafted} drafted)"
+    );
+}
+
+/// A draft model whose vocabulary is not the model's is refused with both files named, and the model
+/// serves without it.
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused_and_the_model_serves() {
+    let (main, other) = (common::qwen_model(), common::small_model());
+    let engine = Engine::start(
+        LoadOptions {
+            model: Some(main.display().to_string()),
+            draft_model: Some(other.display().to_string()),
+            context_window: Some(256),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    )
+    .expect("the model loads without its draft model");
+    let err = match engine.draft() {
+        Some(Err(e)) => e.clone(),
+        other => panic!("the draft model was not refused: {other:?}"),
+    };
+    for file in [&main, &other] {
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+    assert!(err.contains("vocabulary"), "{err}");
+    let prompt = engine.tokenizer().encode("def add(a, b):\n", false);
+    let model_only = Drafting {
+        prompt_lookup: false,
+        draft_model: true,
+    };
+    let out = decode_with(&engine, &prompt, 8, model_only, &[]);
+    assert_eq!(out.generated_ids.len(), 8);
+    assert_eq!(out.timings.drafted_tokens, 0, "{:?}", out.timings);
 }

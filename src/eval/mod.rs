@@ -257,7 +257,7 @@ impl Infiller for Ours<'_> {
         req.language_id = Some("python".into());
         req.postprocess = self.postprocess.clone();
         req.token_healing = self.token_healing;
-        req.speculative = self.speculative;
+        req.speculative = self.speculative.into();
         req.sampling.temperature = self.temperature;
         Ok(completion::complete(self.engine, self.builder, &req)?.completion)
     }

@@ -43,6 +43,11 @@ impl PromptLookup {
         self.catch_up();
     }
 
+    /// The prompt and every token pushed since.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
     /// Up to `max` tokens that followed the latest earlier occurrence of the longest n-gram ending the
     /// history (empty when none occurred before).
     pub fn draft(&self, max: usize) -> &[u32] {

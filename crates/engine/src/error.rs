@@ -77,6 +77,14 @@ pub enum EngineError {
     #[error("inference failed: {0}")]
     Compute(String),
 
+    /// A draft model whose tokens are not the model's (`LoadOptions::draft_model`).
+    #[error("draft_model {draft} cannot draft for the model {model}: {detail}\n  fix: name a draft model with the model's vocabulary (a smaller model of the same family), or clear draft_model; suggestions go on without it")]
+    DraftVocabulary {
+        draft: PathBuf,
+        model: PathBuf,
+        detail: String,
+    },
+
     /// A remote engine failed (`backends`): typed, so the server can tell its kinds apart.
     #[error("inference failed: {0}")]
     Remote(crate::RemoteError),

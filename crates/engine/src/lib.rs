@@ -108,9 +108,53 @@ pub struct GenerateRequest {
     /// are constrained to spell it; it is not part of the reported text or token events. Only backends
     /// whose [`Backend::heals_tokens`] is true honour it.
     pub heal: String,
-    /// Speculative decoding: when sampling is greedy, tokens drafted from the prompt are verified in one
-    /// forward pass. The output is the same either way; only the speed differs.
-    pub speculative: bool,
+    /// Speculative decoding: when sampling is greedy, drafted tokens are verified in one forward pass. The
+    /// output is the same either way; only the speed differs.
+    pub speculative: Drafting,
+}
+
+/// Where speculative decoding's drafts come from. Only greedy sampling drafts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Drafting {
+    /// The tokens that followed the last few tokens where they occurred before in the prompt or the answer.
+    pub prompt_lookup: bool,
+    /// The draft model's greedy guesses, when one is loaded (`LoadOptions::draft_model`).
+    pub draft_model: bool,
+}
+
+impl Drafting {
+    pub const OFF: Drafting = Drafting {
+        prompt_lookup: false,
+        draft_model: false,
+    };
+    /// Every source there is (the `speculative` setting).
+    pub const ON: Drafting = Drafting {
+        prompt_lookup: true,
+        draft_model: true,
+    };
+
+    pub fn is_on(self) -> bool {
+        self.prompt_lookup || self.draft_model
+    }
+}
+
+impl From<bool> for Drafting {
+    fn from(on: bool) -> Self {
+        if on {
+            Drafting::ON
+        } else {
+            Drafting::OFF
+        }
+    }
+}
+
+/// The draft model an engine loaded beside its model.
+#[derive(Debug, Clone, Serialize)]
+pub struct DraftInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub file_size: u64,
+    pub load_ms: u64,
 }
 
 impl GenerateRequest {
@@ -125,7 +169,7 @@ impl GenerateRequest {
             policy: None,
             cancel: CancelToken::new(),
             heal: String::new(),
-            speculative: true,
+            speculative: Drafting::ON,
         }
     }
 }
@@ -251,18 +295,21 @@ pub struct Engine {
     jobs: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
     tokenizer: Arc<Tokenizer>,
     info: Arc<ModelInfo>,
+    draft: Option<std::result::Result<DraftInfo, String>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Engine {
-    /// Starts the model thread and loads the model in it; returns once the model is ready.
-    /// `progress` receives the loaded fraction (0..=1).
+    /// Starts the model thread and loads the model in it (and the draft model, if one is named); returns
+    /// once the model is ready. `progress` receives the loaded fraction (0..=1). A draft model that cannot
+    /// be used does not stop the start: [`Engine::draft`] says why, and decoding goes on without it.
     pub fn start(opts: LoadOptions, progress: Box<dyn FnMut(f32) + Send>) -> Result<Self> {
-        let (jobs, tokenizer, info, thread) = worker::spawn(opts, progress)?;
+        let (jobs, tokenizer, info, draft, thread) = worker::spawn(opts, progress)?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             tokenizer,
             info,
+            draft,
             thread: Mutex::new(Some(thread)),
         })
     }
@@ -273,6 +320,11 @@ impl Engine {
 
     pub fn info(&self) -> &Arc<ModelInfo> {
         &self.info
+    }
+
+    /// The draft model: `None` when none was named, otherwise the one loaded or why it is not used.
+    pub fn draft(&self) -> Option<&std::result::Result<DraftInfo, String>> {
+        self.draft.as_ref()
     }
 
     /// Queues a request; tokens arrive on the returned generation's channel.

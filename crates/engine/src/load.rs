@@ -29,6 +29,9 @@ pub struct LoadOptions {
     pub device: Option<String>,
     /// What the KV cache stores keys and values as (f16 by default; q8_0 on the CPU).
     pub kv_cache_type: KvType,
+    /// A smaller model with the same vocabulary whose greedy guesses speculative decoding verifies (a path
+    /// or Hub reference, as `model`); loaded on the model thread after the model, with the same settings.
+    pub draft_model: Option<String>,
 }
 
 pub struct LoadedModel {
@@ -85,6 +88,42 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
         tokenizer: Arc::new(tokenizer),
         info,
     })
+}
+
+/// Loads the draft model `opts.draft_model` names for `main` (loaded from `opts`): the same settings, and the
+/// same vocabulary, token for token, or it is refused (its drafts would be other tokens' ids).
+pub fn load_draft_model(opts: &LoadOptions, main: &LoadedModel, spec: &str) -> Result<LoadedModel> {
+    let draft_opts = LoadOptions {
+        model: Some(spec.to_string()),
+        draft_model: None,
+        ..opts.clone()
+    };
+    let draft = load_model(&draft_opts, &mut |_| {})?;
+    match vocabulary_difference(&main.tokenizer, &draft.tokenizer) {
+        None => Ok(draft),
+        Some(detail) => Err(EngineError::DraftVocabulary {
+            draft: draft.info.path.clone(),
+            model: main.info.path.clone(),
+            detail,
+        }),
+    }
+}
+
+/// Where two vocabularies first differ (their sizes, or the first id whose text differs), if they do.
+fn vocabulary_difference(a: &Tokenizer, b: &Tokenizer) -> Option<String> {
+    if a.vocab_size() != b.vocab_size() {
+        return Some(format!(
+            "its vocabulary has {} tokens, the model's {}",
+            b.vocab_size(),
+            a.vocab_size()
+        ));
+    }
+    let id = (0..a.vocab_size() as u32).find(|&id| a.token_bytes(id) != b.token_bytes(id))?;
+    Some(format!(
+        "token {id} is {:?} in it but {:?} in the model",
+        String::from_utf8_lossy(b.token_bytes(id)),
+        String::from_utf8_lossy(a.token_bytes(id))
+    ))
 }
 
 fn load_hf_dir(

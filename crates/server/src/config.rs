@@ -501,6 +501,10 @@ config! {
     /// `owner/repo:file.gguf`. Empty: the default model that `scripts/fetch-model` installs
     /// (Qwen2.5-Coder-0.5B-Instruct).
     model: Option<String> = None,
+    /// A small model with the completion model's vocabulary (e.g. Qwen2.5-Coder-0.5B for 1.5B) whose guesses
+    /// speculative decoding checks where prompt lookup finds none; a file, directory or Hub reference as for
+    /// `model`. Empty: none. A model with another vocabulary is refused and suggestions go on without it.
+    draft_model: Option<String> = None,
     /// Instruct model for code actions (explain, generate, document), loaded beside the completion model. Empty:
     /// the completion model (or the remote engine), when it is an Instruct model.
     chat_model: Option<String> = None,
@@ -588,7 +592,7 @@ macro_rules! config_flags {
 
 config_flags! {
     /// The model a shell command loads.
-    ModelFlags { model, threads, context_window, kv_cache_type, device }
+    ModelFlags { model, draft_model, threads, context_window, kv_cache_type, device }
 }
 
 config_flags! {
@@ -740,6 +744,7 @@ impl Config {
     /// The keys [`Config::model_key`] and [`Config::chat_model_key`] are made of.
     pub const MODEL_KEYS: &'static [&'static str] = &[
         "model",
+        "draft_model",
         "chat_model",
         "backend",
         "remote",
@@ -753,7 +758,7 @@ impl Config {
     pub fn model_key(&self) -> ModelKey {
         match self.remote_config() {
             Some(remote) => ModelKey::Remote(remote),
-            None => self.local_key(self.model.clone()),
+            None => self.local_key(self.model.clone(), self.draft_model.clone()),
         }
     }
 
@@ -767,12 +772,13 @@ impl Config {
             .filter(|s| !s.is_empty())?;
         let same = self.backend == BackendKind::Local
             && self.model.as_deref().map(str::trim) == Some(chat);
-        (!same).then(|| self.local_key(Some(chat.to_string())))
+        (!same).then(|| self.local_key(Some(chat.to_string()), None))
     }
 
-    fn local_key(&self, model: Option<String>) -> ModelKey {
+    fn local_key(&self, model: Option<String>, draft_model: Option<String>) -> ModelKey {
         ModelKey::Local {
             model,
+            draft_model,
             context_window: self.context_window,
             kv_cache_type: self.kv_cache_type.kv_type(),
             threads: self.threads,
@@ -815,10 +821,12 @@ impl Config {
         }
     }
 
-    /// How the in-process engine loads `model` (the completion model unless told otherwise).
+    /// How the in-process engine loads `model` (the completion model unless told otherwise), with the
+    /// draft model.
     pub fn load_options(&self, model: Option<String>) -> LoadOptions {
         LoadOptions {
             model,
+            draft_model: self.draft_model.clone(),
             context_window: Some(self.context_window),
             threads: self.threads,
             device: Some(self.device.clone()),
@@ -862,6 +870,7 @@ pub enum ModelKey {
     /// A model in this process.
     Local {
         model: Option<String>,
+        draft_model: Option<String>,
         context_window: usize,
         kv_cache_type: KvType,
         threads: Option<usize>,

@@ -309,6 +309,7 @@ impl ModelHost {
         let result = match &key {
             ModelKey::Local {
                 model,
+                draft_model,
                 context_window,
                 kv_cache_type,
                 threads,
@@ -316,6 +317,7 @@ impl ModelHost {
             } => {
                 let opts = LoadOptions {
                     model: model.clone(),
+                    draft_model: draft_model.clone(),
                     context_window: Some(*context_window),
                     threads: *threads,
                     device: Some(device.clone()),
@@ -468,6 +470,13 @@ impl ModelHost {
             Ok(path) => opts.model = Some(path),
             Err(e) => return (Err(e), progress),
         }
+        if let Some(draft) = opts.draft_model.take() {
+            // A draft model that cannot be had is reported; the model serves without it.
+            match self.fetch(Some(draft)).await {
+                Ok(path) => opts.draft_model = Some(path),
+                Err(e) => self.report_draft_error(&e).await,
+            }
+        }
         let (tx, mut rx) = unbounded_channel::<f32>();
         let mut load = tokio::task::spawn_blocking(move || {
             Engine::start(
@@ -494,13 +503,31 @@ impl ModelHost {
             }
         };
         let result = match result {
-            Ok(r) => r.map_err(|e| e.to_string()).map(|engine| Loaded {
-                backend: Arc::new(engine),
-                remote: None,
-            }),
+            Ok(r) => r.map_err(|e| e.to_string()),
             Err(e) => Err(format!("the loader stopped unexpectedly: {e}")),
         };
+        match result.as_ref().ok().and_then(Engine::draft) {
+            Some(Ok(draft)) => tracing::info!(
+                "draft model {} loaded in {} ms ({})",
+                draft.name,
+                draft.load_ms,
+                draft.path.display()
+            ),
+            Some(Err(e)) => self.report_draft_error(e).await,
+            None => {}
+        }
+        let result = result.map(|engine| Loaded {
+            backend: Arc::new(engine),
+            remote: None,
+        });
         (result, progress)
+    }
+
+    /// The draft model is not used (suggestions go on without it): says why, in the log and to the user.
+    async fn report_draft_error(&self, error: &str) {
+        tracing::error!("draft model: {error}");
+        let text = format!("Code Llama: {error}");
+        self.client.show_message(MessageType::Error, text).await;
     }
 
     /// Resolves the model to a local path, downloading it from the Hub when it must: reported with a

@@ -87,7 +87,7 @@ pub fn prepare(
     req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
         .then(|| input.language_id.to_string());
     req.token_healing = config.token_healing;
-    req.speculative = config.speculative;
+    req.speculative = config.speculative.into();
     req.extra = input.context.to_vec();
     req.sampling = SamplingParams {
         temperature: config.temperature,

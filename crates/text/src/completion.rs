@@ -12,8 +12,8 @@ use crate::language::Language;
 use crate::postprocess::{self, StreamDecision, StreamStopper};
 use crate::prompt::{BuiltPrompt, ContextChunk, FimInput, PromptBuilder, Truncation};
 use codellama_engine::{
-    Backend, CancelToken, GenerateRequest, Generation, Outcome, SamplingParams, StopPolicy,
-    StopReason, Timings,
+    Backend, CancelToken, Drafting, GenerateRequest, Generation, Outcome, SamplingParams,
+    StopPolicy, StopReason, Timings,
 };
 
 /// Everything a completion needs besides the engine and prompt builder.
@@ -35,8 +35,8 @@ pub struct CompletionRequest {
     /// Token healing at the cursor (the `token_healing` setting); never in raw mode, and only with a
     /// backend that can constrain the first tokens.
     pub token_healing: bool,
-    /// Speculative decoding (greedy sampling only; the same output, sooner).
-    pub speculative: bool,
+    /// Speculative decoding's draft sources (greedy sampling only; the same output, sooner).
+    pub speculative: Drafting,
 }
 
 impl CompletionRequest {
@@ -53,7 +53,7 @@ impl CompletionRequest {
             postprocess: postprocess::Config::default(),
             extra: Vec::new(),
             token_healing: true,
-            speculative: true,
+            speculative: Drafting::ON,
         }
     }
 

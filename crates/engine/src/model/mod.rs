@@ -667,8 +667,9 @@ pub struct Llama {
     output: Linear,
     /// The same weights as plain buffers for the fused CPU forward pass (`None` on GPU devices).
     cpu: Option<cpu::CpuModel>,
-    /// Compute threads of the CPU forward pass.
-    pool: Pool,
+    /// Compute threads of the CPU forward pass; shared with a draft model (`share_threads`), whose passes
+    /// run between this one's on the same thread.
+    pool: Arc<Pool>,
     /// Run the tensor forward pass even on the CPU (used to check one path against the other).
     tensor_path: bool,
     /// What `new_cache` stores keys and values as.
@@ -849,6 +850,7 @@ impl Llama {
             None
         };
         let pool = Pool::new(super::load::default_threads())
+            .map(Arc::new)
             .map_err(|e| EngineError::Compute(e.to_string()))?;
         Ok(Self {
             cfg,
@@ -867,9 +869,17 @@ impl Llama {
     /// Uses `threads` compute threads for the CPU forward pass.
     pub fn set_threads(&mut self, threads: usize) -> Result<()> {
         if threads.max(1) != self.pool.threads() {
-            self.pool = Pool::new(threads).map_err(|e| EngineError::Compute(e.to_string()))?;
+            self.pool = Pool::new(threads)
+                .map(Arc::new)
+                .map_err(|e| EngineError::Compute(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Runs on `other`'s compute threads: two models used in turn on one thread (a draft model and its
+    /// model) need one set of threads, not two contending for the same cores.
+    pub fn share_threads(&mut self, other: &Llama) {
+        self.pool = other.pool.clone();
     }
 
     /// Forces the tensor forward pass on the CPU too (slower; for checking the fused path).
