@@ -899,6 +899,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn draft_model_reloads_the_completion_model_only() {
+        let mut c = Config::default();
+        c.apply_json(&json!({"chat_model": "chat.gguf"}), "test");
+        let (model, chat) = (c.model_key(), c.chat_model_key());
+        assert!(chat.is_some());
+        let applied = c.apply_json(&json!({"draft_model": "small.gguf"}), "test");
+        assert_eq!(applied.changed, vec!["draft_model"]);
+        assert_ne!(c.model_key(), model);
+        assert_eq!(c.chat_model_key(), chat);
+        assert_eq!(
+            c.load_options(None).draft_model.as_deref(),
+            Some("small.gguf")
+        );
+        c.apply_json(&json!({"draft_model": ""}), "test");
+        assert_eq!((c.draft_model.as_ref(), c.model_key()), (None, model));
+    }
+
+    #[test]
     fn kv_cache_type_is_read_and_reloads_the_model() {
         let mut c = Config::default();
         let before = c.model_key();
