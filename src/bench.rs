@@ -246,12 +246,14 @@ fn figure(tokens: usize, mut samples: Vec<f64>) -> Figure {
     }
 }
 
-/// Peak resident memory of this process (Linux), in MB.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// Peak resident memory (VmHWM, Linux) of process `pid`, or of this one for `None`, in MB (10^6 bytes,
+/// the unit of the file and KV cache sizes it is compared with).
+pub fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
+    let proc = pid.map_or("self".to_string(), |p| p.to_string());
+    let status = std::fs::read_to_string(format!("/proc/{proc}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0 / 1e6)
 }
 
 /// Where a llama.cpp server binary may be: `LLAMA_SERVER`, then the cache `scripts/fetch-llama-server`
@@ -366,6 +368,11 @@ impl LlamaServer {
         bail!("llama-server did not become ready within {limit:?}")
     }
 
+    /// The server's peak resident memory so far, in MB (its mapped model file counts as far as it was read).
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        peak_rss_mb(Some(self.child.id()))
+    }
+
     /// A backend talking to this server, with the tokenizer from the same model file.
     pub fn backend(&self, model: &Path) -> Result<RemoteBackend> {
         let mut cfg = RemoteConfig::new(RemoteKind::LlamaCpp, self.url.clone());
@@ -392,6 +399,8 @@ pub struct Report {
     pub threads: usize,
     pub load_ms: u64,
     pub peak_rss_mb: Option<f64>,
+    /// llama.cpp's server's, over its load and the same workload.
+    pub llama_cpp_peak_rss_mb: Option<f64>,
     pub kv_cache_type: &'static str,
     /// Keys and values of every layer for the whole context window.
     pub kv_cache_mb: f64,
@@ -415,8 +424,17 @@ impl Report {
             self.kv_cache_mb,
             self.context_window
         );
+        // The memory goal: the file, the cache and at most 300 MB more.
+        println!(
+            "memory goal (file + KV cache + 300 MB): {:.0} MB",
+            self.file_size as f64 / 1e6 + self.kv_cache_mb + 300.0
+        );
         match (&self.llama_cpp, &self.llama_cpp_binary) {
-            (Some(_), Some(bin)) => println!("llama.cpp: {}", bin.display()),
+            (Some(_), Some(bin)) => println!(
+                "llama.cpp: {}, peak RSS {:.0} MB",
+                bin.display(),
+                self.llama_cpp_peak_rss_mb.unwrap_or(0.0)
+            ),
             _ => println!(
                 "llama.cpp: not run (--no-llama, or no llama-server found: see scripts/fetch-llama-server)"
             ),

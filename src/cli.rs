@@ -443,13 +443,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let cfg = &info.config;
     let kv_values = cfg.n_layer * cfg.n_head_kv * cfg.head_dim * info.context_window;
     let ours = bench::measure(&engine, &workload, 1)?;
-    let peak_rss_mb = bench::peak_rss_mb();
+    let peak_rss_mb = bench::peak_rss_mb(None);
     drop(engine);
     let binary = if args.no_llama {
         None
     } else {
         args.llama_server.clone().or_else(bench::find_llama_server)
     };
+    let mut llama_cpp_peak_rss_mb = None;
     let llama_cpp = match &binary {
         Some(bin) => {
             // The same cache type on both sides (llama.cpp quantizes its cache only with flash attention).
@@ -460,7 +461,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             };
             let server = LlamaServer::start(bin, &info.path, info.threads, context, extra)?;
             let backend = server.backend(&info.path)?;
-            Some(bench::measure(&backend, &workload, 2)?)
+            let figures = bench::measure(&backend, &workload, 2)?;
+            llama_cpp_peak_rss_mb = server.peak_rss_mb();
+            Some(figures)
         }
         None => None,
     };
@@ -471,6 +474,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         threads: info.threads,
         load_ms,
         peak_rss_mb,
+        llama_cpp_peak_rss_mb,
         kv_cache_type: kv_type.name(),
         kv_cache_mb: 2.0 * kv_type.bytes(kv_values) as f64 / 1e6,
         context_window: info.context_window,
@@ -496,7 +500,7 @@ fn bench_speculation(args: BenchArgs) -> Result<()> {
         Some(Ok(draft)) => Some(draft.clone()),
         None => None,
     };
-    let rss_mb = crate::bench::peak_rss_mb();
+    let rss_mb = crate::bench::peak_rss_mb(None);
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
     let modes = crate::bench::speculation_modes(draft.is_some());
     let figures = crate::bench::measure_speculation(

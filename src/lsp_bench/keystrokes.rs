@@ -221,10 +221,12 @@ fn run_replay_pair(
         setting("context_window", 2048),
         &args_with_metrics,
     )?;
-    // llama.vscode's defaults: n_predict 128, t_max_predict_ms 500.
-    let mut target = LlamaVscodeTarget::new(LlamaVscode::new(&llama.url, 128, true)?)?;
+    // llama.vscode's defaults: n_predict 128, t_max_predict_ms 500; a `max_tokens` setting given to ours
+    // applies to both, so that models that never stop (random weights) decode as much on each side.
+    let n_predict = setting("max_tokens", 128);
+    let mut target = LlamaVscodeTarget::new(LlamaVscode::new(&llama.url, n_predict, true)?)?;
     println!(
-        "typing replay, ours and llama.cpp's server ({}) in turns of {} s: {:.0} s each over {}, seed {}; model {} loaded in {load_ms:.0} ms",
+        "typing replay, ours and llama.cpp's server ({}, n_predict {n_predict}) in turns of {} s: {:.0} s each over {}, seed {}; model {} loaded in {load_ms:.0} ms",
         llama_server.display(),
         SLICE.as_secs(),
         args.seconds,
@@ -248,7 +250,7 @@ fn run_replay_pair(
             .settle(&mut target, timeout)
             .map_err(anyhow::Error::msg)?;
     }
-    let ours = ours
+    let mut ours = ours
         .finish(&mut lsp, timeout)
         .map_err(|e| fail(e, &lsp))?
         .clone();
@@ -257,6 +259,8 @@ fn run_replay_pair(
         .map_err(anyhow::Error::msg)?
         .clone();
     theirs.totals = target.totals()?;
+    theirs.peak_rss_mb = llama.peak_rss_mb();
+    ours.peak_rss_mb = crate::bench::peak_rss_mb(Some(lsp.pid()));
     let _ = lsp.shutdown(Duration::from_secs(10));
     Ok([ours, theirs])
 }
@@ -264,7 +268,7 @@ fn run_replay_pair(
 /// Ours next to llama.cpp's, as a Markdown table.
 fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
     type Row = (&'static str, fn(&super::replay::Tally) -> String);
-    let rows: [Row; 8] = [
+    let rows: [Row; 9] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
@@ -292,6 +296,7 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
         ("of them lost part-way through a step", |t| {
             t.totals.discarded_tokens.to_string()
         }),
+        ("server peak RSS", |t| t.peak_rss_text()),
     ];
     let mut out =
         String::from("| typing replay | ours | llama.cpp (llama.vscode's way) |\n|---|---|---|\n");
@@ -336,10 +341,11 @@ fn run_replay(
     let end = Instant::now() + Duration::from_secs_f64(args.seconds);
     let fail = |e: String, lsp: &LspProcess| anyhow::anyhow!("{e}\nserver log:\n{}", lsp.stderr());
     replay.run_until(&mut lsp, end).map_err(|e| fail(e, &lsp))?;
-    let tally = replay
+    let mut tally = replay
         .finish(&mut lsp, timeout)
         .map_err(|e| fail(e, &lsp))?
         .clone();
+    tally.peak_rss_mb = crate::bench::peak_rss_mb(Some(lsp.pid()));
     let _ = lsp.shutdown(Duration::from_secs(10));
     Ok(tally)
 }

@@ -366,6 +366,8 @@ pub struct Tally {
     /// `window/showMessage` errors and warnings, and the first distinct texts.
     pub shown: usize,
     pub shown_texts: Vec<String>,
+    /// The server's peak resident memory (VmHWM) when the replay ended, in MB, where it could be read.
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// Pauses this long are the ones the issue's goal counts ("≥ 90% of pauses of 1 s get a suggestion").
@@ -380,6 +382,12 @@ fn pct(a: usize, b: usize) -> f64 {
 }
 
 impl Tally {
+    /// The server's peak resident memory, or why it is missing.
+    pub fn peak_rss_text(&self) -> String {
+        self.peak_rss_mb
+            .map_or("not read".to_string(), |mb| format!("{mb:.0} MB"))
+    }
+
     /// Every request answered exactly once, and nothing answered that was not asked.
     pub fn answered_once(&self) -> bool {
         self.unanswered == 0 && self.answered_twice == 0 && self.unknown_answers == 0
@@ -401,6 +409,7 @@ impl Tally {
              answered once: {once}; answered twice: {twice}; unanswered: {un}; answers to unknown ids: {unk}\n\
              pauses: {p}, with a suggestion before the next keystroke: {pp:.1}% ({pw}); of {lp} pauses ≥ 1 s: {lpp:.1}%; last keystroke to suggestion: p50 {p50:.0} ms, p95 {p95:.0} ms\n\
              prompt tokens over {g} generations ({gc} cancelled): reused {ru}, computed {cp} ({rp:.1}% reused); computed for cancelled requests {cc}, of it lost part-way through a prefill step {ds}\n\
+             server peak RSS: {rss}\n\
              errors/warnings shown: {shown}{texts}",
             req = self.requests,
             keys = self.keystrokes,
@@ -424,6 +433,7 @@ impl Tally {
             rp = pct(t.reused_tokens, t.reused_tokens + t.computed_tokens),
             cc = t.cancelled_computed_tokens,
             ds = t.discarded_tokens,
+            rss = self.peak_rss_text(),
             shown = self.shown,
             texts = self
                 .shown_texts
