@@ -195,14 +195,14 @@ fn load_draft(
     Ok((draft, info))
 }
 
-/// Hands the memory of a model that is gone back to the system.
+/// Hands the memory of a model that is gone, or of buffers freed while loading one, back to the system.
 ///
 /// glibc keeps freed memory in the arena of the thread that allocated it, and every load runs on new
 /// threads, so without this the resident size grew with each reload although every buffer was freed (the
 /// thread count stayed the same, and `MALLOC_ARENA_MAX=1` stopped the growth). Measured switching between
 /// SmolLM2 and Qwen2.5-Coder-0.5B 20 times: with Qwen loaded 697 -> 1384 MB, with this 633-680 MB (docs/lsp.md
 /// has more). `malloc_trim` returns the free pages of every arena.
-fn release_freed_memory() {
+pub(super) fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only walks glibc's own arenas under their locks; it takes no pointers and is
     // safe to call from any thread at any time.

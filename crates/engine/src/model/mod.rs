@@ -823,7 +823,14 @@ impl Llama {
             let linear = |p: Part, shape: [usize; 2]| -> Result<Linear> {
                 let t = src.tensor(&weight(p))?;
                 check_dims(&path, &t, &shape)?;
-                Linear::from_tensor(&t, device, &path)
+                let linear = Linear::from_tensor(&t, device, &path);
+                drop(t);
+                // The file's bytes and any converted copy are free now, but glibc keeps the pages of
+                // freed blocks below its mmap threshold (which rises to the largest block freed) and
+                // the next matrices rarely fit in them: without this a Qwen 1.5B Q4_K_M load ended
+                // 610 MB above its weights (1,994 MB peak for 1,285 MB of weights and cache).
+                super::worker::release_freed_memory();
+                linear
             };
             let qkv_bias = if cfg.arch.has_qkv_bias() {
                 Some([bias(Part::Q, qd)?, bias(Part::K, kvd)?, bias(Part::V, kvd)?])
