@@ -17,6 +17,7 @@ pub mod http;
 pub mod hub;
 mod kernels;
 mod load;
+mod memory;
 mod model;
 mod pool;
 pub mod remote_error;

@@ -10,6 +10,7 @@ use candle_core::Device;
 use super::error::{without_backtrace, EngineError, Result};
 use super::gguf::GgufFile;
 use super::model::{Llama, ModelConfig, SafetensorsSource};
+use super::pool::default_threads;
 use super::resolve::{resolve, ModelSource};
 use super::tokenizer::Tokenizer;
 use super::{KvType, ModelInfo};
@@ -201,14 +202,6 @@ fn file_stem(path: &Path) -> String {
         .or_else(|| path.file_name())
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-/// Physical cores, which on these machines is what helps; hyper-threads only contend for the same units.
-pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 16)
 }
 
 fn pick_device(name: Option<&str>) -> Result<Device> {

@@ -45,6 +45,14 @@ thread_local! {
     static INSIDE: Cell<*const Shared> = const { Cell::new(std::ptr::null()) };
 }
 
+/// Physical cores, which on these machines is what helps; hyper-threads only contend for the same units.
+pub(crate) fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16)
+}
+
 pub struct Pool {
     shared: Arc<Shared>,
     /// Held by a caller for its whole job: `state`, `done` and `job` describe one job at a time.

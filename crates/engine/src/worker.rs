@@ -18,8 +18,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::draft::PromptLookup;
 use super::error::{EngineError, Result};
-use super::load::{default_threads, load_draft_model, load_model, LoadOptions, LoadedModel};
+use super::load::{load_draft_model, load_model, LoadOptions, LoadedModel};
+use super::memory::release_freed_memory;
 use super::model::{KvCache, Llama, Logits};
+use super::pool::default_threads;
 use super::sampler::{argmax, Sampler};
 use super::tokenizer::{IncrementalDecoder, Tokenizer};
 use super::{
@@ -193,22 +195,6 @@ fn load_draft(
         vocab: main.tokenizer.vocab_size(),
     };
     Ok((draft, info))
-}
-
-/// Hands the memory of a model that is gone, or of buffers freed while loading one, back to the system.
-///
-/// glibc keeps freed memory in the arena of the thread that allocated it, and every load runs on new
-/// threads, so without this the resident size grew with each reload although every buffer was freed (the
-/// thread count stayed the same, and `MALLOC_ARENA_MAX=1` stopped the growth). Measured switching between
-/// SmolLM2 and Qwen2.5-Coder-0.5B 20 times: with Qwen loaded 697 -> 1384 MB, with this 633-680 MB (docs/lsp.md
-/// has more). `malloc_trim` returns the free pages of every arena.
-pub(super) fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only walks glibc's own arenas under their locks; it takes no pointers and is
-    // safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 struct Worker {

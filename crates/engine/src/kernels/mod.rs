@@ -391,7 +391,7 @@ impl QMatrix {
         exec.for_each(groups.div_ceil(per_task), &|t| {
             let range = t * per_task..((t + 1) * per_task).min(groups);
             // SAFETY: tasks cover disjoint ranges of groups, so they write disjoint output columns.
-            unsafe { p.run(&xq, range, out) }
+            unsafe { run_packed_groups(p, &xq, range, out) }
         });
     }
 
@@ -488,6 +488,30 @@ fn blocks<T: GgmlType>(bytes: &[u8]) -> &[T] {
 
 fn to_float<T: GgmlType>(row: &[u8], out: &mut [f32]) {
     T::to_float(blocks::<T>(row), out)
+}
+
+/// Computes output columns `groups.start * 16 ..` (up to `groups.end * 16`) of the repacked matrix `p`
+/// for every activation row into `out` (`[m][rows]`): on AMX tiles where the CPU has them (`amx` reads
+/// `packed`'s layout, so the choice is made here, above both), the rest with the VNNI kernels.
+///
+/// # Safety
+/// Calls running at the same time with the same `out` are given disjoint `groups`.
+unsafe fn run_packed_groups(
+    p: &packed::Packed,
+    x: &Q8Act,
+    groups: std::ops::Range<usize>,
+    out: SharedOut,
+) {
+    p.check(x, &groups, out);
+    let first = if amx::available() {
+        // SAFETY: AMX is usable (`available`), the sizes were checked above, and these groups'
+        // columns are this call's alone (our caller's promise).
+        unsafe { amx::run(p, x, groups.clone(), out) }
+    } else {
+        0
+    };
+    // SAFETY: as above.
+    unsafe { p.run_rows(x, first, groups, out) }
 }
 
 #[cfg(test)]
@@ -676,7 +700,7 @@ mod tests {
                 let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
                 let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
                 // SAFETY: one call covers all groups.
-                unsafe { p.run(&x, 0..p.groups(), SharedOut::new(&mut a)) };
+                unsafe { run_packed_groups(p, &x, 0..p.groups(), SharedOut::new(&mut a)) };
                 // SAFETY: as above.
                 unsafe { p.run_rows(&x, 0, 0..p.groups(), SharedOut::new(&mut b)) };
                 assert_eq!(a, b, "{dtype:?} {rows}x{cols} m={m}");

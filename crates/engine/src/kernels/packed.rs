@@ -103,7 +103,7 @@ impl Packed {
 
     /// Panics unless `x` has this matrix's row length, `groups` are groups of it and `out` holds
     /// `x.m() × rows` values: the checks before the kernels index without them.
-    fn check(&self, x: &Q8Act, groups: &Range<usize>, out: SharedOut) {
+    pub(super) fn check(&self, x: &Q8Act, groups: &Range<usize>, out: SharedOut) {
         assert_eq!(x.cols(), self.cols, "activation row length");
         assert!(
             groups.start <= groups.end && groups.end <= self.groups(),
@@ -111,24 +111,6 @@ impl Packed {
             self.groups()
         );
         assert_eq!(out.len(), size(x.m(), self.rows, "output"), "output size");
-    }
-
-    /// Computes output columns `groups.start * 16 ..` (up to `groups.end * 16`) for every activation
-    /// row into `out` (`[m][rows]`), on AMX tiles where the CPU has them.
-    ///
-    /// # Safety
-    /// Calls running at the same time with the same `out` are given disjoint `groups`.
-    pub unsafe fn run(&self, x: &Q8Act, groups: Range<usize>, out: SharedOut) {
-        self.check(x, &groups, out);
-        let first = if super::amx::available() {
-            // SAFETY: AMX is usable (`available`), the sizes were checked above, and these groups'
-            // columns are this call's alone (our caller's promise).
-            unsafe { super::amx::run(self, x, groups.clone(), out) }
-        } else {
-            0
-        };
-        // SAFETY: as above.
-        unsafe { self.run_rows(x, first, groups, out) }
     }
 
     /// Activation rows `first..` with the VNNI kernels.

@@ -829,7 +829,7 @@ impl Llama {
                 // freed blocks below its mmap threshold (which rises to the largest block freed) and
                 // the next matrices rarely fit in them: without this a Qwen 1.5B Q4_K_M load ended
                 // 610 MB above its weights (1,994 MB peak for 1,285 MB of weights and cache).
-                super::worker::release_freed_memory();
+                crate::memory::release_freed_memory();
                 linear
             };
             let qkv_bias = if cfg.arch.has_qkv_bias() {
@@ -856,7 +856,7 @@ impl Llama {
         } else {
             None
         };
-        let pool = Pool::new(super::load::default_threads())
+        let pool = Pool::new(crate::pool::default_threads())
             .map(Arc::new)
             .map_err(|e| EngineError::Compute(e.to_string()))?;
         Ok(Self {
