@@ -615,3 +615,53 @@ fn token_healing_cuts_at_character_boundaries() {
         }
     }
 }
+
+/// The prompt builder keeps the encodings of unchanged lines between requests. Typing a function of a
+/// real file keystroke by keystroke, the builder that kept them gives the same ids as a new one at every
+/// keystroke, with both Code Llama tokenizers (both orders) and Qwen's, in a window that cuts both sides
+/// and in one where everything fits.
+#[test]
+fn kept_encodings_give_the_ids_of_a_new_builder_at_every_keystroke() {
+    let file =
+        std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py")).unwrap();
+    let line = |n: usize| {
+        file.match_indices('\n')
+            .nth(n - 2)
+            .map_or(0, |(i, _)| i + 1)
+    };
+    // Lines 137..151: `days_of_cover`, typed into the file without it.
+    let (start, end) = (line(137), line(151));
+    let (before, typed, after) = (&file[..start], &file[start..end], &file[end..]);
+    let qwen = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
+        .into_iter()
+        .flat_map(|(name, tok)| {
+            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
+        })
+        .collect();
+    cases.push(("qwen".into(), qwen, FimOrder::Psm));
+    for (name, tok, order) in cases {
+        for window in [512, 4096] {
+            let kept = builder(&tok, order);
+            for (at, _) in typed.char_indices().skip(1).chain([(typed.len(), ' ')]) {
+                let prefix = format!("{before}{}", &typed[..at]);
+                let input = FimInput {
+                    prefix: &prefix,
+                    suffix: after,
+                    heal: true,
+                    ..FimInput::default()
+                };
+                let new = builder(&tok, order).fim(&input, 64, window).unwrap();
+                let again = kept.fim(&input, 64, window).unwrap();
+                assert_eq!(
+                    (again.ids, again.prefix_start, again.suffix_len),
+                    (new.ids, new.prefix_start, new.suffix_len),
+                    "{name}, window {window}, after typing {:?}",
+                    &typed[..at]
+                );
+            }
+        }
+    }
+}

@@ -1,10 +1,12 @@
 //! Prompt building: the exact prompts each model was trained on, assembled from token ids within a token
-//! budget. `fim` holds the fill-in-the-middle templates, `budget` the truncation rules, `chat` the
+//! budget. `fim` holds the fill-in-the-middle templates, `budget` the truncation rules, `parts` the
+//! encodings kept between requests (a keystroke tokenizes only the lines it changed), `chat` the
 //! instruction formats used by code actions. No LSP types here: the server and the CLI both call this.
 
 pub mod budget;
 pub mod chat;
 pub mod fim;
+mod parts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -101,6 +103,8 @@ pub struct PromptBuilder {
     ratio: f32,
     extra_tokens: usize,
     warned_order: AtomicBool,
+    /// Every count and encoding of the text around the cursor goes through here.
+    parts: parts::Parts,
 }
 
 impl PromptBuilder {
@@ -111,13 +115,14 @@ impl PromptBuilder {
             tracing::info!("the model has no fill-in-the-middle tokens: completions continue the text before the cursor");
         }
         Ok(Self {
-            tokenizer,
             template,
             markers,
             order: cfg.order,
             ratio: cfg.prefix_suffix_ratio,
             extra_tokens: cfg.extra_context_tokens,
             warned_order: AtomicBool::new(false),
+            parts: parts::Parts::new(tokenizer.clone()),
+            tokenizer,
         })
     }
 
@@ -144,7 +149,7 @@ impl PromptBuilder {
     }
 
     fn count(&self, text: &str) -> usize {
-        self.tokenizer.encode(text, false).len()
+        self.parts.count(text)
     }
 
     /// Builds the FIM prompt for `input`, leaving `max_tokens` of the `context_window` for the answer.
@@ -162,6 +167,7 @@ impl PromptBuilder {
                 window: context_window,
                 max_tokens,
             })?;
+        self.parts.next_request();
         let order = self.order();
         let heal_len = if input.heal {
             self.healed_tail(input.prefix)
@@ -223,6 +229,7 @@ impl PromptBuilder {
             };
             let ids = fim::assemble(
                 &self.tokenizer,
+                &|text, dummy_prefix| self.parts.encode(text, dummy_prefix),
                 self.template,
                 self.markers.as_ref(),
                 order,
