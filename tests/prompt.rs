@@ -665,3 +665,41 @@ fn kept_encodings_give_the_ids_of_a_new_builder_at_every_keystroke() {
         }
     }
 }
+
+/// The documents hand the prompt builder the text from the first whole line within reach of the cursor,
+/// a line that moves as the user types; the prompt's head stays on one line of the document, a multiple
+/// of the budget's step counted from the document's top.
+#[test]
+fn the_prompt_head_stays_put_while_the_documents_cut_moves() {
+    use codellama_text::documents::{Document, Pos, PositionEncoding};
+    let tok = tokenizers().pop().unwrap().1;
+    let b = builder(&tok, FimOrder::Spm);
+    let mut text: String = (0..600).map(|i| format!("value_{i:04} = {i}\n")).collect();
+    let cursor_line = 500;
+    let mut heads = std::collections::BTreeSet::new();
+    let mut cuts = std::collections::BTreeSet::new();
+    for c in "total = sum(value for value in values if value > 0)".chars() {
+        let at = text.match_indices('\n').nth(cursor_line).unwrap().0;
+        text.insert(at, c);
+        let doc = Document::new(&text, "python", 0);
+        let line_len = text[..at + 1].lines().last().unwrap().len();
+        let split = doc.split(
+            Pos::new(cursor_line as u32, line_len as u32),
+            PositionEncoding::Utf8,
+            3000,
+        );
+        let input = FimInput {
+            prefix: &split.prefix,
+            first_line: split.first_line,
+            suffix: &split.suffix,
+            ..FimInput::default()
+        };
+        let built = b.fim(&input, 64, 1024).unwrap();
+        assert!(built.truncated.prefix_lines > 0);
+        cuts.insert(split.first_line);
+        heads.insert(split.first_line + split.prefix[..built.prefix_start].matches('\n').count());
+    }
+    assert!(cuts.len() > 1, "the documents' cut should move: {cuts:?}");
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert_eq!(heads.first().unwrap() % 32, 0, "{heads:?}");
+}

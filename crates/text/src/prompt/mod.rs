@@ -55,6 +55,9 @@ pub struct ContextChunk {
 #[derive(Debug, Clone, Default)]
 pub struct FimInput<'a> {
     pub prefix: &'a str,
+    /// The document line `prefix` starts on (0: `prefix` is all the text before the cursor): the prompt's
+    /// head moves in steps counted from the document's top (see `budget`).
+    pub first_line: usize,
     pub suffix: &'a str,
     pub path: Option<&'a str>,
     pub language_id: Option<&'a str>,
@@ -208,12 +211,12 @@ impl PromptBuilder {
         let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
         let (mut pb, mut sb) = budget::split(budget, self.ratio, prefix_need, suffix_need);
         for _ in 0..4 {
-            let (pstart, pdrop) = budget::fit_prefix(prefix_text, pb, &count);
+            let (pstart, pdrop) = budget::fit_prefix(prefix_text, input.first_line, pb, &count);
             let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
             // Only where PSM is all the model knows: elsewhere SPM keeps the cache valid while typing,
             // and a PSM prompt asked for stays the reference layout.
             let mid = if self.markers.is_some() && !self.template.supports_spm() {
-                budget::middle_start(prefix_text, pstart)
+                budget::middle_start(prefix_text, input.first_line, pstart)
             } else {
                 prefix_text.len()
             };
