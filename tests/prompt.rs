@@ -615,3 +615,91 @@ fn token_healing_cuts_at_character_boundaries() {
         }
     }
 }
+
+/// The prompt builder keeps the encodings of unchanged lines between requests. Typing a function of a
+/// real file keystroke by keystroke, the builder that kept them gives the same ids as a new one at every
+/// keystroke, with both Code Llama tokenizers (both orders) and Qwen's, in a window that cuts both sides
+/// and in one where everything fits.
+#[test]
+fn kept_encodings_give_the_ids_of_a_new_builder_at_every_keystroke() {
+    let file =
+        std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py")).unwrap();
+    let line = |n: usize| {
+        file.match_indices('\n')
+            .nth(n - 2)
+            .map_or(0, |(i, _)| i + 1)
+    };
+    // Lines 137..151: `days_of_cover`, typed into the file without it.
+    let (start, end) = (line(137), line(151));
+    let (before, typed, after) = (&file[..start], &file[start..end], &file[end..]);
+    let qwen = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
+        .into_iter()
+        .flat_map(|(name, tok)| {
+            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
+        })
+        .collect();
+    cases.push(("qwen".into(), qwen, FimOrder::Psm));
+    for (name, tok, order) in cases {
+        for window in [512, 4096] {
+            let kept = builder(&tok, order);
+            for (at, _) in typed.char_indices().skip(1).chain([(typed.len(), ' ')]) {
+                let prefix = format!("{before}{}", &typed[..at]);
+                let input = FimInput {
+                    prefix: &prefix,
+                    suffix: after,
+                    heal: true,
+                    ..FimInput::default()
+                };
+                let new = builder(&tok, order).fim(&input, 64, window).unwrap();
+                let again = kept.fim(&input, 64, window).unwrap();
+                assert_eq!(
+                    (again.ids, again.prefix_start, again.suffix_len),
+                    (new.ids, new.prefix_start, new.suffix_len),
+                    "{name}, window {window}, after typing {:?}",
+                    &typed[..at]
+                );
+            }
+        }
+    }
+}
+
+/// The documents hand the prompt builder the text from the first whole line within reach of the cursor,
+/// a line that moves as the user types; the prompt's head stays on one line of the document, a multiple
+/// of the budget's step counted from the document's top.
+#[test]
+fn the_prompt_head_stays_put_while_the_documents_cut_moves() {
+    use codellama_text::documents::{Document, Pos, PositionEncoding};
+    let tok = tokenizers().pop().unwrap().1;
+    let b = builder(&tok, FimOrder::Spm);
+    let mut text: String = (0..600).map(|i| format!("value_{i:04} = {i}\n")).collect();
+    let cursor_line = 500;
+    let mut heads = std::collections::BTreeSet::new();
+    let mut cuts = std::collections::BTreeSet::new();
+    for c in "total = sum(value for value in values if value > 0)".chars() {
+        let at = text.match_indices('\n').nth(cursor_line).unwrap().0;
+        text.insert(at, c);
+        let doc = Document::new(&text, "python", 0);
+        let line_len = text[..at + 1].lines().last().unwrap().len();
+        let split = doc.split(
+            Pos::new(cursor_line as u32, line_len as u32),
+            PositionEncoding::Utf8,
+            3000,
+        );
+        let input = FimInput {
+            prefix: &split.prefix,
+            first_line: split.first_line,
+            suffix: &split.suffix,
+            ..FimInput::default()
+        };
+        let built = b.fim(&input, 64, 1024).unwrap();
+        assert!(built.truncated.prefix_lines > 0);
+        cuts.insert(split.first_line);
+        heads.insert(split.first_line + split.prefix[..built.prefix_start].matches('\n').count());
+    }
+    assert!(cuts.len() > 1, "the documents' cut should move: {cuts:?}");
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert_eq!(heads.first().unwrap() % 32, 0, "{heads:?}");
+}

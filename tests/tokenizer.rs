@@ -765,3 +765,66 @@ fn long_input_encodes_quickly() {
         assert!(tok.decode(&ids).ends_with(&source));
     }
 }
+
+/// `cuts_at`: where a tokenizer says a text may be cut at a line start, the two sides' ids make up the
+/// whole's (with SentencePiece's dummy space on the first side too). Checked at every line start of a real
+/// file and of texts made to break it (blank and whitespace-only lines, trailing spaces, CRLF, indentation),
+/// for SentencePiece (both Code Llama tokenizers), Qwen2's split and SmolLM's GPT-2 split. Each must also
+/// allow the cuts a typing user needs: before every line (SentencePiece) or every line with content (Qwen2).
+#[test]
+fn cuts_at_line_starts_keep_the_ids_of_the_whole() {
+    let file =
+        std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py")).unwrap();
+    let made = [
+        "x = 1\n\n\ny = 2\n",
+        "def f():\n    a = 1   \n    \n\tb = 2\n  \n",
+        "if x:\r\n    y()\r\n\r\nz\r\n",
+        "a \n b\n\n c\n   ",
+        "s = \"\"\"\n\n   text\n\"\"\"\n)\n]\n",
+        "émoji 😀\n日本語\n  ü\n",
+    ];
+    let tokenizers = [
+        ("tokenizer.json", codellama_json(), Some(true)),
+        ("gguf", codellama_gguf(), Some(true)),
+        ("qwen", qwen(), Some(false)),
+        ("smollm", smollm(), None),
+    ];
+    for (name, tok, every_line) in tokenizers {
+        let spm = tok.kind() == TokenizerKind::SentencePiece;
+        for text in made.iter().copied().chain([file.as_str(), &file[..5000]]) {
+            for (i, _) in text.match_indices('\n') {
+                let at = i + 1;
+                let after = &text[at..];
+                let content = after.lines().next().is_some_and(|l| !l.trim().is_empty());
+                if !tok.cuts_at(text, at) {
+                    match every_line {
+                        Some(true) => panic!("{name}: no cut before {after:.20?}"),
+                        Some(false) => assert!(!content, "{name}: no cut before {after:.20?}"),
+                        None => {}
+                    }
+                    continue;
+                }
+                let mut joined = tok.encode(&text[..at], false);
+                joined.extend(tok.encode(after, false));
+                assert_eq!(
+                    joined,
+                    tok.encode(text, false),
+                    "{name}: cut before {after:.20?}"
+                );
+                if spm {
+                    let mut joined = tok.encode(&text[..at], true);
+                    joined.extend(tok.encode(after, false));
+                    assert_eq!(
+                        joined,
+                        tok.encode(text, true),
+                        "{name}: cut before {after:.20?}"
+                    );
+                }
+            }
+            assert!(
+                !tok.cuts_at(text, 1) || text.starts_with('\n'),
+                "{name}: no line start"
+            );
+        }
+    }
+}

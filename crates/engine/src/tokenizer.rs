@@ -116,6 +116,54 @@ pub struct Tokenizer {
     specials: Specials,
     merger: Merger,
     settings: Settings,
+    line_cuts: LineCuts,
+}
+
+/// At which line starts (just after a `\n`) a text's encoding is the encodings of the two sides, one after
+/// the other: no merge and no pre-token crosses there, and neither side's split looks across it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineCuts {
+    /// At every line start: SentencePiece without a piece that spans a line break, DeepSeek-Coder's split
+    /// (every line break is a pre-token of its own).
+    Every,
+    /// Before a line with something besides whitespace before its end, or whitespace up to the end of the
+    /// text (Llama 3, Qwen2: their `\s*[\r\n]+` runs on over blank lines and whitespace-only lines).
+    BeforeContent,
+    /// Between a line that ends with no whitespace before its break and one that starts with no whitespace
+    /// (GPT-2's split: `\s+(?!\S)` joins a break with the next line's indentation, and its look-ahead sees
+    /// past the end of the first side).
+    BetweenContent,
+    /// Nowhere: a `tokenizer.json` byte-level split we do not inspect, or a user-defined token that
+    /// contains a line break.
+    Never,
+}
+
+impl LineCuts {
+    fn of(vocab: &Vocab, merger: &Merger) -> Self {
+        if vocab
+            .user_defined()
+            .iter()
+            .any(|(text, _)| text.contains('\n'))
+        {
+            return LineCuts::Never;
+        }
+        let spans_a_break = |id: u32| {
+            let bytes = vocab.bytes(id);
+            vocab.is_spellable(id) && bytes.len() > 1 && bytes.contains(&b'\n')
+        };
+        match merger {
+            Merger::ByteBpe(model) => model.line_cuts(),
+            Merger::Spm(_) | Merger::Hf(_) if vocab.kind() == TokenizerKind::SentencePiece => {
+                let n = u32::try_from(vocab.len()).unwrap_or(u32::MAX);
+                if (0..n).any(spans_a_break) {
+                    LineCuts::Never
+                } else {
+                    LineCuts::Every
+                }
+            }
+            Merger::Hf(_) | Merger::Spm(_) => LineCuts::Never,
+        }
+    }
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -166,6 +214,35 @@ impl Tokenizer {
             "encode produced a protected id for {text:?}: {ids:?}"
         );
         ids
+    }
+
+    /// Whether `encode(text, false)` is `encode(&text[..at], false)` followed by `encode(&text[at..], false)`,
+    /// for `at` at a line start (just after `\n`; the ends of the text too). Lets a caller count a long
+    /// text's tokens part by part and keep the counts of the parts that did not change. `false` where the
+    /// tokenizer cannot promise it, and where `at` is no line start.
+    pub fn cuts_at(&self, text: &str, at: usize) -> bool {
+        if at == 0 || at == text.len() {
+            return true;
+        }
+        let Some((before, after)) = text.split_at_checked(at) else {
+            return false;
+        };
+        let Some(line_before) = before.strip_suffix('\n') else {
+            return false;
+        };
+        let content = |c: char| !c.is_whitespace();
+        match self.line_cuts {
+            LineCuts::Every => true,
+            LineCuts::BeforeContent => match after.split_once(['\n', '\r']) {
+                Some((line, _)) => line.contains(content),
+                None => true,
+            },
+            LineCuts::BetweenContent => {
+                line_before.chars().last().is_some_and(content)
+                    && after.chars().next().is_some_and(content)
+            }
+            LineCuts::Never => false,
+        }
     }
 
     /// What `llama-tokenize --no-bos` prints: `encode(text, self.add_space_prefix())`.

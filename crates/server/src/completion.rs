@@ -175,8 +175,14 @@ impl Completer {
             return None;
         };
 
-        let (mut result, _waiter) =
-            self.join_or_start(env, backend, uri, doc, prefix, suffix, arrived);
+        let (mut result, _waiter) = self.join_or_start(
+            env,
+            backend,
+            uri,
+            doc,
+            (prefix, split.first_line, suffix),
+            arrived,
+        );
         let answer = loop {
             if let Some(answer) = result.borrow_and_update().clone() {
                 break answer;
@@ -214,8 +220,7 @@ impl Completer {
         backend: Arc<dyn Backend>,
         uri: &str,
         doc: &Document,
-        prefix: Arc<str>,
-        suffix: Arc<str>,
+        (prefix, first_line, suffix): (Arc<str>, usize, Arc<str>),
         arrived: Instant,
     ) -> (watch::Receiver<Option<Answer>>, Waiter) {
         let mut flights = self.flights();
@@ -253,6 +258,7 @@ impl Completer {
             path: file_path(uri),
             language_id: doc.language_id.clone(),
             prefix,
+            first_line,
             suffix,
             id,
             cancel,
@@ -316,6 +322,8 @@ struct CompletionRun {
     path: Option<String>,
     language_id: String,
     prefix: Arc<str>,
+    /// The document line `prefix` starts on.
+    first_line: usize,
     suffix: Arc<str>,
     id: u64,
     cancel: CancelToken,
@@ -338,11 +346,13 @@ impl CompletionRun {
         let (backend, config) = (self.backend.clone(), self.env.config.clone());
         let context = self.env.context.clone();
         let (prefix, suffix) = (self.prefix.clone(), self.suffix.clone());
+        let first_line = self.first_line;
         let (path, language_id) = (self.path.clone(), self.language_id.clone());
         let (completer, cancel) = (self.completer.clone(), self.cancel.clone());
         let prepared = tokio::task::spawn_blocking(move || {
             let input = Input {
                 prefix: &prefix,
+                first_line,
                 suffix: &suffix,
                 path: path.as_deref(),
                 language_id: &language_id,

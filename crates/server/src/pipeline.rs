@@ -15,6 +15,8 @@ use codellama_text::prompt::{ContextChunk, PromptBuilder, PromptConfig};
 pub struct Input<'a> {
     /// Text before the cursor (line breaks normalised to `\n`).
     pub prefix: &'a str,
+    /// The document line `prefix` starts on.
+    pub first_line: usize,
     /// Text after the cursor (line breaks normalised to `\n`).
     pub suffix: &'a str,
     /// The file's path, when the document is a file.
@@ -82,6 +84,7 @@ pub fn prepare(
 ) -> Result<Prepared, String> {
     let builder = builders.get(backend, config.prompt_config())?;
     let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
+    req.first_line = input.first_line;
     req.path = input.path.map(str::to_string);
     // An id post-processing does not know says nothing: then the file name decides the language.
     req.language_id = (Language::from_language_id(input.language_id) != Language::Other)

@@ -20,6 +20,8 @@ use codellama_engine::{
 #[derive(Debug, Clone)]
 pub struct CompletionRequest {
     pub prefix: String,
+    /// The document line `prefix` starts on (0: `prefix` is all the text before the cursor).
+    pub first_line: usize,
     pub suffix: String,
     pub path: Option<String>,
     pub language_id: Option<String>,
@@ -43,6 +45,7 @@ impl CompletionRequest {
     pub fn new(prefix: impl Into<String>, suffix: impl Into<String>, max_tokens: usize) -> Self {
         Self {
             prefix: prefix.into(),
+            first_line: 0,
             suffix: suffix.into(),
             path: None,
             language_id: None,
@@ -135,6 +138,7 @@ pub fn prepare(
 ) -> Result<Prepared, CompletionError> {
     let input = FimInput {
         prefix: &req.prefix,
+        first_line: req.first_line,
         suffix: &req.suffix,
         path: req.path.as_deref(),
         language_id: req.language_id.as_deref(),

@@ -86,6 +86,8 @@ pub struct Split {
     pub suffix: String,
     /// The cursor, clamped into the document, as a char index.
     pub cursor: usize,
+    /// The document line the prefix starts on (the prompt budget counts its steps from the document's top).
+    pub first_line: usize,
     /// The document breaks lines with `\r\n` (first line break found).
     pub crlf: bool,
 }
@@ -195,64 +197,41 @@ impl Document {
         self.text.to_string()
     }
 
-    /// Splits the text at the cursor. At most about `max_chars` are taken on each side; the cut falls on a
-    /// line boundary that moves in steps of [`CUT_STEP_LINES`] lines, so that while the user types the
-    /// text given to the prompt builder starts at the same place and the model's cache stays valid.
+    /// Splits the text at the cursor. At most about `max_chars` are taken on each side, cut at whole lines
+    /// (a line longer than that: at a char count). This only bounds the text copied per request: the
+    /// prompt budget (`prompt::budget`) decides where the prompt starts, in steps counted from the
+    /// document's top, so that it stays put while the user types.
     pub fn split(&self, pos: Pos, enc: PositionEncoding, max_chars: usize) -> Split {
         let cursor = self.offset(pos, enc);
         let line = self.text.char_to_line(cursor);
         let total = self.text.len_chars();
 
-        // Top: the earliest block start whose distance to the cursor fits.
-        let mut from = cursor;
-        let mut block = line - line % CUT_STEP_LINES;
-        loop {
-            let start = self.text.line_to_char(block);
-            if cursor - start > max_chars {
-                break;
-            }
-            from = start;
-            if block == 0 {
-                break;
-            }
-            block -= CUT_STEP_LINES;
+        // Top: the first line start at most `max_chars` before the cursor.
+        let earliest = cursor.saturating_sub(max_chars);
+        let mut first_line = self.text.char_to_line(earliest);
+        if self.text.line_to_char(first_line) < earliest {
+            first_line += 1;
         }
-        if from == cursor && cursor > 0 {
-            // Even the current block is too long (very long lines): cut at a char count.
-            from = self
-                .text
-                .line_to_char(line)
-                .max(cursor.saturating_sub(max_chars));
-        }
+        let from = if first_line <= line {
+            self.text.line_to_char(first_line)
+        } else {
+            first_line = line;
+            earliest
+        };
 
-        // Bottom: the furthest block end whose distance from the cursor fits.
-        let lines = self.text.len_lines();
-        let mut to = cursor;
-        let mut block_end = (line / CUT_STEP_LINES + 1) * CUT_STEP_LINES;
-        loop {
-            let end = if block_end >= lines {
-                total
-            } else {
-                self.text.line_to_char(block_end)
-            };
-            if end - cursor > max_chars {
-                break;
-            }
-            to = end;
-            if block_end >= lines {
-                break;
-            }
-            block_end += CUT_STEP_LINES;
-        }
-        if to == cursor && cursor < total {
-            let line_end = self.text.line_to_char((line + 1).min(lines)).max(cursor);
-            to = line_end.min(cursor + max_chars);
-        }
+        // Bottom: the last line end at most `max_chars` after the cursor.
+        let latest = (cursor + max_chars).min(total);
+        let to = match self.text.line_to_char(self.text.char_to_line(latest)) {
+            _ if latest == total => total,
+            end if end > cursor => end,
+            _ => latest,
+        };
 
         Split {
             prefix: self.text.slice(from..cursor).to_string(),
             suffix: self.text.slice(cursor..to).to_string(),
             cursor,
+            first_line,
             crlf: self.uses_crlf(),
         }
     }
@@ -266,9 +245,6 @@ impl Document {
         self.text.get_char(end) == Some('\r') && self.text.get_char(end + 1) == Some('\n')
     }
 }
-
-/// Lines per step of the sticky cut in [`Document::split`].
-pub const CUT_STEP_LINES: usize = 64;
 
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -468,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn split_at_the_cursor_and_cut_at_sticky_line_blocks() {
+    fn split_at_the_cursor_and_cut_at_whole_lines() {
         let d = doc("def f():\n    return 1\n");
         let s = d.split(Pos::new(1, 4), Utf16, 1000);
         assert_eq!(
@@ -480,21 +456,32 @@ mod tests {
         let text: String = (0..1000).map(|i| format!("line {i:04}\n")).collect(); // 10 chars a line
         let d = doc(&text);
         let s = d.split(Pos::new(500, 2), Utf16, 1500);
-        // Blocks start every 64 lines; 384 is the earliest within 1500 chars of line 500.
-        assert!(s.prefix.starts_with("line 0384\n"), "{}", &s.prefix[..20]);
-        // The cut does not move while typing on the same line.
-        let s2 = d.split(Pos::new(500, 9), Utf16, 1500);
-        assert!(s2.prefix.starts_with("line 0384\n"));
+        // Line 351 starts 1492 chars before the cursor, line 350 1502.
+        assert!(s.prefix.starts_with("line 0351\n"), "{}", &s.prefix[..20]);
+        assert_eq!(s.first_line, 351);
+        // Line 650 starts 1498 chars after the cursor: the suffix ends before it.
         assert!(
-            s.suffix.ends_with("line 0639\n"),
+            s.suffix.ends_with("line 0649\n"),
             "{}",
             &s.suffix[s.suffix.len() - 20..]
         );
+        // Near the ends of the document, everything.
+        let s = d.split(Pos::new(10, 2), Utf16, 1500);
+        assert_eq!((s.first_line, s.prefix.len()), (0, 102));
+        let s = d.split(Pos::new(990, 2), Utf16, 1500);
+        assert_eq!(s.suffix.len(), 98);
 
         // A single giant line: cut by chars.
         let d = doc(&"x".repeat(10_000));
         let s = d.split(Pos::new(0, 5000), Utf16, 100);
-        assert_eq!((s.prefix.len(), s.suffix.len()), (100, 100));
+        assert_eq!(
+            (s.prefix.len(), s.suffix.len(), s.first_line),
+            (100, 100, 0)
+        );
+        // A long line after short ones: its part before the cursor, counted from its own line.
+        let d = doc(&format!("a\nb\n{}", "x".repeat(10_000)));
+        let s = d.split(Pos::new(2, 5000), Utf16, 100);
+        assert_eq!((s.prefix.len(), s.first_line), (100, 2));
     }
 
     #[test]

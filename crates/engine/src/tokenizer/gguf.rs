@@ -9,7 +9,7 @@ use super::merge::{ByteBpeModel, SpmModel};
 use super::pretokenize::PreTokenizer;
 use super::special::{self, SpecialKeys};
 use super::vocab::{parse_byte_piece, TokenType, Vocab};
-use super::{Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
+use super::{LineCuts, Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
 
 const MODEL: &str = "tokenizer.ggml.model";
 const PRE: &str = "tokenizer.ggml.pre";
@@ -53,6 +53,7 @@ pub(super) fn load(metadata: &HashMap<String, Value>) -> Result<Tokenizer, Token
         Some(pre) => Merger::ByteBpe(ByteBpeModel::new(&vocab, meta.strings(MERGES)?, pre)),
     };
     Ok(Tokenizer {
+        line_cuts: LineCuts::of(&vocab, &merger),
         vocab,
         specials,
         merger,

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::special::{self, SpecialKeys};
 use super::vocab::{parse_byte_piece, TokenType, Vocab, SPACE_MARK};
-use super::{Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
+use super::{LineCuts, Merger, Settings, Tokenizer, TokenizerError, TokenizerKind};
 
 /// Well-known end-of-sequence pieces, tried when no configuration names EOS.
 const EOS_PIECES: [&str; 5] = [
@@ -101,10 +101,12 @@ pub(super) fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
         add_space_prefix: had_prefix,
         chat_template: config.chat_template,
     };
+    let merger = Merger::Hf(Box::new(HfModel { inner }));
     Ok(Tokenizer {
+        line_cuts: LineCuts::of(&vocab, &merger),
         vocab,
         specials,
-        merger: Merger::Hf(Box::new(HfModel { inner })),
+        merger,
         settings,
     })
 }

@@ -255,6 +255,10 @@ impl ByteBpeModel {
         }
     }
 
+    pub(super) fn line_cuts(&self) -> super::LineCuts {
+        self.pre.line_cuts()
+    }
+
     pub(super) fn encode(&self, vocab: &Vocab, text: &str) -> Vec<u32> {
         let mut out = Vec::new();
         for fragment in split_user_defined(text, &self.user_defined) {

@@ -5,7 +5,7 @@
 
 use tokenizers::utils::SysRegex;
 
-use super::TokenizerError;
+use super::{LineCuts, TokenizerError};
 
 /// GPT-2's split, also the second stage of StarCoder/SmolLM.
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
@@ -23,6 +23,8 @@ struct Spec {
     ignore_merges: bool,
     /// llama.cpp's default for `add_bos_token` with this pre-tokenizer.
     add_bos: bool,
+    /// Where the split never joins text across a line start (see [`LineCuts`]).
+    line_cuts: LineCuts,
 }
 
 const SPECS: &[Spec] = &[
@@ -31,24 +33,28 @@ const SPECS: &[Spec] = &[
         regexes: &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
         ignore_merges: false,
         add_bos: false,
+        line_cuts: LineCuts::BetweenContent,
     },
     Spec {
         names: &["llama-bpe", "llama3", "llama-v3"],
         regexes: &[LLAMA3],
         ignore_merges: true,
         add_bos: true,
+        line_cuts: LineCuts::BeforeContent,
     },
     Spec {
         names: &["smollm", "starcoder", "refact", "codeshell"],
         regexes: &[r"\p{N}", GPT2],
         ignore_merges: false,
         add_bos: false,
+        line_cuts: LineCuts::BetweenContent,
     },
     Spec {
         names: &["gpt-2", "phi-2"],
         regexes: &[GPT2],
         ignore_merges: false,
         add_bos: false,
+        line_cuts: LineCuts::BetweenContent,
     },
     Spec {
         names: &["deepseek-coder"],
@@ -61,12 +67,14 @@ const SPECS: &[Spec] = &[
         ],
         ignore_merges: false,
         add_bos: false,
+        line_cuts: LineCuts::Every,
     },
     Spec {
         names: &["qwen2", "deepseek-r1-qwen"],
         regexes: &[QWEN2],
         ignore_merges: false,
         add_bos: false,
+        line_cuts: LineCuts::BeforeContent,
     },
 ];
 
@@ -74,6 +82,7 @@ pub(super) struct PreTokenizer {
     regexes: Vec<SysRegex>,
     ignore_merges: bool,
     add_bos: bool,
+    line_cuts: LineCuts,
 }
 
 impl PreTokenizer {
@@ -98,6 +107,7 @@ impl PreTokenizer {
             regexes,
             ignore_merges: spec.ignore_merges,
             add_bos: spec.add_bos,
+            line_cuts: spec.line_cuts,
         })
     }
 
@@ -107,6 +117,10 @@ impl PreTokenizer {
 
     pub(super) fn add_bos(&self) -> bool {
         self.add_bos
+    }
+
+    pub(super) fn line_cuts(&self) -> LineCuts {
+        self.line_cuts
     }
 
     /// Splits `text` into pre-tokens; concatenated they give back `text`.

@@ -1,9 +1,11 @@
 //! The context budget: how much of the text before and after the cursor fits in the model's window.
 //!
 //! The budget is in tokens. The prefix is cut from the top and the suffix from the bottom, at whole lines
-//! where possible. The prefix's first kept line is always a multiple of `HEAD_STEP_LINES` (counted from
-//! the top of the document), so while the user types the head of the prompt stays put and only moves in
-//! steps of that many lines; that is what lets the engine reuse its cached state keystroke after keystroke.
+//! where possible. The prefix's first kept line is always a multiple of `HEAD_STEP_LINES` counted from
+//! the top of the document (the text given may start lower: `first_line` says where), so while the user
+//! types the head of the prompt stays put and only moves in steps of that many lines; that is what lets
+//! the engine reuse its cached state keystroke after keystroke. This is the only sticky cut: the
+//! documents only bound the text copied per request.
 
 use serde::Serialize;
 
@@ -27,13 +29,19 @@ pub struct Truncation {
 /// of source code), so a huge file costs no more than its last few thousand tokens.
 const MAX_CHARS_PER_TOKEN: usize = 24;
 
-/// The kept tail of `prefix`: `(byte offset where it starts, lines dropped)`. `count` gives a text's tokens.
-pub fn fit_prefix(prefix: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> (usize, usize) {
+/// The kept tail of `prefix`, whose first line is line `first_line` of the document: `(byte offset where
+/// it starts, lines dropped)`. `count` gives a text's tokens.
+pub fn fit_prefix(
+    prefix: &str,
+    first_line: usize,
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+) -> (usize, usize) {
     let window_start = floor_char_boundary(
         prefix,
         prefix.len().saturating_sub(budget * MAX_CHARS_PER_TOKEN),
     );
-    if window_start == 0 && count(prefix) <= budget {
+    if window_start == 0 && first_line.is_multiple_of(HEAD_STEP_LINES) && count(prefix) <= budget {
         return (0, 0);
     }
     let starts = line_starts(prefix);
@@ -53,7 +61,8 @@ pub fn fit_prefix(prefix: &str, budget: usize, count: &dyn Fn(&str) -> usize) ->
         first_fit = i;
     }
     // Snap the head to a multiple of the step so it does not move on every keystroke.
-    let mut line = first_fit.div_ceil(HEAD_STEP_LINES) * HEAD_STEP_LINES;
+    let mut line =
+        (first_line + first_fit).div_ceil(HEAD_STEP_LINES) * HEAD_STEP_LINES - first_line;
     if line >= n_lines && first_fit < n_lines {
         // The window holds fewer lines than a step: keep all that fit rather than only the cursor line.
         line = first_fit;
@@ -71,13 +80,14 @@ pub fn fit_prefix(prefix: &str, budget: usize, count: &dyn Fn(&str) -> usize) ->
     }
 }
 
-/// Where the middle starts in `prefix` (see [`MIDDLE_STEP_LINES`]): the start of the last line whose
-/// index is a positive multiple of the step, when that is after `kept` (where the kept prefix starts);
-/// otherwise `prefix.len()`, no middle.
-pub fn middle_start(prefix: &str, kept: usize) -> usize {
-    let line = prefix.matches('\n').count() / MIDDLE_STEP_LINES * MIDDLE_STEP_LINES;
+/// Where the middle starts in `prefix`, whose first line is line `first_line` of the document (see
+/// [`MIDDLE_STEP_LINES`]): the start of the last line whose document index is a positive multiple of the
+/// step, when that is after `kept` (where the kept prefix starts); otherwise `prefix.len()`, no middle.
+pub fn middle_start(prefix: &str, first_line: usize, kept: usize) -> usize {
+    let last = first_line + prefix.matches('\n').count();
+    let line = last / MIDDLE_STEP_LINES * MIDDLE_STEP_LINES;
     let start = line
-        .checked_sub(1)
+        .checked_sub(first_line + 1)
         .and_then(|n| prefix.match_indices('\n').nth(n))
         .map(|(i, _)| i + 1);
     match start {
@@ -219,27 +229,34 @@ mod tests {
         let line = |i: usize| text.find(&format!("line {i:03}")).unwrap();
         // Typing on lines 16..32 keeps the middle at line 16; from line 32 on it starts there.
         for cursor in [line(16), line(20) + 3, line(31) + 8] {
-            assert_eq!(middle_start(&text[..cursor], 0), line(16), "{cursor}");
+            assert_eq!(middle_start(&text[..cursor], 0, 0), line(16), "{cursor}");
         }
-        assert_eq!(middle_start(&text[..line(33) + 2], 0), line(32));
+        assert_eq!(middle_start(&text[..line(33) + 2], 0, 0), line(32));
         // Above the first step, or where the kept prefix starts after the step's line: no middle.
         let top = &text[..line(15) + 4];
-        assert_eq!(middle_start(top, 0), top.len());
+        assert_eq!(middle_start(top, 0, 0), top.len());
         let cut = &text[..line(20)];
-        assert_eq!(middle_start(cut, line(16)), cut.len());
-        assert_eq!(middle_start("", 0), 0);
+        assert_eq!(middle_start(cut, 0, line(16)), cut.len());
+        assert_eq!(middle_start("", 0, 0), 0);
+        // Lines count from the document's top: text given from line 10 on has its step at line 16.
+        let given = &text[line(10)..line(20) + 3];
+        assert_eq!(middle_start(given, 10, 0), line(16) - line(10));
+        assert_eq!(
+            middle_start(&text[line(17)..line(20)], 17, 0),
+            line(20) - line(17)
+        );
     }
 
     #[test]
     fn everything_fits() {
-        assert_eq!(fit_prefix("abc\ndef", 100, &chars), (0, 0));
+        assert_eq!(fit_prefix("abc\ndef", 0, 100, &chars), (0, 0));
         assert_eq!(fit_suffix("abc\ndef", 100, &chars), (7, 0));
     }
 
     #[test]
     fn prefix_is_cut_at_a_step_multiple_line() {
         let text = numbered(100); // 9 chars per line
-        let (start, dropped) = fit_prefix(&text, 9 * 50, &chars);
+        let (start, dropped) = fit_prefix(&text, 0, 9 * 50, &chars);
         assert_eq!(dropped % HEAD_STEP_LINES, 0);
         assert_eq!(dropped, 64);
         assert_eq!(&text[start..start + 8], "line 064");
@@ -248,24 +265,46 @@ mod tests {
     #[test]
     fn head_stays_put_while_typing() {
         let mut text = numbered(100);
-        let first = fit_prefix(&text, 9 * 50, &chars);
+        let first = fit_prefix(&text, 0, 9 * 50, &chars);
         for c in "def foo(x): return x".chars() {
             text.push(c);
-            assert_eq!(fit_prefix(&text, 9 * 50, &chars), first);
+            assert_eq!(fit_prefix(&text, 0, 9 * 50, &chars), first);
         }
+    }
+
+    /// The documents hand over the text from a line that moves as the user types; the head stays on the
+    /// same line of the document, a multiple of the step counted from its top.
+    #[test]
+    fn head_steps_count_from_the_top_of_the_document() {
+        let doc = numbered(200);
+        let line = |i: usize| doc.find(&format!("line {i:03}")).unwrap();
+        for first_line in [70, 75, 90, 96] {
+            let given = &doc[line(first_line)..line(180)];
+            let (start, dropped) = fit_prefix(given, first_line, 9 * 50, &chars);
+            assert_eq!(
+                &given[start..start + 8],
+                "line 160",
+                "from line {first_line}"
+            );
+            assert_eq!(dropped, 160 - first_line);
+        }
+        // Everything fits, but the text does not start on a step: the head is the first step in it.
+        let given = &doc[line(150)..line(180)];
+        assert_eq!(fit_prefix(given, 150, 9 * 50, &chars).1, 10);
+        assert_eq!(fit_prefix(given, 160, 9 * 50, &chars), (0, 0));
     }
 
     #[test]
     fn small_budgets_keep_every_line_that_fits() {
         let text = numbered(10);
-        let (start, dropped) = fit_prefix(&text, 9 * 4, &chars);
+        let (start, dropped) = fit_prefix(&text, 0, 9 * 4, &chars);
         assert_eq!((dropped, &text[start..start + 8]), (6, "line 006"));
     }
 
     #[test]
     fn long_cursor_line_keeps_its_end() {
         let text = format!("a\n{}", "x".repeat(50));
-        let (start, dropped) = fit_prefix(&text, 10, &chars);
+        let (start, dropped) = fit_prefix(&text, 0, 10, &chars);
         assert_eq!(&text[start..], "x".repeat(10));
         assert_eq!(dropped, 1);
     }
@@ -296,7 +335,7 @@ mod tests {
     #[test]
     fn cuts_respect_utf8() {
         let text = "🙂".repeat(30);
-        let (start, _) = fit_prefix(&text, 7, &chars);
+        let (start, _) = fit_prefix(&text, 0, 7, &chars);
         assert!(text.is_char_boundary(start));
         assert_eq!(chars(&text[start..]), 7);
     }

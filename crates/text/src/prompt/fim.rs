@@ -198,9 +198,11 @@ pub struct Parts<'a> {
     pub suffix: &'a str,
 }
 
-/// Assembles the prompt ids; `head` (repository-level context, or nothing) goes right after BOS.
+/// Assembles the prompt ids; `head` (repository-level context, or nothing) goes right after BOS. The text
+/// goes through `encode`, which gives `tok.encode`'s ids (the prompt builder's kept encodings).
 pub fn assemble(
     tok: &Tokenizer,
+    encode: &dyn Fn(&str, bool) -> Vec<u32>,
     template: FimTemplate,
     markers: Option<&Markers>,
     order: FimOrder,
@@ -217,11 +219,11 @@ pub fn assemble(
     }
     ids.extend(head);
     let Some(m) = markers else {
-        ids.extend(tok.encode(prefix, tok.add_space_prefix()));
+        ids.extend(encode(prefix, tok.add_space_prefix()));
         return ids;
     };
-    let enc_prefix = tok.encode(prefix, template.prefix_dummy_space());
-    let enc_suffix = tok.encode(suffix, false);
+    let enc_prefix = encode(prefix, template.prefix_dummy_space());
+    let enc_suffix = encode(suffix, false);
     match order {
         FimOrder::Spm if template.supports_spm() => {
             ids.extend([m.prefix, m.suffix]);
@@ -235,7 +237,7 @@ pub fn assemble(
             ids.push(m.suffix);
             ids.extend(enc_suffix);
             ids.push(m.middle);
-            ids.extend(tok.encode(middle, false));
+            ids.extend(encode(middle, false));
         }
     }
     ids

@@ -1,10 +1,12 @@
 //! Prompt building: the exact prompts each model was trained on, assembled from token ids within a token
-//! budget. `fim` holds the fill-in-the-middle templates, `budget` the truncation rules, `chat` the
+//! budget. `fim` holds the fill-in-the-middle templates, `budget` the truncation rules, `parts` the
+//! encodings kept between requests (a keystroke tokenizes only the lines it changed), `chat` the
 //! instruction formats used by code actions. No LSP types here: the server and the CLI both call this.
 
 pub mod budget;
 pub mod chat;
 pub mod fim;
+mod parts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,6 +55,9 @@ pub struct ContextChunk {
 #[derive(Debug, Clone, Default)]
 pub struct FimInput<'a> {
     pub prefix: &'a str,
+    /// The document line `prefix` starts on (0: `prefix` is all the text before the cursor): the prompt's
+    /// head moves in steps counted from the document's top (see `budget`).
+    pub first_line: usize,
     pub suffix: &'a str,
     pub path: Option<&'a str>,
     pub language_id: Option<&'a str>,
@@ -101,6 +106,8 @@ pub struct PromptBuilder {
     ratio: f32,
     extra_tokens: usize,
     warned_order: AtomicBool,
+    /// Every count and encoding of the text around the cursor goes through here.
+    parts: parts::Parts,
 }
 
 impl PromptBuilder {
@@ -111,13 +118,14 @@ impl PromptBuilder {
             tracing::info!("the model has no fill-in-the-middle tokens: completions continue the text before the cursor");
         }
         Ok(Self {
-            tokenizer,
             template,
             markers,
             order: cfg.order,
             ratio: cfg.prefix_suffix_ratio,
             extra_tokens: cfg.extra_context_tokens,
             warned_order: AtomicBool::new(false),
+            parts: parts::Parts::new(tokenizer.clone()),
+            tokenizer,
         })
     }
 
@@ -144,7 +152,7 @@ impl PromptBuilder {
     }
 
     fn count(&self, text: &str) -> usize {
-        self.tokenizer.encode(text, false).len()
+        self.parts.count(text)
     }
 
     /// Builds the FIM prompt for `input`, leaving `max_tokens` of the `context_window` for the answer.
@@ -162,6 +170,7 @@ impl PromptBuilder {
                 window: context_window,
                 max_tokens,
             })?;
+        self.parts.next_request();
         let order = self.order();
         let heal_len = if input.heal {
             self.healed_tail(input.prefix)
@@ -202,12 +211,12 @@ impl PromptBuilder {
         let suffix_need = count(head(suffix, budget * 24)).min(budget + 1);
         let (mut pb, mut sb) = budget::split(budget, self.ratio, prefix_need, suffix_need);
         for _ in 0..4 {
-            let (pstart, pdrop) = budget::fit_prefix(prefix_text, pb, &count);
+            let (pstart, pdrop) = budget::fit_prefix(prefix_text, input.first_line, pb, &count);
             let (slen, sdrop) = budget::fit_suffix(suffix, sb, &count);
             // Only where PSM is all the model knows: elsewhere SPM keeps the cache valid while typing,
             // and a PSM prompt asked for stays the reference layout.
             let mid = if self.markers.is_some() && !self.template.supports_spm() {
-                budget::middle_start(prefix_text, pstart)
+                budget::middle_start(prefix_text, input.first_line, pstart)
             } else {
                 prefix_text.len()
             };
@@ -223,6 +232,7 @@ impl PromptBuilder {
             };
             let ids = fim::assemble(
                 &self.tokenizer,
+                &|text, dummy_prefix| self.parts.encode(text, dummy_prefix),
                 self.template,
                 self.markers.as_ref(),
                 order,
