@@ -754,6 +754,23 @@ fn decode_with(
     engine.generate(req).expect("generation")
 }
 
+/// The prompt ids of a raw infill (no post-processing) of `max_tokens` between `prefix` and `suffix`.
+fn raw_prompt(
+    engine: &Engine,
+    builder: &codellama_text::prompt::PromptBuilder,
+    hole: (&str, &str),
+    max_tokens: usize,
+) -> Vec<u32> {
+    use codellama_text::completion::{self, CompletionRequest};
+    let mut req = CompletionRequest::new(hole.0, hole.1, max_tokens);
+    req.raw = true;
+    completion::prepare(engine, builder, &req)
+        .unwrap()
+        .prompt()
+        .ids
+        .clone()
+}
+
 /// FIM prompts (or continuation prompts, for a model without FIM tokens) for holes of three lines cut
 /// from a real Python file, the cursor on the empty line where they were.
 fn code_holes(lines_at: &[usize]) -> Vec<(String, String)> {
@@ -793,13 +810,7 @@ fn speculative_decoding_gives_the_plain_greedy_output() {
             PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
         let (mut drafted, mut accepted) = (0, 0);
         for (i, (prefix, suffix)) in code_holes(&[60, 150, 240]).into_iter().enumerate() {
-            let mut req = CompletionRequest::new(&prefix, &suffix, 48);
-            req.raw = true;
-            let prompt = completion::prepare(&engine, &builder, &req)
-                .unwrap()
-                .prompt()
-                .ids
-                .clone();
+            let prompt = raw_prompt(&engine, &builder, (&prefix, &suffix), 48);
             // Every compared run finds the prompt cached but its last token, recomputed alone (computed
             // in a prompt chunk instead, its logits may differ in the last bits).
             decode_with(&engine, &prompt, 1, false, &[]);
@@ -893,7 +904,6 @@ fn speculative_decoding_stops_at_a_full_context_like_plain_decoding() {
 /// rejected, so the draft model's cache is rolled back too.
 #[test]
 fn a_draft_model_gives_the_plain_greedy_output() {
-    use codellama_text::completion::{self, CompletionRequest};
     use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
     let Some(main) = common::qwen_1_5b_model() else {
@@ -918,13 +928,7 @@ fn a_draft_model_gives_the_plain_greedy_output() {
     };
     let (mut drafted, mut accepted) = (0, 0);
     for (i, (prefix, suffix)) in code_holes(&[40, 110, 190, 260]).into_iter().enumerate() {
-        let mut req = CompletionRequest::new(&prefix, &suffix, 40);
-        req.raw = true;
-        let prompt = completion::prepare(&engine, &builder, &req)
-            .unwrap()
-            .prompt()
-            .ids
-            .clone();
+        let prompt = raw_prompt(&engine, &builder, (&prefix, &suffix), 40);
         decode_with(&engine, &prompt, 1, true, &[]);
         let off = decode_with(&engine, &prompt, 40, false, &[]);
         for (how, drafting) in [("draft model", model_only), ("both", Drafting::ON)] {

@@ -230,8 +230,9 @@ macro_rules! choice {
 }
 
 choice! {
-    /// Which fill-in-the-middle prompt format the completion model was trained with.
-    FimTemplate {
+    /// Which fill-in-the-middle prompt format the completion model was trained with, as the setting
+    /// spells it: `auto` or a `prompt::FimTemplate` (the prompt builder's own type; `prompt_config` maps).
+    FimTemplateSetting {
         /// Recognised from the model's special tokens.
         Auto = "auto",
         CodeLlama = "codellama",
@@ -245,8 +246,9 @@ choice! {
 }
 
 choice! {
-    /// Where the text after the cursor goes in a fill-in-the-middle prompt.
-    FimOrder {
+    /// Where the text after the cursor goes in a fill-in-the-middle prompt, as the setting spells it:
+    /// `auto` or a `prompt::FimOrder`.
+    FimOrderSetting {
         /// The template's own preference (SPM where the model was trained with it).
         Auto = "auto",
         /// Suffix, then prefix: typing only appends to the prompt, so the model's cache is reused.
@@ -537,10 +539,10 @@ config! {
     device: String = "cpu".to_string(),
     /// Fill-in-the-middle prompt format: "auto" (from the model's tokens), "codellama", "starcoder",
     /// "deepseek", "qwen", "codegemma", or "none" (continue the text before the cursor only).
-    fim_template: FimTemplate = FimTemplate::Auto,
+    fim_template: FimTemplateSetting = FimTemplateSetting::Auto,
     /// Order of the fill-in-the-middle prompt: "spm" (suffix first; best reuse of the model's cache while
     /// typing), "psm", or "auto" (the template's preference).
-    fim_order: FimOrder = FimOrder::Auto,
+    fim_order: FimOrderSetting = FimOrderSetting::Auto,
     /// Tokens of other open documents (most recently edited first) shown to the model before the text
     /// around the cursor, at most a third of the prompt; in the repository format for models trained on
     /// it (Qwen2.5-Coder, StarCoder2), otherwise each headed by its path in a comment. 0 turns this off.
@@ -800,18 +802,18 @@ impl Config {
     /// How prompts are built with these settings.
     pub fn prompt_config(&self) -> PromptConfig {
         let template = match self.fim_template {
-            FimTemplate::Auto => None,
-            FimTemplate::CodeLlama => Some(prompt::FimTemplate::CodeLlama),
-            FimTemplate::StarCoder => Some(prompt::FimTemplate::StarCoder),
-            FimTemplate::DeepSeek => Some(prompt::FimTemplate::DeepSeek),
-            FimTemplate::Qwen => Some(prompt::FimTemplate::Qwen),
-            FimTemplate::CodeGemma => Some(prompt::FimTemplate::CodeGemma),
-            FimTemplate::None => Some(prompt::FimTemplate::Continuation),
+            FimTemplateSetting::Auto => None,
+            FimTemplateSetting::CodeLlama => Some(prompt::FimTemplate::CodeLlama),
+            FimTemplateSetting::StarCoder => Some(prompt::FimTemplate::StarCoder),
+            FimTemplateSetting::DeepSeek => Some(prompt::FimTemplate::DeepSeek),
+            FimTemplateSetting::Qwen => Some(prompt::FimTemplate::Qwen),
+            FimTemplateSetting::CodeGemma => Some(prompt::FimTemplate::CodeGemma),
+            FimTemplateSetting::None => Some(prompt::FimTemplate::Continuation),
         };
         let order = match self.fim_order {
             // SPM where the template supports it (the builder falls back to PSM otherwise).
-            FimOrder::Auto | FimOrder::Spm => prompt::FimOrder::Spm,
-            FimOrder::Psm => prompt::FimOrder::Psm,
+            FimOrderSetting::Auto | FimOrderSetting::Spm => prompt::FimOrder::Spm,
+            FimOrderSetting::Psm => prompt::FimOrder::Psm,
         };
         PromptConfig {
             template,
@@ -953,7 +955,7 @@ mod tests {
         let a = c.apply_json(&json!({"max_tokens": 32, "fim_order": "PSM"}), "init");
         assert_eq!(a.changed, vec!["max_tokens", "fim_order"]);
         assert!(a.problems.is_empty());
-        assert_eq!((c.max_tokens, c.fim_order), (32, FimOrder::Psm));
+        assert_eq!((c.max_tokens, c.fim_order), (32, FimOrderSetting::Psm));
 
         c.apply_json(
             &json!({"settings": {"codellama": {"temperature": "0.2"}}}),
@@ -977,7 +979,7 @@ mod tests {
             "init",
         );
         assert_eq!(c.max_tokens, Config::default().max_tokens);
-        assert_eq!(c.fim_template, FimTemplate::Auto);
+        assert_eq!(c.fim_template, FimTemplateSetting::Auto);
         assert_eq!(c.temperature, 0.5);
         assert_eq!(a.problems.len(), 3, "{:?}", a.problems);
         assert!(a
@@ -1054,7 +1056,7 @@ mod tests {
 
     #[test]
     fn template_settings_name_the_templates_they_choose() {
-        for &name in FimTemplate::NAMES {
+        for &name in FimTemplateSetting::NAMES {
             let mut c = Config::default();
             c.apply_pairs([("fim_template", name.to_string())], "test");
             let chosen = c.prompt_config().template.map(prompt::FimTemplate::name);

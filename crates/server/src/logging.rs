@@ -83,8 +83,9 @@ struct ClientLayer;
 impl<S: Subscriber> Layer<S> for ClientLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
+        // Our crates' events only (codellama_server, codellama_engine, ...), not the libraries'.
         if rank(Some(*meta.level())) > CLIENT_LEVEL.load(Ordering::Relaxed)
-            || !meta.target().starts_with("codellama_lsp")
+            || !meta.target().starts_with("codellama_")
         {
             return;
         }
