@@ -108,8 +108,9 @@ test('the version-mismatch message names the server, both versions and the way o
 
 test("the extension's version is the server crate's (the bundled server must match it)", () => {
   const cargo = fs.readFileSync(path.join(__dirname, '../../../Cargo.toml'), 'utf8');
-  const crateVersion = cargo.match(/^\[package\][^[]*?^version\s*=\s*"([^"]+)"/m)?.[1];
-  assert.ok(crateVersion, 'Cargo.toml [package] version');
+  // Every crate of the workspace takes its version from [workspace.package].
+  const crateVersion = cargo.match(/^\[workspace\.package\][^[]*?^version\s*=\s*"([^"]+)"/m)?.[1];
+  assert.ok(crateVersion, 'Cargo.toml [workspace.package] version');
   assert.equal(pkg.version, crateVersion);
   assert.equal(thisExtension().version, pkg.version);
   assert.equal(thisExtension().root, path.resolve(__dirname, '..'));
