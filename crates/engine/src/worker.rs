@@ -253,8 +253,7 @@ impl Worker {
         }
     }
 
-    fn validate(&self, prompt: &[u32], max_tokens: usize) -> Result<()> {
-        let _ = max_tokens;
+    fn validate(&self, prompt: &[u32]) -> Result<()> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -284,7 +283,7 @@ impl Worker {
         if req.cancel.is_cancelled() {
             return Ok(Outcome::cancelled(timings));
         }
-        self.validate(&req.prompt, req.max_tokens)?;
+        self.validate(&req.prompt)?;
 
         let t_prefill = Instant::now();
         let reuse = reuse_prefix(
