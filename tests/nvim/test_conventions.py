@@ -2,6 +2,7 @@
 with lsp/codellama.lua and no setup(), the commands that plugin/codellama.lua defines before anything is loaded, the
 statusline component through loading -> ready (model) -> latency, its error state, and :CodellamaLog."""
 import os
+import math
 import re
 
 from conftest import BIN, MODEL, SETTINGS, requires_server, wait_for
@@ -121,8 +122,10 @@ def test_statusline_goes_from_loading_to_ready_to_latency(editor):
     editor.nv.input("Goreturn")
     wait_for(editor.ghost, "ghost text", timeout=60)
     timings = wait_for(lambda: (server_status(editor) or {}).get("timings"), "the timings", timeout=10)
-    tok_s = round(timings["generated_tokens"] * 1000 / timings["decode_ms"])
-    expected = f"{ready} · {round(timings['total_ms'])} ms, {tok_s} tok/s"
+    # Half up, as the plugin rounds (Lua's floor(x + 0.5)); Python's round() takes halves to even, and the server
+    # sends total_ms to a tenth, so x.5 comes up one time in ten.
+    tok_s = math.floor(timings["generated_tokens"] * 1000 / timings["decode_ms"] + 0.5)
+    expected = f"{ready} · {math.floor(timings['total_ms'] + 0.5)} ms, {tok_s} tok/s"
     wait_for(lambda: expected in editor.lua("return _G.shown"), expected, timeout=10)
     # What the 'statusline' option draws is the same text.
     drawn = editor.lua("return vim.api.nvim_eval_statusline(vim.o.statusline, {}).str")
