@@ -65,8 +65,10 @@ pub struct Figures {
     pub decode: Vec<Figure>,
 }
 
-/// Runs the workload on `backend`. `salt` makes this run's prompts differ from any other run's.
-pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figures> {
+/// Runs the workload on `backend`. `salt` makes this run's prompts differ from any other run's. Each
+/// sample is also printed to stderr as it comes, named by `who` (a long run shows its progress, and a
+/// run cut short keeps what it measured).
+pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> Result<Figures> {
     let vocab = backend.info().config.vocab_size.max(2000) as u32;
     let mut run = salt * 1000;
     let mut prompt = |n: usize| -> Vec<u32> {
@@ -84,6 +86,10 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figur
             req.stop_at_eog = false;
             let o = backend.submit(req).wait()?;
             samples.push(n as f64 / (o.timings.prefill_ms / 1e3));
+            eprintln!(
+                "{who}: prefill {n}: {:.1} tok/s",
+                samples[samples.len() - 1]
+            );
         }
         prefill.push(figure(n, samples));
     }
@@ -96,6 +102,10 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize) -> Result<Figur
             let o = backend.submit(req).wait()?;
             let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
             samples.push(steps as f64 / (o.timings.decode_ms / 1e3));
+            eprintln!(
+                "{who}: decode at depth {depth}: {:.1} tok/s",
+                samples[samples.len() - 1]
+            );
         }
         decode.push(figure(depth, samples));
     }
@@ -377,8 +387,9 @@ impl LlamaServer {
     pub fn backend(&self, model: &Path) -> Result<RemoteBackend> {
         let mut cfg = RemoteConfig::new(RemoteKind::LlamaCpp, self.url.clone());
         cfg.tokenizer = Some(model.display().to_string());
-        cfg.first_token_timeout = Duration::from_secs(600);
-        cfg.request_timeout = Duration::from_secs(600);
+        // A 7B model's prefill of a few thousand tokens on two cores takes minutes.
+        cfg.first_token_timeout = Duration::from_secs(3600);
+        cfg.request_timeout = Duration::from_secs(3600);
         Ok(RemoteBackend::connect(cfg)?)
     }
 }

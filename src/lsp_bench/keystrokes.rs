@@ -71,6 +71,10 @@ pub struct LspBenchArgs {
     /// With --lsp: more server settings as KEY=VALUE (e.g. fim_order=psm), repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// With --replay: write our server's log (its stderr) to this file at the end; `--set log_level=debug`
+    /// adds each completion's timings (prefill, decode, stop reason).
+    #[arg(long, value_name = "FILE")]
+    pub server_log: Option<PathBuf>,
 }
 
 /// The model flags `bench --lsp` shares with the engine benchmark.
@@ -262,6 +266,7 @@ fn run_replay_pair(
     theirs.peak_rss_mb = llama.peak_rss_mb();
     ours.peak_rss_mb = crate::bench::peak_rss_mb(Some(lsp.pid()));
     let _ = lsp.shutdown(Duration::from_secs(10));
+    save_server_log(&lsp, args)?;
     Ok([ours, theirs])
 }
 
@@ -347,7 +352,17 @@ fn run_replay(
         .clone();
     tally.peak_rss_mb = crate::bench::peak_rss_mb(Some(lsp.pid()));
     let _ = lsp.shutdown(Duration::from_secs(10));
+    save_server_log(&lsp, args)?;
     Ok(tally)
+}
+
+/// Writes the server's stderr to `--server-log`, when given.
+fn save_server_log(lsp: &LspProcess, args: &LspBenchArgs) -> anyhow::Result<()> {
+    let Some(path) = &args.server_log else {
+        return Ok(());
+    };
+    std::fs::write(path, lsp.stderr())
+        .with_context(|| format!("cannot write the server log to {}", path.display()))
 }
 
 /// The replayed files, for the header line.
