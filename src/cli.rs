@@ -136,6 +136,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], config.max_tokens);
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
+    req.postprocess.time_budget = config.time_budget();
     req.token_healing = config.token_healing;
     req.speculative = config.speculative.into();
     req.sampling = SamplingParams {
@@ -442,7 +443,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let kv_type = config.kv_cache_type.kv_type();
     let cfg = &info.config;
     let kv_values = cfg.n_layer * cfg.n_head_kv * cfg.head_dim * info.context_window;
-    let ours = bench::measure(&engine, &workload, 1)?;
+    let ours = bench::measure(&engine, &workload, 1, "ours")?;
     let peak_rss_mb = bench::peak_rss_mb(None);
     drop(engine);
     let binary = if args.no_llama {
@@ -461,7 +462,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             };
             let server = LlamaServer::start(bin, &info.path, info.threads, context, extra)?;
             let backend = server.backend(&info.path)?;
-            let figures = bench::measure(&backend, &workload, 2)?;
+            let figures = bench::measure(&backend, &workload, 2, "llama.cpp")?;
             llama_cpp_peak_rss_mb = server.peak_rss_mb();
             Some(figures)
         }
@@ -668,7 +669,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     };
     let mut postprocess = codellama_text::postprocess::Config::default();
     if args.no_time_limit {
-        postprocess.max_time_after_newline = std::time::Duration::MAX;
+        postprocess.time_budget = std::time::Duration::MAX;
     }
     let mut results = Vec::new();
     for name in &datasets {

@@ -207,13 +207,11 @@ fn copied_context_is_dropped() {
 #[test]
 fn stop_after_code_block() {
     use codellama_engine::StopPolicy;
-    use std::time::Duration;
     let mut p = answer::StopAfterCodeBlock;
-    let d = Duration::ZERO;
-    assert_eq!(p.check("Here:\n```py\nx = 1\n", d), None);
-    assert_eq!(p.check("Here:\n```py\nx = 1\n```", d), None);
+    assert_eq!(p.check("Here:\n```py\nx = 1\n"), None);
+    assert_eq!(p.check("Here:\n```py\nx = 1\n```"), None);
     let text = "Here:\n```py\nx = 1\n```\nThis sets x.";
-    assert_eq!(p.check(text, d), Some("Here:\n```py\nx = 1\n```\n".len()));
+    assert_eq!(p.check(text), Some("Here:\n```py\nx = 1\n```\n".len()));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -59,6 +59,35 @@ fn cache_reuse_computes_only_new_tokens_and_matches_a_cold_run() {
     }
 }
 
+/// Two documents' prompts take turns (a file switch and back): each finds its own cache, as long as there
+/// are caches enough; with one, each turn computes its prompt again.
+#[test]
+fn prompts_taking_turns_keep_their_own_caches() {
+    let path = common::codellama_fixture("tiny-codellama-gqa.gguf");
+    let other: Vec<u32> = PSM.iter().rev().copied().collect();
+    for (caches, reused_on_return) in [(2, PSM.len() - 1), (1, 0)] {
+        let engine = Engine::start(
+            LoadOptions {
+                model: Some(path.display().to_string()),
+                context_window: Some(256),
+                prompt_caches: Some(caches),
+                ..LoadOptions::default()
+            },
+            Box::new(|_| {}),
+        )
+        .expect("engine starts");
+        let first = greedy(&engine, &PSM, 4);
+        let away = greedy(&engine, &other, 4);
+        assert_eq!(away.timings.reused_tokens, 0);
+        let back = greedy(&engine, &PSM, 4);
+        assert_eq!(
+            back.timings.reused_tokens, reused_on_return,
+            "{caches} caches"
+        );
+        assert_eq!(back.generated_ids, first.generated_ids, "{caches} caches");
+    }
+}
+
 #[test]
 fn generation_streams_tokens_and_stops_at_max_tokens() {
     let engine = start(&common::codellama_fixture("tiny-codellama-mha.gguf"));

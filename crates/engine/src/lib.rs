@@ -20,6 +20,7 @@ mod load;
 mod memory;
 mod model;
 mod pool;
+mod prompt_cache;
 pub mod remote_error;
 pub mod resolve;
 pub mod sampler;
@@ -31,7 +32,6 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -88,9 +88,10 @@ impl CancelToken {
 }
 
 /// Decides, from the text generated so far, whether the answer is complete. `Some(n)` stops generation
-/// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here.
+/// and keeps the first `n` bytes. Post-processing plugs its streaming rules in here; a policy with a time
+/// budget keeps its own clock (a suggestion's starts when the user asked, before the request queued).
 pub trait StopPolicy: Send {
-    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize>;
+    fn check(&mut self, text: &str) -> Option<usize>;
 }
 
 pub struct GenerateRequest {

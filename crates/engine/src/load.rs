@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub device: Option<String>,
     /// What the KV cache stores keys and values as (f16 by default; q8_0 on the CPU).
     pub kv_cache_type: KvType,
+    /// How many prompts' KV caches the model thread keeps (see `prompt_cache`); `None`: as many as fit
+    /// 512 MiB, at most 4.
+    pub prompt_caches: Option<usize>,
     /// A smaller model with the same vocabulary whose greedy guesses speculative decoding verifies (a path
     /// or Hub reference, as `model`); loaded on the model thread after the model, with the same settings.
     pub draft_model: Option<String>,

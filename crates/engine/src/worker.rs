@@ -20,8 +20,9 @@ use super::draft::PromptLookup;
 use super::error::{EngineError, Result};
 use super::load::{load_draft_model, load_model, LoadOptions, LoadedModel};
 use super::memory::release_freed_memory;
-use super::model::{KvCache, Llama, Logits};
+use super::model::{Llama, Logits};
 use super::pool::default_threads;
+use super::prompt_cache::{CachedPrompt, PromptCaches};
 use super::sampler::{argmax, Sampler};
 use super::tokenizer::{IncrementalDecoder, Tokenizer};
 use super::{
@@ -124,13 +125,22 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         let _ = ready.send(Err(e));
         return;
     }
-    let cache = match loaded.model.new_cache(loaded.info.context_window) {
+    let window = loaded.info.context_window;
+    let count = opts
+        .prompt_caches
+        .unwrap_or_else(|| PromptCaches::auto_count(loaded.model.kv_cache_bytes(window)));
+    let caches = match PromptCaches::new(count, || loaded.model.new_cache(window)) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
+    tracing::info!(
+        "keeping the KV caches of {} prompts, {window} positions each (at most {:.0} MB each)",
+        caches.len(),
+        loaded.model.kv_cache_bytes(window) as f64 / 1e6
+    );
     let (draft, draft_status) = match opts.draft_model.as_deref() {
         Some(spec) => match load_draft(&opts, &loaded, spec) {
             Ok((draft, info)) => (Some(draft), Some(Ok(info))),
@@ -154,8 +164,8 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
             .collect(),
         model: loaded.model,
         tokenizer: loaded.tokenizer,
-        cache,
-        cached: Vec::new(),
+        caches,
+        active: 0,
         draft,
         early: VecDeque::new(),
     };
@@ -190,8 +200,7 @@ fn load_draft(
     };
     let draft = DraftModel {
         model: loaded.model,
-        cache,
-        cached: Vec::new(),
+        cache: CachedPrompt::new(cache),
         vocab: main.tokenizer.vocab_size(),
     };
     Ok((draft, info))
@@ -200,9 +209,9 @@ fn load_draft(
 struct Worker {
     model: Llama,
     tokenizer: Arc<Tokenizer>,
-    cache: KvCache,
-    /// The tokens whose keys and values are in `cache` (always `cache.len()` of them).
-    cached: Vec<u32>,
+    caches: PromptCaches,
+    /// The cache the current request works in.
+    active: usize,
     /// The draft model, when one is loaded.
     draft: Option<DraftModel>,
     eog: HashSet<u32>,
@@ -245,12 +254,15 @@ impl Worker {
     }
 
     fn reset(&mut self) {
-        self.cache.truncate(0);
-        self.cached.clear();
+        self.caches.clear();
         if let Some(draft) = self.draft.as_mut() {
-            draft.cache.truncate(0);
-            draft.cached.clear();
+            draft.cache.clear();
         }
+    }
+
+    /// The cache the current request works in.
+    fn cache(&mut self) -> &mut CachedPrompt {
+        self.caches.get(self.active)
     }
 
     fn validate(&self, prompt: &[u32]) -> Result<()> {
@@ -261,10 +273,10 @@ impl Worker {
         if let Some(&id) = prompt.iter().find(|&&t| t as usize >= vocab) {
             return Err(EngineError::BadToken { id, vocab });
         }
-        if prompt.len() >= self.cache.capacity() {
+        if prompt.len() >= self.caches.capacity() {
             return Err(EngineError::PromptTooLong {
                 prompt_tokens: prompt.len(),
-                context: self.cache.capacity(),
+                context: self.caches.capacity(),
             });
         }
         Ok(())
@@ -286,11 +298,16 @@ impl Worker {
         self.validate(&req.prompt)?;
 
         let t_prefill = Instant::now();
-        let reuse = reuse_prefix(
-            &mut self.cache,
-            &mut self.cached,
-            &req.prompt,
-            req.prompt.len() - 1,
+        self.active = self.caches.choose(&req.prompt);
+        let cache = self.caches.get(self.active);
+        let held = cache.tokens().len();
+        let reuse = cache.keep_prefix(&req.prompt, req.prompt.len() - 1);
+        tracing::debug!(
+            cache = self.active,
+            held,
+            reuse,
+            prompt = req.prompt.len(),
+            "prompt cache chosen"
         );
         timings.reused_tokens = reuse;
         let mut logits = None;
@@ -305,7 +322,7 @@ impl Worker {
                 return Ok(Outcome::cancelled(timings));
             }
             timings.computed_tokens += chunk.len();
-            let through = &req.prompt[..self.cached.len() + chunk.len()];
+            let through = &req.prompt[..cache.tokens().len() + chunk.len()];
             let early = RefCell::new(&mut self.early);
             let stop = || {
                 req.cancel.is_cancelled()
@@ -313,7 +330,7 @@ impl Worker {
             };
             match self
                 .model
-                .forward_cancellable(chunk, &mut self.cache, Logits::Last, &stop)
+                .forward_cancellable(chunk, cache.kv(), Logits::Last, &stop)
             {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
@@ -323,7 +340,7 @@ impl Worker {
                 }
                 Err(e) => return Err(e),
             }
-            self.cached.extend_from_slice(chunk);
+            cache.extend(chunk);
         }
         let mut drafts = Speculation::new(req, self.draft.is_some());
         if let (true, Some(draft)) = (drafts.model, self.draft.as_mut()) {
@@ -371,7 +388,7 @@ impl Worker {
                 break;
             }
             if let Some(policy) = req.policy.as_mut() {
-                if let Some(cut) = policy.check(&out.text, t_decode.elapsed()) {
+                if let Some(cut) = policy.check(&out.text) {
                     out.text.truncate(cut.min(out.text.len()));
                     out.stop_reason = StopReason::Policy;
                     break;
@@ -384,7 +401,7 @@ impl Worker {
             if out.generated_ids.len() >= req.max_tokens {
                 break;
             }
-            if self.cached.len() >= self.cache.capacity() {
+            if self.cache().tokens().len() >= self.caches.capacity() {
                 out.stop_reason = StopReason::ContextFull;
                 break;
             }
@@ -392,7 +409,7 @@ impl Worker {
             scores = self.advance(tok, &mut drafts, heal.is_done(), wanted, &req.cancel)?;
         }
         // Verified positions past the last token taken are forgotten.
-        self.cache.truncate(self.cached.len());
+        self.cache().forget_unverified();
         timings.decode_ms = ms_since(t_decode);
         timings.generated_tokens = out.generated_ids.len();
         timings.drafted_tokens = drafts.drafted;
@@ -414,24 +431,26 @@ impl Worker {
         cancel: &CancelToken,
     ) -> Result<Vec<f32>> {
         if let Some(row) = drafts.take(tok) {
-            self.cached.push(tok);
+            self.cache().push(tok);
             return Ok(row);
         }
-        self.cache.truncate(self.cached.len());
-        let room = self.cache.capacity() - self.cached.len() - 1;
+        let cache = self.caches.get(self.active);
+        cache.forget_unverified();
+        let room = cache.capacity() - cache.tokens().len() - 1;
         let draft = if healed {
             drafts.draft(room.min(wanted - 1), self.draft.as_mut(), cancel)?
         } else {
             Vec::new()
         };
+        let cache = self.caches.get(self.active);
         let scores = if draft.is_empty() {
-            self.model.forward(&[tok], &mut self.cache, Logits::Last)?
+            self.model.forward(&[tok], cache.kv(), Logits::Last)?
         } else {
             let input: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
-            let rows = self.model.forward(&input, &mut self.cache, Logits::All)?;
+            let rows = self.model.forward(&input, cache.kv(), Logits::All)?;
             drafts.verified(&draft, rows)
         };
-        self.cached.push(tok);
+        cache.push(tok);
         Ok(scores)
     }
 }
@@ -618,8 +637,7 @@ impl<'a> Healing<'a> {
 /// The draft model: its weights, its own cache and the tokens that cache holds.
 struct DraftModel {
     model: Llama,
-    cache: KvCache,
-    cached: Vec<u32>,
+    cache: CachedPrompt,
     /// The main model's vocabulary: a guess outside it (a padding row of a larger embedding) ends a draft.
     vocab: usize,
 }
@@ -629,19 +647,19 @@ impl DraftModel {
     /// token, whose logits are returned), keeping the longest prefix the cache shares with them. `None`:
     /// cancelled (the chunks computed stay cached).
     fn feed(&mut self, tokens: &[u32], cancel: &CancelToken) -> Result<Option<Vec<f32>>> {
-        let reuse = reuse_prefix(&mut self.cache, &mut self.cached, tokens, tokens.len() - 1);
+        let reuse = self.cache.keep_prefix(tokens, tokens.len() - 1);
         let mut logits = None;
         for chunk in tokens[reuse..].chunks(PREFILL_CHUNK) {
             let stop = || cancel.is_cancelled();
             match self
                 .model
-                .forward_cancellable(chunk, &mut self.cache, Logits::Last, &stop)
+                .forward_cancellable(chunk, self.cache.kv(), Logits::Last, &stop)
             {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => return Ok(None),
                 Err(e) => return Err(e),
             }
-            self.cached.extend_from_slice(chunk);
+            self.cache.extend(chunk);
         }
         Ok(logits)
     }
@@ -667,8 +685,8 @@ impl DraftModel {
             if guesses.len() == max || cancel.is_cancelled() {
                 break;
             }
-            scores = self.model.forward(&[tok], &mut self.cache, Logits::Last)?;
-            self.cached.push(tok);
+            scores = self.model.forward(&[tok], self.cache.kv(), Logits::Last)?;
+            self.cache.push(tok);
         }
         Ok(guesses)
     }
@@ -680,19 +698,6 @@ fn top_probability(scores: &[f32]) -> (u32, f32) {
     let max = scores[top as usize];
     let sum: f32 = scores.iter().map(|&s| (s - max).exp()).sum();
     (top, 1.0 / sum)
-}
-
-/// Keeps in `cache` (holding `cached`) the longest prefix it shares with `tokens`, at most `max` tokens,
-/// and forgets the rest; returns its length.
-fn reuse_prefix(cache: &mut KvCache, cached: &mut Vec<u32>, tokens: &[u32], max: usize) -> usize {
-    let reuse = common_prefix(cached, tokens).min(max);
-    cache.truncate(reuse);
-    cached.truncate(reuse);
-    reuse
-}
-
-pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// Where `text` must be cut if a stop string ends inside its last `new_bytes` bytes (or earlier). Remote
@@ -722,11 +727,5 @@ mod tests {
         assert_eq!(stop_string_cut("abc\n\ndef", &stops, 5), Some(3));
         assert_eq!(stop_string_cut("abc", &stops, 3), None);
         assert_eq!(stop_string_cut("é```", &stops, 3), Some(2));
-    }
-
-    #[test]
-    fn prefix_length() {
-        assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
-        assert_eq!(common_prefix(&[], &[1]), 0);
     }
 }

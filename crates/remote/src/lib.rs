@@ -465,7 +465,6 @@ mod tests {
     use super::*;
     use codellama_engine::gguf::GgufFile;
     use codellama_engine::{StopPolicy, StopReason};
-    use std::time::Duration;
 
     fn smollm2() -> GgufFile {
         GgufFile::open(&codellama_test_support::fixtures::small_model()).unwrap()
@@ -584,7 +583,7 @@ mod tests {
 
     struct CutAfterNewline;
     impl StopPolicy for CutAfterNewline {
-        fn check(&mut self, text: &str, _: Duration) -> Option<usize> {
+        fn check(&mut self, text: &str) -> Option<usize> {
             text.find('\n')
         }
     }

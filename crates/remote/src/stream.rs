@@ -394,7 +394,6 @@ pub(crate) struct Decoding<'a> {
     eog: &'a HashSet<u32>,
     events: &'a UnboundedSender<Event>,
     decoder: IncrementalDecoder,
-    t_decode: Instant,
     pub out: Outcome,
     /// Text pieces accepted (engines that stream text).
     pub text_pieces: usize,
@@ -413,7 +412,6 @@ impl<'a> Decoding<'a> {
             eog,
             events,
             decoder: IncrementalDecoder::new(),
-            t_decode: Instant::now(),
             out: Outcome {
                 generated_ids: Vec::new(),
                 text: String::new(),
@@ -469,7 +467,7 @@ impl<'a> Decoding<'a> {
             return Flow::Stop;
         }
         if let Some(policy) = self.req.policy.as_mut() {
-            if let Some(cut) = policy.check(&self.out.text, self.t_decode.elapsed()) {
+            if let Some(cut) = policy.check(&self.out.text) {
                 self.out.text.truncate(cut.min(self.out.text.len()));
                 self.out.stop_reason = StopReason::Policy;
                 return Flow::Stop;

@@ -519,6 +519,10 @@ config! {
     remote: RemoteSettings = RemoteSettings::default(),
     /// Most tokens generated for one suggestion.
     max_tokens: usize = 64,
+    /// Milliseconds from the keystroke after which a suggestion ends at its last complete line (it goes on
+    /// until it has one): a model fast enough gives whole blocks within it, a slower one their first lines
+    /// while the user still waits. 0: no limit (a suggestion ends when complete or at `max_tokens`).
+    time_budget_ms: usize = codellama_text::postprocess::DEFAULT_TIME_BUDGET.as_millis() as usize,
     /// Most tokens generated for one code action (an explanation, generated code, a doc comment).
     action_max_tokens: usize = 256,
     /// Tokens the model sees at once (prompt plus suggestion); the KV cache is allocated for this many.
@@ -528,6 +532,11 @@ config! {
     /// memory and the bytes read per generated token at long contexts; CPU only; suggestions may differ
     /// slightly from f16's).
     kv_cache_type: KvCacheType = KvCacheType::F16,
+    /// How many prompts' KV caches the in-process model keeps, one per recently edited document in practice,
+    /// so that going back to a file does not compute its prompt again; each takes up to the memory of a
+    /// full `context_window` (positions never written take none). 0: as many as fit in 512 MB, at most 4
+    /// (one for a 7B model at 2,048 positions, four for Qwen2.5-Coder 1.5B).
+    prompt_caches: usize = 0,
     /// How the prompt budget is shared between the text before the cursor and the text after it
     /// (prefix:suffix; 3 means 3:1). Also accepted as a string "3:1".
     prefix_suffix_ratio: f32 = 3.0,
@@ -594,12 +603,12 @@ macro_rules! config_flags {
 
 config_flags! {
     /// The model a shell command loads.
-    ModelFlags { model, draft_model, threads, context_window, kv_cache_type, device }
+    ModelFlags { model, draft_model, threads, context_window, kv_cache_type, prompt_caches, device }
 }
 
 config_flags! {
     /// How `complete` and `eval` build the prompt and generate, as the server does.
-    SuggestionFlags { max_tokens, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing, speculative }
+    SuggestionFlags { max_tokens, time_budget_ms, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing, speculative }
 }
 
 config_flags! {
@@ -699,6 +708,7 @@ impl Config {
         self.max_tokens = self.max_tokens.clamp(1, 4096);
         self.action_max_tokens = self.action_max_tokens.clamp(1, 4096);
         self.context_window = self.context_window.clamp(64, 1 << 20);
+        self.prompt_caches = self.prompt_caches.min(64);
         if self.prefix_suffix_ratio.is_nan() || self.prefix_suffix_ratio <= 0.0 {
             self.prefix_suffix_ratio = 3.0;
         }
@@ -752,6 +762,7 @@ impl Config {
         "remote",
         "context_window",
         "kv_cache_type",
+        "prompt_caches",
         "threads",
         "device",
     ];
@@ -783,6 +794,7 @@ impl Config {
             draft_model,
             context_window: self.context_window,
             kv_cache_type: self.kv_cache_type.kv_type(),
+            prompt_caches: self.prompt_caches,
             threads: self.threads,
             device: self.device.clone(),
         }
@@ -833,6 +845,15 @@ impl Config {
             threads: self.threads,
             device: Some(self.device.clone()),
             kv_cache_type: self.kv_cache_type.kv_type(),
+            prompt_caches: (self.prompt_caches > 0).then_some(self.prompt_caches),
+        }
+    }
+
+    /// `time_budget_ms` for post-processing (0: none).
+    pub fn time_budget(&self) -> std::time::Duration {
+        match self.time_budget_ms {
+            0 => std::time::Duration::MAX,
+            ms => std::time::Duration::from_millis(ms as u64),
         }
     }
 
@@ -875,6 +896,7 @@ pub enum ModelKey {
         draft_model: Option<String>,
         context_window: usize,
         kv_cache_type: KvType,
+        prompt_caches: usize,
         threads: Option<usize>,
         device: String,
     },

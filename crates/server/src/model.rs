@@ -312,6 +312,7 @@ impl ModelHost {
                 draft_model,
                 context_window,
                 kv_cache_type,
+                prompt_caches,
                 threads,
                 device,
             } => {
@@ -322,6 +323,7 @@ impl ModelHost {
                     threads: *threads,
                     device: Some(device.clone()),
                     kv_cache_type: *kv_cache_type,
+                    prompt_caches: (*prompt_caches > 0).then_some(*prompt_caches),
                 };
                 self.load_local(opts, &label).await
             }

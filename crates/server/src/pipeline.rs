@@ -97,6 +97,7 @@ pub fn prepare(
         ..SamplingParams::default()
     };
     req.cancel = cancel;
+    req.postprocess.time_budget = config.time_budget();
     let prepared = completion::prepare(&**backend, &builder, &req).map_err(|e| e.to_string())?;
     if prepared.prompt().ids.is_empty() {
         // Continuation at the top of an empty document: nothing to continue.

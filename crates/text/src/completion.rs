@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -104,16 +104,20 @@ pub struct Pending {
 }
 
 /// The post-processing rules, run inside the decode loop so the engine stops as soon as the suggestion
-/// is complete.
-struct StreamPolicy(Arc<Mutex<StreamStopper>>);
+/// is complete. The time budget counts from when the suggestion was asked for (the prompt is built right
+/// after the keystroke): the user's wait includes the queue and the prefill, not only the decode.
+struct StreamPolicy {
+    stopper: Arc<Mutex<StreamStopper>>,
+    asked: Instant,
+}
 
 impl StopPolicy for StreamPolicy {
-    fn check(&mut self, text: &str, elapsed: Duration) -> Option<usize> {
+    fn check(&mut self, text: &str) -> Option<usize> {
         match self
-            .0
+            .stopper
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .check(text, elapsed)
+            .check(text, self.asked.elapsed())
         {
             StreamDecision::Continue => None,
             StreamDecision::Stop { at, .. } => Some(at),
@@ -156,9 +160,12 @@ pub fn prepare(
         let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
         Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))
     });
-    gen.policy = stopper
-        .as_ref()
-        .map(|s| Box::new(StreamPolicy(s.clone())) as Box<dyn StopPolicy>);
+    gen.policy = stopper.as_ref().map(|s| {
+        Box::new(StreamPolicy {
+            stopper: s.clone(),
+            asked: Instant::now(),
+        }) as Box<dyn StopPolicy>
+    });
     Ok(Prepared {
         request: gen,
         prompt,
@@ -246,4 +253,29 @@ pub fn complete(
     req: &CompletionRequest,
 ) -> Result<Completion, CompletionError> {
     submit(engine, builder, req)?.wait()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// The time budget counts from when the suggestion was asked for, so the time a request waited in the
+    /// queue or in the prefill counts too.
+    #[test]
+    fn the_time_budget_counts_from_the_request() {
+        let ctx = postprocess::Context::new("fn f() {", "\n}", Language::Rust);
+        let config = postprocess::Config {
+            time_budget: Duration::from_millis(100),
+            ..postprocess::Config::default()
+        };
+        let policy = |asked: Instant| StreamPolicy {
+            stopper: Arc::new(Mutex::new(StreamStopper::new(&ctx, &config))),
+            asked,
+        };
+        let text = "\n    let x = 1;\n    let";
+        let queued = Instant::now() - Duration::from_millis(150);
+        assert_eq!(policy(queued).check(text), Some(15));
+        assert_eq!(policy(Instant::now()).check(text), None);
+    }
 }

@@ -926,6 +926,14 @@ impl Llama {
         KvCache::new(&self.cfg, capacity, &self.device, self.kv_type)
     }
 
+    /// The bytes a cache from [`new_cache`](Self::new_cache) takes once all its positions are written
+    /// (keys and values of every layer).
+    pub fn kv_cache_bytes(&self, capacity: usize) -> usize {
+        let capacity = capacity.clamp(1, self.cfg.context_length.max(1));
+        let values = self.cfg.n_head_kv * capacity * self.cfg.head_dim;
+        2 * self.cfg.n_layer * self.kv_type.bytes(values)
+    }
+
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache, and
     /// returns the logits as a plain buffer on the CPU, where sampling reads them: `vocab` values for
     /// `Logits::Last`, `seq` rows of `vocab` for `Logits::All`.

@@ -2,8 +2,6 @@
 //! language when there are several), or the unfenced answer when it is code, with the prose around it
 //! dropped. Also the stop rule that ends a generation once its code block is closed.
 
-use std::time::Duration;
-
 use crate::language::Language;
 use codellama_engine::StopPolicy;
 
@@ -292,7 +290,7 @@ pub fn is_prose(line: &str, lang: Language) -> bool {
 pub struct StopAfterCodeBlock;
 
 impl StopPolicy for StopAfterCodeBlock {
-    fn check(&mut self, text: &str, _elapsed: Duration) -> Option<usize> {
+    fn check(&mut self, text: &str) -> Option<usize> {
         let mut offset = 0;
         let mut fence: Option<String> = None;
         for line in text.split_inclusive('\n') {

@@ -22,7 +22,6 @@ pub mod source;
 pub mod task;
 
 use std::ops::Range;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -462,7 +461,7 @@ fn generated_code(plan: &Plan, answer: &str) -> Result<String, ActionError> {
 struct StopOnRepeatedLine;
 
 impl StopPolicy for StopOnRepeatedLine {
-    fn check(&mut self, text: &str, _elapsed: Duration) -> Option<usize> {
+    fn check(&mut self, text: &str) -> Option<usize> {
         let mut seen = std::collections::HashSet::new();
         let mut offset = 0;
         for line in text.split_inclusive('\n') {

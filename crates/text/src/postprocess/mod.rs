@@ -182,6 +182,11 @@ impl FromStr for Mode {
     }
 }
 
+/// [`Config::time_budget`] by default: a suggestion that comes after the user typed on is lost, and pauses
+/// in typing are mostly 0.3–2 s; with it, a model too slow for a whole block in that time still shows
+/// its first complete lines (measured with `bench --lsp --replay`, see the README).
+pub const DEFAULT_TIME_BUDGET: Duration = Duration::from_millis(500);
+
 /// Post-processing settings. `Config::default()` is what the server uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -196,8 +201,9 @@ pub struct Config {
     /// to back over at least this many characters is runaway repetition and the line is dropped (default 48).
     pub repeated_chunk_chars: usize,
     /// Streaming only: once the generated text holds a complete line with content and this much time has
-    /// passed, stop at the last line break (default 1 s; `Duration::MAX` disables it).
-    pub max_time_after_newline: Duration,
+    /// passed since the suggestion was asked for, stop at the last line break (default 500 ms;
+    /// `Duration::MAX` disables it).
+    pub time_budget: Duration,
     /// Rules to skip (default none).
     pub disabled_rules: Vec<Rule>,
 }
@@ -209,7 +215,7 @@ impl Default for Config {
             max_lines: 16,
             repeated_lines: 3,
             repeated_chunk_chars: 48,
-            max_time_after_newline: Duration::from_millis(1000),
+            time_budget: DEFAULT_TIME_BUDGET,
             disabled_rules: Vec::new(),
         }
     }
@@ -277,7 +283,7 @@ pub enum StreamDecision {
 pub enum StopReason {
     /// A rule cut the suggestion; `finalize` gives the same result on the cut text as on any continuation.
     Rule(Rule),
-    /// [`Config::max_time_after_newline`] ran out; the cut is at the last line break.
+    /// [`Config::time_budget`] ran out; the cut is at the last line break.
     TimeBudget,
 }
 
@@ -329,7 +335,7 @@ impl StreamStopper {
                 at: cut.at,
                 reason: StopReason::Rule(cut.rule),
             }
-        } else if elapsed >= self.config.max_time_after_newline {
+        } else if elapsed >= self.config.time_budget {
             match text::last_break_after_content(generated_so_far) {
                 Some(at) => StreamDecision::Stop {
                     at,

@@ -191,7 +191,7 @@ fn stopper_stops_early_and_stays_stopped() {
 #[test]
 fn time_budget_only_after_a_line_with_content() {
     let config = Config {
-        max_time_after_newline: Duration::from_millis(100),
+        time_budget: Duration::from_millis(100),
         ..Config::default()
     };
     let ctx = Context::new("fn f() {", "\n}", Language::Rust);
@@ -212,7 +212,7 @@ fn time_budget_only_after_a_line_with_content() {
         }
     );
     let never = Config {
-        max_time_after_newline: Duration::MAX,
+        time_budget: Duration::MAX,
         ..Config::default()
     };
     let mut s = StreamStopper::new(&ctx, &never);
@@ -251,14 +251,14 @@ fn extreme_configuration_does_not_panic() {
             max_lines: 0,
             repeated_lines: 0,
             repeated_chunk_chars: 0,
-            max_time_after_newline: Duration::ZERO,
+            time_budget: Duration::ZERO,
             ..Config::default()
         },
         Config {
             max_lines: usize::MAX,
             repeated_lines: usize::MAX,
             repeated_chunk_chars: usize::MAX,
-            max_time_after_newline: Duration::MAX,
+            time_budget: Duration::MAX,
             ..Config::default()
         },
     ] {
