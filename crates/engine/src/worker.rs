@@ -137,7 +137,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         }
     };
     tracing::info!(
-        "keeping the KV caches of {} prompts, {window} positions each (at most {:.0} MB each)",
+        "prompt caches: {}, of {window} positions and at most {:.0} MB each",
         caches.len(),
         loaded.model.kv_cache_bytes(window) as f64 / 1e6
     );
