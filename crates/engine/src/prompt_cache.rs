@@ -2,8 +2,8 @@
 //! reuses the longest token prefix a cache shares with its prompt and computes only the rest. The thread
 //! keeps several caches, one per prompt recently worked on, which in an editor means one per recently
 //! edited document: switching to another file and back finds the first file's prompt still computed
-//! instead of computing all of it again. The draft model keeps one cache of the same kind, in step with the
-//! model's.
+//! instead of computing all of it again. The draft model keeps one cache of the same kind, which catches up
+//! with the prompt by the same prefix reuse (after a switch between the model's caches, by computing it).
 
 use super::model::KvCache;
 
