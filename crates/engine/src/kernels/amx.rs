@@ -55,12 +55,16 @@ fn request_tile_data() -> bool {
 }
 
 /// Activation rows `0..16·k` (all full tiles of 16 tokens) for `groups`. Returns the first activation
-/// row it did not compute (the caller finishes the remainder with the VNNI kernel).
+/// row it did not compute (the caller finishes the remainder with the VNNI kernel): 0 for the kinds
+/// without tiles (Q4_1 and Q8_0 have them; `PackedKind::of` converts the others to those on AMX CPUs).
 ///
 /// # Safety
 /// `available()` is true; `x` has the row length of `p`, `groups` are groups of `p`, `out` holds
 /// `x.m() × p.rows()` values, and no other task writes the columns of `groups` at the same time.
 pub unsafe fn run(p: &Packed, x: &Q8Act, groups: Range<usize>, out: SharedOut) -> usize {
+    if !matches!(p.kind(), PackedKind::Q4_1 | PackedKind::Q8_0) {
+        return 0;
+    }
     let full = x.m() / TOKENS * TOKENS;
     #[cfg(target_arch = "x86_64")]
     if full > 0 {
@@ -122,6 +126,7 @@ mod x86 {
                     PackedKind::Q4_1 => unsafe { group_q4_1(p, x, g, t0, &mut scratch, out) },
                     // SAFETY: as above.
                     PackedKind::Q8_0 => unsafe { group_q8_0(p, x, g, t0, &mut scratch, out) },
+                    other => unreachable!("no AMX tiles for {other:?} (`super::run` checks)"),
                 }
             }
         }

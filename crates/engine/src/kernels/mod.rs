@@ -2,10 +2,11 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16) run it, with runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C
-//! code on x86 so one binary serves every machine. The model's linear layers convert the other quantized
-//! types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not converted (an embedding table) goes
-//! through the block dot products of candle's `GgmlType` implementations. Work is split over weight rows
+//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0 on AVX-512 VNNI without AMX) run it, with runtime dispatch to
+//! AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
+//! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
+//! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
+//! implementations. Work is split over weight rows
 //! on the current rayon pool or the engine's own pool. Callers never see which path ran.
 //!
 //! This module is the crate's unsafe core, sealed behind safe entry points: `QMatrix` (its constructor
@@ -274,9 +275,13 @@ impl QMatrix {
         self.cols
     }
 
-    /// Converts weights of a type without a kernel of ours (Q4_0, Q5_0, Q5_1, the K-quants) to Q4_1 or
-    /// Q8_0, which have one (see `transcode`); the file's bytes are let go. Returns whether it converted.
+    /// Converts weights of a type without a kernel of ours on this CPU (Q4_0, Q5_0, Q5_1, the K-quants,
+    /// less those `pack` takes as they are) to Q4_1 or Q8_0, which have one (see `transcode`); the
+    /// file's bytes are let go. Returns whether it converted.
     pub fn transcode(&mut self) -> bool {
+        if packed::PackedKind::of(self.dtype).is_some() {
+            return false; // repacked as it is (`pack`)
+        }
         let Some(to) = transcode::target(self.dtype) else {
             return false;
         };
@@ -290,10 +295,8 @@ impl QMatrix {
     /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's bytes go
     /// (a tied embedding table keeps its own handle on them). Returns whether it repacked.
     pub fn pack(&mut self) -> bool {
-        let kind = match self.dtype {
-            GgmlDType::Q4_1 => packed::PackedKind::Q4_1,
-            GgmlDType::Q8_0 => packed::PackedKind::Q8_0,
-            _ => return false,
+        let Some(kind) = packed::PackedKind::of(self.dtype) else {
+            return false;
         };
         let Some(p) = packed::Packed::new(kind, self.rows, self.cols, self.bytes()) else {
             return false;
@@ -652,7 +655,7 @@ mod tests {
         if !cpu::has_avx512_vnni() {
             return; // no repacking on this CPU: nothing to compare
         }
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
                 let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
@@ -670,6 +673,11 @@ mod tests {
                         );
                     }
                 }
+                if dtype == GgmlDType::Q4_0 {
+                    // Plain Q4_0 runs candle's kernels, which quantize activations their own way; the
+                    // next test compares its products with the dequantized reference instead.
+                    continue;
+                }
                 let x = data(m * cols, 21);
                 let (mut a, mut b) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
                 plain.matmul(&x, m, &mut a);
@@ -679,6 +687,60 @@ mod tests {
                         (u - v).abs() <= 1e-4 * (1.0 + u.abs()),
                         "{dtype:?} {rows}x{cols} m={m}: {u} vs {v}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The types packed as the file stores them: each keeps the file's bytes (sixteen rows per group, so
+    /// a partial last group is padded), and its products for one and for five activation rows equal the
+    /// dequantized weights times the dequantized 8-bit activations. The integer dot products are exact,
+    /// so the two differ only by f32 rounding (about 1e-6 of the sum of magnitudes) and, for types with a
+    /// minimum, the f16 rounding of each activation block's sum (2⁻¹¹ of that block's min term): 1e-3 of
+    /// the sum of magnitudes covers both, while a misplaced value or scale moves results by about the
+    /// size of a weight.
+    #[test]
+    fn packed_file_types_keep_their_size_and_values() {
+        for dtype in [GgmlDType::Q4_0] {
+            if packed::PackedKind::of(dtype).is_none() {
+                continue; // converted on this CPU (no VNNI, or AMX): covered by the tests above
+            }
+            for (rows, cols, m) in [(37, 512, 1), (37, 512, 5), (32, 256, 5)] {
+                let bytes = quantize(dtype, &data(rows * cols, 13));
+                let mut mat =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+                let mut w = vec![0f32; rows * cols];
+                for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                    mat.dequantize_row(r, row);
+                }
+                assert!(!mat.transcode() && mat.pack(), "{dtype:?}");
+                let p = mat.packed.as_ref().unwrap();
+                let file_row = bytes.len() / rows;
+                assert_eq!(
+                    p.bytes(),
+                    p.groups() * packed::GROUP * file_row,
+                    "{dtype:?}"
+                );
+                if rows.is_multiple_of(packed::GROUP) {
+                    assert_eq!(p.bytes(), bytes.len(), "{dtype:?}");
+                }
+                let x = data(m * cols, 17);
+                let xq = Q8Act::quantize(&x, m, cols);
+                let mut out = vec![f32::NAN; m * rows];
+                mat.matmul(&x, m, &mut out);
+                for i in 0..m {
+                    let xa: Vec<f64> = (0..cols)
+                        .map(|k| xq.row(i)[k] as f64 * xq.d(i)[k / q8::QK] as f64)
+                        .collect();
+                    for (j, wr) in w.chunks_exact(cols).enumerate() {
+                        let want: f64 = wr.iter().zip(&xa).map(|(a, b)| *a as f64 * b).sum();
+                        let mag: f64 = wr.iter().zip(&xa).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                        let got = out[i * rows + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-3 * mag + 1e-6,
+                            "{dtype:?} {rows}x{cols} m={m} row {j} input {i}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -7,9 +7,12 @@
 //! the sixteen results are stored with one write. This is the layout llama.cpp's repacked CPU kernels use;
 //! it is what makes single-token decoding bandwidth-bound instead of instruction-bound.
 //!
-//! Per group of 16 rows and per block of 32 values:
+//! Every layout holds exactly the file's bytes, sixteen rows at a time. Per group of 16 rows and per
+//! block of 32 values:
 //! - Q4_1: `d[16]` f16, `m[16]` f16, then four 64-byte vectors whose low nibbles hold quad `t` and high
 //!   nibbles quad `t + 4` (quad = four consecutive values), 320 bytes in all (as in the file: 20 per row).
+//! - Q4_0: `d[16]` f16, then the same four vectors (288 bytes, 18 per row). The offset of `-8` is taken
+//!   off in integers with the activation block's sum: `Σ(q - 8)·a = Σq·a - 8·Σa`.
 //! - Q8_0: `d[16]` f16, then eight 64-byte vectors, one per quad, weights stored offset by 128 as
 //!   unsigned bytes (544 bytes, as in the file).
 //!
@@ -17,33 +20,50 @@
 
 use std::ops::Range;
 
+use candle_core::quantized::GgmlDType;
+
 use super::q8::{Q8Act, QK};
-use super::{cpu, size, AlignedBytes, SharedOut};
+use super::{amx, cpu, size, AlignedBytes, SharedOut};
 
 /// Rows per group (lanes of a 512-bit register of i32).
 pub const GROUP: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
+    Q4_0,
     Q4_1,
     Q8_0,
 }
 
 impl PackedKind {
+    /// The packed kind that serves weights of `dtype` on this CPU, or `None` when they are not repacked
+    /// as they are (no AVX-512 VNNI, or a type converted first: see `QMatrix::transcode`). Q4_0 is
+    /// repacked where the VNNI kernels run prompts too; on AMX CPUs it is converted to Q4_1, which has
+    /// tiles there.
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        if !cpu::has_avx512_vnni() {
+            return None;
+        }
+        match dtype {
+            GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
+            GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
+            GgmlDType::Q4_0 if !amx::available() => Some(PackedKind::Q4_0),
+            _ => None,
+        }
+    }
+
     /// Bytes of one block of one row in the file's layout.
     fn file_block_bytes(self) -> usize {
         match self {
+            PackedKind::Q4_0 => 18,
             PackedKind::Q4_1 => 20,
             PackedKind::Q8_0 => 34,
         }
     }
 
-    /// Bytes of one block of a group of 16 rows in the repacked layout.
+    /// Bytes of one block of a group of 16 rows in the repacked layout: the file's, sixteen times.
     fn group_block_bytes(self) -> usize {
-        match self {
-            PackedKind::Q4_1 => 64 + 256,
-            PackedKind::Q8_0 => 32 + 512,
-        }
+        GROUP * self.file_block_bytes()
     }
 }
 
@@ -82,6 +102,7 @@ impl Packed {
                     }
                     let blk = &src[row * row_bytes + b * src_block..][..src_block];
                     match kind {
+                        PackedKind::Q4_0 => pack_q4_0(dst, lane, blk),
                         PackedKind::Q4_1 => pack_q4_1(dst, lane, blk),
                         PackedKind::Q8_0 => pack_q8_0(dst, lane, blk),
                     }
@@ -123,6 +144,8 @@ impl Packed {
         match self.kind {
             // SAFETY: a `Packed` exists only on a CPU with AVX-512 VNNI (`new`), the sizes were
             // checked above, and these groups' columns are this call's alone (our caller's promise).
+            PackedKind::Q4_0 => unsafe { x86::q4_0(self, x, first, groups, out) },
+            // SAFETY: as above.
             PackedKind::Q4_1 => unsafe { x86::q4_1(self, x, first, groups, out) },
             // SAFETY: as above.
             PackedKind::Q8_0 => unsafe { x86::q8_0(self, x, first, groups, out) },
@@ -150,6 +173,12 @@ impl Packed {
         }
     }
 
+    /// Bytes held (tests compare them with the file's).
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.data.as_slice().len()
+    }
+
     #[inline]
     pub fn groups(&self) -> usize {
         self.rows.div_ceil(GROUP)
@@ -161,21 +190,32 @@ impl Packed {
     }
 }
 
+fn pack_q4_0(dst: &mut [u8], lane: usize, blk: &[u8]) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
+    pack_nibbles(&mut dst[32..], lane, &blk[2..18]);
+}
+
 fn pack_q4_1(dst: &mut [u8], lane: usize, blk: &[u8]) {
     dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
     dst[32 + 2 * lane..32 + 2 * lane + 2].copy_from_slice(&blk[2..4]); // m
+    pack_nibbles(&mut dst[64..], lane, &blk[4..20]);
+}
+
+/// The 16 nibble bytes of a Q4_0/Q4_1 block (value `k` low, `k + 16` high) as four 64-byte vectors
+/// whose lane `lane` holds quad `t` in its low nibbles and quad `t + 4` in its high nibbles.
+fn pack_nibbles(dst: &mut [u8], lane: usize, qs: &[u8]) {
     let value = |j: usize| {
         if j < 16 {
-            blk[4 + j] & 0x0F
+            qs[j] & 0x0F
         } else {
-            blk[4 + j - 16] >> 4
+            qs[j - 16] >> 4
         }
     };
     for t in 0..4 {
         for e in 0..4 {
             let lo = value(4 * t + e);
             let hi = value(4 * (t + 4) + e);
-            dst[64 + t * 64 + lane * 4 + e] = lo | (hi << 4);
+            dst[t * 64 + lane * 4 + e] = lo | (hi << 4);
         }
     }
 }
@@ -200,6 +240,11 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
     let d = f16::from_le_bytes([base[2 * lane], base[2 * lane + 1]]).to_f32();
     let (q, e) = (j / 4, j % 4);
     match p.kind {
+        PackedKind::Q4_0 => {
+            let byte = base[32 + (q % 4) * 64 + lane * 4 + e];
+            let v = if q < 4 { byte & 0x0F } else { byte >> 4 };
+            d * (v as f32 - 8.0)
+        }
         PackedKind::Q4_1 => {
             let m = f16::from_le_bytes([base[32 + 2 * lane], base[33 + 2 * lane]]).to_f32();
             let byte = base[64 + (q % 4) * 64 + lane * 4 + e];
@@ -222,51 +267,65 @@ mod x86 {
     /// Activation rows processed together.
     const MR: usize = 4;
 
-    /// Safety contract of the two kernels and their tiles: the CPU supports AVX-512 F/BW/VL/VNNI, F16C
-    /// and FMA; `x` has the row length of `p`; `groups` are groups of `p`; `out` holds `x.m() × p.rows()`
-    /// values, and no other task writes the columns of `groups` at the same time.
-    ///
-    /// # Safety
-    /// As stated above.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn q4_1(p: &Packed, x: &Q8Act, first: usize, groups: Range<usize>, out: SharedOut) {
-        let mut i0 = first;
-        while i0 < x.m() {
-            let g = groups.clone();
-            match (x.m() - i0).min(MR) {
-                // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
-                4 => unsafe { q4_1_tile::<4, 1>(p, x, g, i0, out) },
-                // SAFETY: i0 + 3 <= m; as above.
-                3 => unsafe { q4_1_tile::<3, 1>(p, x, g, i0, out) },
-                // SAFETY: i0 + 2 <= m; as above.
-                2 => unsafe { q4_1_tile::<2, 2>(p, x, g, i0, out) },
-                // SAFETY: i0 + 1 <= m; as above.
-                _ => unsafe { q4_1_tile::<1, 2>(p, x, g, i0, out) },
+    /// Defines a kernel: activation rows `first..` in tiles of up to `MR` rows, each tile calling
+    /// `$tile::<R, G, ...>` (`G` groups at a time: two when one or two rows leave registers free).
+    macro_rules! kernel {
+        ($(#[$doc:meta])* $name:ident, $tile:ident $(, $arg:expr)*) => {
+            $(#[$doc])*
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+            pub unsafe fn $name(
+                p: &Packed,
+                x: &Q8Act,
+                first: usize,
+                groups: Range<usize>,
+                out: SharedOut,
+            ) {
+                let mut i0 = first;
+                while i0 < x.m() {
+                    let g = groups.clone();
+                    match (x.m() - i0).min(MR) {
+                        // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
+                        4 => unsafe { $tile::<4, 1 $(, $arg)*>(p, x, g, i0, out) },
+                        // SAFETY: i0 + 3 <= m; as above.
+                        3 => unsafe { $tile::<3, 1 $(, $arg)*>(p, x, g, i0, out) },
+                        // SAFETY: i0 + 2 <= m; as above.
+                        2 => unsafe { $tile::<2, 2 $(, $arg)*>(p, x, g, i0, out) },
+                        // SAFETY: i0 + 1 <= m; as above.
+                        _ => unsafe { $tile::<1, 2 $(, $arg)*>(p, x, g, i0, out) },
+                    }
+                    i0 += MR;
+                }
             }
-            i0 += MR;
-        }
+        };
     }
 
-    /// # Safety
-    /// As for `q4_1`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    pub unsafe fn q8_0(p: &Packed, x: &Q8Act, first: usize, groups: Range<usize>, out: SharedOut) {
-        let mut i0 = first;
-        while i0 < x.m() {
-            let g = groups.clone();
-            match (x.m() - i0).min(MR) {
-                // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
-                4 => unsafe { q8_0_tile::<4, 1>(p, x, g, i0, out) },
-                // SAFETY: i0 + 3 <= m; as above.
-                3 => unsafe { q8_0_tile::<3, 1>(p, x, g, i0, out) },
-                // SAFETY: i0 + 2 <= m; as above.
-                2 => unsafe { q8_0_tile::<2, 2>(p, x, g, i0, out) },
-                // SAFETY: i0 + 1 <= m; as above.
-                _ => unsafe { q8_0_tile::<1, 2>(p, x, g, i0, out) },
-            }
-            i0 += MR;
-        }
-    }
+    kernel!(
+        /// Safety contract of the kernels and their tiles: the CPU supports AVX-512 F/BW/VL/VNNI, F16C
+        /// and FMA; `p` is of the kernel's kind; `x` has the row length of `p`; `groups` are groups of
+        /// `p`; `out` holds `x.m() × p.rows()` values, and no other task writes the columns of `groups`
+        /// at the same time.
+        ///
+        /// # Safety
+        /// As stated above.
+        q4_1,
+        q4_tile,
+        true
+    );
+
+    kernel!(
+        /// # Safety
+        /// As for `q4_1`.
+        q4_0,
+        q4_tile,
+        false
+    );
+
+    kernel!(
+        /// # Safety
+        /// As for `q4_1`.
+        q8_0,
+        q8_0_tile
+    );
 
     /// Stores 16 results of activation row `i` for group `g` (fewer in the last, partial group).
     ///
@@ -303,15 +362,16 @@ mod x86 {
         })
     }
 
-    /// `R` activation rows against `G` groups of 16 weight rows at a time. Each (group, row) pair sums
-    /// its block in four independent integer chains (exact, so the split changes nothing), which keeps
-    /// the `vpdpbusd` pipeline busy when `R` is 1 (decoding).
+    /// `R` activation rows against `G` groups of 16 weight rows at a time, for Q4_1 (`MIN`: weights
+    /// `d·q + m`) or Q4_0 (`d·(q - 8)`). Each (group, row) pair sums its block in four independent
+    /// integer chains (exact, so the split changes nothing), which keeps the `vpdpbusd` pipeline busy
+    /// when `R` is 1 (decoding).
     ///
     /// # Safety
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_1_tile<const R: usize, const G: usize>(
+    unsafe fn q4_tile<const R: usize, const G: usize, const MIN: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -321,6 +381,8 @@ mod x86 {
         let nb = x.nb();
         let rows = x.rows::<R>(i0);
         let low = _mm512_set1_epi8(0x0F);
+        // The group block: d[16] f16 (32 bytes), for Q4_1 m[16] f16 (32), then four 64-byte vectors.
+        let quants = if MIN { 64 } else { 32 };
         let mut g0 = groups.start;
         while g0 < groups.end {
             let ng = (groups.end - g0).min(G);
@@ -333,20 +395,19 @@ mod x86 {
                 let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, b) });
                 // SAFETY: (each) b < nb.
                 let sa: [f32; R] = std::array::from_fn(|r| unsafe { rows.s(r, b) });
+                // SAFETY: (each) b < nb.
+                let qsum: [i32; R] = std::array::from_fn(|r| unsafe { rows.qsum(r, b) });
                 for (gi, acc) in acc.iter_mut().enumerate().take(ng) {
                     // SAFETY: g0 + gi < groups.end <= p.groups() and b < nb, the blocks per row of
                     // `p` (`Packed::check`).
                     let blk = unsafe { p.block(g0 + gi, b) };
-                    // The group block: d[16] f16 (32 bytes), m[16] f16 (32), four 64-byte vectors.
-                    // SAFETY: d, 32 bytes at the start of the 64-byte aligned block.
-                    let dw = _mm512_cvtph_ps(unsafe { _mm256_load_si256(blk.cast()) });
-                    // SAFETY: m, 32 bytes at offset 32 (aligned).
-                    let mw =
-                        _mm512_cvtph_ps(unsafe { _mm256_load_si256(blk.wrapping_add(32).cast()) });
+                    // SAFETY: d, 32 bytes at the start of the block.
+                    let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
                     let mut sum = [[_mm512_setzero_si512(); 4]; R];
                     for t in 0..4 {
-                        // SAFETY: vector t of the four, at offset 64 + 64·t (aligned).
-                        let v = unsafe { _mm512_load_si512(blk.wrapping_add(64 + t * 64).cast()) };
+                        // SAFETY: vector t of the four, at offset `quants + 64·t` of the block.
+                        let v =
+                            unsafe { _mm512_loadu_si512(blk.wrapping_add(quants + t * 64).cast()) };
                         let lo = _mm512_and_si512(v, low);
                         let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                         for (s, a) in sum.iter_mut().zip(&a) {
@@ -355,13 +416,23 @@ mod x86 {
                         }
                     }
                     for (r, (s, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
-                        let isum = _mm512_add_epi32(
+                        let mut isum = _mm512_add_epi32(
                             _mm512_add_epi32(s[0], s[1]),
                             _mm512_add_epi32(s[2], s[3]),
                         );
+                        if !MIN {
+                            // Q4_0's offset: Σ(q - 8)·a = Σq·a - 8·Σa, exact in integers.
+                            isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(8 * qsum[r]));
+                        }
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
                         *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
-                        *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[r]), *acc);
+                        if MIN {
+                            // SAFETY: m, 32 bytes at offset 32 of a Q4_1 block.
+                            let mw = _mm512_cvtph_ps(unsafe {
+                                _mm256_loadu_si256(blk.wrapping_add(32).cast())
+                            });
+                            *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[r]), *acc);
+                        }
                     }
                 }
             }
@@ -375,7 +446,7 @@ mod x86 {
         }
     }
 
-    /// As `q4_1_tile`, for Q8_0 weights stored as `w + 128`.
+    /// As `q4_tile`, for Q8_0 weights stored as `w + 128`.
     ///
     /// # Safety
     /// As for `q4_1`, with `i0 + R <= x.m()`.
