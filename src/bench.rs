@@ -10,8 +10,8 @@
 //! are the ones its server measures itself (`timings.prompt_ms`, `timings.predicted_ms`), so HTTP and
 //! streaming are not counted against it.
 //!
-//! Speculative decoding is measured on real code instead ([`measure_speculation`]): random ids never
-//! repeat, so nothing could be drafted from them.
+//! Speculative decoding is off here and measured on real code instead ([`measure_speculation`]): drafts
+//! from synthetic ids would measure how the model continues a count, not how code repeats itself.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -84,6 +84,7 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
         for _ in 0..w.repeat.max(1) {
             let mut req = GenerateRequest::new(prompt(n), 1);
             req.stop_at_eog = false;
+            req.speculative = Drafting::OFF;
             let o = backend.submit(req).wait()?;
             samples.push(n as f64 / (o.timings.prefill_ms / 1e3));
             eprintln!(
@@ -99,6 +100,9 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
         for _ in 0..w.repeat.max(1) {
             let mut req = GenerateRequest::new(prompt(depth.max(1)), w.decode_tokens);
             req.stop_at_eog = false;
+            // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up, and a
+            // model that goes on counting would let prompt lookup draft (see `measure_speculation`).
+            req.speculative = Drafting::OFF;
             let o = backend.submit(req).wait()?;
             let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
             samples.push(steps as f64 / (o.timings.decode_ms / 1e3));
