@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use codellama_engine::gguf::GgufFile;
 use codellama_engine::tokenizer::Tokenizer;
+use codellama_test_support::fixtures::token_ids;
 use codellama_text::prompt::{FimInput, FimOrder, FimTemplate, PromptBuilder, PromptConfig};
 
 fn tokenizers() -> Vec<(&'static str, Arc<Tokenizer>)> {
@@ -18,14 +19,6 @@ fn tokenizers() -> Vec<(&'static str, Arc<Tokenizer>)> {
         ("tokenizer.json", Arc::new(json)),
         ("gguf", Arc::new(from_gguf)),
     ]
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn builder(tok: &Arc<Tokenizer>, order: FimOrder) -> PromptBuilder {
@@ -62,7 +55,7 @@ fn golden_fim_prompts() {
                     built.truncated.prefix_lines + built.truncated.suffix_lines,
                     0
                 );
-                let want = ids(&case[key]);
+                let want = token_ids(&case[key]);
                 if !name.starts_with("literal_") {
                     assert_eq!(built.ids, want, "{source} {key} {name}");
                     continue;
@@ -247,7 +240,7 @@ fn instruct_prompts_match_golden() {
                 })
                 .collect();
             let got = build(&tok, ChatFormat::Llama2, &messages).unwrap();
-            assert_eq!(got, ids(&case["ids"]), "{source} {}", case["name"]);
+            assert_eq!(got, token_ids(&case["ids"]), "{source} {}", case["name"]);
         }
     }
 }
@@ -269,7 +262,7 @@ fn chatml_prompt_matches_llama_cpp() {
         )],
     )
     .unwrap();
-    assert_eq!(got, ids(&chat["prompt_ids"]));
+    assert_eq!(got, token_ids(&chat["prompt_ids"]));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use candle_core::quantized::gguf_file;
 use codellama_engine::tokenizer::{
     FimFamily, IncrementalDecoder, Tokenizer, TokenizerError, TokenizerKind,
 };
+use codellama_test_support::fixtures::token_ids;
 use serde_json::Value;
 
 const BOS: u32 = 1;
@@ -70,15 +71,6 @@ fn codellamas() -> [(&'static str, &'static Tokenizer); 2] {
     ]
 }
 
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .expect("id array")
-        .iter()
-        .map(|v| v.as_u64().expect("id") as u32)
-        .collect()
-}
-
 fn text<'a>(value: &'a Value, key: &str) -> &'a str {
     value[key]
         .as_str()
@@ -102,7 +94,7 @@ fn tokenize_golden_from_both_codellama_tokenizers() {
         for case in golden("tokenize-golden.json") {
             let input = text(&case, "text");
             let got = tok.encode(input, true);
-            let expected = ids(&case["ids"]);
+            let expected = token_ids(&case["ids"]);
             if expected.iter().any(|&id| is_codellama_protected(id)) {
                 // The reference assembles marker text into markers; we keep it text (module docs).
                 assert!(
@@ -126,7 +118,7 @@ fn gguf_without_token_types_still_matches() {
     content.metadata.remove("tokenizer.ggml.token_type");
     let tok = Tokenizer::from_gguf(&content).expect("loads without token types");
     for case in golden("tokenize-golden.json") {
-        let expected = ids(&case["ids"]);
+        let expected = token_ids(&case["ids"]);
         if !expected.iter().any(|&id| is_codellama_protected(id)) {
             assert_eq!(tok.encode(text(&case, "text"), true), expected);
         }
@@ -224,7 +216,7 @@ fn fim_golden_slices() {
                 assert_eq!(tok.decode(&enc_suffix), suffix, "{source} {name}");
                 continue;
             }
-            let psm = ids(&case["psm_ids"]);
+            let psm = token_ids(&case["psm_ids"]);
             let mut built = vec![BOS, PRE];
             built.extend(&enc_prefix);
             built.push(SUF);
@@ -235,7 +227,7 @@ fn fim_golden_slices() {
             spm.extend(&enc_suffix);
             spm.push(MID);
             spm.extend(&enc_prefix);
-            assert_eq!(spm, ids(&case["spm_ids"]), "{source} {name} (spm)");
+            assert_eq!(spm, token_ids(&case["spm_ids"]), "{source} {name} (spm)");
         }
     }
 }
@@ -273,7 +265,7 @@ fn instruct_golden() {
             let messages = case["messages"].as_array().expect("messages");
             assert_eq!(
                 instruct_ids(tok, messages),
-                ids(&case["ids"]),
+                token_ids(&case["ids"]),
                 "{source} {}",
                 text(&case, "name")
             );
@@ -318,7 +310,7 @@ fn byte_level_tokenizers_match_llama_cpp_tokenize() {
             let input = text(case, "text");
             assert_eq!(
                 tok.encode_plain(input),
-                ids(&case["ids"]),
+                token_ids(&case["ids"]),
                 "{}: {input:?}",
                 reference["model"]
             );
@@ -339,7 +331,7 @@ fn byte_level_tokenizers_match_llama_cpp_prompt_ids() {
             let prompt = text(case, "prompt");
             assert_eq!(
                 tok.encode_plain(prompt),
-                ids(&case["prompt_ids"]),
+                token_ids(&case["prompt_ids"]),
                 "{}: {prompt:?}",
                 reference["model"]
             );
@@ -415,7 +407,7 @@ fn smollm_chat_prompt_from_ids() {
     built.extend(tok.encode_plain("\n"));
     built.push(start);
     built.extend(tok.encode_plain("assistant\n"));
-    assert_eq!(built, ids(&chat["prompt_ids"]));
+    assert_eq!(built, token_ids(&chat["prompt_ids"]));
 }
 
 #[test]
@@ -804,20 +796,14 @@ fn cuts_at_line_starts_keep_the_ids_of_the_whole() {
                     }
                     continue;
                 }
-                let mut joined = tok.encode(&text[..at], false);
-                joined.extend(tok.encode(after, false));
-                assert_eq!(
-                    joined,
-                    tok.encode(text, false),
-                    "{name}: cut before {after:.20?}"
-                );
-                if spm {
-                    let mut joined = tok.encode(&text[..at], true);
+                // SentencePiece also with its dummy prefix (a leading space), which only the first part gets.
+                for dummy_prefix in [false].into_iter().chain(spm.then_some(true)) {
+                    let mut joined = tok.encode(&text[..at], dummy_prefix);
                     joined.extend(tok.encode(after, false));
                     assert_eq!(
                         joined,
-                        tok.encode(text, true),
-                        "{name}: cut before {after:.20?}"
+                        tok.encode(text, dummy_prefix),
+                        "{name}: cut before {after:.20?} (dummy prefix {dummy_prefix})"
                     );
                 }
             }

@@ -126,9 +126,10 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         return;
     }
     let window = loaded.info.context_window;
+    let bytes_each = loaded.model.kv_cache_bytes(window);
     let count = opts
         .prompt_caches
-        .unwrap_or_else(|| PromptCaches::auto_count(loaded.model.kv_cache_bytes(window)));
+        .unwrap_or_else(|| PromptCaches::auto_count(bytes_each));
     let caches = match PromptCaches::new(count, || loaded.model.new_cache(window)) {
         Ok(c) => c,
         Err(e) => {
@@ -139,7 +140,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
     tracing::info!(
         "prompt caches: {}, of {window} positions and at most {:.0} MB each",
         caches.len(),
-        loaded.model.kv_cache_bytes(window) as f64 / 1e6
+        bytes_each as f64 / 1e6
     );
     let (draft, draft_status) = match opts.draft_model.as_deref() {
         Some(spec) => match load_draft(&opts, &loaded, spec) {

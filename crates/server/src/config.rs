@@ -794,7 +794,7 @@ impl Config {
             draft_model,
             context_window: self.context_window,
             kv_cache_type: self.kv_cache_type.kv_type(),
-            prompt_caches: self.prompt_caches,
+            prompt_caches: self.prompt_caches(),
             threads: self.threads,
             device: self.device.clone(),
         }
@@ -845,8 +845,13 @@ impl Config {
             threads: self.threads,
             device: Some(self.device.clone()),
             kv_cache_type: self.kv_cache_type.kv_type(),
-            prompt_caches: (self.prompt_caches > 0).then_some(self.prompt_caches),
+            prompt_caches: self.prompt_caches(),
         }
+    }
+
+    /// `prompt_caches` for the engine (0: its own choice).
+    fn prompt_caches(&self) -> Option<usize> {
+        (self.prompt_caches > 0).then_some(self.prompt_caches)
     }
 
     /// `time_budget_ms` for post-processing (0: none).
@@ -896,7 +901,8 @@ pub enum ModelKey {
         draft_model: Option<String>,
         context_window: usize,
         kv_cache_type: KvType,
-        prompt_caches: usize,
+        /// `None`: as many as fit the engine's budget.
+        prompt_caches: Option<usize>,
         threads: Option<usize>,
         device: String,
     },

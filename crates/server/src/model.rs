@@ -323,7 +323,7 @@ impl ModelHost {
                     threads: *threads,
                     device: Some(device.clone()),
                     kv_cache_type: *kv_cache_type,
-                    prompt_caches: (*prompt_caches > 0).then_some(*prompt_caches),
+                    prompt_caches: *prompt_caches,
                 };
                 self.load_local(opts, &label).await
             }

@@ -67,3 +67,13 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad JSON in {}: {e}", path.display()))
 }
+
+/// A JSON array of token ids (the goldens' `ids`, `psm_ids`...); panics unless it is one.
+pub fn token_ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("an array of token ids")
+        .iter()
+        .map(|v| v.as_u64().expect("a token id") as u32)
+        .collect()
+}

@@ -7,7 +7,7 @@ use crate::model::{Llama, Logits, ModelConfig};
 use crate::sampler::argmax;
 use crate::{KvType, Tokenizer};
 use candle_core::Device;
-use codellama_test_support::fixtures;
+use codellama_test_support::fixtures::{self, token_ids};
 
 fn load(name: &str) -> Llama {
     let f = GgufFile::open(&fixtures::codellama_fixture(name)).expect("open fixture");
@@ -27,14 +27,6 @@ fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn tiny_codellama_greedy_matches_golden() {
     let golden = fixtures::read_json(&fixtures::codellama_fixture(
@@ -44,8 +36,8 @@ fn tiny_codellama_greedy_matches_golden() {
     assert!(cases.len() >= 6, "expected 3 models x 2 prompts");
     for case in cases {
         let model = load(case["model"].as_str().unwrap());
-        let want = ids(&case["greedy_ids"]);
-        let got = greedy(&model, &ids(&case["prompt_ids"]), want.len());
+        let want = token_ids(&case["greedy_ids"]);
+        let got = greedy(&model, &token_ids(&case["prompt_ids"]), want.len());
         assert_eq!(got, want, "{} / {}", case["model"], case["prompt_name"]);
     }
 }
@@ -59,7 +51,7 @@ fn first_step_logits_match_reference_values() {
         let model = load(case["model"].as_str().unwrap());
         let mut cache = model.new_cache(64).unwrap();
         let logits = model
-            .forward(&ids(&case["prompt_ids"]), &mut cache, Logits::Last)
+            .forward(&token_ids(&case["prompt_ids"]), &mut cache, Logits::Last)
             .unwrap();
         let tol = if case["model"].as_str().unwrap().contains("q8_0") {
             0.15
@@ -285,7 +277,7 @@ fn q8_0_agreement(
         .iter()
         .map(|case| {
             let name: String = case["prompt"].as_str().unwrap().chars().take(24).collect();
-            (name, ids(&case["prompt_ids"]), 32)
+            (name, token_ids(&case["prompt_ids"]), 32)
         })
         .collect();
     for language in languages {

@@ -18,15 +18,7 @@ use crate::gguf::GgufFile;
 use crate::model::{Llama, Logits, ModelConfig};
 use crate::sampler::argmax;
 use candle_core::Device;
-use codellama_test_support::fixtures;
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use codellama_test_support::fixtures::{self, token_ids};
 
 fn load(path: &Path) -> Llama {
     let f = GgufFile::open(path).unwrap();
@@ -41,7 +33,10 @@ fn identical_greedy(model: &Llama, reference: &str) -> usize {
     let mut matched = 0;
     let mut report = Vec::new();
     for case in cases {
-        let (prompt, want) = (ids(&case["prompt_ids"]), ids(&case["greedy_ids"]));
+        let (prompt, want) = (
+            token_ids(&case["prompt_ids"]),
+            token_ids(&case["greedy_ids"]),
+        );
         let mut cache = model.new_cache(1024).unwrap();
         let mut logits = model.forward(&prompt, &mut cache, Logits::Last).unwrap();
         let mut got = Vec::new();
