@@ -139,6 +139,7 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     req.postprocess.time_budget = config.time_budget();
     req.token_healing = config.token_healing;
     req.speculative = config.speculative.into();
+    req.cache_reuse = config.cache_reuse;
     req.sampling = SamplingParams {
         temperature: config.temperature,
         seed: args.seed,

@@ -1019,3 +1019,89 @@ fn a_draft_model_with_another_vocabulary_is_refused_and_the_model_serves() {
     assert_eq!(out.generated_ids.len(), 8);
     assert_eq!(out.timings.drafted_tokens, 0, "{:?}", out.timings);
 }
+
+/// Real code and Qwen2.5-Coder 0.5B: when the prompt's window slides down a file, or a fill-in-the-middle
+/// prompt's middle marker moves down as the user types, the lines both prompts hold are taken from the
+/// cache at their new positions instead of computed again, and the suggestion starts as the one computed
+/// afresh; with `cache_reuse` 0 all after the first change is computed.
+#[test]
+fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
+    let engine = Engine::start(
+        LoadOptions {
+            model: Some(common::qwen_model().display().to_string()),
+            context_window: Some(2048),
+            prompt_caches: Some(1),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    )
+    .expect("engine starts");
+    let tokenizer = engine.tokenizer().clone();
+    let source = include_str!("../crates/text/src/documents.rs");
+    let lines: Vec<Vec<u32>> = source
+        .split_inclusive('\n')
+        .map(|l| tokenizer.encode(l, false))
+        .collect();
+    let window = |from: usize, to: usize| lines[from..to].concat();
+    let (first, slid, other) = (window(0, 60), window(20, 90), window(200, 210));
+    let kept = window(20, 60).len();
+    // A fill-in-the-middle prompt whose middle marker moved from line 40 to 48 as the user typed on.
+    let marker = |name: &str| vec![tokenizer.token_id(name).unwrap()];
+    let fim = |middle_from: usize, cursor: usize| {
+        [
+            marker("<|fim_prefix|>"),
+            window(0, middle_from),
+            marker("<|fim_suffix|>"),
+            window(56, 100),
+            marker("<|fim_middle|>"),
+            window(middle_from, cursor),
+        ]
+        .concat()
+    };
+    let (typing, crossed) = (fim(40, 50), fim(48, 52));
+    let ask = |prompt: &[u32], cache_reuse: usize| {
+        let mut req = GenerateRequest::new(prompt.to_vec(), 12);
+        req.cache_reuse = cache_reuse;
+        engine.generate(req).expect("generation")
+    };
+    let mut answers = Vec::new();
+    let mut fim_answers = Vec::new();
+    for cache_reuse in [64, 0] {
+        ask(&other, 0); // the cache holds something else
+        ask(&first, cache_reuse);
+        answers.push(ask(&slid, cache_reuse));
+        ask(&typing, cache_reuse);
+        fim_answers.push(ask(&crossed, cache_reuse));
+    }
+    // Only lines of the middle are computed (those before line 50 as well, being fewer than 64 tokens);
+    // the suffix is taken from where it was.
+    let (moved, computed) = (&fim_answers[0], &fim_answers[1]);
+    let middle = window(40, 52).len() + 1;
+    assert!(moved.timings.computed_tokens <= middle, "{:?}", moved.timings);
+    assert!(moved.timings.moved_tokens >= window(56, 100).len(), "{:?}", moved.timings);
+    assert_eq!(
+        computed.timings.computed_tokens,
+        crossed.len() - 1 - window(0, 40).len(),
+        "without moves, all after the old middle marker"
+    );
+    // The moved suffix keeps what it made of the old context, so the suggestion may part from the one
+    // computed afresh after a while (seen: three lines agree, then two different doc comments).
+    let first_line = |o: &codellama_engine::Outcome| {
+        let text = tokenizer.decode(&o.generated_ids);
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(first_line(moved), first_line(computed));
+    assert!(!first_line(computed).trim().is_empty());
+    let (moved, computed) = (&answers[0], &answers[1]);
+    // The kept lines, and what the model wrote after them where it is what the file has.
+    let reused = moved.timings.reused_tokens;
+    assert!((kept..kept + 12).contains(&reused), "{reused} of {kept}");
+    assert_eq!(moved.timings.moved_tokens, reused);
+    assert_eq!(moved.timings.computed_tokens, slid.len() - reused);
+    assert_eq!(computed.timings.reused_tokens, 0);
+    assert_eq!(computed.timings.computed_tokens, slid.len());
+    assert_eq!(
+        tokenizer.decode(&moved.generated_ids),
+        tokenizer.decode(&computed.generated_ids)
+    );
+}

@@ -273,7 +273,7 @@ fn run_replay_pair(
 /// Ours next to llama.cpp's, as a Markdown table.
 fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
     type Row = (&'static str, fn(&super::replay::Tally) -> String);
-    let rows: [Row; 9] = [
+    let rows: [Row; 10] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
@@ -291,6 +291,9 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
         }),
         ("prompt tokens reused", |t| {
             t.totals.reused_tokens.to_string()
+        }),
+        ("of them moved (cache_reuse)", |t| {
+            t.totals.moved_tokens.to_string()
         }),
         ("prompt tokens computed", |t| {
             t.totals.computed_tokens.to_string()

@@ -67,6 +67,8 @@ impl LlamaVscodeTarget {
             generations: self.answered + self.aborted,
             cancelled: self.aborted,
             reused_tokens: now.cached_tokens - self.start.cached_tokens,
+            // `/metrics` does not count the tokens `--cache-reuse` shifted apart.
+            moved_tokens: 0,
             computed_tokens: computed,
             cancelled_computed_tokens: computed.saturating_sub(self.answered_computed),
             discarded_tokens: 0,

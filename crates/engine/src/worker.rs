@@ -1,6 +1,6 @@
-//! The model thread: owns the weights, the KV cache and the list of tokens the cache holds; serves one
-//! request at a time from its queue. A request shares the longest common token prefix with what the cache
-//! holds and computes only the rest. With greedy sampling, drafted tokens are verified in one forward
+//! The model thread: owns the weights, the KV caches and the tokens each holds; serves one request at a
+//! time from its queue. A request keeps what a cache holds of its prompt (`prompt_cache`) and computes
+//! only the rest. With greedy sampling, drafted tokens are verified in one forward
 //! pass: the model's own choices decide, row by row, how many are kept, and the cache forgets the rest.
 //! Drafts come from prompt lookup (`draft`) or from a draft model with the same vocabulary, which the
 //! thread also owns, with a cache of its own kept in step by the same prefix reuse (its rejected guesses
@@ -299,25 +299,28 @@ impl Worker {
         self.validate(&req.prompt)?;
 
         let t_prefill = Instant::now();
-        self.active = self.caches.choose(&req.prompt);
+        self.active = self.caches.choose(&req.prompt, req.cache_reuse);
         let cache = self.caches.get(self.active);
         let held = cache.tokens().len();
-        let reuse = cache.keep_prefix(&req.prompt, req.prompt.len() - 1);
+        let kept = cache.keep(&req.prompt, req.prompt.len() - 1, req.cache_reuse);
+        let reuse = kept.tokens;
         tracing::debug!(
             cache = self.active,
             held,
             reuse,
+            moved = kept.moved,
             prompt = req.prompt.len(),
             "prompt cache chosen"
         );
         timings.reused_tokens = reuse;
+        timings.moved_tokens = kept.moved;
         let mut logits = None;
         let cancelled_at = Cell::new(None);
         // The prompt's last tokens are what the next keystroke changes: computed on their own, they leave
         // the chunks before them shareable with the request that replaces this one.
-        let todo = &req.prompt[reuse..];
-        let (body, tail) = todo.split_at(todo.len().saturating_sub(TAIL_CHUNK));
-        for chunk in body.chunks(PREFILL_CHUNK).chain(tail.chunks(PREFILL_CHUNK)) {
+        let tail = req.prompt.len().saturating_sub(TAIL_CHUNK);
+        while cache.tokens().len() < req.prompt.len() {
+            let chunk = &req.prompt[cache.next_chunk(req.prompt.len(), PREFILL_CHUNK, tail)];
             if req.cancel.is_cancelled() {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
@@ -648,7 +651,7 @@ impl DraftModel {
     /// token, whose logits are returned), keeping the longest prefix the cache shares with them. `None`:
     /// cancelled (the chunks computed stay cached).
     fn feed(&mut self, tokens: &[u32], cancel: &CancelToken) -> Result<Option<Vec<f32>>> {
-        let reuse = self.cache.keep_prefix(tokens, tokens.len() - 1);
+        let reuse = self.cache.keep(tokens, tokens.len() - 1, 0).tokens;
         let mut logits = None;
         for chunk in tokens[reuse..].chunks(PREFILL_CHUNK) {
             let stop = || cancel.is_cancelled();

@@ -402,6 +402,7 @@ impl CompletionRun {
             uri = self.uri,
             prompt_tokens = t.prompt_tokens,
             reused_tokens = t.reused_tokens,
+            moved_tokens = t.moved_tokens,
             computed_tokens = t.computed_tokens,
             discarded_tokens = t.discarded_tokens,
             generated_tokens = t.generated_tokens,

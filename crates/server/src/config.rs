@@ -537,6 +537,14 @@ config! {
     /// full `context_window` (positions never written take none). 0: as many as fit in 512 MB, at most 4
     /// (one for a 7B model at 2,048 positions, four for Qwen2.5-Coder 1.5B).
     prompt_caches: usize = 0,
+    /// The shortest run of prompt tokens that the in-process model takes from its cache at other positions
+    /// than where it computed them (their keys turned to the new positions) instead of computing them again,
+    /// like llama.cpp's `--cache-reuse` but in either direction: a line typed or deleted higher up, the
+    /// middle of a fill-in-the-middle prompt moving down as the user types, or a jump that slides the
+    /// window down a long file leave most of the prompt as text the cache holds elsewhere. Such tokens keep
+    /// what the text before them made of them when they were computed, so a suggestion may differ a little
+    /// from one computed afresh. 0: reuse only the prompt's start as cached.
+    cache_reuse: usize = codellama_engine::DEFAULT_CACHE_REUSE,
     /// How the prompt budget is shared between the text before the cursor and the text after it
     /// (prefix:suffix; 3 means 3:1). Also accepted as a string "3:1".
     prefix_suffix_ratio: f32 = 3.0,
@@ -608,7 +616,7 @@ config_flags! {
 
 config_flags! {
     /// How `complete` and `eval` build the prompt and generate, as the server does.
-    SuggestionFlags { max_tokens, time_budget_ms, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing, speculative }
+    SuggestionFlags { max_tokens, time_budget_ms, cache_reuse, temperature, fim_template, fim_order, prefix_suffix_ratio, token_healing, speculative }
 }
 
 config_flags! {

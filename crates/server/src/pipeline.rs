@@ -91,6 +91,7 @@ pub fn prepare(
         .then(|| input.language_id.to_string());
     req.token_healing = config.token_healing;
     req.speculative = config.speculative.into();
+    req.cache_reuse = config.cache_reuse;
     req.extra = input.context.to_vec();
     req.sampling = SamplingParams {
         temperature: config.temperature,

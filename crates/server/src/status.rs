@@ -33,6 +33,9 @@ pub struct StatusTimings {
     pub decode_ms: f64,
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
+    /// Of the reused, those moved from later positions (the `cache_reuse` setting).
+    #[serde(default)]
+    pub moved_tokens: usize,
     /// Prompt tokens run through the model, and of those the ones whose work a cancel lost.
     pub computed_tokens: usize,
     pub discarded_tokens: usize,
@@ -47,6 +50,8 @@ pub struct PromptTotals {
     pub generations: usize,
     pub cancelled: usize,
     pub reused_tokens: usize,
+    #[serde(default)]
+    pub moved_tokens: usize,
     pub computed_tokens: usize,
     /// Computed for generations that were then cancelled (superseded or `$/cancelRequest`).
     pub cancelled_computed_tokens: usize,
@@ -59,6 +64,7 @@ impl PromptTotals {
         self.generations += 1;
         self.cancelled += usize::from(cancelled);
         self.reused_tokens += t.reused_tokens;
+        self.moved_tokens += t.moved_tokens;
         self.computed_tokens += t.computed_tokens;
         if cancelled {
             self.cancelled_computed_tokens += t.computed_tokens;
@@ -74,6 +80,7 @@ impl StatusTimings {
             decode_ms: round1(t.decode_ms),
             prompt_tokens: t.prompt_tokens,
             reused_tokens: t.reused_tokens,
+            moved_tokens: t.moved_tokens,
             computed_tokens: t.computed_tokens,
             discarded_tokens: t.discarded_tokens,
             generated_tokens: t.generated_tokens,
@@ -294,6 +301,7 @@ mod tests {
     fn totals_count_cancelled_generations_apart() {
         let t = |reused, computed, discarded| StatusTimings {
             reused_tokens: reused,
+            moved_tokens: reused / 2,
             computed_tokens: computed,
             discarded_tokens: discarded,
             ..StatusTimings::new(&Timings::default(), 0.0)
@@ -308,6 +316,7 @@ mod tests {
                 generations: 3,
                 cancelled: 2,
                 reused_tokens: 190,
+                moved_tokens: 95,
                 computed_tokens: 276,
                 cancelled_computed_tokens: 256,
                 discarded_tokens: 200,

@@ -39,6 +39,9 @@ pub struct CompletionRequest {
     pub token_healing: bool,
     /// Speculative decoding's draft sources (greedy sampling only; the same output, sooner).
     pub speculative: Drafting,
+    /// Runs of cached prompt tokens at least this long are reused at new positions
+    /// (`GenerateRequest::cache_reuse`).
+    pub cache_reuse: usize,
 }
 
 impl CompletionRequest {
@@ -57,6 +60,7 @@ impl CompletionRequest {
             extra: Vec::new(),
             token_healing: true,
             speculative: Drafting::ON,
+            cache_reuse: codellama_engine::DEFAULT_CACHE_REUSE,
         }
     }
 
@@ -156,6 +160,7 @@ pub fn prepare(
     gen.cancel = req.cancel.clone();
     gen.heal = prompt.heal.clone();
     gen.speculative = req.speculative;
+    gen.cache_reuse = req.cache_reuse;
     let stopper = (!req.raw).then(|| {
         let ctx = postprocess::Context::new(&req.prefix, &req.suffix, req.language());
         Arc::new(Mutex::new(StreamStopper::new(&ctx, &req.postprocess)))

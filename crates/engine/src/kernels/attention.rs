@@ -329,6 +329,115 @@ pub fn store(
     }
 }
 
+/// The key of KV head `head` at position `at`, as f32 in the model's basis (a q8_0 cache's rotation undone).
+/// Panics unless the shape fits the cache (`AttnShape::check`).
+#[cfg(test)]
+pub fn key(cache: &KvLayer, s: AttnShape, head: usize, at: usize) -> Vec<f32> {
+    s.check(cache, at, 1);
+    assert!(head < s.n_kv_head, "KV head {head} of {}", s.n_kv_head);
+    key_row(cache, s.head_dim, head * s.capacity + at)
+}
+
+/// The keys and values of a run of positions of one layer, taken out of the cache ([`take`]) to be put
+/// back at other positions ([`put`]): keys as f32 in the model's basis (to be turned to their new
+/// positions), values as stored.
+pub struct Run {
+    /// `[kv_heads][n][head_dim]`.
+    pub keys: Vec<f32>,
+    values: StoredValues,
+    n: usize,
+}
+
+enum StoredValues {
+    F16(Vec<u16>),
+    Q8_0 { qs: Vec<i8>, d: Vec<u16> },
+}
+
+/// Positions `from..from + n` of every KV head. Panics unless the shape fits the cache there.
+pub fn take(cache: &KvLayer, s: AttnShape, from: usize, n: usize) -> Run {
+    s.check(cache, from, n);
+    let hd = s.head_dim;
+    let rows = |h: usize| (h * s.capacity + from)..(h * s.capacity + from + n);
+    let keys = (0..s.n_kv_head)
+        .flat_map(|h| rows(h).flat_map(move |r| key_row(cache, hd, r)))
+        .collect();
+    let values = match &cache.data {
+        KvData::F16 { v, .. } => StoredValues::F16(
+            (0..s.n_kv_head)
+                .flat_map(|h| v[rows(h).start * hd..rows(h).end * hd].iter().copied())
+                .collect(),
+        ),
+        KvData::Q8_0 { v, .. } => {
+            let nb = hd / QK;
+            StoredValues::Q8_0 {
+                qs: (0..s.n_kv_head)
+                    .flat_map(|h| v.qs[rows(h).start * hd..rows(h).end * hd].iter().copied())
+                    .collect(),
+                d: (0..s.n_kv_head)
+                    .flat_map(|h| v.d[rows(h).start * nb..rows(h).end * nb].iter().copied())
+                    .collect(),
+            }
+        }
+    };
+    Run { keys, values, n }
+}
+
+/// Writes `run` at positions `to..to + run.n` of every KV head, its keys rounded again into the cache's
+/// type. Panics unless the shape fits the cache there and `run` came from a cache of the same type and
+/// shape.
+pub fn put(cache: &mut KvLayer, s: AttnShape, to: usize, run: &Run) {
+    let n = run.n;
+    s.check(cache, to, n);
+    let hd = s.head_dim;
+    assert_eq!(run.keys.len(), s.n_kv_head * n * hd, "a run of another shape");
+    for h in 0..s.n_kv_head {
+        let (dst, src) = (h * s.capacity + to, h * n);
+        let keys = &run.keys[src * hd..(src + n) * hd];
+        match (&mut cache.data, &run.values) {
+            (KvData::F16 { k, v }, StoredValues::F16(values)) => {
+                v[dst * hd..(dst + n) * hd].copy_from_slice(&values[src * hd..(src + n) * hd]);
+                for (d, x) in k[dst * hd..(dst + n) * hd].iter_mut().zip(keys) {
+                    *d = f16::from_f32(*x).to_bits();
+                }
+            }
+            (KvData::Q8_0 { k, v }, StoredValues::Q8_0 { qs, d }) => {
+                let nb = hd / QK;
+                v.qs[dst * hd..(dst + n) * hd].copy_from_slice(&qs[src * hd..(src + n) * hd]);
+                v.d[dst * nb..(dst + n) * nb].copy_from_slice(&d[src * nb..(src + n) * nb]);
+                let keys = rotated(keys, key_rotation(hd));
+                let q = Q8Act::quantize(&keys, n, hd);
+                for i in 0..n {
+                    k.write(dst + i, &q, i, hd);
+                }
+            }
+            _ => panic!("a run taken from a cache of another type"),
+        }
+    }
+}
+
+/// Row `row` (head-major index) of the keys, as f32 in the model's basis.
+fn key_row(cache: &KvLayer, hd: usize, row: usize) -> Vec<f32> {
+    match &cache.data {
+        KvData::F16 { k, .. } => k[row * hd..(row + 1) * hd]
+            .iter()
+            .map(|&b| f16::from_bits(b).to_f32())
+            .collect(),
+        KvData::Q8_0 { k, .. } => {
+            let rows = k.rows(row, 1, hd);
+            let mut out: Vec<f32> = rows
+                .qs
+                .chunks_exact(QK)
+                .zip(rows.d)
+                .flat_map(|(qs, d)| qs.iter().map(move |&q| q as f32 * d.to_f32()))
+                .collect();
+            if let Some(n) = key_rotation(hd) {
+                rotate(&mut out, n); // its own inverse
+            }
+            out
+        }
+    }
+}
+
 /// `out[i][h*hd..]` = attention of query `(h, i)` (at position `pos + i`) over positions `0..=pos+i`.
 /// `q` is in `layout`, `out` is `[seq][n_head * head_dim]`. Rows are spread over `exec`'s threads.
 /// Panics unless the shape fits the cache (`AttnShape::check`) and `q` and `out` hold

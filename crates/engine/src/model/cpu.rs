@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::{rms_norm_rows, rope, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::kernels::activation;
-use crate::kernels::attention::{self, AttnShape, Layout};
+use crate::kernels::attention::{self, Layout};
 use crate::kernels::{Exec, QMatrix};
 use crate::pool::Pool;
 
@@ -101,12 +101,7 @@ impl CpuModel {
         let exec = Exec::Pool(pool);
         let (seq, pos) = (tokens.len(), cache.len);
         let (d, hd, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
-        let shape = AttnShape {
-            n_head: nh,
-            n_kv_head: nkv,
-            head_dim: hd,
-            capacity: cache.capacity,
-        };
+        let shape = cache.attn_shape();
         let mut x = vec![0f32; seq * d];
         for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
             self.embed.dequantize_row(t as usize, row);

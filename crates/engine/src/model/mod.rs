@@ -1032,12 +1032,7 @@ impl Llama {
             .reshape((seq, nkv, hd))?
             .transpose(0, 1)?
             .contiguous()?;
-        let shape = AttnShape {
-            n_head: nh,
-            n_kv_head: nkv,
-            head_dim: hd,
-            capacity: cache.capacity,
-        };
+        let shape = cache.attn_shape();
         let total = pos + seq;
         if let LayerKv::Cpu(cache_kv) = &mut cache.layers[layer] {
             let half = hd / 2;
@@ -1179,6 +1174,11 @@ pub struct KvCache {
     sin_table: Vec<f32>,
     len: usize,
     capacity: usize,
+    /// The model's attention shape (for moving positions).
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+    rope_interleaved: bool,
 }
 
 impl KvCache {
@@ -1214,12 +1214,25 @@ impl KvCache {
             sin_table,
             len: 0,
             capacity,
+            n_head: cfg.n_head,
+            n_head_kv: cfg.n_head_kv,
+            head_dim: cfg.head_dim,
+            rope_interleaved: cfg.rope_interleaved,
         })
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The key of KV head `head` of `layer` at position `at` (f32, in the model's basis).
+    #[cfg(test)]
+    pub fn key(&self, layer: usize, head: usize, at: usize) -> Vec<f32> {
+        match &self.layers[layer] {
+            LayerKv::Cpu(kv) => attention::key(kv, self.attn_shape(), head, at),
+            LayerKv::Device { k, .. } => flat(&k.get(head).unwrap().get(at).unwrap()).unwrap(),
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -1230,6 +1243,82 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+
+    /// Whether [`move_runs`](Self::move_runs) works on this cache (not on a GPU).
+    pub fn can_move(&self) -> bool {
+        self.layers.iter().all(|l| matches!(l, LayerKv::Cpu(_)))
+    }
+
+    /// Moves what runs of positions hold to other positions, all read before any is written (so runs may
+    /// overlap each other's old places), each key turned by the rotary embedding's angles for the distance
+    /// moved, as if computed at its new position: exactly so in the first layer; later layers keep what
+    /// attention to the old context made of them. The positions held (`len`) stay as they were: the
+    /// caller says which are valid ([`set_len`](Self::set_len), [`truncate`](Self::truncate)). False,
+    /// changing nothing, on a GPU or with a run outside the cache.
+    pub fn move_runs(&mut self, moves: &[Move]) -> bool {
+        let inside = |at: usize, len: usize| at.checked_add(len).is_some_and(|e| e <= self.capacity);
+        if !self.can_move() || moves.iter().any(|m| !inside(m.from, m.len) || !inside(m.to, m.len)) {
+            return false;
+        }
+        let moves: Vec<&Move> = moves.iter().filter(|m| m.from != m.to).collect();
+        let (shape, half) = (self.attn_shape(), self.head_dim / 2);
+        let (hd, interleaved) = (self.head_dim, self.rope_interleaved);
+        // Turning by `d` positions uses the angles of position |d|, the sine negated to go back.
+        let turns: Vec<(&[f32], Vec<f32>)> = moves
+            .iter()
+            .map(|m| {
+                let d = m.to.abs_diff(m.from);
+                let sin = self.sin_table[d * half..(d + 1) * half].iter();
+                let sin = if m.to < m.from {
+                    sin.map(|s| -s).collect()
+                } else {
+                    sin.copied().collect()
+                };
+                (&self.cos_table[d * half..(d + 1) * half], sin)
+            })
+            .collect();
+        for layer in &mut self.layers {
+            let LayerKv::Cpu(kv) = layer else {
+                unreachable!("checked by can_move")
+            };
+            let mut runs: Vec<attention::Run> =
+                moves.iter().map(|m| attention::take(kv, shape, m.from, m.len)).collect();
+            for (run, (cos, sin)) in runs.iter_mut().zip(&turns) {
+                for key in run.keys.chunks_exact_mut(hd) {
+                    rope(key, KvLayout::TokenMajor, 1, 1, hd, cos, sin, interleaved);
+                }
+            }
+            for (m, run) in moves.iter().zip(&runs) {
+                attention::put(kv, shape, m.to, run);
+            }
+        }
+        true
+    }
+
+    /// Says that positions `0..len` hold valid keys and values (the caller's bookkeeping knows; used
+    /// after [`move_runs`](Self::move_runs) filled positions past the ones computed). Panics past the
+    /// capacity.
+    pub fn set_len(&mut self, len: usize) {
+        assert!(len <= self.capacity, "{len} positions in a cache of {}", self.capacity);
+        self.len = len;
+    }
+
+    pub(super) fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_head: self.n_head,
+            n_kv_head: self.n_head_kv,
+            head_dim: self.head_dim,
+            capacity: self.capacity,
+        }
+    }
+}
+
+/// Positions `from..from + len` of a cache moved to `to..to + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Move {
+    pub from: usize,
+    pub to: usize,
+    pub len: usize,
 }
 
 /// One layer's keys and values, `[kv_heads][capacity][head_dim]`: on the CPU in the cache's type, on a

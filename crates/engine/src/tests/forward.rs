@@ -3,7 +3,7 @@
 //! greedy output with a q8_0 KV cache against an f16 one on real models and real code.
 
 use crate::gguf::GgufFile;
-use crate::model::{Llama, Logits, ModelConfig};
+use crate::model::{Llama, Logits, ModelConfig, Move};
 use crate::sampler::argmax;
 use crate::{KvType, Tokenizer};
 use candle_core::Device;
@@ -338,4 +338,66 @@ fn q8_0_kv_cache_keeps_greedy_output_qwen() {
     );
     let (whole, long) = identical(&agreement);
     assert!(whole >= 5 && long >= 90, "{agreement:?}");
+}
+
+/// Moving cached positions towards the start turns their keys as if they had been computed there: the
+/// first layer's keys, which depend only on the token and its position, equal those of the same tokens
+/// computed at the new positions (up to the cache type's rounding), and differ from them without the turn.
+/// Both rotary layouts (interleaved pairs for the Llama fixture, halves for Qwen2), f16 and q8_0 caches.
+#[test]
+fn moved_keys_equal_keys_computed_at_the_new_positions() {
+    let qwen = || {
+        let f = GgufFile::open(&fixtures::qwen_model()).unwrap();
+        let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
+        Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap()
+    };
+    let cases = [
+        (load("tiny-codellama-mha.gguf"), KvType::F16, 0.005),
+        (qwen(), KvType::F16, 0.005),
+        (qwen(), KvType::Q8_0, 0.03),
+    ];
+    for (mut model, ty, tolerance) in cases {
+        model.set_kv_cache_type(ty).unwrap();
+        let (interleaved, heads) = (model.cfg.rope_interleaved, model.cfg.n_head_kv);
+        let tokens: Vec<u32> = (0..20).map(|i| 100 + 7 * i).collect();
+        // `tokens` computed after `before` others (at positions before..before + 20).
+        let computed_at = |before: u32| {
+            let mut cache = model.new_cache(64).unwrap();
+            let lead: Vec<u32> = (0..before).map(|i| 300 + i).collect();
+            model.forward(&[lead, tokens.clone()].concat(), &mut cache, Logits::Last).unwrap();
+            cache
+        };
+        let differs = |a: &[f32], b: &[f32]| {
+            let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+            a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+        };
+        // Towards the start (37 to 2) and away from it (2 to 40).
+        for (from, to) in [(37, 2), (2, 40)] {
+            let mut moved = computed_at(from as u32);
+            let fresh = computed_at(to as u32);
+            let unturned: f32 = (0..heads)
+                .map(|h| differs(&moved.key(0, h, from + 5), &fresh.key(0, h, to + 5)))
+                .fold(0.0, f32::max);
+            assert!(moved.move_runs(&[Move { from, to, len: 20 }]));
+            let mut worst = 0f32;
+            for h in 0..heads {
+                for i in 0..20 {
+                    let d = differs(&moved.key(0, h, to + i), &fresh.key(0, h, to + i));
+                    worst = worst.max(d);
+                    assert!(
+                        d <= tolerance,
+                        "interleaved {interleaved}, {ty:?}, {from} to {to}: head {h} token {i} differs by {d}"
+                    );
+                }
+            }
+            eprintln!("interleaved {interleaved}, {ty:?}, {from} to {to}: {worst} turned, {unturned} not");
+            assert!(unturned > 4.0 * worst, "unturned keys differ by {unturned}, turned by {worst}");
+        }
+        let mut moved = computed_at(37);
+        assert!(moved.move_runs(&[Move { from: 37, to: 2, len: 20 }]));
+        moved.truncate(22);
+        // Generating on from the moved positions works (the cache holds 22 positions).
+        assert_eq!(moved.len(), 22);
+        model.forward(&[9], &mut moved, Logits::Last).unwrap();
+    }
 }
