@@ -1077,8 +1077,16 @@ fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
     // the suffix is taken from where it was.
     let (moved, computed) = (&fim_answers[0], &fim_answers[1]);
     let middle = window(40, 52).len() + 1;
-    assert!(moved.timings.computed_tokens <= middle, "{:?}", moved.timings);
-    assert!(moved.timings.moved_tokens >= window(56, 100).len(), "{:?}", moved.timings);
+    assert!(
+        moved.timings.computed_tokens <= middle,
+        "{:?}",
+        moved.timings
+    );
+    assert!(
+        moved.timings.moved_tokens >= window(56, 100).len(),
+        "{:?}",
+        moved.timings
+    );
     assert_eq!(
         computed.timings.computed_tokens,
         crossed.len() - 1 - window(0, 40).len(),
@@ -1128,7 +1136,14 @@ fn moved_runs_keep_the_suggestions_good() {
         req.cache_reuse = cache_reuse;
         engine.generate(req).expect("generation")
     };
-    let first_line = |ids: &[u32]| tokenizer.decode(ids).lines().next().unwrap_or("").to_string();
+    let first_line = |ids: &[u32]| {
+        tokenizer
+            .decode(ids)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
     let sources = [
         include_str!("../crates/text/src/documents.rs"),
         include_str!("../examples/typing/inventory.py"),
@@ -1159,7 +1174,10 @@ fn moved_runs_keep_the_suggestions_good() {
             let reused = ask(&after, 64);
             ask(&[1, 2, 3], 0); // another prompt replaces the cache
             let fresh = ask(&after, 0);
-            let (a, b) = (first_line(&reused.generated_ids), first_line(&fresh.generated_ids));
+            let (a, b) = (
+                first_line(&reused.generated_ids),
+                first_line(&fresh.generated_ids),
+            );
             let truth = text[mark + 1].trim_end();
             cases += 1;
             moved += reused.timings.moved_tokens;
@@ -1174,5 +1192,8 @@ fn moved_runs_keep_the_suggestions_good() {
     );
     assert!(moved >= cases * 64, "{moved} tokens moved in {cases} cases");
     assert!(same * 2 >= cases, "{same}/{cases} first lines the same");
-    assert!(right_moved + 2 >= right_fresh, "{right_moved} right with moves, {right_fresh} without");
+    assert!(
+        right_moved + 2 >= right_fresh,
+        "{right_moved} right with moves, {right_fresh} without"
+    );
 }

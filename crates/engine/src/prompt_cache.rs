@@ -120,7 +120,11 @@ impl CachedPrompt {
 
     /// Runs held ahead that start where `tokens` ends join it.
     fn take_ahead(&mut self) {
-        while self.ahead.first().is_some_and(|(at, _)| *at == self.tokens.len()) {
+        while self
+            .ahead
+            .first()
+            .is_some_and(|(at, _)| *at == self.tokens.len())
+        {
             let (_, run) = self.ahead.remove(0);
             self.tokens.extend_from_slice(&run);
             self.kv.set_len(self.tokens.len());
@@ -257,7 +261,11 @@ impl PromptCaches {
     /// one (an unused one first), so that the caches of other prompts stay.
     pub fn choose(&mut self, prompt: &[u32], min_run: usize) -> usize {
         self.requests += 1;
-        let min_run = if self.caches[0].kv.can_move() { min_run } else { 0 };
+        let min_run = if self.caches[0].kv.can_move() {
+            min_run
+        } else {
+            0
+        };
         let held: Vec<(Vec<u32>, u64)> = self.caches.iter().map(|c| (c.held(), c.used)).collect();
         let held: Vec<(&[u32], u64)> = held.iter().map(|(t, u)| (&t[..], *u)).collect();
         let pick = pick(&held, prompt, min_run);
@@ -281,7 +289,11 @@ fn pick(held: &[(&[u32], u64)], prompt: &[u32], min_run: usize) -> usize {
         .iter()
         .map(|(t, _)| plan(t, prompt, min_run, prompt.len()).held())
         .collect();
-    tracing::trace!(?shared, prompt = prompt.len(), "what each prompt cache holds of the prompt");
+    tracing::trace!(
+        ?shared,
+        prompt = prompt.len(),
+        "what each prompt cache holds of the prompt"
+    );
     let worth = |i: usize| {
         shared[i] > 0 && (2 * shared[i] >= prompt.len() || 2 * shared[i] >= held[i].0.len())
     };
@@ -334,7 +346,11 @@ mod tests {
         let held: Vec<u32> = (0..1000).collect();
         let slid: Vec<u32> = (300..1000).chain(5000..5100).collect();
         let other: Vec<u32> = (9000..9010).collect();
-        assert_eq!(pick(&[(&other, 1), (&held, 5)], &slid, 0), 0, "nothing shared: the least recently used");
+        assert_eq!(
+            pick(&[(&other, 1), (&held, 5)], &slid, 0),
+            0,
+            "nothing shared: the least recently used"
+        );
         assert_eq!(pick(&[(&other, 1), (&held, 5)], &slid, 256), 1);
     }
 
@@ -355,17 +371,29 @@ mod tests {
         assert_eq!(p.runs, vec![run(302, 1, 200), run(503, 201, 40)]);
         // Never past `max`, and only the prefix with `min_run` 0.
         assert_eq!(plan(&held, &prompt, 32, 150).held(), 150);
-        assert_eq!(plan(&held, &prompt, 0, prompt.len()), Plan { prefix: 1, runs: vec![] });
+        assert_eq!(
+            plan(&held, &prompt, 0, prompt.len()),
+            Plan {
+                prefix: 1,
+                runs: vec![]
+            }
+        );
         // A token typed near the start: what follows it moves one position on.
         let typed: Vec<u32> = [&[1][..], &a[..10], &[99], &a[10..], &[2], &b].concat();
         let p = plan(&held, &typed, 64, typed.len());
         assert_eq!((p.prefix, &p.runs[..]), (11, &[run(11, 12, 491)][..]));
         // Ten deleted: what follows moves ten back.
         let cut: Vec<u32> = [&[1][..], &a[..10], &a[20..], &[2], &b].concat();
-        assert_eq!(plan(&held, &cut, 64, cut.len()).runs, vec![run(21, 11, 481)]);
+        assert_eq!(
+            plan(&held, &cut, 64, cut.len()).runs,
+            vec![run(21, 11, 481)]
+        );
         // A token replaced by another: what follows stays where it is.
         let replaced: Vec<u32> = [&[1][..], &a[..10], &[99], &a[11..]].concat();
-        assert_eq!(plan(&held, &replaced, 64, replaced.len()).runs, vec![run(12, 12, 289)]);
+        assert_eq!(
+            plan(&held, &replaced, 64, replaced.len()).runs,
+            vec![run(12, 12, 289)]
+        );
     }
 
     #[test]
@@ -384,7 +412,11 @@ mod tests {
             (p.prefix, &p.runs[..]),
             (501, &[run(903, 501, 150), run(501, 651, 402)][..])
         );
-        assert_eq!(prompt.len() - 1 - p.held(), 1, "only the new middle token is computed");
+        assert_eq!(
+            prompt.len() - 1 - p.held(),
+            1,
+            "only the new middle token is computed"
+        );
     }
 
     #[test]

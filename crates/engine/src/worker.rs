@@ -143,7 +143,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         bytes_each as f64 / 1e6
     );
     let (draft, draft_status) = match opts.draft_model.as_deref() {
-        Some(spec) => match load_draft(&opts, &loaded, spec) {
+        Some(spec) => match load_draft(&opts, &loaded, spec, caches.len()) {
             Ok((draft, info)) => (Some(draft), Some(Ok(info))),
             Err(e) => {
                 tracing::error!("{e}");
@@ -183,16 +183,19 @@ fn guarded<T>(model: Option<&str>, load: impl FnOnce() -> Result<T>) -> Result<T
     })
 }
 
-/// Loads the draft model `spec` for `main`, with a cache as long as the model's.
+/// Loads the draft model `spec` for `main`, with `caches` caches as long as the model's (one beside each of
+/// the model's).
 fn load_draft(
     opts: &LoadOptions,
     main: &LoadedModel,
     spec: &str,
+    caches: usize,
 ) -> Result<(DraftModel, DraftInfo)> {
     let start = Instant::now();
     let mut loaded = guarded(Some(spec), || load_draft_model(opts, main, spec))?;
     loaded.model.share_threads(&main.model);
-    let cache = loaded.model.new_cache(main.info.context_window)?;
+    let window = main.info.context_window;
+    let caches = PromptCaches::new(caches, || loaded.model.new_cache(window))?;
     let info = DraftInfo {
         name: loaded.info.name,
         path: loaded.info.path,
@@ -201,7 +204,8 @@ fn load_draft(
     };
     let draft = DraftModel {
         model: loaded.model,
-        cache: CachedPrompt::new(cache),
+        caches,
+        active: 0,
         vocab: main.tokenizer.vocab_size(),
     };
     Ok((draft, info))
@@ -257,7 +261,7 @@ impl Worker {
     fn reset(&mut self) {
         self.caches.clear();
         if let Some(draft) = self.draft.as_mut() {
-            draft.cache.clear();
+            draft.caches.clear();
         }
     }
 
@@ -348,8 +352,13 @@ impl Worker {
         }
         let mut drafts = Speculation::new(req, self.draft.is_some());
         if let (true, Some(draft)) = (drafts.model, self.draft.as_mut()) {
-            // The draft model reads the prompt now, so that its first guess costs one step.
-            if draft.feed(&req.prompt, &req.cancel)?.is_none() {
+            // The draft model reads the prompt now, so that its first guess costs one step; in the cache
+            // beside the model's, which holds what it read of the same document.
+            draft.active = self.active;
+            if draft
+                .feed(&req.prompt, req.cache_reuse, &req.cancel)?
+                .is_none()
+            {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
             }
@@ -641,29 +650,42 @@ impl<'a> Healing<'a> {
 /// The draft model: its weights, its own cache and the tokens that cache holds.
 struct DraftModel {
     model: Llama,
-    cache: CachedPrompt,
+    /// One cache beside each of the model's, used with the model's `active` one.
+    caches: PromptCaches,
+    active: usize,
     /// The main model's vocabulary: a guess outside it (a padding row of a larger embedding) ends a draft.
     vocab: usize,
 }
 
 impl DraftModel {
+    fn cache(&mut self) -> &mut CachedPrompt {
+        self.caches.get(self.active)
+    }
+
     /// Runs what the cache lacks of `tokens` through the model, in prefill chunks (at least the last
-    /// token, whose logits are returned), keeping the longest prefix the cache shares with them. `None`:
-    /// cancelled (the chunks computed stay cached).
-    fn feed(&mut self, tokens: &[u32], cancel: &CancelToken) -> Result<Option<Vec<f32>>> {
-        let reuse = self.cache.keep(tokens, tokens.len() - 1, 0).tokens;
+    /// token, whose logits are returned), keeping what the cache holds of them (runs of `min_run` moved,
+    /// as the model's cache does). `None`: cancelled (the chunks computed stay cached).
+    fn feed(
+        &mut self,
+        tokens: &[u32],
+        min_run: usize,
+        cancel: &CancelToken,
+    ) -> Result<Option<Vec<f32>>> {
+        let cache = self.caches.get(self.active);
+        cache.keep(tokens, tokens.len() - 1, min_run);
         let mut logits = None;
-        for chunk in tokens[reuse..].chunks(PREFILL_CHUNK) {
+        while cache.tokens().len() < tokens.len() {
+            let chunk = &tokens[cache.next_chunk(tokens.len(), PREFILL_CHUNK, tokens.len())];
             let stop = || cancel.is_cancelled();
             match self
                 .model
-                .forward_cancellable(chunk, self.cache.kv(), Logits::Last, &stop)
+                .forward_cancellable(chunk, cache.kv(), Logits::Last, &stop)
             {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => return Ok(None),
                 Err(e) => return Err(e),
             }
-            self.cache.extend(chunk);
+            cache.extend(chunk);
         }
         Ok(logits)
     }
@@ -672,12 +694,12 @@ impl DraftModel {
     /// ([`MIN_DRAFT_PROBABILITY`]) and not cancelled. Its cache then holds `history` and the guesses but the
     /// last; the next call keeps what of them the model accepted.
     fn propose(&mut self, history: &[u32], max: usize, cancel: &CancelToken) -> Result<Vec<u32>> {
-        let max = max.min(self.cache.capacity().saturating_sub(history.len()));
+        let max = max.min(self.cache().capacity().saturating_sub(history.len()));
         let mut guesses = Vec::with_capacity(max);
         if max == 0 {
             return Ok(guesses);
         }
-        let Some(mut scores) = self.feed(history, cancel)? else {
+        let Some(mut scores) = self.feed(history, 0, cancel)? else {
             return Ok(guesses);
         };
         while guesses.len() < max {
@@ -689,8 +711,9 @@ impl DraftModel {
             if guesses.len() == max || cancel.is_cancelled() {
                 break;
             }
-            scores = self.model.forward(&[tok], self.cache.kv(), Logits::Last)?;
-            self.cache.push(tok);
+            let cache = self.caches.get(self.active);
+            scores = self.model.forward(&[tok], cache.kv(), Logits::Last)?;
+            cache.push(tok);
         }
         Ok(guesses)
     }

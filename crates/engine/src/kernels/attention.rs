@@ -389,7 +389,11 @@ pub fn put(cache: &mut KvLayer, s: AttnShape, to: usize, run: &Run) {
     let n = run.n;
     s.check(cache, to, n);
     let hd = s.head_dim;
-    assert_eq!(run.keys.len(), s.n_kv_head * n * hd, "a run of another shape");
+    assert_eq!(
+        run.keys.len(),
+        s.n_kv_head * n * hd,
+        "a run of another shape"
+    );
     for h in 0..s.n_kv_head {
         let (dst, src) = (h * s.capacity + to, h * n);
         let keys = &run.keys[src * hd..(src + n) * hd];

@@ -1256,8 +1256,13 @@ impl KvCache {
     /// caller says which are valid ([`set_len`](Self::set_len), [`truncate`](Self::truncate)). False,
     /// changing nothing, on a GPU or with a run outside the cache.
     pub fn move_runs(&mut self, moves: &[Move]) -> bool {
-        let inside = |at: usize, len: usize| at.checked_add(len).is_some_and(|e| e <= self.capacity);
-        if !self.can_move() || moves.iter().any(|m| !inside(m.from, m.len) || !inside(m.to, m.len)) {
+        let inside =
+            |at: usize, len: usize| at.checked_add(len).is_some_and(|e| e <= self.capacity);
+        if !self.can_move()
+            || moves
+                .iter()
+                .any(|m| !inside(m.from, m.len) || !inside(m.to, m.len))
+        {
             return false;
         }
         let moves: Vec<&Move> = moves.iter().filter(|m| m.from != m.to).collect();
@@ -1281,8 +1286,10 @@ impl KvCache {
             let LayerKv::Cpu(kv) = layer else {
                 unreachable!("checked by can_move")
             };
-            let mut runs: Vec<attention::Run> =
-                moves.iter().map(|m| attention::take(kv, shape, m.from, m.len)).collect();
+            let mut runs: Vec<attention::Run> = moves
+                .iter()
+                .map(|m| attention::take(kv, shape, m.from, m.len))
+                .collect();
             for (run, (cos, sin)) in runs.iter_mut().zip(&turns) {
                 for key in run.keys.chunks_exact_mut(hd) {
                     rope(key, KvLayout::TokenMajor, 1, 1, hd, cos, sin, interleaved);
@@ -1299,7 +1306,11 @@ impl KvCache {
     /// after [`move_runs`](Self::move_runs) filled positions past the ones computed). Panics past the
     /// capacity.
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity, "{len} positions in a cache of {}", self.capacity);
+        assert!(
+            len <= self.capacity,
+            "{len} positions in a cache of {}",
+            self.capacity
+        );
         self.len = len;
     }
 

@@ -364,7 +364,9 @@ fn moved_keys_equal_keys_computed_at_the_new_positions() {
         let computed_at = |before: u32| {
             let mut cache = model.new_cache(64).unwrap();
             let lead: Vec<u32> = (0..before).map(|i| 300 + i).collect();
-            model.forward(&[lead, tokens.clone()].concat(), &mut cache, Logits::Last).unwrap();
+            model
+                .forward(&[lead, tokens.clone()].concat(), &mut cache, Logits::Last)
+                .unwrap();
             cache
         };
         let differs = |a: &[f32], b: &[f32]| {
@@ -390,11 +392,20 @@ fn moved_keys_equal_keys_computed_at_the_new_positions() {
                     );
                 }
             }
-            eprintln!("interleaved {interleaved}, {ty:?}, {from} to {to}: {worst} turned, {unturned} not");
-            assert!(unturned > 4.0 * worst, "unturned keys differ by {unturned}, turned by {worst}");
+            eprintln!(
+                "interleaved {interleaved}, {ty:?}, {from} to {to}: {worst} turned, {unturned} not"
+            );
+            assert!(
+                unturned > 4.0 * worst,
+                "unturned keys differ by {unturned}, turned by {worst}"
+            );
         }
         let mut moved = computed_at(37);
-        assert!(moved.move_runs(&[Move { from: 37, to: 2, len: 20 }]));
+        assert!(moved.move_runs(&[Move {
+            from: 37,
+            to: 2,
+            len: 20
+        }]));
         moved.truncate(22);
         // Generating on from the moved positions works (the cache holds 22 positions).
         assert_eq!(moved.len(), 22);
