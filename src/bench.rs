@@ -85,6 +85,8 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
             let mut req = GenerateRequest::new(prompt(n), 1);
             req.stop_at_eog = false;
             req.speculative = Drafting::OFF;
+            // The prompts of one run are rotations of one sequence: moved runs would skip their work.
+            req.cache_reuse = 0;
             let o = backend.submit(req).wait()?;
             samples.push(n as f64 / (o.timings.prefill_ms / 1e3));
             eprintln!(
@@ -103,6 +105,7 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
             // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up, and a
             // model that goes on counting would let prompt lookup draft (see `measure_speculation`).
             req.speculative = Drafting::OFF;
+            req.cache_reuse = 0;
             let o = backend.submit(req).wait()?;
             let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
             samples.push(steps as f64 / (o.timings.decode_ms / 1e3));

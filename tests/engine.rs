@@ -161,6 +161,7 @@ fn a_superseded_prefill_finishes_the_chunk_the_next_request_shares() {
         model: Some(common::qwen_model().display().to_string()),
         context_window: Some(1024),
         threads: Some(2),
+        prefill_chunk: Some(256),
         ..LoadOptions::default()
     };
     let engine = Engine::start(opts, Box::new(|_| {})).expect("engine starts");

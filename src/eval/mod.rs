@@ -259,6 +259,9 @@ impl Infiller for Ours<'_> {
         req.token_healing = self.token_healing;
         req.speculative = self.speculative.into();
         req.sampling.temperature = self.temperature;
+        // Each hole from its own prompt: the holes cut from one problem share most of their text, and
+        // runs moved from the previous hole's cache would make the figures depend on their order.
+        req.cache_reuse = 0;
         Ok(completion::complete(self.engine, self.builder, &req)?.completion)
     }
 }

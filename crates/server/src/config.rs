@@ -854,6 +854,7 @@ impl Config {
             device: Some(self.device.clone()),
             kv_cache_type: self.kv_cache_type.kv_type(),
             prompt_caches: self.prompt_caches(),
+            prefill_chunk: None,
         }
     }
 

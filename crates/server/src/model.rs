@@ -324,6 +324,7 @@ impl ModelHost {
                     device: Some(device.clone()),
                     kv_cache_type: *kv_cache_type,
                     prompt_caches: *prompt_caches,
+                    prefill_chunk: None,
                 };
                 self.load_local(opts, &label).await
             }
