@@ -9,10 +9,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
-use codellama_engine::{Engine, KvType, SamplingParams};
+use codellama_engine::{Engine, KvType};
 use codellama_server::config::{ActionFlags, Config, ModelFlags, SuggestionFlags};
 use codellama_text::actions;
-use codellama_text::completion::{self, CompletionRequest};
+use codellama_text::completion;
 use codellama_text::prompt::PromptBuilder;
 
 /// The configuration a command runs with: the server's defaults, then `CODELLAMA_LSP_*`, then the command's flags
@@ -133,18 +133,10 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     let config = config([args.model.given(), args.suggestion.given()].concat())?;
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
-    let mut req = CompletionRequest::new(&text[..cursor], &text[cursor..], config.max_tokens);
+    let mut req = config.completion_request(&text[..cursor], &text[cursor..]);
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
-    req.postprocess.time_budget = config.time_budget();
-    req.token_healing = config.token_healing;
-    req.speculative = config.speculative.into();
-    req.cache_reuse = config.cache_reuse;
-    req.sampling = SamplingParams {
-        temperature: config.temperature,
-        seed: args.seed,
-        ..SamplingParams::default()
-    };
+    req.sampling.seed = args.seed;
     let c = completion::complete(&engine, &builder, &req)?;
     if args.json {
         let mut v = serde_json::to_value(&c)?;

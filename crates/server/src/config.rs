@@ -863,6 +863,24 @@ impl Config {
         (self.prompt_caches > 0).then_some(self.prompt_caches)
     }
 
+    /// A completion request for the text around a cursor with the suggestion settings (length, time
+    /// budget, token healing, speculative decoding, cache reuse, temperature), as the server and the
+    /// `complete` command send it.
+    pub fn completion_request(
+        &self,
+        prefix: &str,
+        suffix: &str,
+    ) -> codellama_text::completion::CompletionRequest {
+        let mut req =
+            codellama_text::completion::CompletionRequest::new(prefix, suffix, self.max_tokens);
+        req.postprocess.time_budget = self.time_budget();
+        req.token_healing = self.token_healing;
+        req.speculative = self.speculative.into();
+        req.cache_reuse = self.cache_reuse;
+        req.sampling.temperature = self.temperature;
+        req
+    }
+
     /// `time_budget_ms` for post-processing (0: none).
     pub fn time_budget(&self) -> std::time::Duration {
         match self.time_budget_ms {

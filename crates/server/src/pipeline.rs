@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::Config;
-use codellama_engine::{Backend, CancelToken, SamplingParams};
-use codellama_text::completion::{self, CompletionRequest, Prepared};
+use codellama_engine::{Backend, CancelToken};
+use codellama_text::completion::{self, Prepared};
 use codellama_text::language::Language;
 use codellama_text::prompt::{ContextChunk, PromptBuilder, PromptConfig};
 
@@ -83,22 +83,14 @@ pub fn prepare(
     cancel: CancelToken,
 ) -> Result<Prepared, String> {
     let builder = builders.get(backend, config.prompt_config())?;
-    let mut req = CompletionRequest::new(input.prefix, input.suffix, config.max_tokens);
+    let mut req = config.completion_request(input.prefix, input.suffix);
     req.first_line = input.first_line;
     req.path = input.path.map(str::to_string);
     // An id post-processing does not know says nothing: then the file name decides the language.
     req.language_id = (Language::from_language_id(input.language_id) != Language::Other)
         .then(|| input.language_id.to_string());
-    req.token_healing = config.token_healing;
-    req.speculative = config.speculative.into();
-    req.cache_reuse = config.cache_reuse;
     req.extra = input.context.to_vec();
-    req.sampling = SamplingParams {
-        temperature: config.temperature,
-        ..SamplingParams::default()
-    };
     req.cancel = cancel;
-    req.postprocess.time_budget = config.time_budget();
     let prepared = completion::prepare(&**backend, &builder, &req).map_err(|e| e.to_string())?;
     if prepared.prompt().ids.is_empty() {
         // Continuation at the top of an empty document: nothing to continue.
