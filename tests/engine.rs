@@ -1021,13 +1021,9 @@ fn a_draft_model_with_another_vocabulary_is_refused_and_the_model_serves() {
     assert_eq!(out.timings.drafted_tokens, 0, "{:?}", out.timings);
 }
 
-/// Real code and Qwen2.5-Coder 0.5B: when the prompt's window slides down a file, or a fill-in-the-middle
-/// prompt's middle marker moves down as the user types, the lines both prompts hold are taken from the
-/// cache at their new positions instead of computed again, and the suggestion starts as the one computed
-/// afresh; with `cache_reuse` 0 all after the first change is computed.
-#[test]
-fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
-    let engine = Engine::start(
+/// Qwen2.5-Coder 0.5B with one prompt cache of 2,048 positions (each new prompt takes it over).
+fn qwen_with_one_cache() -> Engine {
+    Engine::start(
         LoadOptions {
             model: Some(common::qwen_model().display().to_string()),
             context_window: Some(2048),
@@ -1036,13 +1032,38 @@ fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
         },
         Box::new(|_| {}),
     )
-    .expect("engine starts");
-    let tokenizer = engine.tokenizer().clone();
-    let source = include_str!("../crates/text/src/documents.rs");
-    let lines: Vec<Vec<u32>> = source
+    .expect("engine starts")
+}
+
+/// The ids of each line of `source`, encoded on its own.
+fn encoded_lines(tokenizer: &codellama_engine::Tokenizer, source: &str) -> Vec<Vec<u32>> {
+    source
         .split_inclusive('\n')
         .map(|l| tokenizer.encode(l, false))
-        .collect();
+        .collect()
+}
+
+/// Up to `max_tokens` greedy tokens after `prompt`, moving cached runs of `cache_reuse` tokens.
+fn answer(
+    engine: &Engine,
+    prompt: &[u32],
+    max_tokens: usize,
+    cache_reuse: usize,
+) -> codellama_engine::Outcome {
+    let mut req = GenerateRequest::new(prompt.to_vec(), max_tokens);
+    req.cache_reuse = cache_reuse;
+    engine.generate(req).expect("generation")
+}
+
+/// Real code and Qwen2.5-Coder 0.5B: when the prompt's window slides down a file, or a fill-in-the-middle
+/// prompt's middle marker moves down as the user types, the lines both prompts hold are taken from the
+/// cache at their new positions instead of computed again, and the suggestion starts as the one computed
+/// afresh; with `cache_reuse` 0 all after the first change is computed.
+#[test]
+fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
+    let engine = qwen_with_one_cache();
+    let tokenizer = engine.tokenizer().clone();
+    let lines = encoded_lines(&tokenizer, include_str!("../crates/text/src/documents.rs"));
     let window = |from: usize, to: usize| lines[from..to].concat();
     let (first, slid, other) = (window(0, 60), window(20, 90), window(200, 210));
     let kept = window(20, 60).len();
@@ -1060,11 +1081,7 @@ fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
         .concat()
     };
     let (typing, crossed) = (fim(40, 50), fim(48, 52));
-    let ask = |prompt: &[u32], cache_reuse: usize| {
-        let mut req = GenerateRequest::new(prompt.to_vec(), 12);
-        req.cache_reuse = cache_reuse;
-        engine.generate(req).expect("generation")
-    };
+    let ask = |prompt: &[u32], cache_reuse: usize| answer(&engine, prompt, 12, cache_reuse);
     let mut answers = Vec::new();
     let mut fim_answers = Vec::new();
     for cache_reuse in [64, 0] {
@@ -1121,22 +1138,9 @@ fn a_window_sliding_down_a_file_reuses_the_lines_it_kept() {
 /// of each greedy suggestion with moved runs is compared with the one computed afresh and with the file.
 #[test]
 fn moved_runs_keep_the_suggestions_good() {
-    let engine = Engine::start(
-        LoadOptions {
-            model: Some(common::qwen_model().display().to_string()),
-            context_window: Some(2048),
-            prompt_caches: Some(1),
-            ..LoadOptions::default()
-        },
-        Box::new(|_| {}),
-    )
-    .expect("engine starts");
+    let engine = qwen_with_one_cache();
     let tokenizer = engine.tokenizer().clone();
-    let ask = |prompt: &[u32], cache_reuse: usize| {
-        let mut req = GenerateRequest::new(prompt.to_vec(), 24);
-        req.cache_reuse = cache_reuse;
-        engine.generate(req).expect("generation")
-    };
+    let ask = |prompt: &[u32], cache_reuse: usize| answer(&engine, prompt, 24, cache_reuse);
     let first_line = |ids: &[u32]| {
         tokenizer
             .decode(ids)
@@ -1154,7 +1158,7 @@ fn moved_runs_keep_the_suggestions_good() {
     let (mut same, mut right_moved, mut right_fresh) = (0, 0, 0);
     for source in sources {
         let text: Vec<&str> = source.split_inclusive('\n').collect();
-        let lines: Vec<Vec<u32>> = text.iter().map(|l| tokenizer.encode(l, false)).collect();
+        let lines = encoded_lines(&tokenizer, source);
         let window = |from: usize, to: usize| lines[from..to.min(lines.len())].concat();
         let marker = |name: &str| vec![tokenizer.token_id(name).unwrap()];
         // The hole is line `cursor`; the middle starts at line `middle`; 40 lines of suffix.
