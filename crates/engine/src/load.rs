@@ -36,8 +36,8 @@ pub struct LoadOptions {
     /// A smaller model with the same vocabulary whose greedy guesses speculative decoding verifies (a path
     /// or Hub reference, as `model`); loaded on the model thread after the model, with the same settings.
     pub draft_model: Option<String>,
-    /// Prompt tokens per prefill step (`None`: about a second of work, at most 256; see `worker`). Tests
-    /// that count what a cancelled step computed fix it.
+    /// Prompt tokens per prefill step (`None`: by the model's size, 64 to 256; see `worker`). Tests that
+    /// count what a cancelled step computed fix it.
     pub prefill_chunk: Option<usize>,
 }
 

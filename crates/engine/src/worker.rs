@@ -20,7 +20,7 @@ use super::draft::PromptLookup;
 use super::error::{EngineError, Result};
 use super::load::{load_draft_model, load_model, LoadOptions, LoadedModel};
 use super::memory::release_freed_memory;
-use super::model::{Llama, Logits};
+use super::model::{Llama, Logits, ModelConfig};
 use super::pool::default_threads;
 use super::prompt_cache::{CachedPrompt, PromptCaches};
 use super::sampler::{argmax, Sampler};
@@ -33,43 +33,27 @@ use super::{
 /// Prompt tokens computed per forward call at most; cancellation is also checked between layers.
 const PREFILL_CHUNK: usize = 256;
 
-/// The work a prefill chunk of a slow model aims at: a keystroke whose request does not share the chunk
-/// in progress loses it, so a 7B model on two cores (about 35 tokens/s) computes chunks of 32 tokens
-/// rather than 7 s of 256. Smaller chunks cost little: `bench --prefill 32,64,256` with the 7B shape
-/// (Q4_K_M, 2 threads, AMD EPYC Zen 4) ran at 33.3, 35.3 and 33.8 tok/s, and Qwen2.5-Coder 1.5B at 170,
-/// 180 (128), 186 (160) and 173 tok/s for 64 to 256 tokens.
-const CHUNK_SECONDS: f64 = 1.0;
+/// Weights times tokens a prefill chunk computes at most: 256 tokens of a model of 1.6 billion weights.
+/// A keystroke whose request does not share the chunk in progress loses it; sized by the model, a chunk
+/// is about the same work for every model (about 1.5 s on two Zen 4 cores) and the same on every machine,
+/// so that a prompt is computed in the same steps, with the same rounding, every time.
+const CHUNK_WORK: f64 = 256.0 * 1.6e9;
 
-/// The smallest prefill chunk.
-const MIN_CHUNK: usize = 16;
+/// The smallest prefill chunk: batches this long take the attention's f32 path (`TILE_ROWS`), as longer
+/// ones do.
+const MIN_CHUNK: usize = 64;
 
-/// How many prompt tokens a prefill chunk computes: [`PREFILL_CHUNK`] until a chunk was timed, then about
-/// [`CHUNK_SECONDS`] of work at the rate measured, in steps of 16 (or a fixed size, `LoadOptions::prefill_chunk`).
-struct ChunkSize {
-    fixed: Option<usize>,
-    /// Prompt tokens per second over recent chunks.
-    rate: Option<f64>,
-}
-
-impl ChunkSize {
-    fn next(&self) -> usize {
-        if let Some(n) = self.fixed {
-            return n.max(1);
-        }
-        self.rate.map_or(PREFILL_CHUNK, |rate| {
-            let n = (rate * CHUNK_SECONDS) as usize / MIN_CHUNK * MIN_CHUNK;
-            n.clamp(MIN_CHUNK, PREFILL_CHUNK)
-        })
-    }
-
-    /// A chunk of `tokens` took `seconds`.
-    fn record(&mut self, tokens: usize, seconds: f64) {
-        if tokens < MIN_CHUNK || seconds <= 0.0 {
-            return;
-        }
-        let rate = tokens as f64 / seconds;
-        self.rate = Some(self.rate.map_or(rate, |old| (old + rate) / 2.0));
-    }
+/// Prompt tokens per prefill chunk for a model of `cfg`'s shape: [`CHUNK_WORK`] over its weights, in steps
+/// of 16, from [`MIN_CHUNK`] to [`PREFILL_CHUNK`]. Qwen2.5-Coder 0.5B and 1.5B get 256 tokens, a Code Llama
+/// 7B 64 (1.8 s on two cores, where 256 took 7 s). Small chunks cost little: `bench --prefill 32,64,256`
+/// with the 7B shape (Q4_K_M, 2 threads, AMD EPYC Zen 4) ran at 33.3, 35.3 and 33.8 tok/s, and
+/// Qwen2.5-Coder 1.5B at 170, 180 (128), 186 (160) and 173 tok/s for 64 to 256 tokens.
+fn prefill_chunk(cfg: &ModelConfig) -> usize {
+    let attention = cfg.n_embd * cfg.head_dim * 2 * (cfg.n_head + cfg.n_head_kv);
+    let weights =
+        cfg.n_layer * (attention + 3 * cfg.n_embd * cfg.n_ff) + cfg.vocab_size * cfg.n_embd;
+    let n = (CHUNK_WORK / weights.max(1) as f64) as usize / 16 * 16;
+    n.clamp(MIN_CHUNK, PREFILL_CHUNK)
 }
 
 /// The most drafted tokens verified in one forward pass. The token fed and three drafted ones fill one
@@ -191,6 +175,11 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         },
         None => (None, None),
     };
+    let chunk = opts
+        .prefill_chunk
+        .unwrap_or_else(|| prefill_chunk(&loaded.info.config))
+        .max(1);
+    tracing::info!("prefill chunks of {chunk} tokens");
     let _ = ready.send(Ok((
         loaded.tokenizer.clone(),
         Arc::new(loaded.info),
@@ -208,10 +197,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         active: 0,
         draft,
         early: VecDeque::new(),
-        chunk: ChunkSize {
-            fixed: opts.prefill_chunk,
-            rate: None,
-        },
+        chunk,
     };
     pool.install(|| worker.serve(jobs));
 }
@@ -266,7 +252,8 @@ struct Worker {
     /// Jobs taken from the queue while a cancelled prefill looked for the request replacing it; served
     /// first, in order.
     early: VecDeque<Job>,
-    chunk: ChunkSize,
+    /// Prompt tokens per prefill chunk.
+    chunk: usize,
 }
 
 impl Worker {
@@ -368,7 +355,7 @@ impl Worker {
         // the chunks before them shareable with the request that replaces this one.
         let tail = req.prompt.len().saturating_sub(TAIL_CHUNK);
         while cache.tokens().len() < req.prompt.len() {
-            let chunk = &req.prompt[cache.next_chunk(req.prompt.len(), self.chunk.next(), tail)];
+            let chunk = &req.prompt[cache.next_chunk(req.prompt.len(), self.chunk, tail)];
             if req.cancel.is_cancelled() {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
@@ -380,16 +367,11 @@ impl Worker {
                 req.cancel.is_cancelled()
                     && !taken_over(&mut early.borrow_mut(), jobs, through, &cancelled_at)
             };
-            let t_chunk = Instant::now();
             match self
                 .model
                 .forward_cancellable(chunk, cache.kv(), Logits::Last, &stop)
             {
-                Ok(l) => {
-                    logits = Some(l);
-                    self.chunk
-                        .record(chunk.len(), t_chunk.elapsed().as_secs_f64());
-                }
+                Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => {
                     timings.discarded_tokens = chunk.len();
                     timings.prefill_ms = ms_since(t_prefill);
@@ -803,5 +785,31 @@ mod tests {
         assert_eq!(stop_string_cut("abc\n\ndef", &stops, 5), Some(3));
         assert_eq!(stop_string_cut("abc", &stops, 3), None);
         assert_eq!(stop_string_cut("é```", &stops, 3), Some(2));
+    }
+
+    #[test]
+    fn prefill_chunks_are_sized_by_the_model() {
+        let shape = |n_layer, n_embd, n_head, n_head_kv, n_ff, vocab_size| ModelConfig {
+            arch: super::super::Arch::Llama,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim: 128.min(n_embd / n_head),
+            n_ff,
+            vocab_size,
+            rope_theta: 1e6,
+            rms_eps: 1e-6,
+            context_length: 16384,
+            rope_interleaved: true,
+        };
+        let qwen_1_5b = shape(28, 1536, 12, 2, 8960, 151936);
+        let qwen_0_5b = shape(24, 896, 14, 2, 4864, 151936);
+        let code_llama_7b = shape(32, 4096, 32, 32, 11008, 32016);
+        let code_llama_34b = shape(48, 8192, 64, 8, 22016, 32000);
+        assert_eq!(prefill_chunk(&qwen_0_5b), PREFILL_CHUNK);
+        assert_eq!(prefill_chunk(&qwen_1_5b), PREFILL_CHUNK);
+        assert_eq!(prefill_chunk(&code_llama_7b), 64);
+        assert_eq!(prefill_chunk(&code_llama_34b), MIN_CHUNK);
     }
 }
