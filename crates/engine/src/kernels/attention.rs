@@ -16,7 +16,7 @@
 //! they no longer set the scale of a block and flush its other values to zero. The query gets the same
 //! rotation as the keys, which leaves every score as it was, and the output is rotated back.
 use half::f16;
-use half::slice::HalfBitsSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::q8::{Q8Act, QK};
 use super::{size, Exec, SharedOut};
@@ -358,9 +358,19 @@ pub fn take(cache: &KvLayer, s: AttnShape, from: usize, n: usize) -> Run {
     s.check(cache, from, n);
     let hd = s.head_dim;
     let rows = |h: usize| (h * s.capacity + from)..(h * s.capacity + from + n);
-    let keys = (0..s.n_kv_head)
-        .flat_map(|h| rows(h).flat_map(move |r| key_row(cache, hd, r)))
-        .collect();
+    let keys = match &cache.data {
+        KvData::F16 { k, .. } => {
+            let mut keys = vec![0f32; s.n_kv_head * n * hd];
+            for (h, dst) in keys.chunks_exact_mut(n * hd).enumerate() {
+                let src: &[f16] = k[rows(h).start * hd..rows(h).end * hd].reinterpret_cast();
+                src.convert_to_f32_slice(dst);
+            }
+            keys
+        }
+        KvData::Q8_0 { .. } => (0..s.n_kv_head)
+            .flat_map(|h| rows(h).flat_map(move |r| key_row(cache, hd, r)))
+            .collect(),
+    };
     let values = match &cache.data {
         KvData::F16 { v, .. } => StoredValues::F16(
             (0..s.n_kv_head)
@@ -400,9 +410,8 @@ pub fn put(cache: &mut KvLayer, s: AttnShape, to: usize, run: &Run) {
         match (&mut cache.data, &run.values) {
             (KvData::F16 { k, v }, StoredValues::F16(values)) => {
                 v[dst * hd..(dst + n) * hd].copy_from_slice(&values[src * hd..(src + n) * hd]);
-                for (d, x) in k[dst * hd..(dst + n) * hd].iter_mut().zip(keys) {
-                    *d = f16::from_f32(*x).to_bits();
-                }
+                let out: &mut [f16] = k[dst * hd..(dst + n) * hd].reinterpret_cast_mut();
+                out.convert_from_f32_slice(keys);
             }
             (KvData::Q8_0 { k, v }, StoredValues::Q8_0 { qs, d }) => {
                 let nb = hd / QK;

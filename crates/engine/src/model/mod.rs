@@ -1282,7 +1282,10 @@ impl KvCache {
                 (&self.cos_table[d * half..(d + 1) * half], sin)
             })
             .collect();
-        for layer in &mut self.layers {
+        // Layers are independent: spread them over the cores (the model's threads wait meanwhile).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_thread = self.layers.len().div_ceil(threads.max(1)).max(1);
+        let move_layer = |layer: &mut LayerKv| {
             let LayerKv::Cpu(kv) = layer else {
                 unreachable!("checked by can_move")
             };
@@ -1292,13 +1295,18 @@ impl KvCache {
                 .collect();
             for (run, (cos, sin)) in runs.iter_mut().zip(&turns) {
                 for key in run.keys.chunks_exact_mut(hd) {
-                    rope(key, KvLayout::TokenMajor, 1, 1, hd, cos, sin, interleaved);
+                    turn(key, cos, sin, interleaved);
                 }
             }
             for (m, run) in moves.iter().zip(&runs) {
                 attention::put(kv, shape, m.to, run);
             }
-        }
+        };
+        std::thread::scope(|scope| {
+            for layers in self.layers.chunks_mut(per_thread) {
+                scope.spawn(|| layers.iter_mut().for_each(move_layer));
+            }
+        });
         true
     }
 
@@ -1320,6 +1328,26 @@ impl KvCache {
             n_kv_head: self.n_head_kv,
             head_dim: self.head_dim,
             capacity: self.capacity,
+        }
+    }
+}
+
+/// Turns one head's key by the angles `cos`/`sin` (pairs as in [`rope`]). Plain products rather than
+/// [`rope`]'s fused ones: a moved key is already rounded through the cache's type, and these vectorise.
+fn turn(key: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
+    let half = key.len() / 2;
+    if interleaved {
+        for (pair, (c, s)) in key.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0 * c - x1 * s;
+            pair[1] = x0 * s + x1 * c;
+        }
+    } else {
+        let (lo, hi) = key.split_at_mut(half);
+        for ((a, b), (c, s)) in lo.iter_mut().zip(hi).zip(cos.iter().zip(sin)) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x0 * s + x1 * c;
         }
     }
 }
