@@ -51,6 +51,11 @@ impl CachedPrompt {
         &self.tokens
     }
 
+    /// How many tokens the cache holds, runs held ahead included.
+    pub fn held_count(&self) -> usize {
+        self.tokens.len() + self.ahead.iter().map(|(_, run)| run.len()).sum::<usize>()
+    }
+
     /// Every position held, [`HOLE`] where nothing is.
     fn held(&self) -> Vec<u32> {
         let mut held = self.tokens.clone();

@@ -336,7 +336,7 @@ impl Worker {
         let t_prefill = Instant::now();
         self.active = self.caches.choose(&req.prompt, req.cache_reuse);
         let cache = self.caches.get(self.active);
-        let held = cache.tokens().len();
+        let held = cache.held_count();
         let kept = cache.keep(&req.prompt, req.prompt.len() - 1, req.cache_reuse);
         let reuse = kept.tokens;
         tracing::debug!(
