@@ -208,7 +208,7 @@ pub struct Timings {
     pub prompt_tokens: usize,
     /// Prompt tokens whose keys and values were already in the cache.
     pub reused_tokens: usize,
-    /// Of those, the ones moved from later positions (`GenerateRequest::cache_reuse`).
+    /// Of those, the ones moved from other positions (`GenerateRequest::cache_reuse`).
     pub moved_tokens: usize,
     /// Prompt tokens this request ran through the model (a cancelled request: those it started).
     pub computed_tokens: usize,

@@ -5,8 +5,7 @@
 //! prompt whose middle marker moved, or a window sliding down a long file computes only what is new. The
 //! thread keeps several caches, one per prompt recently worked on, which in an editor means one per
 //! recently edited document: switching to another file and back finds the first file's prompt still
-//! computed. The draft model keeps one cache of the same kind, which catches up with the prompt by prefix
-//! reuse only (after a switch between the model's caches, by computing it).
+//! computed. The draft model keeps caches of the same kind, one beside each of the model's.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -92,7 +91,7 @@ impl CachedPrompt {
             .collect();
         self.take_ahead();
         Kept {
-            tokens: plan.prefix + runs.iter().map(|m| m.len).sum::<usize>(),
+            tokens: if moved { plan.held() } else { plan.prefix },
             moved: runs.iter().filter(|m| m.from != m.to).map(|m| m.len).sum(),
         }
     }

@@ -3,9 +3,9 @@
 //! only the rest. With greedy sampling, drafted tokens are verified in one forward
 //! pass: the model's own choices decide, row by row, how many are kept, and the cache forgets the rest.
 //! Drafts come from prompt lookup (`draft`) or from a draft model with the same vocabulary, which the
-//! thread also owns, with a cache of its own kept in step by the same prefix reuse (its rejected guesses
-//! are forgotten the way a changed prompt is). A panic inside a request is caught, the caches are reset,
-//! and the thread goes on serving.
+//! thread also owns, with a cache beside each of the model's kept in step the same way (its rejected
+//! guesses are forgotten the way a changed prompt is). A panic inside a request is caught, the caches are
+//! reset, and the thread goes on serving.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
@@ -689,10 +689,6 @@ struct DraftModel {
 }
 
 impl DraftModel {
-    fn cache(&mut self) -> &mut CachedPrompt {
-        self.caches.get(self.active)
-    }
-
     /// Runs what the cache lacks of `tokens` through the model, in prefill chunks (at least the last
     /// token, whose logits are returned), keeping what the cache holds of them (runs of `min_run` moved,
     /// as the model's cache does). `None`: cancelled (the chunks computed stay cached).
@@ -725,7 +721,7 @@ impl DraftModel {
     /// ([`MIN_DRAFT_PROBABILITY`]) and not cancelled. Its cache then holds `history` and the guesses but the
     /// last; the next call keeps what of them the model accepted.
     fn propose(&mut self, history: &[u32], max: usize, cancel: &CancelToken) -> Result<Vec<u32>> {
-        let max = max.min(self.cache().capacity().saturating_sub(history.len()));
+        let max = max.min(self.caches.capacity().saturating_sub(history.len()));
         let mut guesses = Vec::with_capacity(max);
         if max == 0 {
             return Ok(guesses);

@@ -33,7 +33,7 @@ pub struct StatusTimings {
     pub decode_ms: f64,
     pub prompt_tokens: usize,
     pub reused_tokens: usize,
-    /// Of the reused, those moved from later positions (the `cache_reuse` setting).
+    /// Of the reused, those moved from other positions (the `cache_reuse` setting).
     #[serde(default)]
     pub moved_tokens: usize,
     /// Prompt tokens run through the model, and of those the ones whose work a cancel lost.

@@ -15,6 +15,8 @@
 //! few huge components some models have in their keys (Qwen2's key biases) over the whole head, so that
 //! they no longer set the scale of a block and flush its other values to zero. The query gets the same
 //! rotation as the keys, which leaves every score as it was, and the output is rotated back.
+use std::ops::Range;
+
 use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
@@ -335,7 +337,8 @@ pub fn store(
 pub fn key(cache: &KvLayer, s: AttnShape, head: usize, at: usize) -> Vec<f32> {
     s.check(cache, at, 1);
     assert!(head < s.n_kv_head, "KV head {head} of {}", s.n_kv_head);
-    key_row(cache, s.head_dim, head * s.capacity + at)
+    let row = head * s.capacity + at;
+    keys(cache, s.head_dim, row..row + 1)
 }
 
 /// The keys and values of a run of positions of one layer, taken out of the cache ([`take`]) to be put
@@ -358,36 +361,30 @@ pub fn take(cache: &KvLayer, s: AttnShape, from: usize, n: usize) -> Run {
     s.check(cache, from, n);
     let hd = s.head_dim;
     let rows = |h: usize| (h * s.capacity + from)..(h * s.capacity + from + n);
-    let keys = match &cache.data {
-        KvData::F16 { k, .. } => {
-            let mut keys = vec![0f32; s.n_kv_head * n * hd];
-            for (h, dst) in keys.chunks_exact_mut(n * hd).enumerate() {
-                let src: &[f16] = k[rows(h).start * hd..rows(h).end * hd].reinterpret_cast();
-                src.convert_to_f32_slice(dst);
-            }
-            keys
-        }
-        KvData::Q8_0 { .. } => (0..s.n_kv_head)
-            .flat_map(|h| rows(h).flat_map(move |r| key_row(cache, hd, r)))
-            .collect(),
-    };
+    // Each head's rows of `per_row` stored items, one head after another.
+    fn gather<T: Copy>(
+        data: &[T],
+        heads: usize,
+        rows: impl Fn(usize) -> Range<usize>,
+        per_row: usize,
+    ) -> Vec<T> {
+        (0..heads)
+            .flat_map(|h| {
+                data[rows(h).start * per_row..rows(h).end * per_row]
+                    .iter()
+                    .copied()
+            })
+            .collect()
+    }
+    let keys = (0..s.n_kv_head)
+        .flat_map(|h| keys(cache, hd, rows(h)))
+        .collect();
     let values = match &cache.data {
-        KvData::F16 { v, .. } => StoredValues::F16(
-            (0..s.n_kv_head)
-                .flat_map(|h| v[rows(h).start * hd..rows(h).end * hd].iter().copied())
-                .collect(),
-        ),
-        KvData::Q8_0 { v, .. } => {
-            let nb = hd / QK;
-            StoredValues::Q8_0 {
-                qs: (0..s.n_kv_head)
-                    .flat_map(|h| v.qs[rows(h).start * hd..rows(h).end * hd].iter().copied())
-                    .collect(),
-                d: (0..s.n_kv_head)
-                    .flat_map(|h| v.d[rows(h).start * nb..rows(h).end * nb].iter().copied())
-                    .collect(),
-            }
-        }
+        KvData::F16 { v, .. } => StoredValues::F16(gather(v, s.n_kv_head, rows, hd)),
+        KvData::Q8_0 { v, .. } => StoredValues::Q8_0 {
+            qs: gather(&v.qs, s.n_kv_head, rows, hd),
+            d: gather(&v.d, s.n_kv_head, rows, hd / QK),
+        },
     };
     Run { keys, values, n }
 }
@@ -428,27 +425,31 @@ pub fn put(cache: &mut KvLayer, s: AttnShape, to: usize, run: &Run) {
     }
 }
 
-/// Row `row` (head-major index) of the keys, as f32 in the model's basis.
-fn key_row(cache: &KvLayer, hd: usize, row: usize) -> Vec<f32> {
+/// Rows `rows` (head-major indices, of one head) of the keys, as f32 in the model's basis.
+fn keys(cache: &KvLayer, hd: usize, rows: Range<usize>) -> Vec<f32> {
+    let mut out = vec![0f32; rows.len() * hd];
     match &cache.data {
-        KvData::F16 { k, .. } => k[row * hd..(row + 1) * hd]
-            .iter()
-            .map(|&b| f16::from_bits(b).to_f32())
-            .collect(),
+        KvData::F16 { k, .. } => {
+            let stored: &[f16] = k[rows.start * hd..rows.end * hd].reinterpret_cast();
+            stored.convert_to_f32_slice(&mut out);
+        }
         KvData::Q8_0 { k, .. } => {
-            let rows = k.rows(row, 1, hd);
-            let mut out: Vec<f32> = rows
-                .qs
-                .chunks_exact(QK)
-                .zip(rows.d)
-                .flat_map(|(qs, d)| qs.iter().map(move |&q| q as f32 * d.to_f32()))
-                .collect();
+            let stored = k.rows(rows.start, rows.len(), hd);
+            for ((dst, qs), d) in out
+                .chunks_exact_mut(QK)
+                .zip(stored.qs.chunks_exact(QK))
+                .zip(stored.d)
+            {
+                for (x, &q) in dst.iter_mut().zip(qs) {
+                    *x = q as f32 * d.to_f32();
+                }
+            }
             if let Some(n) = key_rotation(hd) {
                 rotate(&mut out, n); // its own inverse
             }
-            out
         }
     }
+    out
 }
 
 /// `out[i][h*hd..]` = attention of query `(h, i)` (at position `pos + i`) over positions `0..=pos+i`.
