@@ -137,6 +137,8 @@ pub fn complete(args: CompleteArgs) -> Result<()> {
     req.path = Some(path.display().to_string());
     req.raw = args.raw;
     req.sampling.seed = args.seed;
+    // One request, nothing cached and no later keystroke to grow a window for: the whole window.
+    req.cold_prompt_tokens = Some(0);
     let c = completion::complete(&engine, &builder, &req)?;
     if args.json {
         let mut v = serde_json::to_value(&c)?;

@@ -1202,3 +1202,60 @@ fn moved_runs_keep_the_suggestions_good() {
         "{right_moved} right with moves, {right_fresh} without"
     );
 }
+
+/// Qwen2.5-Coder 0.5B and a real file, through the completion pipeline: a request whose prompt the caches
+/// do not hold is answered from a smaller window computing at most the cold limit; the next requests for
+/// the same cursor grow the window back, each computing at most the limit, until the whole window's
+/// prompt is used. Left idle after a shortened answer, the model thread computes the whole window's
+/// prompt, so that the next request computes only its last tokens. Without a limit (`Some(0)`) the first
+/// request computes the whole window.
+#[test]
+fn a_cold_prompt_is_answered_from_a_smaller_window_that_grows_back() {
+    use codellama_text::completion::{complete, CompletionRequest};
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
+    const LIMIT: usize = 500;
+    let file = include_str!("../examples/typing/inventory.py");
+    let cursor = file.match_indices('\n').nth(180).unwrap().0 + 1 + "    ".len();
+    let engine = qwen_with_one_cache();
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let mut req = CompletionRequest::new(&file[..cursor], &file[cursor..], 4);
+    req.cold_prompt_tokens = Some(LIMIT);
+    let mut steps = Vec::new();
+    loop {
+        let c = complete(&engine, &builder, &req).expect("completion");
+        let t = &c.timings;
+        assert_eq!(c.prompt_ids.len(), t.prompt_tokens);
+        steps.push((t.shortened, t.prompt_tokens, t.computed_tokens));
+        assert!(t.computed_tokens <= LIMIT + 1, "{steps:?}");
+        if t.shortened == 0 || steps.len() == 8 {
+            break;
+        }
+    }
+    let (first, last) = (steps[0], steps[steps.len() - 1]);
+    assert!(
+        first.0 > 0 && last.0 == 0,
+        "the window should grow back: {steps:?}"
+    );
+    assert!(
+        steps.windows(2).all(|w| w[1].0 < w[0].0 && w[1].1 > w[0].1),
+        "each step a larger window: {steps:?}"
+    );
+    let whole = last.1;
+    assert!(whole > 2 * LIMIT, "{steps:?}");
+
+    // Idle growth: one shortened answer, then time enough to compute the rest (about 3 s here on two
+    // cores; the wait allows for a loaded machine).
+    let idle = qwen_with_one_cache();
+    let c = complete(&idle, &builder, &req).expect("completion");
+    assert!(c.timings.shortened > 0, "{:?}", c.timings);
+    std::thread::sleep(Duration::from_secs(20));
+    let c = complete(&idle, &builder, &req).expect("completion");
+    assert_eq!((c.timings.shortened, c.timings.prompt_tokens), (0, whole));
+    assert!(c.timings.computed_tokens <= 17, "{:?}", c.timings);
+
+    let cold = qwen_with_one_cache();
+    req.cold_prompt_tokens = Some(0);
+    let c = complete(&cold, &builder, &req).expect("completion");
+    assert_eq!((c.timings.shortened, c.timings.prompt_tokens), (0, whole));
+    assert_eq!(c.timings.computed_tokens, whole);
+}

@@ -696,3 +696,62 @@ fn the_prompt_head_stays_put_while_the_documents_cut_moves() {
     assert_eq!(heads.len(), 1, "{heads:?}");
     assert_eq!(heads.first().unwrap() % 32, 0, "{heads:?}");
 }
+
+/// The prompts a cold request may be answered from: the same text around the cursor in windows a step
+/// smaller than the one before, each exactly the prompt a builder makes for that window, each shorter,
+/// all with the same token to heal (and where the prompt ends with the text before the cursor, the same
+/// end); a document that fits a smaller window whole gets no smaller prompts.
+#[test]
+fn shorter_prompts_are_the_prompt_in_smaller_windows() {
+    let file =
+        std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py")).unwrap();
+    let cursor = file.match_indices('\n').nth(180).unwrap().0 + 1 + "    ".len();
+    let qwen = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
+        .into_iter()
+        .flat_map(|(name, tok)| {
+            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
+        })
+        .collect();
+    cases.push(("qwen".into(), qwen, FimOrder::Psm));
+    for (name, tok, order) in cases {
+        let input = FimInput {
+            prefix: &file[..cursor],
+            suffix: &file[cursor..],
+            heal: true,
+            ..FimInput::default()
+        };
+        let b = builder(&tok, order);
+        let prompts = b.fim_and_shorter(&input, 64, 2048, 300).unwrap();
+        assert!(prompts.len() >= 3, "{name}: {} prompts", prompts.len());
+        let mut window = 2048;
+        for (i, p) in prompts.iter().enumerate() {
+            let fresh = builder(&tok, order).fim(&input, 64, window).unwrap();
+            assert_eq!(p.ids, fresh.ids, "{name}: prompt {i}, window {window}");
+            assert!(p.ids.len() <= window - 64, "{name}: prompt {i}");
+            assert_eq!(p.heal, prompts[0].heal, "{name}: prompt {i}");
+            // Code Llama's PSM ends with the suffix (cut shorter in a smaller window) and its marker; the
+            // others end with the text before the cursor.
+            if !name.ends_with("Psm") {
+                let tail = &prompts[0].ids[prompts[0].ids.len() - 8..];
+                assert!(p.ids.ends_with(tail), "{name}: prompt {i} ends otherwise");
+            }
+            if i > 0 {
+                assert!(p.ids.len() < prompts[i - 1].ids.len(), "{name}: prompt {i}");
+            }
+            window -= 300;
+        }
+        let small = FimInput {
+            prefix: &file[..200],
+            suffix: &file[200..400],
+            ..FimInput::default()
+        };
+        assert_eq!(
+            b.fim_and_shorter(&small, 64, 2048, 300).unwrap().len(),
+            1,
+            "{name}"
+        );
+    }
+}

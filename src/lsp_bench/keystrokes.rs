@@ -273,7 +273,7 @@ fn run_replay_pair(
 /// Ours next to llama.cpp's, as a Markdown table.
 fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
     type Row = (&'static str, fn(&super::replay::Tally) -> String);
-    let rows: [Row; 10] = [
+    let rows: [Row; 12] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
@@ -301,8 +301,14 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
         ("of them for cancelled requests", |t| {
             t.totals.cancelled_computed_tokens.to_string()
         }),
+        ("of them while idle (cold_prompt_tokens)", |t| {
+            t.totals.idle_tokens.to_string()
+        }),
         ("of them lost part-way through a step", |t| {
             t.totals.discarded_tokens.to_string()
+        }),
+        ("generations on a shorter window", |t| {
+            t.totals.shortened.to_string()
         }),
         ("server peak RSS", |t| t.peak_rss_text()),
     ];

@@ -60,6 +60,10 @@ pub struct ModelInfo {
     pub device: String,
     /// Problems found while loading that did not stop it (e.g. a missing rope base).
     pub warnings: Vec<String>,
+    /// The most prompt tokens a cold request computes before it is answered from one of its shorter
+    /// prompts, unless it says otherwise ([`GenerateRequest::shorter`]); sized by the model. 0: the
+    /// backend never shortens a prompt.
+    pub cold_limit: usize,
 }
 
 /// A shared flag; setting it stops the request it was given to within one token. The model thread reads
@@ -118,6 +122,15 @@ pub struct GenerateRequest {
     /// the prefix a cache shares with the prompt is reused. Moved keys and values are those computed
     /// with the old context before them, so the output may differ from computing the prompt afresh.
     pub cache_reuse: usize,
+    /// Shorter prompts for the same request, longest first (the same text around the cursor in smaller
+    /// windows). When the caches hold so little of `prompt` that computing the rest would take more
+    /// than `cold_limit` tokens, the engine answers from the longest of these it can compute within
+    /// that many (or else the one needing the fewest); [`Outcome::shortened`] says which. Only backends
+    /// whose [`Backend::shortens_cold_prompts`] is true look at them.
+    pub shorter: Vec<Vec<u32>>,
+    /// The most prompt tokens to compute before choosing a shorter prompt; `None`: the engine's own,
+    /// [`ModelInfo::cold_limit`].
+    pub cold_limit: Option<usize>,
 }
 
 /// [`GenerateRequest::cache_reuse`] unless set: about six lines of code. Measured with the typing replay
@@ -184,6 +197,8 @@ impl GenerateRequest {
             heal: String::new(),
             speculative: Drafting::ON,
             cache_reuse: DEFAULT_CACHE_REUSE,
+            shorter: Vec::new(),
+            cold_limit: None,
         }
     }
 }
@@ -218,6 +233,14 @@ pub struct Timings {
     /// Speculative decoding: tokens drafted and verified, and how many of them the model agreed with.
     pub drafted_tokens: usize,
     pub accepted_tokens: usize,
+    /// Which prompt the request was answered from: 0 its own, `k` its `k`-th shorter one
+    /// ([`GenerateRequest::shorter`]); `prompt_tokens` counts that one.
+    pub shortened: usize,
+    /// Prompt tokens the model thread computed while idle since the request before (the whole window's
+    /// prompt of a request answered from a shorter one), and of them the ones whose work was lost when a
+    /// request came part of the way through a chunk.
+    pub idle_tokens: usize,
+    pub idle_discarded_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,6 +312,11 @@ pub trait Backend: Send + Sync {
     fn heals_tokens(&self) -> bool {
         false
     }
+    /// Whether the backend answers a cold request from one of its [`GenerateRequest::shorter`] prompts
+    /// (a remote engine takes the prompt as it is, so none are built for it).
+    fn shortens_cold_prompts(&self) -> bool {
+        false
+    }
 }
 
 impl Backend for Engine {
@@ -302,6 +330,9 @@ impl Backend for Engine {
         Engine::info(self)
     }
     fn heals_tokens(&self) -> bool {
+        true
+    }
+    fn shortens_cold_prompts(&self) -> bool {
         true
     }
 }

@@ -86,6 +86,7 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
         threads: opts.threads.unwrap_or_else(default_threads),
         device: format!("{device:?}"),
         warnings,
+        cold_limit: 0,
     };
     for w in &info.warnings {
         tracing::warn!("{w}");

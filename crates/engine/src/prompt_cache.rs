@@ -265,16 +265,32 @@ impl PromptCaches {
     /// one (an unused one first), so that the caches of other prompts stay.
     pub fn choose(&mut self, prompt: &[u32], min_run: usize) -> usize {
         self.requests += 1;
-        let min_run = if self.caches[0].kv.can_move() {
-            min_run
-        } else {
-            0
-        };
+        let min_run = self.min_run(min_run);
         let held: Vec<(Vec<u32>, u64)> = self.caches.iter().map(|c| (c.held(), c.used)).collect();
         let held: Vec<(&[u32], u64)> = held.iter().map(|(t, u)| (&t[..], *u)).collect();
         let pick = pick(&held, prompt, min_run);
         self.caches[pick].used = self.requests;
         pick
+    }
+
+    /// The most of `prompt` any cache holds (its shared prefix and the runs [`plan`] would move, with
+    /// `min_run`): what a request for it would not compute.
+    pub fn most_held(&self, prompt: &[u32], min_run: usize) -> usize {
+        let min_run = self.min_run(min_run);
+        self.caches
+            .iter()
+            .map(|c| plan(&c.held(), prompt, min_run, prompt.len()).held())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `min_run`, or 0 where the caches cannot move runs.
+    fn min_run(&self, min_run: usize) -> usize {
+        if self.caches[0].kv.can_move() {
+            min_run
+        } else {
+            0
+        }
     }
 
     pub fn get(&mut self, i: usize) -> &mut CachedPrompt {

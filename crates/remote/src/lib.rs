@@ -228,6 +228,7 @@ impl RemoteBackend {
                 loaded.source
             ),
             warnings,
+            cold_limit: 0,
         };
         tracing::info!(
             "remote backend: {} at {}, model {:?}, context {} tokens, tokenizer from {}",

@@ -401,6 +401,7 @@ impl CompletionRun {
         tracing::debug!(
             uri = self.uri,
             prompt_tokens = t.prompt_tokens,
+            shortened = t.shortened,
             reused_tokens = t.reused_tokens,
             moved_tokens = t.moved_tokens,
             computed_tokens = t.computed_tokens,

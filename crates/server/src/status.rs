@@ -42,6 +42,14 @@ pub struct StatusTimings {
     pub generated_tokens: usize,
     /// From the request's arrival to its answer.
     pub total_ms: f64,
+    /// Whether the prompt was a shorter one than the whole window's (`cold_prompt_tokens`).
+    #[serde(default)]
+    pub shortened: bool,
+    /// Computed while idle before this request, and of it lost (`Timings::idle_tokens`).
+    #[serde(default)]
+    pub idle_tokens: usize,
+    #[serde(default)]
+    pub idle_discarded_tokens: usize,
 }
 
 /// Prompt tokens over many generations.
@@ -57,6 +65,13 @@ pub struct PromptTotals {
     pub cancelled_computed_tokens: usize,
     /// Computed and lost: prefill chunks cancelled part of the way through.
     pub discarded_tokens: usize,
+    /// Generations that worked on a shorter prompt than the whole window's (`cold_prompt_tokens`).
+    #[serde(default)]
+    pub shortened: usize,
+    /// Of the computed, those computed while idle (the whole window's prompt after a shortened answer);
+    /// what of it was lost is in `discarded_tokens`.
+    #[serde(default)]
+    pub idle_tokens: usize,
 }
 
 impl PromptTotals {
@@ -65,11 +80,13 @@ impl PromptTotals {
         self.cancelled += usize::from(cancelled);
         self.reused_tokens += t.reused_tokens;
         self.moved_tokens += t.moved_tokens;
-        self.computed_tokens += t.computed_tokens;
+        self.computed_tokens += t.computed_tokens + t.idle_tokens;
         if cancelled {
             self.cancelled_computed_tokens += t.computed_tokens;
         }
-        self.discarded_tokens += t.discarded_tokens;
+        self.discarded_tokens += t.discarded_tokens + t.idle_discarded_tokens;
+        self.shortened += usize::from(t.shortened);
+        self.idle_tokens += t.idle_tokens;
     }
 }
 
@@ -85,6 +102,9 @@ impl StatusTimings {
             discarded_tokens: t.discarded_tokens,
             generated_tokens: t.generated_tokens,
             total_ms: round1(total_ms),
+            shortened: t.shortened > 0,
+            idle_tokens: t.idle_tokens,
+            idle_discarded_tokens: t.idle_discarded_tokens,
         }
     }
 }
@@ -310,16 +330,27 @@ mod tests {
         totals.add(&t(100, 20, 0), false);
         totals.add(&t(90, 256, 200), true);
         totals.add(&t(0, 0, 0), true);
+        totals.add(
+            &StatusTimings {
+                shortened: true,
+                idle_tokens: 64,
+                idle_discarded_tokens: 10,
+                ..t(0, 1, 0)
+            },
+            false,
+        );
         assert_eq!(
             totals,
             PromptTotals {
-                generations: 3,
+                generations: 4,
                 cancelled: 2,
                 reused_tokens: 190,
                 moved_tokens: 95,
-                computed_tokens: 276,
+                computed_tokens: 276 + 1 + 64,
                 cancelled_computed_tokens: 256,
-                discarded_tokens: 200,
+                discarded_tokens: 200 + 10,
+                shortened: 1,
+                idle_tokens: 64,
             }
         );
     }

@@ -42,6 +42,11 @@ pub struct CompletionRequest {
     /// Runs of cached prompt tokens at least this long are reused at new positions
     /// (`GenerateRequest::cache_reuse`).
     pub cache_reuse: usize,
+    /// A cold request (its prompt mostly not in the engine's caches) is answered from the same prompt
+    /// in a smaller window when computing the whole would take more than this many tokens; the window
+    /// grows back as later requests find its text cached (`GenerateRequest::shorter`). `None`: the
+    /// engine's limit for its model; `Some(0)`: always the whole window.
+    pub cold_prompt_tokens: Option<usize>,
 }
 
 impl CompletionRequest {
@@ -61,6 +66,7 @@ impl CompletionRequest {
             token_healing: true,
             speculative: Drafting::ON,
             cache_reuse: codellama_engine::DEFAULT_CACHE_REUSE,
+            cold_prompt_tokens: Some(0),
         }
     }
 
@@ -102,7 +108,8 @@ pub enum CompletionError {
 /// A completion submitted to the engine, waiting for its outcome.
 pub struct Pending {
     generation: Generation,
-    prompt: BuiltPrompt,
+    /// The prompt, then the shorter ones the engine may have answered from instead.
+    prompts: Vec<BuiltPrompt>,
     /// `None` in raw mode.
     stopper: Option<Arc<Mutex<StreamStopper>>>,
 }
@@ -133,7 +140,8 @@ impl StopPolicy for StreamPolicy {
 /// and queues it only if no newer request for the document came meanwhile.
 pub struct Prepared {
     request: GenerateRequest,
-    prompt: BuiltPrompt,
+    /// The prompt, then the shorter ones sent with it.
+    prompts: Vec<BuiltPrompt>,
     stopper: Option<Arc<Mutex<StreamStopper>>>,
 }
 
@@ -153,8 +161,20 @@ pub fn prepare(
         extra: &req.extra,
         heal: req.token_healing && !req.raw && engine.heals_tokens(),
     };
-    let prompt = builder.fim(&input, req.max_tokens, engine.info().context_window)?;
+    let info = engine.info();
+    let cold_limit = req.cold_prompt_tokens.unwrap_or(info.cold_limit);
+    let prompts = if cold_limit > 0 && !req.raw && engine.shortens_cold_prompts() {
+        // Windows a quarter of the limit closer than the limit, so that the next one up is always within
+        // reach of a request that finds the one below it cached.
+        let step = cold_limit * 3 / 4;
+        builder.fim_and_shorter(&input, req.max_tokens, info.context_window, step)?
+    } else {
+        vec![builder.fim(&input, req.max_tokens, info.context_window)?]
+    };
+    let prompt = &prompts[0];
     let mut gen = GenerateRequest::new(prompt.ids.clone(), req.max_tokens);
+    gen.shorter = prompts[1..].iter().map(|p| p.ids.clone()).collect();
+    gen.cold_limit = Some(cold_limit);
     gen.sampling = req.sampling.clone();
     gen.stop_ids = prompt.stop_ids.clone();
     gen.cancel = req.cancel.clone();
@@ -173,21 +193,22 @@ pub fn prepare(
     });
     Ok(Prepared {
         request: gen,
-        prompt,
+        prompts,
         stopper,
     })
 }
 
 impl Prepared {
+    /// The prompt in the whole window.
     pub fn prompt(&self) -> &BuiltPrompt {
-        &self.prompt
+        &self.prompts[0]
     }
 
     /// Queues the generation (never blocks on the model).
     pub fn submit(self, engine: &dyn Backend) -> Pending {
         Pending {
             generation: engine.submit(self.request),
-            prompt: self.prompt,
+            prompts: self.prompts,
             stopper: self.stopper,
         }
     }
@@ -216,11 +237,12 @@ impl Pending {
     pub async fn finish(self) -> Result<Completion, CompletionError> {
         let Pending {
             generation,
-            prompt,
+            mut prompts,
             stopper,
         } = self;
         let outcome = generation.finish().await?;
-        Ok(finish(prompt, outcome, stopper))
+        let used = outcome.timings.shortened.min(prompts.len() - 1);
+        Ok(finish(prompts.swap_remove(used), outcome, stopper))
     }
 }
 

@@ -82,6 +82,14 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The weights of a model of this shape (its matrices and the embedding table), at least 1: what
+    /// sizes work that should take about the same time for every model.
+    pub fn weights(&self) -> usize {
+        let attention = self.n_embd * self.head_dim * 2 * (self.n_head + self.n_head_kv);
+        let layer = attention + 3 * self.n_embd * self.n_ff;
+        (self.n_layer * layer + self.vocab_size * self.n_embd).max(1)
+    }
+
     /// Reads the `<arch>.*` keys. Pushes a warning when a Code Llama file lacks `rope.freq_base`.
     pub fn from_gguf(f: &GgufFile, warnings: &mut Vec<String>) -> Result<Self> {
         let name = f.architecture().unwrap_or("");

@@ -20,6 +20,10 @@ pub use fim::{FimOrder, FimTemplate};
 /// Tokens kept free for rounding differences between per-line counts and the final encoding.
 const SLACK_TOKENS: usize = 4;
 
+/// The smallest budget of text (prefix, suffix and other files) of a shorter prompt
+/// ([`PromptBuilder::fim_and_shorter`]): about 25 lines of code.
+pub const MIN_SHORT_BUDGET: usize = 256;
+
 /// How FIM prompts are built.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptConfig {
@@ -162,6 +166,47 @@ impl PromptBuilder {
         max_tokens: usize,
         context_window: usize,
     ) -> Result<BuiltPrompt, PromptError> {
+        self.parts.next_request();
+        self.build(input, max_tokens, context_window)
+    }
+
+    /// [`Self::fim`], then the same prompt in smaller windows, each `step` tokens less than the one before
+    /// (at least an eighth of the way down to the smallest), while the text left for the prompt is at
+    /// least [`MIN_SHORT_BUDGET`] tokens: the prompts an engine may answer a cold request from
+    /// (`GenerateRequest::shorter`). Each is shorter than the one before and heals the same token; the
+    /// list stops where one would not be shorter (a document that fits a smaller window whole).
+    pub fn fim_and_shorter(
+        &self,
+        input: &FimInput,
+        max_tokens: usize,
+        context_window: usize,
+        step: usize,
+    ) -> Result<Vec<BuiltPrompt>, PromptError> {
+        let mut prompts = vec![self.fim(input, max_tokens, context_window)?];
+        let smallest = max_tokens + 4 + SLACK_TOKENS + MIN_SHORT_BUDGET;
+        let step = step.max(context_window.saturating_sub(smallest) / 8).max(1);
+        let mut window = context_window.saturating_sub(step);
+        while window >= smallest {
+            let Ok(p) = self.build(input, max_tokens, window) else {
+                break;
+            };
+            let last = prompts.last().expect("the whole window's");
+            if p.ids.len() >= last.ids.len() || p.heal != last.heal {
+                break;
+            }
+            prompts.push(p);
+            window -= step;
+        }
+        Ok(prompts)
+    }
+
+    /// [`Self::fim`] within the current request (the parts it encodes are kept for the next one).
+    fn build(
+        &self,
+        input: &FimInput,
+        max_tokens: usize,
+        context_window: usize,
+    ) -> Result<BuiltPrompt, PromptError> {
         let fixed = 4 + SLACK_TOKENS; // BOS and three markers
         let budget = context_window
             .checked_sub(max_tokens + fixed)
@@ -170,7 +215,6 @@ impl PromptBuilder {
                 window: context_window,
                 max_tokens,
             })?;
-        self.parts.next_request();
         let order = self.order();
         let heal_len = if input.heal {
             self.healed_tail(input.prefix)
