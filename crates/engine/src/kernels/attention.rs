@@ -526,6 +526,16 @@ fn attend_f16(
         exec.for_each(s.n_head * blocks, &|item| {
             let (h, blk) = (item / blocks, item % blocks);
             let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
+            if simd512::fits(hd) && super::cpu::has_avx512_vnni() {
+                // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`), the
+                // shape was checked by `attend`, and each item writes the outputs of its own (head, rows).
+                unsafe {
+                    simd512::attend_block(
+                        q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out,
+                    )
+                }
+                return;
+            }
             // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), the shape was checked by `attend`,
             // and each item writes the outputs of its own (head, rows).
             unsafe {
@@ -825,6 +835,37 @@ mod simd {
         total as f32
     }
 
+    /// Keys per block of the prompt attention.
+    pub const KB: usize = 64;
+
+    /// One step of a row's online softmax over a block of scores: `sc[..kv]` become the weights
+    /// `exp(score - m_new)` (the rest of the block is masked out), the row's running maximum `m` and
+    /// sum `l` move on, and the factor to rescale the row's output by is returned. Both prompt
+    /// attention kernels take it, so their results agree bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn softmax_step(sc: &mut [[f32; 8]; KB / 8], kv: usize, m: &mut f32, l: &mut f32) -> f32 {
+        let sc_flat = sc.as_flattened_mut();
+        let block_max = sc_flat[..kv]
+            .iter()
+            .fold(f32::NEG_INFINITY, |x, y| x.max(*y));
+        let m_new = m.max(block_max);
+        let alpha = (*m - m_new).exp();
+        for v in sc_flat[kv..].iter_mut() {
+            *v = f32::NEG_INFINITY;
+        }
+        let mv = _mm256_set1_ps(m_new);
+        let mut total = _mm256_setzero_ps();
+        for c in sc.iter_mut().take(kv.div_ceil(8)) {
+            let e = expf8(_mm256_sub_ps(load(c), mv));
+            store(c, e);
+            total = _mm256_add_ps(total, e);
+        }
+        *l = *l * alpha + hsum(total);
+        *m = m_new;
+        alpha
+    }
+
     /// Prompt attention for query rows `rows` of head `h`, flash-attention style: keys and values are
     /// taken 64 positions at a time, converted once to f32 (keys transposed to `[head_dim][64]`, so eight
     /// scores come from one multiply-add per dimension), and every row keeps a running maximum, sum and
@@ -848,7 +889,6 @@ mod simd {
         scale: f32,
         out: SharedOut,
     ) {
-        const KB: usize = 64;
         let hd = s.head_dim;
         assert!(fits(hd), "head size {hd}");
         let lanes = hd / 8;
@@ -897,24 +937,7 @@ mod simd {
                 for (c, a) in sc.iter_mut().zip(&acc) {
                     store(c, _mm256_mul_ps(*a, sv));
                 }
-                let sc_flat = sc.as_flattened_mut();
-                let block_max = sc_flat[..kv]
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |x, y| x.max(*y));
-                let m_new = m[r].max(block_max);
-                let alpha = (m[r] - m_new).exp();
-                for v in sc_flat[kv..].iter_mut() {
-                    *v = f32::NEG_INFINITY;
-                }
-                let mv = _mm256_set1_ps(m_new);
-                let mut total = _mm256_setzero_ps();
-                for c in sc.iter_mut().take(kv.div_ceil(8)) {
-                    let e = expf8(_mm256_sub_ps(load(c), mv));
-                    store(c, e);
-                    total = _mm256_add_ps(total, e);
-                }
-                l[r] = l[r] * alpha + hsum(total);
-                m[r] = m_new;
+                let alpha = softmax_step(&mut sc, kv, &mut m[r], &mut l[r]);
                 let orow = &mut o[r * lanes..(r + 1) * lanes];
                 let av = _mm256_set1_ps(alpha);
                 let mut oacc = [_mm256_setzero_ps(); 32];
@@ -1100,6 +1123,236 @@ mod simd {
     }
 }
 
+/// The prompt attention of `simd::attend_block` on 512-bit vectors, four query rows at a time: each block of
+/// keys read from L1 serves four rows' scores, and each value vector sixteen outputs. Every score, weight
+/// and output is computed with the same operations in the same order as there (one lane of a wider
+/// vector is the same multiply-add), and the softmax step is the same function, so the two agree bit for
+/// bit (tested); only the speed differs.
+#[cfg(target_arch = "x86_64")]
+mod simd512 {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::super::SharedOut;
+    use super::simd::{softmax_step, KB};
+
+    /// Query rows whose scores are computed together.
+    const RB: usize = 4;
+
+    /// Whether heads of `hd` values suit this code: whole 512-bit vectors, at most 16 of them.
+    pub fn fits(hd: usize) -> bool {
+        hd > 0 && hd.is_multiple_of(16) && hd <= 256
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load(v: &[f32; 16]) -> __m512 {
+        // SAFETY: 16 f32, one unaligned 512-bit load.
+        unsafe { _mm512_loadu_ps(v.as_ptr()) }
+    }
+
+    /// 16 f16 as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    fn load16(v: &[f16; 16]) -> __m512 {
+        // SAFETY: 16 f16 are 32 bytes, one unaligned 256-bit load.
+        _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(v.as_ptr().cast()) })
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store(dst: &mut [f32; 16], v: __m512) {
+        // SAFETY: 16 f32, one unaligned 512-bit store.
+        unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+    }
+
+    /// Rescales each of up to two rows' outputs `o[i]` (vectors of 16 values) by `alpha[i]` and adds the
+    /// values `vb` (`o[i].len()` vectors per position) weighted by `w[i]`, in the order of the positions
+    /// (as `simd::attend_block` does for one row). The second row, when there is one (`o[1]` not
+    /// empty), has at least as many weights as the first and as many vectors, at most 8.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn add_weighted_pair(
+        o: [&mut [[f32; 16]]; 2],
+        alpha: [f32; 2],
+        w: [&[f32]; 2],
+        vb: &[[f32; 16]],
+    ) {
+        let lanes = o[0].len();
+        let two = !o[1].is_empty();
+        assert!(!two || (o[1].len() == lanes && lanes <= 8 && w[1].len() >= w[0].len()));
+        let mut acc = [[_mm512_setzero_ps(); 16]; 2];
+        for ((acc, o), alpha) in acc.iter_mut().zip(&o).zip(alpha) {
+            let av = _mm512_set1_ps(alpha);
+            for (a, o16) in acc.iter_mut().zip(o.iter()) {
+                *a = _mm512_mul_ps(load(o16), av);
+            }
+        }
+        let both = if two { w[0].len() } else { 0 };
+        let [acc0, acc1] = &mut acc;
+        for (p, v_pos) in vb.chunks_exact(lanes).take(both).enumerate() {
+            let (w0, w1) = (_mm512_set1_ps(w[0][p]), _mm512_set1_ps(w[1][p]));
+            for ((a0, a1), v16) in acc0.iter_mut().zip(acc1.iter_mut()).zip(v_pos) {
+                let v = load(v16);
+                *a0 = _mm512_fmadd_ps(v, w0, *a0);
+                *a1 = _mm512_fmadd_ps(v, w1, *a1);
+            }
+        }
+        // What one row sees beyond the other's keys (or, for a single row, all of it).
+        let (last, acc_last) = if two {
+            (1, &mut *acc1)
+        } else {
+            (0, &mut *acc0)
+        };
+        for (p, v_pos) in vb
+            .chunks_exact(lanes)
+            .enumerate()
+            .take(w[last].len())
+            .skip(both)
+        {
+            let wv = _mm512_set1_ps(w[last][p]);
+            for (a, v16) in acc_last.iter_mut().zip(v_pos) {
+                *a = _mm512_fmadd_ps(load(v16), wv, *a);
+            }
+        }
+        for (o, acc) in o.into_iter().zip(&acc) {
+            for (o16, a) in o.iter_mut().zip(acc) {
+                store(o16, *a);
+            }
+        }
+    }
+
+    /// As `simd::attend_block` (same contract), on a CPU with AVX-512 F as well. Panics unless
+    /// `fits(head_dim)`.
+    ///
+    /// # Safety
+    /// No other task writes the outputs of rows `rows` of head `h` at the same time.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn attend_block(
+        q: &[f32],
+        layout: super::Layout,
+        k_cache: &[f16],
+        v_cache: &[f16],
+        s: super::AttnShape,
+        pos: usize,
+        seq: usize,
+        h: usize,
+        rows: std::ops::Range<usize>,
+        scale: f32,
+        out: SharedOut,
+    ) {
+        let hd = s.head_dim;
+        assert!(fits(hd), "head size {hd}");
+        let lanes = hd / 16;
+        let kvh = h / (s.n_head / s.n_kv_head);
+        let n_rows = rows.len();
+        // This head's cached positions up to the last row's: the only cache reads below.
+        let keys = pos + rows.end;
+        let base = kvh * s.capacity * hd;
+        let k_head = &k_cache[base..base + keys * hd];
+        let v_head = &v_cache[base..base + keys * hd];
+        // Keys transposed to [head_dim][KB], values as they are, both as f32.
+        let mut kt = vec![[0f32; KB]; hd];
+        let mut vb = vec![[0f32; 16]; KB * lanes];
+        let mut o = vec![[0f32; 16]; n_rows * lanes];
+        let mut m = vec![f32::NEG_INFINITY; n_rows];
+        let mut l = vec![0f32; n_rows];
+        let mut sc = [[[0f32; 8]; KB / 8]; RB];
+        let (k_head, _) = k_head.as_chunks::<16>();
+        let (v_head, _) = v_head.as_chunks::<16>();
+        for k0 in (0..keys).step_by(KB) {
+            let kn = KB.min(keys - k0);
+            let k_block = k_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
+            let v_block = v_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
+            for (p, (k_pos, v_pos)) in k_block.zip(v_block).enumerate() {
+                for (c, (k16, v16)) in k_pos.iter().zip(v_pos).enumerate() {
+                    let mut lanes16 = [0f32; 16];
+                    store(&mut lanes16, load16(k16));
+                    for (e, v) in lanes16.iter().enumerate() {
+                        kt[c * 16 + e][p] = *v;
+                    }
+                    store(&mut vb[p * lanes + c], load16(v16));
+                }
+            }
+            for g0 in (0..n_rows).step_by(RB) {
+                // The group's rows (the last one repeated where the block of rows ends early).
+                let row = |j: usize| (g0 + j).min(n_rows - 1);
+                if k0 > pos + rows.start + row(RB - 1) {
+                    continue; // no row of the group sees this block
+                }
+                let qs: [&[f32]; RB] = std::array::from_fn(|j| {
+                    let qo = layout.offset(h, s.n_head, rows.start + row(j), seq, hd);
+                    &q[qo..qo + hd]
+                });
+                let mut acc = [[_mm512_setzero_ps(); KB / 16]; RB];
+                for (d, kt_d) in kt.iter().enumerate() {
+                    let k: [__m512; KB / 16] =
+                        std::array::from_fn(|c| load(kt_d[c * 16..][..16].try_into().unwrap()));
+                    for (acc, q) in acc.iter_mut().zip(&qs) {
+                        let qd = _mm512_set1_ps(q[d]);
+                        for (a, k) in acc.iter_mut().zip(&k) {
+                            *a = _mm512_fmadd_ps(qd, *k, *a);
+                        }
+                    }
+                }
+                let sv = _mm512_set1_ps(scale);
+                for (sc, acc) in sc.iter_mut().zip(&acc) {
+                    let flat: &mut [[f32; 16]] = sc.as_flattened_mut().as_chunks_mut::<16>().0;
+                    for (c, a) in flat.iter_mut().zip(acc) {
+                        store(c, _mm512_mul_ps(*a, sv));
+                    }
+                }
+                // Weights and rescaling of the rows that see the block (kv 0: a row that does not).
+                let in_group = RB.min(n_rows - g0);
+                let mut kvs = [0usize; RB];
+                let mut alphas = [0f32; RB];
+                for (j, sc) in sc.iter_mut().enumerate().take(in_group) {
+                    let r = g0 + j;
+                    let n = pos + rows.start + r + 1;
+                    if k0 < n {
+                        kvs[j] = kn.min(n - k0);
+                        alphas[j] = softmax_step(sc, kvs[j], &mut m[r], &mut l[r]);
+                    }
+                }
+                // Outputs two rows at a time where their accumulators fit the registers, so each value
+                // vector read serves both; a later row sees at least the keys an earlier one does.
+                let mut j = 0;
+                while j < in_group {
+                    let r = g0 + j;
+                    let (a, b) = o[r * lanes..].split_at_mut(lanes);
+                    let w = |j: usize| &sc[j].as_flattened()[..kvs[j]];
+                    if kvs[j] == 0 {
+                        j += 1;
+                    } else if j + 1 < in_group && lanes <= 8 {
+                        let b = &mut b[..lanes];
+                        add_weighted_pair(
+                            [a, b],
+                            [alphas[j], alphas[j + 1]],
+                            [w(j), w(j + 1)],
+                            &vb,
+                        );
+                        j += 2;
+                    } else {
+                        add_weighted_pair([a, &mut []], [alphas[j], 0.0], [w(j), &[]], &vb);
+                        j += 1;
+                    }
+                }
+            }
+        }
+        for ((r, i), o_row) in rows.enumerate().zip(o.chunks_exact(lanes)) {
+            let inv = _mm512_set1_ps(if l[r] == 0.0 { 0.0 } else { 1.0 / l[r] });
+            // SAFETY: row i of head h is this call's alone (our caller's promise); `slice` checks the
+            // range against the output.
+            let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
+            for (d16, o16) in dst.as_chunks_mut::<16>().0.iter_mut().zip(o_row) {
+                store(d16, _mm512_mul_ps(load(o16), inv));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1157,6 +1410,63 @@ mod tests {
         let mut out = vec![0f32; seq * s.n_head * s.head_dim];
         attend(exec, q, Layout::HeadMajor, cache, s, pos, seq, &mut out);
         out
+    }
+
+    /// The 512-bit prompt attention gives the AVX2 kernel's results bit for bit (the AVX2 one is what
+    /// CPUs without AVX-512 run; both are checked against the reference through `attend` on such CPUs).
+    #[test]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    fn prompt_attention_is_the_same_on_512_bit_vectors() {
+        if !super::super::cpu::has_avx512_vnni() {
+            eprintln!("SKIPPED: no AVX-512 on this CPU (or capped by CODELLAMA_LSP_CPU)");
+            return;
+        }
+        for hd in [48, 64, 128, 256] {
+            for (pos, seq) in [(0, 64), (10, 70), (100, 37), (3, 131)] {
+                let (s, cache, q) = case(KvType::F16, pos, seq, hd, 3);
+                let KvData::F16 { k, v } = &cache.data else {
+                    unreachable!("an f16 cache")
+                };
+                let (k, v): (&[f16], &[f16]) = (k.reinterpret_cast(), v.reinterpret_cast());
+                let run = |wide: bool| {
+                    let mut out = vec![f32::NAN; seq * s.n_head * hd];
+                    let shared = SharedOut::new(&mut out);
+                    for h in 0..s.n_head {
+                        for b in 0..seq.div_ceil(BLOCK_ROWS) {
+                            let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(seq);
+                            let (l, sc) = (Layout::HeadMajor, s.scale());
+                            if wide {
+                                // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above), the
+                                // shape fits the cache (`case`), and the calls run one at a time.
+                                unsafe {
+                                    simd512::attend_block(
+                                        &q, l, k, v, s, pos, seq, h, rows, sc, shared,
+                                    )
+                                }
+                            } else {
+                                // SAFETY: as above.
+                                unsafe {
+                                    simd::attend_block(
+                                        &q, l, k, v, s, pos, seq, h, rows, sc, shared,
+                                    )
+                                }
+                            }
+                        }
+                    }
+                    out
+                };
+                let (narrow, wide) = (run(false), run(true));
+                assert!(
+                    narrow.iter().all(|x| x.is_finite()),
+                    "hd {hd} pos {pos} seq {seq}"
+                );
+                let same = narrow
+                    .iter()
+                    .zip(&wide)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "hd {hd} pos {pos} seq {seq}");
+            }
+        }
     }
 
     /// Against a plain softmax(qkᵀ/√d)·v in f64 on the keys and values as cached (and for q8_0, on the
