@@ -1207,7 +1207,7 @@ fn moved_runs_keep_the_suggestions_good() {
 /// do not hold is answered from a smaller window computing at most the cold limit; the next requests for
 /// the same cursor grow the window back, each computing at most the limit, until the whole window's
 /// prompt is used. Left idle after a shortened answer, the model thread computes the whole window's
-/// prompt, so that the next request computes only its last tokens. Without a limit (`Some(0)`) the first
+/// prompt (in the draft model's cache too), so that the next request computes only its last tokens. Without a limit (`Some(0)`) the first
 /// request computes the whole window.
 #[test]
 fn a_cold_prompt_is_answered_from_a_smaller_window_that_grows_back() {
@@ -1243,15 +1243,31 @@ fn a_cold_prompt_is_answered_from_a_smaller_window_that_grows_back() {
     let whole = last.1;
     assert!(whole > 2 * LIMIT, "{steps:?}");
 
-    // Idle growth: one shortened answer, then time enough to compute the rest (about 3 s here on two
-    // cores; the wait allows for a loaded machine).
-    let idle = qwen_with_one_cache();
+    // Idle growth, with a draft model (the same model here) whose cache grows after the model's: one
+    // shortened answer, then time enough to compute the rest in both (about 6 s here on two cores; the
+    // wait allows for a loaded machine).
+    let idle = Engine::start(
+        LoadOptions {
+            model: Some(common::qwen_model().display().to_string()),
+            draft_model: Some(common::qwen_model().display().to_string()),
+            context_window: Some(2048),
+            prompt_caches: Some(1),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    )
+    .expect("engine starts");
+    let short = complete(&idle, &builder, &req).expect("completion");
+    assert!(short.timings.shortened > 0, "{:?}", short.timings);
+    std::thread::sleep(Duration::from_secs(30));
     let c = complete(&idle, &builder, &req).expect("completion");
-    assert!(c.timings.shortened > 0, "{:?}", c.timings);
-    std::thread::sleep(Duration::from_secs(20));
-    let c = complete(&idle, &builder, &req).expect("completion");
-    assert_eq!((c.timings.shortened, c.timings.prompt_tokens), (0, whole));
-    assert!(c.timings.computed_tokens <= 17, "{:?}", c.timings);
+    let t = &c.timings;
+    assert_eq!((t.shortened, t.prompt_tokens), (0, whole));
+    assert!(t.computed_tokens <= 17, "{t:?}");
+    // The model and then the draft model computed what the shorter prompt lacked of the whole one.
+    let lacked = whole - short.timings.prompt_tokens;
+    assert!(t.idle_tokens >= 2 * (lacked - 32), "{t:?}, {lacked} lacked");
+    assert_eq!(t.idle_discarded_tokens, 0, "{t:?}");
 
     let cold = qwen_with_one_cache();
     req.cold_prompt_tokens = Some(0);

@@ -287,16 +287,18 @@ struct Worker {
 }
 
 /// The whole-window prompt of the last request, which was answered from a shorter one: the model thread
-/// computes it in the request's cache while no other request waits, so that a later keystroke finds it
-/// cached and gets the whole window again. A request that comes stops it within a layer; the next
+/// computes it in the request's cache while no other request waits (and then in the draft model's cache
+/// beside it, if one is loaded), so that a later keystroke finds it cached and gets the whole window
+/// again. A request that comes stops it within a layer; the next
 /// request replaces it (or ends it, if that one was not shortened).
 struct Growth {
     prompt: Vec<u32>,
     cache: usize,
     /// `GenerateRequest::cache_reuse` of the request.
     min_run: usize,
-    /// Whether the cache was set up for the prompt (its held runs moved into place).
-    started: bool,
+    /// Whether the model's cache, and the draft model's, were set up for the prompt (their held runs
+    /// moved into place).
+    started: [bool; 2],
 }
 
 impl Worker {
@@ -357,19 +359,29 @@ impl Worker {
         }
     }
 
-    /// One chunk of the growth; ends it once its prompt is computed but for the last tokens (those the
-    /// next keystroke changes), or on an error. A request coming meanwhile stops the chunk (it goes to
-    /// `early`), and the work of that chunk is lost.
+    /// One chunk of the growth: the model's cache first, then the draft model's beside it, if any; ends
+    /// the growth once both hold its prompt but for the last tokens (those the next keystroke changes),
+    /// or on an error. A request coming meanwhile stops the chunk (it goes to `early`), and the work of
+    /// that chunk is lost.
     fn grow(&mut self, jobs: &Receiver<Job>) {
         let Some(g) = self.growth.as_mut().filter(|g| g.cache < self.caches.len()) else {
             self.growth = None;
             return;
         };
-        let cache = self.caches.get(g.cache);
         let tail = g.prompt.len().saturating_sub(TAIL_CHUNK);
-        if !g.started {
+        let model_cache = self.caches.get(g.cache);
+        let model_done = g.started[0] && model_cache.tokens().len() >= tail;
+        let (model, cache, started) = match (model_done, self.draft.as_mut()) {
+            (false, _) => (&mut self.model, model_cache, &mut g.started[0]),
+            (true, Some(d)) => (&mut d.model, d.caches.get(g.cache), &mut g.started[1]),
+            (true, None) => {
+                self.growth = None;
+                return;
+            }
+        };
+        if !*started {
             cache.keep(&g.prompt, tail, g.min_run);
-            g.started = true;
+            *started = true;
         }
         if cache.tokens().len() >= tail {
             self.growth = None;
@@ -383,10 +395,7 @@ impl Worker {
             !early.is_empty()
         };
         self.idle.0 += chunk.len();
-        match self
-            .model
-            .forward_cancellable(chunk, cache.kv(), Logits::Last, &stop)
-        {
+        match model.forward_cancellable(chunk, cache.kv(), Logits::Last, &stop) {
             Ok(_) => cache.extend(chunk),
             Err(EngineError::Cancelled) => self.idle.1 += chunk.len(),
             Err(e) => {
@@ -453,7 +462,7 @@ impl Worker {
                 prompt: whole,
                 cache: usize::MAX, // set once the request chose its cache
                 min_run: req.cache_reuse,
-                started: false,
+                started: [false; 2],
             });
         }
         pick
