@@ -21,6 +21,21 @@ fn tokenizers() -> Vec<(&'static str, Arc<Tokenizer>)> {
     ]
 }
 
+/// Both Code Llama tokenizers in both orders, and Qwen2.5-Coder's (PSM, its only order), each named.
+fn tokenizers_and_orders() -> Vec<(String, Arc<Tokenizer>, FimOrder)> {
+    let qwen = Arc::new(
+        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
+    );
+    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
+        .into_iter()
+        .flat_map(|(name, tok)| {
+            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
+        })
+        .collect();
+    cases.push(("qwen".into(), qwen, FimOrder::Psm));
+    cases
+}
+
 fn builder(tok: &Arc<Tokenizer>, order: FimOrder) -> PromptBuilder {
     let cfg = PromptConfig {
         order,
@@ -625,17 +640,7 @@ fn kept_encodings_give_the_ids_of_a_new_builder_at_every_keystroke() {
     // Lines 137..151: `days_of_cover`, typed into the file without it.
     let (start, end) = (line(137), line(151));
     let (before, typed, after) = (&file[..start], &file[start..end], &file[end..]);
-    let qwen = Arc::new(
-        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
-    );
-    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
-        .into_iter()
-        .flat_map(|(name, tok)| {
-            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
-        })
-        .collect();
-    cases.push(("qwen".into(), qwen, FimOrder::Psm));
-    for (name, tok, order) in cases {
+    for (name, tok, order) in tokenizers_and_orders() {
         for window in [512, 4096] {
             let kept = builder(&tok, order);
             for (at, _) in typed.char_indices().skip(1).chain([(typed.len(), ' ')]) {
@@ -706,17 +711,7 @@ fn shorter_prompts_are_the_prompt_in_smaller_windows() {
     let file =
         std::fs::read_to_string(common::checkout().join("examples/typing/inventory.py")).unwrap();
     let cursor = file.match_indices('\n').nth(180).unwrap().0 + 1 + "    ".len();
-    let qwen = Arc::new(
-        Tokenizer::from_gguf(&GgufFile::open(&common::qwen_model()).unwrap().content).unwrap(),
-    );
-    let mut cases: Vec<(String, Arc<Tokenizer>, FimOrder)> = tokenizers()
-        .into_iter()
-        .flat_map(|(name, tok)| {
-            [FimOrder::Spm, FimOrder::Psm].map(|o| (format!("{name} {o:?}"), tok.clone(), o))
-        })
-        .collect();
-    cases.push(("qwen".into(), qwen, FimOrder::Psm));
-    for (name, tok, order) in cases {
+    for (name, tok, order) in tokenizers_and_orders() {
         let input = FimInput {
             prefix: &file[..cursor],
             suffix: &file[cursor..],

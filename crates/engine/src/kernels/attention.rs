@@ -502,6 +502,82 @@ fn for_rows(exec: Exec, rows: usize, keys: usize, row: &(dyn Fn(usize) + Sync)) 
     }
 }
 
+/// The inputs and output of one prompt attention over an f16 cache, split by the kernels into blocks of
+/// query rows of one head (`simd::attend_block`, `simd512::attend_block`). `new` checks the shape
+/// against the cache, the queries and the output, so the accessors below stay inside them.
+#[cfg(target_arch = "x86_64")]
+struct PromptBlocks<'a> {
+    q: &'a [f32],
+    layout: Layout,
+    k: &'a [f16],
+    v: &'a [f16],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    scale: f32,
+    out: SharedOut<'a>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> PromptBlocks<'a> {
+    /// Panics unless the caches hold `n_kv_head × capacity × head_dim` values, positions up to
+    /// `pos + seq` fit the capacity, and `q` and `out` hold `seq × n_head × head_dim` values.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        q: &'a [f32],
+        layout: Layout,
+        k: &'a [f16],
+        v: &'a [f16],
+        s: AttnShape,
+        pos: usize,
+        seq: usize,
+        out: SharedOut<'a>,
+    ) -> Self {
+        let cached = size(s.n_kv_head * s.capacity, s.head_dim, "cache");
+        let rows = size(s.n_head * seq, s.head_dim, "attention");
+        assert!(k.len() >= cached && v.len() >= cached && pos + seq <= s.capacity);
+        assert!(q.len() >= rows && out.len() >= rows, "attention rows");
+        let scale = s.scale();
+        Self {
+            q,
+            layout,
+            k,
+            v,
+            s,
+            pos,
+            seq,
+            scale,
+            out,
+        }
+    }
+
+    /// Head `h`'s cached keys and values at positions up to that of query row `rows_end - 1`: the only
+    /// cache reads of its block.
+    fn head(&self, h: usize, rows_end: usize) -> (&'a [f16], &'a [f16]) {
+        let hd = self.s.head_dim;
+        let base = h / (self.s.n_head / self.s.n_kv_head) * self.s.capacity * hd;
+        let end = base + (self.pos + rows_end) * hd;
+        (&self.k[base..end], &self.v[base..end])
+    }
+
+    /// Query row `i` of head `h`.
+    fn query(&self, h: usize, i: usize) -> &'a [f32] {
+        let hd = self.s.head_dim;
+        let at = self.layout.offset(h, self.s.n_head, i, self.seq, hd);
+        &self.q[at..at + hd]
+    }
+
+    /// The output of query row `i` of head `h`.
+    ///
+    /// # Safety
+    /// No other task writes it at the same time.
+    unsafe fn output(&self, h: usize, i: usize) -> &'a mut [f32] {
+        let hd = self.s.head_dim;
+        // SAFETY: the caller's promise; `slice` checks the range against the output.
+        unsafe { self.out.slice(i * self.s.n_head * hd + h * hd, hd) }
+    }
+}
+
 /// `attend` over an f16 cache (the shape was checked).
 #[allow(clippy::too_many_arguments)]
 fn attend_f16(
@@ -523,26 +599,19 @@ fn attend_f16(
     if !low_precision && simd::fits(hd) && super::cpu::has_avx2() {
         // Blocks of query rows of one head: keys and values converted to f32 once per block.
         let blocks = seq.div_ceil(BLOCK_ROWS);
+        let b = PromptBlocks::new(q, layout, k_cache, v_cache, s, pos, seq, out);
         exec.for_each(s.n_head * blocks, &|item| {
             let (h, blk) = (item / blocks, item % blocks);
             let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
             if simd512::fits(hd) && super::cpu::has_avx512_vnni() {
-                // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`), the
-                // shape was checked by `attend`, and each item writes the outputs of its own (head, rows).
-                unsafe {
-                    simd512::attend_block(
-                        q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out,
-                    )
-                }
+                // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`), and
+                // each item writes the outputs of its own (head, rows).
+                unsafe { simd512::attend_block(&b, h, rows) }
                 return;
             }
-            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), the shape was checked by `attend`,
-            // and each item writes the outputs of its own (head, rows).
-            unsafe {
-                simd::attend_block(
-                    q, layout, k_cache, v_cache, s, pos, seq, h, rows, scale, out,
-                )
-            }
+            // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), and each item writes the outputs of
+            // its own (head, rows).
+            unsafe { simd::attend_block(&b, h, rows) }
         });
         return;
     }
@@ -766,7 +835,6 @@ mod simd {
 
     use super::super::activation::expf8;
     use super::super::float::x86::hsum;
-    use super::super::SharedOut;
     use super::QK;
 
     /// Whether heads of `hd` values suit the vector code (whole vectors of 8, at most 32 of them).
@@ -874,31 +942,17 @@ mod simd {
     ///
     /// # Safety
     /// No other task writes the outputs of rows `rows` of head `h` at the same time.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_block(
-        q: &[f32],
-        layout: super::Layout,
-        k_cache: &[f16],
-        v_cache: &[f16],
-        s: super::AttnShape,
-        pos: usize,
-        seq: usize,
-        h: usize,
-        rows: std::ops::Range<usize>,
-        scale: f32,
-        out: SharedOut,
-    ) {
+    pub unsafe fn attend_block(b: &super::PromptBlocks, h: usize, rows: std::ops::Range<usize>) {
+        let (s, pos, scale) = (b.s, b.pos, b.scale);
         let hd = s.head_dim;
         assert!(fits(hd), "head size {hd}");
         let lanes = hd / 8;
-        let kvh = h / (s.n_head / s.n_kv_head);
         let n_rows = rows.len();
-        // This head's cached positions up to the last row's: the only cache reads below.
         let keys = pos + rows.end;
-        let base = kvh * s.capacity * hd;
-        let (k_head, _) = k_cache[base..base + keys * hd].as_chunks::<8>();
-        let (v_head, _) = v_cache[base..base + keys * hd].as_chunks::<8>();
+        let (k_head, v_head) = b.head(h, rows.end);
+        let (k_head, _) = k_head.as_chunks::<8>();
+        let (v_head, _) = v_head.as_chunks::<8>();
         let mut kt = vec![[0f32; KB]; hd];
         let mut vb = vec![[0f32; 8]; KB * lanes];
         let mut o = vec![[0f32; 8]; n_rows * lanes];
@@ -925,9 +979,8 @@ mod simd {
                     continue;
                 }
                 let kv = kn.min(n - k0);
-                let qo = layout.offset(h, s.n_head, i, seq, hd);
                 let mut acc = [_mm256_setzero_ps(); KB / 8];
-                for (kt_d, qd) in kt.iter().zip(&q[qo..qo + hd]) {
+                for (kt_d, qd) in kt.iter().zip(b.query(h, i)) {
                     let qd = _mm256_set1_ps(*qd);
                     for (a, k8) in acc.iter_mut().zip(kt_d.as_chunks::<8>().0) {
                         *a = _mm256_fmadd_ps(qd, load(k8), *a);
@@ -957,9 +1010,8 @@ mod simd {
         }
         for ((r, i), o_row) in rows.enumerate().zip(o.chunks_exact(lanes)) {
             let inv = _mm256_set1_ps(if l[r] == 0.0 { 0.0 } else { 1.0 / l[r] });
-            // SAFETY: row i of head h is this call's alone (our caller's promise); `slice` checks the
-            // range against the output.
-            let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
+            // SAFETY: row i of head h is this call's alone (our caller's promise).
+            let dst = unsafe { b.output(h, i) };
             for (d8, o8) in dst.as_chunks_mut::<8>().0.iter_mut().zip(o_row) {
                 store(d8, _mm256_mul_ps(load(o8), inv));
             }
@@ -1134,7 +1186,6 @@ mod simd512 {
 
     use half::f16;
 
-    use super::super::SharedOut;
     use super::simd::{softmax_step, KB};
 
     /// Query rows whose scores are computed together.
@@ -1228,31 +1279,15 @@ mod simd512 {
     ///
     /// # Safety
     /// No other task writes the outputs of rows `rows` of head `h` at the same time.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn attend_block(
-        q: &[f32],
-        layout: super::Layout,
-        k_cache: &[f16],
-        v_cache: &[f16],
-        s: super::AttnShape,
-        pos: usize,
-        seq: usize,
-        h: usize,
-        rows: std::ops::Range<usize>,
-        scale: f32,
-        out: SharedOut,
-    ) {
+    pub unsafe fn attend_block(b: &super::PromptBlocks, h: usize, rows: std::ops::Range<usize>) {
+        let (s, pos, scale) = (b.s, b.pos, b.scale);
         let hd = s.head_dim;
         assert!(fits(hd), "head size {hd}");
         let lanes = hd / 16;
-        let kvh = h / (s.n_head / s.n_kv_head);
         let n_rows = rows.len();
-        // This head's cached positions up to the last row's: the only cache reads below.
         let keys = pos + rows.end;
-        let base = kvh * s.capacity * hd;
-        let k_head = &k_cache[base..base + keys * hd];
-        let v_head = &v_cache[base..base + keys * hd];
+        let (k_head, v_head) = b.head(h, rows.end);
         // Keys transposed to [head_dim][KB], values as they are, both as f32.
         let mut kt = vec![[0f32; KB]; hd];
         let mut vb = vec![[0f32; 16]; KB * lanes];
@@ -1282,10 +1317,7 @@ mod simd512 {
                 if k0 > pos + rows.start + row(RB - 1) {
                     continue; // no row of the group sees this block
                 }
-                let qs: [&[f32]; RB] = std::array::from_fn(|j| {
-                    let qo = layout.offset(h, s.n_head, rows.start + row(j), seq, hd);
-                    &q[qo..qo + hd]
-                });
+                let qs: [&[f32]; RB] = std::array::from_fn(|j| b.query(h, rows.start + row(j)));
                 let mut acc = [[_mm512_setzero_ps(); KB / 16]; RB];
                 for (d, kt_d) in kt.iter().enumerate() {
                     let k: [__m512; KB / 16] =
@@ -1343,9 +1375,8 @@ mod simd512 {
         }
         for ((r, i), o_row) in rows.enumerate().zip(o.chunks_exact(lanes)) {
             let inv = _mm512_set1_ps(if l[r] == 0.0 { 0.0 } else { 1.0 / l[r] });
-            // SAFETY: row i of head h is this call's alone (our caller's promise); `slice` checks the
-            // range against the output.
-            let dst = unsafe { out.slice(i * s.n_head * hd + h * hd, hd) };
+            // SAFETY: row i of head h is this call's alone (our caller's promise).
+            let dst = unsafe { b.output(h, i) };
             for (d16, o16) in dst.as_chunks_mut::<16>().0.iter_mut().zip(o_row) {
                 store(d16, _mm512_mul_ps(load(o16), inv));
             }
@@ -1431,25 +1462,18 @@ mod tests {
                 let run = |wide: bool| {
                     let mut out = vec![f32::NAN; seq * s.n_head * hd];
                     let shared = SharedOut::new(&mut out);
+                    let blocks =
+                        PromptBlocks::new(&q, Layout::HeadMajor, k, v, s, pos, seq, shared);
                     for h in 0..s.n_head {
                         for b in 0..seq.div_ceil(BLOCK_ROWS) {
                             let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(seq);
-                            let (l, sc) = (Layout::HeadMajor, s.scale());
                             if wide {
                                 // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above), the
                                 // shape fits the cache (`case`), and the calls run one at a time.
-                                unsafe {
-                                    simd512::attend_block(
-                                        &q, l, k, v, s, pos, seq, h, rows, sc, shared,
-                                    )
-                                }
+                                unsafe { simd512::attend_block(&blocks, h, rows) }
                             } else {
                                 // SAFETY: as above.
-                                unsafe {
-                                    simd::attend_block(
-                                        &q, l, k, v, s, pos, seq, h, rows, sc, shared,
-                                    )
-                                }
+                                unsafe { simd::attend_block(&blocks, h, rows) }
                             }
                         }
                     }
