@@ -184,6 +184,13 @@ pub struct DraftInfo {
 }
 
 impl GenerateRequest {
+    /// The prompt, then the shorter ones the request may be answered from.
+    pub fn prompts(&self) -> impl Iterator<Item = &[u32]> {
+        std::iter::once(&self.prompt)
+            .chain(&self.shorter)
+            .map(Vec::as_slice)
+    }
+
     pub fn new(prompt: Vec<u32>, max_tokens: usize) -> Self {
         Self {
             prompt,

@@ -273,15 +273,23 @@ impl PromptCaches {
         pick
     }
 
-    /// The most of `prompt` any cache holds (its shared prefix and the runs [`plan`] would move, with
-    /// `min_run`): what a request for it would not compute.
-    pub fn most_held(&self, prompt: &[u32], min_run: usize) -> usize {
+    /// For each of `prompts`, the most of it any cache holds (its shared prefix and the runs [`plan`]
+    /// would move, with `min_run`): what a request for it would not compute.
+    pub fn most_held<'p>(
+        &self,
+        prompts: impl Iterator<Item = &'p [u32]>,
+        min_run: usize,
+    ) -> Vec<usize> {
         let min_run = self.min_run(min_run);
-        self.caches
-            .iter()
-            .map(|c| plan(&c.held(), prompt, min_run, prompt.len()).held())
-            .max()
-            .unwrap_or(0)
+        let held: Vec<Vec<u32>> = self.caches.iter().map(CachedPrompt::held).collect();
+        prompts
+            .map(|prompt| {
+                held.iter()
+                    .map(|h| plan(h, prompt, min_run, prompt.len()).held())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
     }
 
     /// `min_run`, or 0 where the caches cannot move runs.

@@ -364,8 +364,7 @@ impl Worker {
     /// or on an error. A request coming meanwhile stops the chunk (it goes to `early`), and the work of
     /// that chunk is lost.
     fn grow(&mut self, jobs: &Receiver<Job>) {
-        let Some(g) = self.growth.as_mut().filter(|g| g.cache < self.caches.len()) else {
-            self.growth = None;
+        let Some(g) = self.growth.as_mut() else {
             return;
         };
         let tail = g.prompt.len().saturating_sub(TAIL_CHUNK);
@@ -434,21 +433,17 @@ impl Worker {
         Ok(())
     }
 
-    /// Swaps in the shorter prompt a cold request is answered from, if any, and says which (0: none):
-    /// the prompt itself when computing what the caches lack of it takes at most the cold limit, else
-    /// the longest shorter one within it, else the one needing the fewest tokens.
-    fn shorten(&mut self, req: &mut GenerateRequest) -> usize {
+    /// Swaps in the shorter prompt a cold request is answered from, if any, and says which (0: none;
+    /// `k`: the whole prompt is now `req.shorter[k - 1]`): the prompt itself when computing what the
+    /// caches lack of it takes at most the cold limit, else the longest shorter one within it, else the
+    /// one needing the fewest tokens.
+    fn shorten(&self, req: &mut GenerateRequest) -> usize {
         if req.shorter.is_empty() {
             return 0;
         }
         let limit = req.cold_limit.unwrap_or(self.cold_limit);
-        let needed = |caches: &PromptCaches, prompt: &[u32]| {
-            prompt.len() - caches.most_held(prompt, req.cache_reuse)
-        };
-        let needs: Vec<usize> = std::iter::once(&req.prompt)
-            .chain(&req.shorter)
-            .map(|p| needed(&self.caches, p))
-            .collect();
+        let held = self.caches.most_held(req.prompts(), req.cache_reuse);
+        let needs: Vec<usize> = req.prompts().zip(held).map(|(p, h)| p.len() - h).collect();
         let pick = needs.iter().position(|&n| n <= limit).unwrap_or_else(|| {
             (0..needs.len())
                 .min_by_key(|&i| needs[i])
@@ -456,14 +451,7 @@ impl Worker {
         });
         tracing::debug!(?needs, limit, pick, "prompt window for a cold request");
         if pick > 0 {
-            let whole =
-                std::mem::replace(&mut req.prompt, std::mem::take(&mut req.shorter[pick - 1]));
-            self.growth = Some(Growth {
-                prompt: whole,
-                cache: usize::MAX, // set once the request chose its cache
-                min_run: req.cache_reuse,
-                started: [false; 2],
-            });
+            std::mem::swap(&mut req.prompt, &mut req.shorter[pick - 1]);
         }
         pick
     }
@@ -487,15 +475,17 @@ impl Worker {
         self.growth = None;
         timings.shortened = self.shorten(req);
         timings.prompt_tokens = req.prompt.len();
-        if let Err(e) = self.validate(&req.prompt) {
-            self.growth = None;
-            return Err(e);
-        }
+        self.validate(&req.prompt)?;
 
         let t_prefill = Instant::now();
         self.active = self.caches.choose(&req.prompt, req.cache_reuse);
-        if let Some(g) = self.growth.as_mut() {
-            g.cache = self.active;
+        if timings.shortened > 0 {
+            self.growth = Some(Growth {
+                prompt: std::mem::take(&mut req.shorter[timings.shortened - 1]),
+                cache: self.active,
+                min_run: req.cache_reuse,
+                started: [false; 2],
+            });
         }
         let cache = self.caches.get(self.active);
         let held = cache.held_count();
@@ -767,9 +757,7 @@ fn taken_over(
 ) -> bool {
     early.extend(jobs.try_iter());
     match early.iter().rev().find(|j| !j.req.cancel.is_cancelled()) {
-        Some(next) => std::iter::once(&next.req.prompt)
-            .chain(&next.req.shorter)
-            .any(|p| p.starts_with(through)),
+        Some(next) => next.req.prompts().any(|p| p.starts_with(through)),
         None => {
             let since = cancelled_at.get().unwrap_or_else(Instant::now);
             cancelled_at.set(Some(since));

@@ -20,6 +20,9 @@ pub use fim::{FimOrder, FimTemplate};
 /// Tokens kept free for rounding differences between per-line counts and the final encoding.
 const SLACK_TOKENS: usize = 4;
 
+/// Tokens of a FIM prompt besides the text: BOS and three markers, and the slack.
+const FIXED_TOKENS: usize = 4 + SLACK_TOKENS;
+
 /// The smallest budget of text (prefix, suffix and other files) of a shorter prompt
 /// ([`PromptBuilder::fim_and_shorter`]): about 25 lines of code.
 pub const MIN_SHORT_BUDGET: usize = 256;
@@ -183,7 +186,7 @@ impl PromptBuilder {
         step: usize,
     ) -> Result<Vec<BuiltPrompt>, PromptError> {
         let mut prompts = vec![self.fim(input, max_tokens, context_window)?];
-        let smallest = max_tokens + 4 + SLACK_TOKENS + MIN_SHORT_BUDGET;
+        let smallest = max_tokens + FIXED_TOKENS + MIN_SHORT_BUDGET;
         let step = step.max(context_window.saturating_sub(smallest) / 8).max(1);
         let mut window = context_window.saturating_sub(step);
         while window >= smallest {
@@ -207,9 +210,8 @@ impl PromptBuilder {
         max_tokens: usize,
         context_window: usize,
     ) -> Result<BuiltPrompt, PromptError> {
-        let fixed = 4 + SLACK_TOKENS; // BOS and three markers
         let budget = context_window
-            .checked_sub(max_tokens + fixed)
+            .checked_sub(max_tokens + FIXED_TOKENS)
             .filter(|b| *b > 0)
             .ok_or(PromptError::NoRoom {
                 window: context_window,
