@@ -2,7 +2,7 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0 on AVX-512 VNNI without AMX) run it, with runtime dispatch to
+//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q4_K and Q6_K on AVX-512 VNNI without AMX) run it, with runtime dispatch to
 //! AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
 //! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
 //! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
@@ -387,7 +387,7 @@ impl QMatrix {
     /// The repacked kernels: groups of 16 weight rows split over the threads.
     fn run_packed(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
         let p = self.packed.as_ref().expect("packed weights");
-        let xq = Q8Act::quantize(x, m, self.cols);
+        let xq = p.kind().quantize(x, m, self.cols);
         let out = SharedOut::new(out);
         let groups = p.groups();
         let per_task = groups.div_ceil(exec.threads() * 4).max(2);
@@ -655,8 +655,22 @@ mod tests {
         if !cpu::has_avx512_vnni() {
             return; // no repacking on this CPU: nothing to compare
         }
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            for (rows, cols, m) in [(37, 96, 5), (16, 64, 1), (5, 576, 9)] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            if packed::PackedKind::of(dtype).is_none() {
+                continue; // converted on this CPU (AMX): covered by the tests above
+            }
+            let shapes = if dtype.block_size() == 32 {
+                [(37, 96, 5), (16, 64, 1), (5, 576, 9)]
+            } else {
+                [(37, 256, 5), (16, 512, 1), (5, 768, 9)]
+            };
+            for (rows, cols, m) in shapes {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
                 let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
                 let mut packed =
@@ -673,9 +687,9 @@ mod tests {
                         );
                     }
                 }
-                if dtype == GgmlDType::Q4_0 {
-                    // Plain Q4_0 runs candle's kernels, which quantize activations their own way; the
-                    // next test compares its products with the dequantized reference instead.
+                if !matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+                    // Plain Q4_0 and the K-quants run candle's kernels, which quantize activations their
+                    // own way; the next test compares their products with the dequantized reference.
                     continue;
                 }
                 let x = data(m * cols, 21);
@@ -694,14 +708,15 @@ mod tests {
 
     /// The types packed as the file stores them: each keeps the file's bytes (sixteen rows per group, so
     /// a partial last group is padded), and its products for one and for five activation rows equal the
-    /// dequantized weights times the dequantized 8-bit activations. The integer dot products are exact,
+    /// dequantized weights times the dequantized 8-bit activations (one scale per 256 values for the
+    /// K-quants, as their kernels take them). The integer dot products are exact,
     /// so the two differ only by f32 rounding (about 1e-6 of the sum of magnitudes) and, for types with a
     /// minimum, the f16 rounding of each activation block's sum (2⁻¹¹ of that block's min term): 1e-3 of
     /// the sum of magnitudes covers both, while a misplaced value or scale moves results by about the
     /// size of a weight.
     #[test]
     fn packed_file_types_keep_their_size_and_values() {
-        for dtype in [GgmlDType::Q4_0] {
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q6K] {
             if packed::PackedKind::of(dtype).is_none() {
                 continue; // converted on this CPU (no VNNI, or AMX): covered by the tests above
             }
@@ -725,7 +740,7 @@ mod tests {
                     assert_eq!(p.bytes(), bytes.len(), "{dtype:?}");
                 }
                 let x = data(m * cols, 17);
-                let xq = Q8Act::quantize(&x, m, cols);
+                let xq = p.kind().quantize(&x, m, cols);
                 let mut out = vec![f32::NAN; m * rows];
                 mat.matmul(&x, m, &mut out);
                 for i in 0..m {

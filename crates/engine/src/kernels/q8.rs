@@ -2,6 +2,11 @@
 //! with llama.cpp's numerics (Q8_0/Q8_1): `q = round_half_even(x · 127 / max|x|)`, the scale
 //! `d = max|x| / 127` rounded through f16, and `s = d · Σq` (used by formats with a minimum).
 //!
+//! The K-quant kernels take the activations of llama.cpp's Q8_K instead (`Q8Act::quantize_super`): one
+//! f32 scale per 256 values (a weight super-block), so that the sums of a super-block's sub-blocks add up
+//! in integers; every block of 32 then carries its super-block's scale, and the sums of each 16 quants
+//! are kept too (Q6_K has a scale per 16 weights).
+//!
 //! The layout is planar so SIMD kernels can load two blocks of quants with one 64-byte load: all quants
 //! of a row are contiguous, and the per-block scale, scaled sum and integer sum live in their own arrays.
 
@@ -20,6 +25,8 @@ pub struct Q8Act {
     s: Vec<f32>,
     /// `m × nb` values of `Σq`.
     qsum: Vec<i32>,
+    /// `m × 2·nb` values of `Σq` over each 16 quants (`quantize_super` only; empty otherwise).
+    qsum16: Vec<i32>,
     m: usize,
     cols: usize,
     /// Blocks per row.
@@ -30,9 +37,54 @@ impl Q8Act {
     /// The first `m` rows of `cols` values of `x`. Panics unless `cols` is a multiple of 32 and `x`
     /// holds `m × cols` values.
     pub fn quantize(x: &[f32], m: usize, cols: usize) -> Self {
+        let mut a = Self::zeroed(x, m, cols, QK);
+        let quantize = quantizer();
+        let len = a.qs.len();
+        for (blk, chunk) in x[..len].chunks_exact(QK).enumerate() {
+            let amax = quantize.amax(chunk);
+            let sum = quantize.scaled(chunk, inverse_scale(amax), &mut a.qs[blk * QK..][..QK]);
+            let d = amax / 127.0;
+            a.d[blk] = f16::from_f32(d).to_f32();
+            a.s[blk] = f16::from_f32(sum as f32 * d).to_f32();
+            a.qsum[blk] = sum;
+        }
+        a
+    }
+
+    /// As `quantize`, with one scale per 256 values (llama.cpp's Q8_K, for the K-quant kernels): the
+    /// scale is kept in f32 and given to each of the super-block's blocks of 32, and the sums of each 16
+    /// quants are kept as well. Panics unless `cols` is a multiple of 256 and `x` holds `m × cols`
+    /// values.
+    pub fn quantize_super(x: &[f32], m: usize, cols: usize) -> Self {
+        let mut a = Self::zeroed(x, m, cols, SUPER);
+        a.qsum16 = vec![0; a.qsum.len() * 2];
+        let quantize = quantizer();
+        let len = a.qs.len();
+        for (sb, chunk) in x[..len].chunks_exact(SUPER).enumerate() {
+            let amax = chunk
+                .chunks_exact(QK)
+                .fold(0f32, |m, c| m.max(quantize.amax(c)));
+            let (id, d) = (inverse_scale(amax), amax / 127.0);
+            for (k, part) in chunk.chunks_exact(QK).enumerate() {
+                let blk = sb * (SUPER / QK) + k;
+                let out = &mut a.qs[blk * QK..(blk + 1) * QK];
+                let sum = quantize.scaled(part, id, out);
+                let half: i32 = out[..QK / 2].iter().map(|&q| q as i32).sum();
+                a.d[blk] = d;
+                a.s[blk] = sum as f32 * d;
+                a.qsum[blk] = sum;
+                a.qsum16[2 * blk] = half;
+                a.qsum16[2 * blk + 1] = sum - half;
+            }
+        }
+        a
+    }
+
+    /// Zeroed activations for `m` rows of `cols` values of `x`, checked: `cols` a multiple of `unit`.
+    fn zeroed(x: &[f32], m: usize, cols: usize, unit: usize) -> Self {
         assert!(
-            cols.is_multiple_of(QK),
-            "row length {cols} is not a multiple of {QK}"
+            cols.is_multiple_of(unit),
+            "row length {cols} is not a multiple of {unit}"
         );
         let len = super::size(m, cols, "activations");
         assert!(
@@ -41,23 +93,16 @@ impl Q8Act {
             x.len()
         );
         let nb = cols / QK;
-        let mut a = Q8Act {
+        Q8Act {
             qs: vec![0; len],
             d: vec![0.0; m * nb],
             s: vec![0.0; m * nb],
             qsum: vec![0; m * nb],
+            qsum16: Vec::new(),
             m,
             cols,
             nb,
-        };
-        let quantize = quantizer();
-        for (blk, chunk) in x[..len].chunks_exact(QK).enumerate() {
-            let (d, sum) = quantize(chunk, &mut a.qs[blk * QK..(blk + 1) * QK]);
-            a.d[blk] = f16::from_f32(d).to_f32();
-            a.s[blk] = f16::from_f32(sum as f32 * d).to_f32();
-            a.qsum[blk] = sum;
         }
-        a
     }
 
     /// Activation rows.
@@ -98,6 +143,7 @@ impl Q8Act {
             d: std::array::from_fn(|r| self.d(i0 + r)),
             s: std::array::from_fn(|r| self.s(i0 + r)),
             qsum: std::array::from_fn(|r| self.qsum(i0 + r)),
+            qsum16: std::array::from_fn(|r| self.qsum16(i0 + r)),
         }
     }
 
@@ -124,6 +170,21 @@ impl Q8Act {
     pub fn qsum(&self, i: usize) -> &[i32] {
         &self.qsum[i * self.nb..][..self.nb]
     }
+
+    /// `Σq` of each 16 quants of row `i` (`2·nb` values), or nothing unless made by `quantize_super`.
+    #[inline]
+    pub fn qsum16(&self, i: usize) -> &[i32] {
+        if self.qsum16.is_empty() {
+            return &[];
+        }
+        &self.qsum16[i * 2 * self.nb..][..2 * self.nb]
+    }
+
+    /// Whether the scales are per 256 values (`quantize_super`).
+    #[inline]
+    pub fn per_super_block(&self) -> bool {
+        !self.qsum16.is_empty()
+    }
 }
 
 /// Rows `i0..i0 + N` of the activations, looked up (and checked) once per tile so that a kernel's block
@@ -133,6 +194,7 @@ pub struct Rows<'a, const N: usize> {
     d: [&'a [f32]; N],
     s: [&'a [f32]; N],
     qsum: [&'a [i32]; N],
+    qsum16: [&'a [i32]; N],
 }
 
 impl<const N: usize> Rows<'_, N> {
@@ -171,33 +233,80 @@ impl<const N: usize> Rows<'_, N> {
         // SAFETY: as for `d`.
         unsafe { *self.qsum[r].get_unchecked(b) }
     }
+
+    /// `Σq` of the 16 quants `16·h..16·h + 16` of row `r`.
+    ///
+    /// # Safety
+    /// The activations were made by `quantize_super` and `h < 2·nb`.
+    #[inline]
+    pub unsafe fn qsum16(&self, r: usize, h: usize) -> i32 {
+        // SAFETY: such a row holds 2·nb sums and h < 2·nb (the caller's promise).
+        unsafe { *self.qsum16[r].get_unchecked(h) }
+    }
 }
 
-/// Quantizes 32 values into `out`; returns the unrounded scale and the sum of the quants.
-type Quantizer = fn(&[f32], &mut [i8]) -> (f32, i32);
+/// Values per super-block of the K-quants (and per scale of `Q8Act::quantize_super`).
+pub const SUPER: usize = 256;
+
+/// `127 / amax`, the factor that maps values to quants, or 0 for a block of zeros.
+fn inverse_scale(amax: f32) -> f32 {
+    if amax != 0.0 {
+        127.0 / amax
+    } else {
+        0.0
+    }
+}
+
+/// The two steps of quantizing: the largest magnitude of 32 values, and those values quantized with an
+/// inverse scale (returning the sum of the quants). A scalar and an AVX2 version, bit-identical.
+#[derive(Clone, Copy)]
+struct Quantizer {
+    amax: fn(&[f32]) -> f32,
+    scaled: fn(&[f32], f32, &mut [i8]) -> i32,
+}
+
+impl Quantizer {
+    #[inline]
+    fn amax(self, x: &[f32]) -> f32 {
+        (self.amax)(x)
+    }
+
+    #[inline]
+    fn scaled(self, x: &[f32], id: f32, out: &mut [i8]) -> i32 {
+        (self.scaled)(x, id, out)
+    }
+}
 
 fn quantizer() -> Quantizer {
     #[cfg(target_arch = "x86_64")]
     {
         if super::cpu::has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (`has_avx2`), all `quantize_block` needs.
-            return |x, out| unsafe { x86::quantize_block(x, out) };
+            return Quantizer {
+                // SAFETY: the CPU has AVX2 and FMA (`has_avx2`), all the AVX2 functions need.
+                amax: |x| unsafe { x86::amax(x) },
+                // SAFETY: as above.
+                scaled: |x, id, out| unsafe { x86::quantize_scaled(x, id, out) },
+            };
         }
     }
-    quantize_block
+    Quantizer {
+        amax: amax_block,
+        scaled: quantize_scaled,
+    }
 }
 
-fn quantize_block(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+fn amax_block(x: &[f32]) -> f32 {
+    x[..QK].iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+fn quantize_scaled(x: &[f32], id: f32, out: &mut [i8]) -> i32 {
     let mut sum = 0i32;
-    for (q, v) in out.iter_mut().zip(x) {
+    for (q, v) in out[..QK].iter_mut().zip(&x[..QK]) {
         let r = (v * id).round_ties_even() as i32;
         *q = r as i8;
         sum += r;
     }
-    (d, sum)
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -206,19 +315,29 @@ mod x86 {
 
     use super::QK;
 
-    /// `super::quantize_block` on AVX2: the same results, bit for bit.
+    /// The four runs of 8 of a block of 32 values.
+    ///
+    /// # Safety
+    /// The CPU supports AVX.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(x: &[f32]) -> [__m256; 4] {
+        let x: &[f32; QK] = x[..QK].try_into().expect("a block of 32 values");
+        std::array::from_fn(|k| {
+            let run = &x[8 * k..];
+            // SAFETY: `x` is 32 values, so each of its four runs of 8 is inside it.
+            unsafe { _mm256_loadu_ps(run.as_ptr()) }
+        })
+    }
+
+    /// `super::amax_block` on AVX2 (a maximum is exact, so the same result).
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn quantize_block(x: &[f32], out: &mut [i8]) -> (f32, i32) {
-        let x: &[f32; QK] = x[..QK].try_into().expect("a block of 32 values");
-        let out: &mut [i8; QK] = (&mut out[..QK]).try_into().expect("a block of 32 quants");
-        let v: [__m256; 4] = std::array::from_fn(|k| {
-            let run = &x[8 * k..];
-            // SAFETY: `x` is 32 values, so each of its four runs of 8 is inside it.
-            unsafe { _mm256_loadu_ps(run.as_ptr()) }
-        });
+    pub unsafe fn amax(x: &[f32]) -> f32 {
+        // SAFETY: the CPU supports AVX (our caller's promise).
+        let v = unsafe { load(x) };
         let sign = _mm256_set1_ps(-0.0);
         let mut mx = _mm256_andnot_ps(sign, v[0]);
         for vi in &v[1..] {
@@ -227,8 +346,19 @@ mod x86 {
         let m4 = _mm_max_ps(_mm256_extractf128_ps(mx, 1), _mm256_castps256_ps128(mx));
         let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-        let amax = _mm_cvtss_f32(m4);
-        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        _mm_cvtss_f32(m4)
+    }
+
+    /// `super::quantize_scaled` on AVX2: the same results, bit for bit.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_scaled(x: &[f32], id: f32, out: &mut [i8]) -> i32 {
+        let out: &mut [i8; QK] = (&mut out[..QK]).try_into().expect("a block of 32 quants");
+        // SAFETY: the CPU supports AVX (our caller's promise).
+        let v = unsafe { load(x) };
+        let id = _mm256_set1_ps(id);
         let mut qi = [_mm256_setzero_si256(); 4];
         for (q, vi) in qi.iter_mut().zip(&v) {
             let r = _mm256_round_ps(
@@ -255,7 +385,7 @@ mod x86 {
         let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         // SAFETY: `out` is 32 bytes, one 256-bit store.
         unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast::<__m256i>(), bytes) };
-        (amax / 127.0, sum)
+        sum
     }
 }
 
@@ -271,7 +401,13 @@ mod tests {
         let q = quantizer();
         for chunk in x.chunks_exact(QK) {
             let (mut a, mut b) = ([0i8; QK], [0i8; QK]);
-            assert_eq!(q(chunk, &mut a), quantize_block(chunk, &mut b));
+            let amax = q.amax(chunk);
+            assert_eq!(amax, amax_block(chunk));
+            let id = inverse_scale(amax);
+            assert_eq!(
+                q.scaled(chunk, id, &mut a),
+                quantize_scaled(chunk, id, &mut b)
+            );
             assert_eq!(a, b);
         }
     }
@@ -293,6 +429,37 @@ mod tests {
                 q.qsum(i)[0],
                 q.block(i, 0).iter().map(|&v| v as i32).sum::<i32>()
             );
+        }
+    }
+
+    /// One scale per 256 values: every block of a super-block carries the scale of the super-block's
+    /// largest magnitude, the quants reproduce the values to half a step of it, and the sums of 16 and of
+    /// 32 quants are those of the quants.
+    #[test]
+    fn super_blocks_share_one_scale() {
+        let (m, cols) = (2, 512);
+        let x: Vec<f32> = (0..m * cols)
+            .map(|i| ((i * 7919 % 1001) as f32 - 500.0) / (50.0 + (i / 256) as f32))
+            .collect();
+        let q = Q8Act::quantize_super(&x, m, cols);
+        assert!(q.per_super_block() && !Q8Act::quantize(&x, m, cols).per_super_block());
+        for i in 0..m {
+            for sb in 0..cols / SUPER {
+                let part = &x[i * cols + sb * SUPER..][..SUPER];
+                let amax = part.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                for b in sb * 8..sb * 8 + 8 {
+                    assert_eq!(q.d(i)[b], d, "row {i} block {b}");
+                    let quants = q.block(i, b);
+                    for (k, v) in x[i * cols + b * QK..][..QK].iter().enumerate() {
+                        assert!((quants[k] as f32 * d - v).abs() <= d * 0.5001, "{v}");
+                    }
+                    let sum = |r: &[i8]| r.iter().map(|&v| v as i32).sum::<i32>();
+                    assert_eq!(q.qsum(i)[b], sum(quants));
+                    assert_eq!(q.qsum16(i)[2 * b], sum(&quants[..16]));
+                    assert_eq!(q.qsum16(i)[2 * b + 1], sum(&quants[16..]));
+                }
+            }
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Weight types without a kernel of our own on this CPU, converted once at load into Q4_1 or Q8_0, which
-//! have one. On AVX-512 VNNI CPUs without AMX, Q4_0 is not converted: the repacked kernels take it as it
-//! is (`packed`).
+//! have one. On AVX-512 VNNI CPUs without AMX, Q4_0, Q4_K and Q6_K are not converted: the repacked
+//! kernels take them as they are (`packed`), so a Q4_K_M file takes its own size in memory there.
 //!
 //! Three conversions are exact: Q4_0 → Q4_1 (the offset `-8·d` is a power-of-two multiple of `d`), Q5_0 →
 //! Q8_0 (five-bit values fit in a byte with the same scale), and Q4_K → Q4_1 up to the rounding of each
 //! sub-block's scale `d·sc` and minimum `dmin·m` to f16 (a relative 2⁻¹¹, far below the 4-bit step). The
 //! other types (Q5_1 and the K-quants Q2_K, Q3_K, Q5_K, Q6_K) are dequantized and quantized again to
 //! Q8_0 the way llama.cpp quantizes Q8_0, which adds at most half of a 1/127 step of each 32-value
-//! block's largest weight. A Q4_K_M file (Q4_K plus Q6_K) grows by about a sixth in memory and runs on
+//! block's largest weight. Where converted, a Q4_K_M file (Q4_K plus Q6_K) grows by about a sixth in memory and runs on
 //! the same kernels as Q4_1 and Q8_0 files; results are close to, not bit-identical with, llama.cpp's.
 
 use candle_core::quantized::GgmlDType;
@@ -85,7 +85,7 @@ fn q5_0_to_q8_0(src: &[u8], dst: &mut [u8]) {
 }
 
 /// Scale and minimum of sub-block `j` of a Q4_K super-block (six bits each, packed in 12 bytes).
-fn q4k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
+pub(super) fn q4k_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
