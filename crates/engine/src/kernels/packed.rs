@@ -34,6 +34,7 @@
 use std::ops::Range;
 
 use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
 
 use super::q8::{Q8Act, QK, SUPER};
 use super::{amx, cpu, size, AlignedBytes, SharedOut};
@@ -131,26 +132,25 @@ impl Packed {
         let row_bytes = nb * src_block;
         assert_eq!(src.len(), size(rows, row_bytes, "weights"), "weight bytes");
         let mut data = AlignedBytes::zeroed(size(groups * nb, gbb, "repacked weights"));
-        let out = data.as_mut_slice();
-        for g in 0..groups {
-            for b in 0..nb {
-                let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
-                for lane in 0..GROUP {
-                    let row = g * GROUP + lane;
-                    if row >= rows {
-                        break;
-                    }
-                    let blk = &src[row * row_bytes + b * src_block..][..src_block];
-                    match kind {
-                        PackedKind::Q4_0 => pack_q4_0(dst, lane, blk),
-                        PackedKind::Q4_1 => pack_q4_1(dst, lane, blk),
-                        PackedKind::Q8_0 => pack_q8_0(dst, lane, blk),
-                        PackedKind::Q4K => pack_q4_k(dst, lane, blk),
-                        PackedKind::Q6K => pack_q6_k(dst, lane, blk),
+        // Groups in parallel: packing a 7B model's K-quants one value at a time took seconds.
+        data.as_mut_slice()
+            .par_chunks_mut(nb * gbb)
+            .enumerate()
+            .for_each(|(g, group)| {
+                for (b, dst) in group.chunks_exact_mut(gbb).enumerate() {
+                    for lane in 0..GROUP.min(rows - g * GROUP) {
+                        let row = g * GROUP + lane;
+                        let blk = &src[row * row_bytes + b * src_block..][..src_block];
+                        match kind {
+                            PackedKind::Q4_0 => pack_q4_0(dst, lane, blk),
+                            PackedKind::Q4_1 => pack_q4_1(dst, lane, blk),
+                            PackedKind::Q8_0 => pack_q8_0(dst, lane, blk),
+                            PackedKind::Q4K => pack_q4_k(dst, lane, blk),
+                            PackedKind::Q6K => pack_q6_k(dst, lane, blk),
+                        }
                     }
                 }
-            }
-        }
+            });
         Some(Self {
             kind,
             rows,
