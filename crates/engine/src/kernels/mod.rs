@@ -653,18 +653,16 @@ mod tests {
     #[test]
     fn packed_layout_matches_the_file_layout() {
         if !cpu::has_avx512_vnni() {
-            return; // no repacking on this CPU: nothing to compare
+            eprintln!("skipped: no AVX-512 VNNI on this CPU, so no repacking to compare");
+            return;
         }
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
+        for (dtype, kind) in [
+            (GgmlDType::Q4_0, packed::PackedKind::Q4_0),
+            (GgmlDType::Q4_1, packed::PackedKind::Q4_1),
+            (GgmlDType::Q8_0, packed::PackedKind::Q8_0),
+            (GgmlDType::Q4K, packed::PackedKind::Q4K),
+            (GgmlDType::Q6K, packed::PackedKind::Q6K),
         ] {
-            if packed::PackedKind::of(dtype).is_none() {
-                continue; // converted on this CPU (AMX): covered by the tests above
-            }
             let shapes = if dtype.block_size() == 32 {
                 [(37, 96, 5), (16, 64, 1), (5, 576, 9)]
             } else {
@@ -673,14 +671,13 @@ mod tests {
             for (rows, cols, m) in shapes {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
                 let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
-                let mut packed =
-                    QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
-                assert!(packed.pack());
+                // Every kind is packed here, also those this CPU converts instead (AMX).
+                let layout = packed::Packed::new(kind, rows, cols, &bytes).unwrap();
                 let mut row = vec![0f32; cols];
                 for r in 0..rows {
                     plain.dequantize_row(r, &mut row);
                     for (c, v) in row.iter().enumerate() {
-                        let p = packed::unpack_value(packed.packed.as_ref().unwrap(), r, c);
+                        let p = packed::unpack_value(&layout, r, c);
                         assert!(
                             (p - v).abs() <= 1e-6 * (1.0 + v.abs()),
                             "{dtype:?} ({r},{c}): {p} vs {v}"
@@ -692,6 +689,9 @@ mod tests {
                     // own way; the next test compares their products with the dequantized reference.
                     continue;
                 }
+                let mut packed =
+                    QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+                assert!(packed.pack());
                 let x = data(m * cols, 21);
                 let (mut a, mut b) = (vec![0f32; m * rows], vec![f32::NAN; m * rows]);
                 plain.matmul(&x, m, &mut a);
@@ -716,10 +716,17 @@ mod tests {
     /// size of a weight.
     #[test]
     fn packed_file_types_keep_their_size_and_values() {
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q6K] {
-            if packed::PackedKind::of(dtype).is_none() {
-                continue; // converted on this CPU (no VNNI, or AMX): covered by the tests above
-            }
+        if !cpu::has_avx512_vnni() {
+            eprintln!(
+                "skipped: no AVX-512 VNNI on this CPU, so nothing is packed as the file stores it"
+            );
+            return;
+        }
+        for (dtype, kind) in [
+            (GgmlDType::Q4_0, packed::PackedKind::Q4_0),
+            (GgmlDType::Q4K, packed::PackedKind::Q4K),
+            (GgmlDType::Q6K, packed::PackedKind::Q6K),
+        ] {
             for (rows, cols, m) in [(37, 512, 1), (37, 512, 5), (32, 256, 5)] {
                 let bytes = quantize(dtype, &data(rows * cols, 13));
                 let mut mat =
@@ -728,7 +735,21 @@ mod tests {
                 for (r, row) in w.chunks_exact_mut(cols).enumerate() {
                     mat.dequantize_row(r, row);
                 }
-                assert!(!mat.transcode() && mat.pack(), "{dtype:?}");
+                let x = data(m * cols, 17);
+                let xq = kind.quantize(&x, m, cols);
+                let mut out = vec![f32::NAN; m * rows];
+                if packed::PackedKind::of(dtype) == Some(kind) {
+                    // Packed as loaded on this CPU: through the matrix product.
+                    assert!(!mat.transcode() && mat.pack(), "{dtype:?}");
+                    mat.matmul(&x, m, &mut out);
+                } else {
+                    // Converted on this CPU (AMX), but the VNNI kernels run here: called directly.
+                    let p = packed::Packed::new(kind, rows, cols, &bytes).unwrap();
+                    mat.packed = Some(std::sync::Arc::new(p));
+                    let p = mat.packed.as_ref().unwrap();
+                    // SAFETY: one call covers all groups.
+                    unsafe { p.run_rows(&xq, 0, 0..p.groups(), SharedOut::new(&mut out)) };
+                }
                 let p = mat.packed.as_ref().unwrap();
                 let file_row = bytes.len() / rows;
                 assert_eq!(
@@ -739,10 +760,6 @@ mod tests {
                 if rows.is_multiple_of(packed::GROUP) {
                     assert_eq!(p.bytes(), bytes.len(), "{dtype:?}");
                 }
-                let x = data(m * cols, 17);
-                let xq = p.kind().quantize(&x, m, cols);
-                let mut out = vec![f32::NAN; m * rows];
-                mat.matmul(&x, m, &mut out);
                 for i in 0..m {
                     let xa: Vec<f64> = (0..cols)
                         .map(|k| xq.row(i)[k] as f64 * xq.d(i)[k / q8::QK] as f64)
@@ -766,7 +783,8 @@ mod tests {
     #[test]
     fn amx_tiles_equal_the_vnni_kernels() {
         if !amx::available() {
-            return; // no AMX on this CPU: the VNNI kernels run everywhere, tested above
+            eprintln!("skipped: no AMX on this CPU (the VNNI kernels run everywhere, tested above)");
+            return;
         }
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             for (rows, cols, m) in [(37, 96, 37), (16, 576, 16), (50, 64, 33)] {
