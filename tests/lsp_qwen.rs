@@ -596,7 +596,15 @@ fn explain_and_generate_give_sensible_answers() {
         code,
         (3, 6),
         "#",
-        &["median_gap", "values", "ordered", "gaps", "sorted", "zip"],
+        &[
+            "median_gap",
+            "values",
+            "ordered",
+            "gaps",
+            "sorted",
+            "zip",
+            "statistics",
+        ],
     );
 
     // The body of a Go function: `//` comments indented with its tab.

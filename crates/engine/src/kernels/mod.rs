@@ -783,7 +783,9 @@ mod tests {
     #[test]
     fn amx_tiles_equal_the_vnni_kernels() {
         if !amx::available() {
-            eprintln!("skipped: no AMX on this CPU (the VNNI kernels run everywhere, tested above)");
+            eprintln!(
+                "skipped: no AMX on this CPU (the VNNI kernels run everywhere, tested above)"
+            );
             return;
         }
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
