@@ -542,7 +542,7 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if R <= STREAMING_ROWS {
+                if streams(x) {
                     prefetch_ahead(blk, p.kind.group_block_bytes(), 0, 1);
                 }
                 // SAFETY: d, 32 bytes at the start of the block.
@@ -613,7 +613,7 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if R <= STREAMING_ROWS {
+                if streams(x) {
                     prefetch_ahead(blk, p.kind.group_block_bytes(), 0, 1);
                 }
                 // The group block: d[16] f16 (32 bytes), then eight 64-byte vectors.
@@ -667,11 +667,15 @@ mod x86 {
     /// 0.60, Q8_0 1.18 → 1.00); 2.3 KB ahead and 9–14 KB were slower than 4.6 KB.
     const PREFETCH_BYTES: usize = 4608;
 
-    /// Tiles of at most this many activation rows prefetch: they stream the weights from memory once,
-    /// while prompt-sized products go over one task's weights again for every tile of rows, from the
-    /// cache, and only lose time to prefetches (Qwen2.5-Coder 0.5B, prefill 512 at 2 threads: 654 tok/s
-    /// with them, 883 without).
-    const STREAMING_ROWS: usize = 2;
+    /// Whether a product prefetches its weights: one of at most `MR` activation rows (decoding, the
+    /// verification of drafted tokens) reads them from memory once, in one tile of rows, while a
+    /// prompt-sized product goes over one task's weights again for every tile, from the cache, and only
+    /// loses time to prefetches (Qwen2.5-Coder 0.5B, prefill 512 at 2 threads: 654 tok/s with them, 883
+    /// without).
+    #[inline]
+    fn streams(x: &Q8Act) -> bool {
+        x.m() <= MR
+    }
 
     /// Asks for part `part` of `parts` of the `bytes` bytes that lie `PREFETCH_BYTES` after `blk` to be
     /// fetched into the cache (a hint: it never faults, so it may point past the weights).
@@ -753,7 +757,7 @@ mod x86 {
                     let sc = _mm512_cvtepu8_epi32(sc);
                     *min = m;
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
-                    if R <= STREAMING_ROWS {
+                    if streams(x) {
                         prefetch_ahead(blk, 2304, j, SUB);
                     }
                     for t in 0..4 {
@@ -853,7 +857,7 @@ mod x86 {
                     let h0 = unsafe { _mm512_loadu_si512(blk.wrapping_add(2048 + 128 * c).cast()) };
                     // SAFETY: as above.
                     let h1 = unsafe { _mm512_loadu_si512(blk.wrapping_add(2112 + 128 * c).cast()) };
-                    if R <= STREAMING_ROWS {
+                    if streams(x) {
                         prefetch_ahead(blk, 3360, c, SUB);
                     }
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
