@@ -42,6 +42,17 @@ use super::{amx, cpu, size, AlignedBytes, SharedOut};
 /// Rows per group (lanes of a 512-bit register of i32).
 pub const GROUP: usize = 16;
 
+/// Offsets in a Q4_K group block: the twelve scale bytes (row `r`'s byte `k` at `+ 16·k + r`), then the
+/// nibble vectors (sub-block `j`'s four at `+ 256·j`); `d` at 0, `dmin` at 32.
+const Q4K_SCALES: usize = 64;
+const Q4K_QUANTS: usize = 256;
+
+/// Offsets in a Q6_K group block: the low-bit vectors at 0 (block `c` of 32 values at `256·c`), the
+/// high-bit vectors (block `c`'s two at `+ 128·c`), the scales (sub-block `s`'s at `+ 16·s`), `d`.
+const Q6K_HIGH: usize = 2048;
+const Q6K_SCALES: usize = 3072;
+const Q6K_D: usize = 3328;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
     Q4_0,
@@ -299,10 +310,10 @@ fn pack_q4_k(dst: &mut [u8], lane: usize, blk: &[u8]) {
     dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
     dst[32 + 2 * lane..32 + 2 * lane + 2].copy_from_slice(&blk[2..4]); // dmin
     for k in 0..12 {
-        dst[64 + 16 * k + lane] = blk[4 + k];
+        dst[Q4K_SCALES + 16 * k + lane] = blk[4 + k];
     }
     for j in 0..8 {
-        pack_nibbles(&mut dst[256 + 256 * j..], lane, |l| {
+        pack_nibbles(&mut dst[Q4K_QUANTS + 256 * j..], lane, |l| {
             q4_k_value(blk, 32 * j + l)
         });
     }
@@ -328,14 +339,15 @@ fn pack_q6_k(dst: &mut [u8], lane: usize, blk: &[u8]) {
                 let bits = (0..4).fold(0u8, |b, k| {
                     b | ((value(4 * (4 * h + k) + e) >> 4) << (2 * k))
                 });
-                dst[2048 + (2 * c + h) * 64 + lane * 4 + e] = bits;
+                dst[Q6K_HIGH + (2 * c + h) * 64 + lane * 4 + e] = bits;
             }
         }
     }
     for s in 0..16 {
-        dst[3072 + 16 * s + lane] = blk[192 + s];
+        dst[Q6K_SCALES + 16 * s + lane] = blk[192 + s];
     }
-    dst[3328 + 2 * lane..3328 + 2 * lane + 2].copy_from_slice(&blk[208..210]); // d
+    dst[Q6K_D + 2 * lane..Q6K_D + 2 * lane + 2].copy_from_slice(&blk[208..210]);
+    // d
 }
 
 /// Reads back one weight (row, col) from the packed layout (for tests).
@@ -367,18 +379,18 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
             half(0) * ((base[32 + q * 64 + lane * 4 + e] ^ 0x80) as i8) as f32
         }
         PackedKind::Q4K => {
-            let scales: Vec<u8> = (0..12).map(|k| base[64 + 16 * k + lane]).collect();
+            let scales: Vec<u8> = (0..12).map(|k| base[Q4K_SCALES + 16 * k + lane]).collect();
             let (sc, m) = super::transcode::q4k_scale_min(j / 32, &scales);
-            let q = nibble(256 + 256 * (j / 32), j % 32);
+            let q = nibble(Q4K_QUANTS + 256 * (j / 32), j % 32);
             half(0) * sc as f32 * q as f32 - half(32) * m as f32
         }
         PackedKind::Q6K => {
             let (c, l) = (j / 32, j % 32);
             let (q, e) = (l / 4, l % 4);
-            let bits = base[2048 + (2 * c + q / 4) * 64 + lane * 4 + e];
+            let bits = base[Q6K_HIGH + (2 * c + q / 4) * 64 + lane * 4 + e];
             let v = nibble(256 * c, l) | (((bits >> (2 * (q % 4))) & 3) << 4);
-            let sc = base[3072 + 16 * (j / 16) + lane] as i8;
-            half(3328) * sc as f32 * (v as f32 - 32.0)
+            let sc = base[Q6K_SCALES + 16 * (j / 16) + lane] as i8;
+            half(Q6K_D) * sc as f32 * (v as f32 - 32.0)
         }
     }
 }
@@ -388,7 +400,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Packed, GROUP};
+    use super::{Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q6K_D, Q6K_HIGH, Q6K_SCALES};
     use crate::kernels::q8::{Q8Act, QK, SUPER};
     use crate::kernels::SharedOut;
 
@@ -524,6 +536,7 @@ mod x86 {
     ) {
         let nb = x.nb();
         let rows = x.rows::<R>(i0);
+        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
         let low = _mm512_set1_epi8(0x0F);
         // The group block: d[16] f16 (32 bytes), for Q4_1 m[16] f16 (32), then four 64-byte vectors.
         let quants = if MIN { 64 } else { 32 };
@@ -542,8 +555,8 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if streams(x) {
-                    prefetch_ahead(blk, p.kind.group_block_bytes(), 0, 1);
+                if stream {
+                    prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // SAFETY: d, 32 bytes at the start of the block.
                 let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
@@ -600,6 +613,7 @@ mod x86 {
     ) {
         let nb = x.nb();
         let rows = x.rows::<R>(i0);
+        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..nb {
@@ -613,8 +627,8 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if streams(x) {
-                    prefetch_ahead(blk, p.kind.group_block_bytes(), 0, 1);
+                if stream {
+                    prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // The group block: d[16] f16 (32 bytes), then eight 64-byte vectors.
                 // SAFETY: d, 32 bytes at the start of the 64-byte aligned block.
@@ -646,7 +660,10 @@ mod x86 {
         }
     }
 
-    /// Quads `t` and `t + 4` (0 <= t < 4) of the 32 quants at `a`.
+    /// Quads `t` and `t + 4` (0 <= t < 4) of the 32 quants at `a`. The K-quant tiles read each pair where
+    /// it is used instead of taking all eight as vectors up front (`quads`, as the 32-value tiles do):
+    /// with their per-sub-block integer sums beside them, four rows' 32 broadcast vectors no longer fit
+    /// the registers, and Qwen2.5-Coder 1.5B's prefill fell from 330 to 238 tok/s.
     ///
     /// # Safety
     /// `a` points at 32 readable bytes.
@@ -692,7 +709,7 @@ mod x86 {
     }
 
     /// The scales and minimums of sub-block `j` (0..8) of the sixteen rows of a Q4_K group block, a
-    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows at offset 64).
+    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows).
     ///
     /// # Safety
     /// `blk` is a Q4_K group block; `j < 8`.
@@ -700,7 +717,8 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     unsafe fn q4_k_scales(blk: *const u8, j: usize) -> (__m128i, __m128i) {
         // SAFETY: byte k (< 12) of the sixteen rows, inside the group block (our caller's promise).
-        let byte = |k: usize| unsafe { _mm_loadu_si128(blk.wrapping_add(64 + 16 * k).cast()) };
+        let byte =
+            |k: usize| unsafe { _mm_loadu_si128(blk.wrapping_add(Q4K_SCALES + 16 * k).cast()) };
         let (m63, m0f, m30) = (_mm_set1_epi8(63), _mm_set1_epi8(0x0F), _mm_set1_epi8(0x30));
         if j < 4 {
             (_mm_and_si128(byte(j), m63), _mm_and_si128(byte(j + 4), m63))
@@ -740,6 +758,7 @@ mod x86 {
     ) {
         let nsb = x.nb() / SUB;
         let rows = x.rows::<R>(i0);
+        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
         let low = _mm512_set1_epi8(0x0F);
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
@@ -757,13 +776,15 @@ mod x86 {
                     let sc = _mm512_cvtepu8_epi32(sc);
                     *min = m;
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
-                    if streams(x) {
-                        prefetch_ahead(blk, 2304, j, SUB);
+                    if stream {
+                        prefetch_ahead(blk, block_bytes, j, SUB);
                     }
                     for t in 0..4 {
-                        // SAFETY: vector t of sub-block j, at offset 256·(1 + j) + 64·t.
+                        // SAFETY: vector t of sub-block j.
                         let v = unsafe {
-                            _mm512_loadu_si512(blk.wrapping_add(256 * (1 + j) + 64 * t).cast())
+                            _mm512_loadu_si512(
+                                blk.wrapping_add(Q4K_QUANTS + 256 * j + 64 * t).cast(),
+                            )
                         };
                         let lo = _mm512_and_si512(v, low);
                         let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
@@ -842,6 +863,7 @@ mod x86 {
     ) {
         let nsb = x.nb() / SUB;
         let rows = x.rows::<R>(i0);
+        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
         let low = _mm512_set1_epi8(0x0F);
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
@@ -853,12 +875,13 @@ mod x86 {
                 let blk = unsafe { p.block(g, sb) };
                 let mut isum = [_mm512_setzero_si512(); R];
                 for c in 0..SUB {
-                    // SAFETY: the two high-bit vectors of block c, at 2048 + 128·c.
-                    let h0 = unsafe { _mm512_loadu_si512(blk.wrapping_add(2048 + 128 * c).cast()) };
+                    let high = blk.wrapping_add(Q6K_HIGH + 128 * c);
+                    // SAFETY: the two high-bit vectors of block c.
+                    let h0 = unsafe { _mm512_loadu_si512(high.cast()) };
                     // SAFETY: as above.
-                    let h1 = unsafe { _mm512_loadu_si512(blk.wrapping_add(2112 + 128 * c).cast()) };
-                    if streams(x) {
-                        prefetch_ahead(blk, 3360, c, SUB);
+                    let h1 = unsafe { _mm512_loadu_si512(high.wrapping_add(64).cast()) };
+                    if stream {
+                        prefetch_ahead(blk, block_bytes, c, SUB);
                     }
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
                     for t in 0..4 {
@@ -879,9 +902,9 @@ mod x86 {
                         }
                     }
                     let scales: [__m512i; 2] = std::array::from_fn(|h| {
-                        // SAFETY: the scales of sub-block 2c + h, at 3072 + 16·(2c + h).
+                        // SAFETY: the scales of sub-block 2c + h.
                         _mm512_cvtepi8_epi32(unsafe {
-                            _mm_loadu_si128(blk.wrapping_add(3072 + 16 * (2 * c + h)).cast())
+                            _mm_loadu_si128(blk.wrapping_add(Q6K_SCALES + 16 * (2 * c + h)).cast())
                         })
                     });
                     for (r, s) in sum.iter().enumerate() {
@@ -895,9 +918,9 @@ mod x86 {
                         }
                     }
                 }
-                // SAFETY: d, 32 bytes at offset 3328 of the group block.
+                // SAFETY: d, 32 bytes.
                 let dw =
-                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.wrapping_add(3328).cast()) });
+                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.wrapping_add(Q6K_D).cast()) });
                 for r in 0..R {
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
                     acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[r]), scale, acc[r]);
