@@ -25,8 +25,9 @@ pub struct Q8Act {
     s: Vec<f32>,
     /// `m × nb` values of `Σq`.
     qsum: Vec<i32>,
-    /// `m × 2·nb` values of `Σq` over each 16 quants (`quantize_super` only; empty otherwise).
-    qsum16: Vec<i32>,
+    /// `m × 2·nb` values of `Σq` over each 16 quants, made by `quantize_super` only (its presence says
+    /// the scales are per 256 values).
+    qsum16: Option<Vec<i32>>,
     m: usize,
     cols: usize,
     /// Blocks per row.
@@ -57,7 +58,7 @@ impl Q8Act {
     /// values.
     pub fn quantize_super(x: &[f32], m: usize, cols: usize) -> Self {
         let mut a = Self::zeroed(x, m, cols, SUPER);
-        a.qsum16 = vec![0; a.qsum.len() * 2];
+        let mut qsum16 = vec![0; a.qsum.len() * 2];
         let quantize = quantizer();
         let len = a.qs.len();
         for (sb, chunk) in x[..len].chunks_exact(SUPER).enumerate() {
@@ -73,10 +74,11 @@ impl Q8Act {
                 a.d[blk] = d;
                 a.s[blk] = sum as f32 * d;
                 a.qsum[blk] = sum;
-                a.qsum16[2 * blk] = half;
-                a.qsum16[2 * blk + 1] = sum - half;
+                qsum16[2 * blk] = half;
+                qsum16[2 * blk + 1] = sum - half;
             }
         }
+        a.qsum16 = Some(qsum16);
         a
     }
 
@@ -98,7 +100,7 @@ impl Q8Act {
             d: vec![0.0; m * nb],
             s: vec![0.0; m * nb],
             qsum: vec![0; m * nb],
-            qsum16: Vec::new(),
+            qsum16: None,
             m,
             cols,
             nb,
@@ -174,16 +176,16 @@ impl Q8Act {
     /// `Σq` of each 16 quants of row `i` (`2·nb` values), or nothing unless made by `quantize_super`.
     #[inline]
     pub fn qsum16(&self, i: usize) -> &[i32] {
-        if self.qsum16.is_empty() {
-            return &[];
+        match &self.qsum16 {
+            Some(sums) => &sums[i * 2 * self.nb..][..2 * self.nb],
+            None => &[],
         }
-        &self.qsum16[i * 2 * self.nb..][..2 * self.nb]
     }
 
-    /// Whether the scales are per 256 values (`quantize_super`).
+    /// Whether the scales are per 256 values (`quantize_super`), also for no rows at all.
     #[inline]
     pub fn per_super_block(&self) -> bool {
-        !self.qsum16.is_empty()
+        self.qsum16.is_some()
     }
 }
 
@@ -443,6 +445,7 @@ mod tests {
             .collect();
         let q = Q8Act::quantize_super(&x, m, cols);
         assert!(q.per_super_block() && !Q8Act::quantize(&x, m, cols).per_super_block());
+        assert!(Q8Act::quantize_super(&[], 0, cols).per_super_block());
         for i in 0..m {
             for sb in 0..cols / SUPER {
                 let part = &x[i * cols + sb * SUPER..][..SUPER];
