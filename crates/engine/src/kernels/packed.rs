@@ -422,20 +422,37 @@ mod x86 {
                 groups: Range<usize>,
                 out: SharedOut,
             ) {
-                let mut i0 = first;
-                while i0 < x.m() {
-                    let g = groups.clone();
-                    match (x.m() - i0).min(MR) {
-                        // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
-                        4 => unsafe { $tile::<4 $(, $arg)*>(p, x, g, i0, out) },
-                        // SAFETY: i0 + 3 <= m; as above.
-                        3 => unsafe { $tile::<3 $(, $arg)*>(p, x, g, i0, out) },
-                        // SAFETY: i0 + 2 <= m; as above.
-                        2 => unsafe { $tile::<2 $(, $arg)*>(p, x, g, i0, out) },
-                        // SAFETY: i0 + 1 <= m; as above.
-                        _ => unsafe { $tile::<1 $(, $arg)*>(p, x, g, i0, out) },
+                /// The tiles, prefetching or not (`STREAM`, see `streams`).
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+                unsafe fn tiles<const STREAM: bool>(
+                    p: &Packed,
+                    x: &Q8Act,
+                    first: usize,
+                    groups: Range<usize>,
+                    out: SharedOut,
+                ) {
+                    let mut i0 = first;
+                    while i0 < x.m() {
+                        let g = groups.clone();
+                        match (x.m() - i0).min(MR) {
+                            // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
+                            4 => unsafe { $tile::<4, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                            // SAFETY: i0 + 3 <= m; as above.
+                            3 => unsafe { $tile::<3, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                            // SAFETY: i0 + 2 <= m; as above.
+                            2 => unsafe { $tile::<2, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                            // SAFETY: i0 + 1 <= m; as above.
+                            _ => unsafe { $tile::<1, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                        }
+                        i0 += MR;
                     }
-                    i0 += MR;
+                }
+                if streams(x) {
+                    // SAFETY: our caller's promise.
+                    unsafe { tiles::<true>(p, x, first, groups, out) }
+                } else {
+                    // SAFETY: our caller's promise.
+                    unsafe { tiles::<false>(p, x, first, groups, out) }
                 }
             }
         };
@@ -527,7 +544,7 @@ mod x86 {
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_tile<const R: usize, const MIN: bool>(
+    unsafe fn q4_tile<const R: usize, const STREAM: bool, const MIN: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -536,7 +553,7 @@ mod x86 {
     ) {
         let nb = x.nb();
         let rows = x.rows::<R>(i0);
-        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
+        let block_bytes = p.kind.group_block_bytes();
         let low = _mm512_set1_epi8(0x0F);
         // The group block: d[16] f16 (32 bytes), for Q4_1 m[16] f16 (32), then four 64-byte vectors.
         let quants = if MIN { 64 } else { 32 };
@@ -555,7 +572,7 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if stream {
+                if STREAM {
                     prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // SAFETY: d, 32 bytes at the start of the block.
@@ -604,7 +621,7 @@ mod x86 {
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q8_0_tile<const R: usize>(
+    unsafe fn q8_0_tile<const R: usize, const STREAM: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -613,7 +630,7 @@ mod x86 {
     ) {
         let nb = x.nb();
         let rows = x.rows::<R>(i0);
-        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
+        let block_bytes = p.kind.group_block_bytes();
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..nb {
@@ -627,7 +644,7 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if stream {
+                if STREAM {
                     prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // The group block: d[16] f16 (32 bytes), then eight 64-byte vectors.
@@ -688,7 +705,8 @@ mod x86 {
     /// verification of drafted tokens) reads them from memory once, in one tile of rows, while a
     /// prompt-sized product goes over one task's weights again for every tile, from the cache, and only
     /// loses time to prefetches (Qwen2.5-Coder 0.5B, prefill 512 at 2 threads: 654 tok/s with them, 883
-    /// without).
+    /// without). The choice is a constant of the tiles (`STREAM`): a run-time test in the block loop,
+    /// though never true in a prompt, cost that prefill a sixth (about 870 → 710 tok/s).
     #[inline]
     fn streams(x: &Q8Act) -> bool {
         x.m() <= MR
@@ -749,7 +767,7 @@ mod x86 {
     /// As for `q4_k`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_k_tile<const R: usize>(
+    unsafe fn q4_k_tile<const R: usize, const STREAM: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -758,7 +776,7 @@ mod x86 {
     ) {
         let nsb = x.nb() / SUB;
         let rows = x.rows::<R>(i0);
-        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
+        let block_bytes = p.kind.group_block_bytes();
         let low = _mm512_set1_epi8(0x0F);
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
@@ -776,7 +794,7 @@ mod x86 {
                     let sc = _mm512_cvtepu8_epi32(sc);
                     *min = m;
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
-                    if stream {
+                    if STREAM {
                         prefetch_ahead(blk, block_bytes, j, SUB);
                     }
                     for t in 0..4 {
@@ -854,7 +872,7 @@ mod x86 {
     /// As for `q6_k`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q6_k_tile<const R: usize>(
+    unsafe fn q6_k_tile<const R: usize, const STREAM: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -863,7 +881,7 @@ mod x86 {
     ) {
         let nsb = x.nb() / SUB;
         let rows = x.rows::<R>(i0);
-        let (stream, block_bytes) = (streams(x), p.kind.group_block_bytes());
+        let block_bytes = p.kind.group_block_bytes();
         let low = _mm512_set1_epi8(0x0F);
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
@@ -880,7 +898,7 @@ mod x86 {
                     let h0 = unsafe { _mm512_loadu_si512(high.cast()) };
                     // SAFETY: as above.
                     let h1 = unsafe { _mm512_loadu_si512(high.wrapping_add(64).cast()) };
-                    if stream {
+                    if STREAM {
                         prefetch_ahead(blk, block_bytes, c, SUB);
                     }
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
