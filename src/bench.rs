@@ -273,6 +273,101 @@ pub fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
     Some(kib * 1024.0 / 1e6)
 }
 
+/// What bounds the decode rate: the machine's memory read bandwidth and the bytes one decode step reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeBound {
+    /// Read bandwidth measured by a probe before the model was loaded and after the last measurement,
+    /// GB/s (the bandwidth of a shared machine moves: the bound takes the highest rate seen).
+    pub read_gb_s: [f64; 2],
+    /// Bytes of the model file a decode step reads at least (every tensor but the token embedding table,
+    /// of which it reads one row, unless the model has no output matrix and multiplies by the table).
+    pub weight_bytes: u64,
+    /// Bytes of cached keys and values per position.
+    pub kv_bytes_per_position: u64,
+}
+
+impl DecodeBound {
+    /// The weights' share, from the model file at `path`.
+    pub fn new(path: &Path, kv_bytes_per_position: u64, read_gb_s: f64) -> Result<Self> {
+        let file = codellama_engine::gguf::GgufFile::open(path)?;
+        let tied = !file.content.tensor_infos.contains_key("output.weight");
+        let weight_bytes = file
+            .content
+            .tensor_infos
+            .iter()
+            .filter(|(name, _)| tied || name.as_str() != "token_embd.weight")
+            .map(|(name, t)| {
+                codellama_engine::gguf::tensor_size(t.ggml_dtype, t.shape.dims())
+                    .with_context(|| format!("the size of tensor {name}"))
+            })
+            .sum::<Result<usize>>()? as u64;
+        Ok(DecodeBound {
+            read_gb_s: [read_gb_s, read_gb_s],
+            weight_bytes,
+            kv_bytes_per_position,
+        })
+    }
+
+    /// The bound with the bandwidth measured after the run as well.
+    pub fn measured_after(mut self, read_gb_s: f64) -> Self {
+        self.read_gb_s[1] = read_gb_s;
+        self
+    }
+
+    /// Bytes a decode step at `depth` reads at least.
+    pub fn step_bytes(&self, depth: usize) -> f64 {
+        self.weight_bytes as f64 + (self.kv_bytes_per_position * depth as u64) as f64
+    }
+
+    /// The highest read rate seen: the probes', or what a decode reached (its steps' bytes at its rate),
+    /// in GB/s. The probe is one simple loop on a shared machine, and an engine that read faster shows
+    /// that the memory allows it.
+    pub fn best_gb_s<'a>(&self, decodes: impl Iterator<Item = &'a Figure>) -> f64 {
+        decodes
+            .map(|f| f.tok_per_s * self.step_bytes(f.tokens) / 1e9)
+            .fold(self.read_gb_s[0].max(self.read_gb_s[1]), f64::max)
+    }
+}
+
+/// The machine's memory read bandwidth now, in GB/s: `threads` threads each summing their part of a
+/// buffer eight times larger than a large last-level cache, best of five passes. Measured before the
+/// model is loaded (and after it is dropped), so that the buffer does not add to the peak RSS reported.
+pub fn read_bandwidth(threads: usize) -> f64 {
+    const BYTES: usize = 256 << 20;
+    let buf = vec![1u64; BYTES / 8];
+    let part = buf.len().div_ceil(threads.max(1));
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let total: u64 = std::thread::scope(|s| {
+            let sums: Vec<_> = buf
+                .chunks(part)
+                .map(|p| s.spawn(move || sum_words(p)))
+                .collect();
+            sums.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        std::hint::black_box(total);
+        best = best.max(BYTES as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// The wrapping sum of `words`, eight lanes at a time (independent additions the compiler turns into
+/// vector ones, so that reading, not adding, sets the pace).
+fn sum_words(words: &[u64]) -> u64 {
+    let (chunks, rest) = words.as_chunks::<8>();
+    let lanes = chunks.iter().fold([0u64; 8], |mut acc, c| {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_add(*x);
+        }
+        acc
+    });
+    lanes
+        .iter()
+        .chain(rest)
+        .fold(0u64, |a, &x| a.wrapping_add(x))
+}
+
 /// Where a llama.cpp server binary may be: `LLAMA_SERVER`, then the cache `scripts/fetch-llama-server`
 /// fills beside the binary's checkout, then `PATH`.
 pub fn find_llama_server() -> Option<PathBuf> {
@@ -427,6 +522,7 @@ pub struct Report {
     /// `None` when no llama.cpp server binary was available (or `--no-llama`).
     pub llama_cpp: Option<Figures>,
     pub llama_cpp_binary: Option<PathBuf>,
+    pub decode_bound: Option<DecodeBound>,
 }
 
 impl Report {
@@ -483,5 +579,84 @@ impl Report {
             &self.ours.decode,
             self.llama_cpp.as_ref().map(|f| &f.decode),
         );
+        if let Some(b) = &self.decode_bound {
+            self.print_bound(b);
+        }
+    }
+
+    /// Each decode figure as a share of what the memory allows (`DecodeBound`).
+    fn print_bound(&self, b: &DecodeBound) {
+        let theirs = self.llama_cpp.iter().flat_map(|l| &l.decode);
+        let gb_s = b.best_gb_s(self.ours.decode.iter().chain(theirs));
+        println!(
+            "decode bound: a step reads {:.0} MB of weights and {:.1} KB of KV cache per position; read \
+             bandwidth {:.1} GB/s (probe {:.1} before the run, {:.1} after, the rest reached by a decode)",
+            b.weight_bytes as f64 / 1e6,
+            b.kv_bytes_per_position as f64 / 1e3,
+            gb_s,
+            b.read_gb_s[0],
+            b.read_gb_s[1],
+        );
+        for (i, f) in self.ours.decode.iter().enumerate() {
+            let bound = gb_s * 1e9 / b.step_bytes(f.tokens);
+            let theirs = self.llama_cpp.as_ref().and_then(|l| l.decode.get(i));
+            println!(
+                "{:<22} {:>9.1} tok/s: ours {:.0}%{}",
+                format!("bound at depth {}", f.tokens),
+                bound,
+                100.0 * f.tok_per_s / bound,
+                theirs.map_or(String::new(), |t| format!(
+                    ", llama.cpp {:.0}%",
+                    100.0 * t.tok_per_s / bound
+                )),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A decode step reads every tensor of the file but the token embedding table. The golden figure is
+    /// the tiny Code Llama fixture's tensor sizes as the `gguf` Python package reads them: its output
+    /// matrix (32016 × 64 q8_0: 2,177,088 bytes), two layers of 4 attention matrices (4,352 bytes each), 3
+    /// feed-forward ones (8,704) and 2 norms (256), and the output norm; its token embedding table (the
+    /// size of the output matrix) is left out.
+    #[test]
+    fn a_decode_step_reads_the_file_but_the_embedding_table() {
+        let path =
+            codellama_test_support::fixtures::codellama_fixture("tiny-codellama-mha-q8_0.gguf");
+        let b = DecodeBound::new(&path, 1000, 10.0).unwrap();
+        assert_eq!(
+            b.weight_bytes,
+            2_177_088 + 2 * (4 * 4_352 + 3 * 8_704 + 2 * 256) + 256
+        );
+        assert_eq!(b.step_bytes(3), b.weight_bytes as f64 + 3000.0);
+    }
+
+    /// The bound's bandwidth is the probes' unless a decode read faster.
+    #[test]
+    fn the_bound_takes_the_highest_rate_seen() {
+        let b = DecodeBound {
+            read_gb_s: [10.0, 12.0],
+            weight_bytes: 1_000_000_000,
+            kv_bytes_per_position: 1_000_000,
+        };
+        let at = |tokens: usize, tok_per_s: f64| Figure {
+            tokens,
+            tok_per_s,
+            samples: vec![tok_per_s],
+        };
+        assert_eq!(b.best_gb_s([at(0, 5.0)].iter()), 12.0);
+        // 1,000 positions: 2 GB a step, 8 steps a second.
+        assert_eq!(b.best_gb_s([at(0, 5.0), at(1000, 8.0)].iter()), 16.0);
+    }
+
+    #[test]
+    fn the_probe_sums_every_word() {
+        let words: Vec<u64> = (1..=1001).collect();
+        assert_eq!(sum_words(&words), 1001 * 1002 / 2);
+        assert_eq!(sum_words(&[u64::MAX, 2]), 1);
     }
 }

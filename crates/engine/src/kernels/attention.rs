@@ -689,6 +689,10 @@ fn attend_row_q8(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if simd512::fits_row(out.len()) && super::cpu::has_avx512_vnni() {
+            // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`).
+            return unsafe { simd512::attend_row_q8(query, keys, values, scale, out) };
+        }
         if simd::fits(out.len()) && super::cpu::has_avx2() {
             // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), all `attend_row_q8` needs.
             return unsafe { simd::attend_row_q8(query, keys, values, scale, out) };
@@ -777,6 +781,10 @@ fn attend_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if low_precision && simd512::fits_row(hd) && super::cpu::has_avx512_vnni() {
+            // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`).
+            return unsafe { simd512::attend_row(query, keys, values, scale, out) };
+        }
         if simd::fits(hd) && super::cpu::has_avx2() {
             // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), all `attend_row` needs.
             return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
@@ -1104,7 +1112,6 @@ mod simd {
         for (qv, block) in q.iter_mut().zip(qq.as_chunks::<QK>().0) {
             *qv = load_i8x32(block);
         }
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 32];
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
@@ -1113,16 +1120,7 @@ mod simd {
             .zip(keys.d.chunks_exact(nb))
             .zip(v_runs.chunks_exact(lanes).zip(values.d.chunks_exact(nb)));
         for ((kb, kd), (vr, vd)) in rows {
-            let mut dot = _mm256_setzero_ps();
-            for (((block, kd), qv), qd) in kb.iter().zip(kd).zip(&q).zip(qd) {
-                let x = load_i8x32(block);
-                let ax = _mm256_sign_epi8(x, x);
-                let sy = _mm256_sign_epi8(*qv, x);
-                let pairs = _mm256_maddubs_epi16(ax, sy);
-                let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-                dot = _mm256_fmadd_ps(_mm256_set1_ps(scale16(*kd) * qd), quads, dot);
-            }
-            let score = hsum(dot) * scale;
+            let score = score_q8(kb, kd, &q[..nb], qd) * scale;
             let (mut ms, mut vs) = (1.0f32, 1.0f32);
             if score > m {
                 ms = (m - score).exp();
@@ -1150,17 +1148,36 @@ mod simd {
         }
     }
 
+    /// One key's score before scaling, `k · q` over the q8_0 blocks `kb` (scales `kd`) and the query's
+    /// (`q`, scales `qd`), in llama.cpp's AVX2 order (see `attend_row_q8`). The 512-bit decode row takes
+    /// it too, so that their scores agree bit for bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub fn score_q8(kb: &[[i8; QK]], kd: &[f16], q: &[__m256i], qd: &[f32]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut dot = _mm256_setzero_ps();
+        for (((block, kd), qv), qd) in kb.iter().zip(kd).zip(q).zip(qd) {
+            let x = load_i8x32(block);
+            let ax = _mm256_sign_epi8(x, x);
+            let sy = _mm256_sign_epi8(*qv, x);
+            let pairs = _mm256_maddubs_epi16(ax, sy);
+            let quads = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+            dot = _mm256_fmadd_ps(_mm256_set1_ps(scale16(*kd) * qd), quads, dot);
+        }
+        hsum(dot)
+    }
+
     /// An f16 scale as f32, in one instruction (`half`'s conversion checks the CPU on every call).
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn scale16(d: f16) -> f32 {
+    pub fn scale16(d: f16) -> f32 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32)))
     }
 
     /// 32 quants.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn load_i8x32(v: &[i8; QK]) -> __m256i {
+    pub fn load_i8x32(v: &[i8; QK]) -> __m256i {
         // SAFETY: 32 bytes, one unaligned 256-bit load.
         unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
     }
@@ -1179,14 +1196,19 @@ mod simd {
 /// keys read from L1 serves four rows' scores, and each value vector sixteen outputs. Every score, weight
 /// and output is computed with the same operations in the same order as there (one lane of a wider
 /// vector is the same multiply-add), and the softmax step is the same function, so the two agree bit for
-/// bit (tested); only the speed differs.
+/// bit (tested); only the speed differs. The decode rows (`attend_row`, `attend_row_q8`) likewise give
+/// `simd`'s results bit for bit, for heads of 64 and 128 values: the query and the output stay in
+/// registers, and the scores of eight positions are computed before their values are added, so that
+/// their dot products and exponentials overlap (the AVX2 rows, one position at a time, kept half of each
+/// position's work waiting; decode at depth 2,000 of a 7B ran at half the memory's speed).
 #[cfg(target_arch = "x86_64")]
 mod simd512 {
     use std::arch::x86_64::*;
 
     use half::f16;
 
-    use super::simd::{softmax_step, KB};
+    use super::simd::{self, softmax_step, KB};
+    use super::QK;
 
     /// Query rows whose scores are computed together.
     const RB: usize = 4;
@@ -1382,6 +1404,239 @@ mod simd512 {
             }
         }
     }
+
+    /// Whether `attend_row` takes heads of `hd` values: whole chunks of 64 (llama.cpp's dot product then
+    /// has no remainder) and at most 128, so that the query, the output and the dot product's
+    /// accumulators all stay in registers.
+    pub fn fits_row(hd: usize) -> bool {
+        hd == 64 || hd == 128
+    }
+
+    /// Positions whose scores are all computed before their values are added: the dot products (and
+    /// the exponentials) of a block do not wait on one another, only the additions of values do.
+    const PB: usize = 8;
+
+    /// `simd::attend_row` with f16 numerics (decode), bit for bit, on AVX-512: one query row against
+    /// `keys.len() / hd` cached positions. Panics unless `fits_row(hd)`, the query and the output hold
+    /// `hd` values and there are as many values as keys, whole rows of `hd`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub fn attend_row(query: &[f32], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
+        match query.len() {
+            64 => attend_row_of::<4>(query, keys, values, scale, out),
+            128 => attend_row_of::<8>(query, keys, values, scale, out),
+            hd => panic!("head size {hd} for the 512-bit decode attention"),
+        }
+    }
+
+    /// How one position enters a row's running softmax.
+    #[derive(Clone, Copy)]
+    struct Step {
+        /// The position's score set a new maximum: the output so far is scaled by `ms` first.
+        rescale: bool,
+        ms: f32,
+        /// The weight of the position's values.
+        vs: f32,
+    }
+
+    const NO_STEP: Step = Step {
+        rescale: false,
+        ms: 1.0,
+        vs: 1.0,
+    };
+
+    /// The online softmax over a block of positions' `scores`, one position after another as the AVX2
+    /// rows take them: the running maximum `m` and sum `sum` move on, and `steps` say how each position
+    /// enters the output.
+    #[inline]
+    fn softmax_steps(scores: &[f32], m: &mut f32, sum: &mut f32, steps: &mut [Step; PB]) {
+        for (step, &score) in steps.iter_mut().zip(scores) {
+            *step = if score > *m {
+                let old = *m;
+                *m = score;
+                Step {
+                    rescale: true,
+                    ms: (old - score).exp(),
+                    vs: 1.0,
+                }
+            } else {
+                Step {
+                    rescale: false,
+                    ms: 1.0,
+                    vs: (score - *m).exp(),
+                }
+            };
+            *sum = sum.mul_add(step.ms, step.vs);
+        }
+    }
+
+    /// `attend_row` for heads of `L` vectors of 16 values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn attend_row_of<const L: usize>(
+        query: &[f32],
+        keys: &[f16],
+        values: &[f16],
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let hd = L * 16;
+        assert!(query.len() == hd && out.len() == hd);
+        assert!(keys.len() == values.len() && keys.len().is_multiple_of(hd));
+        let query = query.as_chunks::<16>().0;
+        let q: [__m512; L] = std::array::from_fn(|i| round16(load(&query[i])));
+        let mut acc = [_mm512_setzero_ps(); L];
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        let mut steps = [NO_STEP; PB];
+        let (k16, _) = keys.as_chunks::<16>();
+        let (v16, _) = values.as_chunks::<16>();
+        for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
+            let mut scores = [0f32; PB];
+            for (sc, k) in scores.iter_mut().zip(kb.chunks_exact(L)) {
+                *sc = dot_like_ggml::<L>(k, &q) * scale;
+            }
+            let n = kb.len() / L;
+            softmax_steps(&scores[..n], &mut m, &mut sum, &mut steps);
+            for (step, v) in steps.iter().zip(vb.chunks_exact(L)) {
+                if step.rescale {
+                    let msv = _mm512_set1_ps(step.ms);
+                    for a in acc.iter_mut() {
+                        *a = round16(_mm512_mul_ps(*a, msv));
+                    }
+                }
+                let vsv = _mm512_set1_ps(step.vs);
+                for (a, v) in acc.iter_mut().zip(v) {
+                    *a = round16(_mm512_fmadd_ps(load16(v), vsv, *a));
+                }
+            }
+        }
+        let inv = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+        for (o, a) in out.as_chunks_mut::<16>().0.iter_mut().zip(&acc) {
+            store(o, _mm512_mul_ps(*a, inv));
+        }
+    }
+
+    /// `simd::attend_row_q8`, bit for bit, on AVX-512: the scores as there (`simd::score_q8`), the
+    /// softmax and the weighted sum of values in blocks of positions as `attend_row_of` does. Panics
+    /// unless `fits_row(hd)`, the query and the output hold `hd` values and the rows are whole rows of
+    /// `hd`.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub fn attend_row_q8(
+        query: (&[i8], &[f32]),
+        keys: super::Q8Rows,
+        values: super::Q8Rows,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        match out.len() {
+            64 => attend_row_q8_of::<4>(query, keys, values, scale, out),
+            128 => attend_row_q8_of::<8>(query, keys, values, scale, out),
+            hd => panic!("head size {hd} for the 512-bit decode attention"),
+        }
+    }
+
+    /// `attend_row_q8` for heads of `L` vectors of 16 values (`L / 2` blocks of 32).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn attend_row_q8_of<const L: usize>(
+        (qq, qd): (&[i8], &[f32]),
+        keys: super::Q8Rows,
+        values: super::Q8Rows,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let (hd, nb) = (L * 16, L / 2);
+        assert!(out.len() == hd && qq.len() == hd && qd.len() == nb);
+        assert!(keys.qs.len() == values.qs.len() && keys.qs.len().is_multiple_of(hd));
+        assert!(keys.d.len() * QK == keys.qs.len() && values.d.len() * QK == values.qs.len());
+        let q: Vec<__m256i> = qq
+            .as_chunks::<QK>()
+            .0
+            .iter()
+            .map(|b| simd::load_i8x32(b))
+            .collect();
+        let mut acc = [_mm512_setzero_ps(); L];
+        let mut m = f32::NEG_INFINITY;
+        let mut sum = 0f32;
+        let mut steps = [NO_STEP; PB];
+        let (k32, _) = keys.qs.as_chunks::<QK>();
+        let (v16, _) = values.qs.as_chunks::<16>();
+        let positions = k32
+            .chunks(PB * nb)
+            .zip(keys.d.chunks(PB * nb))
+            .zip(v16.chunks(PB * L).zip(values.d.chunks(PB * nb)));
+        for ((kb, kd), (vb, vd)) in positions {
+            let mut scores = [0f32; PB];
+            for (sc, (k, d)) in scores
+                .iter_mut()
+                .zip(kb.chunks_exact(nb).zip(kd.chunks_exact(nb)))
+            {
+                *sc = simd::score_q8(k, d, &q, qd) * scale;
+            }
+            let n = kb.len() / nb;
+            softmax_steps(&scores[..n], &mut m, &mut sum, &mut steps);
+            for (step, (v, d)) in steps
+                .iter()
+                .zip(vb.chunks_exact(L).zip(vd.chunks_exact(nb)))
+            {
+                if step.rescale {
+                    let msv = _mm512_set1_ps(step.ms);
+                    for a in acc.iter_mut() {
+                        *a = _mm512_mul_ps(*a, msv);
+                    }
+                }
+                let vsv = _mm512_set1_ps(step.vs);
+                for ((a2, v2), d) in acc.chunks_exact_mut(2).zip(v.chunks_exact(2)).zip(d) {
+                    let d = _mm512_set1_ps(simd::scale16(*d));
+                    for (a, v) in a2.iter_mut().zip(v2) {
+                        let x = _mm512_mul_ps(load_i8x16(v), d);
+                        *a = _mm512_fmadd_ps(x, vsv, *a);
+                    }
+                }
+            }
+        }
+        let inv = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+        for (o, a) in out.as_chunks_mut::<16>().0.iter_mut().zip(&acc) {
+            store(o, _mm512_mul_ps(*a, inv));
+        }
+    }
+
+    /// 16 quants as f32.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load_i8x16(v: &[i8; 16]) -> __m512 {
+        // SAFETY: 16 bytes, one unaligned 128-bit load.
+        let bytes = unsafe { _mm_loadu_si128(v.as_ptr().cast()) };
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes))
+    }
+
+    /// Rounds 16 lanes to f16 precision and back.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    fn round16(x: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+    }
+
+    /// `simd::dot_like_ggml` for heads of `L` vectors (a multiple of 4), bit for bit: its four 16-lane
+    /// accumulators are whole registers here, folded and reduced in the same order.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn dot_like_ggml<const L: usize>(k: &[[f16; 16]], q: &[__m512; L]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (kc, qc) in k.chunks_exact(4).zip(q.chunks_exact(4)) {
+            for ((a, k), q) in acc.iter_mut().zip(kc).zip(qc) {
+                *a = _mm512_fmadd_ps(load16(k), *q, *a);
+            }
+        }
+        let x0 = _mm512_add_ps(acc[0], acc[2]);
+        let x1 = _mm512_add_ps(acc[1], acc[3]);
+        let x = _mm512_add_ps(x0, x1);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+        let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(x));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let t8 = _mm_add_ps(t6, _mm_shuffle_ps::<0b01_00_11_10>(t6, t6));
+        _mm_cvtss_f32(t8) + _mm_cvtss_f32(_mm_shuffle_ps::<1>(t8, t8))
+    }
 }
 
 #[cfg(test)]
@@ -1489,6 +1744,50 @@ mod tests {
                     .zip(&wide)
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "hd {hd} pos {pos} seq {seq}");
+            }
+        }
+    }
+
+    /// The 512-bit decode attention gives the AVX2 kernel's results bit for bit, over depths that end
+    /// inside and at the edge of its blocks of positions, with keys whose scores now and then set a new
+    /// maximum mid-block (a rescale) and keys that grow, so that every position does.
+    #[test]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    fn decode_attention_is_the_same_on_512_bit_vectors() {
+        if !super::super::cpu::has_avx512_vnni() {
+            eprintln!("SKIPPED: no AVX-512 on this CPU (or capped by CODELLAMA_LSP_CPU)");
+            return;
+        }
+        for hd in [64, 128] {
+            let query: Vec<f32> = (0..hd).map(|i| val(i + 11)).collect();
+            for n in [1, 7, 8, 9, 16, 100, 1000] {
+                for growing in [false, true] {
+                    let key = |i: usize| {
+                        let x = val(i);
+                        if growing {
+                            x.abs() * (1.0 + (i / hd) as f32 / 8.0)
+                        } else {
+                            x
+                        }
+                    };
+                    let keys: Vec<f16> = (0..n * hd).map(|i| f16::from_f32(key(i))).collect();
+                    let values: Vec<f16> = (0..n * hd).map(|i| f16::from_f32(val(i + 5))).collect();
+                    let scale = 1.0 / (hd as f32).sqrt();
+                    let (mut narrow, mut wide) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+                    // SAFETY: the CPU has AVX2, FMA and F16C (it has AVX-512 VNNI, checked above).
+                    unsafe {
+                        simd::attend_row(&query, &keys, &values, hd, scale, true, &mut narrow)
+                    };
+                    // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above).
+                    unsafe { simd512::attend_row(&query, &keys, &values, scale, &mut wide) };
+                    assert!(narrow.iter().all(|x| x.is_finite()), "hd {hd} n {n}");
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&narrow),
+                        bits(&wide),
+                        "hd {hd} n {n} growing {growing}"
+                    );
+                }
             }
         }
     }
@@ -1664,7 +1963,8 @@ mod tests {
     }
 
     /// The scalar and the AVX2 q8_0 rows agree bit for bit, for every head size the vector code takes and
-    /// histories from one position to several hundred.
+    /// histories from one position to several hundred; so does the 512-bit row, for the head sizes it
+    /// takes (and histories ending inside and at the edge of its blocks of positions).
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn q8_0_rows_are_the_same_in_scalar_and_simd() {
@@ -1672,7 +1972,17 @@ mod tests {
             eprintln!("skipped: no AVX2 on this CPU (or capped by CODELLAMA_LSP_CPU)");
             return;
         }
-        let lengths: &[usize] = if cfg!(miri) { &[1, 3] } else { &[1, 7, 300] };
+        let wide = super::super::cpu::has_avx512_vnni() && !cfg!(miri);
+        if !wide {
+            eprintln!(
+                "SKIPPED the 512-bit rows: no AVX-512 on this CPU (or capped by CODELLAMA_LSP_CPU)"
+            );
+        }
+        let lengths: &[usize] = if cfg!(miri) {
+            &[1, 3]
+        } else {
+            &[1, 7, 8, 9, 16, 300]
+        };
         for hd in [32, 64, 128, 256] {
             for &n in lengths {
                 let (s, cache, q) = case(KvType::Q8_0, n - 1, 1, hd, 0);
@@ -1689,6 +1999,14 @@ mod tests {
                     unsafe { simd::attend_row_q8(query, keys, values, s.scale(), &mut vector) };
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&scalar), bits(&vector), "hd {hd} n {n} h{h}");
+                    if wide && simd512::fits_row(hd) {
+                        let mut wider = vec![0f32; hd];
+                        // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above).
+                        unsafe {
+                            simd512::attend_row_q8(query, keys, values, s.scale(), &mut wider)
+                        };
+                        assert_eq!(bits(&scalar), bits(&wider), "512-bit, hd {hd} n {n} h{h}");
+                    }
                 }
             }
         }
