@@ -968,6 +968,12 @@ fn failures_during_a_session_are_noticed_once_and_a_cancel_is_no_recovery() {
             bytes("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ndata: x\r\n"),
         ),
         (
+            "a server that does not speak HTTP",
+            RemoteErrorKind::BadResponse,
+            "invalid HTTP version",
+            bytes("SSH-2.0-OpenSSH_9.6\r\n"),
+        ),
+        (
             "a connection closed mid-chunk",
             RemoteErrorKind::Disconnected,
             "closed the connection",

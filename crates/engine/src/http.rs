@@ -207,8 +207,15 @@ pub fn cause(e: &reqwest::Error) -> Cause {
     }
     match io_kind(e) {
         Some(K::InvalidData | K::InvalidInput) => Cause::Protocol,
-        // hyper's parse errors ("invalid HTTP version parsed", "invalid URI") carry no I/O error.
-        None if chain(e).any(|s| s.to_string().contains("parse")) => Cause::Protocol,
+        // A reply that is not HTTP ("invalid HTTP version parsed", a bad status line or header) is one of
+        // hyper's parse errors, which carry no I/O error.
+        None if chain(e).any(|s| {
+            s.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse)
+        }) =>
+        {
+            Cause::Protocol
+        }
         _ => Cause::Closed,
     }
 }
