@@ -52,6 +52,12 @@ fn fetch_with_display(spec: Option<&str>) -> Result<String> {
     let mut name = String::new();
     let mut last_tenth = None;
     let mut on_event = |event: Event| match event {
+        Event::Waiting { file } => eprintln!(
+            "waiting for another process downloading {} from {} (it holds {})",
+            file.file,
+            file.repo,
+            file.lock_path().display()
+        ),
         Event::Start { file, resumed_from } => {
             name = file.file.clone();
             let resumed = if resumed_from > 0 {

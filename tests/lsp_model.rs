@@ -916,6 +916,58 @@ fn a_cancelled_download_leaves_no_file_and_resumes_later() {
     let _ = std::fs::remove_dir_all(&home);
 }
 
+/// Two servers (two editors) that need the same model at once download it once: the second waits for the
+/// first's lock (`.locks/` in the cache), says so, and loads the file the first one finished, whole. Without
+/// the lock both appended to one `.part` file, and the one finishing first renamed the mixture into place.
+#[test]
+fn two_servers_download_one_file_once() {
+    let home = scratch("two");
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_codellama-lsp"));
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let (size, sha) = (body.len() as u64, sha256_hex(&body));
+    let spec = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf";
+    let snapshot = home
+        .join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF/snapshots")
+        .join(COMMIT)
+        .join("smollm2.gguf");
+    // About 6 s for the whole file: the second server starts while the first downloads.
+    let hub = HubStandIn::start(body.clone(), sha, Duration::from_millis(60));
+    let mut first = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    first
+        .wait_for("$/progress", LOAD, |p| p["value"]["kind"] == "report")
+        .unwrap();
+    let mut second = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    // Within the first's download (a broken lock would time out here, not after `LOAD`).
+    second
+        .wait_for("codellama/status", Duration::from_secs(60), |p| {
+            p["message"]
+                .as_str()
+                .is_some_and(|m| m == "waiting for another download of smollm2.gguf")
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", second.stderr()));
+    for s in [&mut first, &mut second] {
+        s.wait_ready(LOAD)
+            .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
+    }
+    let whole = hub
+        .ranges
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| **r == (0, size - 1))
+        .count();
+    assert_eq!(whole, 1, "{:?}", hub.ranges.lock().unwrap());
+    // Two one-byte probes and the body once.
+    assert_eq!(hub.sent.load(std::sync::atomic::Ordering::SeqCst), size + 2);
+    assert!(
+        std::fs::read(&snapshot).unwrap() == *body,
+        "the file is not the body"
+    );
+    finish(first);
+    finish(second);
+    let _ = std::fs::remove_dir_all(&home);
+}
+
 /// A body whose SHA-256 is not the one the Hub announced is refused, with a message naming the file, and
 /// removed.
 #[test]

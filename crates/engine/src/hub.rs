@@ -3,7 +3,8 @@
 //! fetched here is found offline by `hf_hub::Cache` afterwards. A download reports its bytes as they
 //! arrive, stops as soon as the caller cancels it, goes on from a `.part` file left by an earlier
 //! attempt (a `Range` request for the rest only), and is checked against the size and SHA-256 the Hub
-//! announces (`x-linked-size`, `x-linked-etag`) before it takes its final name.
+//! announces (`x-linked-size`, `x-linked-etag`) before it takes its final name. One process at a time
+//! downloads a file: the others wait on its lock in the cache's `.locks/` (where the Python tools lock too).
 //!
 //! Why our own transfer and not hf-hub's `download_with_progress`: hf-hub 0.4's sync API does resume a
 //! `.part` file and reports through its `Progress` trait, but nothing can stop a transfer from outside (the
@@ -64,6 +65,17 @@ impl HubFile {
         p.push(".part");
         PathBuf::from(p)
     }
+
+    /// The lock a process holds while it fetches the blob: `.locks/<repo folder>/<etag>.lock` in the cache,
+    /// where the Python `huggingface_hub` takes its own (an exclusive `flock`, as ours), so that neither
+    /// appends to the other's `.part` file.
+    pub fn lock_path(&self) -> PathBuf {
+        hf_hub::Cache::from_env()
+            .path()
+            .join(".locks")
+            .join(hf_hub::Repo::model(self.repo.clone()).folder_name())
+            .join(format!("{}.lock", self.etag))
+    }
 }
 
 /// Why a download did not produce its file.
@@ -83,12 +95,24 @@ impl std::fmt::Display for HubError {
     }
 }
 
-/// What a download reports, in order: `Start` once, `Progress` as bytes arrive (starting from what a
+/// What a download reports, in order: `Waiting` once if another process is downloading the same file,
+/// then (unless that process finished it) `Start` once, `Progress` as bytes arrive (starting from what a
 /// resumed `.part` file held), nothing after the last one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Start { file: HubFile, resumed_from: u64 },
-    Progress { done: u64, total: u64 },
+    /// Another process (a second editor's server, the Hub's own tools) holds the file's download lock;
+    /// this one waits for it, and can be cancelled meanwhile.
+    Waiting {
+        file: HubFile,
+    },
+    Start {
+        file: HubFile,
+        resumed_from: u64,
+    },
+    Progress {
+        done: u64,
+        total: u64,
+    },
 }
 
 /// The caller's side of a download: where events go, and the token that stops it.
@@ -166,12 +190,16 @@ pub fn fetch(f: &HubFile, hooks: &mut Hooks<'_>) -> Result<PathBuf, HubError> {
     };
     let blob = f.blob_path();
     if !blob.is_file() {
-        let part = f.part_path();
-        if let Some(dir) = part.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+        let _lock = lock_download(f, hooks)?;
+        // The process that held the lock may have finished the file meanwhile.
+        if !blob.is_file() {
+            let part = f.part_path();
+            if let Some(dir) = part.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+            }
+            download(f, &part, hooks)?;
+            std::fs::rename(&part, &blob).map_err(|e| io("cannot rename", &part, e))?;
         }
-        download(f, &part, hooks)?;
-        std::fs::rename(&part, &blob).map_err(|e| io("cannot rename", &part, e))?;
     }
     let link = f.cache_path();
     if let Some(dir) = link.parent() {
@@ -185,6 +213,48 @@ pub fn fetch(f: &HubFile, hooks: &mut Hooks<'_>) -> Result<PathBuf, HubError> {
         .create_ref(&f.commit)
         .map_err(|e| io("cannot write the ref of", &repo_dir(&f.repo), e))?;
     Ok(link)
+}
+
+/// How often a download waiting for another process's lock looks again (and at its cancel token).
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// Takes `f`'s download lock (`HubFile::lock_path`), waiting while another process holds it: two processes
+/// appending to one `.part` file would interleave their bytes, and each would check only the ones it
+/// received, so a corrupt file could take the blob's name. The lock goes with the returned file; `None`
+/// where the file system cannot lock (the download then goes ahead unguarded, as before).
+fn lock_download(f: &HubFile, hooks: &mut Hooks<'_>) -> Result<Option<std::fs::File>, HubError> {
+    let path = f.lock_path();
+    let failed =
+        |what: &str, e: std::io::Error| HubError::Failed(format!("{what} {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| failed("cannot create the folder of", e))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| failed("cannot open", e))?;
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if !told {
+                    (hooks.on_event)(Event::Waiting { file: f.clone() });
+                    told = true;
+                }
+                if hooks.cancel.is_cancelled() {
+                    return Err(HubError::Cancelled);
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+                return Ok(None)
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(failed("cannot lock", e)),
+        }
+    }
 }
 
 /// `snapshots/<commit>/<file>` → `../../blobs/<etag>` (relative, as the Hub's tools write it).

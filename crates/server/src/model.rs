@@ -560,6 +560,21 @@ impl ModelHost {
         // is the 100 % one.
         while let Some(event) = rx.recv().await {
             match event {
+                hub::Event::Waiting { file: f } => {
+                    file = f.file.clone();
+                    tracing::info!(
+                        "waiting for another process downloading {} from {} (it holds {})",
+                        f.file,
+                        f.repo,
+                        f.lock_path().display()
+                    );
+                    self.status.waiting_for_download(&file);
+                    progress = self.begin_download_progress(&file, &cancel).await;
+                    if let Some(p) = &progress {
+                        let text = format!("waiting for another download of {file}");
+                        p.report_with_message(text, 0, None).await;
+                    }
+                }
                 hub::Event::Start {
                     file: f,
                     resumed_from,
@@ -577,7 +592,9 @@ impl ModelHost {
                         self.client.show_message(MessageType::Info, text).await;
                     }
                     self.status.downloading(&file, resumed_from, f.size);
-                    progress = self.begin_download_progress(&file, &cancel).await;
+                    if progress.is_none() {
+                        progress = self.begin_download_progress(&file, &cancel).await;
+                    }
                 }
                 hub::Event::Progress { done, total } => {
                     let pct = percent(done, total);

@@ -242,6 +242,15 @@ impl Status {
         });
     }
 
+    /// Waiting while another process downloads the model's file (reported as loading).
+    pub fn waiting_for_download(&self, file: &str) {
+        self.send(StatusParams {
+            message: Some(format!("waiting for another download of {file}")),
+            model: Some(file.to_string()),
+            ..StatusParams::new(State::Loading)
+        });
+    }
+
     /// Connecting to a remote engine (reported as loading).
     pub fn connecting(&self, engine: &str) {
         self.send(StatusParams {
