@@ -1549,12 +1549,13 @@ mod simd512 {
         assert!(out.len() == hd && qq.len() == hd && qd.len() == nb);
         assert!(keys.qs.len() == values.qs.len() && keys.qs.len().is_multiple_of(hd));
         assert!(keys.d.len() * QK == keys.qs.len() && values.d.len() * QK == values.qs.len());
-        let q: Vec<__m256i> = qq
-            .as_chunks::<QK>()
-            .0
-            .iter()
-            .map(|b| simd::load_i8x32(b))
-            .collect();
+        // At most 4 blocks (`fits_row`): in registers, not a buffer allocated per row.
+        let blocks = qq.as_chunks::<QK>().0;
+        let q: [__m256i; 4] = std::array::from_fn(|i| {
+            blocks
+                .get(i)
+                .map_or(_mm256_setzero_si256(), |b| simd::load_i8x32(b))
+        });
         let mut acc = [_mm512_setzero_ps(); L];
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
@@ -1571,7 +1572,7 @@ mod simd512 {
                 .iter_mut()
                 .zip(kb.chunks_exact(nb).zip(kd.chunks_exact(nb)))
             {
-                *sc = simd::score_q8(k, d, &q, qd) * scale;
+                *sc = simd::score_q8(k, d, &q[..nb], qd) * scale;
             }
             let n = kb.len() / nb;
             softmax_steps(&scores[..n], &mut m, &mut sum, &mut steps);
