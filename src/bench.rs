@@ -276,7 +276,7 @@ pub fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
 /// What bounds the decode rate: the machine's memory read bandwidth and the bytes one decode step reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeBound {
-    /// Read bandwidth measured by a probe before the model was loaded and after the last measurement,
+    /// Read bandwidth measured by a probe after our measurements and at the end (after llama.cpp's),
     /// GB/s (the bandwidth of a shared machine moves: the bound takes the highest rate seen).
     pub read_gb_s: [f64; 2],
     /// Bytes of the model file a decode step reads at least (every tensor but the token embedding table,
@@ -287,8 +287,8 @@ pub struct DecodeBound {
 }
 
 impl DecodeBound {
-    /// The weights' share, from the model file at `path`.
-    pub fn new(path: &Path, kv_bytes_per_position: u64, read_gb_s: f64) -> Result<Self> {
+    /// The weights' share from the model file at `path`, beside the probes' `read_gb_s`.
+    pub fn new(path: &Path, kv_bytes_per_position: u64, read_gb_s: [f64; 2]) -> Result<Self> {
         let file = codellama_engine::gguf::GgufFile::open(path)?;
         let tied = !file.content.tensor_infos.contains_key("output.weight");
         let weight_bytes = file
@@ -302,16 +302,10 @@ impl DecodeBound {
             })
             .sum::<Result<usize>>()? as u64;
         Ok(DecodeBound {
-            read_gb_s: [read_gb_s, read_gb_s],
+            read_gb_s,
             weight_bytes,
             kv_bytes_per_position,
         })
-    }
-
-    /// The bound with the bandwidth measured after the run as well.
-    pub fn measured_after(mut self, read_gb_s: f64) -> Self {
-        self.read_gb_s[1] = read_gb_s;
-        self
     }
 
     /// Bytes a decode step at `depth` reads at least.
@@ -330,8 +324,8 @@ impl DecodeBound {
 }
 
 /// The machine's memory read bandwidth now, in GB/s: `threads` threads each summing their part of a
-/// buffer eight times larger than a large last-level cache, best of five passes. Measured before the
-/// model is loaded (and after it is dropped), so that the buffer does not add to the peak RSS reported.
+/// buffer eight times larger than a large last-level cache, best of five passes. Measured once the
+/// model is dropped, so that the buffer does not add to the peak RSS reported.
 pub fn read_bandwidth(threads: usize) -> f64 {
     const BYTES: usize = 256 << 20;
     let buf = vec![1u64; BYTES / 8];
@@ -590,7 +584,8 @@ impl Report {
         let gb_s = b.best_gb_s(self.ours.decode.iter().chain(theirs));
         println!(
             "decode bound: a step reads {:.0} MB of weights and {:.1} KB of KV cache per position; read \
-             bandwidth {:.1} GB/s (probe {:.1} before the run, {:.1} after, the rest reached by a decode)",
+             bandwidth {:.1} GB/s (probe {:.1} after our run, {:.1} at the end, the rest reached by a \
+             decode)",
             b.weight_bytes as f64 / 1e6,
             b.kv_bytes_per_position as f64 / 1e3,
             gb_s,
@@ -627,7 +622,7 @@ mod tests {
     fn a_decode_step_reads_the_file_but_the_embedding_table() {
         let path =
             codellama_test_support::fixtures::codellama_fixture("tiny-codellama-mha-q8_0.gguf");
-        let b = DecodeBound::new(&path, 1000, 10.0).unwrap();
+        let b = DecodeBound::new(&path, 1000, [10.0, 10.0]).unwrap();
         assert_eq!(
             b.weight_bytes,
             2_177_088 + 2 * (4 * 4_352 + 3 * 8_704 + 2 * 256) + 256

@@ -439,21 +439,17 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut config = config(args.model.given())?;
     config.context_window = config.context_window.max(workload.context_needed());
     let context = config.context_window;
-    // Before the model is loaded, so that the probe's buffer does not count in the peak RSS.
-    let threads = config
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let read_before = bench::read_bandwidth(threads);
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
     let kv_type = config.kv_cache_type.kv_type();
     let cfg = &info.config;
     let kv_values = cfg.n_layer * cfg.n_head_kv * cfg.head_dim * info.context_window;
     let kv_per_position = 2 * kv_type.bytes(cfg.n_layer * cfg.n_head_kv * cfg.head_dim) as u64;
-    let decode_bound = DecodeBound::new(&info.path, kv_per_position, read_before);
     let ours = bench::measure(&engine, &workload, 1, "ours")?;
     let peak_rss_mb = bench::peak_rss_mb(None);
     drop(engine);
+    // After our peak RSS was read, so that the probe's buffer does not count in it.
+    let read_after_ours = bench::read_bandwidth(info.threads);
     let binary = if args.no_llama {
         None
     } else {
@@ -490,10 +486,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         ours,
         llama_cpp,
         llama_cpp_binary: binary,
-        decode_bound: decode_bound
-            .map_err(|e| eprintln!("no decode bound: {e:#}"))
-            .ok()
-            .map(|b| b.measured_after(bench::read_bandwidth(info.threads))),
+        decode_bound: DecodeBound::new(
+            &info.path,
+            kv_per_position,
+            [read_after_ours, bench::read_bandwidth(info.threads)],
+        )
+        .map_err(|e| eprintln!("no decode bound: {e:#}"))
+        .ok(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
