@@ -727,7 +727,14 @@ mod tests {
             (GgmlDType::Q4K, packed::PackedKind::Q4K),
             (GgmlDType::Q6K, packed::PackedKind::Q6K),
         ] {
-            for (rows, cols, m) in [(37, 512, 1), (37, 512, 5), (32, 256, 5)] {
+            // 13 rows: a tile of eight, one of four and one of one; 3,700 rows: two blocks of groups.
+            for (rows, cols, m) in [
+                (37, 512, 1),
+                (37, 512, 5),
+                (32, 256, 5),
+                (37, 512, 13),
+                (3700, 256, 9),
+            ] {
                 let bytes = quantize(dtype, &data(rows * cols, 13));
                 let mut mat =
                     QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
@@ -760,6 +767,12 @@ mod tests {
                 if rows.is_multiple_of(packed::GROUP) {
                     assert_eq!(p.bytes(), bytes.len(), "{dtype:?}");
                 }
+                // All groups in one call, as one thread would take a 7B matrix's share: the tiles
+                // then go over blocks of groups one after another, with the same sums.
+                let mut whole = vec![f32::NAN; m * rows];
+                // SAFETY: one call covers all groups.
+                unsafe { p.run_rows(&xq, 0, 0..p.groups(), SharedOut::new(&mut whole)) };
+                assert_eq!(whole, out, "{dtype:?} {rows}x{cols} m={m}");
                 for i in 0..m {
                     let xa: Vec<f64> = (0..cols)
                         .map(|k| xq.row(i)[k] as f64 * xq.d(i)[k / q8::QK] as f64)

@@ -242,6 +242,12 @@ impl Packed {
         self.data.as_slice().len()
     }
 
+    /// Bytes of one group of 16 rows (all its blocks).
+    #[inline]
+    pub(super) fn group_bytes(&self) -> usize {
+        self.cols / self.kind.block_values() * self.kind.group_block_bytes()
+    }
+
     #[inline]
     pub fn groups(&self) -> usize {
         self.rows.div_ceil(GROUP)
@@ -401,18 +407,33 @@ mod x86 {
     use std::ops::Range;
 
     use super::{Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q6K_D, Q6K_HIGH, Q6K_SCALES};
-    use crate::kernels::q8::{Q8Act, QK, SUPER};
+    use crate::kernels::q8::{Q8Act, Rows, QK, SUPER};
     use crate::kernels::SharedOut;
 
     /// Activation rows processed together.
     const MR: usize = 4;
 
-    /// Defines a kernel: activation rows `first..` in tiles of up to `MR` rows, each tile calling
-    /// `$tile::<R, ...>`. A tile reads one group's weights at a time, from start to end: one stream of
-    /// weights per thread. (Two groups side by side, which gave the decoding tiles more independent
-    /// chains, read weights a sixth slower on the 2-core Zen 5 machine: two streams per thread.)
+    /// Activation rows of the wide tiles of prompt-sized K-quant products: twice `MR`, one `vpdpbusd`
+    /// chain per row, so that each unpacked weight vector serves eight rows. (Measured on the 2-core
+    /// Zen 5, Q4_K and Q6_K products of 4,096 × 4,096 to 4,096 × 11,008 at 64 and 512 rows, together
+    /// with the blocks of `TILE_WEIGHT_BYTES`: 4–13% faster than tiles of four.)
+    const WIDE: usize = 2 * MR;
+
+    /// Weights a prompt-sized product goes over with every tile of activation rows before it moves on
+    /// to the next groups: half of a Zen 5 core's 1 MB L2, so that the tiles after the first read them
+    /// from there (a thread's share of a 7B matrix, 1.2–3.2 MB, came from L3 for every tile). 256 KB
+    /// and 768 KB were no faster.
+    const TILE_WEIGHT_BYTES: usize = 512 << 10;
+
+    /// Defines a kernel: activation rows `first..` in tiles of up to `MR` rows (`WIDE` where `$wide`
+    /// and as many rows are left), each tile calling `$tile::<R, ...>` on one block of groups
+    /// (`TILE_WEIGHT_BYTES`) before the next block. A tile reads one group's weights at a time, from
+    /// start to end: one stream of weights per thread. (Two groups side by side, which gave the
+    /// decoding tiles more independent chains, read weights a sixth slower on the 2-core Zen 5
+    /// machine: two streams per thread; in prompt-sized Q4_K products, four rows by two groups ran
+    /// as fast as eight rows by one.)
     macro_rules! kernel {
-        ($(#[$doc:meta])* $name:ident, $tile:ident $(, $arg:expr)*) => {
+        ($(#[$doc:meta])* $name:ident, $tile:ident, $wide:expr $(, $arg:expr)*) => {
             $(#[$doc])*
             #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
             pub unsafe fn $name(
@@ -431,20 +452,28 @@ mod x86 {
                     groups: Range<usize>,
                     out: SharedOut,
                 ) {
-                    let mut i0 = first;
-                    while i0 < x.m() {
-                        let g = groups.clone();
-                        match (x.m() - i0).min(MR) {
-                            // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
-                            4 => unsafe { $tile::<4, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                            // SAFETY: i0 + 3 <= m; as above.
-                            3 => unsafe { $tile::<3, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                            // SAFETY: i0 + 2 <= m; as above.
-                            2 => unsafe { $tile::<2, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                            // SAFETY: i0 + 1 <= m; as above.
-                            _ => unsafe { $tile::<1, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                    let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
+                    for start in groups.clone().step_by(per_block) {
+                        let block = start..(start + per_block).min(groups.end);
+                        let mut i0 = first;
+                        while i0 < x.m() {
+                            let g = block.clone();
+                            let left = x.m() - i0;
+                            let r = if $wide && left >= WIDE { WIDE } else { left.min(MR) };
+                            match r {
+                                // SAFETY: i0 + 8 <= m; the rest is our caller's promise.
+                                WIDE => unsafe { $tile::<WIDE, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                                // SAFETY: i0 + 4 <= m; as above.
+                                4 => unsafe { $tile::<4, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                                // SAFETY: i0 + 3 <= m; as above.
+                                3 => unsafe { $tile::<3, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                                // SAFETY: i0 + 2 <= m; as above.
+                                2 => unsafe { $tile::<2, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                                // SAFETY: i0 + 1 <= m; as above.
+                                _ => unsafe { $tile::<1, STREAM $(, $arg)*>(p, x, g, i0, out) },
+                            }
+                            i0 += r;
                         }
-                        i0 += MR;
                     }
                 }
                 if streams(x) {
@@ -468,6 +497,7 @@ mod x86 {
         /// As stated above.
         q4_1,
         q4_tile,
+        false,
         true
     );
 
@@ -476,6 +506,7 @@ mod x86 {
         /// As for `q4_1`.
         q4_0,
         q4_tile,
+        false,
         false
     );
 
@@ -483,21 +514,24 @@ mod x86 {
         /// # Safety
         /// As for `q4_1`.
         q8_0,
-        q8_0_tile
+        q8_0_tile,
+        false
     );
 
     kernel!(
         /// # Safety
         /// As for `q4_1`, and `x` was quantized with one scale per super-block.
         q4_k,
-        q4_k_tile
+        q4_k_tile,
+        true
     );
 
     kernel!(
         /// # Safety
         /// As for `q4_k`.
         q6_k,
-        q6_k_tile
+        q6_k_tile,
+        true
     );
 
     /// Stores 16 results of activation row `i` for group `g` (fewer in the last, partial group).
@@ -759,9 +793,19 @@ mod x86 {
         _mm512_cvtepu8_epi16(pairs)
     }
 
+    /// As `min_pairs`, for signed bytes (the Q6_K scales).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    fn signed_pairs(a: __m128i, b: __m128i) -> __m512i {
+        let pairs = _mm256_set_m128i(_mm_unpackhi_epi8(a, b), _mm_unpacklo_epi8(a, b));
+        _mm512_cvtepi8_epi16(pairs)
+    }
+
     /// `R` activation rows against one group of 16 Q4_K weight rows at a time. Per super-block and
     /// row: each sub-block's `Σq·a` (`vpdpbusd` over its four nibble vectors) times its scale, and its
     /// minimum times the activations' sum, added in integers; then `d·da·Σ - dmin·da·Σmin` in floats.
+    /// Up to `MR` rows sum each sub-block in two chains per row (low and high nibbles), which keeps
+    /// the `vpdpbusd` pipeline busy for one row; `WIDE` rows have chains enough with one per row.
     ///
     /// # Safety
     /// As for `q4_k`, with `i0 + R <= x.m()`.
@@ -778,6 +822,7 @@ mod x86 {
         let rows = x.rows::<R>(i0);
         let block_bytes = p.kind.group_block_bytes();
         let low = _mm512_set1_epi8(0x0F);
+        let hi_at = usize::from(R <= MR);
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for sb in 0..nsb {
@@ -810,11 +855,15 @@ mod x86 {
                             // SAFETY: block sb·8 + j < nb, inside row r.
                             let [qa, qb] = unsafe { quads_pair(rows.quants(r, sb * SUB + j), t) };
                             s[0] = _mm512_dpbusd_epi32(s[0], lo, _mm512_set1_epi32(qa));
-                            s[1] = _mm512_dpbusd_epi32(s[1], hi, _mm512_set1_epi32(qb));
+                            s[hi_at] = _mm512_dpbusd_epi32(s[hi_at], hi, _mm512_set1_epi32(qb));
                         }
                     }
                     for (r, s) in sum.iter().enumerate() {
-                        let block = _mm512_add_epi32(s[0], s[1]);
+                        let block = if hi_at == 0 {
+                            s[0]
+                        } else {
+                            _mm512_add_epi32(s[0], s[1])
+                        };
                         isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(block, sc));
                     }
                 }
@@ -823,12 +872,9 @@ mod x86 {
                 for k in 0..SUB / 2 {
                     let pairs = min_pairs(mins[2 * k], mins[2 * k + 1]);
                     for (r, msum) in msum.iter_mut().enumerate() {
-                        let b = sb * SUB + 2 * k;
-                        // SAFETY: blocks b and b + 1 < nb.
-                        let q0 = unsafe { rows.qsum(r, b) };
-                        // SAFETY: as above.
-                        let q1 = unsafe { rows.qsum(r, b + 1) };
-                        let sums = (q0 & 0xFFFF) | (q1 << 16);
+                        // SAFETY: blocks b and b + 1 < nb, and `x` has i16 sums (our caller's
+                        // promise).
+                        let sums = unsafe { rows.block_pair(r, sb * SUB + 2 * k) };
                         *msum = _mm512_dpwssd_epi32(*msum, pairs, _mm512_set1_epi32(sums));
                     }
                 }
@@ -851,6 +897,42 @@ mod x86 {
         }
     }
 
+    /// Half `H` (values `16H..16H + 16`, one scale) of block `c` of a Q6_K group block against `R`
+    /// rows' block `b`: `isum[r] += scale · Σq·a`, one `vpdpbusd` chain per row (the offset 32 is
+    /// taken off by the caller).
+    ///
+    /// # Safety
+    /// `blk` is a Q6_K group block, `c < 8`, `high` the high-bit vector of half `H` of block `c`;
+    /// block `b` is inside each of the rows.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn q6_k_half<const R: usize, const H: usize>(
+        blk: *const u8,
+        c: usize,
+        high: __m512i,
+        rows: &Rows<'_, R>,
+        b: usize,
+        scale: __m512i,
+        isum: &mut [__m512i; R],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let mut sum = [_mm512_setzero_si512(); R];
+        for t in 0..4 {
+            // SAFETY: low-bit vector t of block c, at 256·c + 64·t.
+            let v = unsafe { _mm512_loadu_si512(blk.wrapping_add(256 * c + 64 * t).cast()) };
+            let v = if H == 0 { v } else { _mm512_srli_epi16(v, 4) };
+            let q = _mm512_or_si512(_mm512_and_si512(v, low), q6_k_high(high, t));
+            for (r, s) in sum.iter_mut().enumerate() {
+                // SAFETY: block b of row r (our caller's promise).
+                let qa = unsafe { quads_pair(rows.quants(r, b), t) }[H];
+                *s = _mm512_dpbusd_epi32(*s, q, _mm512_set1_epi32(qa));
+            }
+        }
+        for (r, s) in sum.iter().enumerate() {
+            isum[r] = _mm512_add_epi32(isum[r], _mm512_mullo_epi32(*s, scale));
+        }
+    }
+
     /// Bits `2t..2t + 2` of each byte of `h` moved to bits 4 and 5 (the high bits of quad `t`'s values).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -866,7 +948,8 @@ mod x86 {
 
     /// `R` activation rows against one group of 16 Q6_K weight rows at a time. Per super-block and
     /// row: each sub-block of 16's `Σ(q + 32)·a - 32·Σa` (exact) times its signed scale, added in
-    /// integers; then `d·da·Σ` in floats.
+    /// integers (the `32·Σa` of a block's two halves in one `vpdpwssd`); then `d·da·Σ` in floats.
+    /// `WIDE` rows take one half at a time (`q6_k_half`), a chain per row.
     ///
     /// # Safety
     /// As for `q6_k`, with `i0 + R <= x.m()`.
@@ -901,6 +984,34 @@ mod x86 {
                     if STREAM {
                         prefetch_ahead(blk, block_bytes, c, SUB);
                     }
+                    // SAFETY: the scales of the two halves of block c (sub-blocks 2c and 2c + 1).
+                    let bytes: [__m128i; 2] = std::array::from_fn(|h| unsafe {
+                        _mm_loadu_si128(blk.wrapping_add(Q6K_SCALES + 16 * (2 * c + h)).cast())
+                    });
+                    let scales = [
+                        _mm512_cvtepi8_epi32(bytes[0]),
+                        _mm512_cvtepi8_epi32(bytes[1]),
+                    ];
+                    // The offset: Σ(q - 32)·a = Σq·a - 32·Σa, for both halves in one `vpdpwssd` per
+                    // row (|32·scale| <= 4,096 fits an i16, as does Σa over 16 quants).
+                    let offsets = _mm512_sub_epi16(
+                        _mm512_setzero_si512(),
+                        _mm512_slli_epi16(signed_pairs(bytes[0], bytes[1]), 5),
+                    );
+                    for (r, isum) in isum.iter_mut().enumerate() {
+                        // SAFETY: block sb·8 + c < nb, and `x` has i16 sums (our caller's promise).
+                        let sums = unsafe { rows.half_pair(r, sb * SUB + c) };
+                        *isum = _mm512_dpwssd_epi32(*isum, offsets, _mm512_set1_epi32(sums));
+                    }
+                    if R > MR {
+                        // `WIDE` rows: one half (16 values, one scale) at a time, a chain per row.
+                        let b = sb * SUB + c;
+                        // SAFETY: block c of this group block; block b < nb in each row.
+                        unsafe { q6_k_half::<R, 0>(blk, c, h0, &rows, b, scales[0], &mut isum) };
+                        // SAFETY: as above.
+                        unsafe { q6_k_half::<R, 1>(blk, c, h1, &rows, b, scales[1], &mut isum) };
+                        continue;
+                    }
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
                     for t in 0..4 {
                         // SAFETY: low-bit vector t of block c, at 256·c + 64·t.
@@ -919,20 +1030,10 @@ mod x86 {
                             s[1] = _mm512_dpbusd_epi32(s[1], hi, _mm512_set1_epi32(qb));
                         }
                     }
-                    let scales: [__m512i; 2] = std::array::from_fn(|h| {
-                        // SAFETY: the scales of sub-block 2c + h.
-                        _mm512_cvtepi8_epi32(unsafe {
-                            _mm_loadu_si128(blk.wrapping_add(Q6K_SCALES + 16 * (2 * c + h)).cast())
-                        })
-                    });
                     for (r, s) in sum.iter().enumerate() {
                         for h in 0..2 {
-                            let half = 2 * (sb * SUB + c) + h;
-                            // SAFETY: half < 2·nb, and `x` has sums of 16 (our caller's promise).
-                            let offset = 32 * unsafe { rows.qsum16(r, half) };
-                            let exact = _mm512_sub_epi32(s[h], _mm512_set1_epi32(offset));
-                            let scaled = _mm512_mullo_epi32(exact, scales[h]);
-                            isum[r] = _mm512_add_epi32(isum[r], scaled);
+                            isum[r] =
+                                _mm512_add_epi32(isum[r], _mm512_mullo_epi32(s[h], scales[h]));
                         }
                     }
                 }

@@ -25,9 +25,10 @@ pub struct Q8Act {
     s: Vec<f32>,
     /// `m × nb` values of `Σq`.
     qsum: Vec<i32>,
-    /// `m × 2·nb` values of `Σq` over each 16 quants, made by `quantize_super` only (its presence says
-    /// the scales are per 256 values).
-    qsum16: Option<Vec<i32>>,
+    /// The sums of the K-quant kernels as i16 (|Σ| <= 32·127), so that two side by side are one 32-bit
+    /// pair for `vpdpwssd`; made by `quantize_super` only (its presence says the scales are per 256
+    /// values).
+    sums16: Option<Sums16>,
     m: usize,
     cols: usize,
     /// Blocks per row.
@@ -58,7 +59,10 @@ impl Q8Act {
     /// values.
     pub fn quantize_super(x: &[f32], m: usize, cols: usize) -> Self {
         let mut a = Self::zeroed(x, m, cols, SUPER);
-        let mut qsum16 = vec![0; a.qsum.len() * 2];
+        let mut sums = Sums16 {
+            block: vec![0; a.qsum.len()],
+            half: vec![0; a.qsum.len() * 2],
+        };
         let quantize = quantizer();
         let len = a.qs.len();
         for (sb, chunk) in x[..len].chunks_exact(SUPER).enumerate() {
@@ -74,11 +78,13 @@ impl Q8Act {
                 a.d[blk] = d;
                 a.s[blk] = sum as f32 * d;
                 a.qsum[blk] = sum;
-                qsum16[2 * blk] = half;
-                qsum16[2 * blk + 1] = sum - half;
+                // |Σ| <= 32·127 fits an i16.
+                sums.block[blk] = sum as i16;
+                sums.half[2 * blk] = half as i16;
+                sums.half[2 * blk + 1] = (sum - half) as i16;
             }
         }
-        a.qsum16 = Some(qsum16);
+        a.sums16 = Some(sums);
         a
     }
 
@@ -100,7 +106,7 @@ impl Q8Act {
             d: vec![0.0; m * nb],
             s: vec![0.0; m * nb],
             qsum: vec![0; m * nb],
-            qsum16: None,
+            sums16: None,
             m,
             cols,
             nb,
@@ -145,7 +151,8 @@ impl Q8Act {
             d: std::array::from_fn(|r| self.d(i0 + r)),
             s: std::array::from_fn(|r| self.s(i0 + r)),
             qsum: std::array::from_fn(|r| self.qsum(i0 + r)),
-            qsum16: std::array::from_fn(|r| self.qsum16(i0 + r)),
+            block16: std::array::from_fn(|r| self.sums16(i0 + r).0),
+            half16: std::array::from_fn(|r| self.sums16(i0 + r).1),
         }
     }
 
@@ -173,19 +180,23 @@ impl Q8Act {
         &self.qsum[i * self.nb..][..self.nb]
     }
 
-    /// `Σq` of each 16 quants of row `i` (`2·nb` values), or nothing unless made by `quantize_super`.
+    /// `Σq` of each block of row `i` (`nb` values) and of each 16 quants (`2·nb`), or nothing unless
+    /// made by `quantize_super`.
     #[inline]
-    pub fn qsum16(&self, i: usize) -> &[i32] {
-        match &self.qsum16 {
-            Some(sums) => &sums[i * 2 * self.nb..][..2 * self.nb],
-            None => &[],
+    pub fn sums16(&self, i: usize) -> (&[i16], &[i16]) {
+        match &self.sums16 {
+            Some(s) => (
+                &s.block[i * self.nb..][..self.nb],
+                &s.half[i * 2 * self.nb..][..2 * self.nb],
+            ),
+            None => (&[], &[]),
         }
     }
 
     /// Whether the scales are per 256 values (`quantize_super`), also for no rows at all.
     #[inline]
     pub fn per_super_block(&self) -> bool {
-        self.qsum16.is_some()
+        self.sums16.is_some()
     }
 }
 
@@ -196,7 +207,14 @@ pub struct Rows<'a, const N: usize> {
     d: [&'a [f32]; N],
     s: [&'a [f32]; N],
     qsum: [&'a [i32]; N],
-    qsum16: [&'a [i32]; N],
+    block16: [&'a [i16]; N],
+    half16: [&'a [i16]; N],
+}
+
+/// [`Q8Act::sums16`]: `Σq` of each block and of each 16 quants, row-major.
+struct Sums16 {
+    block: Vec<i16>,
+    half: Vec<i16>,
 }
 
 impl<const N: usize> Rows<'_, N> {
@@ -236,15 +254,36 @@ impl<const N: usize> Rows<'_, N> {
         unsafe { *self.qsum[r].get_unchecked(b) }
     }
 
-    /// `Σq` of the 16 quants `16·h..16·h + 16` of row `r`.
+    /// `Σq` of blocks `b` and `b + 1` of row `r` as a pair of i16 (block `b`'s in the low half).
     ///
     /// # Safety
-    /// The activations were made by `quantize_super` and `h < 2·nb`.
+    /// The activations were made by `quantize_super` and `b + 1 < nb`.
     #[inline]
-    pub unsafe fn qsum16(&self, r: usize, h: usize) -> i32 {
-        // SAFETY: such a row holds 2·nb sums and h < 2·nb (the caller's promise).
-        unsafe { *self.qsum16[r].get_unchecked(h) }
+    pub unsafe fn block_pair(&self, r: usize, b: usize) -> i32 {
+        // SAFETY: such a row holds nb sums, so b and b + 1 are inside it (the caller's promise).
+        unsafe { pair(self.block16[r].as_ptr().wrapping_add(b)) }
     }
+
+    /// `Σq` of the two halves (16 quants each) of block `b` of row `r` as a pair of i16.
+    ///
+    /// # Safety
+    /// The activations were made by `quantize_super` and `b < nb`.
+    #[inline]
+    pub unsafe fn half_pair(&self, r: usize, b: usize) -> i32 {
+        // SAFETY: such a row holds 2·nb sums of 16, and 2b + 1 < 2·nb (the caller's promise).
+        unsafe { pair(self.half16[r].as_ptr().wrapping_add(2 * b)) }
+    }
+}
+
+/// The two i16 at `p` as one i32, the first in the low half (one 32-bit load on a little-endian CPU).
+///
+/// # Safety
+/// `p` points at two readable i16.
+#[inline]
+unsafe fn pair(p: *const i16) -> i32 {
+    // SAFETY: two readable i16 (the caller's promise).
+    let [lo, hi] = [0, 1].map(|k| unsafe { p.wrapping_add(k).read_unaligned() });
+    (lo as u16 as i32) | ((hi as i32) << 16)
 }
 
 /// Values per super-block of the K-quants (and per scale of `Q8Act::quantize_super`).
@@ -459,8 +498,25 @@ mod tests {
                     }
                     let sum = |r: &[i8]| r.iter().map(|&v| v as i32).sum::<i32>();
                     assert_eq!(q.qsum(i)[b], sum(quants));
-                    assert_eq!(q.qsum16(i)[2 * b], sum(&quants[..16]));
-                    assert_eq!(q.qsum16(i)[2 * b + 1], sum(&quants[16..]));
+                    let (block16, half16) = q.sums16(i);
+                    assert_eq!(block16[b] as i32, sum(quants));
+                    assert_eq!(half16[2 * b] as i32, sum(&quants[..16]));
+                    assert_eq!(half16[2 * b + 1] as i32, sum(&quants[16..]));
+                    let rows = q.rows::<1>(i);
+                    // SAFETY: made by quantize_super; b < nb (and b + 1 < nb for the block pair).
+                    let half = unsafe { rows.half_pair(0, b) };
+                    assert_eq!(
+                        half,
+                        (half16[2 * b] as u16 as i32) | ((half16[2 * b + 1] as i32) << 16)
+                    );
+                    if b + 1 < cols / QK {
+                        // SAFETY: as above.
+                        let pair = unsafe { rows.block_pair(0, b) };
+                        assert_eq!(
+                            pair,
+                            (block16[b] as u16 as i32) | ((block16[b + 1] as i32) << 16)
+                        );
+                    }
                 }
             }
         }
