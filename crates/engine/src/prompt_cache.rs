@@ -19,6 +19,11 @@ const MAX_AUTO_CACHES: usize = 4;
 /// positions never written take no memory).
 const AUTO_BUDGET_BYTES: usize = 512 << 20;
 
+/// The fewest tokens of a stopped pass worth going on with in a chunk of their own (unless the chunk
+/// is that short anyway): a pass over a few tokens reads all the weights for little work, and
+/// computing them again with the rest of the chunk costs less.
+const MIN_RESUMED: usize = 16;
+
 /// A position of [`CachedPrompt::held`] that holds nothing (no token has this id).
 const HOLE: u32 = u32::MAX;
 
@@ -97,15 +102,21 @@ impl CachedPrompt {
     }
 
     /// The next positions of `prompt` to compute, at most `chunk` of them: from the end of
-    /// [`tokens`](Self::tokens) to the next run held ahead, `stop` or the prompt's end.
-    pub fn next_chunk(&self, prompt_len: usize, chunk: usize, stop: usize) -> Range<usize> {
+    /// [`tokens`](Self::tokens) to the next run held ahead, `stop` or the prompt's end; or only as
+    /// many as a pass the cache kept when it was stopped had begun with, at least [`MIN_RESUMED`], so
+    /// that the pass goes on from the layer it had reached.
+    pub fn next_chunk(&self, prompt: &[u32], chunk: usize, stop: usize) -> Range<usize> {
         let start = self.tokens.len();
-        let mut end = (start + chunk).min(prompt_len);
+        let mut end = (start + chunk).min(prompt.len());
         if start < stop {
             end = end.min(stop);
         }
         if let Some((at, _)) = self.ahead.first() {
             end = end.min(*at);
+        }
+        let resumed = self.kv.stopped_prefix(&prompt[start..end]);
+        if resumed > 0 && resumed >= MIN_RESUMED.min(end - start) {
+            end = start + resumed;
         }
         start..end
     }

@@ -64,7 +64,7 @@ const COLD_WORK: f64 = 192.0 * 1.6e9;
 const COLD_LIMITS: std::ops::RangeInclusive<usize> = 64..=4096;
 
 /// Prompt tokens per forward call of the growth computed while idle ([`Growth`]): a request that comes
-/// meanwhile stops it within a layer and loses at most this many tokens' work.
+/// meanwhile stops it within a layer; the layers done are kept for the growth to go on with.
 const GROWTH_CHUNK: usize = 64;
 
 /// [`ModelInfo::cold_limit`]: [`COLD_WORK`] over the model's weights, within [`COLD_LIMITS`].
@@ -361,8 +361,8 @@ impl Worker {
 
     /// One chunk of the growth: the model's cache first, then the draft model's beside it, if any; ends
     /// the growth once both hold its prompt but for the last tokens (those the next keystroke changes),
-    /// or on an error. A request coming meanwhile stops the chunk (it goes to `early`), and the work of
-    /// that chunk is lost.
+    /// or on an error. A request coming meanwhile stops the chunk (it goes to `early`); the cache keeps
+    /// the layer it reached, and the growth goes on from there unless the request changed that cache.
     fn grow(&mut self, jobs: &Receiver<Job>) {
         let Some(g) = self.growth.as_mut() else {
             return;
@@ -386,7 +386,7 @@ impl Worker {
             self.growth = None;
             return;
         }
-        let chunk = &g.prompt[cache.next_chunk(g.prompt.len(), GROWTH_CHUNK, tail)];
+        let chunk = &g.prompt[cache.next_chunk(&g.prompt, GROWTH_CHUNK, tail)];
         let early = RefCell::new(&mut self.early);
         let stop = || {
             let mut early = early.borrow_mut();
@@ -507,7 +507,7 @@ impl Worker {
         // the chunks before them shareable with the request that replaces this one.
         let tail = req.prompt.len().saturating_sub(TAIL_CHUNK);
         while cache.tokens().len() < req.prompt.len() {
-            let chunk = &req.prompt[cache.next_chunk(req.prompt.len(), self.chunk, tail)];
+            let chunk = &req.prompt[cache.next_chunk(&req.prompt, self.chunk, tail)];
             if req.cancel.is_cancelled() {
                 timings.prefill_ms = ms_since(t_prefill);
                 return Ok(Outcome::cancelled(timings));
@@ -855,7 +855,7 @@ impl DraftModel {
         cache.keep(tokens, tokens.len() - 1, min_run);
         let mut logits = None;
         while cache.tokens().len() < tokens.len() {
-            let chunk = &tokens[cache.next_chunk(tokens.len(), PREFILL_CHUNK, tokens.len())];
+            let chunk = &tokens[cache.next_chunk(tokens, PREFILL_CHUNK, tokens.len())];
             let stop = || cancel.is_cancelled();
             match self
                 .model

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::{rms_norm_rows, rope, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig};
+use super::{
+    rms_norm_rows, rope, Block, Embedding, KvCache, LayerKv, Linear, Logits, ModelConfig, Stopped,
+};
 use crate::error::{EngineError, Result};
 use crate::kernels::activation;
 use crate::kernels::attention::{self, Layout};
@@ -88,7 +90,17 @@ impl CpuModel {
         })
     }
 
-    /// Logits for the last position (`[vocab]`) or every position (`[seq × vocab]`).
+    /// The token embeddings of `tokens` (`tokens.len()` rows of `d`).
+    fn embed(&self, tokens: &[u32], d: usize) -> Vec<f32> {
+        let mut x = vec![0f32; tokens.len() * d];
+        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
+            self.embed.dequantize_row(t as usize, row);
+        }
+        x
+    }
+
+    /// Logits for the last position (`[vocab]`) or every position (`[seq × vocab]`), from the layer
+    /// where a stopped pass over these tokens stopped, if the cache kept one ([`KvCache::stopped`]).
     pub fn forward(
         &self,
         cfg: &ModelConfig,
@@ -102,10 +114,10 @@ impl CpuModel {
         let (seq, pos) = (tokens.len(), cache.len);
         let (d, hd, nh, nkv) = (cfg.n_embd, cfg.head_dim, cfg.n_head, cfg.n_head_kv);
         let shape = cache.attn_shape();
-        let mut x = vec![0f32; seq * d];
-        for (row, &t) in x.chunks_exact_mut(d).zip(tokens) {
-            self.embed.dequantize_row(t as usize, row);
-        }
+        let (first, mut x) = match cache.take_stopped(tokens, d) {
+            Some(stopped) => stopped,
+            None => (0, self.embed(tokens, d)),
+        };
         let mut h = vec![0f32; seq * d];
         let mut q = vec![0f32; seq * nh * hd];
         let mut k = vec![0f32; seq * nkv * hd];
@@ -117,8 +129,15 @@ impl CpuModel {
         let half = hd / 2;
         let cos = &cache.cos_table[pos * half..(pos + seq) * half];
         let sin = &cache.sin_table[pos * half..(pos + seq) * half];
-        for (layer, b) in self.blocks.iter().enumerate() {
+        for (layer, b) in self.blocks.iter().enumerate().skip(first) {
             if cancelled() {
+                if layer > 0 {
+                    cache.stopped = Some(Stopped {
+                        tokens: tokens.to_vec(),
+                        layer,
+                        hidden: x,
+                    });
+                }
                 return Err(EngineError::Cancelled);
             }
             rms_norm_rows(&x, &b.attn_norm, cfg.rms_eps, &mut h);

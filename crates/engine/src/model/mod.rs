@@ -949,7 +949,9 @@ impl Llama {
         self.forward_cancellable(tokens, cache, logits, &|| false)
     }
 
-    /// `forward`, checking `cancelled` between layers; a cancelled call leaves the cache as it was.
+    /// `forward`, checking `cancelled` between layers; a cancelled call leaves the cache's positions as
+    /// they were. On the CPU it also keeps where it stopped ([`KvCache::stopped`]), and a later call
+    /// over the same tokens, or the first of them, goes on from there.
     pub fn forward_cancellable(
         &self,
         tokens: &[u32],
@@ -977,6 +979,9 @@ impl Llama {
         if let (Some(cpu), false) = (&self.cpu, self.tensor_path) {
             return cpu.forward(&self.cfg, &self.pool, tokens, cache, logits, cancelled);
         }
+        // The tensor path starts every pass from the first layer: whatever a stopped pass kept
+        // would be out of date once this one writes its positions.
+        cache.stopped = None;
         let (cos, sin) = (
             cache.cos.narrow(0, pos, seq)?,
             cache.sin.narrow(0, pos, seq)?,
@@ -1187,6 +1192,20 @@ pub struct KvCache {
     n_head_kv: usize,
     head_dim: usize,
     rope_interleaved: bool,
+    /// A forward pass at positions `len..` that was stopped between two layers, kept so that the next
+    /// pass over the same tokens (or a prefix of them) goes on from that layer: what a keystroke
+    /// would otherwise throw away. Dropped by anything that changes the positions before `len` or
+    /// writes past it, and by a pass over other tokens.
+    pub(super) stopped: Option<Stopped>,
+}
+
+/// [`KvCache::stopped`]: the tokens of the pass, the layer it stopped before, and the hidden state
+/// there (`tokens.len()` rows of the model's width); the keys and values of the layers before it
+/// are in the cache at positions `len..len + tokens.len()`.
+pub(crate) struct Stopped {
+    pub(super) tokens: Vec<u32>,
+    pub(super) layer: usize,
+    pub(super) hidden: Vec<f32>,
 }
 
 impl KvCache {
@@ -1226,7 +1245,36 @@ impl KvCache {
             n_head_kv: cfg.n_head_kv,
             head_dim: cfg.head_dim,
             rope_interleaved: cfg.rope_interleaved,
+            stopped: None,
         })
+    }
+
+    /// How many of `tokens` (to be run at positions `len..`) a stopped pass had begun with: a pass
+    /// over that many of them goes on from where it stopped.
+    pub fn stopped_prefix(&self, tokens: &[u32]) -> usize {
+        self.stopped.as_ref().map_or(0, |s| {
+            s.tokens
+                .iter()
+                .zip(tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+        })
+    }
+
+    /// The stopped pass over `tokens` (a prefix of its tokens), if any, cut to them: the layer to go
+    /// on from and the hidden state there. Whatever was kept is gone afterwards.
+    pub(super) fn take_stopped(
+        &mut self,
+        tokens: &[u32],
+        width: usize,
+    ) -> Option<(usize, Vec<f32>)> {
+        let s = self.stopped.take()?;
+        if tokens.is_empty() || !s.tokens.starts_with(tokens) {
+            return None;
+        }
+        let mut hidden = s.hidden;
+        hidden.truncate(tokens.len() * width);
+        Some((s.layer, hidden))
     }
 
     #[cfg(test)]
@@ -1249,6 +1297,9 @@ impl KvCache {
 
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.stopped = None;
+        }
         self.len = self.len.min(len);
     }
 
@@ -1274,6 +1325,9 @@ impl KvCache {
             return false;
         }
         let moves: Vec<&Move> = moves.iter().filter(|m| m.from != m.to).collect();
+        if !moves.is_empty() {
+            self.stopped = None;
+        }
         let (shape, half) = (self.attn_shape(), self.head_dim / 2);
         let (hd, interleaved) = (self.head_dim, self.rope_interleaved);
         // Turning by `d` positions uses the angles of position |d|, the sine negated to go back.
@@ -1327,6 +1381,9 @@ impl KvCache {
             "{len} positions in a cache of {}",
             self.capacity
         );
+        if len != self.len {
+            self.stopped = None;
+        }
         self.len = len;
     }
 

@@ -2,8 +2,12 @@
 //! numpy reference, also matched by llama.cpp) token for token, cache reuse giving the cold result, and
 //! greedy output with a q8_0 KV cache against an f16 one on real models and real code.
 
+use std::cell::Cell;
+
+use crate::error::EngineError;
 use crate::gguf::GgufFile;
-use crate::model::{Llama, Logits, ModelConfig, Move};
+use crate::model::{KvCache, Llama, Logits, ModelConfig, Move};
+use crate::prompt_cache::CachedPrompt;
 use crate::sampler::argmax;
 use crate::{KvType, Tokenizer};
 use candle_core::Device;
@@ -411,4 +415,155 @@ fn moved_keys_equal_keys_computed_at_the_new_positions() {
         assert_eq!(moved.len(), 22);
         model.forward(&[9], &mut moved, Logits::Last).unwrap();
     }
+}
+
+/// A pass stopped between layers and run again over the same tokens goes on from the layer it reached
+/// (it asks whether to stop once per layer left) and gives the logits of a pass never stopped, bit for
+/// bit; a pass over a prefix of them goes on too, and the tokens after follow as if computed at once.
+#[test]
+fn a_stopped_pass_goes_on_from_the_layer_it_reached() {
+    for name in ["tiny-codellama-mha.gguf", "tiny-codellama-gqa.gguf"] {
+        let model = load(name);
+        let layers = model.cfg.n_layer;
+        assert!(layers >= 2, "{name}: {layers} layers");
+        let head: Vec<u32> = vec![1, 822, 3349];
+        let a: Vec<u32> = vec![
+            29918, 5464, 29918, 294, 18869, 29898, 29879, 1678, 736, 1121,
+        ];
+        let asks = |model: &Llama, tokens: &[u32], cache: &mut KvCache| {
+            let n = Cell::new(0);
+            let logits = model
+                .forward_cancellable(tokens, cache, Logits::Last, &|| {
+                    n.set(n.get() + 1);
+                    false
+                })
+                .unwrap();
+            (logits, n.get())
+        };
+        let stop_at = |model: &Llama, tokens: &[u32], cache: &mut KvCache, layer: usize| {
+            let n = Cell::new(0);
+            let stop = || {
+                n.set(n.get() + 1);
+                n.get() > layer
+            };
+            let len = cache.len();
+            let err = model.forward_cancellable(tokens, cache, Logits::Last, &stop);
+            assert!(matches!(err, Err(EngineError::Cancelled)), "{name}");
+            assert_eq!(
+                cache.len(),
+                len,
+                "{name}: a stopped pass leaves the positions"
+            );
+        };
+        let cold = |tokens: &[&[u32]]| {
+            let mut cache = model.new_cache(64).unwrap();
+            let mut logits = Vec::new();
+            for t in tokens {
+                logits = model.forward(t, &mut cache, Logits::Last).unwrap();
+            }
+            logits
+        };
+        let layer = layers / 2;
+
+        // The same tokens: from the layer reached, the same logits.
+        let mut cache = model.new_cache(64).unwrap();
+        model.forward(&head, &mut cache, Logits::Last).unwrap();
+        stop_at(&model, &a, &mut cache, layer);
+        let (warm, asked) = asks(&model, &a, &mut cache);
+        assert_eq!(asked, layers - layer, "{name}: went on from layer {layer}");
+        assert_eq!(warm, cold(&[&head, &a]), "{name}");
+        assert_eq!(cache.len(), head.len() + a.len());
+
+        // A prefix of them, then other tokens.
+        let mut cache = model.new_cache(64).unwrap();
+        model.forward(&head, &mut cache, Logits::Last).unwrap();
+        stop_at(&model, &a, &mut cache, layer);
+        let (warm, asked) = asks(&model, &a[..6], &mut cache);
+        assert_eq!(
+            asked,
+            layers - layer,
+            "{name}: the prefix went on from layer {layer}"
+        );
+        close(&warm, &cold(&[&head, &a[..6]]), name);
+        let b = [13, 1678, 736];
+        let (warm, asked) = asks(&model, &b, &mut cache);
+        assert_eq!(
+            asked, layers,
+            "{name}: other tokens start at the first layer"
+        );
+        close(&warm, &cold(&[&head, &a[..6], &b]), name);
+    }
+}
+
+/// What a stopped pass kept is dropped once the positions before it change: after a truncation, a pass
+/// over the same tokens (now at other positions) starts again from the first layer.
+#[test]
+fn a_stopped_pass_is_dropped_when_the_positions_before_it_change() {
+    for name in ["tiny-codellama-mha.gguf", "tiny-codellama-gqa.gguf"] {
+        let model = load(name);
+        let layers = model.cfg.n_layer;
+        let head: Vec<u32> = vec![1, 822, 3349];
+        let a: Vec<u32> = vec![29918, 5464, 29918, 294, 18869];
+        let mut cache = model.new_cache(64).unwrap();
+        model.forward(&head, &mut cache, Logits::Last).unwrap();
+        let n = Cell::new(0);
+        let stop = || {
+            n.set(n.get() + 1);
+            n.get() > 1
+        };
+        assert!(model
+            .forward_cancellable(&a, &mut cache, Logits::Last, &stop)
+            .is_err());
+        cache.truncate(1);
+        assert_eq!(cache.stopped_prefix(&a), 0, "{name}");
+        let asked = Cell::new(0);
+        let warm = model
+            .forward_cancellable(&a, &mut cache, Logits::Last, &|| {
+                asked.set(asked.get() + 1);
+                false
+            })
+            .unwrap();
+        assert_eq!(asked.get(), layers, "{name}");
+        let mut fresh = model.new_cache(64).unwrap();
+        model.forward(&[1], &mut fresh, Logits::Last).unwrap();
+        assert_eq!(
+            warm,
+            model.forward(&a, &mut fresh, Logits::Last).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+/// Logits equal within what another batch size changes (attention over a batch takes other paths
+/// than over a few positions).
+fn close(a: &[f32], b: &[f32], name: &str) {
+    let max_diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
+}
+
+/// The next chunk of a prompt that begins with at least 16 tokens of a stopped pass is those tokens
+/// (the pass goes on); with fewer in common, the chunk is as long as it would be without one.
+#[test]
+fn the_next_chunk_goes_on_with_a_stopped_pass() {
+    let model = load("tiny-codellama-gqa.gguf");
+    let mut cache = CachedPrompt::new(model.new_cache(64).unwrap());
+    let prompt: Vec<u32> = (0..40).map(|i| 100 + i).collect();
+    let n = Cell::new(0);
+    let stop = || {
+        n.set(n.get() + 1);
+        n.get() > 1
+    };
+    assert!(model
+        .forward_cancellable(&prompt, cache.kv(), Logits::Last, &stop)
+        .is_err());
+    let mut edited = prompt.clone();
+    edited[20] = 7;
+    assert_eq!(cache.next_chunk(&edited, 64, edited.len()), 0..20);
+    assert_eq!(cache.next_chunk(&prompt, 32, prompt.len()), 0..32);
+    edited[5] = 7;
+    assert_eq!(cache.next_chunk(&edited, 64, edited.len()), 0..40);
 }
