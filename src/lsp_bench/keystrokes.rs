@@ -305,7 +305,12 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
             t.totals.idle_tokens.to_string()
         }),
         ("of them lost part-way through a step", |t| {
-            t.totals.discarded_tokens.to_string()
+            let totals = &t.totals;
+            // Stopped part-way, less what a later pass went on with from the layer reached.
+            (totals
+                .discarded_tokens
+                .saturating_sub(totals.resumed_tokens))
+            .to_string()
         }),
         ("generations on a shorter window", |t| {
             t.totals.shortened.to_string()

@@ -408,7 +408,7 @@ impl Tally {
             "requests: {req} for {keys} keystrokes; results {res} ({sug} non-empty), cancelled {can}, other errors {err}\n\
              answered once: {once}; answered twice: {twice}; unanswered: {un}; answers to unknown ids: {unk}\n\
              pauses: {p}, with a suggestion before the next keystroke: {pp:.1}% ({pw}); of {lp} pauses ≥ 1 s: {lpp:.1}%; last keystroke to suggestion: p50 {p50:.0} ms, p95 {p95:.0} ms\n\
-             prompt tokens over {g} generations ({gc} cancelled): reused {ru}, computed {cp} ({rp:.1}% reused); computed for cancelled requests {cc}, computed while idle {it}, of all computed lost part-way through a prefill step {ds}; generations on a shorter window {sh}\n\
+             prompt tokens over {g} generations ({gc} cancelled): reused {ru}, computed {cp} ({rp:.1}% reused); computed for cancelled requests {cc}, computed while idle {it}, of all computed stopped part-way through a prefill step {ds} ({rs} of them gone on with later); generations on a shorter window {sh}\n\
              server peak RSS: {rss}\n\
              errors/warnings shown: {shown}{texts}",
             req = self.requests,
@@ -433,6 +433,7 @@ impl Tally {
             rp = pct(t.reused_tokens, t.reused_tokens + t.computed_tokens),
             cc = t.cancelled_computed_tokens,
             ds = t.discarded_tokens,
+            rs = t.resumed_tokens,
             it = t.idle_tokens,
             sh = t.shortened,
             rss = self.peak_rss_text(),

@@ -72,6 +72,7 @@ impl LlamaVscodeTarget {
             computed_tokens: computed,
             cancelled_computed_tokens: computed.saturating_sub(self.answered_computed),
             discarded_tokens: 0,
+            resumed_tokens: 0,
             shortened: 0,
             idle_tokens: 0,
         })

@@ -248,6 +248,9 @@ pub struct Timings {
     /// request came part of the way through a chunk.
     pub idle_tokens: usize,
     pub idle_discarded_tokens: usize,
+    /// Of the computed (this request's and the idle ones), those whose pass went on from the layer where
+    /// a stopped pass over them had left it: counted as lost when that pass stopped, they were not.
+    pub resumed_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]

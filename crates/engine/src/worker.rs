@@ -220,7 +220,7 @@ fn run(opts: LoadOptions, progress: &mut dyn FnMut(f32), ready: Ready, jobs: Rec
         chunk,
         cold_limit,
         growth: None,
-        idle: (0, 0),
+        idle: (0, 0, 0),
     };
     pool.install(|| worker.serve(jobs));
 }
@@ -281,9 +281,10 @@ struct Worker {
     cold_limit: usize,
     /// The prompt computed while no request waits, if any.
     growth: Option<Growth>,
-    /// Tokens it computed since the last request, and of them those lost: the next request's
-    /// `Timings::idle_tokens` and `idle_discarded_tokens`.
-    idle: (usize, usize),
+    /// Tokens it computed since the last request, of them those lost, and those that went on with a
+    /// stopped pass: the next request's `Timings::idle_tokens`, `idle_discarded_tokens` and (part of)
+    /// `resumed_tokens`.
+    idle: (usize, usize, usize),
 }
 
 /// The whole-window prompt of the last request, which was answered from a shorter one: the model thread
@@ -394,6 +395,9 @@ impl Worker {
             !early.is_empty()
         };
         self.idle.0 += chunk.len();
+        if cache.kv().stopped_prefix(chunk) == chunk.len() {
+            self.idle.2 += chunk.len();
+        }
         match model.forward_cancellable(chunk, cache.kv(), Logits::Last, &stop) {
             Ok(_) => cache.extend(chunk),
             Err(EngineError::Cancelled) => self.idle.1 += chunk.len(),
@@ -462,11 +466,12 @@ impl Worker {
         events: &UnboundedSender<Event>,
         jobs: &Receiver<Job>,
     ) -> Result<Outcome> {
-        let (idle_tokens, idle_discarded_tokens) = std::mem::take(&mut self.idle);
+        let (idle_tokens, idle_discarded_tokens, resumed_tokens) = std::mem::take(&mut self.idle);
         let mut timings = Timings {
             prompt_tokens: req.prompt.len(),
             idle_tokens,
             idle_discarded_tokens,
+            resumed_tokens,
             ..Timings::default()
         };
         if req.cancel.is_cancelled() {
@@ -513,6 +518,9 @@ impl Worker {
                 return Ok(Outcome::cancelled(timings));
             }
             timings.computed_tokens += chunk.len();
+            if cache.kv().stopped_prefix(chunk) == chunk.len() {
+                timings.resumed_tokens += chunk.len();
+            }
             let through = &req.prompt[..cache.tokens().len() + chunk.len()];
             let early = RefCell::new(&mut self.early);
             let stop = || {

@@ -50,6 +50,9 @@ pub struct StatusTimings {
     pub idle_tokens: usize,
     #[serde(default)]
     pub idle_discarded_tokens: usize,
+    /// Computed by going on with a stopped pass (`Timings::resumed_tokens`).
+    #[serde(default)]
+    pub resumed_tokens: usize,
 }
 
 /// Prompt tokens over many generations.
@@ -65,6 +68,9 @@ pub struct PromptTotals {
     pub cancelled_computed_tokens: usize,
     /// Computed and lost: prefill chunks cancelled part of the way through.
     pub discarded_tokens: usize,
+    /// Of those, the ones a later pass went on with from the layer reached (not lost after all).
+    #[serde(default)]
+    pub resumed_tokens: usize,
     /// Generations that worked on a shorter prompt than the whole window's (`cold_prompt_tokens`).
     #[serde(default)]
     pub shortened: usize,
@@ -85,6 +91,7 @@ impl PromptTotals {
             self.cancelled_computed_tokens += t.computed_tokens;
         }
         self.discarded_tokens += t.discarded_tokens + t.idle_discarded_tokens;
+        self.resumed_tokens += t.resumed_tokens;
         self.shortened += usize::from(t.shortened);
         self.idle_tokens += t.idle_tokens;
     }
@@ -105,6 +112,7 @@ impl StatusTimings {
             shortened: t.shortened > 0,
             idle_tokens: t.idle_tokens,
             idle_discarded_tokens: t.idle_discarded_tokens,
+            resumed_tokens: t.resumed_tokens,
         }
     }
 }
@@ -344,6 +352,7 @@ mod tests {
                 shortened: true,
                 idle_tokens: 64,
                 idle_discarded_tokens: 10,
+                resumed_tokens: 64,
                 ..t(0, 1, 0)
             },
             false,
@@ -358,6 +367,7 @@ mod tests {
                 computed_tokens: 276 + 1 + 64,
                 cancelled_computed_tokens: 256,
                 discarded_tokens: 200 + 10,
+                resumed_tokens: 64,
                 shortened: 1,
                 idle_tokens: 64,
             }

@@ -95,11 +95,7 @@ fn truncating_the_cache_reproduces_a_cold_run() {
         cache.truncate(6);
         let warm = model.forward(&b[6..], &mut cache, Logits::Last).unwrap();
         assert_eq!(cache.len(), b.len());
-        let max_diff = cold
-            .iter()
-            .zip(&warm)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let max_diff = max_diff(&cold, &warm);
         assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
     }
 }
@@ -116,11 +112,7 @@ fn all_logits_agree_with_stepwise_decoding() {
     for (i, t) in prompt.iter().enumerate() {
         let step = model.forward(&[*t], &mut cache, Logits::Last).unwrap();
         let row = &all[i * 32016..(i + 1) * 32016];
-        let d = step
-            .iter()
-            .zip(row)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let d = max_diff(&step, row);
         assert!(d < 1e-3, "position {i}: {d}");
     }
 }
@@ -153,11 +145,7 @@ fn fused_cpu_path_equals_tensor_path() {
         for chunk in [&prompt[..65], &prompt[65..], &[7u32][..]] {
             let a = fused.forward(chunk, &mut ca, Logits::All).unwrap();
             let b = tensor.forward(chunk, &mut cb, Logits::All).unwrap();
-            let diff = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max);
+            let diff = max_diff(&a, &b);
             assert!(
                 diff < 1e-5,
                 "{}: max logit difference {diff}",
@@ -537,12 +525,16 @@ fn a_stopped_pass_is_dropped_when_the_positions_before_it_change() {
 /// Logits equal within what another batch size changes (attention over a batch takes other paths
 /// than over a few positions).
 fn close(a: &[f32], b: &[f32], name: &str) {
-    let max_diff = a
-        .iter()
+    let max_diff = max_diff(a, b);
+    assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
+}
+
+/// The largest difference between two rows of logits.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
-    assert!(max_diff < 1e-3, "{name}: max logit difference {max_diff}");
+        .fold(0f32, f32::max)
 }
 
 /// The next chunk of a prompt that begins with at least 16 tokens of a stopped pass is those tokens
