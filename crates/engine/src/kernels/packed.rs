@@ -443,45 +443,51 @@ mod x86 {
                 groups: Range<usize>,
                 out: SharedOut,
             ) {
-                /// The tiles, prefetching or not (`STREAM`, see `streams`).
+                /// One tile of `R` rows, prefetching its weights or not (`FETCH`).
+                ///
+                /// # Safety
+                /// As for the kernel, with `i0 + R <= x.m()`.
+                #[inline]
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-                unsafe fn tiles<const STREAM: bool>(
+                unsafe fn tile<const R: usize>(
+                    fetch: bool,
                     p: &Packed,
                     x: &Q8Act,
-                    first: usize,
-                    groups: Range<usize>,
+                    g: Range<usize>,
+                    i0: usize,
                     out: SharedOut,
                 ) {
-                    let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
-                    for start in groups.clone().step_by(per_block) {
-                        let block = start..(start + per_block).min(groups.end);
-                        let mut i0 = first;
-                        while i0 < x.m() {
-                            let g = block.clone();
-                            let left = x.m() - i0;
-                            let r = if $wide && left >= WIDE { WIDE } else { left.min(MR) };
-                            match r {
-                                // SAFETY: i0 + 8 <= m; the rest is our caller's promise.
-                                WIDE => unsafe { $tile::<WIDE, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                                // SAFETY: i0 + 4 <= m; as above.
-                                4 => unsafe { $tile::<4, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                                // SAFETY: i0 + 3 <= m; as above.
-                                3 => unsafe { $tile::<3, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                                // SAFETY: i0 + 2 <= m; as above.
-                                2 => unsafe { $tile::<2, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                                // SAFETY: i0 + 1 <= m; as above.
-                                _ => unsafe { $tile::<1, STREAM $(, $arg)*>(p, x, g, i0, out) },
-                            }
-                            i0 += r;
-                        }
+                    if fetch {
+                        // SAFETY: our caller's promise.
+                        unsafe { $tile::<R, true $(, $arg)*>(p, x, g, i0, out) }
+                    } else {
+                        // SAFETY: our caller's promise.
+                        unsafe { $tile::<R, false $(, $arg)*>(p, x, g, i0, out) }
                     }
                 }
-                if streams(x) {
-                    // SAFETY: our caller's promise.
-                    unsafe { tiles::<true>(p, x, first, groups, out) }
-                } else {
-                    // SAFETY: our caller's promise.
-                    unsafe { tiles::<false>(p, x, first, groups, out) }
+                let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
+                for start in groups.clone().step_by(per_block) {
+                    let block = start..(start + per_block).min(groups.end);
+                    let mut i0 = first;
+                    while i0 < x.m() {
+                        // The first tile reads the block's weights from memory (see `PREFETCH_BYTES`).
+                        let (g, fetch) = (block.clone(), i0 == first);
+                        let left = x.m() - i0;
+                        let r = if $wide && left >= WIDE { WIDE } else { left.min(MR) };
+                        match r {
+                            // SAFETY: i0 + 8 <= m; the rest is our caller's promise.
+                            WIDE => unsafe { tile::<WIDE>(fetch, p, x, g, i0, out) },
+                            // SAFETY: i0 + 4 <= m; as above.
+                            4 => unsafe { tile::<4>(fetch, p, x, g, i0, out) },
+                            // SAFETY: i0 + 3 <= m; as above.
+                            3 => unsafe { tile::<3>(fetch, p, x, g, i0, out) },
+                            // SAFETY: i0 + 2 <= m; as above.
+                            2 => unsafe { tile::<2>(fetch, p, x, g, i0, out) },
+                            // SAFETY: i0 + 1 <= m; as above.
+                            _ => unsafe { tile::<1>(fetch, p, x, g, i0, out) },
+                        }
+                        i0 += r;
+                    }
                 }
             }
         };
@@ -497,7 +503,7 @@ mod x86 {
         /// As stated above.
         q4_1,
         q4_tile,
-        false,
+        true,
         true
     );
 
@@ -506,7 +512,7 @@ mod x86 {
         /// As for `q4_1`.
         q4_0,
         q4_tile,
-        false,
+        true,
         false
     );
 
@@ -578,7 +584,7 @@ mod x86 {
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_tile<const R: usize, const STREAM: bool, const MIN: bool>(
+    unsafe fn q4_tile<const R: usize, const FETCH: bool, const MIN: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -594,9 +600,6 @@ mod x86 {
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..nb {
-                // SAFETY: (each of the R) b < nb, so block b's 32 quants lie inside the row.
-                let a: [[__m512i; 8]; R] =
-                    std::array::from_fn(|r| unsafe { quads(rows.quants(r, b)) });
                 // SAFETY: (each) b < nb.
                 let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, b) });
                 // SAFETY: (each) b < nb.
@@ -606,27 +609,48 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if STREAM {
+                if FETCH {
                     prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // SAFETY: d, 32 bytes at the start of the block.
                 let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
-                let mut sum = [[_mm512_setzero_si512(); 4]; R];
-                for t in 0..4 {
+                let vectors: [[__m512i; 2]; 4] = std::array::from_fn(|t| {
                     // SAFETY: vector t of the four, at offset `quants + 64·t` of the block.
                     let v = unsafe { _mm512_loadu_si512(blk.wrapping_add(quants + t * 64).cast()) };
-                    let lo = _mm512_and_si512(v, low);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                    for (s, a) in sum.iter_mut().zip(&a) {
-                        s[t & 1] = _mm512_dpbusd_epi32(s[t & 1], lo, a[t]);
-                        s[2 + (t & 1)] = _mm512_dpbusd_epi32(s[2 + (t & 1)], hi, a[t + 4]);
+                    [
+                        _mm512_and_si512(v, low),
+                        _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
+                    ]
+                });
+                let sums: [__m512i; R] = if R > MR {
+                    // `WIDE` rows: one chain per row, the quants broadcast from memory.
+                    let mut sum = [_mm512_setzero_si512(); R];
+                    for (t, [lo, hi]) in vectors.iter().enumerate() {
+                        for (r, s) in sum.iter_mut().enumerate() {
+                            // SAFETY: b < nb, so block b's 32 quants lie inside row r.
+                            let [qa, qb] = unsafe { quads_pair(rows.quants(r, b), t) };
+                            *s = _mm512_dpbusd_epi32(*s, *lo, _mm512_set1_epi32(qa));
+                            *s = _mm512_dpbusd_epi32(*s, *hi, _mm512_set1_epi32(qb));
+                        }
                     }
-                }
-                for (r, (s, acc)) in sum.iter().zip(acc.iter_mut()).enumerate() {
-                    let mut isum = _mm512_add_epi32(
-                        _mm512_add_epi32(s[0], s[1]),
-                        _mm512_add_epi32(s[2], s[3]),
-                    );
+                    sum
+                } else {
+                    // SAFETY: (each of the R) b < nb, so block b's 32 quants lie inside the row.
+                    let a: [[__m512i; 8]; R] =
+                        std::array::from_fn(|r| unsafe { quads(rows.quants(r, b)) });
+                    let mut sum = [[_mm512_setzero_si512(); 4]; R];
+                    for (t, [lo, hi]) in vectors.iter().enumerate() {
+                        for (s, a) in sum.iter_mut().zip(&a) {
+                            s[t & 1] = _mm512_dpbusd_epi32(s[t & 1], *lo, a[t]);
+                            s[2 + (t & 1)] = _mm512_dpbusd_epi32(s[2 + (t & 1)], *hi, a[t + 4]);
+                        }
+                    }
+                    sum.map(|s| {
+                        _mm512_add_epi32(_mm512_add_epi32(s[0], s[1]), _mm512_add_epi32(s[2], s[3]))
+                    })
+                };
+                for (r, (s, acc)) in sums.iter().zip(acc.iter_mut()).enumerate() {
+                    let mut isum = *s;
                     if !MIN {
                         // Q4_0's offset: Σ(q - 8)·a = Σq·a - 8·Σa, exact in integers.
                         isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(8 * qsum[r]));
@@ -655,7 +679,7 @@ mod x86 {
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q8_0_tile<const R: usize, const STREAM: bool>(
+    unsafe fn q8_0_tile<const R: usize, const FETCH: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -678,7 +702,7 @@ mod x86 {
                 // SAFETY: g < groups.end <= p.groups() and b < nb, the blocks per row of
                 // `p` (`Packed::check`).
                 let blk = unsafe { p.block(g, b) };
-                if STREAM {
+                if FETCH {
                     prefetch_ahead(blk, block_bytes, 0, 1);
                 }
                 // The group block: d[16] f16 (32 bytes), then eight 64-byte vectors.
@@ -733,18 +757,14 @@ mod x86 {
     /// hardware prefetcher alone left decoding a fifth to a third below the machine's bandwidth (Zen 5,
     /// 2 threads, an 11008 × 4096 matrix per call: Q4_K 0.70 → 0.53 ms, Q6_K 1.05 → 0.77, Q4_1 0.66 →
     /// 0.60, Q8_0 1.18 → 1.00); 2.3 KB ahead and 9–14 KB were slower than 4.6 KB.
+    ///
+    /// Only the first tile of rows over a block of groups prefetches (`FETCH`, a constant of the tiles:
+    /// a run-time test in the block loop cost a prompt a sixth): it reads the weights from memory, and
+    /// the tiles after it find them in L2, where prefetches only cost time (every tile of a prompt
+    /// prefetching took Qwen2.5-Coder 0.5B's prefill from 883 to 654 tok/s). In a decoding step there is
+    /// one tile per block; in a prompt of a 7B model the first tile's prefetch gave prefill 512 a fifth
+    /// (2 threads, Zen 5: Q4_0 67.8 → 82.8 tok/s, Q4_K_M 65.7 → 77.8).
     const PREFETCH_BYTES: usize = 4608;
-
-    /// Whether a product prefetches its weights: one of at most `MR` activation rows (decoding, the
-    /// verification of drafted tokens) reads them from memory once, in one tile of rows, while a
-    /// prompt-sized product goes over one task's weights again for every tile, from the cache, and only
-    /// loses time to prefetches (Qwen2.5-Coder 0.5B, prefill 512 at 2 threads: 654 tok/s with them, 883
-    /// without). The choice is a constant of the tiles (`STREAM`): a run-time test in the block loop,
-    /// though never true in a prompt, cost that prefill a sixth (about 870 → 710 tok/s).
-    #[inline]
-    fn streams(x: &Q8Act) -> bool {
-        x.m() <= MR
-    }
 
     /// Asks for part `part` of `parts` of the `bytes` bytes that lie `PREFETCH_BYTES` after `blk` to be
     /// fetched into the cache (a hint: it never faults, so it may point past the weights).
@@ -811,7 +831,7 @@ mod x86 {
     /// As for `q4_k`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_k_tile<const R: usize, const STREAM: bool>(
+    unsafe fn q4_k_tile<const R: usize, const FETCH: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -839,7 +859,7 @@ mod x86 {
                     let sc = _mm512_cvtepu8_epi32(sc);
                     *min = m;
                     let mut sum = [[_mm512_setzero_si512(); 2]; R];
-                    if STREAM {
+                    if FETCH {
                         prefetch_ahead(blk, block_bytes, j, SUB);
                     }
                     for t in 0..4 {
@@ -955,7 +975,7 @@ mod x86 {
     /// As for `q6_k`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q6_k_tile<const R: usize, const STREAM: bool>(
+    unsafe fn q6_k_tile<const R: usize, const FETCH: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -981,7 +1001,7 @@ mod x86 {
                     let h0 = unsafe { _mm512_loadu_si512(high.cast()) };
                     // SAFETY: as above.
                     let h1 = unsafe { _mm512_loadu_si512(high.wrapping_add(64).cast()) };
-                    if STREAM {
+                    if FETCH {
                         prefetch_ahead(blk, block_bytes, c, SUB);
                     }
                     // SAFETY: the scales of the two halves of block c (sub-blocks 2c and 2c + 1).
