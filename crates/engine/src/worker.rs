@@ -395,7 +395,7 @@ impl Worker {
             !early.is_empty()
         };
         self.idle.0 += chunk.len();
-        if cache.kv().stopped_prefix(chunk) == chunk.len() {
+        if cache.kv().goes_on_with(chunk) {
             self.idle.2 += chunk.len();
         }
         match model.forward_cancellable(chunk, cache.kv(), Logits::Last, &stop) {
@@ -518,7 +518,7 @@ impl Worker {
                 return Ok(Outcome::cancelled(timings));
             }
             timings.computed_tokens += chunk.len();
-            if cache.kv().stopped_prefix(chunk) == chunk.len() {
+            if cache.kv().goes_on_with(chunk) {
                 timings.resumed_tokens += chunk.len();
             }
             let through = &req.prompt[..cache.tokens().len() + chunk.len()];

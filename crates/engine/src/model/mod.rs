@@ -1261,15 +1261,26 @@ impl KvCache {
         })
     }
 
-    /// The stopped pass over `tokens` (a prefix of its tokens), if any, cut to them: the layer to go
-    /// on from and the hidden state there. Whatever was kept is gone afterwards.
+    /// Whether a pass over `tokens` goes on from the stopped one: they are its tokens or the first of
+    /// them.
+    pub fn goes_on_with(&self, tokens: &[u32]) -> bool {
+        !tokens.is_empty()
+            && self
+                .stopped
+                .as_ref()
+                .is_some_and(|s| s.tokens.starts_with(tokens))
+    }
+
+    /// The stopped pass over `tokens` ([`goes_on_with`](Self::goes_on_with)), if any, cut to them: the
+    /// layer to go on from and the hidden state there. Whatever was kept is gone afterwards.
     pub(super) fn take_stopped(
         &mut self,
         tokens: &[u32],
         width: usize,
     ) -> Option<(usize, Vec<f32>)> {
+        let goes_on = self.goes_on_with(tokens);
         let s = self.stopped.take()?;
-        if tokens.is_empty() || !s.tokens.starts_with(tokens) {
+        if !goes_on {
             return None;
         }
         let mut hidden = s.hidden;
