@@ -728,6 +728,18 @@ fn sha256_hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The Hub reference the download tests ask for, and its repository's folder in the Hugging Face cache
+/// (under `HF_HOME`).
+const SMOLLM2: &str = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf";
+const SMOLLM2_REPO: &str = "hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF";
+
+/// What the stand-in Hub serves as `SMOLLM2`: the small model's bytes, their size and SHA-256.
+fn served() -> (std::sync::Arc<Vec<u8>>, u64, String) {
+    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
+    let (size, sha) = (body.len() as u64, sha256_hex(&body));
+    (body, size, sha)
+}
+
 /// A fresh folder under the system's temporary directory.
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("codellama-hub-{name}-{}", std::process::id()));
@@ -856,10 +868,8 @@ fn the_default_model_is_downloaded_with_progress() {
 fn a_cancelled_download_leaves_no_file_and_resumes_later() {
     let home = scratch("cancel");
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_codellama-lsp"));
-    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
-    let (size, sha) = (body.len() as u64, sha256_hex(&body));
-    let spec = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf";
-    let repo_dir = home.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF");
+    let (body, size, sha) = served();
+    let repo_dir = home.join("hf").join(SMOLLM2_REPO);
     let (blob, part) = (
         repo_dir.join("blobs").join(&sha),
         repo_dir.join(format!("blobs/{sha}.part")),
@@ -868,7 +878,7 @@ fn a_cancelled_download_leaves_no_file_and_resumes_later() {
     {
         // About 6 s for the whole file: time to cancel in the middle.
         let slow = HubStandIn::start(body.clone(), sha.clone(), Duration::from_millis(60));
-        let mut s = spawn_hub(&exe, &slow, &home, &["--model", spec]);
+        let mut s = spawn_hub(&exe, &slow, &home, &["--model", SMOLLM2]);
         let report = s
             .wait_for("$/progress", LOAD, |p| {
                 p["value"]["kind"] == "report"
@@ -897,7 +907,7 @@ fn a_cancelled_download_leaves_no_file_and_resumes_later() {
     }
     let kept = std::fs::metadata(&part).unwrap().len();
     let hub = HubStandIn::start(body.clone(), sha.clone(), Duration::ZERO);
-    let mut s = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    let mut s = spawn_hub(&exe, &hub, &home, &["--model", SMOLLM2]);
     s.wait_ready(LOAD)
         .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
     let ranges = hub.ranges.lock().unwrap().clone();
@@ -923,20 +933,20 @@ fn a_cancelled_download_leaves_no_file_and_resumes_later() {
 fn two_servers_download_one_file_once() {
     let home = scratch("two");
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_codellama-lsp"));
-    let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
-    let (size, sha) = (body.len() as u64, sha256_hex(&body));
-    let spec = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf";
+    let (body, size, sha) = served();
     let snapshot = home
-        .join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF/snapshots")
+        .join("hf")
+        .join(SMOLLM2_REPO)
+        .join("snapshots")
         .join(COMMIT)
         .join("smollm2.gguf");
     // About 6 s for the whole file: the second server starts while the first downloads.
     let hub = HubStandIn::start(body.clone(), sha, Duration::from_millis(60));
-    let mut first = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    let mut first = spawn_hub(&exe, &hub, &home, &["--model", SMOLLM2]);
     first
         .wait_for("$/progress", LOAD, |p| p["value"]["kind"] == "report")
         .unwrap();
-    let mut second = spawn_hub(&exe, &hub, &home, &["--model", spec]);
+    let mut second = spawn_hub(&exe, &hub, &home, &["--model", SMOLLM2]);
     // Within the first's download (a broken lock would time out here, not after `LOAD`).
     second
         .wait_for("codellama/status", Duration::from_secs(60), |p| {
@@ -977,15 +987,7 @@ fn a_corrupted_download_is_refused() {
     let body = std::sync::Arc::new(std::fs::read(common::small_model()).unwrap());
     let announced = sha256_hex(b"another file");
     let hub = HubStandIn::start(body, announced.clone(), Duration::ZERO);
-    let mut s = spawn_hub(
-        &exe,
-        &hub,
-        &home,
-        &[
-            "--model",
-            "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf",
-        ],
-    );
+    let mut s = spawn_hub(&exe, &hub, &home, &["--model", SMOLLM2]);
     let err = s.wait_ready(LOAD).unwrap_err();
     for part in ["smollm2.gguf", "corrupted", "SHA-256", announced.as_str()] {
         assert!(err.contains(part), "{part:?} not in {err}");
@@ -996,7 +998,7 @@ fn a_corrupted_download_is_refused() {
         text.contains("smollm2.gguf from HuggingFaceTB/SmolLM2-135M-Instruct-GGUF is corrupted"),
         "{text}"
     );
-    let blobs = home.join("hf/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct-GGUF/blobs");
+    let blobs = home.join("hf").join(SMOLLM2_REPO).join("blobs");
     let left: Vec<_> = std::fs::read_dir(&blobs)
         .unwrap()
         .flatten()
@@ -1020,7 +1022,7 @@ fn the_cli_shows_a_download_bar_on_a_terminal_and_lines_otherwise() {
     let run = |cache: &str, through_terminal: bool| {
         let exe = env!("CARGO_BIN_EXE_codellama-lsp");
         let args = format!(
-            "{exe} complete {}:2:5 --model HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:smollm2.gguf --max-tokens 4 --context-window 256",
+            "{exe} complete {}:2:5 --model {SMOLLM2} --max-tokens 4 --context-window 256",
             source.display()
         );
         let mut cmd = if through_terminal {
