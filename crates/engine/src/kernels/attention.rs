@@ -615,6 +615,11 @@ fn attend_f16(
         });
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if low_precision && simd512::fits_row(hd) && super::cpu::has_avx512_vnni() {
+        attend_groups(exec, q, layout, k_cache, v_cache, s, pos, seq, out);
+        return;
+    }
     let row = |r: usize| {
         let (h, i) = (r / seq, r % seq);
         let kvh = h / group;
@@ -634,6 +639,58 @@ fn attend_f16(
         );
     };
     for_rows(exec, s.n_head * seq, pos + seq, &row);
+}
+
+/// `attend_f16` for decode-sized batches on AVX-512: the query rows that read the same KV head (the heads
+/// of its group, at every position of the batch) attend up to `simd512::ROWS` at a time, so that each
+/// cached key and value is converted once for all of them. A KV head's rows are taken position by
+/// position (all heads of the group at the batch's first position, then at the next), so rows that
+/// attend together mostly attend over as many positions.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn attend_groups(
+    exec: Exec,
+    q: &[f32],
+    layout: Layout,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    s: AttnShape,
+    pos: usize,
+    seq: usize,
+    out: SharedOut,
+) {
+    let hd = s.head_dim;
+    let group = s.n_head / s.n_kv_head;
+    let scale = s.scale();
+    let per_kv = group * seq;
+    // As even as they can be, each of at most `ROWS` rows.
+    let chunks = per_kv.div_ceil(simd512::ROWS);
+    let chunk = |item: usize| {
+        let (kvh, c) = (item / chunks, item % chunks);
+        let base = kvh * s.capacity * hd;
+        let end = base + (pos + seq) * hd;
+        let mut rows: Vec<simd512::Row> = (c * per_kv / chunks..(c + 1) * per_kv / chunks)
+            .map(|r| {
+                let (h, i) = (kvh * group + r % group, r / group);
+                let at = layout.offset(h, s.n_head, i, seq, hd);
+                simd512::Row {
+                    query: &q[at..at + hd],
+                    len: pos + i + 1,
+                    // SAFETY: every (h, i) is in one chunk of one item, which alone writes its output.
+                    out: unsafe { out.slice(i * s.n_head * hd + h * hd, hd) },
+                }
+            })
+            .collect();
+        // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`, checked by the
+        // caller); `attend_rows` checks the rest.
+        unsafe { simd512::attend_rows(&mut rows, &k_cache[base..end], &v_cache[base..end], scale) }
+    };
+    for_rows(
+        exec,
+        s.n_kv_head * chunks,
+        (pos + seq) * per_kv / chunks,
+        &chunk,
+    );
 }
 
 /// `attend` over a q8_0 cache (the shape was checked): one row at a time for every batch size, as
@@ -781,10 +838,6 @@ fn attend_row(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if low_precision && simd512::fits_row(hd) && super::cpu::has_avx512_vnni() {
-            // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`).
-            return unsafe { simd512::attend_row(query, keys, values, scale, out) };
-        }
         if simd::fits(hd) && super::cpu::has_avx2() {
             // SAFETY: the CPU has AVX2, FMA and F16C (`has_avx2`), all `attend_row` needs.
             return unsafe { simd::attend_row(query, keys, values, hd, scale, low_precision, out) };
@@ -1416,15 +1469,54 @@ mod simd512 {
     /// the exponentials) of a block do not wait on one another, only the additions of values do.
     const PB: usize = 8;
 
-    /// `simd::attend_row` with f16 numerics (decode), bit for bit, on AVX-512: one query row against
-    /// `keys.len() / hd` cached positions. Panics unless `fits_row(hd)`, the query and the output hold
-    /// `hd` values and there are as many values as keys, whole rows of `hd`.
+    /// The most query rows `attend_rows` takes at once: three rows' outputs (24 vectors for heads of 128)
+    /// stay in registers beside a value vector and the rows' weights.
+    pub const ROWS: usize = 3;
+
+    /// One query row of `attend_rows`: its query (`hd` values), how many of the cached positions it
+    /// attends over (the first `len`), and where its output goes (`hd` values).
+    pub struct Row<'a> {
+        pub query: &'a [f32],
+        pub len: usize,
+        pub out: &'a mut [f32],
+    }
+
+    /// `simd::attend_row` with f16 numerics (decode), bit for bit for each row, on AVX-512, for up to
+    /// [`ROWS`] query rows against the same cached keys and values (the heads of a group, the rows of a
+    /// verification pass): each key and value is converted once for all of them, and the rows' chains of
+    /// f16 roundings interleave instead of waiting on one another. Panics unless `fits_row(hd)`, there are
+    /// 1 to `ROWS` rows whose queries and outputs hold `hd` values, and keys and values hold whole rows of
+    /// `hd` for every row's `len`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub fn attend_row(query: &[f32], keys: &[f16], values: &[f16], scale: f32, out: &mut [f32]) {
-        match query.len() {
-            64 => attend_row_of::<4>(query, keys, values, scale, out),
-            128 => attend_row_of::<8>(query, keys, values, scale, out),
-            hd => panic!("head size {hd} for the 512-bit decode attention"),
+    pub fn attend_rows(rows: &mut [Row], keys: &[f16], values: &[f16], scale: f32) {
+        let hd = rows.first().map_or(0, |r| r.query.len());
+        match (hd, rows.len()) {
+            (64, 1) => attend_rows_of::<4, 1>(rows, keys, values, scale),
+            (64, 2) => attend_rows_of::<4, 2>(rows, keys, values, scale),
+            (64, 3) => attend_rows_of::<4, 3>(rows, keys, values, scale),
+            (128, 1) => attend_rows_of::<8, 1>(rows, keys, values, scale),
+            (128, 2) => attend_rows_of::<8, 2>(rows, keys, values, scale),
+            (128, 3) => attend_rows_of::<8, 3>(rows, keys, values, scale),
+            (hd, n) => panic!("{n} rows of head size {hd} for the 512-bit decode attention"),
+        }
+    }
+
+    /// `R` rows' running softmax: their f16-rounded outputs so far (`L` vectors each), maxima and sums.
+    #[derive(Clone, Copy)]
+    struct RowStates<const L: usize, const R: usize> {
+        acc: [[__m512; L]; R],
+        m: [f32; R],
+        sum: [f32; R],
+    }
+
+    impl<const L: usize, const R: usize> RowStates<L, R> {
+        /// Row `r` alone.
+        fn row(&self, r: usize) -> RowStates<L, 1> {
+            RowStates {
+                acc: [self.acc[r]],
+                m: [self.m[r]],
+                sum: [self.sum[r]],
+            }
         }
     }
 
@@ -1469,55 +1561,112 @@ mod simd512 {
         }
     }
 
-    /// `attend_row` for heads of `L` vectors of 16 values.
+    /// `attend_rows` for `R` rows and heads of `L` vectors of 16 values: the positions every row attends
+    /// over together, then each row's own last ones alone.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn attend_row_of<const L: usize>(
-        query: &[f32],
+    fn attend_rows_of<const L: usize, const R: usize>(
+        rows: &mut [Row],
         keys: &[f16],
         values: &[f16],
         scale: f32,
-        out: &mut [f32],
     ) {
         let hd = L * 16;
-        assert!(query.len() == hd && out.len() == hd);
-        assert!(keys.len() == values.len() && keys.len().is_multiple_of(hd));
-        let query = query.as_chunks::<16>().0;
-        let q: [__m512; L] = std::array::from_fn(|i| round16(load(&query[i])));
-        let mut acc = [_mm512_setzero_ps(); L];
-        let mut m = f32::NEG_INFINITY;
-        let mut sum = 0f32;
-        let mut steps = [NO_STEP; PB];
+        assert!(rows.len() == R && keys.len() == values.len());
+        for row in rows.iter() {
+            assert!(row.query.len() == hd && row.out.len() == hd && row.len * hd <= keys.len());
+        }
+        let q: [[__m512; L]; R] = std::array::from_fn(|r| {
+            let query = rows[r].query.as_chunks::<16>().0;
+            std::array::from_fn(|i| round16(load(&query[i])))
+        });
+        let mut state = RowStates {
+            acc: [[_mm512_setzero_ps(); L]; R],
+            m: [f32::NEG_INFINITY; R],
+            sum: [0.0; R],
+        };
         let (k16, _) = keys.as_chunks::<16>();
         let (v16, _) = values.as_chunks::<16>();
-        for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
-            let mut scores = [0f32; PB];
-            for (sc, k) in scores.iter_mut().zip(kb.chunks_exact(L)) {
-                *sc = dot_like_ggml::<L>(k, &q) * scale;
+        let common = rows.iter().map(|r| r.len).min().unwrap_or(0) * L;
+        attend_positions(&q, &mut state, &k16[..common], &v16[..common], scale);
+        for (r, row) in rows.iter_mut().enumerate() {
+            let own = common..row.len * L;
+            let mut alone = state.row(r);
+            attend_positions(&[q[r]], &mut alone, &k16[own.clone()], &v16[own], scale);
+            let sum = alone.sum[0];
+            let inv = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
+            for (o, a) in row
+                .out
+                .as_chunks_mut::<16>()
+                .0
+                .iter_mut()
+                .zip(&alone.acc[0])
+            {
+                store(o, _mm512_mul_ps(*a, inv));
             }
-            let n = kb.len() / L;
-            softmax_steps(&scores[..n], &mut m, &mut sum, &mut steps);
-            for (step, v) in steps.iter().zip(vb.chunks_exact(L)) {
-                if step.rescale {
-                    let msv = _mm512_set1_ps(step.ms);
-                    for a in acc.iter_mut() {
-                        *a = round16(_mm512_mul_ps(*a, msv));
-                    }
-                }
-                let vsv = _mm512_set1_ps(step.vs);
-                for (a, v) in acc.iter_mut().zip(v) {
-                    *a = round16(_mm512_fmadd_ps(load16(v), vsv, *a));
-                }
-            }
-        }
-        let inv = _mm512_set1_ps(if sum == 0.0 { 0.0 } else { 1.0 / sum });
-        for (o, a) in out.as_chunks_mut::<16>().0.iter_mut().zip(&acc) {
-            store(o, _mm512_mul_ps(*a, inv));
         }
     }
 
+    /// `R` rows' softmax and outputs move on over the positions of `k16` and `v16` (`L` vectors each),
+    /// one position after another per row as `simd::attend_row` takes them, `PB` positions at a time: the
+    /// block's scores first (each key converted once for all rows), then its values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn attend_positions<const L: usize, const R: usize>(
+        q: &[[__m512; L]; R],
+        state: &mut RowStates<L, R>,
+        k16: &[[f16; 16]],
+        v16: &[[f16; 16]],
+        scale: f32,
+    ) {
+        for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
+            let n = kb.len() / L;
+            let scores = block_scores::<L, R>(kb, q, scale);
+            let mut steps = [[NO_STEP; PB]; R];
+            for r in 0..R {
+                let (m, sum) = (&mut state.m[r], &mut state.sum[r]);
+                softmax_steps(&scores[r][..n], m, sum, &mut steps[r]);
+            }
+            add_values(&mut state.acc, &steps, vb);
+        }
+    }
+
+    /// The values of up to `PB` positions (`L` vectors each) added to `R` rows' outputs `acc` as their
+    /// softmax `steps` say, in the order of the positions. Not inlined: its caller's scores would keep
+    /// registers the outputs need, and the outputs, moved to memory and back on every update, would
+    /// add a store and a load to each rounding's chain; here they stay in registers for the block.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    fn add_values<const L: usize, const R: usize>(
+        acc: &mut [[__m512; L]; R],
+        steps: &[[Step; PB]; R],
+        vb: &[[f16; 16]],
+    ) {
+        let mut a = *acc;
+        for (p, v) in vb.chunks_exact(L).enumerate() {
+            let mut weights = [_mm512_setzero_ps(); R];
+            for ((a, steps), w) in a.iter_mut().zip(steps).zip(&mut weights) {
+                let step = steps[p];
+                if step.rescale {
+                    let msv = _mm512_set1_ps(step.ms);
+                    for a in a.iter_mut() {
+                        *a = round16(_mm512_mul_ps(*a, msv));
+                    }
+                }
+                *w = _mm512_set1_ps(step.vs);
+            }
+            for (i, v) in v.iter().enumerate() {
+                let v = load16(v);
+                for (a, w) in a.iter_mut().zip(&weights) {
+                    a[i] = round16(_mm512_fmadd_ps(v, *w, a[i]));
+                }
+            }
+        }
+        *acc = a;
+    }
+
     /// `simd::attend_row_q8`, bit for bit, on AVX-512: the scores as there (`simd::score_q8`), the
-    /// softmax and the weighted sum of values in blocks of positions as `attend_row_of` does. Panics
+    /// softmax and the weighted sum of values in blocks of positions as `attend_positions` does. Panics
     /// unless `fits_row(hd)`, the query and the output hold `hd` values and the rows are whole rows of
     /// `hd`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -1618,25 +1767,73 @@ mod simd512 {
         _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
     }
 
-    /// `simd::dot_like_ggml` for heads of `L` vectors (a multiple of 4), bit for bit: its four 16-lane
-    /// accumulators are whole registers here, folded and reduced in the same order.
+    /// The scores of up to `PB` positions (keys of `L` vectors in `kb`) for `R` queries: `simd::dot_like_ggml`
+    /// bit for bit, times `scale`. Each vector of a key is converted once for all queries; each dot
+    /// product's four 16-lane accumulators are whole registers, folded in its order, and the eight
+    /// positions' folded vectors are reduced together (`reduce8_like_ggml`).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn dot_like_ggml<const L: usize>(k: &[[f16; 16]], q: &[__m512; L]) -> f32 {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (kc, qc) in k.chunks_exact(4).zip(q.chunks_exact(4)) {
-            for ((a, k), q) in acc.iter_mut().zip(kc).zip(qc) {
-                *a = _mm512_fmadd_ps(load16(k), *q, *a);
+    fn block_scores<const L: usize, const R: usize>(
+        kb: &[[f16; 16]],
+        q: &[[__m512; L]; R],
+        scale: f32,
+    ) -> [[f32; PB]; R] {
+        let mut folded = [[_mm512_setzero_ps(); PB]; R];
+        for (p, k) in kb.chunks_exact(L).enumerate() {
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
+            for (c, kc) in k.chunks_exact(4).enumerate() {
+                for (j, k) in kc.iter().enumerate() {
+                    let k = load16(k);
+                    for (a, q) in acc.iter_mut().zip(q) {
+                        a[j] = _mm512_fmadd_ps(k, q[4 * c + j], a[j]);
+                    }
+                }
+            }
+            for (f, a) in folded.iter_mut().zip(acc) {
+                f[p] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
             }
         }
-        let x0 = _mm512_add_ps(acc[0], acc[2]);
-        let x1 = _mm512_add_ps(acc[1], acc[3]);
-        let x = _mm512_add_ps(x0, x1);
-        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
-        let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(x));
-        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-        let t8 = _mm_add_ps(t6, _mm_shuffle_ps::<0b01_00_11_10>(t6, t6));
-        _mm_cvtss_f32(t8) + _mm_cvtss_f32(_mm_shuffle_ps::<1>(t8, t8))
+        let scale = _mm256_set1_ps(scale);
+        folded.map(|f| {
+            let mut scores = [0f32; PB];
+            let v = _mm256_mul_ps(reduce8_like_ggml(f), scale);
+            // SAFETY: 8 f32, one unaligned 256-bit store.
+            unsafe { _mm256_storeu_ps(scores.as_mut_ptr(), v) };
+            scores
+        })
+    }
+
+    /// The 16 lanes of each of eight vectors summed as `simd::dot_like_ggml` sums its folded accumulator:
+    /// lane i with lane i + 8, then i with i + 4, i with i + 2, then lane 0 with lane 1; here for all
+    /// eight vectors at once, two to four of them to a register (addition is commutative, so the
+    /// operands' order within each sum does not matter). Lane p of the result is vector p's sum.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx2")]
+    fn reduce8_like_ggml(x: [__m512; PB]) -> __m256 {
+        // Halves of 8 lanes: vectors 2j and 2j + 1 in y[j].
+        let y: [__m512; 4] = std::array::from_fn(|j| {
+            let (a, b) = (x[2 * j], x[2 * j + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            _mm512_add_ps(hi, lo)
+        });
+        // Quarters of 4 lanes: vectors 4j..4j + 4 in z[j], one per 128-bit block.
+        let z: [__m512; 2] = std::array::from_fn(|j| {
+            let (a, b) = (y[2 * j], y[2 * j + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+            _mm512_add_ps(hi, lo)
+        });
+        // Pairs: block k holds vector k's two sums, then vector k + 4's.
+        let lo = _mm512_shuffle_ps::<0b01_00_01_00>(z[0], z[1]);
+        let hi = _mm512_shuffle_ps::<0b11_10_11_10>(z[0], z[1]);
+        let t = _mm512_add_ps(lo, hi);
+        // Totals: block k holds vectors k and k + 4 in lanes 0 and 1.
+        let even = _mm512_shuffle_ps::<0b10_00_10_00>(t, t);
+        let odd = _mm512_shuffle_ps::<0b11_01_11_01>(t, t);
+        let total = _mm512_add_ps(even, odd);
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm512_castps512_ps256(_mm512_permutexvar_ps(order, total))
     }
 }
 
@@ -1749,9 +1946,11 @@ mod tests {
         }
     }
 
-    /// The 512-bit decode attention gives the AVX2 kernel's results bit for bit, over depths that end
-    /// inside and at the edge of its blocks of positions, with keys whose scores now and then set a new
-    /// maximum mid-block (a rescale) and keys that grow, so that every position does.
+    /// The 512-bit decode attention gives the AVX2 kernel's results bit for bit for each of one to three
+    /// rows taken together, over depths that end inside and at the edge of its blocks of positions, rows
+    /// that attend over as many positions and over different numbers of them (in any order), with keys
+    /// whose scores now and then set a new maximum mid-block (a rescale) and keys that grow, so that every
+    /// position does.
     #[test]
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     fn decode_attention_is_the_same_on_512_bit_vectors() {
@@ -1759,8 +1958,11 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512 on this CPU (or capped by CODELLAMA_LSP_CPU)");
             return;
         }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for hd in [64, 128] {
-            let query: Vec<f32> = (0..hd).map(|i| val(i + 11)).collect();
+            let queries: Vec<Vec<f32>> = (0..simd512::ROWS)
+                .map(|r| (0..hd).map(|i| val(i + 11 + 3 * r)).collect())
+                .collect();
             for n in [1, 7, 8, 9, 16, 100, 1000] {
                 for growing in [false, true] {
                     let key = |i: usize| {
@@ -1771,23 +1973,49 @@ mod tests {
                             x
                         }
                     };
-                    let keys: Vec<f16> = (0..n * hd).map(|i| f16::from_f32(key(i))).collect();
-                    let values: Vec<f16> = (0..n * hd).map(|i| f16::from_f32(val(i + 5))).collect();
+                    let positions = n + 9;
+                    let keys: Vec<f16> =
+                        (0..positions * hd).map(|i| f16::from_f32(key(i))).collect();
+                    let values: Vec<f16> = (0..positions * hd)
+                        .map(|i| f16::from_f32(val(i + 5)))
+                        .collect();
                     let scale = 1.0 / (hd as f32).sqrt();
-                    let (mut narrow, mut wide) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
-                    // SAFETY: the CPU has AVX2, FMA and F16C (it has AVX-512 VNNI, checked above).
-                    unsafe {
-                        simd::attend_row(&query, &keys, &values, hd, scale, true, &mut narrow)
+                    let narrow = |r: usize, len: usize| {
+                        let mut out = vec![f32::NAN; hd];
+                        let (k, v) = (&keys[..len * hd], &values[..len * hd]);
+                        // SAFETY: the CPU has AVX2, FMA and F16C (it has AVX-512 VNNI, checked above).
+                        unsafe { simd::attend_row(&queries[r], k, v, hd, scale, true, &mut out) };
+                        assert!(out.iter().all(|x| x.is_finite()), "hd {hd} len {len}");
+                        out
                     };
-                    // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above).
-                    unsafe { simd512::attend_row(&query, &keys, &values, scale, &mut wide) };
-                    assert!(narrow.iter().all(|x| x.is_finite()), "hd {hd} n {n}");
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&narrow),
-                        bits(&wide),
-                        "hd {hd} n {n} growing {growing}"
-                    );
+                    for lens in [
+                        &[n][..],
+                        &[n, n],
+                        &[n, n, n],
+                        &[n + 1, n],
+                        &[n, n + 9, n + 2],
+                    ] {
+                        let mut outs = vec![vec![f32::NAN; hd]; lens.len()];
+                        let mut rows: Vec<simd512::Row> = outs
+                            .iter_mut()
+                            .zip(lens)
+                            .enumerate()
+                            .map(|(r, (out, &len))| simd512::Row {
+                                query: &queries[r],
+                                len,
+                                out,
+                            })
+                            .collect();
+                        // SAFETY: the CPU has AVX-512 F, AVX2, FMA and F16C (checked above).
+                        unsafe { simd512::attend_rows(&mut rows, &keys, &values, scale) };
+                        for (r, (out, &len)) in outs.iter().zip(lens).enumerate() {
+                            assert_eq!(
+                                bits(&narrow(r, len)),
+                                bits(out),
+                                "hd {hd} row {r} of lengths {lens:?} growing {growing}"
+                            );
+                        }
+                    }
                 }
             }
         }
