@@ -2,12 +2,15 @@
 //!
 //! `e^-x` is computed with the same polynomial, in the same operation order, as llama.cpp's vectorised
 //! `expf` (a range reduction to `2^n · e^b` with a degree-5 polynomial for `e^b`), and like llama.cpp the
-//! tail of a row that does not fill a 16-wide vector uses the C library's `expf`. The result is
+//! tail of a row that does not fill a 16-wide vector uses the C library's `expf` (as glibc computes it,
+//! `glibc_exp`, on every platform). The result is
 //! bit-identical to llama.cpp's CPU backend, which matters because the next matrix product quantizes its
 //! input to 8 bits: a last-bit difference occasionally becomes a different integer and, thirty layers
 //! later, a different greedy token.
 
-/// Lanes of llama.cpp's widest vector path; values past the last full group of 16 use libm.
+use super::glibc_exp;
+
+/// Lanes of llama.cpp's widest vector path; values past the last full group of 16 use `glibc_exp`.
 const VECTOR: usize = 16;
 
 /// `swiglu` over rows of `row` values (the vector/tail split restarts at every row, as llama.cpp runs
@@ -20,7 +23,7 @@ pub fn swiglu_rows(gate: &mut [f32], up: &[f32], row: usize) {
         let (uv, ut) = u.split_at(vec_end);
         silu_mul_vector(gv, uv);
         for (a, b) in gt.iter_mut().zip(ut) {
-            *a = *a / (1.0 + (-*a).exp()) * b;
+            *a = *a / (1.0 + glibc_exp::exp(-*a)) * b;
         }
     }
 }
@@ -201,7 +204,7 @@ mod tests {
                 *x = *x / (1.0 + expf_poly(0.0 - *x)) * y;
             }
             for (x, y) in row_g[split..].iter_mut().zip(&row_u[split..]) {
-                *x = *x / (1.0 + (-*x).exp()) * y;
+                *x = *x / (1.0 + glibc_exp::exp(-*x)) * y;
             }
         }
         assert_eq!(a, b);

@@ -21,7 +21,7 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use super::q8::{Q8Act, QK};
-use super::{size, Exec, SharedOut};
+use super::{glibc_exp, size, Exec, SharedOut};
 
 /// Query batches at least this long use the f32 ("tiled") numerics.
 pub const TILE_ROWS: usize = 64;
@@ -781,11 +781,11 @@ fn attend_row_q8_scalar(
         let score = dot_q8_0(kq, kd, qq, qd) * scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if score > m {
-            ms = (m - score).exp();
+            ms = glibc_exp::exp(m - score);
             m = score;
             acc.iter_mut().for_each(|a| *a *= ms);
         } else {
-            vs = (score - m).exp();
+            vs = glibc_exp::exp(score - m);
         }
         for ((a32, q32), d) in acc.chunks_exact_mut(QK).zip(vq.chunks_exact(QK)).zip(vd) {
             let d = d.to_f32();
@@ -872,10 +872,10 @@ fn attend_row_scalar(
         if score > m {
             let old = m;
             m = score;
-            ms = (old - m).exp();
+            ms = glibc_exp::exp(old - m);
             acc.iter_mut().for_each(|a| *a = round(*a * ms));
         } else {
-            vs = (score - m).exp();
+            vs = glibc_exp::exp(score - m);
         }
         for (a, x) in acc.iter_mut().zip(vr) {
             *a = round(*a + x.to_f32() * vs);
@@ -896,7 +896,7 @@ mod simd {
 
     use super::super::activation::expf8;
     use super::super::float::x86::hsum;
-    use super::QK;
+    use super::{glibc_exp, QK};
 
     /// Whether heads of `hd` values suit the vector code (whole vectors of 8, at most 32 of them).
     pub fn fits(hd: usize) -> bool {
@@ -979,7 +979,7 @@ mod simd {
             .iter()
             .fold(f32::NEG_INFINITY, |x, y| x.max(*y));
         let m_new = m.max(block_max);
-        let alpha = (*m - m_new).exp();
+        let alpha = glibc_exp::exp(*m - m_new);
         for v in sc_flat[kv..].iter_mut() {
             *v = f32::NEG_INFINITY;
         }
@@ -1120,14 +1120,14 @@ mod simd {
             if score > m {
                 let old = m;
                 m = score;
-                ms = (old - m).exp();
+                ms = glibc_exp::exp(old - m);
                 let msv = _mm256_set1_ps(ms);
                 for a in acc.iter_mut().take(lanes) {
                     let y = _mm256_mul_ps(*a, msv);
                     *a = if low_precision { round16(y) } else { y };
                 }
             } else {
-                vs = (score - m).exp();
+                vs = glibc_exp::exp(score - m);
             }
             let vsv = _mm256_set1_ps(vs);
             for (a, v) in acc.iter_mut().zip(vp) {
@@ -1176,14 +1176,14 @@ mod simd {
             let score = score_q8(kb, kd, &q[..nb], qd) * scale;
             let (mut ms, mut vs) = (1.0f32, 1.0f32);
             if score > m {
-                ms = (m - score).exp();
+                ms = glibc_exp::exp(m - score);
                 m = score;
                 let msv = _mm256_set1_ps(ms);
                 for a in acc.iter_mut().take(lanes) {
                     *a = _mm256_mul_ps(*a, msv);
                 }
             } else {
-                vs = (score - m).exp();
+                vs = glibc_exp::exp(score - m);
             }
             let vsv = _mm256_set1_ps(vs);
             for ((a4, runs), d) in acc.chunks_exact_mut(4).zip(vr.chunks_exact(4)).zip(vd) {
@@ -1261,7 +1261,7 @@ mod simd512 {
     use half::f16;
 
     use super::simd::{self, softmax_step, KB};
-    use super::QK;
+    use super::{glibc_exp, QK};
 
     /// Query rows whose scores are computed together.
     const RB: usize = 4;
@@ -1520,45 +1520,84 @@ mod simd512 {
         }
     }
 
-    /// How one position enters a row's running softmax.
+    /// How each position of a block enters a row's running softmax.
     #[derive(Clone, Copy)]
-    struct Step {
-        /// The position's score set a new maximum: the output so far is scaled by `ms` first.
-        rescale: bool,
-        ms: f32,
-        /// The weight of the position's values.
-        vs: f32,
+    struct Steps {
+        /// Bit p: position p's score set a new maximum, so the output so far is scaled by `ms[p]` first.
+        rescale: u32,
+        ms: [f32; PB],
+        /// The weights of the positions' values.
+        vs: [f32; PB],
     }
 
-    const NO_STEP: Step = Step {
-        rescale: false,
-        ms: 1.0,
-        vs: 1.0,
+    const NO_STEPS: Steps = Steps {
+        rescale: 0,
+        ms: [1.0; PB],
+        vs: [1.0; PB],
     };
 
-    /// The online softmax over a block of positions' `scores`, one position after another as the AVX2
-    /// rows take them: the running maximum `m` and sum `sum` move on, and `steps` say how each position
-    /// enters the output.
+    /// The online softmax over a block of the first `n` positions' `scores`, as the AVX2 rows take them
+    /// one position after another: where a score exceeds the maximum before it, the output so far is
+    /// scaled by `e^(max - score)` and the position's values get weight 1, otherwise they get
+    /// `e^(score - max)`; the sum is scaled and added to in position order. The maxima before each
+    /// position are a running maximum over the block's lanes (a maximum is exact, in any order), and the
+    /// eight exponentials are computed at once (`glibc_exp::exp8`, bit for bit the AVX2 rows' `exp`);
+    /// only the sum's multiply-adds go one position at a time. `m` and `sum` move on to the block's end.
     #[inline]
-    fn softmax_steps(scores: &[f32], m: &mut f32, sum: &mut f32, steps: &mut [Step; PB]) {
-        for (step, &score) in steps.iter_mut().zip(scores) {
-            *step = if score > *m {
-                let old = *m;
-                *m = score;
-                Step {
-                    rescale: true,
-                    ms: (old - score).exp(),
-                    vs: 1.0,
-                }
-            } else {
-                Step {
-                    rescale: false,
-                    ms: 1.0,
-                    vs: (score - *m).exp(),
-                }
-            };
-            *sum = sum.mul_add(step.ms, step.vs);
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn softmax_steps(scores: &[f32; PB], n: usize, m: &mut f32, sum: &mut f32) -> Steps {
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+        let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+        // SAFETY: 8 f32, one unaligned 256-bit load.
+        let s = _mm256_blendv_ps(
+            ninf,
+            unsafe { _mm256_loadu_ps(scores.as_ptr()) },
+            _mm256_castsi256_ps(valid),
+        );
+        // Lanes moved up by `by`, the first `by` lanes -inf.
+        let up = |x: __m256, by: i32| {
+            let from = _mm256_sub_epi32(lanes, _mm256_set1_epi32(by));
+            let moved = _mm256_permutevar8x32_ps(x, from);
+            _mm256_blendv_ps(
+                ninf,
+                moved,
+                _mm256_castsi256_ps(_mm256_cmpgt_epi32(from, _mm256_set1_epi32(-1))),
+            )
+        };
+        let mut through = s;
+        for by in [1, 2, 4] {
+            through = _mm256_max_ps(through, up(through, by));
         }
+        let before = _mm256_max_ps(up(through, 1), _mm256_set1_ps(*m));
+        let rescale = _mm256_cmp_ps::<_CMP_GT_OQ>(s, before);
+        let arg = _mm256_blendv_ps(_mm256_sub_ps(s, before), _mm256_sub_ps(before, s), rescale);
+        let e = glibc_exp::exp8(arg);
+        let one = _mm256_set1_ps(1.0);
+        let mut steps = Steps {
+            rescale: _mm256_movemask_ps(rescale) as u32,
+            ms: [1.0; PB],
+            vs: [1.0; PB],
+        };
+        let (ms, vs) = (
+            _mm256_blendv_ps(one, e, rescale),
+            _mm256_blendv_ps(e, one, rescale),
+        );
+        // SAFETY: 8 f32, one unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(steps.ms.as_mut_ptr(), ms) };
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(steps.vs.as_mut_ptr(), vs) };
+        for (ms, vs) in steps.ms.iter().zip(&steps.vs).take(n) {
+            *sum = sum.mul_add(*ms, *vs);
+        }
+        let mut maxima = [0f32; PB];
+        let through = _mm256_max_ps(through, _mm256_set1_ps(*m));
+        // SAFETY: 8 f32, one unaligned 256-bit store.
+        unsafe { _mm256_storeu_ps(maxima.as_mut_ptr(), through) };
+        if n > 0 {
+            *m = maxima[n - 1];
+        }
+        steps
     }
 
     /// `attend_rows` for `R` rows and heads of `L` vectors of 16 values: the positions every row attends
@@ -1622,10 +1661,9 @@ mod simd512 {
         for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
             let n = kb.len() / L;
             let scores = block_scores::<L, R>(kb, q, scale);
-            let mut steps = [[NO_STEP; PB]; R];
-            for r in 0..R {
-                let (m, sum) = (&mut state.m[r], &mut state.sum[r]);
-                softmax_steps(&scores[r][..n], m, sum, &mut steps[r]);
+            let mut steps = [NO_STEPS; R];
+            for (r, steps) in steps.iter_mut().enumerate() {
+                *steps = softmax_steps(&scores[r], n, &mut state.m[r], &mut state.sum[r]);
             }
             add_values(&mut state.acc, &steps, vb);
         }
@@ -1639,21 +1677,20 @@ mod simd512 {
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn add_values<const L: usize, const R: usize>(
         acc: &mut [[__m512; L]; R],
-        steps: &[[Step; PB]; R],
+        steps: &[Steps; R],
         vb: &[[f16; 16]],
     ) {
         let mut a = *acc;
         for (p, v) in vb.chunks_exact(L).enumerate() {
             let mut weights = [_mm512_setzero_ps(); R];
             for ((a, steps), w) in a.iter_mut().zip(steps).zip(&mut weights) {
-                let step = steps[p];
-                if step.rescale {
-                    let msv = _mm512_set1_ps(step.ms);
+                if steps.rescale >> p & 1 != 0 {
+                    let msv = _mm512_set1_ps(steps.ms[p]);
                     for a in a.iter_mut() {
                         *a = round16(_mm512_mul_ps(*a, msv));
                     }
                 }
-                *w = _mm512_set1_ps(step.vs);
+                *w = _mm512_set1_ps(steps.vs[p]);
             }
             for (i, v) in v.iter().enumerate() {
                 let v = load16(v);
@@ -1708,7 +1745,6 @@ mod simd512 {
         let mut acc = [_mm512_setzero_ps(); L];
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
-        let mut steps = [NO_STEP; PB];
         let (k32, _) = keys.qs.as_chunks::<QK>();
         let (v16, _) = values.qs.as_chunks::<16>();
         let positions = k32
@@ -1724,18 +1760,15 @@ mod simd512 {
                 *sc = simd::score_q8(k, d, &q[..nb], qd) * scale;
             }
             let n = kb.len() / nb;
-            softmax_steps(&scores[..n], &mut m, &mut sum, &mut steps);
-            for (step, (v, d)) in steps
-                .iter()
-                .zip(vb.chunks_exact(L).zip(vd.chunks_exact(nb)))
-            {
-                if step.rescale {
-                    let msv = _mm512_set1_ps(step.ms);
+            let steps = softmax_steps(&scores, n, &mut m, &mut sum);
+            for (p, (v, d)) in vb.chunks_exact(L).zip(vd.chunks_exact(nb)).enumerate() {
+                if steps.rescale >> p & 1 != 0 {
+                    let msv = _mm512_set1_ps(steps.ms[p]);
                     for a in acc.iter_mut() {
                         *a = _mm512_mul_ps(*a, msv);
                     }
                 }
-                let vsv = _mm512_set1_ps(step.vs);
+                let vsv = _mm512_set1_ps(steps.vs[p]);
                 for ((a2, v2), d) in acc.chunks_exact_mut(2).zip(v.chunks_exact(2)).zip(d) {
                     let d = _mm512_set1_ps(simd::scale16(*d));
                     for (a, v) in a2.iter_mut().zip(v2) {
@@ -1794,13 +1827,13 @@ mod simd512 {
             }
         }
         let scale = _mm256_set1_ps(scale);
-        folded.map(|f| {
-            let mut scores = [0f32; PB];
+        let mut scores = [[0f32; PB]; R];
+        for (sc, f) in scores.iter_mut().zip(folded) {
             let v = _mm256_mul_ps(reduce8_like_ggml(f), scale);
             // SAFETY: 8 f32, one unaligned 256-bit store.
-            unsafe { _mm256_storeu_ps(scores.as_mut_ptr(), v) };
-            scores
-        })
+            unsafe { _mm256_storeu_ps(sc.as_mut_ptr(), v) };
+        }
+        scores
     }
 
     /// The 16 lanes of each of eight vectors summed as `simd::dot_like_ggml` sums its folded accumulator:

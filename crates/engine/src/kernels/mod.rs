@@ -19,6 +19,7 @@ mod amx;
 pub mod attention;
 mod cpu;
 mod float;
+pub mod glibc_exp;
 mod packed;
 mod q4_1;
 mod q8;
