@@ -74,18 +74,11 @@ fn cold_limit(cfg: &ModelConfig) -> usize {
     n.clamp(*COLD_LIMITS.start(), *COLD_LIMITS.end())
 }
 
-/// The most drafted tokens verified in one forward pass. The token fed and three drafted ones fill one
-/// tile of four activation rows of the packed matrix kernels, so the weights are read once (a fifth row
-/// costs a second pass over them); measured with Qwen2.5-Coder 0.5B at 2 threads, a pass of 4 tokens
-/// costs 1.7 single steps, 9 tokens 3.6, and holes cut from real code accepted 62% of 3-token drafts
-/// (1.5x fewer passes per token) against 40% of 8-token ones (1.1x).
-const MAX_DRAFT: usize = 3;
-
 /// The most tokens the draft model guesses in a row. Measured with Qwen2.5-Coder 0.5B drafting for 1.5B at 2
 /// threads (`bench --code`, holes of real code): up to 3 guesses, 87% accepted, 3.05 tokens per pass; up to
 /// 7, 78% and 4.4 tokens per pass but 8% slower still, as each guess costs a step of the draft model (about
-/// half of a 1.5B step here) and a verification wider than one tile of 4 rows costs a second pass over the
-/// weights (see [`MAX_DRAFT`]).
+/// half of a 1.5B step here) and a verification wider than one tile of 4 rows costs more (see
+/// [`draft::SHORT_DRAFT`](super::draft::SHORT_DRAFT)).
 const MAX_MODEL_DRAFT: usize = 3;
 
 /// The draft model stops guessing when its top token's probability falls below this: a guess it is unsure
@@ -724,7 +717,7 @@ impl Speculation {
             return Ok(Vec::new());
         };
         if self.prompt_lookup {
-            let found = lookup.draft(max.min(MAX_DRAFT));
+            let found = lookup.draft(max);
             if !found.is_empty() {
                 return Ok(found.to_vec());
             }
