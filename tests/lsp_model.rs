@@ -387,12 +387,14 @@ fn switching_models_again_and_again_does_not_grow_memory() {
     // A missing file, then the model that kept answering: taken back, not loaded again.
     let loads = |s: &LspProcess| s.stderr().matches("loading the model (").count();
     let before = loads(&s);
+    // Each sample waits as the switches' do: the last switch's Qwen may still be going back to the system
+    // when the first failed switch comes (536 MiB once, on a busy machine, against 525 allowed).
     let mut failed = Vec::new();
     for i in 0..30 {
         let missing = format!("/nonexistent/model-{i}.gguf");
         assert!(reconfigure(&mut s, json!({ "model": missing })).is_err());
         reconfigure(&mut s, json!({ "model": small })).unwrap();
-        failed.push(rss_mib(&s));
+        failed.push(rss_within(&s, settled_small + half_qwen));
     }
     eprintln!("VmRSS MiB after failed switches: {failed:?}");
     assert!(
