@@ -502,11 +502,12 @@ fn for_rows(exec: Exec, rows: usize, keys: usize, row: &(dyn Fn(usize) + Sync)) 
     }
 }
 
-/// The inputs and output of one prompt attention over an f16 cache, split by the kernels into blocks of
-/// query rows of one head (`simd::attend_block`, `simd512::attend_block`). `new` checks the shape
-/// against the cache, the queries and the output, so the accessors below stay inside them.
+/// The inputs and output of one attention over an f16 cache, as the vector kernels split it: into blocks
+/// of query rows of one head for a prompt (`simd::attend_block`, `simd512::attend_block`), into groups of
+/// the rows that read one KV head for a decoding step (`attend_groups`). `new` checks the shape against
+/// the cache, the queries and the output, so the accessors below stay inside them.
 #[cfg(target_arch = "x86_64")]
-struct PromptBlocks<'a> {
+struct F16Batch<'a> {
     q: &'a [f32],
     layout: Layout,
     k: &'a [f16],
@@ -519,7 +520,7 @@ struct PromptBlocks<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<'a> PromptBlocks<'a> {
+impl<'a> F16Batch<'a> {
     /// Panics unless the caches hold `n_kv_head × capacity × head_dim` values, positions up to
     /// `pos + seq` fit the capacity, and `q` and `out` hold `seq × n_head × head_dim` values.
     #[allow(clippy::too_many_arguments)]
@@ -599,7 +600,7 @@ fn attend_f16(
     if !low_precision && simd::fits(hd) && super::cpu::has_avx2() {
         // Blocks of query rows of one head: keys and values converted to f32 once per block.
         let blocks = seq.div_ceil(BLOCK_ROWS);
-        let b = PromptBlocks::new(q, layout, k_cache, v_cache, s, pos, seq, out);
+        let b = F16Batch::new(q, layout, k_cache, v_cache, s, pos, seq, out);
         exec.for_each(s.n_head * blocks, &|item| {
             let (h, blk) = (item / blocks, item % blocks);
             let rows = blk * BLOCK_ROWS..((blk + 1) * BLOCK_ROWS).min(seq);
@@ -617,7 +618,8 @@ fn attend_f16(
     }
     #[cfg(target_arch = "x86_64")]
     if low_precision && simd512::fits_row(hd) && super::cpu::has_avx512_vnni() {
-        attend_groups(exec, q, layout, k_cache, v_cache, s, pos, seq, out);
+        let b = F16Batch::new(q, layout, k_cache, v_cache, s, pos, seq, out);
+        attend_groups(exec, &b);
         return;
     }
     let row = |r: usize| {
@@ -647,50 +649,32 @@ fn attend_f16(
 /// position (all heads of the group at the batch's first position, then at the next), so rows that
 /// attend together mostly attend over as many positions.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn attend_groups(
-    exec: Exec,
-    q: &[f32],
-    layout: Layout,
-    k_cache: &[f16],
-    v_cache: &[f16],
-    s: AttnShape,
-    pos: usize,
-    seq: usize,
-    out: SharedOut,
-) {
-    let hd = s.head_dim;
+fn attend_groups(exec: Exec, b: &F16Batch) {
+    let (s, seq) = (b.s, b.seq);
     let group = s.n_head / s.n_kv_head;
-    let scale = s.scale();
     let per_kv = group * seq;
     // As even as they can be, each of at most `ROWS` rows.
     let chunks = per_kv.div_ceil(simd512::ROWS);
     let chunk = |item: usize| {
         let (kvh, c) = (item / chunks, item % chunks);
-        let base = kvh * s.capacity * hd;
-        let end = base + (pos + seq) * hd;
+        let (keys, values) = b.head(kvh * group, seq);
         let mut rows: Vec<simd512::Row> = (c * per_kv / chunks..(c + 1) * per_kv / chunks)
             .map(|r| {
                 let (h, i) = (kvh * group + r % group, r / group);
-                let at = layout.offset(h, s.n_head, i, seq, hd);
                 simd512::Row {
-                    query: &q[at..at + hd],
-                    len: pos + i + 1,
+                    query: b.query(h, i),
+                    len: b.pos + i + 1,
                     // SAFETY: every (h, i) is in one chunk of one item, which alone writes its output.
-                    out: unsafe { out.slice(i * s.n_head * hd + h * hd, hd) },
+                    out: unsafe { b.output(h, i) },
                 }
             })
             .collect();
         // SAFETY: the CPU has AVX-512 F besides AVX2, FMA and F16C (`has_avx512_vnni`, checked by the
         // caller); `attend_rows` checks the rest.
-        unsafe { simd512::attend_rows(&mut rows, &k_cache[base..end], &v_cache[base..end], scale) }
+        unsafe { simd512::attend_rows(&mut rows, keys, values, b.scale) }
     };
-    for_rows(
-        exec,
-        s.n_kv_head * chunks,
-        (pos + seq) * per_kv / chunks,
-        &chunk,
-    );
+    let positions = (b.pos + seq) * per_kv / chunks;
+    for_rows(exec, s.n_kv_head * chunks, positions, &chunk);
 }
 
 /// `attend` over a q8_0 cache (the shape was checked): one row at a time for every batch size, as
@@ -1004,7 +988,7 @@ mod simd {
     /// # Safety
     /// No other task writes the outputs of rows `rows` of head `h` at the same time.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend_block(b: &super::PromptBlocks, h: usize, rows: std::ops::Range<usize>) {
+    pub unsafe fn attend_block(b: &super::F16Batch, h: usize, rows: std::ops::Range<usize>) {
         let (s, pos, scale) = (b.s, b.pos, b.scale);
         let hd = s.head_dim;
         assert!(fits(hd), "head size {hd}");
@@ -1355,7 +1339,7 @@ mod simd512 {
     /// # Safety
     /// No other task writes the outputs of rows `rows` of head `h` at the same time.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn attend_block(b: &super::PromptBlocks, h: usize, rows: std::ops::Range<usize>) {
+    pub unsafe fn attend_block(b: &super::F16Batch, h: usize, rows: std::ops::Range<usize>) {
         let (s, pos, scale) = (b.s, b.pos, b.scale);
         let hd = s.head_dim;
         assert!(fits(hd), "head size {hd}");
@@ -2027,8 +2011,7 @@ mod tests {
                 let run = |wide: bool| {
                     let mut out = vec![f32::NAN; seq * s.n_head * hd];
                     let shared = SharedOut::new(&mut out);
-                    let blocks =
-                        PromptBlocks::new(&q, Layout::HeadMajor, k, v, s, pos, seq, shared);
+                    let blocks = F16Batch::new(&q, Layout::HeadMajor, k, v, s, pos, seq, shared);
                     for h in 0..s.n_head {
                         for b in 0..seq.div_ceil(BLOCK_ROWS) {
                             let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(seq);
