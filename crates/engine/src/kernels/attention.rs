@@ -1631,10 +1631,11 @@ mod simd512 {
     }
 
     /// `attend_rows` for one row and heads of `L` vectors of 16 values, in one loop: each block's scores
-    /// one position at a time, its softmax by `softmax_steps`, then its values. Measured against
-    /// `attend_positions` for one row: alike with the cache in L3, but with a 7B's cache coming from
-    /// memory that took two thirds longer (1.2 against 0.72 ms per layer at depth 2,000, 2 threads;
-    /// the cause was not found, prefetching the next blocks recovered only part of it).
+    /// one position at a time, its softmax by `softmax_steps`, then its values, added here rather than
+    /// by `add_values`. Measured for one row with a 7B's cache coming from memory (depth 2,000, 2
+    /// threads): through `attend_positions` it took two thirds longer (1.2 against 0.72 ms per layer),
+    /// and this loop with its values added by a call to `add_values` (not inlined) a quarter to a half
+    /// longer (0.68–0.84 against 0.54 ms); with the cache in L3 all ran alike.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn attend_row_of<const L: usize>(row: &mut Row, keys: &[f16], values: &[f16], scale: f32) {
@@ -1642,7 +1643,7 @@ mod simd512 {
         assert!(row.query.len() == hd && row.out.len() == hd && keys.len() == values.len());
         assert!(row.len * hd <= keys.len());
         let query = row.query.as_chunks::<16>().0;
-        let q: [__m512; L] = std::array::from_fn(|i| round16(load(&query[i])));
+        let q: [[__m512; L]; 1] = [std::array::from_fn(|i| round16(load(&query[i])))];
         let mut acc = [_mm512_setzero_ps(); L];
         let mut m = f32::NEG_INFINITY;
         let mut sum = 0f32;
@@ -1651,7 +1652,8 @@ mod simd512 {
         for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
             let mut scores = [0f32; PB];
             for (sc, k) in scores.iter_mut().zip(kb.chunks_exact(L)) {
-                *sc = reduce_like_ggml(dot_like_ggml::<L>(k, &q)) * scale;
+                let [dot] = dot_like_ggml(k, &q);
+                *sc = reduce_like_ggml(dot) * scale;
             }
             let steps = softmax_steps(&scores, kb.len() / L, &mut m, &mut sum);
             for (p, v) in vb.chunks_exact(L).enumerate() {
@@ -1837,8 +1839,7 @@ mod simd512 {
     }
 
     /// The scores of up to `PB` positions (keys of `L` vectors in `kb`) for `R` queries: `simd::dot_like_ggml`
-    /// bit for bit, times `scale`. Each vector of a key is converted once for all queries; each dot
-    /// product's four 16-lane accumulators are whole registers, folded in its order, and the eight
+    /// bit for bit, times `scale`. Each position's products (`dot_like_ggml`) are folded, and the eight
     /// positions' folded vectors are reduced together (`reduce8_like_ggml`).
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -1849,17 +1850,8 @@ mod simd512 {
     ) -> [[f32; PB]; R] {
         let mut folded = [[_mm512_setzero_ps(); PB]; R];
         for (p, k) in kb.chunks_exact(L).enumerate() {
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
-            for (c, kc) in k.chunks_exact(4).enumerate() {
-                for (j, k) in kc.iter().enumerate() {
-                    let k = load16(k);
-                    for (a, q) in acc.iter_mut().zip(q) {
-                        a[j] = _mm512_fmadd_ps(k, q[4 * c + j], a[j]);
-                    }
-                }
-            }
-            for (f, a) in folded.iter_mut().zip(acc) {
-                f[p] = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+            for (f, a) in folded.iter_mut().zip(dot_like_ggml(k, q)) {
+                f[p] = fold_like_ggml(a);
             }
         }
         let scale = _mm256_set1_ps(scale);
@@ -1872,26 +1864,40 @@ mod simd512 {
         scores
     }
 
-    /// `simd::dot_like_ggml` of one key with one query, before the reduction: its four 16-lane
-    /// accumulators, whole registers here.
+    /// `simd::dot_like_ggml` of one key with each of `R` queries, before the reduction: each product's
+    /// four 16-lane accumulators, whole registers here. Each vector of the key is converted once for all
+    /// queries.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    fn dot_like_ggml<const L: usize>(k: &[[f16; 16]], q: &[__m512; L]) -> [__m512; 4] {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (kc, qc) in k.chunks_exact(4).zip(q.chunks_exact(4)) {
-            for ((a, k), q) in acc.iter_mut().zip(kc).zip(qc) {
-                *a = _mm512_fmadd_ps(load16(k), *q, *a);
+    fn dot_like_ggml<const L: usize, const R: usize>(
+        k: &[[f16; 16]],
+        q: &[[__m512; L]; R],
+    ) -> [[__m512; 4]; R] {
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for (c, kc) in k.chunks_exact(4).enumerate() {
+            for (j, k) in kc.iter().enumerate() {
+                let k = load16(k);
+                for (a, q) in acc.iter_mut().zip(q) {
+                    a[j] = _mm512_fmadd_ps(k, q[4 * c + j], a[j]);
+                }
             }
         }
         acc
     }
 
-    /// `dot_like_ggml`'s accumulators folded pairwise, then reduced as a tree, in `simd::dot_like_ggml`'s
-    /// order.
+    /// `dot_like_ggml`'s four accumulators folded pairwise into one, in `simd::dot_like_ggml`'s order.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn fold_like_ggml(acc: [__m512; 4]) -> __m512 {
+        _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
+    }
+
+    /// `dot_like_ggml`'s accumulators folded (`fold_like_ggml`), then reduced as a tree, in
+    /// `simd::dot_like_ggml`'s order.
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn reduce_like_ggml(acc: [__m512; 4]) -> f32 {
-        let x = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+        let x = fold_like_ggml(acc);
         let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
         let t3 = _mm256_add_ps(hi, _mm512_castps512_ps256(x));
         let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));

@@ -143,13 +143,10 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Every 97th f32 bit pattern (about 44 million values, every exponent, both signs, the special
-    /// cases' neighbourhoods) and the bounds themselves: `exp` against the C library's `expf`, which on
-    /// glibc is the function it ports; elsewhere it is another good `expf`, within one f32 step.
-    #[test]
+    /// The bounds of the special cases and the 4 patterns on either side of each, the special values,
+    /// then every `stride`-th f32 bit pattern (every exponent, both signs).
     #[cfg(not(miri))]
-    fn exp_is_the_c_librarys() {
-        let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+    fn inputs(stride: u32) -> impl Iterator<Item = f32> {
         let bounds = [OVERFLOW, UNDERFLOW, MAY_UNDERFLOW, 88.0, -88.0, 0.0, -0.0];
         let specials = [
             f32::INFINITY,
@@ -158,11 +155,21 @@ mod tests {
             f32::MIN,
             f32::MAX,
         ];
-        let near = bounds.iter().flat_map(|b| {
+        let near = bounds.into_iter().flat_map(|b| {
             (-4i32..=4).map(move |d| f32::from_bits(b.to_bits().wrapping_add_signed(d)))
         });
-        let sampled = (0..u32::MAX / 97).map(|i| f32::from_bits(i * 97));
-        for x in near.chain(specials).chain(sampled) {
+        let sampled = (0..u32::MAX / stride).map(move |i| f32::from_bits(i * stride));
+        near.chain(specials).chain(sampled)
+    }
+
+    /// Every 97th f32 bit pattern (about 44 million values) and the special cases' neighbourhoods
+    /// (`inputs`): `exp` against the C library's `expf`, which on glibc is the function it ports;
+    /// elsewhere it is another good `expf`, within one f32 step.
+    #[test]
+    #[cfg(not(miri))]
+    fn exp_is_the_c_librarys() {
+        let glibc = cfg!(all(target_os = "linux", target_env = "gnu"));
+        for x in inputs(97) {
             let (ours, libm) = (exp(x), x.exp());
             if x.is_nan() {
                 assert!(ours.is_nan(), "exp(NaN) = {ours}");
@@ -188,21 +195,7 @@ mod tests {
             eprintln!("SKIPPED: no AVX-512 on this CPU (or capped by CODELLAMA_LSP_CPU)");
             return;
         }
-        let bounds = [OVERFLOW, UNDERFLOW, MAY_UNDERFLOW, 88.0, -88.0, 0.0, -0.0];
-        let mut xs: Vec<f32> = bounds
-            .iter()
-            .flat_map(|b| {
-                (-4i32..=4).map(move |d| f32::from_bits(b.to_bits().wrapping_add_signed(d)))
-            })
-            .chain([
-                f32::INFINITY,
-                f32::NEG_INFINITY,
-                f32::NAN,
-                f32::MIN,
-                f32::MAX,
-            ])
-            .chain((0..u32::MAX / 389).map(|i| f32::from_bits(i * 389)))
-            .collect();
+        let mut xs: Vec<f32> = inputs(389).collect();
         xs.resize(xs.len().next_multiple_of(8), 1.0);
         for chunk in xs.chunks_exact(8) {
             let mut got = [0f32; 8];
