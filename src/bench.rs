@@ -96,10 +96,11 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
         }
         prefill.push(figure(n, samples));
     }
-    let mut decode = Vec::new();
-    for &depth in &w.decode_depth {
-        let mut samples = Vec::new();
-        for _ in 0..w.repeat.max(1) {
+    // The depths take turns, so that a change in the machine's memory bandwidth (on a shared machine it
+    // moves from minute to minute) hits them alike and their ratio to the bound compares.
+    let mut samples = vec![Vec::new(); w.decode_depth.len()];
+    for _ in 0..w.repeat.max(1) {
+        for (&depth, samples) in w.decode_depth.iter().zip(&mut samples) {
             let mut req = GenerateRequest::new(prompt(depth.max(1)), w.decode_tokens);
             req.stop_at_eog = false;
             // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up, and a
@@ -114,8 +115,13 @@ pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> R
                 samples[samples.len() - 1]
             );
         }
-        decode.push(figure(depth, samples));
     }
+    let decode = w
+        .decode_depth
+        .iter()
+        .zip(samples)
+        .map(|(&depth, samples)| figure(depth, samples))
+        .collect();
     Ok(Figures { prefill, decode })
 }
 
@@ -186,19 +192,65 @@ impl Speculation {
     }
 }
 
-/// Fills `points` holes of `HOLE_LINES` lines spread over each file (the cursor on the empty line where
-/// they were, as when writing them), once per mode after a warm-up, the modes taking turns at going first so
-/// that load on the machine hits them alike. Raw completions (only end of generation and `max_tokens`
-/// stop) so that the decode is long enough to time.
+/// A hole to fill in `measure_speculation`: the text before and after it, and the file it is in.
+#[derive(Debug, Clone)]
+pub struct Hole {
+    pub path: Option<String>,
+    pub language_id: Option<String>,
+    pub prefix: String,
+    pub suffix: String,
+}
+
+/// `points` holes of `HOLE_LINES` lines spread over each file (the cursor on the empty line where they
+/// were, as when writing them), from a quarter of the file to its end, so that no prefix is short.
+pub fn file_holes(files: &[PathBuf], points: usize) -> Result<Vec<Hole>> {
+    const HOLE_LINES: usize = 3;
+    let mut holes = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        if lines.len() < 2 * HOLE_LINES {
+            bail!("{} has too few lines for a hole", path.display());
+        }
+        for p in 0..points {
+            let at = lines.len() / 4 + p * (lines.len() - lines.len() / 4 - HOLE_LINES) / points;
+            holes.push(Hole {
+                path: Some(path.display().to_string()),
+                language_id: None,
+                prefix: lines[..at].concat(),
+                suffix: lines[at + HOLE_LINES..].concat(),
+            });
+        }
+    }
+    Ok(holes)
+}
+
+/// The holes of `points` HumanEval infilling problems from the file at `dataset`, spread evenly over it
+/// (`eval::spread`; 0: all).
+pub fn humaneval_holes(dataset: &Path, points: usize) -> Result<Vec<Hole>> {
+    let problems: Vec<crate::eval::Problem> = crate::eval::load(dataset)?;
+    Ok(crate::eval::spread(problems, points)
+        .into_iter()
+        .map(|p| Hole {
+            path: None,
+            language_id: Some("python".into()),
+            prefix: p.prompt,
+            suffix: p.suffix,
+        })
+        .collect())
+}
+
+/// Fills each hole once per mode after a warm-up, the modes taking turns at going first so that load on
+/// the machine hits them alike. Raw completions (only end of generation and `max_tokens` stop) so that
+/// the decode is long enough to time.
 pub fn measure_speculation(
     backend: &dyn Backend,
     builder: &PromptBuilder,
-    files: &[PathBuf],
-    points: usize,
+    holes: &[Hole],
     max_tokens: usize,
     modes: &[(&'static str, Drafting)],
 ) -> Result<Speculation> {
-    const HOLE_LINES: usize = 3;
     let mut s = Speculation {
         completions: 0,
         modes: modes
@@ -209,45 +261,34 @@ pub fn measure_speculation(
             })
             .collect(),
     };
-    for path in files {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let lines: Vec<&str> = text.split_inclusive('\n').collect();
-        if lines.len() < 2 * HOLE_LINES {
-            bail!("{} has too few lines for a hole", path.display());
+    for hole in holes {
+        let mut req = CompletionRequest::new(hole.prefix.clone(), hole.suffix.clone(), max_tokens);
+        req.path = hole.path.clone();
+        req.language_id = hole.language_id.clone();
+        req.raw = true;
+        // Every measured run finds the prompt cached but its last token (recomputed alone: computed
+        // in a prompt chunk instead, its logits differ in the last bits, and so may the output). The
+        // warm-up drafts with every source, so the draft model has read the prompt too.
+        let prompt = completion::prepare(backend, builder, &req)?
+            .prompt()
+            .ids
+            .clone();
+        backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
+        let mut outs = vec![None; modes.len()];
+        for k in 0..modes.len() {
+            let i = (k + s.completions) % modes.len();
+            req.speculative = modes[i].1;
+            outs[i] = Some(completion::complete(backend, builder, &req)?);
         }
-        for p in 0..points {
-            // From a quarter of the file to its end, so that no prefix is short.
-            let at = lines.len() / 4 + p * (lines.len() - lines.len() / 4 - HOLE_LINES) / points;
-            let prefix = lines[..at].concat();
-            let suffix = lines[at + HOLE_LINES..].concat();
-            let mut req = CompletionRequest::new(prefix, suffix, max_tokens);
-            req.path = Some(path.display().to_string());
-            req.raw = true;
-            // Every measured run finds the prompt cached but its last token (recomputed alone: computed
-            // in a prompt chunk instead, its logits differ in the last bits, and so may the output). The
-            // warm-up drafts with every source, so the draft model has read the prompt too.
-            let prompt = completion::prepare(backend, builder, &req)?
-                .prompt()
-                .ids
-                .clone();
-            backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
-            let mut outs = vec![None; modes.len()];
-            for k in 0..modes.len() {
-                let i = (k + s.completions) % modes.len();
-                req.speculative = modes[i].1;
-                outs[i] = Some(completion::complete(backend, builder, &req)?);
-            }
-            let outs: Vec<_> = outs.into_iter().flatten().collect();
-            s.completions += 1;
-            for (m, out) in s.modes.iter_mut().zip(&outs) {
-                m.identical += usize::from(out.generated_ids == outs[0].generated_ids);
-                m.tokens += out.generated_ids.len();
-                m.decode_ms += out.timings.decode_ms;
-                m.prefill_ms += out.timings.prefill_ms;
-                m.drafted += out.timings.drafted_tokens;
-                m.accepted += out.timings.accepted_tokens;
-            }
+        let outs: Vec<_> = outs.into_iter().flatten().collect();
+        s.completions += 1;
+        for (m, out) in s.modes.iter_mut().zip(&outs) {
+            m.identical += usize::from(out.generated_ids == outs[0].generated_ids);
+            m.tokens += out.generated_ids.len();
+            m.decode_ms += out.timings.decode_ms;
+            m.prefill_ms += out.timings.prefill_ms;
+            m.drafted += out.timings.drafted_tokens;
+            m.accepted += out.timings.accepted_tokens;
         }
     }
     Ok(s)
@@ -646,6 +687,42 @@ mod tests {
         assert_eq!(b.best_gb_s([at(0, 5.0)].iter()), 12.0);
         // 1,000 positions: 2 GB a step, 8 steps a second.
         assert_eq!(b.best_gb_s([at(0, 5.0), at(1000, 8.0)].iter()), 16.0);
+    }
+
+    #[test]
+    fn humaneval_holes_are_the_problems_text_around_their_solutions() {
+        let path = crate::eval::dataset_path("multi-line").expect("../shared/evaldata");
+        let problems: Vec<crate::eval::Problem> = crate::eval::load(&path).unwrap();
+        let holes = humaneval_holes(&path, 5).unwrap();
+        assert_eq!(holes.len(), 5);
+        for (hole, p) in holes.iter().zip(crate::eval::spread(problems, 5)) {
+            assert_eq!((&hole.prefix, &hole.suffix), (&p.prompt, &p.suffix));
+            assert_eq!(hole.language_id.as_deref(), Some("python"));
+        }
+    }
+
+    #[test]
+    fn file_holes_cut_three_lines_from_a_quarter_of_the_file_on() {
+        let dir = std::env::temp_dir().join(format!("codellama-file-holes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.py");
+        let text: String = (0..20).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, &text).unwrap();
+        let holes = file_holes(&[path], 2).unwrap();
+        let firsts: Vec<&str> = holes
+            .iter()
+            .map(|h| h.suffix.lines().next().unwrap())
+            .collect();
+        // Holes at lines 5 and 5 + (20 - 5 - 3) / 2 = 11, three lines each.
+        assert_eq!(firsts, ["line 8", "line 14"]);
+        for (h, at) in holes.iter().zip([5, 11]) {
+            let hole: String = (at..at + 3).map(|i| format!("line {i}\n")).collect();
+            assert_eq!(format!("{}{hole}{}", h.prefix, h.suffix), text);
+        }
+        let short = dir.join("b.py");
+        std::fs::write(&short, "one\ntwo\n").unwrap();
+        assert!(file_holes(&[short], 1).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -420,14 +420,18 @@ pub struct BenchArgs {
     /// (comma-separated), `--decode-tokens` tokens each.
     #[arg(long, value_delimiter = ',')]
     pub code: Vec<PathBuf>,
-    /// Holes per file for `--code`.
+    /// As `--code`, on the holes of HumanEval infilling problems instead: single-line, multi-line,
+    /// random-span, random-span-light or a path to a .jsonl(.gz) file of them.
+    #[arg(long, conflicts_with = "code")]
+    pub humaneval: Option<String>,
+    /// Holes per file for `--code`; for `--humaneval`, problems spread over the set (0: all).
     #[arg(long, default_value_t = 8)]
     pub points: usize,
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     use crate::bench::{self, DecodeBound, LlamaServer, Workload};
-    if !args.code.is_empty() {
+    if !args.code.is_empty() || args.humaneval.is_some() {
         return bench_speculation(args);
     }
     let workload = Workload {
@@ -502,8 +506,15 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// `bench --code`: speculative decoding off and with each source of drafts, on real code.
+/// `bench --code` and `bench --humaneval`: speculative decoding off and with each source of drafts, on
+/// real code.
 fn bench_speculation(args: BenchArgs) -> Result<()> {
+    let holes = match &args.humaneval {
+        Some(name) => {
+            crate::bench::humaneval_holes(&crate::eval::dataset_path(name)?, args.points)?
+        }
+        None => crate::bench::file_holes(&args.code, args.points)?,
+    };
     let config = config(args.model.given())?;
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
@@ -515,14 +526,8 @@ fn bench_speculation(args: BenchArgs) -> Result<()> {
     let rss_mb = crate::bench::peak_rss_mb(None);
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &config.prompt_config())?;
     let modes = crate::bench::speculation_modes(draft.is_some());
-    let figures = crate::bench::measure_speculation(
-        &engine,
-        &builder,
-        &args.code,
-        args.points,
-        args.decode_tokens,
-        &modes,
-    )?;
+    let figures =
+        crate::bench::measure_speculation(&engine, &builder, &holes, args.decode_tokens, &modes)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
