@@ -81,6 +81,17 @@ fn cold_limit(cfg: &ModelConfig) -> usize {
 /// [`draft::SHORT_DRAFT`](super::draft::SHORT_DRAFT)).
 const MAX_MODEL_DRAFT: usize = 3;
 
+/// The token ids the draft model guesses among: the first 32,768. Byte-pair vocabularies number their
+/// tokens in the order their merges were learnt, the most frequent first: these cover 96% of the tokens
+/// of HumanEval's multi-line solutions under Qwen2.5-Coder's vocabulary (60 problems; 99% with the
+/// tokens of the text around each hole, which prompt lookup drafts). The output matrix (151,936 rows)
+/// is over a third of what a step of Qwen2.5-Coder 0.5B reads; computing a fifth of its rows makes the
+/// step about a quarter cheaper, for guesses a token further down would have made right. Measured with
+/// the 0.5B drafting for the 1.5B (`bench --humaneval multi-line --points 20 --draft-model`, 2 threads):
+/// 86% of guesses accepted with the whole vocabulary, 80% with these; the draft model alone 1.18x
+/// against 1.37x, with prompt lookup 1.23x against 1.45x (16,384 ids: 78%, 1.33x; 8,192: 74%, 1.30x).
+const DRAFT_VOCAB: usize = 32_768;
+
 /// The draft model stops guessing when its top token's probability falls below this: a guess it is unsure
 /// of is mostly rejected, and each guess costs a step of the draft model.
 const MIN_DRAFT_PROBABILITY: f32 = 0.5;
@@ -858,10 +869,12 @@ impl DraftModel {
         while cache.tokens().len() < tokens.len() {
             let chunk = &tokens[cache.next_chunk(tokens, PREFILL_CHUNK, tokens.len())];
             let stop = || cancel.is_cancelled();
-            match self
-                .model
-                .forward_cancellable(chunk, cache.kv(), Logits::Last, &stop)
-            {
+            match self.model.forward_cancellable(
+                chunk,
+                cache.kv(),
+                Logits::Head(DRAFT_VOCAB),
+                &stop,
+            ) {
                 Ok(l) => logits = Some(l),
                 Err(EngineError::Cancelled) => return Ok(None),
                 Err(e) => return Err(e),
@@ -893,7 +906,9 @@ impl DraftModel {
                 break;
             }
             let cache = self.caches.get(self.active);
-            scores = self.model.forward(&[tok], cache.kv(), Logits::Last)?;
+            scores = self
+                .model
+                .forward(&[tok], cache.kv(), Logits::Head(DRAFT_VOCAB))?;
             cache.push(tok);
         }
         Ok(guesses)

@@ -333,32 +333,41 @@ impl QMatrix {
     /// `matmul` with the work spread by `exec`. Panics unless `x` holds `m × cols` values and `out`
     /// `m × rows`: the one size check of the product, after which the kernels index without checks.
     pub fn matmul_on(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+        self.matmul_head_on(exec, x, m, self.rows, out)
+    }
+
+    /// `matmul_on` for the first `head` weight rows only (a draft model's logits over the token ids
+    /// that come first, see `Logits::Head`): output columns from `head` on are left as they were, but
+    /// that the repacked kernels compute the rest of a group of 16 rows. Panics as `matmul_on`, or if
+    /// `head > rows`.
+    pub fn matmul_head_on(&self, exec: Exec, x: &[f32], m: usize, head: usize, out: &mut [f32]) {
         assert_eq!(x.len(), size(m, self.cols, "matmul input"), "matmul input");
         assert_eq!(
             out.len(),
             size(m, self.rows, "matmul output"),
             "matmul output"
         );
+        assert!(head <= self.rows, "the first {head} of {} rows", self.rows);
         match self.dtype {
             GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
                 let dot = float::row_dot(self.dtype);
-                self.for_each_dot(exec, m, out, |row, i| {
+                self.for_each_dot(exec, m, head, out, |row, i| {
                     dot(row, &x[i * self.cols..(i + 1) * self.cols])
                 })
             }
-            _ if self.packed.is_some() => self.run_packed(exec, x, m, out),
-            GgmlDType::Q4_1 => self.tiled(exec, x, m, out, q4_1::fastest()),
-            GgmlDType::Q8_0 => self.tiled(exec, x, m, out, q8_0::fastest()),
-            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, out),
-            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, out),
-            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, out),
-            GgmlDType::Q2K => self.generic::<BlockQ2K>(exec, x, m, out),
-            GgmlDType::Q3K => self.generic::<BlockQ3K>(exec, x, m, out),
-            GgmlDType::Q4K => self.generic::<BlockQ4K>(exec, x, m, out),
-            GgmlDType::Q5K => self.generic::<BlockQ5K>(exec, x, m, out),
-            GgmlDType::Q6K => self.generic::<BlockQ6K>(exec, x, m, out),
-            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(exec, x, m, out),
-            GgmlDType::Q8K => self.generic::<BlockQ8K>(exec, x, m, out),
+            _ if self.packed.is_some() => self.run_packed(exec, x, m, head, out),
+            GgmlDType::Q4_1 => self.tiled(exec, x, m, head, out, q4_1::fastest()),
+            GgmlDType::Q8_0 => self.tiled(exec, x, m, head, out, q8_0::fastest()),
+            GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, head, out),
+            GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, head, out),
+            GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, head, out),
+            GgmlDType::Q2K => self.generic::<BlockQ2K>(exec, x, m, head, out),
+            GgmlDType::Q3K => self.generic::<BlockQ3K>(exec, x, m, head, out),
+            GgmlDType::Q4K => self.generic::<BlockQ4K>(exec, x, m, head, out),
+            GgmlDType::Q5K => self.generic::<BlockQ5K>(exec, x, m, head, out),
+            GgmlDType::Q6K => self.generic::<BlockQ6K>(exec, x, m, head, out),
+            GgmlDType::Q8_1 => self.generic::<BlockQ8_1>(exec, x, m, head, out),
+            GgmlDType::Q8K => self.generic::<BlockQ8K>(exec, x, m, head, out),
         }
     }
 
@@ -386,11 +395,11 @@ impl QMatrix {
     }
 
     /// The repacked kernels: groups of 16 weight rows split over the threads.
-    fn run_packed(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+    fn run_packed(&self, exec: Exec, x: &[f32], m: usize, head: usize, out: &mut [f32]) {
         let p = self.packed.as_ref().expect("packed weights");
         let xq = p.kind().quantize(x, m, self.cols);
         let out = SharedOut::new(out);
-        let groups = p.groups();
+        let groups = head.div_ceil(packed::GROUP);
         let per_task = groups.div_ceil(exec.threads() * 4).max(2);
         exec.for_each(groups.div_ceil(per_task), &|t| {
             let range = t * per_task..((t + 1) * per_task).min(groups);
@@ -400,11 +409,19 @@ impl QMatrix {
     }
 
     /// Our tiled kernels: activations quantized once, weight rows split over the threads.
-    fn tiled(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32], tiles: tiled::Tiles) {
+    fn tiled(
+        &self,
+        exec: Exec,
+        x: &[f32],
+        m: usize,
+        head: usize,
+        out: &mut [f32],
+        tiles: tiled::Tiles,
+    ) {
         let xq = Q8Act::quantize(x, m, self.cols);
         let block_bytes = self.dtype.type_size();
         let product = tiled::Product::new(self.bytes(), self.rows, block_bytes, &xq, out);
-        let chunks = row_chunks(self.rows, exec.threads());
+        let chunks = row_chunks(head, exec.threads());
         exec.for_each(chunks.len(), &|c| {
             // SAFETY: the chunks are disjoint ranges of weight rows.
             unsafe { tiles.run(&product, chunks[c].clone()) }
@@ -412,7 +429,7 @@ impl QMatrix {
     }
 
     /// Block dot products from candle's `GgmlType` implementation of the weight type.
-    fn generic<T: GgmlType>(&self, exec: Exec, x: &[f32], m: usize, out: &mut [f32]) {
+    fn generic<T: GgmlType>(&self, exec: Exec, x: &[f32], m: usize, head: usize, out: &mut [f32]) {
         let vbs = T::VecDotType::BLCK_SIZE;
         let per_row = self.cols / vbs;
         let mut xq = vec![T::VecDotType::zeros(); m * per_row];
@@ -423,19 +440,19 @@ impl QMatrix {
             );
         }
         let cols = self.cols;
-        self.for_each_dot(exec, m, out, |row, i| {
+        self.for_each_dot(exec, m, head, out, |row, i| {
             T::vec_dot(cols, blocks::<T>(row), &xq[i * per_row..(i + 1) * per_row])
         })
     }
 
-    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element, split over weight
-    /// rows. `out` holds `m × rows` values (checked by `matmul_on`).
-    fn for_each_dot<F>(&self, exec: Exec, m: usize, out: &mut [f32], dot: F)
+    /// Runs `dot(weight_row_bytes, activation_row_index)` for every output element of the first `head`
+    /// weight rows, split over them. `out` holds `m × rows` values (checked by `matmul_head_on`).
+    fn for_each_dot<F>(&self, exec: Exec, m: usize, head: usize, out: &mut [f32], dot: F)
     where
         F: Fn(&[u8], usize) -> f32 + Sync,
     {
         let rows = self.rows;
-        let chunks = row_chunks(rows, exec.threads());
+        let chunks = row_chunks(head, exec.threads());
         let out = SharedOut::new(out);
         exec.for_each(chunks.len(), &|c| {
             for j in chunks[c].clone() {
@@ -610,6 +627,52 @@ mod tests {
                     assert!(
                         (got - want).abs() <= tol * (1.0 + want.abs()),
                         "{dtype:?} row {j} input {i}: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A product over the first rows gives those rows' outputs as the whole product does, on every path
+    /// (float rows, our tiles, candle's blocks, and repacked where this CPU repacks), and leaves the
+    /// outputs past the last group of 16 rows it computes as they were.
+    #[test]
+    fn a_product_of_the_first_rows_is_the_whole_products_beginning() {
+        let (rows, cols, m, head) = (70, 256, 2, 21);
+        for dtype in [
+            GgmlDType::F16,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q5_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let bytes = quantize(dtype, &data(rows * cols, 13));
+            let x = data(m * cols, 17);
+            let mut mat = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+            for packed in [false, true] {
+                if packed && !mat.pack() {
+                    continue;
+                }
+                let mut whole = vec![0f32; m * rows];
+                mat.matmul_on(Exec::Rayon, &x, m, &mut whole);
+                let mut first = vec![f32::NAN; m * rows];
+                mat.matmul_head_on(Exec::Rayon, &x, m, head, &mut first);
+                let computed = if packed {
+                    head.next_multiple_of(16)
+                } else {
+                    head
+                };
+                for i in 0..m {
+                    let (w, f) = (&whole[i * rows..][..rows], &first[i * rows..][..rows]);
+                    assert_eq!(
+                        &f[..head],
+                        &w[..head],
+                        "{dtype:?} packed {packed} input {i}"
+                    );
+                    assert!(
+                        f[computed..].iter().all(|v| v.is_nan()),
+                        "{dtype:?} packed {packed} input {i}: wrote past row {computed}"
                     );
                 }
             }

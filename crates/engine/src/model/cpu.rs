@@ -186,15 +186,17 @@ impl CpuModel {
             add(&mut x, &tmp);
         }
         cache.len = pos + seq;
-        let rows = match logits {
-            Logits::Last => &x[(seq - 1) * d..],
-            Logits::All => &x[..],
+        let (rows, head) = match logits {
+            Logits::Last => (&x[(seq - 1) * d..], cfg.vocab_size),
+            Logits::All => (&x[..], cfg.vocab_size),
+            Logits::Head(n) => (&x[(seq - 1) * d..], n.min(cfg.vocab_size)),
         };
         let m = rows.len() / d;
         let mut normed = vec![0f32; rows.len()];
         rms_norm_rows(rows, &self.norm, cfg.rms_eps, &mut normed);
         let mut out = vec![0f32; m * cfg.vocab_size];
-        self.output.matmul_on(exec, &normed, m, &mut out);
+        self.output.matmul_head_on(exec, &normed, m, head, &mut out);
+        out.truncate(m * head);
         Ok(out)
     }
 }

@@ -664,6 +664,10 @@ pub enum Logits {
     Last,
     /// For every position of the chunk: `[seq, vocab]`.
     All,
+    /// Only for the last position and the first `n` token ids (at most `vocab`): `[n]`. A draft model's
+    /// guesses, where the output matrix is a large part of a step (see `worker::DRAFT_VOCAB`); only
+    /// these rows of it are read.
+    Head(usize),
 }
 
 pub struct Llama {
@@ -944,7 +948,7 @@ impl Llama {
 
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and values to the cache, and
     /// returns the logits as a plain buffer on the CPU, where sampling reads them: `vocab` values for
-    /// `Logits::Last`, `seq` rows of `vocab` for `Logits::All`.
+    /// `Logits::Last`, `seq` rows of `vocab` for `Logits::All`, `n` values for `Logits::Head(n)`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, logits: Logits) -> Result<Vec<f32>> {
         self.forward_cancellable(tokens, cache, logits, &|| false)
     }
@@ -1002,11 +1006,15 @@ impl Llama {
         }
         cache.len = pos + seq;
         let x = match logits {
-            Logits::Last => x.narrow(0, seq - 1, 1)?,
+            Logits::Last | Logits::Head(_) => x.narrow(0, seq - 1, 1)?,
             Logits::All => x,
         };
         let x = rms_norm(&x, &self.norm, cfg.rms_eps)?;
-        Ok(self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+        let mut out = self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        if let Logits::Head(n) = logits {
+            out.truncate(n);
+        }
+        Ok(out)
     }
 
     /// Grouped-query attention for one layer; query heads `g·group .. (g+1)·group` share KV head `g`,

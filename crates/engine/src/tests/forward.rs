@@ -117,6 +117,30 @@ fn all_logits_agree_with_stepwise_decoding() {
     }
 }
 
+/// `Logits::Head(n)` is the beginning of `Logits::Last`, bit for bit, on the fused CPU path (only those
+/// rows of the output matrix computed) and the tensor path; past the vocabulary it is all of it.
+#[test]
+fn head_logits_are_the_first_of_the_last_logits() {
+    let path = fixtures::qwen_model();
+    let f = GgufFile::open(&path).unwrap();
+    let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
+    let vocab = cfg.vocab_size;
+    let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+    let prompt: Vec<u32> = (0..20).map(|i| 100 + (i * 37) % 900).collect();
+    for tensor in [false, true] {
+        model.use_tensor_path(tensor);
+        let mut cache = model.new_cache(64).unwrap();
+        let (before, tail) = prompt.split_at(prompt.len() - 1);
+        model.forward(before, &mut cache, Logits::Last).unwrap();
+        let last = model.forward(tail, &mut cache, Logits::Last).unwrap();
+        for n in [1000, 32_768, vocab + 5] {
+            cache.truncate(before.len());
+            let head = model.forward(tail, &mut cache, Logits::Head(n)).unwrap();
+            assert_eq!(head, last[..n.min(vocab)], "tensor path {tensor}, head {n}");
+        }
+    }
+}
+
 /// The fused CPU forward pass and the tensor forward pass compute the same logits (the same kernels in
 /// the same order), for prefill chunks and single-token steps, even on a quantized model where any
 /// rounding difference would be amplified by the 8-bit activations.
