@@ -1,7 +1,8 @@
 //! The engine benchmark: prefill and decode speed of any `Backend` on synthetic token ids, and, when a
 //! llama.cpp server binary is available, the same workload on llama.cpp with the same model file and
-//! thread count, started for the run on a loopback port, so the ratio ours/llama.cpp comes from one run
-//! on one machine.
+//! thread count, started for the run on a loopback port beside our engine, so the ratio ours/llama.cpp
+//! comes from one run on one machine: the two engines take turns sample by sample, each going first in
+//! turn, so that the machine's moving memory bandwidth hits both alike.
 //!
 //! Prefill: one request of N tokens and one generated token; the rate is N over the time to the first
 //! token. Decode: a prompt of `depth` tokens, then `tokens` generated; the rate is the generated tokens
@@ -65,64 +66,100 @@ pub struct Figures {
     pub decode: Vec<Figure>,
 }
 
-/// Runs the workload on `backend`. `salt` makes this run's prompts differ from any other run's. Each
-/// sample is also printed to stderr as it comes, named by `who` (a long run shows its progress, and a
-/// run cut short keeps what it measured).
-pub fn measure(backend: &dyn Backend, w: &Workload, salt: usize, who: &str) -> Result<Figures> {
-    let vocab = backend.info().config.vocab_size.max(2000) as u32;
-    let mut run = salt * 1000;
-    let mut prompt = |n: usize| -> Vec<u32> {
-        run += 1;
-        (0..n.max(1))
-            .map(|i| ((i + run * 7919) % 1000) as u32 + 100)
-            .map(|t| t % vocab)
+/// Runs the workload on each of `engines` (a name and a backend), the engines taking turns sample by
+/// sample (and the decode depths too), the first to go changing with each repetition, so that a change
+/// in the machine's memory bandwidth or load (on a shared machine they move from minute to minute) hits
+/// every engine and depth alike. Each engine's prompts differ from every other's. Each sample is also
+/// printed to stderr as it comes, named by the engine (a long run shows its progress, and a run cut
+/// short keeps what it measured). One `Figures` per engine, in their order.
+pub fn measure(engines: &[(&str, &dyn Backend)], w: &Workload) -> Result<Vec<Figures>> {
+    let mut prompts: Vec<_> = engines
+        .iter()
+        .enumerate()
+        .map(|(i, (_, backend))| Prompts {
+            vocab: backend.info().config.vocab_size.max(2000) as u32,
+            run: i,
+            step: engines.len(),
+        })
+        .collect();
+    let repeat = w.repeat.max(1);
+    // samples[engine][size]
+    let mut prefill = vec![vec![Vec::new(); w.prefill.len()]; engines.len()];
+    for (k, &n) in w.prefill.iter().enumerate() {
+        for rep in 0..repeat {
+            for e in turns(engines.len(), rep) {
+                let (who, backend) = engines[e];
+                let mut req = GenerateRequest::new(prompts[e].next(n), 1);
+                req.stop_at_eog = false;
+                req.speculative = Drafting::OFF;
+                // The prompts of one run are rotations of one sequence: moved runs would skip their work.
+                req.cache_reuse = 0;
+                let o = backend.submit(req).wait()?;
+                let rate = n as f64 / (o.timings.prefill_ms / 1e3);
+                eprintln!("{who}: prefill {n}: {rate:.1} tok/s");
+                prefill[e][k].push(rate);
+            }
+        }
+    }
+    let mut decode = vec![vec![Vec::new(); w.decode_depth.len()]; engines.len()];
+    for rep in 0..repeat {
+        for (k, &depth) in w.decode_depth.iter().enumerate() {
+            for e in turns(engines.len(), rep) {
+                let (who, backend) = engines[e];
+                let mut req = GenerateRequest::new(prompts[e].next(depth), w.decode_tokens);
+                req.stop_at_eog = false;
+                // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up,
+                // and a model that goes on counting would let prompt lookup draft (see
+                // `measure_speculation`).
+                req.speculative = Drafting::OFF;
+                req.cache_reuse = 0;
+                let o = backend.submit(req).wait()?;
+                let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
+                let rate = steps as f64 / (o.timings.decode_ms / 1e3);
+                eprintln!("{who}: decode at depth {depth}: {rate:.1} tok/s");
+                decode[e][k].push(rate);
+            }
+        }
+    }
+    let figures = |sizes: &[usize], samples: Vec<Vec<f64>>| -> Vec<Figure> {
+        sizes
+            .iter()
+            .zip(samples)
+            .map(|(&n, samples)| figure(n, samples))
             .collect()
     };
-    let mut prefill = Vec::new();
-    for &n in &w.prefill {
-        let mut samples = Vec::new();
-        for _ in 0..w.repeat.max(1) {
-            let mut req = GenerateRequest::new(prompt(n), 1);
-            req.stop_at_eog = false;
-            req.speculative = Drafting::OFF;
-            // The prompts of one run are rotations of one sequence: moved runs would skip their work.
-            req.cache_reuse = 0;
-            let o = backend.submit(req).wait()?;
-            samples.push(n as f64 / (o.timings.prefill_ms / 1e3));
-            eprintln!(
-                "{who}: prefill {n}: {:.1} tok/s",
-                samples[samples.len() - 1]
-            );
-        }
-        prefill.push(figure(n, samples));
+    Ok(prefill
+        .into_iter()
+        .zip(decode)
+        .map(|(p, d)| Figures {
+            prefill: figures(&w.prefill, p),
+            decode: figures(&w.decode_depth, d),
+        })
+        .collect())
+}
+
+/// The engines' order in repetition `rep`: each goes first in turn.
+fn turns(engines: usize, rep: usize) -> impl Iterator<Item = usize> {
+    (0..engines).map(move |i| (i + rep) % engines)
+}
+
+/// One engine's synthetic prompts: the engines take the runs in turn (`run`, `run + step`, ...), and each
+/// run's prompt starts with its own token for 1,000 runs (7,919 and 1,000 have no common factor), so
+/// that no engine reuses a cached prefix and no two engines' prompts are alike.
+struct Prompts {
+    vocab: u32,
+    run: usize,
+    step: usize,
+}
+
+impl Prompts {
+    fn next(&mut self, n: usize) -> Vec<u32> {
+        self.run += self.step;
+        (0..n.max(1))
+            .map(|i| ((i + self.run * 7919) % 1000) as u32 + 100)
+            .map(|t| t % self.vocab)
+            .collect()
     }
-    // The depths take turns, so that a change in the machine's memory bandwidth (on a shared machine it
-    // moves from minute to minute) hits them alike and their ratio to the bound compares.
-    let mut samples = vec![Vec::new(); w.decode_depth.len()];
-    for _ in 0..w.repeat.max(1) {
-        for (&depth, samples) in w.decode_depth.iter().zip(&mut samples) {
-            let mut req = GenerateRequest::new(prompt(depth.max(1)), w.decode_tokens);
-            req.stop_at_eog = false;
-            // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up, and a
-            // model that goes on counting would let prompt lookup draft (see `measure_speculation`).
-            req.speculative = Drafting::OFF;
-            req.cache_reuse = 0;
-            let o = backend.submit(req).wait()?;
-            let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
-            samples.push(steps as f64 / (o.timings.decode_ms / 1e3));
-            eprintln!(
-                "{who}: decode at depth {depth}: {:.1} tok/s",
-                samples[samples.len() - 1]
-            );
-        }
-    }
-    let decode = w
-        .decode_depth
-        .iter()
-        .zip(samples)
-        .map(|(&depth, samples)| figure(depth, samples))
-        .collect();
-    Ok(Figures { prefill, decode })
 }
 
 /// Greedy completions of real code under several ways of drafting (the first one, speculation off, is the
@@ -307,9 +344,18 @@ fn figure(tokens: usize, mut samples: Vec<f64>) -> Figure {
 /// Peak resident memory (VmHWM, Linux) of process `pid`, or of this one for `None`, in MB (10^6 bytes,
 /// the unit of the file and KV cache sizes it is compared with).
 pub fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
+    status_mb(pid, "VmHWM:")
+}
+
+/// Resident memory now (VmRSS, Linux), as `peak_rss_mb`.
+pub fn rss_mb(pid: Option<u32>) -> Option<f64> {
+    status_mb(pid, "VmRSS:")
+}
+
+fn status_mb(pid: Option<u32>, key: &str) -> Option<f64> {
     let proc = pid.map_or("self".to_string(), |p| p.to_string());
     let status = std::fs::read_to_string(format!("/proc/{proc}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0 / 1e6)
 }
@@ -317,7 +363,7 @@ pub fn peak_rss_mb(pid: Option<u32>) -> Option<f64> {
 /// What bounds the decode rate: the machine's memory read bandwidth and the bytes one decode step reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeBound {
-    /// Read bandwidth measured by a probe after our measurements and at the end (after llama.cpp's),
+    /// Read bandwidth measured by a probe before the engines were started and after they were stopped,
     /// GB/s (the bandwidth of a shared machine moves: the bound takes the highest rate seen).
     pub read_gb_s: [f64; 2],
     /// Bytes of the model file a decode step reads at least (every tensor but the token embedding table,
@@ -546,7 +592,11 @@ pub struct Report {
     pub file_size: u64,
     pub threads: usize,
     pub load_ms: u64,
+    /// This process's, less `llama_cpp_client_mb`.
     pub peak_rss_mb: Option<f64>,
+    /// What the client of llama.cpp's server (its tokenizer above all) keeps resident in this process,
+    /// which runs beside our engine and is left out of our peak.
+    pub llama_cpp_client_mb: f64,
     /// llama.cpp's server's, over its load and the same workload.
     pub llama_cpp_peak_rss_mb: Option<f64>,
     pub kv_cache_type: &'static str,
@@ -573,6 +623,13 @@ impl Report {
             self.kv_cache_mb,
             self.context_window
         );
+        if self.llama_cpp_client_mb > 0.0 {
+            println!(
+                "(peak RSS without the {:.0} MB the llama.cpp client keeps in this process, its tokenizer \
+                 above all)",
+                self.llama_cpp_client_mb
+            );
+        }
         // The issue's memory goal: the file, the cache and at most 300 MB more.
         println!(
             "memory goal (file + KV cache + 300 MB): {:.0} MB",
@@ -625,7 +682,7 @@ impl Report {
         let gb_s = b.best_gb_s(self.ours.decode.iter().chain(theirs));
         println!(
             "decode bound: a step reads {:.0} MB of weights and {:.1} KB of KV cache per position; read \
-             bandwidth {:.1} GB/s (probe {:.1} after our run, {:.1} at the end, the rest reached by a \
+             bandwidth {:.1} GB/s (probe {:.1} at the start, {:.1} at the end, the rest reached by a \
              decode)",
             b.weight_bytes as f64 / 1e6,
             b.kv_bytes_per_position as f64 / 1e3,
@@ -669,6 +726,66 @@ mod tests {
             2_177_088 + 2 * (4 * 4_352 + 3 * 8_704 + 2 * 256) + 256
         );
         assert_eq!(b.step_bytes(3), b.weight_bytes as f64 + 3000.0);
+    }
+
+    #[test]
+    fn each_engine_goes_first_in_turn() {
+        let order = |n, rep| turns(n, rep).collect::<Vec<_>>();
+        assert_eq!(order(2, 0), [0, 1]);
+        assert_eq!(order(2, 1), [1, 0]);
+        assert_eq!(order(3, 2), [2, 0, 1]);
+        assert_eq!(order(1, 5), [0]);
+    }
+
+    /// Every engine gets a figure per prompt size and depth, each from `repeat` samples, in the
+    /// workload's order; no two requests of the run share a prompt.
+    #[test]
+    fn measure_gives_each_engine_its_figures() {
+        let path =
+            codellama_test_support::fixtures::codellama_fixture("tiny-codellama-mha-q8_0.gguf");
+        let engine = codellama_engine::Engine::start(
+            codellama_engine::LoadOptions {
+                model: Some(path.display().to_string()),
+                threads: Some(2),
+                context_window: Some(64),
+                ..Default::default()
+            },
+            Box::new(|_| {}),
+        )
+        .unwrap();
+        let w = Workload {
+            prefill: vec![8, 16],
+            decode_depth: vec![0, 20],
+            decode_tokens: 4,
+            repeat: 2,
+        };
+        let figures = measure(&[("a", &engine), ("b", &engine)], &w).unwrap();
+        assert_eq!(figures.len(), 2);
+        for f in &figures {
+            let sizes = |v: &[Figure]| v.iter().map(|f| f.tokens).collect::<Vec<_>>();
+            assert_eq!(sizes(&f.prefill), [8, 16]);
+            assert_eq!(sizes(&f.decode), [0, 20]);
+            for fig in f.prefill.iter().chain(&f.decode) {
+                assert_eq!(fig.samples.len(), 2);
+                assert!(
+                    fig.samples.iter().all(|r| r.is_finite() && *r > 0.0),
+                    "{fig:?}"
+                );
+            }
+        }
+        let mut a = Prompts {
+            vocab: 32016,
+            run: 0,
+            step: 2,
+        };
+        let mut b = Prompts {
+            vocab: 32016,
+            run: 1,
+            step: 2,
+        };
+        let seen: Vec<Vec<u32>> = (0..50).flat_map(|_| [a.next(8), b.next(8)]).collect();
+        let distinct: std::collections::HashSet<_> = seen.iter().map(|p| p[0]).collect();
+        assert_eq!(distinct.len(), seen.len(), "two prompts start alike");
     }
 
     /// The bound's bandwidth is the probes' unless a decode read faster.

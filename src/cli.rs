@@ -443,24 +443,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let mut config = config(args.model.given())?;
     config.context_window = config.context_window.max(workload.context_needed());
     let context = config.context_window;
+    // Before anything is loaded: the probe's buffer is gone before the engine's memory is counted.
+    let probe_threads = config.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let read_at_start = bench::read_bandwidth(probe_threads);
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
     let kv_type = config.kv_cache_type.kv_type();
     let cfg = &info.config;
     let kv_values = cfg.n_layer * cfg.n_head_kv * cfg.head_dim * info.context_window;
     let kv_per_position = 2 * kv_type.bytes(cfg.n_layer * cfg.n_head_kv * cfg.head_dim) as u64;
-    let ours = bench::measure(&engine, &workload, 1, "ours")?;
-    let peak_rss_mb = bench::peak_rss_mb(None);
-    drop(engine);
-    // After our peak RSS was read, so that the probe's buffer does not count in it.
-    let read_after_ours = bench::read_bandwidth(info.threads);
     let binary = if args.no_llama {
         None
     } else {
         args.llama_server.clone().or_else(bench::find_llama_server)
     };
-    let mut llama_cpp_peak_rss_mb = None;
-    let llama_cpp = match &binary {
+    // llama.cpp's server runs beside our engine, so that the two take turns sample by sample.
+    let rss_before_client = bench::rss_mb(None);
+    let server = match &binary {
         Some(bin) => {
             // The same cache type on both sides (llama.cpp quantizes its cache only with flash attention).
             let kv = kv_type.name();
@@ -470,12 +471,25 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             };
             let server = LlamaServer::start(bin, &info.path, info.threads, context, extra)?;
             let backend = server.backend(&info.path)?;
-            let figures = bench::measure(&backend, &workload, 2, "llama.cpp")?;
-            llama_cpp_peak_rss_mb = server.peak_rss_mb();
-            Some(figures)
+            Some((server, backend))
         }
         None => None,
     };
+    let llama_cpp_client_mb = match (&server, rss_before_client, bench::rss_mb(None)) {
+        (Some(_), Some(before), Some(after)) => (after - before).max(0.0),
+        _ => 0.0,
+    };
+    let mut engines: Vec<(&str, &dyn codellama_engine::Backend)> = vec![("ours", &engine)];
+    if let Some((_, backend)) = &server {
+        engines.push(("llama.cpp", backend));
+    }
+    let mut figures = bench::measure(&engines, &workload)?.into_iter();
+    let ours = figures.next().context("no figures of ours")?;
+    let llama_cpp = figures.next();
+    let peak_rss_mb = bench::peak_rss_mb(None).map(|mb| mb - llama_cpp_client_mb);
+    let llama_cpp_peak_rss_mb = server.as_ref().and_then(|(s, _)| s.peak_rss_mb());
+    drop(server);
+    drop(engine);
     let report = bench::Report {
         model: info.name.clone(),
         path: info.path.clone(),
@@ -483,6 +497,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         threads: info.threads,
         load_ms,
         peak_rss_mb,
+        llama_cpp_client_mb,
         llama_cpp_peak_rss_mb,
         kv_cache_type: kv_type.name(),
         kv_cache_mb: 2.0 * kv_type.bytes(kv_values) as f64 / 1e6,
@@ -493,7 +508,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         decode_bound: DecodeBound::new(
             &info.path,
             kv_per_position,
-            [read_after_ours, bench::read_bandwidth(info.threads)],
+            [read_at_start, bench::read_bandwidth(info.threads)],
         )
         .map_err(|e| eprintln!("no decode bound: {e:#}"))
         .ok(),
