@@ -89,12 +89,7 @@ pub fn measure(engines: &[(&str, &dyn Backend)], w: &Workload) -> Result<Vec<Fig
         for rep in 0..repeat {
             for e in turns(engines.len(), rep) {
                 let (who, backend) = engines[e];
-                let mut req = GenerateRequest::new(prompts[e].next(n), 1);
-                req.stop_at_eog = false;
-                req.speculative = Drafting::OFF;
-                // The prompts of one run are rotations of one sequence: moved runs would skip their work.
-                req.cache_reuse = 0;
-                let o = backend.submit(req).wait()?;
+                let o = backend.submit(plain(prompts[e].next(n), 1)).wait()?;
                 let rate = n as f64 / (o.timings.prefill_ms / 1e3);
                 eprintln!("{who}: prefill {n}: {rate:.1} tok/s");
                 prefill[e][k].push(rate);
@@ -106,13 +101,7 @@ pub fn measure(engines: &[(&str, &dyn Backend)], w: &Workload) -> Result<Vec<Fig
         for (k, &depth) in w.decode_depth.iter().enumerate() {
             for e in turns(engines.len(), rep) {
                 let (who, backend) = engines[e];
-                let mut req = GenerateRequest::new(prompts[e].next(depth), w.decode_tokens);
-                req.stop_at_eog = false;
-                // Plain decoding, as llama.cpp's server does by default: the synthetic prompt counts up,
-                // and a model that goes on counting would let prompt lookup draft (see
-                // `measure_speculation`).
-                req.speculative = Drafting::OFF;
-                req.cache_reuse = 0;
+                let req = plain(prompts[e].next(depth), w.decode_tokens);
                 let o = backend.submit(req).wait()?;
                 let steps = o.timings.generated_tokens.saturating_sub(1).max(1);
                 let rate = steps as f64 / (o.timings.decode_ms / 1e3);
@@ -136,6 +125,18 @@ pub fn measure(engines: &[(&str, &dyn Backend)], w: &Workload) -> Result<Vec<Fig
             decode: figures(&w.decode_depth, d),
         })
         .collect())
+}
+
+/// A request of the synthetic workload: `max_tokens` generated whatever they are, by plain decoding, as
+/// llama.cpp's server does by default (the synthetic prompt counts up, and a model that goes on counting
+/// would let prompt lookup draft: see `measure_speculation`), and no runs moved from a cached prompt (the
+/// prompts of one run are rotations of one sequence: moved runs would skip their work).
+fn plain(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    let mut req = GenerateRequest::new(prompt, max_tokens);
+    req.stop_at_eog = false;
+    req.speculative = Drafting::OFF;
+    req.cache_reuse = 0;
+    req
 }
 
 /// The engines' order in repetition `rep`: each goes first in turn.

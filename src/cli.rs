@@ -444,10 +444,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     config.context_window = config.context_window.max(workload.context_needed());
     let context = config.context_window;
     // Before anything is loaded: the probe's buffer is gone before the engine's memory is counted.
-    let probe_threads = config.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let read_at_start = bench::read_bandwidth(probe_threads);
+    // With the thread count the engine will take.
+    let threads = config
+        .threads
+        .unwrap_or_else(codellama_engine::default_threads);
+    let read_at_start = bench::read_bandwidth(threads);
     let (engine, load_ms) = start(&config, config.model.clone())?;
     let info = engine.info().clone();
     let kv_type = config.kv_cache_type.kv_type();

@@ -40,6 +40,7 @@ pub use error::{EngineError, Result};
 pub use kernels::attention::KvType;
 pub use load::{load_model, LoadOptions, LoadedModel};
 pub use model::{Arch, ModelConfig};
+pub use pool::default_threads;
 pub use remote_error::{RemoteError, RemoteErrorKind};
 pub use sampler::SamplingParams;
 pub use tokenizer::Tokenizer;

@@ -46,7 +46,7 @@ thread_local! {
 }
 
 /// Physical cores, which on these machines is what helps; hyper-threads only contend for the same units.
-pub(crate) fn default_threads() -> usize {
+pub fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
