@@ -9,7 +9,7 @@ use candle_core::Device;
 
 use super::error::{without_backtrace, EngineError, Result};
 use super::gguf::GgufFile;
-use super::model::{Llama, ModelConfig, SafetensorsSource};
+use super::model::{Llama, ModelConfig, SafetensorsSource, Weights};
 use super::pool::default_threads;
 use super::resolve::{resolve, ModelSource};
 use super::tokenizer::Tokenizer;
@@ -48,6 +48,15 @@ pub struct LoadedModel {
 }
 
 pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<LoadedModel> {
+    load_as(opts, Weights::AsStored, progress)
+}
+
+/// `load_model`, keeping the matrices as `weights` says.
+fn load_as(
+    opts: &LoadOptions,
+    weights: Weights,
+    progress: &mut dyn FnMut(f32),
+) -> Result<LoadedModel> {
     let start = Instant::now();
     // The device first: a missing GPU or driver is reported before any file is read or downloaded.
     let device = pick_device(opts.device.as_deref())?;
@@ -63,11 +72,11 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
                     error,
                 })?;
             check_vocabulary(path, "tokenizer.ggml.tokens", &tokenizer, &cfg)?;
-            let model = Llama::from_gguf(&f, cfg, &device, progress)?;
+            let model = Llama::from_gguf(&f, cfg, &device, weights, progress)?;
             let name = f.get_str("general.name").map(str::to_string);
             (model, tokenizer, name, f.file_size())
         }
-        ModelSource::HfDir(dir) => load_hf_dir(dir, &device, progress)?,
+        ModelSource::HfDir(dir) => load_hf_dir(dir, &device, weights, progress)?,
     };
     model.set_kv_cache_type(opts.kv_cache_type)?;
     let path = source.path().to_path_buf();
@@ -99,14 +108,16 @@ pub fn load_model(opts: &LoadOptions, progress: &mut dyn FnMut(f32)) -> Result<L
 }
 
 /// Loads the draft model `opts.draft_model` names for `main` (loaded from `opts`): the same settings, and the
-/// same vocabulary, token for token, or it is refused (its drafts would be other tokens' ids).
+/// same vocabulary, token for token, or it is refused (its drafts would be other tokens' ids). Its
+/// matrices are kept compact ([`Weights::Compact`]): on CPU its steps read their weights from memory, and
+/// speculative decoding checks every guess, so the output does not change.
 pub fn load_draft_model(opts: &LoadOptions, main: &LoadedModel, spec: &str) -> Result<LoadedModel> {
     let draft_opts = LoadOptions {
         model: Some(spec.to_string()),
         draft_model: None,
         ..opts.clone()
     };
-    let draft = load_model(&draft_opts, &mut |_| {})?;
+    let draft = load_as(&draft_opts, Weights::Compact, &mut |_| {})?;
     match vocabulary_difference(&main.tokenizer, &draft.tokenizer) {
         None => Ok(draft),
         Some(detail) => Err(EngineError::DraftVocabulary {
@@ -137,6 +148,7 @@ fn vocabulary_difference(a: &Tokenizer, b: &Tokenizer) -> Option<String> {
 fn load_hf_dir(
     dir: &Path,
     device: &Device,
+    weights: Weights,
     progress: &mut dyn FnMut(f32),
 ) -> Result<(Llama, Tokenizer, Option<String>, u64)> {
     let config_path = dir.join("config.json");
@@ -179,7 +191,7 @@ fn load_hf_dir(
     let src = SafetensorsSource::open(dir, &files)?;
     let cfg = ModelConfig::from_hf_json(&config_path, &json, &src)?;
     check_vocabulary(&tokenizer_path, "the vocabulary", &tokenizer, &cfg)?;
-    let model = Llama::from_safetensors(&src, cfg, device, progress)?;
+    let model = Llama::from_safetensors(&src, cfg, device, weights, progress)?;
     Ok((model, tokenizer, None, size))
 }
 

@@ -2,7 +2,7 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q4_K and Q6_K on AVX-512 VNNI without AMX) run it, with runtime dispatch to
+//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K on AVX-512 VNNI without AMX) run it, with runtime dispatch to
 //! AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
 //! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
 //! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
@@ -286,11 +286,27 @@ impl QMatrix {
         let Some(to) = transcode::target(self.dtype) else {
             return false;
         };
+        self.convert_to(to);
+        true
+    }
+
+    /// Quantizes weights wider than Q4_0 again as Q4_0 (`transcode::compact_target`), letting the file's
+    /// bytes go: fewer bytes to read per product, for weights whose products need only be close (a draft
+    /// model's). Returns whether it converted.
+    pub fn compact(&mut self) -> bool {
+        let Some(to) = transcode::compact_target(self.dtype, self.cols) else {
+            return false;
+        };
+        self.convert_to(to);
+        true
+    }
+
+    /// Replaces the weights with their conversion to `to` (see `transcode::convert`).
+    fn convert_to(&mut self, to: GgmlDType) {
         let bytes = transcode::convert(self, to);
         self.data.release();
         self.data = WeightBytes::Owned(std::sync::Arc::new(bytes));
         self.dtype = to;
-        true
     }
 
     /// Repacks the weights for the fastest kernel this CPU has, if any, and lets the file's bytes go
@@ -723,6 +739,7 @@ mod tests {
         for (dtype, kind) in [
             (GgmlDType::Q4_0, packed::PackedKind::Q4_0),
             (GgmlDType::Q4_1, packed::PackedKind::Q4_1),
+            (GgmlDType::Q5_0, packed::PackedKind::Q5_0),
             (GgmlDType::Q8_0, packed::PackedKind::Q8_0),
             (GgmlDType::Q4K, packed::PackedKind::Q4K),
             (GgmlDType::Q6K, packed::PackedKind::Q6K),
@@ -788,6 +805,7 @@ mod tests {
         }
         for (dtype, kind) in [
             (GgmlDType::Q4_0, packed::PackedKind::Q4_0),
+            (GgmlDType::Q5_0, packed::PackedKind::Q5_0),
             (GgmlDType::Q4K, packed::PackedKind::Q4K),
             (GgmlDType::Q6K, packed::PackedKind::Q6K),
         ] {
@@ -852,6 +870,35 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Q5_0 weights packed as the file stores them give the products of their exact conversion to Q8_0
+    /// (as AMX CPUs and earlier versions run them) bit for bit: the same integer sums, the offset taken
+    /// off in integers, the same float steps per block. Decoding (one row), the tiles of four and of
+    /// eight, and partial groups.
+    #[test]
+    fn packed_q5_0_equals_its_q8_0_conversion() {
+        if !cpu::has_avx512_vnni() {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU, so nothing is packed");
+            return;
+        }
+        for (rows, cols, m) in [(37, 576, 1), (16, 64, 4), (37, 896, 13), (3, 96, 9)] {
+            let bytes = quantize(GgmlDType::Q5_0, &data(rows * cols, 31));
+            let q5 =
+                QMatrix::new(GgmlDType::Q5_0, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
+            let q8 = transcode::convert(&q5, GgmlDType::Q8_0);
+            let kinds = [packed::PackedKind::Q5_0, packed::PackedKind::Q8_0];
+            let [p5, p8] = [(&bytes[..], kinds[0]), (q8.as_slice(), kinds[1])]
+                .map(|(b, kind)| packed::Packed::new(kind, rows, cols, b).unwrap());
+            assert_eq!(p5.bytes(), p5.groups() * packed::GROUP * cols / 32 * 22);
+            let x = Q8Act::quantize(&data(m * cols, 37), m, cols);
+            let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
+            // SAFETY: one call covers all groups.
+            unsafe { p5.run_rows(&x, 0, 0..p5.groups(), SharedOut::new(&mut a)) };
+            // SAFETY: as above.
+            unsafe { p8.run_rows(&x, 0, 0..p8.groups(), SharedOut::new(&mut b)) };
+            assert_eq!(a, b, "{rows}x{cols} m={m}");
         }
     }
 

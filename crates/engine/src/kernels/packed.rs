@@ -13,6 +13,9 @@
 //!   nibbles quad `t + 4` (quad = four consecutive values), 320 bytes in all (as in the file: 20 per row).
 //! - Q4_0: `d[16]` f16, then the same four vectors (288 bytes, 18 per row). The offset of `-8` is taken
 //!   off in integers with the activation block's sum: `Σ(q - 8)·a = Σq·a - 8·Σa`.
+//! - Q5_0: `d[16]` f16, one 64-byte vector of the fifth bits (bit `k` of byte `e` of lane `r` is the high
+//!   bit of value `e` of quad `k`), then the four nibble vectors of Q4_0 (352 bytes, 22 per row); the
+//!   offset is `-16`.
 //! - Q8_0: `d[16]` f16, then eight 64-byte vectors, one per quad, weights stored offset by 128 as
 //!   unsigned bytes (544 bytes, as in the file).
 //!
@@ -57,6 +60,7 @@ const Q6K_D: usize = 3328;
 pub enum PackedKind {
     Q4_0,
     Q4_1,
+    Q5_0,
     Q8_0,
     Q4K,
     Q6K,
@@ -76,6 +80,7 @@ impl PackedKind {
             GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
             GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
             GgmlDType::Q4_0 if !tiles => Some(PackedKind::Q4_0),
+            GgmlDType::Q5_0 if !tiles => Some(PackedKind::Q5_0),
             GgmlDType::Q4K if !tiles => Some(PackedKind::Q4K),
             GgmlDType::Q6K if !tiles => Some(PackedKind::Q6K),
             _ => None,
@@ -85,7 +90,7 @@ impl PackedKind {
     /// Values per block (per super-block for the K-quants).
     fn block_values(self) -> usize {
         match self {
-            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q8_0 => QK,
+            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q5_0 | PackedKind::Q8_0 => QK,
             PackedKind::Q4K | PackedKind::Q6K => SUPER,
         }
     }
@@ -95,6 +100,7 @@ impl PackedKind {
         match self {
             PackedKind::Q4_0 => 18,
             PackedKind::Q4_1 => 20,
+            PackedKind::Q5_0 => 22,
             PackedKind::Q8_0 => 34,
             PackedKind::Q4K => 144,
             PackedKind::Q6K => 210,
@@ -105,7 +111,9 @@ impl PackedKind {
     /// K-quants.
     pub fn quantize(self, x: &[f32], m: usize, cols: usize) -> Q8Act {
         match self {
-            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q8_0 => Q8Act::quantize(x, m, cols),
+            PackedKind::Q4_0 | PackedKind::Q4_1 | PackedKind::Q5_0 | PackedKind::Q8_0 => {
+                Q8Act::quantize(x, m, cols)
+            }
             PackedKind::Q4K | PackedKind::Q6K => Q8Act::quantize_super(x, m, cols),
         }
     }
@@ -155,6 +163,7 @@ impl Packed {
                         match kind {
                             PackedKind::Q4_0 => pack_q4_0(dst, lane, blk),
                             PackedKind::Q4_1 => pack_q4_1(dst, lane, blk),
+                            PackedKind::Q5_0 => pack_q5_0(dst, lane, blk),
                             PackedKind::Q8_0 => pack_q8_0(dst, lane, blk),
                             PackedKind::Q4K => pack_q4_k(dst, lane, blk),
                             PackedKind::Q6K => pack_q6_k(dst, lane, blk),
@@ -205,6 +214,8 @@ impl Packed {
             PackedKind::Q4_0 => unsafe { x86::q4_0(self, x, first, groups, out) },
             // SAFETY: as above.
             PackedKind::Q4_1 => unsafe { x86::q4_1(self, x, first, groups, out) },
+            // SAFETY: as above.
+            PackedKind::Q5_0 => unsafe { x86::q5_0(self, x, first, groups, out) },
             // SAFETY: as above.
             PackedKind::Q8_0 => unsafe { x86::q8_0(self, x, first, groups, out) },
             // SAFETY: as above; the activations have one scale per super-block (checked above).
@@ -268,6 +279,22 @@ fn pack_q4_1(dst: &mut [u8], lane: usize, blk: &[u8]) {
     dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
     dst[32 + 2 * lane..32 + 2 * lane + 2].copy_from_slice(&blk[2..4]); // m
     pack_nibbles(&mut dst[64..], lane, |j| nibble(&blk[4..20], j));
+}
+
+/// Offsets in a Q5_0 group block: the vector of fifth bits after `d[16]`, then the nibble vectors.
+const Q5_0_HIGH: usize = 32;
+const Q5_0_QUANTS: usize = 96;
+
+/// A Q5_0 block in the file's layout: `d`, the fifth bits of the 32 values (`u32`, bit `j` for value
+/// `j`), then their low four bits as Q4_0's sixteen nibble bytes.
+fn pack_q5_0(dst: &mut [u8], lane: usize, blk: &[u8]) {
+    dst[2 * lane..2 * lane + 2].copy_from_slice(&blk[0..2]); // d
+    let high = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+    for e in 0..4 {
+        dst[Q5_0_HIGH + lane * 4 + e] =
+            (0..8).fold(0u8, |b, k| b | ((((high >> (4 * k + e)) & 1) as u8) << k));
+    }
+    pack_nibbles(&mut dst[Q5_0_QUANTS..], lane, |j| nibble(&blk[6..22], j));
 }
 
 /// Value `j` of the 32 of a Q4_0/Q4_1 block's 16 nibble bytes (value `k` low, `k + 16` high).
@@ -380,6 +407,10 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
     match p.kind {
         PackedKind::Q4_0 => half(0) * (nibble(32, j) as f32 - 8.0),
         PackedKind::Q4_1 => half(0) * nibble(64, j) as f32 + half(32),
+        PackedKind::Q5_0 => {
+            let high = (base[Q5_0_HIGH + lane * 4 + j % 4] >> (j / 4)) & 1;
+            half(0) * ((nibble(Q5_0_QUANTS, j) | (high << 4)) as f32 - 16.0)
+        }
         PackedKind::Q8_0 => {
             let (q, e) = (j / 4, j % 4);
             half(0) * ((base[32 + q * 64 + lane * 4 + e] ^ 0x80) as i8) as f32
@@ -406,7 +437,9 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q6K_D, Q6K_HIGH, Q6K_SCALES};
+    use super::{
+        Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES,
+    };
     use crate::kernels::q8::{Q8Act, Rows, QK, SUPER};
     use crate::kernels::SharedOut;
 
@@ -504,7 +537,8 @@ mod x86 {
         q4_1,
         q4_tile,
         true,
-        true
+        true,
+        false
     );
 
     kernel!(
@@ -513,7 +547,18 @@ mod x86 {
         q4_0,
         q4_tile,
         true,
+        false,
         false
+    );
+
+    kernel!(
+        /// # Safety
+        /// As for `q4_1`.
+        q5_0,
+        q4_tile,
+        true,
+        false,
+        true
     );
 
     kernel!(
@@ -576,15 +621,15 @@ mod x86 {
     }
 
     /// `R` activation rows against one group of 16 weight rows at a time, for Q4_1 (`MIN`: weights
-    /// `d·q + m`) or Q4_0 (`d·(q - 8)`). Each (group, row) pair sums its block in four independent
-    /// integer chains (exact, so the split changes nothing), which keeps the `vpdpbusd` pipeline busy
-    /// when `R` is 1 (decoding).
+    /// `d·q + m`), Q4_0 (`d·(q - 8)`) or Q5_0 (`HIGH`: a fifth bit per value, `d·(q - 16)`). Each
+    /// (group, row) pair sums its block in four independent integer chains (exact, so the split changes
+    /// nothing), which keeps the `vpdpbusd` pipeline busy when `R` is 1 (decoding).
     ///
     /// # Safety
     /// As for `q4_1`, with `i0 + R <= x.m()`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_tile<const R: usize, const FETCH: bool, const MIN: bool>(
+    unsafe fn q4_tile<const R: usize, const FETCH: bool, const MIN: bool, const HIGH: bool>(
         p: &Packed,
         x: &Q8Act,
         groups: Range<usize>,
@@ -595,8 +640,15 @@ mod x86 {
         let rows = x.rows::<R>(i0);
         let block_bytes = p.kind.group_block_bytes();
         let low = _mm512_set1_epi8(0x0F);
-        // The group block: d[16] f16 (32 bytes), for Q4_1 m[16] f16 (32), then four 64-byte vectors.
-        let quants = if MIN { 64 } else { 32 };
+        // The group block: d[16] f16 (32 bytes), for Q4_1 m[16] f16 (32), for Q5_0 the fifth bits (64),
+        // then four 64-byte vectors.
+        let quants = match (MIN, HIGH) {
+            (true, _) => 64,
+            (false, true) => Q5_0_QUANTS,
+            (false, false) => 32,
+        };
+        // Q4_0's and Q5_0's offsets, taken off with the activations' sums.
+        let offset = if HIGH { 16 } else { 8 };
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..nb {
@@ -614,13 +666,20 @@ mod x86 {
                 }
                 // SAFETY: d, 32 bytes at the start of the block.
                 let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
+                // SAFETY: for Q5_0, the fifth bits' vector at offset 32 of the block.
+                let fifth =
+                    HIGH.then(|| unsafe { _mm512_loadu_si512(blk.wrapping_add(Q5_0_HIGH).cast()) });
                 let vectors: [[__m512i; 2]; 4] = std::array::from_fn(|t| {
                     // SAFETY: vector t of the four, at offset `quants + 64·t` of the block.
                     let v = unsafe { _mm512_loadu_si512(blk.wrapping_add(quants + t * 64).cast()) };
-                    [
+                    let pair = [
                         _mm512_and_si512(v, low),
                         _mm512_and_si512(_mm512_srli_epi16(v, 4), low),
-                    ]
+                    ];
+                    match fifth {
+                        Some(h) => with_fifth_bits(pair, h, t),
+                        None => pair,
+                    }
                 });
                 let sums: [__m512i; R] = if R > MR {
                     // `WIDE` rows: one chain per row, the quants broadcast from memory.
@@ -652,8 +711,8 @@ mod x86 {
                 for (r, (s, acc)) in sums.iter().zip(acc.iter_mut()).enumerate() {
                     let mut isum = *s;
                     if !MIN {
-                        // Q4_0's offset: Σ(q - 8)·a = Σq·a - 8·Σa, exact in integers.
-                        isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(8 * qsum[r]));
+                        // The offset: Σ(q - 8)·a = Σq·a - 8·Σa (16 for Q5_0), exact in integers.
+                        isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(offset * qsum[r]));
                     }
                     let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, *acc);
@@ -671,6 +730,21 @@ mod x86 {
                 unsafe { store(p, out, i0 + r, g, *a) };
             }
         }
+    }
+
+    /// Quads `t` (low nibbles) and `t + 4` (high nibbles, already shifted down) of a Q5_0 block with
+    /// their fifth bits from `fifth`, where bit `k` of each byte belongs to quad `k`: each moved to bit 4
+    /// by a shift within its byte (`t < 4`, so no bit crosses into the next byte's bit 4).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn with_fifth_bits([lo, hi]: [__m512i; 2], fifth: __m512i, t: usize) -> [__m512i; 2] {
+        let bit = _mm512_set1_epi8(0x10);
+        let up = _mm512_sll_epi16(fifth, _mm_cvtsi32_si128(4 - t as i32));
+        let down = _mm512_srl_epi16(fifth, _mm_cvtsi32_si128(t as i32));
+        [
+            _mm512_or_si512(lo, _mm512_and_si512(up, bit)),
+            _mm512_or_si512(hi, _mm512_and_si512(down, bit)),
+        ]
     }
 
     /// As `q4_tile`, for Q8_0 weights stored as `w + 128`.

@@ -1,6 +1,7 @@
 //! Weight types without a kernel of our own on this CPU, converted once at load into Q4_1 or Q8_0, which
-//! have one. On AVX-512 VNNI CPUs without AMX, Q4_0, Q4_K and Q6_K are not converted: the repacked
-//! kernels take them as they are (`packed`), so a Q4_K_M file takes its own size in memory there.
+//! have one. On AVX-512 VNNI CPUs without AMX, Q4_0, Q5_0, Q4_K and Q6_K are not converted: the repacked
+//! kernels take them as they are (`packed`), so a Q4_K_M file takes its own size in memory there (also
+//! Qwen2.5-Coder 0.5B's, whose 896-wide rows fall back from the K-quants to Q5_0 and Q8_0).
 //!
 //! Three conversions are exact: Q4_0 → Q4_1 (the offset `-8·d` is a power-of-two multiple of `d`), Q5_0 →
 //! Q8_0 (five-bit values fit in a byte with the same scale), and Q4_K → Q4_1 up to the rounding of each
@@ -30,7 +31,16 @@ pub fn target(dtype: GgmlDType) -> Option<GgmlDType> {
     }
 }
 
-/// The rows of `m` converted to `to` (one of `target`'s answers), in parallel.
+/// What a compact copy of weights of `dtype` is (see `QMatrix::compact`): Q4_0 for a type with more bytes
+/// per weight than Q4_0's 4.5 bits (Q4_1, Q5_x, Q8_0, Q5_K, Q6_K, floats) and rows of whole Q4_0 blocks;
+/// `None` otherwise (Q4_0 itself, Q4_K, Q3_K, Q2_K).
+pub fn compact_target(dtype: GgmlDType, cols: usize) -> Option<GgmlDType> {
+    let q4_0 = GgmlDType::Q4_0;
+    let wider = dtype.type_size() * q4_0.block_size() > q4_0.type_size() * dtype.block_size();
+    (wider && cols.is_multiple_of(q4_0.block_size())).then_some(q4_0)
+}
+
+/// The rows of `m` converted to `to` (one of `target`'s or `compact_target`'s answers), in parallel.
 pub fn convert(m: &QMatrix, to: GgmlDType) -> AlignedBytes {
     let out_row = m.cols / to.block_size() * to.type_size();
     let mut out = AlignedBytes::zeroed(m.rows * out_row);
@@ -43,6 +53,10 @@ pub fn convert(m: &QMatrix, to: GgmlDType) -> AlignedBytes {
                 (GgmlDType::Q4_0, GgmlDType::Q4_1) => q4_0_to_q4_1(m.row(r), dst),
                 (GgmlDType::Q4K, GgmlDType::Q4_1) => q4k_to_q4_1(m.row(r), dst),
                 (GgmlDType::Q5_0, GgmlDType::Q8_0) => q5_0_to_q8_0(m.row(r), dst),
+                (_, GgmlDType::Q4_0) => {
+                    m.dequantize_row(r, buf);
+                    quantize_q4_0(buf, dst);
+                }
                 _ => {
                     m.dequantize_row(r, buf);
                     quantize_q8_0(buf, dst);
@@ -129,6 +143,23 @@ fn quantize_q8_0(x: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// llama.cpp's reference Q4_0 quantization: the value of largest magnitude `v` gives `d = v / -8`, and
+/// `q = min(15, trunc(x / d + 8.5))`, so that `v` itself is `-8`.
+fn quantize_q4_0(x: &[f32], dst: &mut [u8]) {
+    for (xs, d) in x.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
+        let v = xs
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let scale = v / -8.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        write_f16(&mut d[..2], scale);
+        let q = |v: f32| ((v * inv + 8.5) as u8).min(15);
+        for j in 0..16 {
+            d[2 + j] = q(xs[j]) | (q(xs[j + 16]) << 4);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::quantize;
@@ -147,6 +178,32 @@ mod tests {
             m.dequantize_row(r, row);
         }
         out
+    }
+
+    /// The compact copy of any wider type is llama.cpp's Q4_0 of its values, byte for byte (candle's
+    /// quantizer is a port of llama.cpp's reference), and only wider types with whole blocks get one.
+    #[test]
+    fn compact_copies_are_llama_cpps_q4_0() {
+        let (rows, cols) = if cfg!(miri) { (2, 256) } else { (8, 512) };
+        let w = weights(rows, cols);
+        for dtype in [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q6K,
+        ] {
+            assert_eq!(compact_target(dtype, cols), Some(GgmlDType::Q4_0), "{dtype:?}");
+            let bytes = WeightBytes::copy_of(&quantize(dtype, &w));
+            let m = QMatrix::new(dtype, rows, cols, bytes).unwrap();
+            let want = quantize(GgmlDType::Q4_0, &dequantized(&m));
+            assert_eq!(convert(&m, GgmlDType::Q4_0).as_slice(), &want[..], "{dtype:?}");
+        }
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q3K, GgmlDType::Q2K] {
+            assert_eq!(compact_target(dtype, cols), None, "{dtype:?}");
+        }
+        assert_eq!(compact_target(GgmlDType::F32, 48), None, "a row of one and a half blocks");
     }
 
     #[test]

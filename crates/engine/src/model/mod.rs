@@ -392,6 +392,18 @@ fn hf_key(field: &str) -> String {
     .to_string()
 }
 
+/// How a model keeps its matrices on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// As the file stores them, converted only where no kernel of ours takes the type
+    /// (`QMatrix::transcode`): the model's outputs are the file's.
+    AsStored,
+    /// Types wider than Q4_0 quantized again as Q4_0 at load (`QMatrix::compact`), for a draft model:
+    /// its guesses need only be likely, as every one is checked, and a draft step reads its weights
+    /// from memory. Qwen2.5-Coder 0.5B Q4_K_M (Q5_0, Q6_K and Q8_0 matrices) reads a quarter less.
+    Compact,
+}
+
 /// A linear layer `y = x · Wᵀ`.
 #[derive(Clone)]
 pub enum Linear {
@@ -402,7 +414,7 @@ pub enum Linear {
 }
 
 impl Linear {
-    fn from_tensor(t: &TensorData, device: &Device, path: &Path) -> Result<Self> {
+    fn from_tensor(t: &TensorData, device: &Device, weights: Weights, path: &Path) -> Result<Self> {
         let [rows, cols] = t.dims[..] else {
             return Err(EngineError::BadTensor {
                 path: path.to_path_buf(),
@@ -412,6 +424,9 @@ impl Linear {
         };
         if device.is_cpu() {
             let mut m = cpu_matrix(t, rows, cols, path)?;
+            if weights == Weights::Compact && m.compact() {
+                tracing::debug!("{}: {:?} quantized again as Q4_0", t.name, t.dtype);
+            }
             if m.transcode() {
                 tracing::debug!("{}: {:?} converted to {:?}", t.name, t.dtype, m.dtype());
             }
@@ -777,18 +792,20 @@ impl Llama {
         f: &GgufFile,
         cfg: ModelConfig,
         device: &Device,
+        weights: Weights,
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self> {
-        Self::load(f, &GGUF_NAMES, cfg, device, progress)
+        Self::load(f, &GGUF_NAMES, cfg, device, weights, progress)
     }
 
     pub fn from_safetensors(
         src: &dyn TensorSource,
         cfg: ModelConfig,
         device: &Device,
+        weights: Weights,
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self> {
-        Self::load(src, &HF_NAMES, cfg, device, progress)
+        Self::load(src, &HF_NAMES, cfg, device, weights, progress)
     }
 
     fn load(
@@ -796,6 +813,7 @@ impl Llama {
         names: &Names,
         cfg: ModelConfig,
         device: &Device,
+        weights: Weights,
         progress: &mut dyn FnMut(f32),
     ) -> Result<Self> {
         let path = src.path().to_path_buf();
@@ -822,7 +840,7 @@ impl Llama {
                 embd
             };
             check_dims(&path, &output_t, &[cfg.vocab_size, cfg.n_embd])?;
-            Linear::from_tensor(&output_t, device, &path)?
+            Linear::from_tensor(&output_t, device, weights, &path)?
         };
         let norm = vector(src, names.norm, cfg.n_embd, device)?;
         let (qd, kvd) = (cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim);
@@ -835,7 +853,7 @@ impl Llama {
             let linear = |p: Part, shape: [usize; 2]| -> Result<Linear> {
                 let t = src.tensor(&weight(p))?;
                 check_dims(&path, &t, &shape)?;
-                let linear = Linear::from_tensor(&t, device, &path);
+                let linear = Linear::from_tensor(&t, device, weights, &path);
                 drop(t);
                 // The file's bytes and any converted copy are free now, but glibc keeps the pages of
                 // freed blocks below its mmap threshold (which rises to the largest block freed) and

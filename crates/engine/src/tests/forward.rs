@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use crate::error::EngineError;
 use crate::gguf::GgufFile;
-use crate::model::{KvCache, Llama, Logits, ModelConfig, Move};
+use crate::model::{KvCache, Llama, Logits, ModelConfig, Move, Weights};
 use crate::prompt_cache::CachedPrompt;
 use crate::sampler::argmax;
 use crate::{KvType, Tokenizer};
@@ -16,7 +16,7 @@ use codellama_test_support::fixtures::{self, token_ids};
 fn load(name: &str) -> Llama {
     let f = GgufFile::open(&fixtures::codellama_fixture(name)).expect("open fixture");
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).expect("config");
-    Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).expect("load")
+    Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).expect("load")
 }
 
 fn greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
@@ -125,7 +125,8 @@ fn head_logits_are_the_first_of_the_last_logits() {
     let f = GgufFile::open(&path).unwrap();
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
     let vocab = cfg.vocab_size;
-    let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+    let mut model =
+        Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap();
     let prompt: Vec<u32> = (0..20).map(|i| 100 + (i * 37) % 900).collect();
     for tensor in [false, true] {
         model.use_tensor_path(tensor);
@@ -157,8 +158,16 @@ fn fused_cpu_path_equals_tensor_path() {
     ] {
         let f = GgufFile::open(&path).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
-        let mut fused = Llama::from_gguf(&f, cfg.clone(), &Device::Cpu, &mut |_| {}).unwrap();
-        let mut tensor = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+        let mut fused = Llama::from_gguf(
+            &f,
+            cfg.clone(),
+            &Device::Cpu,
+            Weights::AsStored,
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut tensor =
+            Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap();
         fused.set_threads(2).unwrap();
         tensor.use_tensor_path(true);
         let prompt: Vec<u32> = (0..70).map(|i| 100 + (i * 37) % 900).collect();
@@ -187,7 +196,8 @@ fn a_short_batch_gives_the_logits_of_single_steps_bit_for_bit() {
     for path in [fixtures::small_model(), fixtures::qwen_model()] {
         let f = GgufFile::open(&path).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
-        let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+        let mut model =
+            Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap();
         model.set_threads(2).unwrap();
         let prompt: Vec<u32> = (0..90).map(|i| 100 + (i * 37) % 900).collect();
         let steps = [11u32, 500, 7, 900, 42, 3, 77, 1000, 5];
@@ -284,7 +294,8 @@ fn q8_0_agreement(
     let f = GgufFile::open(path).unwrap();
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
     let tokenizer = Tokenizer::from_gguf(&f.content).unwrap();
-    let mut model = Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap();
+    let mut model =
+        Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap();
     model.set_threads(2).unwrap();
     let reference = fixtures::read_json(&fixtures::reference(reference));
     let mut prompts: Vec<(String, Vec<u32>, usize)> = reference["greedy"]
@@ -365,7 +376,7 @@ fn moved_keys_equal_keys_computed_at_the_new_positions() {
     let qwen = || {
         let f = GgufFile::open(&fixtures::qwen_model()).unwrap();
         let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
-        Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap()
+        Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap()
     };
     let cases = [
         (load("tiny-codellama-mha.gguf"), KvType::F16, 0.005),

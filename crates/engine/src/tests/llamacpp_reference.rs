@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use crate::gguf::GgufFile;
-use crate::model::{Llama, Logits, ModelConfig};
+use crate::model::{Llama, Logits, ModelConfig, Weights};
 use crate::sampler::argmax;
 use candle_core::Device;
 use codellama_test_support::fixtures::{self, token_ids};
@@ -23,7 +23,7 @@ use codellama_test_support::fixtures::{self, token_ids};
 fn load(path: &Path) -> Llama {
     let f = GgufFile::open(path).unwrap();
     let cfg = ModelConfig::from_gguf(&f, &mut Vec::new()).unwrap();
-    Llama::from_gguf(&f, cfg, &Device::Cpu, &mut |_| {}).unwrap()
+    Llama::from_gguf(&f, cfg, &Device::Cpu, Weights::AsStored, &mut |_| {}).unwrap()
 }
 
 /// Greedy continuations of every reference prompt; returns how many are identical to llama.cpp's.
