@@ -50,6 +50,10 @@ pub const GROUP: usize = 16;
 const Q4K_SCALES: usize = 64;
 const Q4K_QUANTS: usize = 256;
 
+/// Offsets in a Q5_0 group block: the vector of fifth bits after `d[16]`, then the nibble vectors.
+const Q5_0_HIGH: usize = 32;
+const Q5_0_QUANTS: usize = 96;
+
 /// Offsets in a Q6_K group block: the low-bit vectors at 0 (block `c` of 32 values at `256·c`), the
 /// high-bit vectors (block `c`'s two at `+ 128·c`), the scales (sub-block `s`'s at `+ 16·s`), `d`.
 const Q6K_HIGH: usize = 2048;
@@ -280,10 +284,6 @@ fn pack_q4_1(dst: &mut [u8], lane: usize, blk: &[u8]) {
     dst[32 + 2 * lane..32 + 2 * lane + 2].copy_from_slice(&blk[2..4]); // m
     pack_nibbles(&mut dst[64..], lane, |j| nibble(&blk[4..20], j));
 }
-
-/// Offsets in a Q5_0 group block: the vector of fifth bits after `d[16]`, then the nibble vectors.
-const Q5_0_HIGH: usize = 32;
-const Q5_0_QUANTS: usize = 96;
 
 /// A Q5_0 block in the file's layout: `d`, the fifth bits of the 32 values (`u32`, bit `j` for value
 /// `j`), then their low four bits as Q4_0's sixteen nibble bytes.

@@ -194,16 +194,33 @@ mod tests {
             GgmlDType::Q8_0,
             GgmlDType::Q6K,
         ] {
-            assert_eq!(compact_target(dtype, cols), Some(GgmlDType::Q4_0), "{dtype:?}");
+            assert_eq!(
+                compact_target(dtype, cols),
+                Some(GgmlDType::Q4_0),
+                "{dtype:?}"
+            );
             let bytes = WeightBytes::copy_of(&quantize(dtype, &w));
             let m = QMatrix::new(dtype, rows, cols, bytes).unwrap();
             let want = quantize(GgmlDType::Q4_0, &dequantized(&m));
-            assert_eq!(convert(&m, GgmlDType::Q4_0).as_slice(), &want[..], "{dtype:?}");
+            assert_eq!(
+                convert(&m, GgmlDType::Q4_0).as_slice(),
+                &want[..],
+                "{dtype:?}"
+            );
         }
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q3K, GgmlDType::Q2K] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q3K,
+            GgmlDType::Q2K,
+        ] {
             assert_eq!(compact_target(dtype, cols), None, "{dtype:?}");
         }
-        assert_eq!(compact_target(GgmlDType::F32, 48), None, "a row of one and a half blocks");
+        assert_eq!(
+            compact_target(GgmlDType::F32, 48),
+            None,
+            "a row of one and a half blocks"
+        );
     }
 
     #[test]
