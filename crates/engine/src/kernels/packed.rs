@@ -649,6 +649,7 @@ mod x86 {
         };
         // Q4_0's and Q5_0's offsets, taken off with the activations' sums.
         let offset = if HIGH { 16 } else { 8 };
+        debug_assert!(!(MIN && HIGH), "no type has both a minimum and fifth bits");
         for g in groups {
             let mut acc = [_mm512_setzero_ps(); R];
             for b in 0..nb {

@@ -400,7 +400,8 @@ pub enum Weights {
     AsStored,
     /// Types wider than Q4_0 quantized again as Q4_0 at load (`QMatrix::compact`), for a draft model:
     /// its guesses need only be likely, as every one is checked, and a draft step reads its weights
-    /// from memory. Qwen2.5-Coder 0.5B Q4_K_M (Q5_0, Q6_K and Q8_0 matrices) reads a quarter less.
+    /// from memory. A step of Qwen2.5-Coder 0.5B Q4_K_M (Q5_0, Q6_K and Q8_0 matrices) reads a fifth less
+    /// (208 MiB instead of 266).
     Compact,
 }
 
