@@ -313,8 +313,7 @@ pub fn measure_speculation(
             .clone();
         backend.submit(GenerateRequest::new(prompt, 1)).wait()?;
         let mut outs = vec![None; modes.len()];
-        for k in 0..modes.len() {
-            let i = (k + s.completions) % modes.len();
+        for i in turns(modes.len(), s.completions) {
             req.speculative = modes[i].1;
             outs[i] = Some(completion::complete(backend, builder, &req)?);
         }
