@@ -60,3 +60,42 @@ pub fn has_avx512_vnni() -> bool {
 pub fn has_avx2() -> bool {
     level() >= Level::Avx2
 }
+
+/// Whether the kernels' software prefetches should fill L2 rather than L1: on Intel CPUs. A prefetch into
+/// L1 holds one of the core's few line-fill buffers until its line arrives, and a server core waits
+/// long for memory: on the 2-vCPU Xeon (AMX) a 7B Q4_0 model decoded at 6.2 tok/s prefetching into L1
+/// and 7.5 into L2 (7.3 for llama.cpp), at 4.6 and 9.2 KB ahead alike. On the Zen 5, where the distance
+/// was tuned, the prefetches go into L1 as before.
+pub fn prefetch_into_l2() -> bool {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let leaf0 = std::arch::x86_64::__cpuid(0);
+            // "GenuineIntel" in EBX, EDX, ECX.
+            let vendor = [leaf0.ebx, leaf0.edx, leaf0.ecx]
+                .map(u32::to_le_bytes)
+                .concat();
+            vendor == *b"GenuineIntel"
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The vendor read from CPUID is the one the kernel reports.
+    #[test]
+    fn prefetches_go_into_l2_on_intel_only() {
+        let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+            eprintln!("skipped: no /proc/cpuinfo to compare with");
+            return;
+        };
+        let intel = info
+            .lines()
+            .find(|l| l.starts_with("vendor_id"))
+            .is_some_and(|l| l.ends_with("GenuineIntel"));
+        assert_eq!(super::prefetch_into_l2(), intel);
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K on AVX-512 VNNI without AMX) run it, with runtime dispatch to
+//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K on AVX-512 VNNI) run it, with runtime dispatch to
 //! AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
 //! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
 //! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
@@ -148,10 +148,12 @@ struct Line([u8; 64]);
 
 impl AlignedBytes {
     fn zeroed(len: usize) -> Self {
-        Self {
-            lines: vec![Line([0; 64]); len.div_ceil(64)],
-            len,
-        }
+        let n = len.div_ceil(64);
+        let mut lines: Vec<Line> = Vec::with_capacity(n);
+        // Before the first touch, which is when the kernel picks the pages.
+        crate::memory::advise_huge_pages(lines.as_ptr().cast(), n * 64);
+        lines.resize(n, Line([0; 64]));
+        Self { lines, len }
     }
 
     pub fn copy_of(bytes: &[u8]) -> Self {
@@ -414,13 +416,18 @@ impl QMatrix {
     fn run_packed(&self, exec: Exec, x: &[f32], m: usize, head: usize, out: &mut [f32]) {
         let p = self.packed.as_ref().expect("packed weights");
         let xq = p.kind().quantize(x, m, self.cols);
+        let tiles = amx::TileQuants::new(&xq);
         let out = SharedOut::new(out);
         let groups = head.div_ceil(packed::GROUP);
-        let per_task = groups.div_ceil(exec.threads() * 4).max(2);
+        // An even number per task: the AMX tiles take groups two at a time.
+        let per_task = groups
+            .div_ceil(exec.threads() * 4)
+            .next_multiple_of(2)
+            .max(2);
         exec.for_each(groups.div_ceil(per_task), &|t| {
             let range = t * per_task..((t + 1) * per_task).min(groups);
             // SAFETY: tasks cover disjoint ranges of groups, so they write disjoint output columns.
-            unsafe { run_packed_groups(p, &xq, range, out) }
+            unsafe { run_packed_groups(p, &xq, tiles.as_ref(), range, out) }
         });
     }
 
@@ -528,24 +535,25 @@ fn to_float<T: GgmlType>(row: &[u8], out: &mut [f32]) {
 }
 
 /// Computes output columns `groups.start * 16 ..` (up to `groups.end * 16`) of the repacked matrix `p`
-/// for every activation row into `out` (`[m][rows]`): on AMX tiles where the CPU has them (`amx` reads
-/// `packed`'s layout, so the choice is made here, above both), the rest with the VNNI kernels.
+/// for every activation row into `out` (`[m][rows]`): the whole tiles of 16 tokens on AMX where the CPU
+/// has it (`tiles`, made from `x`; `amx` reads `packed`'s layout, so the choice is made here, above
+/// both), the rest with the VNNI kernels.
 ///
 /// # Safety
 /// Calls running at the same time with the same `out` are given disjoint `groups`.
 unsafe fn run_packed_groups(
     p: &packed::Packed,
     x: &Q8Act,
+    tiles: Option<&amx::TileQuants>,
     groups: std::ops::Range<usize>,
     out: SharedOut,
 ) {
     p.check(x, &groups, out);
-    let first = if amx::available() {
-        // SAFETY: AMX is usable (`available`), the sizes were checked above, and these groups'
-        // columns are this call's alone (our caller's promise).
-        unsafe { amx::run(p, x, groups.clone(), out) }
-    } else {
-        0
+    let first = match tiles {
+        // SAFETY: the tiles were made from `x` (our caller's promise), the sizes were checked
+        // above, and these groups' columns are this call's alone (our caller's promise).
+        Some(a) => unsafe { amx::run(p, x, a, groups.clone(), out) },
+        None => 0,
     };
     // SAFETY: as above.
     unsafe { p.run_rows(x, first, groups, out) }
@@ -752,7 +760,7 @@ mod tests {
             for (rows, cols, m) in shapes {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
                 let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
-                // Every kind is packed here, also those this CPU converts instead (AMX).
+                // Every kind is packed here, also where this CPU has no AVX-512 VNNI to run it.
                 let layout = packed::Packed::new(kind, rows, cols, &bytes).unwrap();
                 let mut row = vec![0f32; cols];
                 for r in 0..rows {
@@ -827,18 +835,10 @@ mod tests {
                 let x = data(m * cols, 17);
                 let xq = kind.quantize(&x, m, cols);
                 let mut out = vec![f32::NAN; m * rows];
-                if packed::PackedKind::of(dtype) == Some(kind) {
-                    // Packed as loaded on this CPU: through the matrix product.
-                    assert!(!mat.transcode() && mat.pack(), "{dtype:?}");
-                    mat.matmul(&x, m, &mut out);
-                } else {
-                    // Converted on this CPU (AMX), but the VNNI kernels run here: called directly.
-                    let p = packed::Packed::new(kind, rows, cols, &bytes).unwrap();
-                    mat.packed = Some(std::sync::Arc::new(p));
-                    let p = mat.packed.as_ref().unwrap();
-                    // SAFETY: one call covers all groups.
-                    unsafe { p.run_rows(&xq, 0, 0..p.groups(), SharedOut::new(&mut out)) };
-                }
+                // Packed as loaded on this CPU: through the matrix product.
+                assert_eq!(packed::PackedKind::of(dtype), Some(kind));
+                assert!(!mat.transcode() && mat.pack(), "{dtype:?}");
+                mat.matmul(&x, m, &mut out);
                 let p = mat.packed.as_ref().unwrap();
                 let file_row = bytes.len() / rows;
                 assert_eq!(
@@ -874,7 +874,7 @@ mod tests {
     }
 
     /// Q5_0 weights packed as the file stores them give the products of their exact conversion to Q8_0
-    /// (as AMX CPUs and earlier versions run them) bit for bit: the same integer sums, the offset taken
+    /// (as earlier versions ran them) bit for bit: the same integer sums, the offset taken
     /// off in integers, the same float steps per block. Decoding (one row), the tiles of four and of
     /// eight, and partial groups.
     #[test]
@@ -903,7 +903,8 @@ mod tests {
     }
 
     /// Prompt-sized products on AMX tiles equal the VNNI kernels bit for bit (same integer sums, same
-    /// float operations per block).
+    /// float operations per block), for every packed kind, whole tiles of 16 tokens and the rest, full
+    /// and partial groups of rows.
     #[test]
     fn amx_tiles_equal_the_vnni_kernels() {
         if !amx::available() {
@@ -912,16 +913,32 @@ mod tests {
             );
             return;
         }
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            for (rows, cols, m) in [(37, 96, 37), (16, 576, 16), (50, 64, 33)] {
+        let kinds = [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ];
+        for dtype in kinds {
+            // Rows, blocks of 32 (or super-blocks of 256) per row, tokens.
+            // Three tiles of 16 tokens: a pair and one alone; an odd group taken twice.
+            for (rows, blocks, m) in [(37, 3, 37), (16, 4, 16), (50, 2, 49)] {
+                let cols = blocks * dtype.block_size();
                 let bytes = quantize(dtype, &data(rows * cols, 4));
                 let mut w = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
-                assert!(w.pack());
+                assert!(w.pack(), "{dtype:?} is packed as it is");
                 let p = w.packed.as_ref().unwrap();
-                let x = Q8Act::quantize(&data(m * cols, 8), m, cols);
+                let x = p.kind().quantize(&data(m * cols, 8), m, cols);
                 let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
-                // SAFETY: one call covers all groups.
-                unsafe { run_packed_groups(p, &x, 0..p.groups(), SharedOut::new(&mut a)) };
+                let out = SharedOut::new(&mut a);
+                let tiles = amx::TileQuants::new(&x).unwrap();
+                // SAFETY: the tiles are made from `x`, the sizes agree, one call covers all groups.
+                let first = unsafe { amx::run(p, &x, &tiles, 0..p.groups(), out) };
+                assert_eq!(first, m / 16 * 16, "the tiles take every whole 16 tokens");
+                // SAFETY: as above; the rows after the tiles.
+                unsafe { p.run_rows(&x, first, 0..p.groups(), out) };
                 // SAFETY: as above.
                 unsafe { p.run_rows(&x, 0, 0..p.groups(), SharedOut::new(&mut b)) };
                 assert_eq!(a, b, "{dtype:?} {rows}x{cols} m={m}");

@@ -40,25 +40,25 @@ use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
 use super::q8::{Q8Act, QK, SUPER};
-use super::{amx, cpu, size, AlignedBytes, SharedOut};
+use super::{cpu, size, AlignedBytes, SharedOut};
 
 /// Rows per group (lanes of a 512-bit register of i32).
 pub const GROUP: usize = 16;
 
 /// Offsets in a Q4_K group block: the twelve scale bytes (row `r`'s byte `k` at `+ 16·k + r`), then the
 /// nibble vectors (sub-block `j`'s four at `+ 256·j`); `d` at 0, `dmin` at 32.
-const Q4K_SCALES: usize = 64;
-const Q4K_QUANTS: usize = 256;
+pub(super) const Q4K_SCALES: usize = 64;
+pub(super) const Q4K_QUANTS: usize = 256;
 
 /// Offsets in a Q5_0 group block: the vector of fifth bits after `d[16]`, then the nibble vectors.
-const Q5_0_HIGH: usize = 32;
-const Q5_0_QUANTS: usize = 96;
+pub(super) const Q5_0_HIGH: usize = 32;
+pub(super) const Q5_0_QUANTS: usize = 96;
 
 /// Offsets in a Q6_K group block: the low-bit vectors at 0 (block `c` of 32 values at `256·c`), the
 /// high-bit vectors (block `c`'s two at `+ 128·c`), the scales (sub-block `s`'s at `+ 16·s`), `d`.
-const Q6K_HIGH: usize = 2048;
-const Q6K_SCALES: usize = 3072;
-const Q6K_D: usize = 3328;
+pub(super) const Q6K_HIGH: usize = 2048;
+pub(super) const Q6K_SCALES: usize = 3072;
+pub(super) const Q6K_D: usize = 3328;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
@@ -72,21 +72,19 @@ pub enum PackedKind {
 
 impl PackedKind {
     /// The packed kind that serves weights of `dtype` on this CPU, or `None` when they are not repacked
-    /// as they are (no AVX-512 VNNI, or a type converted first: see `QMatrix::transcode`). Q4_0 is
-    /// repacked where the VNNI kernels run prompts too, and so are Q4_K and Q6_K; on AMX CPUs they are
-    /// converted to Q4_1 and Q8_0, which have tiles there.
+    /// as they are (no AVX-512 VNNI, or a type converted first: see `QMatrix::transcode`). Prompts run
+    /// on AMX tiles where the CPU has them (`amx`, for every kind), else on the VNNI kernels.
     pub fn of(dtype: GgmlDType) -> Option<Self> {
         if !cpu::has_avx512_vnni() {
             return None;
         }
-        let tiles = amx::available();
         match dtype {
+            GgmlDType::Q4_0 => Some(PackedKind::Q4_0),
             GgmlDType::Q4_1 => Some(PackedKind::Q4_1),
+            GgmlDType::Q5_0 => Some(PackedKind::Q5_0),
             GgmlDType::Q8_0 => Some(PackedKind::Q8_0),
-            GgmlDType::Q4_0 if !tiles => Some(PackedKind::Q4_0),
-            GgmlDType::Q5_0 if !tiles => Some(PackedKind::Q5_0),
-            GgmlDType::Q4K if !tiles => Some(PackedKind::Q4K),
-            GgmlDType::Q6K if !tiles => Some(PackedKind::Q6K),
+            GgmlDType::Q4K => Some(PackedKind::Q4K),
+            GgmlDType::Q6K => Some(PackedKind::Q6K),
             _ => None,
         }
     }
@@ -433,7 +431,7 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -441,7 +439,7 @@ mod x86 {
         Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES,
     };
     use crate::kernels::q8::{Q8Act, Rows, QK, SUPER};
-    use crate::kernels::SharedOut;
+    use crate::kernels::{cpu, SharedOut};
 
     /// Activation rows processed together.
     const MR: usize = 4;
@@ -738,7 +736,11 @@ mod x86 {
     /// by a shift within its byte (`t < 4`, so no bit crosses into the next byte's bit 4).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn with_fifth_bits([lo, hi]: [__m512i; 2], fifth: __m512i, t: usize) -> [__m512i; 2] {
+    pub(in crate::kernels) fn with_fifth_bits(
+        [lo, hi]: [__m512i; 2],
+        fifth: __m512i,
+        t: usize,
+    ) -> [__m512i; 2] {
         let bit = _mm512_set1_epi8(0x10);
         let up = _mm512_sll_epi16(fifth, _mm_cvtsi32_si128(4 - t as i32));
         let down = _mm512_srl_epi16(fifth, _mm_cvtsi32_si128(t as i32));
@@ -842,15 +844,21 @@ mod x86 {
     const PREFETCH_BYTES: usize = 4608;
 
     /// Asks for part `part` of `parts` of the `bytes` bytes that lie `PREFETCH_BYTES` after `blk` to be
-    /// fetched into the cache (a hint: it never faults, so it may point past the weights).
+    /// fetched into the cache (a hint: it never faults, so it may point past the weights): into L1 on
+    /// AMD, into L2 on Intel (`cpu::prefetch_into_l2`).
     #[inline]
     fn prefetch_ahead(blk: *const u8, bytes: usize, part: usize, parts: usize) {
         let (start, end) = (bytes * part / parts, bytes * (part + 1) / parts);
         let mut at = start / 64 * 64;
         while at < end {
-            let line = blk.wrapping_add(PREFETCH_BYTES + at);
-            // SAFETY: a prefetch reads nothing the program sees and never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast()) };
+            let line = blk.wrapping_add(PREFETCH_BYTES + at).cast();
+            if cpu::prefetch_into_l2() {
+                // SAFETY: a prefetch reads nothing the program sees and never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(line) }
+            } else {
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line) }
+            }
             at += 64;
         }
     }
@@ -862,7 +870,7 @@ mod x86 {
     /// `blk` is a Q4_K group block; `j < 8`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn q4_k_scales(blk: *const u8, j: usize) -> (__m128i, __m128i) {
+    pub(in crate::kernels) unsafe fn q4_k_scales(blk: *const u8, j: usize) -> (__m128i, __m128i) {
         // SAFETY: byte k (< 12) of the sixteen rows, inside the group block (our caller's promise).
         let byte =
             |k: usize| unsafe { _mm_loadu_si128(blk.wrapping_add(Q4K_SCALES + 16 * k).cast()) };
@@ -883,7 +891,7 @@ mod x86 {
     /// for `vpdpwssd` against a pair of activation sums.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    fn min_pairs(a: __m128i, b: __m128i) -> __m512i {
+    pub(in crate::kernels) fn min_pairs(a: __m128i, b: __m128i) -> __m512i {
         let pairs = _mm256_set_m128i(_mm_unpackhi_epi8(a, b), _mm_unpacklo_epi8(a, b));
         _mm512_cvtepu8_epi16(pairs)
     }
@@ -1031,7 +1039,7 @@ mod x86 {
     /// Bits `2t..2t + 2` of each byte of `h` moved to bits 4 and 5 (the high bits of quad `t`'s values).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn q6_k_high(h: __m512i, t: usize) -> __m512i {
+    pub(in crate::kernels) fn q6_k_high(h: __m512i, t: usize) -> __m512i {
         let shifted = match t {
             0 => _mm512_slli_epi16(h, 4),
             1 => _mm512_slli_epi16(h, 2),

@@ -113,6 +113,12 @@ impl Q8Act {
         }
     }
 
+    /// All quants (`m × cols`, row-major).
+    #[cfg(test)]
+    pub fn quants(&self) -> &[i8] {
+        &self.qs
+    }
+
     /// Activation rows.
     #[inline]
     pub fn m(&self) -> usize {
@@ -154,12 +160,6 @@ impl Q8Act {
             block16: std::array::from_fn(|r| self.sums16(i0 + r).0),
             half16: std::array::from_fn(|r| self.sums16(i0 + r).1),
         }
-    }
-
-    /// All quants (`m × cols`, row-major).
-    #[inline]
-    pub fn quants(&self) -> &[i8] {
-        &self.qs
     }
 
     /// The scales of row `i`'s blocks.

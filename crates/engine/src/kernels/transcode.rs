@@ -1,6 +1,6 @@
 //! Weight types without a kernel of our own on this CPU, converted once at load into Q4_1 or Q8_0, which
-//! have one. On AVX-512 VNNI CPUs without AMX, Q4_0, Q5_0, Q4_K and Q6_K are not converted: the repacked
-//! kernels take them as they are (`packed`), so a Q4_K_M file takes its own size in memory there (also
+//! have one. On AVX-512 VNNI CPUs (AMX ones too), Q4_0, Q5_0, Q4_K and Q6_K are not converted: the
+//! repacked kernels and the AMX tiles take them as they are (`packed`, `amx`), so a Q4_K_M file takes its own size in memory there (also
 //! Qwen2.5-Coder 0.5B's, whose 896-wide rows fall back from the K-quants to Q5_0 and Q8_0).
 //!
 //! Three conversions are exact: Q4_0 → Q4_1 (the offset `-8·d` is a power-of-two multiple of `d`), Q5_0 →
