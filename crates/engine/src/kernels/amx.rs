@@ -2,14 +2,15 @@
 //! of every packed kind (`packed`), so AMX CPUs keep the file's bytes and decode from them as the other
 //! VNNI CPUs do.
 //!
-//! For sixteen tokens at a time and one group of sixteen weight rows, each 32-value block is one tile
-//! multiply: the tokens' 8-bit quants (`A`, 16 rows × 32 bytes, straight from the activation buffer) times
-//! the group's weights (`B`, 8 rows of 16 × 4 bytes: the repacked quads, their nibbles unpacked into a
-//! scratch tile first) gives 16 × 16 exact integer dot products; Q6_K's sub-blocks of 16 take one multiply
-//! of half the depth each. The integer sums are exactly the VNNI kernels' (`vpdpbusd` and `tdpbsud` both
-//! multiply unsigned weights by signed activations), and the scales, offsets and minimums are then
-//! applied row by row with the same integer and float operations in the same order, so results are
-//! bit-identical to decoding, only much faster.
+//! For sixteen tokens and one group of sixteen weight rows, each 32-value block is one tile multiply:
+//! the tokens' 8-bit quants (`A`, 16 rows × 32 bytes, copied once per product into tile order:
+//! `TileQuants`) times the group's weights (`B`, 8 rows of 16 × 4 bytes: the repacked quads, unpacked
+//! into a scratch tile as signed bytes less the kind's offset) gives 16 × 16 exact integer dot products
+//! (`tdpbssd`); Q6_K's sub-blocks of 16 take one multiply of half the depth each. Two groups by two
+//! tiles of tokens are multiplied together, four products in flight. The integer sums are the VNNI
+//! kernels' (they take the offsets off with the activations' sums instead; integers are exact), and the
+//! scales and minimums are then applied row by row with the same float operations in the same order, so
+//! results are bit-identical to decoding, only faster.
 //!
 //! Linux disables the tile registers until a process asks for them (`arch_prctl`); `available` does that
 //! once and says whether it worked. Stable Rust has no AMX intrinsics, so the four tile instructions are
@@ -187,6 +188,17 @@ mod x86 {
     /// slower than on the VNNI kernels).
     const PAIR: usize = 2;
 
+    /// What a kind's tile code works on: groups `g` of `p` by the token tiles from `t0` of `x` (and of
+    /// `a`, its tile-ordered copy).
+    #[derive(Clone, Copy)]
+    struct Step<'a> {
+        p: &'a Packed,
+        x: &'a Q8Act,
+        a: &'a TileQuants,
+        g: [usize; PAIR],
+        t0: usize,
+    }
+
     /// Accumulators of a pair of groups by up to a pair of token tiles: `[group][tile][token]`.
     type Acc = [[[__m512; TOKENS]; PAIR]; PAIR];
 
@@ -264,10 +276,10 @@ mod x86 {
                 if tiles == 2 {
                     // SAFETY: g are our groups, t0 + 32 <= tokens <= m, and `x` (with `a`) is
                     // quantized for the kind (our caller's promise).
-                    unsafe { group::<2>(p, x, a, g, t0, &mut s, &mut acc) }
+                    unsafe { group::<2>(Step { p, x, a, g, t0 }, &mut s, &mut acc) }
                 } else {
                     // SAFETY: as above, with t0 + 16 <= tokens.
-                    unsafe { group::<1>(p, x, a, g, t0, &mut s, &mut acc) }
+                    unsafe { group::<1>(Step { p, x, a, g, t0 }, &mut s, &mut acc) }
                 }
                 for (gi, acc) in acc
                     .iter()
@@ -295,34 +307,28 @@ mod x86 {
     /// and `x` is quantized for the kind.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group<const T: usize>(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
-        s: &mut Scratch,
-        acc: &mut Acc,
-    ) {
-        match p.kind() {
+    unsafe fn group<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+        match step.p.kind() {
             // SAFETY: our caller's promise.
-            PackedKind::Q4_0 => unsafe { group_q4::<T, false, false>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q4_0 => unsafe { group_q4::<T, false, false>(step, s, acc) },
             // SAFETY: as above.
-            PackedKind::Q4_1 => unsafe { group_q4::<T, true, false>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q4_1 => unsafe { group_q4::<T, true, false>(step, s, acc) },
             // SAFETY: as above.
-            PackedKind::Q5_0 => unsafe { group_q4::<T, false, true>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q5_0 => unsafe { group_q4::<T, false, true>(step, s, acc) },
             // SAFETY: as above.
-            PackedKind::Q8_0 => unsafe { group_q8_0::<T>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q8_0 => unsafe { group_q8_0::<T>(step, s, acc) },
             // SAFETY: as above.
-            PackedKind::Q4K => unsafe { group_q4_k::<T>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q4K => unsafe { group_q4_k::<T>(step, s, acc) },
             // SAFETY: as above.
-            PackedKind::Q6K => unsafe { group_q6_k::<T>(p, x, a, g, t0, s, acc) },
+            PackedKind::Q6K => unsafe { group_q6_k::<T>(step, s, acc) },
         }
     }
 
     /// `C[g][t] = A[t]·B[g]` for the `T` token tiles from `t0` (`a`'s tiles `t0 / 16..`), at `offset`
     /// (0, or 16 for the second half of Q6_K's) in their block `b`, against the B tiles at `bt` (64
-    /// bytes a row), all products issued before any result is stored.
+    /// bytes a row), all products issued before any result is stored. With one token tile the second
+    /// A is the first again (its products go unread): one form of the tile code, and only prompts'
+    /// last tile pays for it.
     ///
     /// # Safety
     /// The tiles are configured as in `run`; `t0 + 16·T <= a.rows()`, `b < nb`, `offset` plus the
@@ -346,64 +352,39 @@ mod x86 {
             a0
         };
         let c = s.c.as_mut_ptr().cast::<u8>();
-        if T == 2 {
-            // SAFETY: A reads 16 rows of the configured depth at stride 32 from `offset` of a tile's
-            // block (16 × 32 bytes); B reads the configured rows at `bt` (our caller's promise); C writes
-            // 16 × 64 bytes into each of the scratch's C tiles (1 KB apart).
-            unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm5, [{a1} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tdpbssd tmm1, tmm5, tmm6",
-                    "tdpbssd tmm2, tmm4, tmm7",
-                    "tdpbssd tmm3, tmm5, tmm7",
-                    "tilestored [{c} + {sb}*1], tmm0",
-                    "tilestored [{c1} + {sb}*1], tmm1",
-                    "tilestored [{c2} + {sb}*1], tmm2",
-                    "tilestored [{c3} + {sb}*1], tmm3",
-                    a0 = in(reg) a0,
-                    a1 = in(reg) a1,
-                    sa = in(reg) QK,
-                    b0 = in(reg) bt[0],
-                    b1 = in(reg) bt[1],
-                    sb = in(reg) 64usize,
-                    c = in(reg) c,
-                    c1 = in(reg) c.wrapping_add(1024),
-                    c2 = in(reg) c.wrapping_add(2048),
-                    c3 = in(reg) c.wrapping_add(3072),
-                    options(nostack),
-                );
-            }
-        } else {
-            // SAFETY: as above, one tile of A.
-            unsafe {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm2",
-                    "tileloadd tmm4, [{a0} + {sa}*1]",
-                    "tileloadd tmm6, [{b0} + {sb}*1]",
-                    "tileloadd tmm7, [{b1} + {sb}*1]",
-                    "tdpbssd tmm0, tmm4, tmm6",
-                    "tdpbssd tmm2, tmm4, tmm7",
-                    "tilestored [{c} + {sb}*1], tmm0",
-                    "tilestored [{c2} + {sb}*1], tmm2",
-                    a0 = in(reg) a0,
-                    sa = in(reg) QK,
-                    b0 = in(reg) bt[0],
-                    b1 = in(reg) bt[1],
-                    sb = in(reg) 64usize,
-                    c = in(reg) c,
-                    c2 = in(reg) c.wrapping_add(2048),
-                    options(nostack),
-                );
-            }
+        // SAFETY: A reads 16 rows of the configured depth at stride 32 from `offset` of a tile's block
+        // (16 × 32 bytes); B reads the configured rows at `bt` (our caller's promise); C writes 16 × 64
+        // bytes into each of the scratch's four C tiles (1 KB apart).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "tileloadd tmm4, [{a0} + {sa}*1]",
+                "tileloadd tmm5, [{a1} + {sa}*1]",
+                "tileloadd tmm6, [{b0} + {sb}*1]",
+                "tileloadd tmm7, [{b1} + {sb}*1]",
+                "tdpbssd tmm0, tmm4, tmm6",
+                "tdpbssd tmm1, tmm5, tmm6",
+                "tdpbssd tmm2, tmm4, tmm7",
+                "tdpbssd tmm3, tmm5, tmm7",
+                "tilestored [{c} + {sb}*1], tmm0",
+                "tilestored [{c1} + {sb}*1], tmm1",
+                "tilestored [{c2} + {sb}*1], tmm2",
+                "tilestored [{c3} + {sb}*1], tmm3",
+                a0 = in(reg) a0,
+                a1 = in(reg) a1,
+                sa = in(reg) QK,
+                b0 = in(reg) bt[0],
+                b1 = in(reg) bt[1],
+                sb = in(reg) 64usize,
+                c = in(reg) c,
+                c1 = in(reg) c.wrapping_add(1024),
+                c2 = in(reg) c.wrapping_add(2048),
+                c3 = in(reg) c.wrapping_add(3072),
+                options(nostack),
+            );
         }
     }
 
@@ -473,14 +454,11 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
     unsafe fn group_q4<const T: usize, const MIN: bool, const HIGH: bool>(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
+        step: Step<'_>,
         s: &mut Scratch,
         acc: &mut Acc,
     ) {
+        let Step { p, x, a, g, t0 } = step;
         let quants = match (MIN, HIGH) {
             (true, _) => 64,
             (false, true) => Q5_0_QUANTS,
@@ -536,15 +514,8 @@ mod x86 {
     /// As for `group`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn group_q8_0<const T: usize>(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
-        s: &mut Scratch,
-        acc: &mut Acc,
-    ) {
+    unsafe fn group_q8_0<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+        let Step { p, x, a, g, t0 } = step;
         let top = _mm512_set1_epi8(i8::MIN);
         *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
         for b in 0..x.nb() {
@@ -585,15 +556,8 @@ mod x86 {
     /// As for `group`, and `x` has one scale per super-block.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group_q4_k<const T: usize>(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
-        s: &mut Scratch,
-        acc: &mut Acc,
-    ) {
+    unsafe fn group_q4_k<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+        let Step { p, x, a, g, t0 } = step;
         let rows: [Rows<'_, TOKENS>; T] = std::array::from_fn(|t| x.rows(t0 + TOKENS * t));
         *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
         for sb in 0..x.nb() / SUB {
@@ -661,15 +625,8 @@ mod x86 {
     /// As for `group_q4_k`, with the tiles configured for a depth of 16.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group_q6_k<const T: usize>(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
-        s: &mut Scratch,
-        acc: &mut Acc,
-    ) {
+    unsafe fn group_q6_k<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+        let Step { p, x, a, g, t0 } = step;
         let (low, offset) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(32));
         *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
         for sb in 0..x.nb() / SUB {

@@ -760,7 +760,6 @@ mod tests {
             for (rows, cols, m) in shapes {
                 let bytes = quantize(dtype, &data(rows * cols, 9));
                 let plain = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();
-                // Every kind is packed here, also where this CPU has no AVX-512 VNNI to run it.
                 let layout = packed::Packed::new(kind, rows, cols, &bytes).unwrap();
                 let mut row = vec![0f32; cols];
                 for r in 0..rows {

@@ -47,7 +47,7 @@ pub const GROUP: usize = 16;
 
 /// Offsets in a Q4_K group block: the twelve scale bytes (row `r`'s byte `k` at `+ 16·k + r`), then the
 /// nibble vectors (sub-block `j`'s four at `+ 256·j`); `d` at 0, `dmin` at 32.
-pub(super) const Q4K_SCALES: usize = 64;
+const Q4K_SCALES: usize = 64;
 pub(super) const Q4K_QUANTS: usize = 256;
 
 /// Offsets in a Q5_0 group block: the vector of fifth bits after `d[16]`, then the nibble vectors.
