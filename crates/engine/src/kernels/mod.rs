@@ -148,6 +148,16 @@ struct Line([u8; 64]);
 
 impl AlignedBytes {
     fn zeroed(len: usize) -> Self {
+        Self {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
+    }
+
+    /// As `zeroed`, for weights: kept as long as the model and streamed by every decoding step, so
+    /// they ask for huge pages (`memory::advise_huge_pages`; not the buffers of a single product,
+    /// whose first touch could then wait for the kernel to compact memory).
+    fn zeroed_weights(len: usize) -> Self {
         let n = len.div_ceil(64);
         let mut lines: Vec<Line> = Vec::with_capacity(n);
         // Before the first touch, which is when the kernel picks the pages.

@@ -152,7 +152,7 @@ impl Packed {
         let src_block = kind.file_block_bytes();
         let row_bytes = nb * src_block;
         assert_eq!(src.len(), size(rows, row_bytes, "weights"), "weight bytes");
-        let mut data = AlignedBytes::zeroed(size(groups * nb, gbb, "repacked weights"));
+        let mut data = AlignedBytes::zeroed_weights(size(groups * nb, gbb, "repacked weights"));
         // Groups in parallel: packing a 7B model's K-quants one value at a time took seconds.
         data.as_mut_slice()
             .par_chunks_mut(nb * gbb)

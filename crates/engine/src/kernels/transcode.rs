@@ -43,7 +43,7 @@ pub fn compact_target(dtype: GgmlDType, cols: usize) -> Option<GgmlDType> {
 /// The rows of `m` converted to `to` (one of `target`'s or `compact_target`'s answers), in parallel.
 pub fn convert(m: &QMatrix, to: GgmlDType) -> AlignedBytes {
     let out_row = m.cols / to.block_size() * to.type_size();
-    let mut out = AlignedBytes::zeroed(m.rows * out_row);
+    let mut out = AlignedBytes::zeroed_weights(m.rows * out_row);
     out.as_mut_slice()
         .par_chunks_mut(out_row)
         .enumerate()
