@@ -65,10 +65,9 @@ fn request_tile_data() -> bool {
 /// loading them took an eighth of a 7B prompt's product time (Xeon, 2 vCPUs) while the tiles waited.
 pub struct TileQuants {
     qs: AlignedBytes,
-    /// The blocks' scales and `d·Σq` in the same order, `[tile][block][token]`: one broadcast from
-    /// memory each where a scale is applied to a tile row.
+    /// The blocks' scales in the same order, `[tile][block][token]`: one broadcast from memory each
+    /// where a scale is applied to a tile row.
     d: Vec<f32>,
-    s: Vec<f32>,
     tiles: usize,
     nb: usize,
 }
@@ -81,12 +80,10 @@ impl TileQuants {
             return None;
         }
         let mut qs = AlignedBytes::zeroed(tiles * TOKENS * x.cols());
-        let (mut d, mut s) = (Vec::with_capacity(tiles * nb * TOKENS), Vec::new());
-        s.reserve_exact(tiles * nb * TOKENS);
+        let mut d = Vec::with_capacity(tiles * nb * TOKENS);
         for t in 0..tiles {
             for b in 0..nb {
                 d.extend((0..TOKENS).map(|r| x.d(TOKENS * t + r)[b]));
-                s.extend((0..TOKENS).map(|r| x.s(TOKENS * t + r)[b]));
             }
         }
         for (t, tile) in qs
@@ -101,13 +98,7 @@ impl TileQuants {
                 }
             }
         }
-        Some(Self {
-            qs,
-            d,
-            s,
-            tiles,
-            nb,
-        })
+        Some(Self { qs, d, tiles, nb })
     }
 
     /// Activation rows covered: `16 · tiles`.
@@ -119,14 +110,6 @@ impl TileQuants {
     #[inline]
     fn d(&self, t: usize, b: usize) -> &[f32; TOKENS] {
         self.d[(t * self.nb + b) * TOKENS..][..TOKENS]
-            .try_into()
-            .unwrap()
-    }
-
-    /// `d·Σq` of block `b` of tile `t`'s 16 tokens.
-    #[inline]
-    fn s(&self, t: usize, b: usize) -> &[f32; TOKENS] {
-        self.s[(t * self.nb + b) * TOKENS..][..TOKENS]
             .try_into()
             .unwrap()
     }
@@ -182,10 +165,10 @@ mod x86 {
     /// Blocks of 32 per K-quant super-block.
     const SUB: usize = SUPER / QK;
 
-    /// Groups (B tiles) and token tiles (A tiles) taken together: four products in flight per block,
-    /// so that the tile unit works while the vector units apply the previous block's scales (one
-    /// product at a time waited for each result: on the 2-vCPU Xeon, Qwen2.5-Coder 0.5B's prefill ran
-    /// slower than on the VNNI kernels).
+    /// Groups (B tiles) and token tiles (A tiles) taken together: four products per tile step instead of
+    /// one, each B tile serving two token tiles and each A two groups (on the 2-vCPU Xeon, Qwen2.5-Coder
+    /// 0.5B's prefill 485–507 → 552–554 tok/s; with one product at a time it ran no faster than the VNNI
+    /// kernels).
     const PAIR: usize = 2;
 
     /// What a kind's tile code works on: groups `g` of `p` by the token tiles from `t0` of `x` (and of
@@ -446,8 +429,8 @@ mod x86 {
         [s.b[0].as_ptr(), s.b[1].as_ptr()]
     }
 
-    /// Q4_1 (`MIN`: `d·q + m`), Q4_0 (`d·(q - 8)`) or Q5_0 (`HIGH`: `d·(q - 16)`), with the float
-    /// steps of `packed`'s `q4_tile` in the same order.
+    /// Q4_1 (`MIN`: `d·q + m`), Q4_0 (`d·(q - 8)`) or Q5_0 (`HIGH`: `d·(q - 16)`): each group's B tile
+    /// from its nibble vectors (`nibble_rows`), then `group_blocks`.
     ///
     /// # Safety
     /// As for `group`.
@@ -458,7 +441,6 @@ mod x86 {
         s: &mut Scratch,
         acc: &mut Acc,
     ) {
-        let Step { p, x, a, g, t0 } = step;
         let quants = match (MIN, HIGH) {
             (true, _) => 64,
             (false, true) => Q5_0_QUANTS,
@@ -469,17 +451,63 @@ mod x86 {
             (false, true) => 16,
             (false, false) => 8,
         };
+        let b_tile = |blk: *const u8, s: &mut Scratch, gi: usize| {
+            let fifth = HIGH.then(|| {
+                // SAFETY: for Q5_0, the fifth bits' vector at offset 32 of the block.
+                unsafe { _mm512_loadu_si512(blk.wrapping_add(Q5_0_HIGH).cast()) }
+            });
+            // SAFETY: the four nibble vectors at `quants`.
+            unsafe { nibble_rows(blk.wrapping_add(quants), fifth, offset, s, gi) };
+        };
+        // SAFETY: our caller's promise; `b_tile` fills B tile `gi` from a group block of the kind.
+        unsafe { group_blocks::<T, MIN>(step, s, acc, b_tile) }
+    }
+
+    /// Q8_0 (weights stored as `w + 128`): each group's B tile is the packed block with its top bits
+    /// flipped back (signed), then `group_blocks`.
+    ///
+    /// # Safety
+    /// As for `group`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+    unsafe fn group_q8_0<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+        let top = _mm512_set1_epi8(i8::MIN);
+        let b_tile = |blk: *const u8, s: &mut Scratch, gi: usize| {
+            for k in 0..8 {
+                // SAFETY: vector k of the eight after `d[16]` in the group block.
+                let v = unsafe { _mm512_loadu_si512(blk.wrapping_add(32 + 64 * k).cast()) };
+                s.set_b(gi, k, _mm512_xor_si512(v, top));
+            }
+        };
+        // SAFETY: our caller's promise; `b_tile` fills B tile `gi` from a group block of the kind.
+        unsafe { group_blocks::<T, false>(step, s, acc, b_tile) }
+    }
+
+    /// The kinds with one scale per block of 32 (`d[16]` f16 at the start of each group block, and
+    /// with `MIN` the minimums `m[16]` after it): per block, each group's B tile from `b_tile(block,
+    /// scratch, group)`, one multiply, then the float steps of `packed`'s `q4_tile` and `q8_0_tile` in
+    /// the same order (`acc += Σ·(d·dₐ)`, then `+ m·sₐ`).
+    ///
+    /// # Safety
+    /// As for `group`, and `b_tile` writes B tile `group` from a group block of the kind.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
+    unsafe fn group_blocks<const T: usize, const MIN: bool>(
+        step: Step<'_>,
+        s: &mut Scratch,
+        acc: &mut Acc,
+        b_tile: impl Fn(*const u8, &mut Scratch, usize),
+    ) {
+        let Step { p, x, a, g, t0 } = step;
+        // `d·Σq` of each token's blocks, for the minimums.
+        let rows: Option<[Rows<'_, TOKENS>; T]> =
+            MIN.then(|| std::array::from_fn(|t| x.rows(t0 + TOKENS * t)));
         *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
         for b in 0..x.nb() {
             // SAFETY: g are groups of `p` and b < nb, the blocks per row (`Packed::check`).
             let blk = g.map(|g| unsafe { p.block(g, b) });
             for (gi, blk) in blk.iter().enumerate() {
-                let fifth = HIGH.then(|| {
-                    // SAFETY: for Q5_0, the fifth bits' vector at offset 32 of the block.
-                    unsafe { _mm512_loadu_si512(blk.wrapping_add(Q5_0_HIGH).cast()) }
-                });
-                // SAFETY: the four nibble vectors at `quants`.
-                unsafe { nibble_rows(blk.wrapping_add(quants), fifth, offset, s, gi) };
+                b_tile(*blk, s, gi);
             }
             // SAFETY: t0 + 16·T <= m, block b < nb, the scratch holds the B tiles.
             unsafe { multiply::<T>(a, t0, b, 0, scratch_b(s), s) };
@@ -487,58 +515,21 @@ mod x86 {
                 // SAFETY: d, 32 bytes at the start of the group block.
                 let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
                 let mw = MIN.then(|| {
-                    // SAFETY: for Q4_1, m at offset 32.
+                    // SAFETY: with minimums, m at offset 32.
                     let m = unsafe { _mm256_loadu_si256(blk.wrapping_add(32).cast()) };
                     _mm512_cvtph_ps(m)
                 });
-                for (t, acc) in acc.iter_mut().enumerate().take(T) {
-                    let tile = t0 / TOKENS + t;
-                    let (da, sa) = (a.d(tile, b), a.s(tile, b));
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let isum = _mm512_cvtepi32_ps(s.c_row(gi, t, r));
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
-                        *acc = _mm512_fmadd_ps(isum, scale, *acc);
-                        if let Some(mw) = mw {
-                            *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[r]), *acc);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Q8_0 (weights stored as `w + 128`: group `g`'s B tile is the packed block with its top bits
-    /// flipped back, signed).
-    ///
-    /// # Safety
-    /// As for `group`.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn group_q8_0<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
-        let Step { p, x, a, g, t0 } = step;
-        let top = _mm512_set1_epi8(i8::MIN);
-        *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
-        for b in 0..x.nb() {
-            // SAFETY: g are groups of `p` and b < nb, the blocks per row (`Packed::check`).
-            let blk = g.map(|g| unsafe { p.block(g, b) });
-            for (gi, blk) in blk.iter().enumerate() {
-                for k in 0..8 {
-                    // SAFETY: vector k of the eight after `d[16]` in the group block.
-                    let v = unsafe { _mm512_loadu_si512(blk.wrapping_add(32 + 64 * k).cast()) };
-                    s.set_b(gi, k, _mm512_xor_si512(v, top));
-                }
-            }
-            // SAFETY: t0 + 16·T <= m, block b < nb, the scratch holds the B tiles.
-            unsafe { multiply::<T>(a, t0, b, 0, scratch_b(s), s) };
-            for (gi, (blk, acc)) in blk.iter().zip(acc.iter_mut()).enumerate() {
-                // SAFETY: d, 32 bytes at the start of the group block.
-                let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
                 for (t, acc) in acc.iter_mut().enumerate().take(T) {
                     let da = a.d(t0 / TOKENS + t, b);
                     for (r, acc) in acc.iter_mut().enumerate() {
                         let isum = _mm512_cvtepi32_ps(s.c_row(gi, t, r));
                         let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
                         *acc = _mm512_fmadd_ps(isum, scale, *acc);
+                        if let (Some(mw), Some(rows)) = (mw, &rows) {
+                            // SAFETY: b < nb.
+                            let sa = _mm512_set1_ps(unsafe { rows[t].s(r, b) });
+                            *acc = _mm512_fmadd_ps(mw, sa, *acc);
+                        }
                     }
                 }
             }
