@@ -1039,19 +1039,8 @@ mod simd {
                 }
                 let alpha = softmax_step(&mut sc, kv, &mut m[r], &mut l[r]);
                 let orow = &mut o[r * lanes..(r + 1) * lanes];
-                let av = _mm256_set1_ps(alpha);
-                let mut oacc = [_mm256_setzero_ps(); 32];
-                for (a, o8) in oacc.iter_mut().zip(orow.iter()) {
-                    *a = _mm256_mul_ps(load(o8), av);
-                }
-                for (w, v_pos) in sc.as_flattened()[..kv].iter().zip(vb.chunks_exact(lanes)) {
-                    let wv = _mm256_set1_ps(*w);
-                    for (a, v8) in oacc.iter_mut().zip(v_pos) {
-                        *a = _mm256_fmadd_ps(load(v8), wv, *a);
-                    }
-                }
-                for (o8, a) in orow.iter_mut().zip(&oacc) {
-                    store(o8, *a);
+                for (part, out) in orow.chunks_mut(8).enumerate() {
+                    add_weighted(out, alpha, &sc.as_flattened()[..kv], &vb, lanes, 8 * part);
                 }
             }
         }
@@ -1062,6 +1051,60 @@ mod simd {
             for (d8, o8) in dst.as_chunks_mut::<8>().0.iter_mut().zip(o_row) {
                 store(d8, _mm256_mul_ps(load(o8), inv));
             }
+        }
+    }
+
+    /// Rescales a row's output vectors `o` (up to 8 of its head's `lanes`, from vector `first`) by `alpha`
+    /// and adds the values `vb` (`lanes` vectors per position, from `first`) weighted by `w`, in the order
+    /// of the positions.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn add_weighted(
+        o: &mut [[f32; 8]],
+        alpha: f32,
+        w: &[f32],
+        vb: &[[f32; 8]],
+        lanes: usize,
+        first: usize,
+    ) {
+        // One form per count, with the accumulators in registers: with a length known only at run time
+        // they lived on the stack, each multiply-add a load and a store.
+        match o.len() {
+            1 => add_weighted_of::<1>(o, alpha, w, vb, lanes, first),
+            2 => add_weighted_of::<2>(o, alpha, w, vb, lanes, first),
+            3 => add_weighted_of::<3>(o, alpha, w, vb, lanes, first),
+            4 => add_weighted_of::<4>(o, alpha, w, vb, lanes, first),
+            5 => add_weighted_of::<5>(o, alpha, w, vb, lanes, first),
+            6 => add_weighted_of::<6>(o, alpha, w, vb, lanes, first),
+            7 => add_weighted_of::<7>(o, alpha, w, vb, lanes, first),
+            8 => add_weighted_of::<8>(o, alpha, w, vb, lanes, first),
+            n => panic!("{n} output vectors at once"),
+        }
+    }
+
+    /// `add_weighted` for `N` output vectors.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn add_weighted_of<const N: usize>(
+        o: &mut [[f32; 8]],
+        alpha: f32,
+        w: &[f32],
+        vb: &[[f32; 8]],
+        lanes: usize,
+        first: usize,
+    ) {
+        let o: &mut [[f32; 8]; N] = o.try_into().expect("N output vectors");
+        let av = _mm256_set1_ps(alpha);
+        let mut acc: [__m256; N] = std::array::from_fn(|c| _mm256_mul_ps(load(&o[c]), av));
+        for (w, v_pos) in w.iter().zip(vb.chunks_exact(lanes)) {
+            let v: &[[f32; 8]; N] = v_pos[first..first + N].try_into().expect("N value vectors");
+            let wv = _mm256_set1_ps(*w);
+            for c in 0..N {
+                acc[c] = _mm256_fmadd_ps(load(&v[c]), wv, acc[c]);
+            }
+        }
+        for c in 0..N {
+            store(&mut o[c], acc[c]);
         }
     }
 
