@@ -1040,7 +1040,18 @@ mod simd {
                 let alpha = softmax_step(&mut sc, kv, &mut m[r], &mut l[r]);
                 let orow = &mut o[r * lanes..(r + 1) * lanes];
                 for (part, out) in orow.chunks_mut(8).enumerate() {
-                    add_weighted(out, alpha, &sc.as_flattened()[..kv], &vb, lanes, 8 * part);
+                    let w = &sc.as_flattened()[..kv];
+                    let first = 8 * part;
+                    add_weighted(
+                        out,
+                        alpha,
+                        Weighted {
+                            w,
+                            vb: &vb,
+                            lanes,
+                            first,
+                        },
+                    );
                 }
             }
         }
@@ -1054,30 +1065,31 @@ mod simd {
         }
     }
 
-    /// Rescales a row's output vectors `o` (up to 8 of its head's `lanes`, from vector `first`) by `alpha`
-    /// and adds the values `vb` (`lanes` vectors per position, from `first`) weighted by `w`, in the order
-    /// of the positions.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn add_weighted(
-        o: &mut [[f32; 8]],
-        alpha: f32,
-        w: &[f32],
-        vb: &[[f32; 8]],
+    /// What `add_weighted` adds: the values `vb` (`lanes` vectors per position) weighted by `w`, from
+    /// vector `first` of each position.
+    struct Weighted<'a> {
+        w: &'a [f32],
+        vb: &'a [[f32; 8]],
         lanes: usize,
         first: usize,
-    ) {
+    }
+
+    /// Rescales a row's output vectors `o` (up to 8 of its head's, from vector `v.first`) by `alpha` and
+    /// adds the weighted values `v`, in the order of the positions.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn add_weighted(o: &mut [[f32; 8]], alpha: f32, v: Weighted) {
         // One form per count, with the accumulators in registers: with a length known only at run time
         // they lived on the stack, each multiply-add a load and a store.
         match o.len() {
-            1 => add_weighted_of::<1>(o, alpha, w, vb, lanes, first),
-            2 => add_weighted_of::<2>(o, alpha, w, vb, lanes, first),
-            3 => add_weighted_of::<3>(o, alpha, w, vb, lanes, first),
-            4 => add_weighted_of::<4>(o, alpha, w, vb, lanes, first),
-            5 => add_weighted_of::<5>(o, alpha, w, vb, lanes, first),
-            6 => add_weighted_of::<6>(o, alpha, w, vb, lanes, first),
-            7 => add_weighted_of::<7>(o, alpha, w, vb, lanes, first),
-            8 => add_weighted_of::<8>(o, alpha, w, vb, lanes, first),
+            1 => add_weighted_of::<1>(o, alpha, v),
+            2 => add_weighted_of::<2>(o, alpha, v),
+            3 => add_weighted_of::<3>(o, alpha, v),
+            4 => add_weighted_of::<4>(o, alpha, v),
+            5 => add_weighted_of::<5>(o, alpha, v),
+            6 => add_weighted_of::<6>(o, alpha, v),
+            7 => add_weighted_of::<7>(o, alpha, v),
+            8 => add_weighted_of::<8>(o, alpha, v),
             n => panic!("{n} output vectors at once"),
         }
     }
@@ -1085,22 +1097,17 @@ mod simd {
     /// `add_weighted` for `N` output vectors.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn add_weighted_of<const N: usize>(
-        o: &mut [[f32; 8]],
-        alpha: f32,
-        w: &[f32],
-        vb: &[[f32; 8]],
-        lanes: usize,
-        first: usize,
-    ) {
+    fn add_weighted_of<const N: usize>(o: &mut [[f32; 8]], alpha: f32, v: Weighted) {
         let o: &mut [[f32; 8]; N] = o.try_into().expect("N output vectors");
         let av = _mm256_set1_ps(alpha);
         let mut acc: [__m256; N] = std::array::from_fn(|c| _mm256_mul_ps(load(&o[c]), av));
-        for (w, v_pos) in w.iter().zip(vb.chunks_exact(lanes)) {
-            let v: &[[f32; 8]; N] = v_pos[first..first + N].try_into().expect("N value vectors");
+        for (w, v_pos) in v.w.iter().zip(v.vb.chunks_exact(v.lanes)) {
+            let vs: &[[f32; 8]; N] = v_pos[v.first..v.first + N]
+                .try_into()
+                .expect("N value vectors");
             let wv = _mm256_set1_ps(*w);
             for c in 0..N {
-                acc[c] = _mm256_fmadd_ps(load(&v[c]), wv, acc[c]);
+                acc[c] = _mm256_fmadd_ps(load(&vs[c]), wv, acc[c]);
             }
         }
         for c in 0..N {
