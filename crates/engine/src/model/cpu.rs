@@ -140,7 +140,7 @@ impl CpuModel {
                 }
                 return Err(EngineError::Cancelled);
             }
-            rms_norm_rows(&x, &b.attn_norm, cfg.rms_eps, &mut h);
+            norm_rows(exec, &x, &b.attn_norm, cfg.rms_eps, &mut h);
             b.wq.matmul_on(exec, &h, seq, &mut q);
             b.wk.matmul_on(exec, &h, seq, &mut k);
             b.wv.matmul_on(exec, &h, seq, &mut v);
@@ -149,26 +149,24 @@ impl CpuModel {
                 add_rows(&mut k, bk);
                 add_rows(&mut v, bv);
             }
-            rope(
-                &mut q,
-                Layout::TokenMajor,
-                nh,
-                seq,
-                hd,
-                cos,
-                sin,
-                cfg.rope_interleaved,
-            );
-            rope(
-                &mut k,
-                Layout::TokenMajor,
-                nkv,
-                seq,
-                hd,
-                cos,
-                sin,
-                cfg.rope_interleaved,
-            );
+            for (x, heads) in [(&mut q, nh), (&mut k, nkv)] {
+                exec.for_rows_mut(x, heads * hd, &|first, x| {
+                    let angles = first * half..;
+                    let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
+                    let rows = x.len() / (heads * hd);
+                    let interleaved = cfg.rope_interleaved;
+                    rope(
+                        x,
+                        Layout::TokenMajor,
+                        heads,
+                        rows,
+                        hd,
+                        cos,
+                        sin,
+                        interleaved,
+                    );
+                });
+            }
             let LayerKv::Cpu(kv) = &mut cache.layers[layer] else {
                 return Err(EngineError::Compute(
                     "CPU forward pass over a GPU cache".into(),
@@ -178,10 +176,13 @@ impl CpuModel {
             attention::attend(exec, &q, Layout::TokenMajor, kv, shape, pos, seq, &mut att);
             b.wo.matmul_on(exec, &att, seq, &mut tmp);
             add(&mut x, &tmp);
-            rms_norm_rows(&x, &b.ffn_norm, cfg.rms_eps, &mut h);
+            norm_rows(exec, &x, &b.ffn_norm, cfg.rms_eps, &mut h);
             b.gate.matmul_on(exec, &h, seq, &mut gate);
             b.up.matmul_on(exec, &h, seq, &mut up);
-            activation::swiglu_rows(&mut gate, &up, cfg.n_ff);
+            let ff = cfg.n_ff;
+            exec.for_rows_mut(&mut gate, ff, &|first, g| {
+                activation::swiglu_rows(g, &up[first * ff..first * ff + g.len()], ff);
+            });
             b.down.matmul_on(exec, &gate, seq, &mut tmp);
             add(&mut x, &tmp);
         }
@@ -202,6 +203,14 @@ impl CpuModel {
 }
 
 /// Adds `bias` to every row of `x` (rows of `bias.len()` values).
+/// `rms_norm_rows` of `x` into `out`, its rows spread over `exec`'s threads.
+fn norm_rows(exec: Exec, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    exec.for_rows_mut(out, n, &|first, out| {
+        rms_norm_rows(&x[first * n..first * n + out.len()], w, eps, out);
+    });
+}
+
 fn add_rows(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add(row, bias);
