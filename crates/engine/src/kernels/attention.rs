@@ -1387,7 +1387,7 @@ mod simd512 {
     ) {
         // One form per head size, with the accumulators in registers: with a length known only at run
         // time they lived on the stack, each multiply-add a load and a store (the prompt attention of a
-        // 7B's heads of 128 took 9.6 ms a layer for 64 rows at depth 448 instead of 7.9).
+        // 7B's layer, 32 heads of 128, 64 rows at depth 448, one thread: 9.6 ms against 6.5).
         match o[0].len() {
             1 => add_weighted_pair_of::<1>(o, alpha, w, vb),
             2 => add_weighted_pair_of::<2>(o, alpha, w, vb),
@@ -1487,7 +1487,8 @@ mod simd512 {
             let kn = KB.min(keys - k0);
             let k_block = k_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
             let v_block = v_head[k0 * lanes..(k0 + kn) * lanes].chunks_exact(lanes);
-            // Keys sixteen at a time by a transposition in registers, the rest one by one.
+            // Keys sixteen at a time by a transposition in registers, the rest one by one (a 7B's layer,
+            // 64 rows at depth 1,984, one thread: 30.8 ms one value at a time, 28.6 so).
             let whole = kn / 16 * 16;
             for p0 in (0..whole).step_by(16) {
                 for c in 0..lanes {
