@@ -1039,8 +1039,8 @@ mod simd {
                 }
                 let alpha = softmax_step(&mut sc, kv, &mut m[r], &mut l[r]);
                 let orow = &mut o[r * lanes..(r + 1) * lanes];
+                let w = &sc.as_flattened()[..kv];
                 for (part, out) in orow.chunks_mut(8).enumerate() {
-                    let w = &sc.as_flattened()[..kv];
                     let first = 8 * part;
                     add_weighted(
                         out,

@@ -202,7 +202,6 @@ impl CpuModel {
     }
 }
 
-/// Adds `bias` to every row of `x` (rows of `bias.len()` values).
 /// `rms_norm_rows` of `x` into `out`, its rows spread over `exec`'s threads.
 fn norm_rows(exec: Exec, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
@@ -211,6 +210,7 @@ fn norm_rows(exec: Exec, x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     });
 }
 
+/// Adds `bias` to every row of `x` (rows of `bias.len()` values).
 fn add_rows(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add(row, bias);
