@@ -2,8 +2,8 @@
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
 //! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K on AVX-512 VNNI) run it, with runtime dispatch to
-//! AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
+//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K repacked, on AVX2 or better) run it, with
+//! runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
 //! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
 //! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
 //! implementations. Work is split over weight rows
@@ -807,8 +807,8 @@ mod tests {
     /// Repacked weights hold the same values and give the same products as the file's layout.
     #[test]
     fn packed_layout_matches_the_file_layout() {
-        if !cpu::has_avx512_vnni() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU, so no repacking to compare");
+        if !cpu::has_avx2() {
+            eprintln!("skipped: no AVX2 on this CPU, so no repacking to compare");
             return;
         }
         for (dtype, kind) in [
@@ -861,6 +861,18 @@ mod tests {
         }
     }
 
+    /// The instruction sets with packed kernels that this CPU runs (the test of each is the same).
+    fn packed_isas() -> Vec<packed::Isa> {
+        let mut isas = Vec::new();
+        if cpu::has_avx2() {
+            isas.push(packed::Isa::Avx2);
+        }
+        if cpu::has_avx512_vnni() {
+            isas.push(packed::Isa::Avx512Vnni);
+        }
+        isas
+    }
+
     /// The types packed as the file stores them: each keeps the file's bytes (sixteen rows per group, so
     /// a partial last group is padded), and its products for one and for five activation rows equal the
     /// dequantized weights times the dequantized 8-bit activations (one scale per 256 values for the
@@ -868,22 +880,24 @@ mod tests {
     /// so the two differ only by f32 rounding (about 1e-6 of the sum of magnitudes) and, for types with a
     /// minimum, the f16 rounding of each activation block's sum (2⁻¹¹ of that block's min term): 1e-3 of
     /// the sum of magnitudes covers both, while a misplaced value or scale moves results by about the
-    /// size of a weight.
+    /// size of a weight. The kernels of every instruction set this CPU runs (AVX2's and AVX-512's) give
+    /// the same results bit for bit: the same integer sums and float steps per row.
     #[test]
     fn packed_file_types_keep_their_size_and_values() {
-        if !cpu::has_avx512_vnni() {
-            eprintln!(
-                "skipped: no AVX-512 VNNI on this CPU, so nothing is packed as the file stores it"
-            );
+        if !cpu::has_avx2() {
+            eprintln!("skipped: no AVX2 on this CPU, so nothing is packed as the file stores it");
             return;
         }
         for (dtype, kind) in [
             (GgmlDType::Q4_0, packed::PackedKind::Q4_0),
+            (GgmlDType::Q4_1, packed::PackedKind::Q4_1),
             (GgmlDType::Q5_0, packed::PackedKind::Q5_0),
+            (GgmlDType::Q8_0, packed::PackedKind::Q8_0),
             (GgmlDType::Q4K, packed::PackedKind::Q4K),
             (GgmlDType::Q6K, packed::PackedKind::Q6K),
         ] {
-            // 13 rows: a tile of eight, one of four and one of one; 3,700 rows: two blocks of groups.
+            // 13 rows: a tile of eight, one of four and one of one; 3,700 rows: two blocks of groups;
+            // 37 and 3,700 rows: a last group of five and of four rows, whose second half is empty.
             for (rows, cols, m) in [
                 (37, 512, 1),
                 (37, 512, 5),
@@ -917,17 +931,30 @@ mod tests {
                 }
                 // All groups in one call, as one thread would take a 7B matrix's share: the tiles
                 // then go over blocks of groups one after another, with the same sums.
-                let mut whole = vec![f32::NAN; m * rows];
-                // SAFETY: one call covers all groups.
-                unsafe { p.run_rows(&xq, 0, 0..p.groups(), SharedOut::new(&mut whole)) };
-                assert_eq!(whole, out, "{dtype:?} {rows}x{cols} m={m}");
+                for isa in packed_isas() {
+                    let mut whole = vec![f32::NAN; m * rows];
+                    // SAFETY: one call covers all groups, on a CPU with `isa`.
+                    unsafe {
+                        p.run_rows_on(isa, &xq, 0, 0..p.groups(), SharedOut::new(&mut whole))
+                    };
+                    assert_eq!(whole, out, "{isa:?} {dtype:?} {rows}x{cols} m={m}");
+                }
                 for i in 0..m {
                     let xa: Vec<f64> = (0..cols)
                         .map(|k| xq.row(i)[k] as f64 * xq.d(i)[k / q8::QK] as f64)
                         .collect();
+                    let sa: Vec<f64> = (0..cols / q8::QK).map(|b| xq.s(i)[b] as f64).collect();
                     for (j, wr) in w.chunks_exact(cols).enumerate() {
                         let want: f64 = wr.iter().zip(&xa).map(|(a, b)| *a as f64 * b).sum();
                         let mag: f64 = wr.iter().zip(&xa).map(|(a, b)| (*a as f64 * b).abs()).sum();
+                        // Q4_1's minimum times the activations' sum, which its kernel takes as `s`
+                        // (rounded to f16), not as the sum of the quants times `d`.
+                        let mag = mag
+                            + if dtype == GgmlDType::Q4_1 {
+                                sa.iter().map(|s| s.abs()).sum::<f64>()
+                            } else {
+                                0.0
+                            };
                         let got = out[i * rows + j] as f64;
                         assert!(
                             (got - want).abs() <= 1e-3 * mag + 1e-6,
@@ -945,8 +972,8 @@ mod tests {
     /// eight, and partial groups.
     #[test]
     fn packed_q5_0_equals_its_q8_0_conversion() {
-        if !cpu::has_avx512_vnni() {
-            eprintln!("skipped: no AVX-512 VNNI on this CPU, so nothing is packed");
+        if !cpu::has_avx2() {
+            eprintln!("skipped: no AVX2 on this CPU, so nothing is packed");
             return;
         }
         for (rows, cols, m) in [(37, 576, 1), (16, 64, 4), (37, 896, 13), (3, 96, 9)] {
@@ -959,12 +986,14 @@ mod tests {
                 .map(|(b, kind)| packed::Packed::new(kind, rows, cols, b).unwrap());
             assert_eq!(p5.bytes(), p5.groups() * packed::GROUP * cols / 32 * 22);
             let x = Q8Act::quantize(&data(m * cols, 37), m, cols);
-            let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
-            // SAFETY: one call covers all groups.
-            unsafe { p5.run_rows(&x, 0, 0..p5.groups(), SharedOut::new(&mut a)) };
-            // SAFETY: as above.
-            unsafe { p8.run_rows(&x, 0, 0..p8.groups(), SharedOut::new(&mut b)) };
-            assert_eq!(a, b, "{rows}x{cols} m={m}");
+            for isa in packed_isas() {
+                let (mut a, mut b) = (vec![f32::NAN; m * rows], vec![f32::NAN; m * rows]);
+                // SAFETY: one call covers all groups, on a CPU with `isa`.
+                unsafe { p5.run_rows_on(isa, &x, 0, 0..p5.groups(), SharedOut::new(&mut a)) };
+                // SAFETY: as above.
+                unsafe { p8.run_rows_on(isa, &x, 0, 0..p8.groups(), SharedOut::new(&mut b)) };
+                assert_eq!(a, b, "{isa:?} {rows}x{cols} m={m}");
+            }
         }
     }
 

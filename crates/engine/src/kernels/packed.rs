@@ -1,4 +1,5 @@
-//! Weights repacked at load time for AVX-512 VNNI: sixteen output rows per SIMD register.
+//! Weights repacked at load time for AVX-512 VNNI: sixteen output rows per SIMD register (on CPUs with
+//! AVX2 but not AVX-512, two registers of eight: `avx2`).
 //!
 //! In the file's layout one block holds 32 consecutive values of one row, so a SIMD dot product ends in a
 //! horizontal sum per row. Here the rows of a group of 16 are interleaved in `vpdpbusd` order: lane `r`
@@ -60,6 +61,15 @@ pub(super) const Q6K_HIGH: usize = 2048;
 pub(super) const Q6K_SCALES: usize = 3072;
 pub(super) const Q6K_D: usize = 3328;
 
+/// The instruction sets with kernels for the packed layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// AVX2 with FMA and F16C (`avx2`).
+    Avx2,
+    /// AVX-512 F/BW/VL/VNNI (`x86`).
+    Avx512Vnni,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackedKind {
     Q4_0,
@@ -72,10 +82,11 @@ pub enum PackedKind {
 
 impl PackedKind {
     /// The packed kind that serves weights of `dtype` on this CPU, or `None` when they are not repacked
-    /// as they are (no AVX-512 VNNI, or a type converted first: see `QMatrix::transcode`). Prompts run
-    /// on AMX tiles where the CPU has them (`amx`, for every kind), else on the VNNI kernels.
+    /// as they are (no AVX2, or a type converted first: see `QMatrix::transcode`). Prompts run on AMX
+    /// tiles where the CPU has them (`amx`, for every kind), else on the VNNI kernels, or on AVX2's
+    /// (`avx2`) where the CPU has no AVX-512 VNNI.
     pub fn of(dtype: GgmlDType) -> Option<Self> {
-        if !cpu::has_avx512_vnni() {
+        if !cpu::has_avx2() {
             return None;
         }
         match dtype {
@@ -127,7 +138,7 @@ impl PackedKind {
 }
 
 /// A repacked matrix. The buffer is 64-byte aligned and holds `groups × blocks per row` group blocks; a
-/// `Packed` exists only on a CPU with AVX-512 VNNI, which its kernels need.
+/// `Packed` exists only on a CPU with AVX2 (and FMA, F16C), which the least of its kernels need.
 pub struct Packed {
     kind: PackedKind,
     rows: usize,
@@ -137,9 +148,9 @@ pub struct Packed {
 
 impl Packed {
     /// Repacks `rows × cols` weights given in the file's block layout, or `None` when this CPU has no
-    /// AVX-512 VNNI to run them. Panics unless `src` holds exactly those weights.
+    /// AVX2 to run them. Panics unless `src` holds exactly those weights.
     pub fn new(kind: PackedKind, rows: usize, cols: usize, src: &[u8]) -> Option<Self> {
-        if !cpu::has_avx512_vnni() {
+        if !cpu::has_avx2() {
             return None;
         }
         assert!(
@@ -203,31 +214,59 @@ impl Packed {
         assert_eq!(out.len(), size(x.m(), self.rows, "output"), "output size");
     }
 
-    /// Activation rows `first..` with the VNNI kernels.
+    /// Activation rows `first..` with the VNNI kernels, or AVX2's on a CPU without AVX-512 VNNI.
     ///
     /// # Safety
     /// As `run`.
     pub unsafe fn run_rows(&self, x: &Q8Act, first: usize, groups: Range<usize>, out: SharedOut) {
+        let isa = if cpu::has_avx512_vnni() {
+            Isa::Avx512Vnni
+        } else {
+            Isa::Avx2
+        };
+        // SAFETY: our caller's promise; a `Packed` exists only on a CPU with AVX2 (`new`), and
+        // AVX-512 VNNI was asked for above.
+        unsafe { self.run_rows_on(isa, x, first, groups, out) }
+    }
+
+    /// `run_rows` with the kernels of `isa` (tests compare the two).
+    ///
+    /// # Safety
+    /// As `run`, on a CPU with `isa`.
+    pub(super) unsafe fn run_rows_on(
+        &self,
+        isa: Isa,
+        x: &Q8Act,
+        first: usize,
+        groups: Range<usize>,
+        out: SharedOut,
+    ) {
         self.check(x, &groups, out);
         #[cfg(target_arch = "x86_64")]
-        match self.kind {
-            // SAFETY: a `Packed` exists only on a CPU with AVX-512 VNNI (`new`), the sizes were
-            // checked above, and these groups' columns are this call's alone (our caller's promise).
-            PackedKind::Q4_0 => unsafe { x86::q4_0(self, x, first, groups, out) },
-            // SAFETY: as above.
-            PackedKind::Q4_1 => unsafe { x86::q4_1(self, x, first, groups, out) },
-            // SAFETY: as above.
-            PackedKind::Q5_0 => unsafe { x86::q5_0(self, x, first, groups, out) },
-            // SAFETY: as above.
-            PackedKind::Q8_0 => unsafe { x86::q8_0(self, x, first, groups, out) },
-            // SAFETY: as above; the activations have one scale per super-block (checked above).
-            PackedKind::Q4K => unsafe { x86::q4_k(self, x, first, groups, out) },
-            // SAFETY: as above.
-            PackedKind::Q6K => unsafe { x86::q6_k(self, x, first, groups, out) },
+        {
+            type Kernel = unsafe fn(&Packed, &Q8Act, usize, Range<usize>, SharedOut);
+            let kernel: Kernel = match (isa, self.kind) {
+                (Isa::Avx512Vnni, PackedKind::Q4_0) => x86::q4_0,
+                (Isa::Avx512Vnni, PackedKind::Q4_1) => x86::q4_1,
+                (Isa::Avx512Vnni, PackedKind::Q5_0) => x86::q5_0,
+                (Isa::Avx512Vnni, PackedKind::Q8_0) => x86::q8_0,
+                (Isa::Avx512Vnni, PackedKind::Q4K) => x86::q4_k,
+                (Isa::Avx512Vnni, PackedKind::Q6K) => x86::q6_k,
+                (Isa::Avx2, PackedKind::Q4_0) => avx2::q4_0,
+                (Isa::Avx2, PackedKind::Q4_1) => avx2::q4_1,
+                (Isa::Avx2, PackedKind::Q5_0) => avx2::q5_0,
+                (Isa::Avx2, PackedKind::Q8_0) => avx2::q8_0,
+                (Isa::Avx2, PackedKind::Q4K) => avx2::q4_k,
+                (Isa::Avx2, PackedKind::Q6K) => avx2::q6_k,
+            };
+            // SAFETY: the CPU has `isa` (our caller's promise), the kernel is of this matrix's kind,
+            // the sizes were checked above (the K-quants' activations with one scale per
+            // super-block), and these groups' columns are this call's alone (our caller's promise).
+            unsafe { kernel(self, x, first, groups, out) }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            let _ = (x, first, groups, out);
+            let _ = (isa, x, first, groups, out);
             unreachable!("packed kernels exist only for x86-64");
         }
     }
@@ -429,6 +468,9 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
         }
     }
 }
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod x86 {
@@ -847,7 +889,7 @@ pub(super) mod x86 {
     /// fetched into the cache (a hint: it never faults, so it may point past the weights): into L1 on
     /// AMD, into L2 on Intel (`cpu::prefetch_into_l2`).
     #[inline]
-    fn prefetch_ahead(blk: *const u8, bytes: usize, part: usize, parts: usize) {
+    pub(super) fn prefetch_ahead(blk: *const u8, bytes: usize, part: usize, parts: usize) {
         let (start, end) = (bytes * part / parts, bytes * (part + 1) / parts);
         let mut at = start / 64 * 64;
         while at < end {

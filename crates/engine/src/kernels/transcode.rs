@@ -1,7 +1,9 @@
 //! Weight types without a kernel of our own on this CPU, converted once at load into Q4_1 or Q8_0, which
-//! have one. On AVX-512 VNNI CPUs (AMX ones too), Q4_0, Q5_0, Q4_K and Q6_K are not converted: the
-//! repacked kernels and the AMX tiles take them as they are (`packed`, `amx`), so a Q4_K_M file takes its own size in memory there (also
-//! Qwen2.5-Coder 0.5B's, whose 896-wide rows fall back from the K-quants to Q5_0 and Q8_0).
+//! have one. On CPUs with AVX2 (AVX-512 VNNI and AMX ones too), Q4_0, Q5_0, Q4_K and Q6_K are not
+//! converted: the repacked kernels and the AMX tiles take them as they are (`packed`, `amx`), so a
+//! Q4_K_M file takes its own size in memory there (also Qwen2.5-Coder 0.5B's, whose 896-wide rows fall
+//! back from the K-quants to Q5_0 and Q8_0). The conversions serve the other types (Q5_1, Q2_K, Q3_K,
+//! Q5_K), and every type on CPUs without AVX2.
 //!
 //! Three conversions are exact: Q4_0 → Q4_1 (the offset `-8·d` is a power-of-two multiple of `d`), Q5_0 →
 //! Q8_0 (five-bit values fit in a byte with the same scale), and Q4_K → Q4_1 up to the rounding of each
