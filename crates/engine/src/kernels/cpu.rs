@@ -1,6 +1,7 @@
 //! Which SIMD instruction sets the kernels may use, detected once at run time (so one binary serves every
-//! x86-64 machine). `CODELLAMA_LSP_CPU=avx512` (VNNI without AMX), `=avx2` or `=scalar` caps the choice,
-//! for tests and comparisons; any other value leaves it to detection.
+//! x86-64 machine). `CODELLAMA_LSP_CPU=avx512` (VNNI without AMX), `=avxvnni` (AVX2 with AVX-VNNI, as
+//! Intel's laptop cores), `=avx2` or `=scalar` caps the choice, for tests and comparisons; any other
+//! value leaves it to detection.
 
 use std::sync::OnceLock;
 
@@ -8,6 +9,8 @@ use std::sync::OnceLock;
 pub enum Level {
     Scalar,
     Avx2,
+    /// AVX2 with AVX-VNNI (`vpdpbusd` on 256 bits), without AVX-512.
+    AvxVnni,
     Avx512Vnni,
     /// AVX-512 VNNI plus AMX tiles (AMX-TILE and AMX-INT8).
     Amx,
@@ -19,6 +22,7 @@ pub fn level() -> Level {
         let cap = match std::env::var("CODELLAMA_LSP_CPU").as_deref() {
             Ok("scalar") => Level::Scalar,
             Ok("avx2") => Level::Avx2,
+            Ok("avxvnni") => Level::AvxVnni,
             Ok("avx512") => Level::Avx512Vnni,
             _ => Level::Amx,
         };
@@ -46,6 +50,9 @@ fn detect() -> Level {
             }
             return Level::Avx512Vnni;
         }
+        if avx2 && std::is_x86_feature_detected!("avxvnni") {
+            return Level::AvxVnni;
+        }
         if avx2 {
             return Level::Avx2;
         }
@@ -59,6 +66,17 @@ pub fn has_avx512_vnni() -> bool {
 
 pub fn has_avx2() -> bool {
     level() >= Level::Avx2
+}
+
+/// Whether the CPU has AVX-VNNI and the level allows it. (A CPU with AVX-512 VNNI may lack it, as AMD's
+/// Zen 4 does, so a level above `AvxVnni` does not imply it.)
+pub fn has_avx_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level() >= Level::AvxVnni && std::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the kernels' software prefetches should fill L2 rather than L1: on Intel CPUs. A prefetch into

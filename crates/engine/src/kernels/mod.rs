@@ -867,6 +867,9 @@ mod tests {
         if cpu::has_avx2() {
             isas.push(packed::Isa::Avx2);
         }
+        if cpu::has_avx_vnni() {
+            isas.push(packed::Isa::AvxVnni);
+        }
         if cpu::has_avx512_vnni() {
             isas.push(packed::Isa::Avx512Vnni);
         }
@@ -880,7 +883,8 @@ mod tests {
     /// so the two differ only by f32 rounding (about 1e-6 of the sum of magnitudes) and, for types with a
     /// minimum, the f16 rounding of each activation block's sum (2⁻¹¹ of that block's min term): 1e-3 of
     /// the sum of magnitudes covers both, while a misplaced value or scale moves results by about the
-    /// size of a weight. The kernels of every instruction set this CPU runs (AVX2's and AVX-512's) give
+    /// size of a weight. The kernels of every instruction set this CPU runs (AVX2's with and without
+    /// AVX-VNNI, AVX-512's) give
     /// the same results bit for bit: the same integer sums and float steps per row.
     #[test]
     fn packed_file_types_keep_their_size_and_values() {

@@ -64,8 +64,10 @@ pub(super) const Q6K_D: usize = 3328;
 /// The instruction sets with kernels for the packed layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Isa {
-    /// AVX2 with FMA and F16C (`avx2`).
+    /// AVX2 with FMA and F16C (`avx2::plain`).
     Avx2,
+    /// AVX2 with AVX-VNNI (`avx2::vnni`).
+    AvxVnni,
     /// AVX-512 F/BW/VL/VNNI (`x86`).
     Avx512Vnni,
 }
@@ -214,18 +216,21 @@ impl Packed {
         assert_eq!(out.len(), size(x.m(), self.rows, "output"), "output size");
     }
 
-    /// Activation rows `first..` with the VNNI kernels, or AVX2's on a CPU without AVX-512 VNNI.
+    /// Activation rows `first..` with the AVX-512 VNNI kernels, or with AVX2's (`avx2`: with AVX-VNNI
+    /// where the CPU has it) on a CPU without AVX-512 VNNI.
     ///
     /// # Safety
     /// As `run`.
     pub unsafe fn run_rows(&self, x: &Q8Act, first: usize, groups: Range<usize>, out: SharedOut) {
         let isa = if cpu::has_avx512_vnni() {
             Isa::Avx512Vnni
+        } else if cpu::has_avx_vnni() {
+            Isa::AvxVnni
         } else {
             Isa::Avx2
         };
         // SAFETY: our caller's promise; a `Packed` exists only on a CPU with AVX2 (`new`), and
-        // AVX-512 VNNI was asked for above.
+        // AVX-512 VNNI or AVX-VNNI were asked for above.
         unsafe { self.run_rows_on(isa, x, first, groups, out) }
     }
 
@@ -252,12 +257,18 @@ impl Packed {
                 (Isa::Avx512Vnni, PackedKind::Q8_0) => x86::q8_0,
                 (Isa::Avx512Vnni, PackedKind::Q4K) => x86::q4_k,
                 (Isa::Avx512Vnni, PackedKind::Q6K) => x86::q6_k,
-                (Isa::Avx2, PackedKind::Q4_0) => avx2::q4_0,
-                (Isa::Avx2, PackedKind::Q4_1) => avx2::q4_1,
-                (Isa::Avx2, PackedKind::Q5_0) => avx2::q5_0,
-                (Isa::Avx2, PackedKind::Q8_0) => avx2::q8_0,
-                (Isa::Avx2, PackedKind::Q4K) => avx2::q4_k,
-                (Isa::Avx2, PackedKind::Q6K) => avx2::q6_k,
+                (Isa::Avx2, PackedKind::Q4_0) => avx2::plain::q4_0,
+                (Isa::AvxVnni, PackedKind::Q4_0) => avx2::vnni::q4_0,
+                (Isa::Avx2, PackedKind::Q4_1) => avx2::plain::q4_1,
+                (Isa::AvxVnni, PackedKind::Q4_1) => avx2::vnni::q4_1,
+                (Isa::Avx2, PackedKind::Q5_0) => avx2::plain::q5_0,
+                (Isa::AvxVnni, PackedKind::Q5_0) => avx2::vnni::q5_0,
+                (Isa::Avx2, PackedKind::Q8_0) => avx2::plain::q8_0,
+                (Isa::AvxVnni, PackedKind::Q8_0) => avx2::vnni::q8_0,
+                (Isa::Avx2, PackedKind::Q4K) => avx2::plain::q4_k,
+                (Isa::AvxVnni, PackedKind::Q4K) => avx2::vnni::q4_k,
+                (Isa::Avx2, PackedKind::Q6K) => avx2::plain::q6_k,
+                (Isa::AvxVnni, PackedKind::Q6K) => avx2::vnni::q6_k,
             };
             // SAFETY: the CPU has `isa` (our caller's promise), the kernel is of this matrix's kind,
             // the sizes were checked above (the K-quants' activations with one scale per
