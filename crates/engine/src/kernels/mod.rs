@@ -861,19 +861,26 @@ mod tests {
         }
     }
 
-    /// The instruction sets with packed kernels that this CPU runs (the test of each is the same).
+    /// The instruction sets with packed kernels that this CPU runs (the test of each is the same); says
+    /// which it skips.
     fn packed_isas() -> Vec<packed::Isa> {
-        let mut isas = Vec::new();
-        if cpu::has_avx2() {
-            isas.push(packed::Isa::Avx2);
-        }
-        if cpu::has_avx_vnni() {
-            isas.push(packed::Isa::AvxVnni);
-        }
-        if cpu::has_avx512_vnni() {
-            isas.push(packed::Isa::Avx512Vnni);
-        }
-        isas
+        let all = [
+            (packed::Isa::Avx2, cpu::has_avx2()),
+            (packed::Isa::AvxVnni, cpu::has_avx_vnni()),
+            (packed::Isa::Avx512Vnni, cpu::has_avx512_vnni()),
+        ];
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            for (isa, _) in all.iter().filter(|(_, runs)| !runs) {
+                eprintln!(
+                    "skipped: the {isa:?} packed kernels (not on this CPU or CODELLAMA_LSP_CPU)"
+                );
+            }
+        });
+        all.iter()
+            .filter(|(_, runs)| *runs)
+            .map(|(isa, _)| *isa)
+            .collect()
     }
 
     /// The types packed as the file stores them: each keeps the file's bytes (sixteen rows per group, so
