@@ -490,13 +490,14 @@ macro_rules! isa_kernels {
                         let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, sb * SUB) });
                         // SAFETY: g < groups.end <= p.groups() and sb < the super-blocks per row of `p`.
                         let blk = unsafe { p.block(g, sb) };
-                        if FETCH {
-                            prefetch_ahead(blk, block_bytes, 0, 1);
-                        }
                         for (h, acc) in acc.iter_mut().enumerate() {
                             let mut isum = [_mm256_setzero_si256(); R];
                             let mut mins = [_mm_setzero_si128(); SUB];
                             for (j, min) in mins.iter_mut().enumerate() {
+                                if FETCH && h == 0 {
+                                    // Spread over the sub-blocks, as the AVX-512 kernels.
+                                    prefetch_ahead(blk, block_bytes, j, SUB);
+                                }
                                 // SAFETY: a Q4_K group block, j < 8, h < 2.
                                 let (sc, m) = unsafe { q4_k_scales(blk, j, h) };
                                 let sc = _mm256_cvtepu8_epi32(sc);
@@ -581,12 +582,13 @@ macro_rules! isa_kernels {
                         let da: [f32; R] = std::array::from_fn(|r| unsafe { rows.d(r, sb * SUB) });
                         // SAFETY: g < groups.end <= p.groups() and sb < the super-blocks per row of `p`.
                         let blk = unsafe { p.block(g, sb) };
-                        if FETCH {
-                            prefetch_ahead(blk, block_bytes, 0, 1);
-                        }
                         for (h, acc) in acc.iter_mut().enumerate() {
                             let mut isum = [_mm256_setzero_si256(); R];
                             for c in 0..SUB {
+                                if FETCH && h == 0 {
+                                    // Spread over the blocks, as the AVX-512 kernels.
+                                    prefetch_ahead(blk, block_bytes, c, SUB);
+                                }
                                 let high = blk.wrapping_add(Q6K_HIGH + 128 * c);
                                 // SAFETY: half h of the two high-bit vectors of block c.
                                 let [h0, h1] = [0, 64].map(|at| unsafe { half(high.wrapping_add(at), h) });
