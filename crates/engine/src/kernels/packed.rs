@@ -480,6 +480,74 @@ pub fn unpack_value(p: &Packed, row: usize, col: usize) -> f32 {
     }
 }
 
+/// Defines a kernel for the CPU features `$features`: activation rows `first..` in tiles of up to `MR`
+/// rows (`WIDE` where `$wide` and as many rows are left), each tile calling `$tile::<R, ...>` on one
+/// block of groups (`TILE_WEIGHT_BYTES`) before the next block; `MR`, `WIDE` and `TILE_WEIGHT_BYTES`
+/// are the calling module's. A tile reads one group's weights at a time, from start to end: one stream
+/// of weights per thread. (Two groups side by side, which gave the decoding tiles more independent
+/// chains, read weights a sixth slower on the 2-core Zen 5 machine: two streams per thread; in
+/// prompt-sized Q4_K products, four rows by two groups ran as fast as eight rows by one.)
+macro_rules! kernel {
+    ($features:literal, $(#[$doc:meta])* $name:ident, $tile:ident, $wide:expr $(, $arg:expr)*) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(
+            p: &Packed,
+            x: &Q8Act,
+            first: usize,
+            groups: Range<usize>,
+            out: SharedOut,
+        ) {
+            /// One tile of `R` rows, prefetching its weights or not (`FETCH`).
+            ///
+            /// # Safety
+            /// As for the kernel, with `i0 + R <= x.m()`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn tile<const R: usize>(
+                fetch: bool,
+                p: &Packed,
+                x: &Q8Act,
+                g: Range<usize>,
+                i0: usize,
+                out: SharedOut,
+            ) {
+                if fetch {
+                    // SAFETY: our caller's promise.
+                    unsafe { $tile::<R, true $(, $arg)*>(p, x, g, i0, out) }
+                } else {
+                    // SAFETY: our caller's promise.
+                    unsafe { $tile::<R, false $(, $arg)*>(p, x, g, i0, out) }
+                }
+            }
+            let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
+            for start in groups.clone().step_by(per_block) {
+                let block = start..(start + per_block).min(groups.end);
+                let mut i0 = first;
+                while i0 < x.m() {
+                    // The first tile reads the block's weights from memory (see `PREFETCH_BYTES`).
+                    let (g, fetch) = (block.clone(), i0 == first);
+                    let left = x.m() - i0;
+                    let r = if $wide && left >= WIDE { WIDE } else { left.min(MR) };
+                    match r {
+                        // SAFETY: i0 + 8 <= m; the rest is our caller's promise.
+                        WIDE => unsafe { tile::<WIDE>(fetch, p, x, g, i0, out) },
+                        // SAFETY: i0 + 4 <= m; as above.
+                        4 => unsafe { tile::<4>(fetch, p, x, g, i0, out) },
+                        // SAFETY: i0 + 3 <= m; as above.
+                        3 => unsafe { tile::<3>(fetch, p, x, g, i0, out) },
+                        // SAFETY: i0 + 2 <= m; as above.
+                        2 => unsafe { tile::<2>(fetch, p, x, g, i0, out) },
+                        // SAFETY: i0 + 1 <= m; as above.
+                        _ => unsafe { tile::<1>(fetch, p, x, g, i0, out) },
+                    }
+                    i0 += r;
+                }
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
@@ -507,77 +575,10 @@ pub(super) mod x86 {
     /// to the next groups: half of a Zen 5 core's 1 MB L2, so that the tiles after the first read them
     /// from there (a thread's share of a 7B matrix, 1.2–3.2 MB, came from L3 for every tile). 256 KB
     /// and 768 KB were no faster.
-    const TILE_WEIGHT_BYTES: usize = 512 << 10;
-
-    /// Defines a kernel: activation rows `first..` in tiles of up to `MR` rows (`WIDE` where `$wide`
-    /// and as many rows are left), each tile calling `$tile::<R, ...>` on one block of groups
-    /// (`TILE_WEIGHT_BYTES`) before the next block. A tile reads one group's weights at a time, from
-    /// start to end: one stream of weights per thread. (Two groups side by side, which gave the
-    /// decoding tiles more independent chains, read weights a sixth slower on the 2-core Zen 5
-    /// machine: two streams per thread; in prompt-sized Q4_K products, four rows by two groups ran
-    /// as fast as eight rows by one.)
-    macro_rules! kernel {
-        ($(#[$doc:meta])* $name:ident, $tile:ident, $wide:expr $(, $arg:expr)*) => {
-            $(#[$doc])*
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-            pub unsafe fn $name(
-                p: &Packed,
-                x: &Q8Act,
-                first: usize,
-                groups: Range<usize>,
-                out: SharedOut,
-            ) {
-                /// One tile of `R` rows, prefetching its weights or not (`FETCH`).
-                ///
-                /// # Safety
-                /// As for the kernel, with `i0 + R <= x.m()`.
-                #[inline]
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-                unsafe fn tile<const R: usize>(
-                    fetch: bool,
-                    p: &Packed,
-                    x: &Q8Act,
-                    g: Range<usize>,
-                    i0: usize,
-                    out: SharedOut,
-                ) {
-                    if fetch {
-                        // SAFETY: our caller's promise.
-                        unsafe { $tile::<R, true $(, $arg)*>(p, x, g, i0, out) }
-                    } else {
-                        // SAFETY: our caller's promise.
-                        unsafe { $tile::<R, false $(, $arg)*>(p, x, g, i0, out) }
-                    }
-                }
-                let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
-                for start in groups.clone().step_by(per_block) {
-                    let block = start..(start + per_block).min(groups.end);
-                    let mut i0 = first;
-                    while i0 < x.m() {
-                        // The first tile reads the block's weights from memory (see `PREFETCH_BYTES`).
-                        let (g, fetch) = (block.clone(), i0 == first);
-                        let left = x.m() - i0;
-                        let r = if $wide && left >= WIDE { WIDE } else { left.min(MR) };
-                        match r {
-                            // SAFETY: i0 + 8 <= m; the rest is our caller's promise.
-                            WIDE => unsafe { tile::<WIDE>(fetch, p, x, g, i0, out) },
-                            // SAFETY: i0 + 4 <= m; as above.
-                            4 => unsafe { tile::<4>(fetch, p, x, g, i0, out) },
-                            // SAFETY: i0 + 3 <= m; as above.
-                            3 => unsafe { tile::<3>(fetch, p, x, g, i0, out) },
-                            // SAFETY: i0 + 2 <= m; as above.
-                            2 => unsafe { tile::<2>(fetch, p, x, g, i0, out) },
-                            // SAFETY: i0 + 1 <= m; as above.
-                            _ => unsafe { tile::<1>(fetch, p, x, g, i0, out) },
-                        }
-                        i0 += r;
-                    }
-                }
-            }
-        };
-    }
+    pub(super) const TILE_WEIGHT_BYTES: usize = 512 << 10;
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// Safety contract of the kernels and their tiles: the CPU supports AVX-512 F/BW/VL/VNNI, F16C
         /// and FMA; `p` is of the kernel's kind; `x` has the row length of `p`; `groups` are groups of
         /// `p`; `out` holds `x.m() × p.rows()` values, and no other task writes the columns of `groups`
@@ -593,6 +594,7 @@ pub(super) mod x86 {
     );
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// # Safety
         /// As for `q4_1`.
         q4_0,
@@ -603,6 +605,7 @@ pub(super) mod x86 {
     );
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// # Safety
         /// As for `q4_1`.
         q5_0,
@@ -613,6 +616,7 @@ pub(super) mod x86 {
     );
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// # Safety
         /// As for `q4_1`.
         q8_0,
@@ -621,6 +625,7 @@ pub(super) mod x86 {
     );
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// # Safety
         /// As for `q4_1`, and `x` was quantized with one scale per super-block.
         q4_k,
@@ -629,6 +634,7 @@ pub(super) mod x86 {
     );
 
     kernel!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma",
         /// # Safety
         /// As for `q4_k`.
         q6_k,

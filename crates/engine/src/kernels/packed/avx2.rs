@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::x86::prefetch_ahead;
+use super::x86::{prefetch_ahead, TILE_WEIGHT_BYTES};
 use super::{
     Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES,
 };
@@ -26,74 +26,14 @@ use crate::kernels::SharedOut;
 /// accumulators per row.
 const MR: usize = 4;
 
-/// Weights a product goes over with every tile of activation rows before the next groups (as the
-/// AVX-512 kernels: the first tile reads them from memory, the others from L2).
-const TILE_WEIGHT_BYTES: usize = 512 << 10;
+/// The wide tiles of `kernel!`, which AVX2's kernels do not take (too few registers).
+const WIDE: usize = 2 * MR;
 
 /// Rows per half group (lanes of a 256-bit register of i32).
 const HALF: usize = GROUP / 2;
 
 /// Blocks of 32 per super-block.
 const SUB: usize = SUPER / QK;
-
-/// Defines a kernel: activation rows `first..` in tiles of up to `MR` rows, each tile calling
-/// `$tile::<R, FETCH, ...>` on one block of groups (`TILE_WEIGHT_BYTES`) before the next block.
-macro_rules! kernel {
-    ($features:literal, $(#[$doc:meta])* $name:ident, $tile:ident $(, $arg:expr)*) => {
-        $(#[$doc])*
-        #[target_feature(enable = $features)]
-        pub unsafe fn $name(
-            p: &Packed,
-            x: &Q8Act,
-            first: usize,
-            groups: Range<usize>,
-            out: SharedOut,
-        ) {
-            /// One tile of `R` rows, prefetching its weights or not (`fetch`).
-            ///
-            /// # Safety
-            /// As for the kernel, with `i0 + R <= x.m()`.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn tile<const R: usize>(
-                fetch: bool,
-                p: &Packed,
-                x: &Q8Act,
-                g: Range<usize>,
-                i0: usize,
-                out: SharedOut,
-            ) {
-                if fetch {
-                    // SAFETY: our caller's promise.
-                    unsafe { $tile::<R, true $(, $arg)*>(p, x, g, i0, out) }
-                } else {
-                    // SAFETY: our caller's promise.
-                    unsafe { $tile::<R, false $(, $arg)*>(p, x, g, i0, out) }
-                }
-            }
-            let per_block = (TILE_WEIGHT_BYTES / p.group_bytes()).max(1);
-            for start in groups.clone().step_by(per_block) {
-                let block = start..(start + per_block).min(groups.end);
-                let mut i0 = first;
-                while i0 < x.m() {
-                    let (g, fetch) = (block.clone(), i0 == first);
-                    let r = (x.m() - i0).min(MR);
-                    match r {
-                        // SAFETY: i0 + 4 <= m; the rest is our caller's promise.
-                        4 => unsafe { tile::<4>(fetch, p, x, g, i0, out) },
-                        // SAFETY: i0 + 3 <= m; as above.
-                        3 => unsafe { tile::<3>(fetch, p, x, g, i0, out) },
-                        // SAFETY: i0 + 2 <= m; as above.
-                        2 => unsafe { tile::<2>(fetch, p, x, g, i0, out) },
-                        // SAFETY: i0 + 1 <= m; as above.
-                        _ => unsafe { tile::<1>(fetch, p, x, g, i0, out) },
-                    }
-                    i0 += r;
-                }
-            }
-        }
-    };
-}
 
 /// Stores the eight results of half `h` of group `g` for activation row `i` (fewer in the last,
 /// partial group; none for a half past the last row).
@@ -269,6 +209,7 @@ macro_rules! isa_kernels {
                 /// As stated above.
                 q4_1,
                 q4_tile,
+                false,
                 true,
                 false
             );
@@ -280,6 +221,7 @@ macro_rules! isa_kernels {
                 q4_0,
                 q4_tile,
                 false,
+                false,
                 false
             );
 
@@ -290,6 +232,7 @@ macro_rules! isa_kernels {
                 q5_0,
                 q4_tile,
                 false,
+                false,
                 true
             );
 
@@ -298,7 +241,8 @@ macro_rules! isa_kernels {
                 /// # Safety
                 /// As for `q4_1`.
                 q8_0,
-                q8_0_tile
+                q8_0_tile,
+                false
             );
 
             kernel!(
@@ -306,7 +250,8 @@ macro_rules! isa_kernels {
                 /// # Safety
                 /// As for `q4_1`.
                 q4_k,
-                q4_k_tile
+                q4_k_tile,
+                false
             );
 
             kernel!(
@@ -314,7 +259,8 @@ macro_rules! isa_kernels {
                 /// # Safety
                 /// As for `q4_1`.
                 q6_k,
-                q6_k_tile
+                q6_k_tile,
+                false
             );
 
             /// `R` activation rows against one group of 16 weight rows at a time, for Q4_1 (`MIN`), Q4_0 and
