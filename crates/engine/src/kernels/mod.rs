@@ -1,13 +1,14 @@
 //! CPU matrix kernels over weights kept in their file format (GGUF quantized blocks, f16/bf16/f32).
 //!
 //! `QMatrix::matmul` computes `out[m, rows] = x[m, cols] · Wᵀ` for a weight matrix stored row-major as
-//! `rows` rows of `cols` elements. Weights are used in place, as read from the file. Types with a kernel of
-//! our own (Q4_1, Q8_0, f32/f16/bf16; Q4_0, Q5_0, Q4_K and Q6_K repacked, on AVX2 or better) run it, with
-//! runtime dispatch to AMX, AVX-512 VNNI or AVX2/FMA/F16C code on x86 so one binary serves every machine. The model's linear
-//! layers convert the other quantized types to Q4_1 or Q8_0 at load (`transcode`); a matrix that is not
-//! converted (an embedding table) goes through the block dot products of candle's `GgmlType`
-//! implementations. Work is split over weight rows
-//! on the current rayon pool or the engine's own pool. Callers never see which path ran.
+//! `rows` rows of `cols` elements. Weights keep the file's values: on CPUs with AVX2, Q4_0, Q4_1, Q5_0,
+//! Q8_0, Q4_K and Q6_K are repacked at load into the same bytes in another order (`packed`), with run-time
+//! dispatch to AMX tiles, AVX-512 VNNI, AVX-VNNI or AVX2 code so one binary serves every x86 machine;
+//! f32/f16/bf16 have row dot products of their own, and Q4_1 and Q8_0 portable tiles (`tiled`) for CPUs
+//! without AVX2. The model's linear layers convert the other quantized types to Q4_1 or Q8_0 at load
+//! (`transcode`); a matrix that is not converted (an embedding table) goes through the block dot products
+//! of candle's `GgmlType` implementations. Work is split over weight rows on the current rayon pool or the
+//! engine's own pool. Callers never see which path ran.
 //!
 //! This module is the crate's unsafe core, sealed behind safe entry points: `QMatrix` (its constructor
 //! checks sizes and alignment), `attention`, `activation`. Each checks the lengths of what it is given
@@ -417,8 +418,8 @@ impl QMatrix {
                 })
             }
             _ if self.packed.is_some() => self.run_packed(exec, x, m, head, out),
-            GgmlDType::Q4_1 => self.tiled(exec, x, m, head, out, q4_1::fastest()),
-            GgmlDType::Q8_0 => self.tiled(exec, x, m, head, out, q8_0::fastest()),
+            GgmlDType::Q4_1 => self.tiled(exec, x, m, head, out, q4_1::tiles()),
+            GgmlDType::Q8_0 => self.tiled(exec, x, m, head, out, q8_0::tiles()),
             GgmlDType::Q4_0 => self.generic::<BlockQ4_0>(exec, x, m, head, out),
             GgmlDType::Q5_0 => self.generic::<BlockQ5_0>(exec, x, m, head, out),
             GgmlDType::Q5_1 => self.generic::<BlockQ5_1>(exec, x, m, head, out),
@@ -770,40 +771,6 @@ mod tests {
         }
     }
 
-    /// The SIMD tiles agree with the scalar tile for every tile shape and an odd number of blocks.
-    #[test]
-    fn tiled_implementations_agree() {
-        for (dtype, impls) in [
-            (GgmlDType::Q4_1, q4_1::implementations()),
-            (GgmlDType::Q8_0, q8_0::implementations()),
-        ] {
-            for (rows, cols, m) in [(7, 96, 5), (13, 64, 1), (4, 32, 9), (33, 576, 3)] {
-                let w = quantize(dtype, &data(rows * cols, 3));
-                let x = data(m * cols, 5);
-                let xq = Q8Act::quantize(&x, m, cols);
-                let results: Vec<(&str, Vec<f32>)> = impls
-                    .iter()
-                    .map(|tiles| {
-                        let mut out = vec![f32::NAN; m * rows];
-                        let p = tiled::Product::new(&w, rows, dtype.type_size(), &xq, &mut out);
-                        // SAFETY: one call covers all rows.
-                        unsafe { tiles.run(&p, 0..rows) };
-                        (tiles.name, out)
-                    })
-                    .collect();
-                let (_, reference) = results.last().unwrap();
-                for (name, out) in &results {
-                    for (a, b) in out.iter().zip(reference) {
-                        assert!(
-                            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
-                            "{dtype:?} {name} {rows}x{cols} m={m}: {a} vs {b}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
     /// Repacked weights hold the same values and give the same products as the file's layout.
     #[test]
     fn packed_layout_matches_the_file_layout() {
@@ -1100,16 +1067,14 @@ mod tests {
         });
         assert!(msg.contains("output size"), "{msg}");
         let p = tiled::Product::new(&w, rows, q8_0::BLOCK_BYTES, &xq, &mut out);
-        for tiles in q8_0::implementations() {
-            // SAFETY: one call at a time (each panics before computing anything).
-            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows + 4) });
-            assert!(msg.contains("outside a product"), "{}: {msg}", tiles.name);
-        }
-        for tiles in q4_1::implementations() {
-            // SAFETY: as above.
-            let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows) });
-            assert!(msg.contains("block size"), "{}: {msg}", tiles.name);
-        }
+        let tiles = q8_0::tiles();
+        // SAFETY: one call at a time (each panics before computing anything).
+        let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows + 4) });
+        assert!(msg.contains("outside a product"), "{msg}");
+        let tiles = q4_1::tiles();
+        // SAFETY: as above.
+        let msg = panic_message(|| unsafe { tiles.run(&p, 0..rows) });
+        assert!(msg.contains("block size"), "{msg}");
         let mat = QMatrix::new(GgmlDType::Q8_0, rows, cols, WeightBytes::copy_of(&w)).unwrap();
         let msg = panic_message(|| mat.matmul(&[], usize::MAX / 2, &mut []));
         assert!(msg.contains("overflows"), "{msg}");

@@ -58,12 +58,6 @@ impl<'a> Product<'a> {
         &self.w[j * self.row_bytes..][..self.row_bytes]
     }
 
-    /// Weight rows `j0..j0 + N`.
-    #[inline]
-    pub fn rows<const N: usize>(&self, j0: usize) -> [&'a [u8]; N] {
-        std::array::from_fn(|c| self.row(j0 + c))
-    }
-
     /// Stores a tile's results: `vals[c][r]` is output `(i0 + r, j0 + c)`.
     ///
     /// # Safety
@@ -95,11 +89,11 @@ pub type TileFn = unsafe fn(&Product, usize, usize);
 /// tile of exactly `nr × mr` for every `nr <= nr_max`, `mr <= mr_max` (see `tiles!`).
 pub type TileSet = (usize, usize, fn(usize, usize) -> TileFn);
 
-/// One implementation of a weight type's tiles (scalar, AVX2, AVX-512 VNNI). A `Tiles` value exists
-/// only for implementations this CPU can run.
+/// One implementation of a weight type's tiles (the portable ones of `q4_1` and `q8_0`; on CPUs with
+/// AVX2 the repacked kernels of `packed` take these types). A `Tiles` value exists only for
+/// implementations this CPU can run.
 #[derive(Clone, Copy)]
 pub struct Tiles {
-    pub name: &'static str,
     block_bytes: usize,
     nr_max: usize,
     mr_max: usize,
@@ -109,10 +103,9 @@ pub struct Tiles {
 impl Tiles {
     /// # Safety
     /// The CPU supports the instructions the tiles of `set` use, and `set` keeps `TileSet`'s promise.
-    pub unsafe fn new(name: &'static str, block_bytes: usize, set: TileSet) -> Self {
+    pub unsafe fn new(block_bytes: usize, set: TileSet) -> Self {
         let (nr_max, mr_max, pick) = set;
         Self {
-            name,
             block_bytes,
             nr_max,
             mr_max,
@@ -151,7 +144,7 @@ impl Tiles {
     }
 }
 
-/// The `TileSet` of the const-generic tile function `$tile` for sizes up to `4 × 4` or `4 × 2`.
+/// The `TileSet` of the const-generic tile function `$tile` for sizes up to `4 × 4`.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! tiles {
@@ -175,24 +168,6 @@ macro_rules! tiles {
                     (2, 1) => $tile::<2, 1>,
                     (1, 4) => $tile::<1, 4>,
                     (1, 3) => $tile::<1, 3>,
-                    (1, 2) => $tile::<1, 2>,
-                    _ => $tile::<1, 1>,
-                }
-            },
-        )
-    };
-    ($tile:ident, 4, 2) => {
-        (
-            4,
-            2,
-            |nr: usize, mr: usize| -> $crate::kernels::tiled::TileFn {
-                match (nr, mr) {
-                    (4, 2) => $tile::<4, 2>,
-                    (4, 1) => $tile::<4, 1>,
-                    (3, 2) => $tile::<3, 2>,
-                    (3, 1) => $tile::<3, 1>,
-                    (2, 2) => $tile::<2, 2>,
-                    (2, 1) => $tile::<2, 1>,
                     (1, 2) => $tile::<1, 2>,
                     _ => $tile::<1, 1>,
                 }
