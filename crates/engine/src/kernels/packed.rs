@@ -923,12 +923,13 @@ pub(super) mod x86 {
     }
 
     /// The scales and minimums of sub-block `j` (0..8) of the sixteen rows of a Q4_K group block, a
-    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows).
+    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows). SSE2 only,
+    /// which every x86-64 CPU has: the AVX2 kernels use it too.
     ///
     /// # Safety
     /// `blk` is a Q4_K group block; `j < 8`.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    #[target_feature(enable = "sse2")]
     pub(in crate::kernels) unsafe fn q4_k_scales(blk: *const u8, j: usize) -> (__m128i, __m128i) {
         // SAFETY: byte k (< 12) of the sixteen rows, inside the group block (our caller's promise).
         let byte =

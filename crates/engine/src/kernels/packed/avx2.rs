@@ -15,10 +15,8 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::x86::{prefetch_ahead, TILE_WEIGHT_BYTES};
-use super::{
-    Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES,
-};
+use super::x86::{prefetch_ahead, q4_k_scales, TILE_WEIGHT_BYTES};
+use super::{Packed, GROUP, Q4K_QUANTS, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES};
 use crate::kernels::q8::{Q8Act, QK, SUPER};
 use crate::kernels::SharedOut;
 
@@ -35,30 +33,41 @@ const HALF: usize = GROUP / 2;
 /// Blocks of 32 per super-block.
 const SUB: usize = SUPER / QK;
 
-/// Stores the eight results of half `h` of group `g` for activation row `i` (fewer in the last,
-/// partial group; none for a half past the last row).
+/// Stores a tile's results for group `g`: `acc[h][r]`, the eight of half `h` for activation row
+/// `i0 + r` (fewer in the last, partial group; none for a half past the last row).
 ///
 /// # Safety
-/// `i < x.m()` and `g < p.groups()` for the `out` of the kernels' contract, whose promise about other
-/// tasks covers this group's columns.
+/// `i0 + R <= x.m()` and `g < p.groups()` for the `out` of the kernels' contract, whose promise about
+/// other tasks covers this group's columns.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn store(p: &Packed, out: SharedOut, i: usize, g: usize, h: usize, v: __m256) {
-    let first = g * GROUP + h * HALF;
-    if first >= p.rows {
-        return;
-    }
-    let n = (p.rows - first).min(HALF);
-    // SAFETY: columns first..first + n of row i are inside the output and this task's alone.
-    let dst = unsafe { out.slice(i * p.rows + first, n) };
-    if n == HALF {
-        // SAFETY: `dst` holds 8 values, one 256-bit store.
-        unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) };
-    } else {
-        let mut all = [0f32; HALF];
-        // SAFETY: `all` holds 8 values.
-        unsafe { _mm256_storeu_ps(all.as_mut_ptr(), v) };
-        dst.copy_from_slice(&all[..n]);
+unsafe fn store<const R: usize>(
+    p: &Packed,
+    out: SharedOut,
+    i0: usize,
+    g: usize,
+    acc: &[[__m256; R]; 2],
+) {
+    for (h, acc) in acc.iter().enumerate() {
+        let first = g * GROUP + h * HALF;
+        if first >= p.rows {
+            return;
+        }
+        let n = (p.rows - first).min(HALF);
+        for (r, v) in acc.iter().enumerate() {
+            // SAFETY: columns first..first + n of row i0 + r are inside the output and this task's
+            // alone.
+            let dst = unsafe { out.slice((i0 + r) * p.rows + first, n) };
+            if n == HALF {
+                // SAFETY: `dst` holds 8 values, one 256-bit store.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), *v) };
+            } else {
+                let mut all = [0f32; HALF];
+                // SAFETY: `all` holds 8 values.
+                unsafe { _mm256_storeu_ps(all.as_mut_ptr(), *v) };
+                dst.copy_from_slice(&all[..n]);
+            }
+        }
     }
 }
 
@@ -141,25 +150,14 @@ fn with_fifth_bits([lo, hi]: [__m256i; 2], fifth: __m256i, t: usize) -> [__m256i
     ]
 }
 
-/// The scales and minimums of sub-block `j` (0..8) of half `h` of a Q4_K group block's rows, a byte
-/// per row (as the AVX-512 `q4_k_scales`, eight rows).
-///
-/// # Safety
-/// `blk` is a Q4_K group block; `j < 8`, `h < 2`.
+/// The eight bytes of half `h` of the sixteen in `v` (a byte per row), in its low half.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q4_k_scales(blk: *const u8, j: usize, h: usize) -> (__m128i, __m128i) {
-    // SAFETY: half h of byte k (< 12) of the sixteen rows, inside the group block.
-    let byte = |k: usize| unsafe { half_bytes(blk.wrapping_add(Q4K_SCALES + 16 * k), h) };
-    let (m63, m0f, m30) = (_mm_set1_epi8(63), _mm_set1_epi8(0x0F), _mm_set1_epi8(0x30));
-    if j < 4 {
-        (_mm_and_si128(byte(j), m63), _mm_and_si128(byte(j + 4), m63))
+fn bytes_of_half(v: __m128i, h: usize) -> __m128i {
+    if h == 0 {
+        v
     } else {
-        let top = |k| _mm_and_si128(_mm_srli_epi16(byte(k), 2), m30);
-        (
-            _mm_or_si128(_mm_and_si128(byte(j + 4), m0f), top(j - 4)),
-            _mm_or_si128(_mm_and_si128(_mm_srli_epi16(byte(j + 4), 4), m0f), top(j)),
-        )
+        _mm_unpackhi_epi64(v, v)
     }
 }
 
@@ -339,12 +337,8 @@ macro_rules! isa_kernels {
                             }
                         }
                     }
-                    for (h, acc) in acc.iter().enumerate() {
-                        for (r, a) in acc.iter().enumerate() {
-                            // SAFETY: i0 + r < m and g is one of this call's groups.
-                            unsafe { store(p, out, i0 + r, g, h, *a) };
-                        }
-                    }
+                    // SAFETY: i0 + R <= m and g is one of this call's groups.
+                    unsafe { store(p, out, i0, g, &acc) };
                 }
             }
 
@@ -400,12 +394,8 @@ macro_rules! isa_kernels {
                             }
                         }
                     }
-                    for (h, acc) in acc.iter().enumerate() {
-                        for (r, a) in acc.iter().enumerate() {
-                            // SAFETY: i0 + r < m and g is one of this call's groups.
-                            unsafe { store(p, out, i0 + r, g, h, *a) };
-                        }
-                    }
+                    // SAFETY: i0 + R <= m and g is one of this call's groups.
+                    unsafe { store(p, out, i0, g, &acc) };
                 }
             }
 
@@ -444,10 +434,10 @@ macro_rules! isa_kernels {
                                     // Spread over the sub-blocks, as the AVX-512 kernels.
                                     prefetch_ahead(blk, block_bytes, j, SUB);
                                 }
-                                // SAFETY: a Q4_K group block, j < 8, h < 2.
-                                let (sc, m) = unsafe { q4_k_scales(blk, j, h) };
-                                let sc = _mm256_cvtepu8_epi32(sc);
-                                *min = m;
+                                // SAFETY: a Q4_K group block, j < 8.
+                                let (sc, m) = unsafe { q4_k_scales(blk, j) };
+                                let sc = _mm256_cvtepu8_epi32(bytes_of_half(sc, h));
+                                *min = bytes_of_half(m, h);
                                 // Two chains per row (low and high nibbles), for the latency of
                                 // `vpdpbusd`.
                                 let mut sum = [[_mm256_setzero_si256(); 2]; R];
@@ -493,12 +483,8 @@ macro_rules! isa_kernels {
                             }
                         }
                     }
-                    for (h, acc) in acc.iter().enumerate() {
-                        for (r, a) in acc.iter().enumerate() {
-                            // SAFETY: i0 + r < m and g is one of this call's groups.
-                            unsafe { store(p, out, i0 + r, g, h, *a) };
-                        }
-                    }
+                    // SAFETY: i0 + R <= m and g is one of this call's groups.
+                    unsafe { store(p, out, i0, g, &acc) };
                 }
             }
 
@@ -584,12 +570,8 @@ macro_rules! isa_kernels {
                             }
                         }
                     }
-                    for (h, acc) in acc.iter().enumerate() {
-                        for (r, a) in acc.iter().enumerate() {
-                            // SAFETY: i0 + r < m and g is one of this call's groups.
-                            unsafe { store(p, out, i0 + r, g, h, *a) };
-                        }
-                    }
+                    // SAFETY: i0 + R <= m and g is one of this call's groups.
+                    unsafe { store(p, out, i0, g, &acc) };
                 }
             }
         }
