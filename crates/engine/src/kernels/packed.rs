@@ -923,17 +923,27 @@ pub(super) mod x86 {
     }
 
     /// The scales and minimums of sub-block `j` (0..8) of the sixteen rows of a Q4_K group block, a
-    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows). SSE2 only,
-    /// which every x86-64 CPU has: the AVX2 kernels use it too.
+    /// byte per row, unpacked from the file's 6-bit encoding (kept as twelve 16-byte rows).
     ///
     /// # Safety
     /// `blk` is a Q4_K group block; `j < 8`.
     #[inline]
-    #[target_feature(enable = "sse2")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     pub(in crate::kernels) unsafe fn q4_k_scales(blk: *const u8, j: usize) -> (__m128i, __m128i) {
         // SAFETY: byte k (< 12) of the sixteen rows, inside the group block (our caller's promise).
         let byte =
             |k: usize| unsafe { _mm_loadu_si128(blk.wrapping_add(Q4K_SCALES + 16 * k).cast()) };
+        q4_k_unpack(byte, j)
+    }
+
+    /// The scales and minimums of sub-block `j` (0..8) from `byte(k)`, byte `k` of the twelve 6-bit
+    /// scale bytes of some rows (a byte per row: sixteen, or eight for the AVX2 kernels' halves).
+    #[inline]
+    #[target_feature(enable = "sse2")]
+    pub(in crate::kernels) fn q4_k_unpack(
+        byte: impl Fn(usize) -> __m128i,
+        j: usize,
+    ) -> (__m128i, __m128i) {
         let (m63, m0f, m30) = (_mm_set1_epi8(63), _mm_set1_epi8(0x0F), _mm_set1_epi8(0x30));
         if j < 4 {
             (_mm_and_si128(byte(j), m63), _mm_and_si128(byte(j + 4), m63))

@@ -15,8 +15,10 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::x86::{prefetch_ahead, q4_k_scales, TILE_WEIGHT_BYTES};
-use super::{Packed, GROUP, Q4K_QUANTS, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES};
+use super::x86::{prefetch_ahead, q4_k_unpack, TILE_WEIGHT_BYTES};
+use super::{
+    Packed, GROUP, Q4K_QUANTS, Q4K_SCALES, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES,
+};
 use crate::kernels::q8::{Q8Act, QK, SUPER};
 use crate::kernels::SharedOut;
 
@@ -148,17 +150,6 @@ fn with_fifth_bits([lo, hi]: [__m256i; 2], fifth: __m256i, t: usize) -> [__m256i
         _mm256_or_si256(lo, _mm256_and_si256(up, bit)),
         _mm256_or_si256(hi, _mm256_and_si256(down, bit)),
     ]
-}
-
-/// The eight bytes of half `h` of the sixteen in `v` (a byte per row), in its low half.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn bytes_of_half(v: __m128i, h: usize) -> __m128i {
-    if h == 0 {
-        v
-    } else {
-        _mm_unpackhi_epi64(v, v)
-    }
 }
 
 /// Two sub-blocks' bytes (eight rows each) as eight pairs of i16, row `r`'s in lane `r`, for
@@ -434,10 +425,14 @@ macro_rules! isa_kernels {
                                     // Spread over the sub-blocks, as the AVX-512 kernels.
                                     prefetch_ahead(blk, block_bytes, j, SUB);
                                 }
-                                // SAFETY: a Q4_K group block, j < 8.
-                                let (sc, m) = unsafe { q4_k_scales(blk, j) };
-                                let sc = _mm256_cvtepu8_epi32(bytes_of_half(sc, h));
-                                *min = bytes_of_half(m, h);
+                                let (sc, m) = q4_k_unpack(
+                                    // SAFETY: half h of scale byte k (< 12) of the group block's
+                                    // rows, inside the Q4_K group block.
+                                    |k| unsafe { half_bytes(blk.wrapping_add(Q4K_SCALES + 16 * k), h) },
+                                    j,
+                                );
+                                let sc = _mm256_cvtepu8_epi32(sc);
+                                *min = m;
                                 // Two chains per row (low and high nibbles), for the latency of
                                 // `vpdpbusd`.
                                 let mut sum = [[_mm256_setzero_si256(); 2]; R];
