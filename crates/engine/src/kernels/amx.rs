@@ -2,15 +2,20 @@
 //! of every packed kind (`packed`), so AMX CPUs keep the file's bytes and decode from them as the other
 //! VNNI CPUs do.
 //!
-//! For sixteen tokens and one group of sixteen weight rows, each 32-value block is one tile multiply:
-//! the tokens' 8-bit quants (`A`, 16 rows × 32 bytes, copied once per product into tile order:
-//! `TileQuants`) times the group's weights (`B`, 8 rows of 16 × 4 bytes: the repacked quads, unpacked
-//! into a scratch tile as signed bytes less the kind's offset) gives 16 × 16 exact integer dot products
-//! (`tdpbssd`); Q6_K's sub-blocks of 16 take one multiply of half the depth each. Two groups by two
-//! tiles of tokens are multiplied together, four products in flight. The integer sums are the VNNI
-//! kernels' (they take the offsets off with the activations' sums instead; integers are exact), and the
-//! scales and minimums are then applied row by row with the same float operations in the same order, so
-//! results are bit-identical to decoding, only faster.
+//! The tokens' 8-bit quants (`A`: 16 tokens, copied once per product into tile order, `TileQuants`)
+//! times a group's sixteen weight rows (`B`: rows of 16 × 4 bytes, built in a scratch tile from the
+//! repacked quads) give 16 × 16 exact integer dot products per tile multiply. Two ways, by kind:
+//! - A scale per block of 32 (Q4_0, Q4_1, Q5_0, Q8_0): each block is one multiply (`tdpbssd`, the
+//!   weights as signed bytes less the kind's offset), two groups by two tiles of tokens together, four
+//!   products in flight; each block's sums are then scaled in floats.
+//! - The K-quants (Q4_K, Q6_K), whose sub-blocks have integer scales: the B rows are the products
+//!   `scale·q` themselves, split into two tiles of bytes (`scaled`), so a multiply runs over 64 values
+//!   whatever the sub-blocks and a super-block's sums stay in the tiles; a group's super-block is built
+//!   once and multiplied by every tile of tokens.
+//!
+//! The integer sums are the VNNI kernels' (they take the offsets off with the activations' sums instead;
+//! integers are exact), and the scales and minimums are then applied row by row with the same float
+//! operations in the same order, so results are bit-identical to decoding, only faster.
 //!
 //! Linux disables the tile registers until a process asks for them (`arch_prctl`); `available` does that
 //! once and says whether it worked. Stable Rust has no AMX intrinsics, so the four tile instructions are
@@ -59,17 +64,23 @@ fn request_tile_data() -> bool {
     false
 }
 
-/// The activations' quants of every whole tile of 16 tokens, reordered so that each tile's block of 32
-/// is one run of 16 × 32 bytes (`[tile][block][token][32]`). Read in place, a tile's rows lie `cols`
-/// bytes apart: at 4,096 values a row, every one of them falls in the same set of the L1 cache, and
-/// loading them took an eighth of a 7B prompt's product time (Xeon, 2 vCPUs) while the tiles waited.
+/// Values per tile multiply of the K-quants: two blocks of 32 (`x86::scaled`).
+const ROW: usize = 2 * QK;
+
+/// The activations' quants of every whole tile of 16 tokens, reordered so that the 16 tokens' quants
+/// for each tile multiply are one run of `16 × row` bytes (`[tile][run][token][row]`): a block of 32
+/// (`row` = 32) or, for the K-quants, a pair of blocks side by side (`row` = 64). Read in place, a
+/// tile's rows lie `cols` bytes apart: at 4,096 values a row, every one of them falls in the same set
+/// of the L1 cache, and loading them took an eighth of a 7B prompt's product time (Xeon, 2 vCPUs)
+/// while the tiles waited.
 pub struct TileQuants {
     qs: AlignedBytes,
-    /// The blocks' scales in the same order, `[tile][block][token]`: one broadcast from memory each
-    /// where a scale is applied to a tile row.
+    /// The blocks' scales, `[tile][block][token]`: one broadcast from memory each where a scale is
+    /// applied to a tile row.
     d: Vec<f32>,
     tiles: usize,
     nb: usize,
+    row: usize,
 }
 
 impl TileQuants {
@@ -79,6 +90,8 @@ impl TileQuants {
         if tiles == 0 || !available() {
             return None;
         }
+        // The K-quants' blocks come in super-blocks of eight, so their runs are always whole.
+        let row = if x.per_super_block() { ROW } else { QK };
         let mut qs = AlignedBytes::zeroed(tiles * TOKENS * x.cols());
         let mut d = Vec::with_capacity(tiles * nb * TOKENS);
         for t in 0..tiles {
@@ -86,19 +99,22 @@ impl TileQuants {
                 d.extend((0..TOKENS).map(|r| x.d(TOKENS * t + r)[b]));
             }
         }
-        for (t, tile) in qs
-            .as_mut_slice()
-            .chunks_exact_mut(TOKENS * x.cols())
-            .enumerate()
-        {
-            for (b, block) in tile.chunks_exact_mut(TOKENS * QK).enumerate() {
-                for (r, dst) in block.chunks_exact_mut(QK).enumerate() {
-                    let src = x.block(TOKENS * t + r, b);
-                    dst.copy_from_slice(bytemuck::cast_slice(src));
+        let runs = nb / (row / QK);
+        for (i, run) in qs.as_mut_slice().chunks_exact_mut(TOKENS * row).enumerate() {
+            let (t, first) = (i / runs, i % runs * (row / QK));
+            for (r, dst) in run.chunks_exact_mut(row).enumerate() {
+                for (b, dst) in (first..).zip(dst.chunks_exact_mut(QK)) {
+                    dst.copy_from_slice(bytemuck::cast_slice(x.block(TOKENS * t + r, b)));
                 }
             }
         }
-        Some(Self { qs, d, tiles, nb })
+        Some(Self {
+            qs,
+            d,
+            tiles,
+            nb,
+            row,
+        })
     }
 
     /// Activation rows covered: `16 · tiles`.
@@ -114,15 +130,16 @@ impl TileQuants {
             .unwrap()
     }
 
-    /// The 16 × 32 quants of block `b` of tile `t`.
+    /// The 16 × 32 quants of block `b` of tile `t`, rows `row` bytes apart.
     ///
     /// # Safety
     /// `t < tiles` and `b < nb`.
     #[inline]
     unsafe fn block(&self, t: usize, b: usize) -> *const u8 {
         debug_assert!(t < self.tiles && b < self.nb);
+        let at = t * TOKENS * self.nb * QK + b / (self.row / QK) * TOKENS * self.row;
         // SAFETY: inside the buffer (the caller's promise).
-        unsafe { self.qs.as_ptr().add((t * self.nb + b) * TOKENS * QK) }
+        unsafe { self.qs.as_ptr().add(at + b % (self.row / QK) * QK) }
     }
 }
 
@@ -157,7 +174,9 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::super::packed::x86::{min_pairs, q4_k_scales, q6_k_high, with_fifth_bits};
+    use super::super::packed::x86::{
+        min_pairs, prefetch_ahead, q4_k_scales, q6_k_high, with_fifth_bits,
+    };
     use super::super::packed::{Q4K_QUANTS, Q5_0_HIGH, Q5_0_QUANTS, Q6K_D, Q6K_HIGH, Q6K_SCALES};
     use super::{Packed, PackedKind, Q8Act, SharedOut, TileQuants, GROUP, QK, TOKENS};
     use crate::kernels::q8::{Rows, SUPER};
@@ -185,9 +204,8 @@ mod x86 {
     /// Accumulators of a pair of groups by up to a pair of token tiles: `[group][tile][token]`.
     type Acc = [[[__m512; TOKENS]; PAIR]; PAIR];
 
-    /// Palette 1, for products of `depth` values (32, or 16 for Q6_K's sub-blocks): tmm0–3 = C (16 ×
-    /// 64 bytes of i32; C of group `g` and token tile `t` is tmm`2g + t`), tmm4–5 = A (16 tokens ×
-    /// `depth` bytes), tmm6–7 = B (`depth / 4` rows × 64 bytes, one group each).
+    /// Palette 1, for products of `depth` values (32, or 64 for the K-quants): tmm0–3 = C (16 × 64
+    /// bytes of i32), tmm4–5 = A (16 tokens × `depth` bytes), tmm6–7 = B (`depth / 4` rows × 64 bytes).
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
 
@@ -240,11 +258,35 @@ mod x86 {
     /// As for `super::run`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     pub unsafe fn run(p: &Packed, x: &Q8Act, a: &TileQuants, groups: Range<usize>, out: SharedOut) {
-        let tokens = a.rows();
-        let cfg = config(if p.kind() == PackedKind::Q6K { 16 } else { 32 });
+        let scaled = matches!(p.kind(), PackedKind::Q4K | PackedKind::Q6K);
+        let cfg = config(if scaled { super::ROW } else { QK });
         // SAFETY: AMX is enabled for this process (`available`), and `cfg` is a valid 64-byte palette-1
         // configuration.
         unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        if scaled {
+            // SAFETY: our caller's promise, with the tiles configured for a depth of 64.
+            unsafe { run_scaled(p, x, a, groups, out) };
+        } else {
+            // SAFETY: our caller's promise, with the tiles configured for a depth of 32.
+            unsafe { run_blocks(p, x, a, groups, out) };
+        }
+        // SAFETY: releases the tile state configured above.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// The kinds with a scale per block of 32: pairs of groups by pairs of token tiles.
+    ///
+    /// # Safety
+    /// As for `super::run`, with the tiles configured for a depth of 32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn run_blocks(
+        p: &Packed,
+        x: &Q8Act,
+        a: &TileQuants,
+        groups: Range<usize>,
+        out: SharedOut,
+    ) {
+        let tokens = a.rows();
         let mut s = Scratch {
             b: [[0; 8 * 64]; PAIR],
             c: [[0; 16 * 16]; PAIR * PAIR],
@@ -279,8 +321,6 @@ mod x86 {
                 t0 += TOKENS * tiles;
             }
         }
-        // SAFETY: releases the tile state configured above.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
     /// Groups `g` by the `T` token tiles from `t0`, of any kind, into `acc` (overwritten).
@@ -300,44 +340,39 @@ mod x86 {
             PackedKind::Q5_0 => unsafe { group_q4::<T, false, true>(step, s, acc) },
             // SAFETY: as above.
             PackedKind::Q8_0 => unsafe { group_q8_0::<T>(step, s, acc) },
-            // SAFETY: as above.
-            PackedKind::Q4K => unsafe { group_q4_k::<T>(step, s, acc) },
-            // SAFETY: as above.
-            PackedKind::Q6K => unsafe { group_q6_k::<T>(step, s, acc) },
+            PackedKind::Q4K | PackedKind::Q6K => unreachable!("the K-quants run in `run_scaled`"),
         }
     }
 
-    /// `C[g][t] = A[t]·B[g]` for the `T` token tiles from `t0` (`a`'s tiles `t0 / 16..`), at `offset`
-    /// (0, or 16 for the second half of Q6_K's) in their block `b`, against the B tiles at `bt` (64
-    /// bytes a row), all products issued before any result is stored. With one token tile the second
-    /// A is the first again (its products go unread): one form of the tile code, and only prompts'
-    /// last tile pays for it.
+    /// `C[g][t] = A[t]·B[g]` for the `T` token tiles from `t0` (`a`'s tiles `t0 / 16..`) in block
+    /// `b`, against the B tiles at `bt` (64 bytes a row), all products issued before any result is
+    /// stored. With one token tile the second A is the first again (its products go unread): one form
+    /// of the tile code, and only prompts' last tile pays for it.
     ///
     /// # Safety
-    /// The tiles are configured as in `run`; `t0 + 16·T <= a.rows()`, `b < nb`, `offset` plus the
-    /// configured depth is at most 32; each `bt` points at the configured rows of 64 readable bytes.
+    /// The tiles are configured for a depth of 32; `t0 + 16·T <= a.rows()`, `b < nb`; each `bt`
+    /// points at 8 rows of 64 readable bytes.
     #[inline]
     unsafe fn multiply<const T: usize>(
         a: &TileQuants,
         t0: usize,
         b: usize,
-        offset: usize,
         bt: [*const u8; PAIR],
         s: &mut Scratch,
     ) {
         let t = t0 / TOKENS;
         // SAFETY: tiles t (and t + 1 when T = 2) and block b exist (our caller's promise).
-        let a0 = unsafe { a.block(t, b) }.wrapping_add(offset);
+        let a0 = unsafe { a.block(t, b) };
         let a1 = if T == 2 {
             // SAFETY: as above.
-            unsafe { a.block(t + 1, b) }.wrapping_add(offset)
+            unsafe { a.block(t + 1, b) }
         } else {
             a0
         };
         let c = s.c.as_mut_ptr().cast::<u8>();
-        // SAFETY: A reads 16 rows of the configured depth at stride 32 from `offset` of a tile's block
-        // (16 × 32 bytes); B reads the configured rows at `bt` (our caller's promise); C writes 16 × 64
-        // bytes into each of the scratch's four C tiles (1 KB apart).
+        // SAFETY: A reads a tile's block (16 rows of 32 bytes, `a.row` apart); B reads 8 rows at `bt`
+        // (our caller's promise); C writes 16 × 64 bytes into each of the scratch's four C tiles (1 KB
+        // apart).
         unsafe {
             asm!(
                 "tilezero tmm0",
@@ -358,7 +393,7 @@ mod x86 {
                 "tilestored [{c3} + {sb}*1], tmm3",
                 a0 = in(reg) a0,
                 a1 = in(reg) a1,
-                sa = in(reg) QK,
+                sa = in(reg) a.row,
                 b0 = in(reg) bt[0],
                 b1 = in(reg) bt[1],
                 sb = in(reg) 64usize,
@@ -510,7 +545,7 @@ mod x86 {
                 b_tile(*blk, s, gi);
             }
             // SAFETY: t0 + 16·T <= m, block b < nb, the scratch holds the B tiles.
-            unsafe { multiply::<T>(a, t0, b, 0, scratch_b(s), s) };
+            unsafe { multiply::<T>(a, t0, b, scratch_b(s), s) };
             for (gi, (blk, acc)) in blk.iter().zip(acc.iter_mut()).enumerate() {
                 // SAFETY: d, 32 bytes at the start of the group block.
                 let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
@@ -536,144 +571,359 @@ mod x86 {
         }
     }
 
-    /// Integer sums of a pair of groups by up to a pair of token tiles, as `Acc`.
-    type ISum = [[[__m512i; TOKENS]; PAIR]; PAIR];
+    /// The B rows of a K-quant as the exact products `w = scale·q` of its sub-blocks, so that a tile
+    /// multiply runs over two blocks (64 values) whatever the sub-blocks and a super-block's sums stay
+    /// in the C tiles: `w` (i16) is split into bytes, `w = lo + 256·hi` with `lo` unsigned, and
+    /// `C_lo = A·B_lo` (`tdpbsud`), `C_hi = A·B_hi` (`tdpbssd`) give `Σ a·w = C_lo + 256·C_hi`, the
+    /// integer sums of the VNNI kernels (`Σ scale·Σ a·q`) exactly (|Σ| < 2³¹: at most 256 · 127 ·
+    /// 4,096). Scaling each sub-block's sums in vectors instead cost more than the tile products.
+    mod scaled {
+        use std::arch::x86_64::*;
 
-    /// Q4_K: per sub-block one tile multiply, its sums times the sub-block's scales in integers; the
-    /// minimums with the activations' sums; then the float steps of `packed`'s `q4_k_tile` in the same
-    /// order.
+        /// The odd bytes of a vector.
+        const ODD: __mmask64 = 0xAAAA_AAAA_AAAA_AAAA;
+
+        /// One B row of products as its `[lo, hi]` rows of bytes: `q` holds unsigned quants (four per
+        /// weight row), `scales` a signed byte per weight row at the even, then the odd, byte of each
+        /// i16 (`scale_pair`), and `offset` (with `OFFSET`) what to take off each product.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(super) fn row<const OFFSET: bool>(
+            q: __m512i,
+            [even, odd]: [__m512i; 2],
+            offset: __m512i,
+        ) -> [__m512i; 2] {
+            // Each i16 is one byte's product (its neighbour is multiplied by zero): |q·scale| <=
+            // 63·128, no saturation.
+            let [mut we, mut wo] = [_mm512_maddubs_epi16(q, even), _mm512_maddubs_epi16(q, odd)];
+            if OFFSET {
+                (we, wo) = (_mm512_sub_epi16(we, offset), _mm512_sub_epi16(wo, offset));
+            }
+            let lo = _mm512_mask_blend_epi8(ODD, we, _mm512_slli_epi16(wo, 8));
+            let hi = _mm512_mask_blend_epi8(ODD, _mm512_srli_epi16(we, 8), wo);
+            [lo, hi]
+        }
+
+        /// Sixteen weight rows' scales (a byte each) as `row`'s pair of multipliers.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        pub(super) fn scale_pair(bytes: __m128i) -> [__m512i; 2] {
+            let s = _mm512_cvtepu8_epi32(bytes);
+            let even = _mm512_or_si512(s, _mm512_slli_epi32(s, 16));
+            [even, _mm512_slli_epi32(even, 8)]
+        }
+
+        /// `32·scale` in each i16 of a weight row's lane, for signed scale bytes (Q6_K's offset).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        pub(super) fn offset32(bytes: __m128i) -> __m512i {
+            let s = _mm512_cvtepi8_epi32(bytes);
+            let words = _mm512_or_si512(
+                _mm512_and_si512(s, _mm512_set1_epi32(0xFFFF)),
+                _mm512_slli_epi32(s, 16),
+            );
+            _mm512_slli_epi16(words, 5)
+        }
+    }
+
+    /// One super-block of one group as `scaled` B tiles (`[K-step]`: blocks `2k, 2k + 1`), and the C
+    /// tiles read back (`c[0..2]` C_lo of token tile 0 and 1, `c[2..4]` C_hi).
+    #[repr(C, align(64))]
+    struct SuperScratch {
+        lo: [[u8; 16 * 64]; SUB / 2],
+        hi: [[u8; 16 * 64]; SUB / 2],
+        c: [[i32; 16 * 16]; PAIR * PAIR],
+    }
+
+    impl SuperScratch {
+        /// Row `k` (0..16) of K-step `step`'s B tiles, from one `scaled::row`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn set(&mut self, step: usize, k: usize, [lo, hi]: [__m512i; 2]) {
+            let (lo_rows, _) = self.lo[step].as_chunks_mut::<64>();
+            // SAFETY: one 64-byte row of a 64-byte aligned B tile.
+            unsafe { _mm512_store_si512(lo_rows[k].as_mut_ptr().cast(), lo) };
+            let (hi_rows, _) = self.hi[step].as_chunks_mut::<64>();
+            // SAFETY: as above.
+            unsafe { _mm512_store_si512(hi_rows[k].as_mut_ptr().cast(), hi) };
+        }
+
+        /// Row `r` of token tile `t`'s integer sums, `C_lo + 256·C_hi`, after `multiply_super`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn sum(&self, t: usize, r: usize) -> __m512i {
+            let row = |c: &[i32; 256]| {
+                let (rows, _) = c.as_chunks::<16>();
+                // SAFETY: one row of 16 i32 (64-byte aligned, and each row is 64 bytes).
+                unsafe { _mm512_load_si512(rows[r].as_ptr().cast()) }
+            };
+            let (lo, hi) = (row(&self.c[t]), row(&self.c[PAIR + t]));
+            _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 8))
+        }
+    }
+
+    /// The K-quants: per group and super-block, its B tiles built once (`scaled`) and multiplied by
+    /// every pair of token tiles; the sums then take the float steps of `packed`'s tiles in the same
+    /// order into one accumulator per token, stored when the group's row is done.
     ///
     /// # Safety
-    /// As for `group`, and `x` has one scale per super-block.
-    #[inline]
+    /// As for `super::run`, with the tiles configured for a depth of 64, and `x` has one scale per
+    /// super-block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group_q4_k<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
-        let Step { p, x, a, g, t0 } = step;
-        let rows: [Rows<'_, TOKENS>; T] = std::array::from_fn(|t| x.rows(t0 + TOKENS * t));
-        *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
-        for sb in 0..x.nb() / SUB {
-            // SAFETY: g are groups of `p` and sb < the super-blocks per row (`Packed::check`).
-            let blk = g.map(|g| unsafe { p.block(g, sb) });
-            let mut isum: ISum = [[[_mm512_setzero_si512(); TOKENS]; PAIR]; PAIR];
-            // The minimums of sub-block j, a byte per row, for each group.
-            let mut mins = [[_mm_setzero_si128(); PAIR]; SUB];
-            for (j, mins) in mins.iter_mut().enumerate() {
-                let mut sc = [_mm512_setzero_si512(); PAIR];
-                for (gi, blk) in blk.iter().enumerate() {
-                    // SAFETY: a Q4_K group block and j < 8.
-                    let (scales, m) = unsafe { q4_k_scales(*blk, j) };
-                    (sc[gi], mins[gi]) = (_mm512_cvtepu8_epi32(scales), m);
-                    let q = blk.wrapping_add(Q4K_QUANTS + 256 * j);
-                    // SAFETY: sub-block j's four nibble vectors.
-                    unsafe { nibble_rows(q, None, 0, s, gi) };
-                }
-                // SAFETY: t0 + 16·T <= m, block sb·8 + j < nb.
-                unsafe { multiply::<T>(a, t0, sb * SUB + j, 0, scratch_b(s), s) };
-                for (gi, isum) in isum.iter_mut().enumerate() {
-                    for (t, isum) in isum.iter_mut().enumerate().take(T) {
-                        for (r, isum) in isum.iter_mut().enumerate() {
-                            let scaled = _mm512_mullo_epi32(s.c_row(gi, t, r), sc[gi]);
-                            *isum = _mm512_add_epi32(*isum, scaled);
-                        }
-                    }
+    unsafe fn run_scaled(
+        p: &Packed,
+        x: &Q8Act,
+        a: &TileQuants,
+        groups: Range<usize>,
+        out: SharedOut,
+    ) {
+        let tokens = a.rows();
+        let rows: Vec<Rows<'_, TOKENS>> = (0..tokens).step_by(TOKENS).map(|i| x.rows(i)).collect();
+        let mut s = SuperScratch {
+            lo: [[0; 16 * 64]; SUB / 2],
+            hi: [[0; 16 * 64]; SUB / 2],
+            c: [[0; 16 * 16]; PAIR * PAIR],
+        };
+        let mut acc = vec![_mm512_setzero_ps(); tokens];
+        for g in groups {
+            acc.fill(_mm512_setzero_ps());
+            for sb in 0..x.nb() / SUB {
+                // SAFETY: g is a group of `p` and sb < the super-blocks per row (`Packed::check`).
+                let blk = unsafe { p.block(g, sb) };
+                let super_block = Super { a, rows: &rows, sb };
+                match p.kind() {
+                    // SAFETY: a Q4_K group block; our caller's promise.
+                    PackedKind::Q4K => unsafe { q4_k_super(blk, super_block, &mut s, &mut acc) },
+                    // SAFETY: a Q6_K group block; our caller's promise.
+                    PackedKind::Q6K => unsafe { q6_k_super(blk, super_block, &mut s, &mut acc) },
+                    _ => unreachable!("only the K-quants run by super-blocks"),
                 }
             }
-            for gi in 0..PAIR {
-                // SAFETY: d and dmin, 32 bytes each at the start of the group block.
-                let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk[gi].cast()) });
-                // SAFETY: as above.
-                let dmw =
-                    _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk[gi].wrapping_add(32).cast()) });
-                let pairs: [__m512i; SUB / 2] =
-                    std::array::from_fn(|k| min_pairs(mins[2 * k][gi], mins[2 * k + 1][gi]));
-                for (t, rows) in rows.iter().enumerate() {
-                    let da = a.d(t0 / TOKENS + t, sb * SUB);
-                    for (r, da) in da.iter().enumerate() {
-                        let mut msum = _mm512_setzero_si512();
-                        for (k, pairs) in pairs.iter().enumerate() {
-                            // SAFETY: blocks sb·8 + 2k and + 1 < nb, and `x` has i16 sums.
-                            let sums = unsafe { rows.block_pair(r, sb * SUB + 2 * k) };
-                            msum = _mm512_dpwssd_epi32(msum, *pairs, _mm512_set1_epi32(sums));
-                        }
-                        let da = _mm512_set1_ps(*da);
-                        let (scale, mscale) = (_mm512_mul_ps(dw, da), _mm512_mul_ps(dmw, da));
-                        let acc = &mut acc[gi][t][r];
-                        let sum = _mm512_cvtepi32_ps(isum[gi][t][r]);
-                        *acc = _mm512_fmadd_ps(sum, scale, *acc);
-                        *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), mscale, *acc);
-                    }
+            for (i, v) in acc.iter().enumerate() {
+                // SAFETY: i < tokens <= m, and g is one of this call's groups.
+                unsafe { store(p, out, i, g, *v) };
+            }
+        }
+    }
+
+    /// Super-block `sb` of every token tile of `a` (and `rows`, its activations' sums by tile).
+    #[derive(Clone, Copy)]
+    struct Super<'a> {
+        a: &'a TileQuants,
+        rows: &'a [Rows<'a, TOKENS>],
+        sb: usize,
+    }
+
+    impl Super<'_> {
+        /// Runs `sums(t0, t, s)` for each token tile `t0 / 16 + t`, after its super-block's integer
+        /// sums with the B tiles in `s` are in `s.c` (`SuperScratch::sum`), two token tiles at a time.
+        ///
+        /// # Safety
+        /// The tiles are configured for a depth of 64 and `s` holds this super-block's B tiles.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn each_tile(
+            self,
+            s: &mut SuperScratch,
+            mut sums: impl FnMut(usize, usize, &SuperScratch),
+        ) {
+            let tokens = self.a.rows();
+            for t0 in (0..tokens).step_by(PAIR * TOKENS) {
+                let tiles = ((tokens - t0) / TOKENS).min(PAIR);
+                // SAFETY: t0 + 16·tiles <= tokens, and block 8·sb + 7 < nb (our caller's promise).
+                unsafe { multiply_super(self.a, t0, tiles == PAIR, self.sb, s) };
+                for t in 0..tiles {
+                    sums(t0, t, s);
                 }
             }
         }
     }
 
-    /// Q6_K: per sub-block of 16 values one tile multiply of half the depth with the weights less their
-    /// offset of 32 (signed bytes: the VNNI kernels take it off with the activations' sums of 16), its
-    /// sums times the sub-block's signed scales in integers; then the float step of `packed`'s
-    /// `q6_k_tile`.
+    /// `C_lo[t] = Σ A[t]·B_lo`, `C_hi[t] = Σ A[t]·B_hi` over the four K-steps of super-block `sb`, for
+    /// the token tile at `t0` and, with `two`, the next (else its A is the first again and its sums go
+    /// unread): tmm0–1 are C_lo and tmm2–3 C_hi of tile 0 and 1, tmm4–5 the A tiles, tmm6–7 B_lo and
+    /// B_hi; the C tiles are stored into `s.c`.
     ///
     /// # Safety
-    /// As for `group_q4_k`, with the tiles configured for a depth of 16.
+    /// The tiles are configured for a depth of 64, `t0 + 16 <= a.rows()` (`+ 32` with `two`), and
+    /// block `8·sb + 7 < nb`.
+    #[inline]
+    unsafe fn multiply_super(
+        a: &TileQuants,
+        t0: usize,
+        two: bool,
+        sb: usize,
+        s: &mut SuperScratch,
+    ) {
+        let t = t0 / TOKENS;
+        // SAFETY: only tile registers are written.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+        for step in 0..SUB / 2 {
+            let b = SUB * sb + 2 * step;
+            // SAFETY: tiles t (and t + 1 with `two`) and block b exist (our caller's promise).
+            let a0 = unsafe { a.block(t, b) };
+            let a1 = if two {
+                // SAFETY: as above.
+                unsafe { a.block(t + 1, b) }
+            } else {
+                a0
+            };
+            // SAFETY: A reads 16 rows of 64 bytes at stride 64 from a tile's pair of blocks (16 × 64
+            // bytes); B reads 16 rows of 64 bytes of the scratch.
+            unsafe {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s}*1]",
+                    "tileloadd tmm5, [{a1} + {s}*1]",
+                    "tileloadd tmm6, [{lo} + {s}*1]",
+                    "tileloadd tmm7, [{hi} + {s}*1]",
+                    "tdpbsud tmm0, tmm4, tmm6",
+                    "tdpbsud tmm1, tmm5, tmm6",
+                    "tdpbssd tmm2, tmm4, tmm7",
+                    "tdpbssd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a1,
+                    lo = in(reg) s.lo[step].as_ptr(),
+                    hi = in(reg) s.hi[step].as_ptr(),
+                    s = in(reg) super::ROW,
+                    options(nostack, readonly),
+                );
+            }
+        }
+        let c = s.c.as_mut_ptr().cast::<u8>();
+        // SAFETY: writes 16 × 64 bytes into each of the scratch's four C tiles (1 KB apart).
+        unsafe {
+            asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
+                c = in(reg) c,
+                c1 = in(reg) c.wrapping_add(1024),
+                c2 = in(reg) c.wrapping_add(2048),
+                c3 = in(reg) c.wrapping_add(3072),
+                s = in(reg) 64usize,
+                options(nostack),
+            );
+        }
+    }
+
+    /// Q4_K, one super-block of one group: its sub-blocks' scaled B rows (K-step `j / 2`, rows `8·(j %
+    /// 2)..`), the minimums with the activations' sums, then the float steps of `packed`'s
+    /// `q4_k_tile` in the same order.
+    ///
+    /// # Safety
+    /// `blk` is a Q4_K group block of super-block `sup.sb`; as for `run_scaled`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group_q6_k<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
-        let Step { p, x, a, g, t0 } = step;
-        let (low, offset) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(32));
-        *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
-        for sb in 0..x.nb() / SUB {
-            // SAFETY: g are groups of `p` and sb < the super-blocks per row (`Packed::check`).
-            let blk = g.map(|g| unsafe { p.block(g, sb) });
-            let mut isum: ISum = [[[_mm512_setzero_si512(); TOKENS]; PAIR]; PAIR];
-            for c in 0..SUB {
-                let b = sb * SUB + c;
-                for h in 0..2 {
-                    let mut scale = [_mm512_setzero_si512(); PAIR];
-                    for (gi, blk) in blk.iter().enumerate() {
-                        // SAFETY: sub-block 2c + h's scales, a byte per row.
-                        let bytes = unsafe {
-                            _mm_loadu_si128(blk.wrapping_add(Q6K_SCALES + 16 * (2 * c + h)).cast())
-                        };
-                        scale[gi] = _mm512_cvtepi8_epi32(bytes);
-                        // SAFETY: half h's high-bit vector of block c.
-                        let high = unsafe {
-                            _mm512_loadu_si512(blk.wrapping_add(Q6K_HIGH + 128 * c + 64 * h).cast())
-                        };
-                        for t in 0..4 {
-                            // SAFETY: low-bit vector t of block c, at 256·c + 64·t.
-                            let v = unsafe {
-                                _mm512_loadu_si512(blk.wrapping_add(256 * c + 64 * t).cast())
-                            };
-                            let v = if h == 0 { v } else { _mm512_srli_epi16(v, 4) };
-                            let q = _mm512_or_si512(_mm512_and_si512(v, low), q6_k_high(high, t));
-                            s.set_b(gi, t, _mm512_sub_epi8(q, offset));
-                        }
-                    }
-                    // SAFETY: t0 + 16·T <= m, values 16h..16h + 16 of block b < nb.
-                    unsafe { multiply::<T>(a, t0, b, 16 * h, scratch_b(s), s) };
-                    for (gi, isum) in isum.iter_mut().enumerate() {
-                        for (t, isum) in isum.iter_mut().enumerate().take(T) {
-                            for (r, isum) in isum.iter_mut().enumerate() {
-                                let scaled = _mm512_mullo_epi32(s.c_row(gi, t, r), scale[gi]);
-                                *isum = _mm512_add_epi32(*isum, scaled);
-                            }
-                        }
-                    }
-                }
+    unsafe fn q4_k_super(blk: *const u8, sup: Super<'_>, s: &mut SuperScratch, acc: &mut [__m512]) {
+        let low = _mm512_set1_epi8(0x0F);
+        // The minimums of each sub-block, a byte per row.
+        let mut mins = [_mm_setzero_si128(); SUB];
+        for (j, mins) in mins.iter_mut().enumerate() {
+            // SAFETY: a Q4_K group block and j < 8.
+            let (scales, m) = unsafe { q4_k_scales(blk, j) };
+            let sc = scaled::scale_pair(scales);
+            *mins = m;
+            prefetch_ahead(blk, PackedKind::Q4K.group_block_bytes(), j, SUB);
+            let q = blk.wrapping_add(Q4K_QUANTS + 256 * j);
+            for t in 0..4 {
+                // SAFETY: sub-block j's nibble vector t.
+                let v = unsafe { _mm512_loadu_si512(q.wrapping_add(64 * t).cast()) };
+                let lo = _mm512_and_si512(v, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                let zero = _mm512_setzero_si512();
+                s.set(j / 2, 8 * (j % 2) + t, scaled::row::<false>(lo, sc, zero));
+                s.set(
+                    j / 2,
+                    8 * (j % 2) + t + 4,
+                    scaled::row::<false>(hi, sc, zero),
+                );
             }
-            for gi in 0..PAIR {
-                // SAFETY: d, 32 bytes.
-                let dw = _mm512_cvtph_ps(unsafe {
-                    _mm256_loadu_si256(blk[gi].wrapping_add(Q6K_D).cast())
-                });
-                for t in 0..T {
-                    let da = a.d(t0 / TOKENS + t, sb * SUB);
-                    for (r, da) in da.iter().enumerate() {
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da));
-                        let sum = _mm512_cvtepi32_ps(isum[gi][t][r]);
-                        acc[gi][t][r] = _mm512_fmadd_ps(sum, scale, acc[gi][t][r]);
-                    }
+        }
+        // SAFETY: d and dmin, 32 bytes each at the start of the group block.
+        let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
+        // SAFETY: as above.
+        let dmw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.wrapping_add(32).cast()) });
+        let pairs: [__m512i; SUB / 2] =
+            std::array::from_fn(|k| min_pairs(mins[2 * k], mins[2 * k + 1]));
+        let sb = sup.sb;
+        let tile = |t0: usize, t: usize, s: &SuperScratch| {
+            let rows = &sup.rows[t0 / TOKENS + t];
+            let da = sup.a.d(t0 / TOKENS + t, sb * SUB);
+            for (r, da) in da.iter().enumerate() {
+                let mut msum = _mm512_setzero_si512();
+                for (k, pairs) in pairs.iter().enumerate() {
+                    // SAFETY: blocks sb·8 + 2k and + 1 < nb, and `x` has i16 sums.
+                    let sums = unsafe { rows.block_pair(r, sb * SUB + 2 * k) };
+                    msum = _mm512_dpwssd_epi32(msum, *pairs, _mm512_set1_epi32(sums));
+                }
+                let da = _mm512_set1_ps(*da);
+                let (scale, mscale) = (_mm512_mul_ps(dw, da), _mm512_mul_ps(dmw, da));
+                let acc = &mut acc[t0 + TOKENS * t + r];
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s.sum(t, r)), scale, *acc);
+                *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum), mscale, *acc);
+            }
+        };
+        // SAFETY: the scratch holds this super-block's B tiles; our caller's promise.
+        unsafe { sup.each_tile(s, tile) };
+    }
+
+    /// Q6_K, one super-block of one group: its sub-blocks of 16 as scaled B rows with the offset of 32
+    /// taken off (`scale·(q - 32)`, where the VNNI kernels take it off with the activations' sums of
+    /// 16), then the float step of `packed`'s `q6_k_tile`.
+    ///
+    /// # Safety
+    /// `blk` is a Q6_K group block of super-block `sup.sb`; as for `run_scaled`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
+    unsafe fn q6_k_super(blk: *const u8, sup: Super<'_>, s: &mut SuperScratch, acc: &mut [__m512]) {
+        let low = _mm512_set1_epi8(0x0F);
+        for c in 0..SUB {
+            prefetch_ahead(blk, PackedKind::Q6K.group_block_bytes(), c, SUB);
+            for h in 0..2 {
+                // SAFETY: sub-block 2c + h's scales, a byte per row.
+                let bytes = unsafe {
+                    _mm_loadu_si128(blk.wrapping_add(Q6K_SCALES + 16 * (2 * c + h)).cast())
+                };
+                let (sc, offset) = (scaled::scale_pair(bytes), scaled::offset32(bytes));
+                // SAFETY: half h's high-bit vector of block c.
+                let high = unsafe {
+                    _mm512_loadu_si512(blk.wrapping_add(Q6K_HIGH + 128 * c + 64 * h).cast())
+                };
+                for t in 0..4 {
+                    // SAFETY: low-bit vector t of block c, at 256·c + 64·t.
+                    let v =
+                        unsafe { _mm512_loadu_si512(blk.wrapping_add(256 * c + 64 * t).cast()) };
+                    let v = if h == 0 { v } else { _mm512_srli_epi16(v, 4) };
+                    let q = _mm512_or_si512(_mm512_and_si512(v, low), q6_k_high(high, t));
+                    s.set(
+                        c / 2,
+                        8 * (c % 2) + 4 * h + t,
+                        scaled::row::<true>(q, sc, offset),
+                    );
                 }
             }
         }
+        // SAFETY: d, 32 bytes.
+        let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.wrapping_add(Q6K_D).cast()) });
+        let sb = sup.sb;
+        let tile = |t0: usize, t: usize, s: &SuperScratch| {
+            let da = sup.a.d(t0 / TOKENS + t, sb * SUB);
+            for (r, da) in da.iter().enumerate() {
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*da));
+                let acc = &mut acc[t0 + TOKENS * t + r];
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s.sum(t, r)), scale, *acc);
+            }
+        };
+        // SAFETY: the scratch holds this super-block's B tiles; our caller's promise.
+        unsafe { sup.each_tile(s, tile) };
     }
 }

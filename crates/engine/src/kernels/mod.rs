@@ -996,8 +996,9 @@ mod tests {
         ];
         for dtype in kinds {
             // Rows, blocks of 32 (or super-blocks of 256) per row, tokens.
-            // Three tiles of 16 tokens: a pair and one alone; an odd group taken twice.
-            for (rows, blocks, m) in [(37, 3, 37), (16, 4, 16), (50, 2, 49)] {
+            // Three tiles of 16 tokens: a pair and one alone; an odd group taken twice; two pairs
+            // of tiles on the same weights (the K-quants build a super-block's tiles once for all).
+            for (rows, blocks, m) in [(37, 3, 37), (16, 4, 16), (50, 2, 49), (20, 2, 70)] {
                 let cols = blocks * dtype.block_size();
                 let bytes = quantize(dtype, &data(rows * cols, 4));
                 let mut w = QMatrix::new(dtype, rows, cols, WeightBytes::copy_of(&bytes)).unwrap();

@@ -134,7 +134,7 @@ impl PackedKind {
     }
 
     /// Bytes of one block of a group of 16 rows in the repacked layout: the file's, sixteen times.
-    pub(super) fn group_block_bytes(self) -> usize {
+    pub(in crate::kernels) fn group_block_bytes(self) -> usize {
         GROUP * self.file_block_bytes()
     }
 }
@@ -906,7 +906,12 @@ pub(super) mod x86 {
     /// fetched into the cache (a hint: it never faults, so it may point past the weights): into L1 on
     /// AMD, into L2 on Intel (`cpu::prefetch_into_l2`).
     #[inline]
-    pub(super) fn prefetch_ahead(blk: *const u8, bytes: usize, part: usize, parts: usize) {
+    pub(in crate::kernels) fn prefetch_ahead(
+        blk: *const u8,
+        bytes: usize,
+        part: usize,
+        parts: usize,
+    ) {
         let (start, end) = (bytes * part / parts, bytes * (part + 1) / parts);
         let mut at = start / 64 * 64;
         while at < end {
