@@ -350,10 +350,21 @@ test('the platform .vsix runs its own server: model download, ghost text, accept
 
     // Explain: select everything, open the code actions (Ctrl+.), run "Explain this code"; its answer is a comment
     // block above the selection.
-    await page.keyboard.press('Control+A');
-    await page.keyboard.press('Control+Period');
+    // A Ctrl+. that lands while the editor is still busy with the accepted suggestion opens nothing (seen
+    // once in CI), so the keys are pressed again every 5 s until the widget shows, 30 s at most.
     const explain = page.locator('.action-widget .monaco-list-row', { hasText: 'Explain this code' });
-    await explain.waitFor({ timeout: 30000 });
+    const actionsDeadline = Date.now() + 30000;
+    for (;;) {
+      await page.keyboard.press('Control+A');
+      await page.keyboard.press('Control+Period');
+      try {
+        await explain.waitFor({ timeout: 5000 });
+        break;
+      } catch (err) {
+        if (Date.now() > actionsDeadline) throw err;
+        console.log('# no code-action widget after Ctrl+. within 5 s: pressing again');
+      }
+    }
     await explain.click();
     const code = text;
     const explainDeadline = Date.now() + 120000;
