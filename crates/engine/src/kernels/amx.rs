@@ -7,7 +7,8 @@
 //! repacked quads) give 16 × 16 exact integer dot products per tile multiply. Two ways, by kind:
 //! - A scale per block of 32 (Q4_0, Q4_1, Q5_0, Q8_0): each block is one multiply (`tdpbssd`, the
 //!   weights as signed bytes less the kind's offset), two groups by two tiles of tokens together, four
-//!   products in flight; each block's sums are then scaled in floats.
+//!   products in flight; each block's sums are then scaled in floats. A pair of groups' block is built
+//!   once and multiplied by every tile of tokens.
 //! - The K-quants (Q4_K, Q6_K), whose sub-blocks have integer scales: the B rows are the products
 //!   `scale·q` themselves, split into two tiles of bytes (`scaled`), so a multiply runs over 64 values
 //!   whatever the sub-blocks and a super-block's sums stay in the tiles; a group's super-block is built
@@ -190,20 +191,6 @@ mod x86 {
     /// kernels).
     const PAIR: usize = 2;
 
-    /// What a kind's tile code works on: groups `g` of `p` by the token tiles from `t0` of `x` (and of
-    /// `a`, its tile-ordered copy).
-    #[derive(Clone, Copy)]
-    struct Step<'a> {
-        p: &'a Packed,
-        x: &'a Q8Act,
-        a: &'a TileQuants,
-        g: [usize; PAIR],
-        t0: usize,
-    }
-
-    /// Accumulators of a pair of groups by up to a pair of token tiles: `[group][tile][token]`.
-    type Acc = [[[__m512; TOKENS]; PAIR]; PAIR];
-
     /// Palette 1, for products of `depth` values (32, or 64 for the K-quants): tmm0–3 = C (16 × 64
     /// bytes of i32), tmm4–5 = A (16 tokens × `depth` bytes), tmm6–7 = B (`depth / 4` rows × 64 bytes).
     #[repr(C, align(64))]
@@ -274,7 +261,7 @@ mod x86 {
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 
-    /// The kinds with a scale per block of 32: pairs of groups by pairs of token tiles.
+    /// The kinds with a scale per block of 32, by kind: `blocks` with the kind's B tiles.
     ///
     /// # Safety
     /// As for `super::run`, with the tiles configured for a depth of 32.
@@ -286,62 +273,33 @@ mod x86 {
         groups: Range<usize>,
         out: SharedOut,
     ) {
-        let tokens = a.rows();
-        let mut s = Scratch {
-            b: [[0; 8 * 64]; PAIR],
-            c: [[0; 16 * 16]; PAIR * PAIR],
+        let run = Run {
+            p,
+            x,
+            a,
+            groups,
+            out,
         };
-        let mut acc: Acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
-        for first in groups.clone().step_by(PAIR) {
-            // An odd last group is taken twice and stored once.
-            let g = [first, (first + 1).min(groups.end - 1)];
-            let mut t0 = 0;
-            while t0 < tokens {
-                let tiles = if tokens - t0 >= PAIR * TOKENS { 2 } else { 1 };
-                if tiles == 2 {
-                    // SAFETY: g are our groups, t0 + 32 <= tokens <= m, and `x` (with `a`) is
-                    // quantized for the kind (our caller's promise).
-                    unsafe { group::<2>(Step { p, x, a, g, t0 }, &mut s, &mut acc) }
-                } else {
-                    // SAFETY: as above, with t0 + 16 <= tokens.
-                    unsafe { group::<1>(Step { p, x, a, g, t0 }, &mut s, &mut acc) }
-                }
-                for (gi, acc) in acc
-                    .iter()
-                    .enumerate()
-                    .take(if g[1] == g[0] { 1 } else { 2 })
-                {
-                    for (t, acc) in acc.iter().enumerate().take(tiles) {
-                        for (r, a) in acc.iter().enumerate() {
-                            // SAFETY: t0 + 16t + r < m and g[gi] is one of this call's groups.
-                            unsafe { store(p, out, t0 + TOKENS * t + r, g[gi], *a) };
-                        }
-                    }
-                }
-                t0 += TOKENS * tiles;
-            }
+        match p.kind() {
+            // SAFETY: our caller's promise.
+            PackedKind::Q4_0 => unsafe { blocks_q4::<false, false>(run) },
+            // SAFETY: as above.
+            PackedKind::Q4_1 => unsafe { blocks_q4::<true, false>(run) },
+            // SAFETY: as above.
+            PackedKind::Q5_0 => unsafe { blocks_q4::<false, true>(run) },
+            // SAFETY: as above.
+            PackedKind::Q8_0 => unsafe { blocks_q8_0(run) },
+            PackedKind::Q4K | PackedKind::Q6K => unreachable!("the K-quants run in `run_scaled`"),
         }
     }
 
-    /// Groups `g` by the `T` token tiles from `t0`, of any kind, into `acc` (overwritten).
-    ///
-    /// # Safety
-    /// The tiles are configured for the kind (`run`), `g` are groups of `p`, `t0 + 16·T <= x.m()`,
-    /// and `x` is quantized for the kind.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn group<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
-        match step.p.kind() {
-            // SAFETY: our caller's promise.
-            PackedKind::Q4_0 => unsafe { group_q4::<T, false, false>(step, s, acc) },
-            // SAFETY: as above.
-            PackedKind::Q4_1 => unsafe { group_q4::<T, true, false>(step, s, acc) },
-            // SAFETY: as above.
-            PackedKind::Q5_0 => unsafe { group_q4::<T, false, true>(step, s, acc) },
-            // SAFETY: as above.
-            PackedKind::Q8_0 => unsafe { group_q8_0::<T>(step, s, acc) },
-            PackedKind::Q4K | PackedKind::Q6K => unreachable!("the K-quants run in `run_scaled`"),
-        }
+    /// The arguments of `run`.
+    struct Run<'a> {
+        p: &'a Packed,
+        x: &'a Q8Act,
+        a: &'a TileQuants,
+        groups: Range<usize>,
+        out: SharedOut<'a>,
     }
 
     /// `C[g][t] = A[t]·B[g]` for the `T` token tiles from `t0` (`a`'s tiles `t0 / 16..`) in block
@@ -465,17 +423,13 @@ mod x86 {
     }
 
     /// Q4_1 (`MIN`: `d·q + m`), Q4_0 (`d·(q - 8)`) or Q5_0 (`HIGH`: `d·(q - 16)`): each group's B tile
-    /// from its nibble vectors (`nibble_rows`), then `group_blocks`.
+    /// from its nibble vectors (`nibble_rows`), then `blocks`.
     ///
     /// # Safety
-    /// As for `group`.
+    /// As for `run_blocks`, for a kind of this form.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn group_q4<const T: usize, const MIN: bool, const HIGH: bool>(
-        step: Step<'_>,
-        s: &mut Scratch,
-        acc: &mut Acc,
-    ) {
+    unsafe fn blocks_q4<const MIN: bool, const HIGH: bool>(run: Run<'_>) {
         let quants = match (MIN, HIGH) {
             (true, _) => 64,
             (false, true) => Q5_0_QUANTS,
@@ -495,17 +449,17 @@ mod x86 {
             unsafe { nibble_rows(blk.wrapping_add(quants), fifth, offset, s, gi) };
         };
         // SAFETY: our caller's promise; `b_tile` fills B tile `gi` from a group block of the kind.
-        unsafe { group_blocks::<T, MIN>(step, s, acc, b_tile) }
+        unsafe { blocks::<MIN>(run, b_tile) }
     }
 
     /// Q8_0 (weights stored as `w + 128`): each group's B tile is the packed block with its top bits
-    /// flipped back (signed), then `group_blocks`.
+    /// flipped back (signed), then `blocks`.
     ///
     /// # Safety
-    /// As for `group`.
+    /// As for `run_blocks`, for Q8_0.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn group_q8_0<const T: usize>(step: Step<'_>, s: &mut Scratch, acc: &mut Acc) {
+    unsafe fn blocks_q8_0(run: Run<'_>) {
         let top = _mm512_set1_epi8(i8::MIN);
         let b_tile = |blk: *const u8, s: &mut Scratch, gi: usize| {
             for k in 0..8 {
@@ -515,57 +469,94 @@ mod x86 {
             }
         };
         // SAFETY: our caller's promise; `b_tile` fills B tile `gi` from a group block of the kind.
-        unsafe { group_blocks::<T, false>(step, s, acc, b_tile) }
+        unsafe { blocks::<false>(run, b_tile) }
     }
 
     /// The kinds with one scale per block of 32 (`d[16]` f16 at the start of each group block, and
-    /// with `MIN` the minimums `m[16]` after it): per block, each group's B tile from `b_tile(block,
-    /// scratch, group)`, one multiply, then the float steps of `packed`'s `q4_tile` and `q8_0_tile` in
-    /// the same order (`acc += Σ·(d·dₐ)`, then `+ m·sₐ`).
+    /// with `MIN` the minimums `m[16]` after it), two groups at a time: per block, each group's B tile
+    /// from `b_tile(block, scratch, group)`, multiplied by every pair of token tiles (four products in
+    /// flight), each product then taking the float steps of `packed`'s `q4_tile` and `q8_0_tile` in
+    /// the same order (`acc += Σ·(d·dₐ)`, then `+ m·sₐ`) into one accumulator per token and group,
+    /// stored when the groups' rows are done.
     ///
     /// # Safety
-    /// As for `group`, and `b_tile` writes B tile `group` from a group block of the kind.
+    /// As for `run_blocks`, and `b_tile` writes B tile `group` from a group block of the kind.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma")]
-    unsafe fn group_blocks<const T: usize, const MIN: bool>(
-        step: Step<'_>,
-        s: &mut Scratch,
-        acc: &mut Acc,
+    unsafe fn blocks<const MIN: bool>(
+        run: Run<'_>,
         b_tile: impl Fn(*const u8, &mut Scratch, usize),
     ) {
-        let Step { p, x, a, g, t0 } = step;
+        let Run {
+            p,
+            x,
+            a,
+            groups,
+            out,
+        } = run;
+        let tokens = a.rows();
         // `d·Σq` of each token's blocks, for the minimums.
-        let rows: Option<[Rows<'_, TOKENS>; T]> =
-            MIN.then(|| std::array::from_fn(|t| x.rows(t0 + TOKENS * t)));
-        *acc = [[[_mm512_setzero_ps(); TOKENS]; PAIR]; PAIR];
-        for b in 0..x.nb() {
-            // SAFETY: g are groups of `p` and b < nb, the blocks per row (`Packed::check`).
-            let blk = g.map(|g| unsafe { p.block(g, b) });
-            for (gi, blk) in blk.iter().enumerate() {
-                b_tile(*blk, s, gi);
-            }
-            // SAFETY: t0 + 16·T <= m, block b < nb, the scratch holds the B tiles.
-            unsafe { multiply::<T>(a, t0, b, scratch_b(s), s) };
-            for (gi, (blk, acc)) in blk.iter().zip(acc.iter_mut()).enumerate() {
+        let rows: Vec<Rows<'_, TOKENS>> = match MIN {
+            true => (0..tokens).step_by(TOKENS).map(|i| x.rows(i)).collect(),
+            false => Vec::new(),
+        };
+        let mut s = Scratch {
+            b: [[0; 8 * 64]; PAIR],
+            c: [[0; 16 * 16]; PAIR * PAIR],
+        };
+        let mut acc = vec![[_mm512_setzero_ps(); PAIR]; tokens];
+        for first in groups.clone().step_by(PAIR) {
+            // An odd last group is taken twice and stored once.
+            let g = [first, (first + 1).min(groups.end - 1)];
+            acc.fill([_mm512_setzero_ps(); PAIR]);
+            for b in 0..x.nb() {
+                // SAFETY: g are groups of `p` and b < nb, the blocks per row (`Packed::check`).
+                let blk = g.map(|g| unsafe { p.block(g, b) });
+                for (gi, blk) in blk.iter().enumerate() {
+                    b_tile(*blk, &mut s, gi);
+                }
                 // SAFETY: d, 32 bytes at the start of the group block.
-                let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) });
+                let dw = blk.map(|blk| _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(blk.cast()) }));
                 let mw = MIN.then(|| {
-                    // SAFETY: with minimums, m at offset 32.
-                    let m = unsafe { _mm256_loadu_si256(blk.wrapping_add(32).cast()) };
-                    _mm512_cvtph_ps(m)
+                    blk.map(|blk| {
+                        // SAFETY: with minimums, m at offset 32.
+                        let m = unsafe { _mm256_loadu_si256(blk.wrapping_add(32).cast()) };
+                        _mm512_cvtph_ps(m)
+                    })
                 });
-                for (t, acc) in acc.iter_mut().enumerate().take(T) {
-                    let da = a.d(t0 / TOKENS + t, b);
-                    for (r, acc) in acc.iter_mut().enumerate() {
-                        let isum = _mm512_cvtepi32_ps(s.c_row(gi, t, r));
-                        let scale = _mm512_mul_ps(dw, _mm512_set1_ps(da[r]));
-                        *acc = _mm512_fmadd_ps(isum, scale, *acc);
-                        if let (Some(mw), Some(rows)) = (mw, &rows) {
-                            // SAFETY: b < nb.
-                            let sa = _mm512_set1_ps(unsafe { rows[t].s(r, b) });
-                            *acc = _mm512_fmadd_ps(mw, sa, *acc);
+                for t0 in (0..tokens).step_by(PAIR * TOKENS) {
+                    let tiles = ((tokens - t0) / TOKENS).min(PAIR);
+                    let bt = scratch_b(&s);
+                    if tiles == PAIR {
+                        // SAFETY: t0 + 32 <= tokens, block b < nb, the scratch holds the B tiles.
+                        unsafe { multiply::<2>(a, t0, b, bt, &mut s) };
+                    } else {
+                        // SAFETY: as above, with t0 + 16 <= tokens.
+                        unsafe { multiply::<1>(a, t0, b, bt, &mut s) };
+                    }
+                    for (gi, dw) in dw.iter().enumerate() {
+                        for t in 0..tiles {
+                            let da = a.d(t0 / TOKENS + t, b);
+                            for (r, da) in da.iter().enumerate() {
+                                let acc = &mut acc[t0 + TOKENS * t + r][gi];
+                                let isum = _mm512_cvtepi32_ps(s.c_row(gi, t, r));
+                                let scale = _mm512_mul_ps(*dw, _mm512_set1_ps(*da));
+                                *acc = _mm512_fmadd_ps(isum, scale, *acc);
+                                if let Some(mw) = mw {
+                                    // SAFETY: b < nb.
+                                    let sa = unsafe { rows[t0 / TOKENS + t].s(r, b) };
+                                    *acc = _mm512_fmadd_ps(mw[gi], _mm512_set1_ps(sa), *acc);
+                                }
+                            }
                         }
                     }
+                }
+            }
+            let distinct = if g[1] == g[0] { 1 } else { PAIR };
+            for (i, acc) in acc.iter().enumerate() {
+                for (g, acc) in g.iter().zip(acc).take(distinct) {
+                    // SAFETY: i < tokens <= m and g is one of this call's groups.
+                    unsafe { store(p, out, i, *g, *acc) };
                 }
             }
         }
