@@ -250,12 +250,19 @@ mod x86 {
         // SAFETY: AMX is enabled for this process (`available`), and `cfg` is a valid 64-byte palette-1
         // configuration.
         unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        let run = Run {
+            p,
+            x,
+            a,
+            groups,
+            out,
+        };
         if scaled {
             // SAFETY: our caller's promise, with the tiles configured for a depth of 64.
-            unsafe { run_scaled(p, x, a, groups, out) };
+            unsafe { run_scaled(run) };
         } else {
             // SAFETY: our caller's promise, with the tiles configured for a depth of 32.
-            unsafe { run_blocks(p, x, a, groups, out) };
+            unsafe { run_blocks(run) };
         }
         // SAFETY: releases the tile state configured above.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
@@ -266,21 +273,8 @@ mod x86 {
     /// # Safety
     /// As for `super::run`, with the tiles configured for a depth of 32.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn run_blocks(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        groups: Range<usize>,
-        out: SharedOut,
-    ) {
-        let run = Run {
-            p,
-            x,
-            a,
-            groups,
-            out,
-        };
-        match p.kind() {
+    unsafe fn run_blocks(run: Run<'_>) {
+        match run.p.kind() {
             // SAFETY: our caller's promise.
             PackedKind::Q4_0 => unsafe { blocks_q4::<false, false>(run) },
             // SAFETY: as above.
@@ -293,7 +287,8 @@ mod x86 {
         }
     }
 
-    /// The arguments of `run`.
+    /// The arguments of `run`: the groups of `p` to compute for the whole tiles of tokens of `x` (`a`)
+    /// into `out`.
     struct Run<'a> {
         p: &'a Packed,
         x: &'a Q8Act,
@@ -661,13 +656,14 @@ mod x86 {
     /// As for `super::run`, with the tiles configured for a depth of 64, and `x` has one scale per
     /// super-block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
-    unsafe fn run_scaled(
-        p: &Packed,
-        x: &Q8Act,
-        a: &TileQuants,
-        groups: Range<usize>,
-        out: SharedOut,
-    ) {
+    unsafe fn run_scaled(run: Run<'_>) {
+        let Run {
+            p,
+            x,
+            a,
+            groups,
+            out,
+        } = run;
         let tokens = a.rows();
         let rows: Vec<Rows<'_, TOKENS>> = (0..tokens).step_by(TOKENS).map(|i| x.rows(i)).collect();
         let mut s = SuperScratch {
