@@ -142,6 +142,25 @@ impl TileQuants {
         // SAFETY: inside the buffer (the caller's promise).
         unsafe { self.qs.as_ptr().add(at + b % (self.row / QK) * QK) }
     }
+
+    /// Block `b` of the token tile at row `t0` and, with `two`, of the next one (else the first
+    /// again, for a product whose sums go unread).
+    ///
+    /// # Safety
+    /// `t0 / 16 < tiles` (`+ 1` with `two`) and `b < nb`.
+    #[inline]
+    unsafe fn pair(&self, t0: usize, two: bool, b: usize) -> [*const u8; 2] {
+        let t = t0 / TOKENS;
+        // SAFETY: the caller's promise.
+        let first = unsafe { self.block(t, b) };
+        let second = if two {
+            // SAFETY: as above.
+            unsafe { self.block(t + 1, b) }
+        } else {
+            first
+        };
+        [first, second]
+    }
 }
 
 /// Activation rows `0..a.rows()` (all full tiles of 16 tokens) for `groups`. Returns the first
@@ -313,25 +332,14 @@ mod x86 {
         bt: [*const u8; PAIR],
         s: &mut Scratch,
     ) {
-        let t = t0 / TOKENS;
-        // SAFETY: tiles t (and t + 1 when T = 2) and block b exist (our caller's promise).
-        let a0 = unsafe { a.block(t, b) };
-        let a1 = if T == 2 {
-            // SAFETY: as above.
-            unsafe { a.block(t + 1, b) }
-        } else {
-            a0
-        };
-        let c = s.c.as_mut_ptr().cast::<u8>();
+        // SAFETY: the tiles from t0 and block b exist (our caller's promise).
+        let [a0, a1] = unsafe { a.pair(t0, T == 2, b) };
+        // SAFETY: the tiles are configured (our caller's promise).
+        unsafe { zero_c() };
         // SAFETY: A reads a tile's block (16 rows of 32 bytes, `a.row` apart); B reads 8 rows at `bt`
-        // (our caller's promise); C writes 16 × 64 bytes into each of the scratch's four C tiles (1 KB
-        // apart).
+        // (our caller's promise); only tile registers are written.
         unsafe {
             asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
                 "tileloadd tmm4, [{a0} + {sa}*1]",
                 "tileloadd tmm5, [{a1} + {sa}*1]",
                 "tileloadd tmm6, [{b0} + {sb}*1]",
@@ -340,20 +348,56 @@ mod x86 {
                 "tdpbssd tmm1, tmm5, tmm6",
                 "tdpbssd tmm2, tmm4, tmm7",
                 "tdpbssd tmm3, tmm5, tmm7",
-                "tilestored [{c} + {sb}*1], tmm0",
-                "tilestored [{c1} + {sb}*1], tmm1",
-                "tilestored [{c2} + {sb}*1], tmm2",
-                "tilestored [{c3} + {sb}*1], tmm3",
                 a0 = in(reg) a0,
                 a1 = in(reg) a1,
                 sa = in(reg) a.row,
                 b0 = in(reg) bt[0],
                 b1 = in(reg) bt[1],
                 sb = in(reg) 64usize,
+                options(nostack, readonly),
+            );
+        }
+        // SAFETY: the tiles are configured (our caller's promise).
+        unsafe { store_c(&mut s.c) };
+    }
+
+    /// Zeroes the C tiles tmm0–3.
+    ///
+    /// # Safety
+    /// The tiles are configured as in `run`.
+    #[inline]
+    unsafe fn zero_c() {
+        // SAFETY: only tile registers are written.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nostack, nomem)
+            )
+        };
+    }
+
+    /// Stores the C tiles tmm0–3 into `c`, one each.
+    ///
+    /// # Safety
+    /// The tiles are configured as in `run` (tmm0–3: 16 rows of 64 bytes).
+    #[inline]
+    unsafe fn store_c(c: &mut [[i32; 16 * 16]; PAIR * PAIR]) {
+        let c = c.as_mut_ptr().cast::<u8>();
+        // SAFETY: writes 16 × 64 bytes into each of the four C tiles of `c` (1 KB apart).
+        unsafe {
+            asm!(
+                "tilestored [{c} + {s}*1], tmm0",
+                "tilestored [{c1} + {s}*1], tmm1",
+                "tilestored [{c2} + {s}*1], tmm2",
+                "tilestored [{c3} + {s}*1], tmm3",
                 c = in(reg) c,
                 c1 = in(reg) c.wrapping_add(1024),
                 c2 = in(reg) c.wrapping_add(2048),
                 c3 = in(reg) c.wrapping_add(3072),
+                s = in(reg) 64usize,
                 options(nostack),
             );
         }
@@ -742,27 +786,12 @@ mod x86 {
         sb: usize,
         s: &mut SuperScratch,
     ) {
-        let t = t0 / TOKENS;
-        // SAFETY: only tile registers are written.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            )
-        };
+        // SAFETY: the tiles are configured (our caller's promise).
+        unsafe { zero_c() };
         for step in 0..SUB / 2 {
             let b = SUB * sb + 2 * step;
-            // SAFETY: tiles t (and t + 1 with `two`) and block b exist (our caller's promise).
-            let a0 = unsafe { a.block(t, b) };
-            let a1 = if two {
-                // SAFETY: as above.
-                unsafe { a.block(t + 1, b) }
-            } else {
-                a0
-            };
+            // SAFETY: the tiles from t0 and block b exist (our caller's promise).
+            let [a0, a1] = unsafe { a.pair(t0, two, b) };
             // SAFETY: A reads 16 rows of 64 bytes at stride 64 from a tile's pair of blocks (16 × 64
             // bytes); B reads 16 rows of 64 bytes of the scratch.
             unsafe {
@@ -784,22 +813,8 @@ mod x86 {
                 );
             }
         }
-        let c = s.c.as_mut_ptr().cast::<u8>();
-        // SAFETY: writes 16 × 64 bytes into each of the scratch's four C tiles (1 KB apart).
-        unsafe {
-            asm!(
-                "tilestored [{c} + {s}*1], tmm0",
-                "tilestored [{c1} + {s}*1], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c3} + {s}*1], tmm3",
-                c = in(reg) c,
-                c1 = in(reg) c.wrapping_add(1024),
-                c2 = in(reg) c.wrapping_add(2048),
-                c3 = in(reg) c.wrapping_add(3072),
-                s = in(reg) 64usize,
-                options(nostack),
-            );
-        }
+        // SAFETY: the tiles are configured (our caller's promise).
+        unsafe { store_c(&mut s.c) };
     }
 
     /// Q4_K, one super-block of one group: its sub-blocks' scaled B rows (K-step `j / 2`, rows `8·(j %
