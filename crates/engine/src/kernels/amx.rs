@@ -254,10 +254,18 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f")]
         fn c_row(&self, g: usize, t: usize, r: usize) -> __m512i {
-            let (rows, _) = self.c[PAIR * g + t].as_chunks::<16>();
-            // SAFETY: one row of 16 i32 (64-byte aligned, and each row is 64 bytes).
-            unsafe { _mm512_load_si512(rows[r].as_ptr().cast()) }
+            tile_row(&self.c[PAIR * g + t], r)
         }
+    }
+
+    /// Row `r` of a C tile read back by `store_c`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn tile_row(c: &[i32; 16 * 16], r: usize) -> __m512i {
+        let (rows, _) = c.as_chunks::<16>();
+        // SAFETY: one row of 16 i32, 64 readable bytes (an unaligned load: any array will do; the
+        // scratches' are aligned, which costs nothing then).
+        unsafe { _mm512_loadu_si512(rows[r].as_ptr().cast()) }
     }
 
     /// # Safety
@@ -314,6 +322,16 @@ mod x86 {
         a: &'a TileQuants,
         groups: Range<usize>,
         out: SharedOut<'a>,
+    }
+
+    impl<'a> Run<'a> {
+        /// The activations' sums and scales of each token tile (`Rows`), for the minimums.
+        fn tile_rows(&self) -> Vec<Rows<'a, TOKENS>> {
+            (0..self.a.rows())
+                .step_by(TOKENS)
+                .map(|i| self.x.rows(i))
+                .collect()
+        }
     }
 
     /// `C[g][t] = A[t]·B[g]` for the `T` token tiles from `t0` (`a`'s tiles `t0 / 16..`) in block
@@ -526,6 +544,8 @@ mod x86 {
         run: Run<'_>,
         b_tile: impl Fn(*const u8, &mut Scratch, usize),
     ) {
+        // `d·Σq` of each token's blocks, for the minimums.
+        let rows = if MIN { run.tile_rows() } else { Vec::new() };
         let Run {
             p,
             x,
@@ -534,11 +554,6 @@ mod x86 {
             out,
         } = run;
         let tokens = a.rows();
-        // `d·Σq` of each token's blocks, for the minimums.
-        let rows: Vec<Rows<'_, TOKENS>> = match MIN {
-            true => (0..tokens).step_by(TOKENS).map(|i| x.rows(i)).collect(),
-            false => Vec::new(),
-        };
         let mut s = Scratch {
             b: [[0; 8 * 64]; PAIR],
             c: [[0; 16 * 16]; PAIR * PAIR],
@@ -682,12 +697,7 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f")]
         fn sum(&self, t: usize, r: usize) -> __m512i {
-            let row = |c: &[i32; 256]| {
-                let (rows, _) = c.as_chunks::<16>();
-                // SAFETY: one row of 16 i32 (64-byte aligned, and each row is 64 bytes).
-                unsafe { _mm512_load_si512(rows[r].as_ptr().cast()) }
-            };
-            let (lo, hi) = (row(&self.c[t]), row(&self.c[PAIR + t]));
+            let (lo, hi) = (tile_row(&self.c[t], r), tile_row(&self.c[PAIR + t], r));
             _mm512_add_epi32(lo, _mm512_slli_epi32(hi, 8))
         }
     }
@@ -701,6 +711,7 @@ mod x86 {
     /// super-block.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     unsafe fn run_scaled(run: Run<'_>) {
+        let rows = run.tile_rows();
         let Run {
             p,
             x,
@@ -709,7 +720,6 @@ mod x86 {
             out,
         } = run;
         let tokens = a.rows();
-        let rows: Vec<Rows<'_, TOKENS>> = (0..tokens).step_by(TOKENS).map(|i| x.rows(i)).collect();
         let mut s = SuperScratch {
             lo: [[0; 16 * 64]; SUB / 2],
             hi: [[0; 16 * 64]; SUB / 2],
@@ -826,7 +836,7 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")]
     unsafe fn q4_k_super(blk: *const u8, sup: Super<'_>, s: &mut SuperScratch, acc: &mut [__m512]) {
-        let low = _mm512_set1_epi8(0x0F);
+        let (low, zero) = (_mm512_set1_epi8(0x0F), _mm512_setzero_si512());
         // The minimums of each sub-block, a byte per row.
         let mut mins = [_mm_setzero_si128(); SUB];
         for (j, mins) in mins.iter_mut().enumerate() {
@@ -841,7 +851,6 @@ mod x86 {
                 let v = unsafe { _mm512_loadu_si512(q.wrapping_add(64 * t).cast()) };
                 let lo = _mm512_and_si512(v, low);
                 let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                let zero = _mm512_setzero_si512();
                 s.set(j / 2, 8 * (j % 2) + t, scaled::row::<false>(lo, sc, zero));
                 s.set(
                     j / 2,
