@@ -206,10 +206,12 @@ pub const SERVER_ARGS: &[&str] = &["-b", "1024", "-ub", "1024", "--cache-reuse",
 
 /// One `/infill` answer: the suggestion llama.vscode shows, and the prompt tokens the server computed for
 /// it (`timings.prompt_n`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Infilled {
     pub suggestion: String,
     pub computed_tokens: usize,
+    /// The time the server spent decoding it (`timings.predicted_ms`), where it said.
+    pub decode_ms: Option<f64>,
 }
 
 /// The server's prompt token counters since it started (`/metrics`, which needs `--metrics`): computed,
@@ -284,6 +286,7 @@ impl LlamaVscode {
         Ok(Some(Infilled {
             suggestion: req.suggestion(content),
             computed_tokens: timing("prompt_n"),
+            decode_ms: answer["timings"]["predicted_ms"].as_f64(),
         }))
     }
 

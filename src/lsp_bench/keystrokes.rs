@@ -273,12 +273,20 @@ fn run_replay_pair(
 /// Ours next to llama.cpp's, as a Markdown table.
 fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
     type Row = (&'static str, fn(&super::replay::Tally) -> String);
-    let rows: [Row; 12] = [
+    let rows: [Row; 13] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
             if t.suggestion_ms.is_empty() {
                 "- (no suggestion in a pause)".to_string()
+            } else {
+                format!("{p50:.0} / {p95:.0}")
+            }
+        }),
+        ("the same less its decoding p50 / p95 (ms)", |t| {
+            let (p50, p95) = t.overhead_percentiles();
+            if t.overhead_ms.is_empty() {
+                "-".to_string()
             } else {
                 format!("{p50:.0} / {p95:.0}")
             }

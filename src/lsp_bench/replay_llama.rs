@@ -78,12 +78,15 @@ impl LlamaVscodeTarget {
         })
     }
 
-    fn report(&mut self, (id, result): Done) -> Report {
+    /// The answer, and the time it took to decode when the server said.
+    fn reports(&mut self, (id, result): Done) -> Vec<Report> {
         self.running.remove(&id);
+        let mut decoded = None;
         let answer = match result {
             Ok(Some(infilled)) => {
                 self.answered += 1;
                 self.answered_computed += infilled.computed_tokens;
+                decoded = infilled.decode_ms.map(Report::Decoded);
                 Answer::Result(!infilled.suggestion.is_empty())
             }
             Ok(None) => {
@@ -95,7 +98,9 @@ impl LlamaVscodeTarget {
                 Answer::Error
             }
         };
-        Report::Answer { id, answer }
+        std::iter::once(Report::Answer { id, answer })
+            .chain(decoded)
+            .collect()
     }
 }
 
@@ -145,11 +150,11 @@ impl Target for LlamaVscodeTarget {
         Ok(id)
     }
 
-    fn next_report(&mut self, until: Instant) -> Result<Option<Report>, String> {
+    fn next_reports(&mut self, until: Instant) -> Result<Vec<Report>, String> {
         let left = until.saturating_duration_since(Instant::now());
         match self.rx.recv_timeout(left) {
-            Ok(done) => Ok(Some(self.report(done))),
-            Err(_) => Ok(None),
+            Ok(done) => Ok(self.reports(done)),
+            Err(_) => Ok(Vec::new()),
         }
     }
 }

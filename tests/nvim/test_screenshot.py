@@ -1,6 +1,7 @@
 """Ghost text as a user sees it: Neovim in a real terminal (tmux), keys typed through tmux, the screen captured with
 `tmux capture-pane -e -p`, the statusline component (model, latency, tokens per second) at the bottom. Saves
-docs/screenshots/nvim-ghost-text.ansi.txt, and a PNG when ansi2html and chromium are available."""
+nvim-ghost-text.ansi.txt, and a PNG when ansi2html and chromium are available, to target/screenshots, or to
+$CODELLAMA_SCREENSHOTS where set (`docs/screenshots` updates the README's): a test run leaves the checkout as it was."""
 import os
 import pathlib
 import shutil
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import BIN, NVIM, PLUGIN, REPO, SETTINGS, requires_server, wait_for
 
-SHOTS = REPO / "docs" / "screenshots"
+SHOTS = pathlib.Path(os.environ.get("CODELLAMA_SCREENSHOTS", REPO / "target" / "screenshots")).resolve()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
