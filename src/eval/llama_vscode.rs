@@ -210,8 +210,10 @@ pub const SERVER_ARGS: &[&str] = &["-b", "1024", "-ub", "1024", "--cache-reuse",
 pub struct Infilled {
     pub suggestion: String,
     pub computed_tokens: usize,
-    /// The time the server spent decoding it (`timings.predicted_ms`), where it said.
+    /// The time the server spent decoding it (`timings.predicted_ms`), where it said, and the tokens it
+    /// generated (`timings.predicted_n`).
     pub decode_ms: Option<f64>,
+    pub generated_tokens: usize,
 }
 
 /// The server's prompt token counters since it started (`/metrics`, which needs `--metrics`): computed,
@@ -287,6 +289,7 @@ impl LlamaVscode {
             suggestion: req.suggestion(content),
             computed_tokens: timing("prompt_n"),
             decode_ms: answer["timings"]["predicted_ms"].as_f64(),
+            generated_tokens: timing("predicted_n"),
         }))
     }
 

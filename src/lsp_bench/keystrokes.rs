@@ -273,7 +273,7 @@ fn run_replay_pair(
 /// Ours next to llama.cpp's, as a Markdown table.
 fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> String {
     type Row = (&'static str, fn(&super::replay::Tally) -> String);
-    let rows: [Row; 13] = [
+    let rows: [Row; 14] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
             let (p50, p95) = t.suggestion_percentiles();
@@ -290,6 +290,11 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
             } else {
                 format!("{p50:.0} / {p95:.0}")
             }
+        }),
+        ("decoding over the answers (tok/s)", |t| {
+            t.decode_rate().map_or("-".to_string(), |r| {
+                format!("{r:.1} ({} tokens)", t.decoded_tokens)
+            })
         }),
         ("pauses with a suggestion", |t| {
             pct_of(t.pauses_with_suggestion, t.pauses)

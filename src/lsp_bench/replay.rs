@@ -361,6 +361,10 @@ pub struct Tally {
     /// Of those times, each less the time the server reports it spent decoding that suggestion (ms), where
     /// it reported one: the wait a pause adds to the decoding itself (issue 12's goal at 7B: ≤ 300 ms).
     pub overhead_ms: Vec<f64>,
+    /// Tokens generated and time spent decoding over the answers whose decode time the server reported:
+    /// the effective decode speed while typing (speculative decoding included).
+    pub decoded_tokens: usize,
+    pub decoded_ms: f64,
     /// Pauses of at least [`LONG_PAUSE`], and of them those with a suggestion.
     pub long_pauses: usize,
     pub long_pauses_with_suggestion: usize,
@@ -408,6 +412,11 @@ impl Tally {
         percentiles(&self.suggestion_ms)
     }
 
+    /// Tokens per second of decoding over the answers, where any was reported.
+    pub fn decode_rate(&self) -> Option<f64> {
+        (self.decoded_ms > 0.0).then(|| self.decoded_tokens as f64 * 1e3 / self.decoded_ms)
+    }
+
     /// p50 and p95 of the same times less the decoding of each suggestion (ms).
     pub fn overhead_percentiles(&self) -> (f64, f64) {
         percentiles(&self.overhead_ms)
@@ -422,6 +431,7 @@ impl Tally {
             "requests: {req} for {keys} keystrokes; results {res} ({sug} non-empty), cancelled {can}, other errors {err}\n\
              answered once: {once}; answered twice: {twice}; unanswered: {un}; answers to unknown ids: {unk}\n\
              pauses: {p}, with a suggestion before the next keystroke: {pp:.1}% ({pw}); of {lp} pauses ≥ 1 s: {lpp:.1}%; last keystroke to suggestion: p50 {p50:.0} ms, p95 {p95:.0} ms; less its decoding ({o}): p50 {o50:.0} ms, p95 {o95:.0} ms\n\
+             decoding over the answers: {dt} tokens in {dms:.0} ms ({rate})\n\
              prompt tokens over {g} generations ({gc} cancelled): reused {ru}, computed {cp} ({rp:.1}% reused); computed for cancelled requests {cc}, computed while idle {it}, of all computed stopped part-way through a prefill step {ds} ({rs} of them gone on with later); generations on a shorter window {sh}\n\
              server peak RSS: {rss}\n\
              errors/warnings shown: {shown}{texts}",
@@ -441,6 +451,11 @@ impl Tally {
             lp = self.long_pauses,
             lpp = pct(self.long_pauses_with_suggestion, self.long_pauses),
             o = self.overhead_ms.len(),
+            dt = self.decoded_tokens,
+            dms = self.decoded_ms,
+            rate = self
+                .decode_rate()
+                .map_or("-".to_string(), |r| format!("{r:.1} tok/s")),
             g = t.generations,
             gc = t.cancelled,
             ru = t.reused_tokens,
@@ -483,8 +498,11 @@ pub enum Report {
     },
     /// Its prompt token totals so far.
     Totals(PromptTotals),
-    /// The time the generation that answered last spent decoding (ms).
-    Decoded(f64),
+    /// The time the generation that answered last spent decoding (ms), and the tokens it generated.
+    Decoded {
+        ms: f64,
+        tokens: usize,
+    },
     /// An error or warning shown to the user.
     Shown(String),
     /// Anything else (other notifications).
@@ -592,7 +610,10 @@ fn status_reports(params: &Value) -> Vec<Report> {
         return vec![Report::Other];
     };
     let totals = status.totals.map(Report::Totals);
-    let decoded = status.timings.map(|t| Report::Decoded(t.decode_ms));
+    let decoded = status.timings.map(|t| Report::Decoded {
+        ms: t.decode_ms,
+        tokens: t.generated_tokens,
+    });
     let reports: Vec<Report> = totals.into_iter().chain(decoded).collect();
     if reports.is_empty() {
         vec![Report::Other]
@@ -729,8 +750,10 @@ impl Replay {
                 t.totals = totals;
                 return;
             }
-            Report::Decoded(ms) => {
+            Report::Decoded { ms, tokens } => {
                 self.last_decoded = Some(ms);
+                t.decoded_ms += ms;
+                t.decoded_tokens += tokens;
                 return;
             }
             Report::Shown(text) => {
@@ -839,9 +862,9 @@ mod tests {
         };
         let msg = json!({"jsonrpc": "2.0", "method": "codellama/status", "params": ready});
         match lsp_reports(&msg).as_slice() {
-            [Report::Totals(t), Report::Decoded(ms)] => {
+            [Report::Totals(t), Report::Decoded { ms, tokens }] => {
                 assert_eq!(*t, totals);
-                assert_eq!(*ms, 345.6);
+                assert_eq!((*ms, *tokens), (345.6, 16));
             }
             other => panic!("{other:?}"),
         }

@@ -86,7 +86,10 @@ impl LlamaVscodeTarget {
             Ok(Some(infilled)) => {
                 self.answered += 1;
                 self.answered_computed += infilled.computed_tokens;
-                decoded = infilled.decode_ms.map(Report::Decoded);
+                decoded = infilled.decode_ms.map(|ms| Report::Decoded {
+                    ms,
+                    tokens: infilled.generated_tokens,
+                });
                 Answer::Result(!infilled.suggestion.is_empty())
             }
             Ok(None) => {
