@@ -988,6 +988,65 @@ fn a_draft_model_gives_the_plain_greedy_output() {
     );
 }
 
+/// A keystroke's request (one with shorter prompts) does not wait for a draft model whose cache lacks most
+/// of its prompt: it is answered at once without the draft model's guesses, with the same tokens, and the
+/// draft model reads the prompt while the engine is idle, so that a later keystroke's request drafts again.
+#[test]
+fn a_lagging_draft_model_is_not_waited_for_and_catches_up_while_idle() {
+    use codellama_text::prompt::{PromptBuilder, PromptConfig};
+
+    let Some(main) = common::qwen_1_5b_model() else {
+        return;
+    };
+    let engine = Engine::start(
+        LoadOptions {
+            model: Some(main.display().to_string()),
+            draft_model: Some(common::qwen_model().display().to_string()),
+            context_window: Some(1024),
+            ..LoadOptions::default()
+        },
+        Box::new(|_| {}),
+    )
+    .expect("engine starts");
+    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    let (prefix, suffix) = code_holes(&[110]).remove(0);
+    let prompt = raw_prompt(&engine, &builder, (&prefix, &suffix), 24);
+    assert!(prompt.len() > 400, "{} prompt tokens", prompt.len());
+    // The model reads the prompt; the draft model does not (no drafting asked for).
+    let plain = decode_with(&engine, &prompt, 24, false, &[]);
+    let keystroke = || {
+        let mut req = GenerateRequest::new(prompt.clone(), 24);
+        req.speculative = Drafting {
+            prompt_lookup: false,
+            draft_model: true,
+        };
+        req.stop_at_eog = false;
+        // A smaller window's prompt, as the server sends with a keystroke's (not used: the model's
+        // cache holds the whole prompt).
+        req.shorter = vec![prompt[prompt.len() / 2..].to_vec()];
+        engine.generate(req).expect("generation")
+    };
+    let first = keystroke();
+    assert_eq!(first.generated_ids, plain.generated_ids);
+    assert_eq!(first.timings.drafted_tokens, 0, "{:?}", first.timings);
+    assert!(first.timings.computed_tokens < 16, "{:?}", first.timings);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let caught_up = loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let again = keystroke();
+        assert_eq!(again.generated_ids, plain.generated_ids);
+        if again.timings.drafted_tokens > 0 {
+            break again;
+        }
+        assert!(Instant::now() < deadline, "the draft model never caught up");
+    };
+    assert!(
+        caught_up.timings.accepted_tokens > 0,
+        "{:?}",
+        caught_up.timings
+    );
+}
+
 /// A draft model whose vocabulary is not the model's is refused with both files named, and the model
 /// serves without it.
 #[test]

@@ -84,8 +84,7 @@ impl CachedPrompt {
     /// Keeps what the cache holds of `prompt`'s first `max` tokens as [`plan`] finds it with `min_run`
     /// (with 0, or where the cache cannot move positions, only the shared prefix) and forgets the rest.
     pub fn keep(&mut self, prompt: &[u32], max: usize, min_run: usize) -> Kept {
-        let min_run = if self.kv.can_move() { min_run } else { 0 };
-        let plan = plan(&self.held(), prompt, min_run, max);
+        let plan = self.plan(prompt, max, min_run);
         let moved = self.kv.move_runs(&plan.runs);
         let runs = if moved { &plan.runs[..] } else { &[] };
         self.tokens.truncate(plan.prefix);
@@ -99,6 +98,19 @@ impl CachedPrompt {
             tokens: if moved { plan.held() } else { plan.prefix },
             moved: runs.iter().filter(|m| m.from != m.to).map(|m| m.len).sum(),
         }
+    }
+
+    /// How many of `prompt`'s tokens a request for it would compute: what [`keep`](Self::keep) would
+    /// not keep of them (all but its last token), with the same `min_run`.
+    pub fn lacks(&self, prompt: &[u32], min_run: usize) -> usize {
+        let max = prompt.len().saturating_sub(1);
+        prompt.len() - self.plan(prompt, max, min_run).held()
+    }
+
+    /// [`plan`] for this cache (runs moved only where its keys can be).
+    fn plan(&self, prompt: &[u32], max: usize, min_run: usize) -> Plan {
+        let min_run = if self.kv.can_move() { min_run } else { 0 };
+        plan(&self.held(), prompt, min_run, max)
     }
 
     /// The next positions of `prompt` to compute, at most `chunk` of them: from the end of
