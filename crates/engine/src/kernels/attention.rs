@@ -1296,6 +1296,7 @@ mod simd512 {
 
     use half::f16;
 
+    use super::super::packed::x86::prefetch_ahead;
     use super::simd::{self, softmax_step, KB};
     use super::{glibc_exp, QK};
 
@@ -1625,6 +1626,19 @@ mod simd512 {
         }
     }
 
+    /// Asks for the keys and values `packed`'s weight prefetch distance after the block `kb`, `vb` (as
+    /// many bytes as the block), so that a decoding step reads its cache at about the rate it reads the
+    /// weights. Measured on the 2-vCPU Xeon (AMX), a 7B's cache of 2,000 positions (32 layers, 1.05 GB,
+    /// 2 threads), the two builds taking turns: one query row per head 51.2–55.0 ms per step without,
+    /// 43.5–48.3 with (1, 2, 4.6 and 8 KB ahead, into L1 or L2, all alike); two rows (`attend_positions`)
+    /// 54.4–57.5 against 50.6–56.7.
+    #[inline]
+    fn prefetch_values(kb: &[[f16; 16]], vb: &[[f16; 16]]) {
+        for block in [kb, vb] {
+            prefetch_ahead(block.as_ptr().cast(), size_of_val(block), 0, 1);
+        }
+    }
+
     /// `R` rows' running softmax: their f16-rounded outputs so far (`L` vectors each), maxima and sums.
     #[derive(Clone, Copy)]
     struct RowStates<const L: usize, const R: usize> {
@@ -1790,6 +1804,7 @@ mod simd512 {
         let (k16, _) = keys[..row.len * hd].as_chunks::<16>();
         let (v16, _) = values[..row.len * hd].as_chunks::<16>();
         for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
+            prefetch_values(kb, vb);
             let mut scores = [0f32; PB];
             for (sc, k) in scores.iter_mut().zip(kb.chunks_exact(L)) {
                 let [dot] = dot_like_ggml(k, &q);
@@ -1832,6 +1847,7 @@ mod simd512 {
         // softmax's state does not depend on the outputs).
         let mut pending: Option<([Steps; R], &[[f16; 16]])> = None;
         for (kb, vb) in k16.chunks(PB * L).zip(v16.chunks(PB * L)) {
+            prefetch_values(kb, vb);
             let n = kb.len() / L;
             let scores = block_scores::<L, R>(kb, q, scale);
             let mut steps = [NO_STEPS; R];
