@@ -928,17 +928,12 @@ fn speculative_decoding_stops_at_a_full_context_like_plain_decoding() {
     assert!(on.timings.accepted_tokens > 0, "{:?}", on.timings);
 }
 
-/// A draft model changes the speed, never the output: Qwen2.5-Coder 0.5B drafting for 1.5B on holes cut
-/// from real code gives, token for token, what plain greedy decoding gives, alone and with prompt lookup,
-/// for the whole length and when `max_tokens` ends inside a draft; some guesses are accepted and some
-/// rejected, so the draft model's cache is rolled back too.
-#[test]
-fn a_draft_model_gives_the_plain_greedy_output() {
+/// Qwen2.5-Coder 1.5B with the 0.5B as its draft model (checked to have loaded), and a prompt builder for
+/// it; `None` (the test skips, saying so) without the 1.5B file.
+fn qwen_1_5b_with_draft() -> Option<(Engine, codellama_text::prompt::PromptBuilder)> {
     use codellama_text::prompt::{PromptBuilder, PromptConfig};
 
-    let Some(main) = common::qwen_1_5b_model() else {
-        return;
-    };
+    let main = common::qwen_1_5b_model()?;
     let engine = Engine::start(
         LoadOptions {
             model: Some(main.display().to_string()),
@@ -952,6 +947,18 @@ fn a_draft_model_gives_the_plain_greedy_output() {
     let draft = engine.draft().expect("a draft model was named");
     assert!(draft.is_ok(), "{draft:?}");
     let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
+    Some((engine, builder))
+}
+
+/// A draft model changes the speed, never the output: Qwen2.5-Coder 0.5B drafting for 1.5B on holes cut
+/// from real code gives, token for token, what plain greedy decoding gives, alone and with prompt lookup,
+/// for the whole length and when `max_tokens` ends inside a draft; some guesses are accepted and some
+/// rejected, so the draft model's cache is rolled back too.
+#[test]
+fn a_draft_model_gives_the_plain_greedy_output() {
+    let Some((engine, builder)) = qwen_1_5b_with_draft() else {
+        return;
+    };
     let model_only = Drafting {
         prompt_lookup: false,
         draft_model: true,
@@ -993,22 +1000,9 @@ fn a_draft_model_gives_the_plain_greedy_output() {
 /// draft model reads the prompt while the engine is idle, so that a later keystroke's request drafts again.
 #[test]
 fn a_lagging_draft_model_is_not_waited_for_and_catches_up_while_idle() {
-    use codellama_text::prompt::{PromptBuilder, PromptConfig};
-
-    let Some(main) = common::qwen_1_5b_model() else {
+    let Some((engine, builder)) = qwen_1_5b_with_draft() else {
         return;
     };
-    let engine = Engine::start(
-        LoadOptions {
-            model: Some(main.display().to_string()),
-            draft_model: Some(common::qwen_model().display().to_string()),
-            context_window: Some(1024),
-            ..LoadOptions::default()
-        },
-        Box::new(|_| {}),
-    )
-    .expect("engine starts");
-    let builder = PromptBuilder::new(engine.tokenizer().clone(), &PromptConfig::default()).unwrap();
     let (prefix, suffix) = code_holes(&[110]).remove(0);
     let prompt = raw_prompt(&engine, &builder, (&prefix, &suffix), 24);
     assert!(prompt.len() > 400, "{} prompt tokens", prompt.len());

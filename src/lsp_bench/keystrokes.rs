@@ -276,20 +276,14 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
     let rows: [Row; 14] = [
         ("keystrokes (requests)", |t| t.keystrokes.to_string()),
         ("burst end → suggestion p50 / p95 (ms)", |t| {
-            let (p50, p95) = t.suggestion_percentiles();
-            if t.suggestion_ms.is_empty() {
-                "- (no suggestion in a pause)".to_string()
-            } else {
-                format!("{p50:.0} / {p95:.0}")
-            }
+            p50_p95(
+                &t.suggestion_ms,
+                t.suggestion_percentiles(),
+                "- (no suggestion in a pause)",
+            )
         }),
         ("the same less its decoding p50 / p95 (ms)", |t| {
-            let (p50, p95) = t.overhead_percentiles();
-            if t.overhead_ms.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{p50:.0} / {p95:.0}")
-            }
+            p50_p95(&t.overhead_ms, t.overhead_percentiles(), "-")
         }),
         ("decoding over the answers (tok/s)", |t| {
             t.decode_rate().map_or("-".to_string(), |r| {
@@ -341,6 +335,15 @@ fn replay_table(ours: &super::replay::Tally, llama: &super::replay::Tally) -> St
         out.push_str(&format!("| {name} | {} | {theirs} |\n", f(ours)));
     }
     out
+}
+
+/// "p50 / p95" of the times `ms`, or `empty` where there are none.
+fn p50_p95(ms: &[f64], (p50, p95): (f64, f64), empty: &str) -> String {
+    if ms.is_empty() {
+        empty.to_string()
+    } else {
+        format!("{p50:.0} / {p95:.0}")
+    }
 }
 
 fn pct_of(a: usize, b: usize) -> String {
