@@ -358,8 +358,10 @@ pub struct Tally {
     /// from that keystroke to the suggestion (ms).
     pub pauses_with_suggestion: usize,
     pub suggestion_ms: Vec<f64>,
-    /// Of those times, each less the time the server reports it spent decoding that suggestion (ms), where
-    /// it reported one: the wait a pause adds to the decoding itself (issue 12's goal at 7B: ≤ 300 ms).
+    /// Of those times, each less the time the server reports it spent decoding that suggestion (ms): the
+    /// wait a pause adds to the decoding itself (issue 12's goal at 7B: ≤ 300 ms). Only suggestions that
+    /// came from a generation have one: one answered at once without (the user typed on through the
+    /// previous suggestion, 0–1 ms) is left out.
     pub overhead_ms: Vec<f64>,
     /// Tokens generated and time spent decoding over the answers whose decode time the server reported:
     /// the effective decode speed while typing (speculative decoding included).
