@@ -507,8 +507,6 @@ pub enum Report {
     },
     /// An error or warning shown to the user.
     Shown(String),
-    /// Anything else (other notifications).
-    Other,
 }
 
 /// A server the replay plays against: ours over LSP, or llama.cpp's as llama.vscode drives it.
@@ -518,9 +516,9 @@ pub trait Target {
     /// Cancels `running` (the previous request, still unanswered) as the editor does, applies the keystroke's
     /// edit and asks for a completion at the cursor. Returns the new request's id.
     fn keystroke(&mut self, key: &Keystroke, running: Option<i64>) -> Result<i64, String>;
-    /// What the next message reports (one message may report several things), or nothing once `until` has
-    /// passed.
-    fn next_reports(&mut self, until: Instant) -> Result<Vec<Report>, String>;
+    /// What the next message reports (several things, or nothing the replay counts), or `None` once
+    /// `until` has passed.
+    fn next_reports(&mut self, until: Instant) -> Result<Option<Vec<Report>>, String>;
 }
 
 impl Target for LspProcess {
@@ -571,15 +569,12 @@ impl Target for LspProcess {
         ))
     }
 
-    fn next_reports(&mut self, until: Instant) -> Result<Vec<Report>, String> {
-        let Some(msg) = self.next_message(until)? else {
-            return Ok(Vec::new());
-        };
-        Ok(lsp_reports(&msg))
+    fn next_reports(&mut self, until: Instant) -> Result<Option<Vec<Report>>, String> {
+        Ok(self.next_message(until)?.map(|msg| lsp_reports(&msg)))
     }
 }
 
-/// What an LSP message from our server means to the replay (never nothing: `Report::Other` at least).
+/// What an LSP message from our server means to the replay.
 fn lsp_reports(msg: &Value) -> Vec<Report> {
     match msg.get("method").and_then(Value::as_str) {
         Some("codellama/status") => return status_reports(&msg["params"]),
@@ -587,11 +582,11 @@ fn lsp_reports(msg: &Value) -> Vec<Report> {
             let text = msg["params"]["message"].as_str().unwrap_or("").to_string();
             return vec![Report::Shown(text)];
         }
-        Some(_) => return vec![Report::Other],
+        Some(_) => return Vec::new(),
         None => {}
     }
     let Some(id) = msg.get("id").and_then(Value::as_i64) else {
-        return vec![Report::Other];
+        return Vec::new();
     };
     let answer = match msg.get("error") {
         Some(e) if e["code"].as_i64() == Some(CANCELLED) => Answer::Cancelled,
@@ -609,19 +604,14 @@ fn lsp_reports(msg: &Value) -> Vec<Report> {
 /// when that one answered (its `timings`).
 fn status_reports(params: &Value) -> Vec<Report> {
     let Ok(status) = serde_json::from_value::<StatusParams>(params.clone()) else {
-        return vec![Report::Other];
+        return Vec::new();
     };
     let totals = status.totals.map(Report::Totals);
     let decoded = status.timings.map(|t| Report::Decoded {
         ms: t.decode_ms,
         tokens: t.generated_tokens,
     });
-    let reports: Vec<Report> = totals.into_iter().chain(decoded).collect();
-    if reports.is_empty() {
-        vec![Report::Other]
-    } else {
-        reports
-    }
+    totals.into_iter().chain(decoded).collect()
 }
 
 /// The script played against a server, and the account of its requests.
@@ -733,15 +723,12 @@ impl Replay {
 
     /// Takes what the server reports until `until`.
     pub fn pump(&mut self, server: &mut dyn Target, until: Instant) -> Result<(), String> {
-        loop {
-            let reports = server.next_reports(until)?;
-            if reports.is_empty() {
-                return Ok(());
-            }
+        while let Some(reports) = server.next_reports(until)? {
             for report in reports {
                 self.account(report);
             }
         }
+        Ok(())
     }
 
     fn account(&mut self, report: Report) {
@@ -765,7 +752,6 @@ impl Replay {
                 }
                 return;
             }
-            Report::Other => return,
         };
         if self.pending.remove(&id).is_none() {
             if self.answered.contains(&id) {
@@ -872,7 +858,7 @@ mod tests {
         }
         let generating = StatusParams::new(State::Generating);
         let msg = json!({"jsonrpc": "2.0", "method": "codellama/status", "params": generating});
-        assert!(matches!(lsp_reports(&msg).as_slice(), [Report::Other]));
+        assert!(lsp_reports(&msg).is_empty());
     }
 
     /// Plays steps into documents of our own, from the positions alone, as the server would.

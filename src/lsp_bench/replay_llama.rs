@@ -153,11 +153,12 @@ impl Target for LlamaVscodeTarget {
         Ok(id)
     }
 
-    fn next_reports(&mut self, until: Instant) -> Result<Vec<Report>, String> {
+    fn next_reports(&mut self, until: Instant) -> Result<Option<Vec<Report>>, String> {
         let left = until.saturating_duration_since(Instant::now());
-        match self.rx.recv_timeout(left) {
-            Ok(done) => Ok(self.reports(done)),
-            Err(_) => Ok(Vec::new()),
-        }
+        Ok(self
+            .rx
+            .recv_timeout(left)
+            .ok()
+            .map(|done| self.reports(done)))
     }
 }
